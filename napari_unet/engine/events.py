@@ -1,0 +1,94 @@
+"""Events that the engine's generators yield. Small, frozen, JSON-friendly.
+
+Every face consumes the same stream: the CLI prints it, the widget receives it through a
+child process's JSON lines (``to_json`` / ``from_json`` make the round trip), tests assert
+on it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Started:
+    total_steps: int
+    start_step: int
+    run_dir: str
+    device: str
+    world_size: int = 1
+    global_batch_size: int = 0
+    train_samples: int = 0
+    val_samples: int = 0
+
+
+@dataclass(frozen=True)
+class Progress:
+    step: int
+    total: int
+    loss: float
+    lr: float
+    img_s: float
+
+
+@dataclass(frozen=True)
+class Validation:
+    step: int
+    dice: float
+    dice_per_class: tuple = ()
+    loss: float = float("nan")
+    best: bool = False
+
+
+@dataclass(frozen=True)
+class CheckpointSaved:
+    path: str
+    step: int
+
+
+@dataclass(frozen=True)
+class TilesDone:
+    done: int
+    total: int
+
+
+@dataclass(frozen=True)
+class Message:
+    level: str  # "info" | "warning"
+    text: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    best_dice: float
+    path: str
+    step: int
+    cancelled: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Failed:
+    """Only in JSON streams: the child process ended with an error the user can fix."""
+
+    error: str
+
+
+EVENT_TYPES = {cls.__name__: cls for cls in
+               (Started, Progress, Validation, CheckpointSaved, TilesDone, Message, Finished, Failed)}
+
+
+def to_json(event) -> str:
+    payload = dataclasses.asdict(event)
+    payload["event"] = type(event).__name__
+    return json.dumps(payload, allow_nan=True)
+
+
+def from_json(line: str):
+    payload = json.loads(line)
+    cls = EVENT_TYPES[payload.pop("event")]
+    for name, value in payload.items():
+        if isinstance(value, list):
+            payload[name] = tuple(value)
+    return cls(**payload)
