@@ -1,0 +1,152 @@
+"""The hooks napari.yaml points to: the TIF reader, the TIF writers and the sample data.
+
+They turn files and the synthetic data sets into napari LayerData tuples
+``(data, kwargs, layer_type)`` and back. numpy, tifffile and :mod:`napari_unet.io` only:
+opening a file never imports torch, Qt or the engine.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from napari_unet.errors import NapariUnetError
+from napari_unet.io import TIF_SUFFIXES, looks_like_labels, read_image, write_tif
+
+# Files bigger than this stay memory-mapped (napari then reads only the planes it shows);
+# smaller ones are read into RAM, where they are faster to browse and Labels are editable.
+LAZY_BYTES = 1 << 30
+# An axis of at most this many planes, marked C (or the first of 4 unnamed axes), is channels.
+MAX_CHANNELS = 16
+
+
+# ------------------------------------------------------------------------------------ reader
+def get_reader(path):
+    """The reader for a .tif/.tiff file tifffile can open, else None (other readers try)."""
+    paths = path if isinstance(path, (list, tuple)) else [path]
+    if not paths or not all(_is_readable_tif(p) for p in paths):
+        return None
+    return read_tifs
+
+
+def _is_readable_tif(path) -> bool:
+    path = Path(path)
+    if path.suffix.lower() not in TIF_SUFFIXES or not path.is_file():
+        return False
+    try:
+        _tif_layout(path)
+    except Exception:  # noqa: BLE001 - any failure means "not for us": let other readers try
+        return False
+    return True
+
+
+def _tif_layout(path: Path) -> tuple[str, tuple]:
+    """The axes letters tifffile reads from the file's metadata ('Q' = unknown) and shape."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        return series.axes, tuple(series.shape)
+
+
+def read_tifs(path) -> list[tuple]:
+    paths = path if isinstance(path, (list, tuple)) else [path]
+    layers = []
+    for item in paths:
+        layers += read_tif(item)
+    return layers
+
+
+def read_tif(path) -> list[tuple]:
+    """LayerData for one TIF: Labels for masks, Image otherwise (RGB, channels or plain)."""
+    path = Path(path)
+    axes, shape = _tif_layout(path)
+    data = read_image(path, mmap=True)
+    if tuple(data.shape) != shape:  # tifffile squeezed or reshaped: the metadata no longer fits
+        axes = "Q" * data.ndim
+    name = path.stem
+    if axes.endswith("S") and data.shape[-1] in (3, 4):
+        return [(_in_memory_if_small(data), {"name": name, "rgb": True}, "image")]
+    if looks_like_labels(data, name):
+        labels = data.astype(np.uint8) if data.dtype == bool else data
+        return [(_in_memory_if_small(labels), {"name": name}, "labels")]
+    channel_axis = _channel_axis(axes, data.shape)
+    data = _in_memory_if_small(data)
+    if channel_axis is None:
+        return [(data, {"name": name, "rgb": False}, "image")]
+    names = [f"{name} ch{c}" for c in range(data.shape[channel_axis])]
+    return [(data, {"name": names, "channel_axis": channel_axis}, "image")]
+
+
+def _channel_axis(axes: str, shape: tuple):
+    """The channel axis from the metadata; CZYX is assumed for 4D files without axis names."""
+    if "C" in axes:
+        index = axes.index("C")
+        if 1 < shape[index] <= MAX_CHANNELS and len(shape) >= 3:
+            return index
+        return None
+    if len(shape) == 4 and set(axes) <= {"Q", "Y", "X"} and 1 < shape[0] <= MAX_CHANNELS:
+        return 0
+    return None
+
+
+def _in_memory_if_small(data: np.ndarray) -> np.ndarray:
+    if isinstance(data, np.memmap) and data.nbytes <= LAZY_BYTES:
+        return np.array(data)
+    return data
+
+
+# ----------------------------------------------------------------------------------- writers
+def write_labels(path: str, data, attributes: dict) -> list[str]:
+    """A Labels layer as an integer TIF (the smallest unsigned type that holds its values)."""
+    array = np.asarray(_first_scale(data, attributes))
+    if array.size and array.min() >= 0:
+        array = array.astype(np.min_scalar_type(int(array.max())), copy=False)
+    return [_write(path, array)]
+
+
+def write_image(path: str, data, attributes: dict) -> list[str]:
+    """An Image layer as a TIF in its own data type (RGB stays RGB)."""
+    return [_write(path, np.asarray(_first_scale(data, attributes)))]
+
+
+def _first_scale(data, attributes):
+    return data[0] if attributes.get("multiscale") else data
+
+
+def _write(path: str, array: np.ndarray) -> str:
+    # napari's Save dialog has already asked before replacing an existing file
+    try:
+        write_tif(path, array, overwrite=True)
+    except NapariUnetError as exc:
+        raise OSError(str(exc)) from None
+    return str(path)
+
+
+# ------------------------------------------------------------------------------- sample data
+def _pair(name: str, images: np.ndarray, masks: np.ndarray) -> list[tuple]:
+    return [(images, {"name": name}, "image"),
+            (masks.astype(np.uint8), {"name": f"{name} labels", "opacity": 0.5}, "labels")]
+
+
+def sample_dagm() -> list[tuple]:
+    from napari_unet.sample_data import SAMPLES
+
+    return _pair("dagm", *SAMPLES["dagm"]())
+
+
+def sample_em() -> list[tuple]:
+    from napari_unet.sample_data import SAMPLES
+
+    return _pair("em", *SAMPLES["em"](size=256))
+
+
+def sample_blobs3d() -> list[tuple]:
+    """The first synthetic volume: one Image layer per channel, and its labels."""
+    from napari_unet.sample_data import SAMPLES
+
+    images, labels = SAMPLES["blobs3d"](n=1)
+    volume = images[0]  # (C, Z, Y, X)
+    names = [f"blobs3d ch{c}" for c in range(volume.shape[0])]
+    return [(volume, {"name": names, "channel_axis": 0}, "image"),
+            (labels[0].astype(np.uint8), {"name": "blobs3d labels", "opacity": 0.5}, "labels")]

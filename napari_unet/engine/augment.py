@@ -1,0 +1,115 @@
+"""Random flips, 90-degree rotations, crop + resize and brightness shifts of training batches.
+
+Works on batch tensors on any device, for 2D and 3D alike (the spatial axes are the last
+`spatial_dims` axes). The image window may be larger than the mask window (the unpadded UNet:
+572 in, 388 out) as long as both are concentric; every transform here keeps them aligned.
+Random choices come from a CPU `torch.Generator`, so a seeded run augments identically on CPU,
+one GPU or several.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from napari_unet.errors import ConfigError
+
+
+class Augmenter:
+    """Per-item random augmentation of (x (B, C, *S) float, y (B, *S) long) batches.
+
+    hflip / vflip: probabilities of flipping X / Y. rot90: the allowed quarter turns of the
+    last two axes, one drawn per item (1 and 3 are skipped when those axes are not square).
+    crop_resize: (min_scale, max_scale), the side of a random crop as a fraction of the
+    window, resized back (bilinear or trilinear for x, nearest for y). brightness: a shift
+    of x drawn from [-b, b]. flip_all_axes: flip each spatial axis with p = 0.5 (3D data has
+    no up or left).
+    """
+
+    def __init__(self, spatial_dims: int, hflip: float = 0.0, vflip: float = 0.0, rot90=(),
+                 crop_resize=None, brightness: float = 0.0, flip_all_axes: bool = False):
+        if spatial_dims not in (2, 3):
+            raise ConfigError(f"spatial_dims must be 2 or 3, not {spatial_dims!r}")
+        if any(k not in (0, 1, 2, 3) for k in rot90):
+            raise ConfigError(f"rot90 takes quarter turns from 0, 1, 2, 3, not {tuple(rot90)}")
+        if crop_resize is not None and not 0 < crop_resize[0] <= crop_resize[1] <= 1:
+            raise ConfigError(
+                f"crop_resize {tuple(crop_resize)}: use 0 < min_scale <= max_scale <= 1"
+            )
+        self.spatial_dims = spatial_dims
+        self.hflip, self.vflip, self.brightness = float(hflip), float(vflip), float(brightness)
+        self.rot90 = tuple(int(k) for k in rot90)
+        self.crop_resize = None if crop_resize is None else tuple(float(s) for s in crop_resize)
+        self.flip_all_axes = bool(flip_all_axes)
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator):
+        draws = self._draw(x.shape[0], generator)
+        items = [self._flip_and_rotate(x[i], y[i], draws, i) for i in range(x.shape[0])]
+        x = torch.stack([item[0] for item in items])
+        y = torch.stack([item[1] for item in items])
+        if self.crop_resize is not None:
+            x, y = self._crop_and_resize(x, y, draws)
+        if self.brightness:
+            shift = (draws["brightness"] * 2 - 1) * self.brightness
+            x = x + shift.to(x.device, x.dtype).view(-1, *([1] * (x.ndim - 1)))
+        return x, y
+
+    def _draw(self, batch: int, generator: torch.Generator) -> dict:
+        """All random numbers of a batch, always in the same order whatever is switched on,
+        so enabling one augmentation does not change the draws of the others."""
+        dims = self.spatial_dims
+        return {
+            "hflip": torch.rand(batch, generator=generator) < self.hflip,
+            "vflip": torch.rand(batch, generator=generator) < self.vflip,
+            "axes": torch.rand(batch, dims, generator=generator) < 0.5,
+            "rot90": torch.randint(0, 1 << 16, (batch,), generator=generator),
+            "scale": torch.rand(batch, generator=generator),
+            "centre": torch.rand(batch, dims, generator=generator),
+            "brightness": torch.rand(batch, generator=generator),
+        }
+
+    def _flip_and_rotate(self, x, y, draws, i):
+        # flips and quarter turns act about each window's centre, so concentric windows of
+        # different sizes stay concentric and aligned
+        axes = set()
+        if draws["hflip"][i]:
+            axes ^= {-1}
+        if draws["vflip"][i]:
+            axes ^= {-2}
+        if self.flip_all_axes:
+            axes ^= {-1 - a for a in range(self.spatial_dims) if draws["axes"][i, a]}
+        if axes:
+            x, y = x.flip(sorted(axes)), y.flip(sorted(axes))
+        k = self.rot90[int(draws["rot90"][i]) % len(self.rot90)] if self.rot90 else 0
+        square = x.shape[-1] == x.shape[-2] and y.shape[-1] == y.shape[-2]
+        if k == 2 or (k and square):  # a quarter turn would change a non-square shape
+            x, y = torch.rot90(x, k, dims=(-2, -1)), torch.rot90(y, k, dims=(-2, -1))
+        return x, y
+
+    def _crop_and_resize(self, x, y, draws):
+        """Zoom into a random crop of the mask window and the concentric crop of the image
+        window by the same factor. Sampling grids in normalised coordinates make both exact
+        for any sizes: the zoom about the crop centre maps the image window's centre to the
+        mask window's centre, and the image crop always stays inside the image window."""
+        low, high = self.crop_resize
+        scale = (low + (high - low) * draws["scale"]).to(torch.float64)
+        out_size = torch.tensor(y.shape[1:], dtype=torch.float64)
+        in_size = torch.tensor(x.shape[2:], dtype=torch.float64)
+        margin = (in_size - out_size) / 2
+        # crop centre in mask pixels, anywhere that keeps the crop inside the mask window
+        half = scale[:, None] * out_size / 2
+        centre = half + draws["centre"].to(torch.float64) * (out_size - 2 * half)
+        x = _zoom(x, scale, 2 * (centre + margin) / in_size - 1, "bilinear")
+        y = _zoom(y[:, None].to(x.dtype), scale, 2 * centre / out_size - 1, "nearest")
+        return x, y[:, 0].round().to(torch.long)
+
+
+def _zoom(tensor, scale, centre, mode):
+    """Resample (B, C, *S) so that output coordinate u reads input centre + scale * u, in
+    normalised coordinates (align_corners=False: -1 and 1 are the outer pixel edges)."""
+    batch, dims = tensor.shape[0], tensor.ndim - 2
+    theta = torch.zeros(batch, dims, dims + 1, dtype=torch.float64)
+    theta[:, range(dims), range(dims)] = scale[:, None]
+    theta[:, :, dims] = centre.flip(-1)  # affine_grid orders coordinates x, y(, z)
+    theta = theta.to(tensor.device, tensor.dtype)
+    grid = F.affine_grid(theta, list(tensor.shape), align_corners=False)
+    return F.grid_sample(tensor, grid, mode=mode, padding_mode="border", align_corners=False)

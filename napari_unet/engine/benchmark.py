@@ -1,0 +1,164 @@
+"""The reference's benchmark mode: warm-up steps, then img/s, latency percentiles, TFLOP/s.
+
+FLOPs are counted once with torch's FlopCounterMode on the meta device (no compute), so the
+achieved TFLOP/s is measured throughput x counted cost.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from napari_unet.engine.config import preset_config
+from napari_unet.engine.losses import build_loss
+from napari_unet.engine.runtime import autocast, configure_backends, memory_format, resolve_device
+from napari_unet.engine.trainer import make_model, make_optimizer, output_channels, window_sizes
+
+# What each preset's network sees in the reference set-ups (input channels, classes).
+PRESET_DATA = {"industrial": (1, 2), "isbi2012": (1, 2), "volume3d": (4, 4)}
+CPU_BATCH = 2  # the reference batches are GPU batches; a CPU run keeps to a few images
+
+
+@dataclass
+class BenchmarkRow:
+    preset: str
+    mode: str
+    device: str
+    amp: str
+    compile: bool
+    channels_last: bool
+    batch_size: int
+    input_size: tuple
+    img_s: float
+    p50_ms: float
+    p90_ms: float
+    p95_ms: float
+    p99_ms: float
+    gflop_per_image: float
+    tflop_s: float
+
+
+def _setup(preset, batch_size, size, base_channels, amp, compile, channels_last, device, mode):
+    overrides = {"amp": amp, "compile": compile, "channels_last": channels_last, "device": device}
+    if base_channels:
+        options = dict(preset_config(preset).model_options, base_channels=base_channels)
+        overrides["model_options"] = options
+    config = preset_config(preset, **overrides)
+    device = resolve_device(config.device)
+    configure_backends(device, config.tf32)
+    in_channels, num_classes = PRESET_DATA[preset]
+    torch.manual_seed(0)
+    model = make_model(config, in_channels, num_classes)
+    if size:
+        input_size = tuple(size) * config.spatial_dims if len(size) == 1 else tuple(size)
+        input_size = tuple(model.valid_input_size(input_size))
+    else:
+        input_size, _ = window_sizes(model, config.patch_size)
+    if batch_size is None:
+        batch_size = CPU_BATCH if device.type == "cpu" else (16 if mode == "predict"
+                                                                else config.batch_size)
+    return config, device, model, in_channels, num_classes, tuple(input_size), batch_size
+
+
+def count_gflop(config, in_channels, num_classes, input_size, train: bool) -> float:
+    """GFLOP per image (forward, or forward + backward when training), counted on meta."""
+    with torch.device("meta"):
+        model = make_model(config, in_channels, num_classes)
+        x = torch.zeros(1, in_channels, *input_size)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        out = model(x)
+        if train:
+            out.float().sum().backward()
+    return counter.get_total_flops() / 1e9
+
+
+def run_benchmark(preset, *, mode="both", batch_size=None, size=None, base_channels=None,
+                  warmup=3, steps=10, amp="off", compile=False, channels_last=True,
+                  device="auto") -> list[BenchmarkRow]:
+    modes = ["train", "predict"] if mode == "both" else [mode]
+    rows = []
+    for m in modes:
+        config, dev, model, cin, k, input_size, batch = _setup(
+            preset, batch_size, size, base_channels, amp, compile, channels_last, device, m)
+        latencies = _time_steps(config, dev, model, cin, k, input_size, batch, warmup, steps, m)
+        gflop = count_gflop(config, cin, k, input_size, train=(m == "train"))
+        img_s = batch / float(np.mean(latencies))
+        p = np.percentile(np.asarray(latencies) * 1e3, [50, 90, 95, 99])
+        rows.append(BenchmarkRow(preset, m, str(dev), amp, compile, config.channels_last, batch,
+                                 input_size, img_s, *p.tolist(), gflop, img_s * gflop / 1e3))
+    return rows
+
+
+def _time_steps(config, device, model, in_channels, num_classes, input_size, batch, warmup,
+                steps, mode) -> list[float]:
+    fmt = memory_format(config.spatial_dims, config.channels_last)
+    model.to(device=device, memory_format=fmt)
+    net = torch.compile(model) if config.compile else model
+    x = torch.randn(batch, in_channels, *input_size, device=device).contiguous(memory_format=fmt)
+    out_size = model.output_size(input_size)
+    y = torch.randint(0, max(2, num_classes), (batch, *out_size), device=device)
+    if mode == "train":
+        step = _train_step_fn(config, net, model, num_classes, x, y, device)
+    else:
+        model.eval()
+
+        def step():
+            with torch.inference_mode(), autocast(device, config.amp):
+                net(x)
+    latencies = []
+    for i in range(warmup + steps):
+        _sync(device)
+        start = time.perf_counter()
+        step()
+        _sync(device)
+        if i >= warmup:
+            latencies.append(time.perf_counter() - start)
+    return latencies
+
+
+def _train_step_fn(config, net, model, num_classes, x, y, device):
+    loss_fn = build_loss(config.loss, output_channels(config, num_classes))
+    optimizer = make_optimizer(config, model.parameters())
+    scaler = torch.amp.GradScaler(device.type) if config.amp == "fp16" else None
+    model.train()
+    if output_channels(config, num_classes) == 1:
+        y = (y > 0).long()
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(device, config.amp):
+            logits = net(x)
+        loss = loss_fn(logits.float(), y)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+    return step
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def format_table(rows: list[BenchmarkRow]) -> str:
+    header = ("preset", "mode", "device", "amp", "compile", "ch-last", "batch", "input",
+              "img/s", "p50 ms", "p90 ms", "p95 ms", "p99 ms", "GFLOP/img", "TFLOP/s")
+    lines = [header]
+    for r in rows:
+        lines.append((r.preset, r.mode, r.device, r.amp, "on" if r.compile else "off",
+                      "on" if r.channels_last else "off", str(r.batch_size),
+                      "x".join(map(str, r.input_size)), f"{r.img_s:.2f}", f"{r.p50_ms:.1f}",
+                      f"{r.p90_ms:.1f}", f"{r.p95_ms:.1f}", f"{r.p99_ms:.1f}",
+                      f"{r.gflop_per_image:.1f}", f"{r.tflop_s:.3f}"))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    text = ["  ".join(cell.rjust(w) for cell, w in zip(line, widths)) for line in lines]
+    text.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(text)

@@ -1,0 +1,119 @@
+"""Checkpoints: weights, config, normalisation, step, optimizer/scaler/scheduler and RNG states.
+
+Written atomically (temporary file + rename), so a kill or a full disk never leaves a
+half-written checkpoint under the real name. Loaded with ``weights_only=True``: a
+checkpoint holds tensors and plain Python values only, never pickled code.
+"""
+from __future__ import annotations
+
+import pickle
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from napari_unet.engine.config import TrainConfig
+from napari_unet.errors import CheckpointError, ConfigError, NapariUnetError
+from napari_unet.io import atomic_write
+
+FORMAT_VERSION = 1
+LAST = "last.pt"
+BEST = "best.pt"
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: the model (weights loaded, eval mode) and what is needed to use it."""
+
+    model: torch.nn.Module
+    config: TrainConfig
+    norm_stats: dict
+    step: int
+    best_dice: float
+    data_info: dict
+    path: Path
+    state: dict  # the raw dictionary, for resuming
+
+
+def save_checkpoint(path, *, model, config, norm_stats, step, best_dice, data_info,
+                    optimizer=None, scheduler=None, scaler=None, extra=None) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {
+        "format_version": FORMAT_VERSION,
+        "model_hparams": dict(model.hparams),
+        "model_state": model.state_dict(),
+        "config": config.to_dict(),
+        "norm_stats": norm_stats,
+        "step": int(step),
+        "best_dice": float(best_dice),
+        "data_info": data_info,
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "torch_rng": torch.get_rng_state(),
+        "extra": extra or {},
+    }
+    with atomic_write(path, overwrite=True) as tmp:
+        torch.save(state, tmp)
+    return path
+
+
+def find_checkpoint(run_or_path, prefer: str = BEST) -> Path:
+    """A checkpoint file, or the best (else last) checkpoint of a run folder."""
+    path = Path(run_or_path)
+    if path.is_dir():
+        folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+        for name in (prefer, LAST, BEST):
+            if (folder / name).is_file():
+                return folder / name
+        raise CheckpointError(f"no checkpoint in {path}: expected checkpoints/{BEST} or "
+                              f"checkpoints/{LAST}; is this a napari_unet run folder?")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist: give a run folder or a .pt file")
+    return path
+
+
+def read_checkpoint(path) -> dict:
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError) as exc:
+        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"checkpoint {path} is corrupted or not a napari_unet checkpoint "
+                              f"({reason}); use another checkpoint or retrain") from None
+    if not isinstance(state, dict) or "format_version" not in state:
+        raise CheckpointError(f"{path} is not a napari_unet checkpoint")
+    if state["format_version"] > FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {path} has format version {state['format_version']}, newer than this "
+            f"napari_unet understands ({FORMAT_VERSION}): upgrade napari-unet-torch")
+    return state
+
+
+def load_checkpoint(run_or_path, prefer: str = BEST, expect_model: str | None = None) -> Checkpoint:
+    """Load a run's checkpoint (best, else last) with its model built and weights in place."""
+    from napari_unet.models import build_model
+
+    path = find_checkpoint(run_or_path, prefer)
+    state = read_checkpoint(path)
+    hparams = dict(state["model_hparams"])
+    name = hparams.pop("name")
+    if expect_model is not None and name != expect_model:
+        raise CheckpointError(f"checkpoint {path} holds a {name} model, not {expect_model}: "
+                              f"choose a checkpoint trained with that model")
+    try:
+        model = build_model(name, **hparams)
+        model.load_state_dict(state["model_state"])
+        config = TrainConfig.from_dict(state["config"])
+    except (NapariUnetError, RuntimeError, KeyError, TypeError) as exc:
+        if isinstance(exc, ConfigError):
+            raise CheckpointError(f"checkpoint {path} has a config this version cannot read: "
+                                  f"{exc}") from None
+        raise CheckpointError(f"checkpoint {path} does not match its model ({name}): "
+                              f"{str(exc).splitlines()[0][:160]}") from None
+    model.eval()
+    return Checkpoint(model=model, config=config, norm_stats=state["norm_stats"],
+                      step=state["step"], best_dice=state["best_dice"],
+                      data_info=state.get("data_info", {}), path=path, state=state)

@@ -1,0 +1,223 @@
+"""Run configuration: one dataclass, presets as data (from SPEC.md), a YAML round trip.
+
+Every option exists once, here; the CLI and the widgets map onto these fields.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from napari_unet.errors import ConfigError
+
+AMP_CHOICES = ("bf16", "fp16", "off")
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
+SCHEDULES = ("constant", "exponential_step", "cosine", "poly")
+NORMALIZATIONS = ("minus_one_one", "zscore", "none")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run. Defaults are the `industrial` preset."""
+
+    preset: str = "industrial"
+    # model
+    model: str = "tiny_unet"
+    model_options: dict = field(default_factory=dict)
+    spatial_dims: int = 2
+    patch_size: list = field(default_factory=lambda: [512, 512])  # the network's output window
+    # optimisation
+    steps: int = 2500
+    batch_size: int = 16  # per process; the global batch is batch_size x world size
+    optimizer: str = "rmsprop"
+    lr: float = 1e-4
+    weight_decay: float = 1e-5
+    momentum: float = 0.8
+    rmsprop_alpha: float = 0.9
+    rmsprop_centered: bool = True
+    adam_betas: list = field(default_factory=lambda: [0.9, 0.999])
+    lr_schedule: str = "exponential_step"
+    lr_decay_rate: float = 0.8
+    lr_decay_steps: int = 500
+    warmup_steps: int = 0
+    grad_clip: float = 0.0  # 0 = off
+    loss: str = "adaptive"
+    # data
+    normalization: str = "minus_one_one"
+    foreground_value: typing.Optional[int] = None
+    foreground_oversample: float = 0.0
+    fold: typing.Optional[int] = None
+    folds: int = 5
+    split_seed: int = 0
+    # augmentation
+    hflip: float = 0.5
+    vflip: float = 0.0
+    rot90: list = field(default_factory=lambda: [0, 1, 2])
+    crop_resize: typing.Optional[list] = None
+    brightness: float = 0.0
+    flip_all_axes: bool = False
+    # schedule of side work
+    log_every: int = 10
+    val_every: int = 250
+    checkpoint_every: int = 250
+    val_tile_size: typing.Optional[list] = None  # default: patch_size
+    val_overlap: float = 0.25
+    threshold: float = 0.5
+    # execution
+    amp: str = "bf16"
+    compile: bool = False
+    channels_last: bool = True
+    tf32: bool = True
+    device: str = "auto"
+    seed: int = 0
+
+    def __post_init__(self):
+        self.validate()
+
+    # -- checks -------------------------------------------------------------------------------
+    def validate(self) -> "TrainConfig":
+        _check_choice("amp", self.amp, AMP_CHOICES)
+        _check_choice("device", self.device, DEVICE_CHOICES)
+        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        _check_choice("lr_schedule", self.lr_schedule, SCHEDULES)
+        _check_choice("normalization", self.normalization, NORMALIZATIONS)
+        if self.spatial_dims not in (2, 3):
+            raise ConfigError(f"spatial_dims must be 2 or 3, not {self.spatial_dims}")
+        if isinstance(self.patch_size, int):
+            self.patch_size = [self.patch_size] * self.spatial_dims
+        self.patch_size = [int(p) for p in self.patch_size]
+        if len(self.patch_size) != self.spatial_dims or min(self.patch_size) < 1:
+            raise ConfigError(
+                f"patch_size {self.patch_size} needs {self.spatial_dims} positive sizes "
+                f"for a {self.spatial_dims}D model")
+        for name in ("steps", "batch_size", "log_every", "val_every", "checkpoint_every", "folds"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ConfigError(f"lr must be positive, not {self.lr}")
+        if self.fold is not None and not 0 <= self.fold < self.folds:
+            raise ConfigError(f"fold {self.fold} is out of range: use 0..{self.folds - 1} "
+                              f"(or change --folds)")
+        if not 0.0 <= self.val_overlap < 1.0:
+            raise ConfigError(f"val_overlap must be in [0, 1), not {self.val_overlap}")
+        return self
+
+    # -- serialisation ------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ConfigError(f"unknown config key(s) {', '.join(unknown)}; "
+                              f"valid keys: {', '.join(known)}")
+        hints = typing.get_type_hints(cls)
+        return cls(**{k: _coerce(k, v, hints[k]) for k, v in values.items()})
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls, text_or_path) -> "TrainConfig":
+        text = text_or_path
+        if isinstance(text_or_path, Path) or (isinstance(text_or_path, str)
+                                              and text_or_path.endswith((".yaml", ".yml"))):
+            try:
+                text = Path(text_or_path).read_text()
+            except OSError as exc:
+                raise ConfigError(f"cannot read config {text_or_path}: {exc.strerror}") from None
+        try:
+            values = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config is not valid YAML: {str(exc).splitlines()[0]}") from None
+        if not isinstance(values, dict):
+            raise ConfigError("config YAML must be a mapping of option: value")
+        return cls.from_dict(values)
+
+    def replace(self, **overrides) -> "TrainConfig":
+        values = self.to_dict()
+        values.update({k: v for k, v in overrides.items()})
+        return TrainConfig.from_dict(values)
+
+
+def _check_choice(name, value, choices):
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
+
+
+def _coerce(name, value, hint):
+    """Accept what YAML and the command line give (int for float, list for tuple), reject the rest."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is typing.Union:  # Optional[X]
+        if value is None:
+            return None
+        hint = next(a for a in args if a is not type(None))
+        origin = typing.get_origin(hint)
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint is bool and isinstance(value, bool):
+        return value
+    if hint is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if hint is str and isinstance(value, str):
+        return value
+    if hint is list and isinstance(value, (list, tuple)):
+        return list(value)
+    if hint is list and isinstance(value, int) and name in ("patch_size", "val_tile_size"):
+        return [value]
+    if hint is dict and isinstance(value, dict):
+        return dict(value)
+    raise ConfigError(f"config key {name!r} expects {getattr(hint, '__name__', hint)}, "
+                      f"got {type(value).__name__} {value!r}")
+
+
+# -- presets: the reference hyper-parameters of SPEC.md, as data ---------------------------------
+PRESETS: dict[str, dict] = {
+    # TinyUNet, "UNet Industrial" on DAGM 2007.
+    "industrial": dict(
+        model="tiny_unet", model_options={}, spatial_dims=2, patch_size=[512, 512],
+        steps=2500, batch_size=16, optimizer="rmsprop", lr=1e-4, weight_decay=1e-5,
+        momentum=0.8, rmsprop_alpha=0.9, rmsprop_centered=True,
+        lr_schedule="exponential_step", lr_decay_rate=0.8, lr_decay_steps=500,
+        loss="adaptive", normalization="minus_one_one",
+        hflip=0.5, vflip=0.0, rot90=[0, 1, 2], crop_resize=None, brightness=0.0,
+        val_every=250, checkpoint_every=250,
+    ),
+    # The original UNet, "UNet Medical" on ISBI 2012 (572 in, 388 out).
+    "isbi2012": dict(
+        model="unet", model_options={"padding": "valid", "dropout": 0.5}, spatial_dims=2,
+        patch_size=[388, 388], steps=6400, batch_size=8, optimizer="adam", lr=1e-4,
+        weight_decay=5e-4, lr_schedule="constant", loss="dice_ce",
+        normalization="minus_one_one",
+        hflip=0.5, vflip=0.5, rot90=[0], crop_resize=[0.8, 1.0], brightness=0.2,
+        val_every=400, checkpoint_every=400,
+    ),
+    # 3D U-Net with the No New-Net changes on BraTS.
+    "volume3d": dict(
+        model="unet3d", model_options={}, spatial_dims=3, patch_size=[128, 128, 128],
+        steps=16000, batch_size=2, optimizer="adam", lr=2e-4, weight_decay=0.0,
+        lr_schedule="constant", loss="dice_ce_foreground", normalization="zscore",
+        foreground_oversample=0.33, hflip=0.0, vflip=0.0, rot90=[0], crop_resize=None,
+        brightness=0.1, flip_all_axes=True, val_every=500, checkpoint_every=500,
+    ),
+}
+
+
+def preset_names() -> list[str]:
+    return list(PRESETS)
+
+
+def preset_config(name: str, **overrides) -> TrainConfig:
+    """The preset's configuration with `overrides` applied (None values are ignored)."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    values = {"preset": name, **PRESETS[name]}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return TrainConfig.from_dict(values)

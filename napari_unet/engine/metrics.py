@@ -1,0 +1,200 @@
+"""Evaluation metrics: hard Dice (and IoU) per class, the reference figures' own Dice variants.
+
+Inputs may be numpy arrays or torch tensors (on any device); results are Python floats.
+Label arrays hold class indices (``0`` = background); logits and probabilities are
+``(B, K, *spatial)``. Counting is done with torch in int64, on the device the labels are
+on (only a K x K table comes back to the CPU), and is exact over whole data sets.
+
+For binary problems the metrics count two classes (background, foreground) even when the
+network has a single sigmoid output channel.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from napari_unet.errors import DataError
+
+__all__ = [
+    "probabilities",
+    "labels_from_logits",
+    "DiceAccumulator",
+    "dice_per_class",
+    "mean_dice",
+    "soft_dice_reference",
+    "per_image_dice",
+    "pixel_error",
+    "brats_region_dice",
+]
+
+
+def _tensor(array) -> torch.Tensor:
+    return array if isinstance(array, torch.Tensor) else torch.as_tensor(np.asarray(array))
+
+
+def _like_input(result: torch.Tensor, original):
+    """Give numpy back to numpy callers, tensors to tensor callers."""
+    return result if isinstance(original, torch.Tensor) else result.cpu().numpy()
+
+
+def probabilities(logits):
+    """Class probabilities ``(B, K, *S)``: sigmoid for ``K == 1``, else softmax over ``K``."""
+    x = _tensor(logits).float()
+    probs = torch.sigmoid(x) if x.shape[1] == 1 else torch.softmax(x, dim=1)
+    return _like_input(probs, logits)
+
+
+def labels_from_logits(logits, threshold: float = 0.5):
+    """Class-index labels ``(B, *S)`` (int64): ``sigmoid > threshold`` for ``K == 1``, else argmax.
+
+    ``threshold`` is a probability and only applies to a single sigmoid channel.
+    """
+    x = _tensor(logits)
+    if x.shape[1] == 1:
+        labels = torch.sigmoid(x[:, 0].float()) > threshold
+    else:
+        labels = x.argmax(dim=1)  # the argmax of the logits is the argmax of the softmax
+    return _like_input(labels.long(), logits)
+
+
+def _dice_from_counts(intersection: float, total: float) -> float:
+    """``2|A∩B| / (|A| + |B|)``, with two empty sets agreeing perfectly (1.0)."""
+    return 1.0 if total == 0 else 2.0 * intersection / total
+
+
+class DiceAccumulator:
+    """Hard Dice per class, counted over many batches or images as if over one big array.
+
+    Summing intersections and sizes before dividing (rather than averaging per-batch Dice)
+    makes the result independent of how the data were batched.
+    """
+
+    def __init__(self, num_classes: int):
+        if num_classes < 2:
+            raise ValueError("num_classes counts the background: use 2 for a binary problem")
+        self.num_classes = num_classes
+        self.reset()
+
+    def reset(self) -> None:
+        # confusion[t, p]: number of pixels of true class t predicted as p.
+        self.confusion = torch.zeros(self.num_classes, self.num_classes, dtype=torch.int64)
+
+    def update(self, pred_labels, target) -> None:
+        pred, true = _tensor(pred_labels).long(), _tensor(target).long()
+        if pred.shape != true.shape:
+            raise DataError(f"prediction {tuple(pred.shape)} and mask {tuple(true.shape)} "
+                            "differ in shape; crop or pad the mask to the prediction")
+        k = self.num_classes
+        if pred.numel() and (min(int(pred.min()), int(true.min())) < 0
+                             or max(int(pred.max()), int(true.max())) >= k):
+            raise DataError(f"labels must be class indices 0..{k - 1}; a mask with other values "
+                            "(e.g. 255) needs its foreground value set")
+        counts = torch.bincount((true * k + pred).flatten(), minlength=k * k)
+        self.confusion += counts.reshape(k, k).cpu()
+
+    def _counts(self):
+        intersection = self.confusion.diagonal()
+        return intersection, self.confusion.sum(dim=1), self.confusion.sum(dim=0)
+
+    def dice_per_class(self) -> list[float]:
+        """Dice of each class; a class absent from both prediction and target scores 1.0."""
+        intersection, target_size, pred_size = self._counts()
+        return [_dice_from_counts(int(i), int(t + p))
+                for i, t, p in zip(intersection, target_size, pred_size)]
+
+    def iou_per_class(self) -> list[float]:
+        """Intersection over union of each class, with the same empty-on-empty rule."""
+        intersection, target_size, pred_size = self._counts()
+        unions = target_size + pred_size - intersection
+        return [1.0 if int(u) == 0 else int(i) / int(u) for i, u in zip(intersection, unions)]
+
+    def mean_dice(self, include_background: bool = True) -> float:
+        scores = self.dice_per_class()
+        return float(np.mean(scores if include_background else scores[1:]))
+
+
+def dice_per_class(pred, target, num_classes: int) -> list[float]:
+    """Hard Dice of each class between two label arrays of the same shape."""
+    accumulator = DiceAccumulator(num_classes)
+    accumulator.update(pred, target)
+    return accumulator.dice_per_class()
+
+
+def mean_dice(pred, target, num_classes: int, include_background: bool = True) -> float:
+    """Mean of :func:`dice_per_class`, with or without the background class 0."""
+    accumulator = DiceAccumulator(num_classes)
+    accumulator.update(pred, target)
+    return accumulator.mean_dice(include_background)
+
+
+def soft_dice_reference(probs, onehot, eps: float = 1e-6) -> float:
+    """The ISBI reference's "Dice" (0.890): soft, both classes, squared denominator.
+
+    As NVIDIA's UNet_Medical (TF2, ``runtime/losses.py``: ``dice_coef`` inside
+    ``partial_losses``) computes it: for each image and class
+    ``(2 sum(p t) + eps) / (sum(p^2 + t^2) + eps)`` with ``eps = 1e-6``, averaged over the
+    images, then over the classes. Their evaluation reports ``1 - mean(dice_loss)`` over
+    equal-sized batches, which is this value averaged over all images; call this function
+    per image (``B = 1``) and average to reproduce it over a data set.
+
+    ``probs`` and ``onehot`` are ``(B, K, *S)``: softmax probabilities and the one-hot mask.
+    """
+    p, t = _tensor(probs).double(), _tensor(onehot).double()
+    spatial = tuple(range(2, p.ndim))
+    intersection = (p * t).sum(spatial)
+    denominator = (p * p + t * t).sum(spatial)
+    dice = (2.0 * intersection + eps) / (denominator + eps)  # (B, K)
+    return float(dice.mean(dim=0).mean())
+
+
+def per_image_dice(pred, target) -> list[float]:
+    """Binary Dice of each image in ``(B, *S)`` label arrays (nonzero = foreground).
+
+    The DAGM2007 reference metric: an empty prediction on an empty mask scores 1.0, an
+    empty prediction on a defect, or a detection on a clean image, scores 0.0. NVIDIA's
+    industrial code gets the same rule from ``(2 I + 1e-5) / (|P| + |T| + 1e-5)``
+    (``utils/metrics.py::iou_score``, a Dice despite its name), at several thresholds; the
+    reference figure is the mean over images at one threshold, applied by the caller.
+    """
+    p, t = _tensor(pred) != 0, _tensor(target) != 0
+    if p.shape != t.shape:
+        raise DataError(f"prediction {tuple(p.shape)} and mask {tuple(t.shape)} differ in shape")
+    p, t = p.flatten(1), t.flatten(1)
+    intersections = (p & t).sum(dim=1).tolist()
+    totals = (p.sum(dim=1) + t.sum(dim=1)).tolist()
+    return [_dice_from_counts(i, n) for i, n in zip(intersections, totals)]
+
+
+def pixel_error(pred, target) -> float:
+    """Fraction of pixels whose label differs between prediction and target."""
+    p, t = _tensor(pred), _tensor(target)
+    if p.shape != t.shape:
+        raise DataError(f"prediction {tuple(p.shape)} and mask {tuple(t.shape)} differ in shape")
+    return float((p != t).double().mean())
+
+
+def brats_region_dice(pred_labels, target_labels, edema_label: int = 2,
+                      enhancing_label: int = 4) -> dict[str, float]:
+    """Dice of the BraTS evaluation regions over one volume (or everything passed).
+
+    With the BraTS file labels (1 necrotic / non-enhancing core, 2 edema, 3 non-enhancing
+    in older releases, 4 enhancing): whole tumour ``wt`` = labels 1-4, tumour core ``tc`` =
+    1, 3, 4 (the tumour without the edema), enhancing tumour ``et`` = 4. A mask whose
+    enhancing class was renumbered to 3 passes ``enhancing_label=3``. An empty region on
+    an empty region scores 1.0.
+    """
+    p, t = _tensor(pred_labels), _tensor(target_labels)
+    if p.shape != t.shape:
+        raise DataError(f"prediction {tuple(p.shape)} and mask {tuple(t.shape)} differ in shape")
+
+    def regions(labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        tumour = labels > 0
+        return {"wt": tumour, "tc": tumour & (labels != edema_label),
+                "et": labels == enhancing_label}
+
+    pred_regions, true_regions = regions(p), regions(t)
+    scores = {}
+    for name in ("wt", "tc", "et"):
+        a, b = pred_regions[name], true_regions[name]
+        scores[name] = _dice_from_counts(int((a & b).sum()), int(a.sum() + b.sum()))
+    return scores

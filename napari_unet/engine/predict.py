@@ -1,0 +1,167 @@
+"""Prediction and evaluation of a trained model: the engine's `predict`, `predict_file`, `evaluate`.
+
+Tiling, blending and TTA live in :mod:`napari_unet.engine.inference`; this module adds what a
+run knows (normalisation, tile size, threshold, classes) and the files.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from napari_unet.engine.checkpoint import Checkpoint, load_checkpoint
+from napari_unet.engine.data import Dataset, NormStats, as_channel_first, normalize, split_folds
+from napari_unet.engine.inference import iter_sliding_window
+from napari_unet.engine.metrics import (DiceAccumulator, per_image_dice, pixel_error,
+                                        soft_dice_reference)
+from napari_unet.engine.runtime import resolve_device
+from napari_unet.errors import DataError, OutputExistsError
+from napari_unet.io import TifMemmapWriter, read_image
+
+
+@dataclass(frozen=True)
+class PredictionDone:
+    """The last item `predict` yields: arrays (or memory maps) of the result."""
+
+    probabilities: np.ndarray
+    labels: np.ndarray
+
+
+def labels_from_probabilities(probabilities: np.ndarray, num_outputs: int,
+                              threshold: float = 0.5) -> np.ndarray:
+    """Binary models: probability >= threshold; multi-class: argmax over the class axis."""
+    if num_outputs > 2:
+        return np.argmax(probabilities, axis=0).astype(np.uint8)
+    return (probabilities >= threshold).astype(np.uint8)
+
+
+def _tile_size(checkpoint: Checkpoint, tile_size):
+    if tile_size:
+        sizes = list(tile_size)
+        dims = checkpoint.model.spatial_dims
+        return sizes * dims if len(sizes) == 1 else sizes
+    return checkpoint.data_info.get("input_size") or checkpoint.config.patch_size
+
+
+def prepare_image(checkpoint: Checkpoint, image) -> np.ndarray:
+    """A channel-first view of a user's image that matches the model, or a clear error."""
+    model = checkpoint.model
+    spatial_dims = model.spatial_dims
+    image = np.asarray(image) if not hasattr(image, "ndim") else image
+    # a 2D model over a (Z, Y, X) stack: each page is one 2D image
+    if spatial_dims == 2 and image.ndim == 3 and image.shape[-1] not in (3, 4) \
+            and image.shape[0] != model.in_channels:
+        return image[None]
+    if spatial_dims == 2 and image.ndim == 4 and image.shape[1] == model.in_channels:
+        return np.moveaxis(image, 1, 0) if model.in_channels > 1 else image[:, 0][None]
+    prepared = as_channel_first(image, spatial_dims)
+    if prepared.shape[0] != model.in_channels:
+        raise DataError(f"the image has {prepared.shape[0]} channel(s) but the model expects "
+                        f"{model.in_channels}: give an image like the training images")
+    return prepared
+
+
+def predict(checkpoint, image, *, tile_size=None, overlap=0.25, batch_size=4, tta=False,
+            amp="bf16", device="auto", threshold=None, out=None, labels_out=None,
+            channels_last=True):
+    """Yield TilesDone events, then one PredictionDone. Closing the generator cancels."""
+    if not isinstance(checkpoint, Checkpoint):
+        checkpoint = load_checkpoint(checkpoint)
+    yield from predict_with_model(
+        checkpoint.model, prepare_image(checkpoint, image),
+        NormStats.from_dict(checkpoint.norm_stats), tile_size=_tile_size(checkpoint, tile_size),
+        overlap=overlap, batch_size=batch_size, tta=tta, amp=amp, device=resolve_device(device),
+        threshold=checkpoint.config.threshold if threshold is None else threshold,
+        out=out, labels_out=labels_out, channels_last=channels_last)
+
+
+def predict_with_model(model, image, stats: NormStats, *, tile_size, overlap=0.25, batch_size=4,
+                       tta=False, amp="bf16", device=torch.device("cpu"), threshold=0.5,
+                       out=None, labels_out=None, channels_last=True):
+    """Sliding-window prediction of a channel-first image, normalised tile by tile."""
+    model = model.to(device)
+    probabilities = yield from iter_sliding_window(
+        model, image, tile_size=tile_size, overlap=overlap, batch_size=batch_size, tta=tta,
+        amp=amp, device=device, channels_last=channels_last,
+        preprocess=lambda region: normalize(region, stats), out=out, labels_out=labels_out,
+        threshold=threshold)
+    labels = labels_out
+    if labels is None:
+        labels = labels_from_probabilities(probabilities, model.num_classes, threshold)
+    yield PredictionDone(probabilities=probabilities, labels=labels)
+
+
+def run_to_end(events) -> PredictionDone:
+    done = None
+    for event in events:
+        if isinstance(event, PredictionDone):
+            done = event
+    return done
+
+
+def predict_array(checkpoint, image, **options):
+    """(probabilities, labels) of one image; the blocking form of :func:`predict`."""
+    done = run_to_end(predict(checkpoint, image, **options))
+    return done.probabilities, done.labels
+
+
+def predict_file(run, input_path, labels_path, *, probabilities=None, overwrite=False,
+                 **options):
+    """Predict a TIF from disk into TIF files, streaming through memory maps; yields events."""
+    checkpoint = load_checkpoint(run)
+    labels_path = Path(labels_path)
+    for path in (labels_path, probabilities):
+        if path is not None and Path(path).exists() and not overwrite:
+            raise OutputExistsError(f"{path} exists: pass --overwrite to replace it")
+    image = prepare_image(checkpoint, read_image(input_path, mmap=True))
+    spatial = tuple(image.shape[1:])
+    k = checkpoint.model.num_classes
+    prob_shape = (k, *spatial) if k > 2 else spatial
+    prob_target = probabilities or labels_path.with_name(labels_path.name + ".probabilities.tmp")
+    with TifMemmapWriter(labels_path, spatial, np.uint8, overwrite=overwrite) as labels_out, \
+            TifMemmapWriter(prob_target, prob_shape, np.float32, overwrite=True) as prob_out:
+        for event in predict(checkpoint, image, out=prob_out, labels_out=labels_out, **options):
+            if not isinstance(event, PredictionDone):
+                yield event
+    if probabilities is None:
+        Path(prob_target).unlink(missing_ok=True)
+
+
+# -- evaluation ----------------------------------------------------------------------------------
+def evaluate(checkpoint, dataset: Dataset, *, fold=None, tile_size=None, overlap=0.25,
+             tta=False, amp="bf16", device="auto") -> dict:
+    """Dice per class and mean (and the references' metrics) of a run on labelled data."""
+    if not isinstance(checkpoint, Checkpoint):
+        checkpoint = load_checkpoint(checkpoint)
+    config = checkpoint.config
+    if fold is not None:
+        _, indices = split_folds(len(dataset.images), fold, config.folds, config.split_seed)
+        dataset = dataset.subset(indices)
+    num_classes = max(2, checkpoint.data_info.get("num_classes", 2), dataset.num_classes)
+    accumulator = DiceAccumulator(num_classes)
+    image_dice, errors, soft = [], [], []
+    for image, mask in zip(dataset.images, dataset.masks):
+        probabilities, labels = predict_array(checkpoint, image, tile_size=tile_size,
+                                              overlap=overlap, tta=tta, amp=amp, device=device)
+        accumulator.update(labels, mask)
+        if num_classes == 2:
+            image_dice += per_image_dice(labels[None], np.asarray(mask)[None])
+            errors.append(pixel_error(labels, mask))
+            soft.append(_soft_dice(probabilities, mask))
+    metrics = {"samples": len(dataset.images), "mean_dice": accumulator.mean_dice(),
+               "foreground_dice": accumulator.mean_dice(include_background=False),
+               "dice_per_class": accumulator.dice_per_class()}
+    if num_classes == 2:
+        metrics.update(soft_dice=float(np.mean(soft)), pixel_error=float(np.mean(errors)),
+                       per_image_dice=float(np.mean(image_dice)))
+    return metrics
+
+
+def _soft_dice(probabilities, mask):
+    foreground = torch.as_tensor(np.asarray(probabilities, dtype=np.float32))
+    probs = torch.stack([1 - foreground, foreground])[None]
+    target = torch.as_tensor(np.asarray(mask, dtype=np.int64))
+    onehot = torch.stack([target == 0, target == 1]).float()[None]
+    return soft_dice_reference(probs, onehot)

@@ -1,0 +1,45 @@
+"""Device, precision and backend choices shared by training, prediction and benchmarks."""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from napari_unet.errors import ConfigError
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("--device cuda was asked for but no CUDA GPU is available: "
+                              "use --device cpu or auto")
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    if name == "cpu":
+        return torch.device("cpu")
+    raise ConfigError(f"device must be auto, cpu or cuda, not {name!r}")
+
+
+def configure_backends(device: torch.device, tf32: bool = True) -> None:
+    """TF32 for matmuls and convolutions on Ampere+ (SPEC: on by default on GPU)."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
+        torch.backends.cudnn.benchmark = True
+
+
+def autocast(device: torch.device, amp: str):
+    """A context manager for the chosen precision; "off" is full fp32 (TF32 where enabled)."""
+    if amp == "off":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=AMP_DTYPES[amp])
+
+
+def memory_format(spatial_dims: int, channels_last: bool):
+    # channels_last_3d is slower with InstanceNorm3d (SPEC pitfall): 2D only.
+    if channels_last and spatial_dims == 2:
+        return torch.channels_last
+    return torch.contiguous_format

@@ -1,0 +1,374 @@
+"""The training loop: one readable generator.
+
+``train(config, images, masks, run_dir=...)`` yields events (Started, Progress, Validation,
+CheckpointSaved, Finished). Closing the generator (or Ctrl-C inside it) saves a checkpoint of
+the last completed step and stops. Batches, augmentation and dropout are pure functions of
+``(seed, step)``, so a resumed run - or a DDP run with the same global batch - reproduces an
+uninterrupted single-process run.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from napari_unet.engine import distributed
+from napari_unet.engine.augment import Augmenter
+from napari_unet.engine.checkpoint import BEST, LAST, load_checkpoint, read_checkpoint, save_checkpoint
+from napari_unet.engine.config import TrainConfig
+from napari_unet.engine.data import (Dataset, PatchSampler, as_channel_first, compute_norm_stats,
+                                     masks_to_classes, split_folds)
+from napari_unet.engine.events import CheckpointSaved, Finished, Message, Progress, Started, Validation
+from napari_unet.engine.losses import build_loss
+from napari_unet.engine.runtime import autocast, configure_backends, memory_format, resolve_device
+from napari_unet.engine.validation import validate
+from napari_unet.errors import ConfigError, DataError, NapariUnetError, TrainingDiverged
+from napari_unet.models import build_model
+
+SEED_STRIDE = 1_000_003  # step seeds: seed * stride + step, distinct for every (seed, step)
+
+
+# -- data --------------------------------------------------------------------------------------
+def as_dataset(images, masks, config: TrainConfig) -> Dataset:
+    """A Dataset from a Dataset, or from lists/stacks of raw arrays and masks."""
+    if isinstance(images, Dataset):
+        return images
+    if masks is None:
+        raise DataError("no masks given: paint labels for the image or pass --masks")
+    images, masks = _as_sample_list(images, config.spatial_dims), list(masks)
+    if len(images) != len(masks) and len(masks) == 1 and len(images) > 1:
+        raise DataError(f"{len(images)} images but {len(masks)} mask: give one mask per image")
+    if config.spatial_dims == 2 and len(masks) == 1 and np.ndim(masks[0]) == 3:
+        masks = list(masks[0])
+    if len(images) != len(masks):
+        raise DataError(f"{len(images)} images but {len(masks)} masks: give one mask per image")
+    samples, classes = [], []
+    for i, (image, mask) in enumerate(zip(images, masks)):
+        image = as_channel_first(np.asarray(image) if not hasattr(image, "shape") else image,
+                                 config.spatial_dims)
+        mask = masks_to_classes(np.asarray(mask), config.foreground_value)
+        if tuple(image.shape[1:]) != tuple(mask.shape):
+            raise DataError(f"image {i} has shape {tuple(image.shape[1:])} but its mask "
+                            f"{tuple(mask.shape)}: image and mask must cover the same pixels")
+        samples.append(image)
+        classes.append(mask)
+    return Dataset(images=samples, masks=classes, names=[f"sample{i}" for i in range(len(samples))],
+                   spatial_dims=config.spatial_dims)
+
+
+def _as_sample_list(images, spatial_dims):
+    """A list of per-sample arrays; a 2D model sees each page of a (Z,Y,X) stack as a sample."""
+    if isinstance(images, (list, tuple)):
+        if spatial_dims == 2 and len(images) == 1 and np.ndim(images[0]) == 3 \
+                and images[0].shape[-1] not in (3, 4):
+            return list(images[0])
+        return list(images)
+    if spatial_dims == 2 and images.ndim == 3 and images.shape[-1] not in (3, 4):
+        return list(images)
+    if spatial_dims == 3 and images.ndim == 5:
+        return list(images)
+    return [images]
+
+
+def check_data_fits_model(dataset: Dataset, config: TrainConfig):
+    if dataset.spatial_dims != config.spatial_dims:
+        raise DataError(
+            f"the data is {dataset.spatial_dims}D but the {config.model} model is "
+            f"{config.spatial_dims}D: use the "
+            f"{'volume3d' if dataset.spatial_dims == 3 else 'industrial or isbi2012'} preset")
+    if len(dataset.images) == 0:
+        raise DataError("the data set is empty: give at least one image with its mask")
+
+
+# -- model, optimizer, schedule ------------------------------------------------------------------
+def output_channels(config: TrainConfig, num_classes: int) -> int:
+    """1 sigmoid channel for binary losses that need it, else one channel per class."""
+    if config.loss == "adaptive":
+        if num_classes > 2:
+            raise ConfigError(f"the adaptive loss is binary but the masks have {num_classes} "
+                              f"classes: use --loss dice_ce")
+        return 1
+    return num_classes
+
+
+def make_model(config: TrainConfig, in_channels: int, num_classes: int) -> torch.nn.Module:
+    options = {"in_channels": in_channels, "num_classes": output_channels(config, num_classes)}
+    options.update(config.model_options)
+    if config.model == "unet3d" and "spatial_dims" not in options and config.spatial_dims == 2:
+        options["spatial_dims"] = 2
+    model = build_model(config.model, **options)
+    if model.spatial_dims != config.spatial_dims:
+        raise ConfigError(f"the {config.model} model is {model.spatial_dims}D but the run is "
+                          f"{config.spatial_dims}D: set spatial_dims or choose another model")
+    return model
+
+
+def window_sizes(model, patch_size) -> tuple[tuple, tuple]:
+    """(input, output) window sizes: the smallest valid input whose output covers the patch."""
+    candidate = list(patch_size)
+    for _ in range(4096):
+        size = tuple(model.valid_input_size(candidate))
+        out = tuple(model.output_size(size))
+        if all(o >= p for o, p in zip(out, patch_size)):
+            return size, out
+        candidate = [s + 1 if o < p else s for s, o, p in zip(size, out, patch_size)]
+    raise ConfigError(f"no valid input size found for patch {patch_size}")
+
+
+def make_optimizer(config: TrainConfig, params):
+    if config.optimizer == "rmsprop":
+        return torch.optim.RMSprop(params, lr=config.lr, alpha=config.rmsprop_alpha,
+                                   momentum=config.momentum, centered=config.rmsprop_centered,
+                                   weight_decay=config.weight_decay, eps=1e-8)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, betas=tuple(config.adam_betas),
+                                weight_decay=config.weight_decay)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, betas=tuple(config.adam_betas),
+                                 weight_decay=config.weight_decay)
+    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, nesterov=True,
+                           weight_decay=config.weight_decay)
+
+
+def lr_factor(config: TrainConfig, step: int) -> float:
+    """The learning-rate multiplier at `step` (warm-up, then the schedule)."""
+    if config.warmup_steps and step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    if config.lr_schedule == "exponential_step":
+        return config.lr_decay_rate ** (step // config.lr_decay_steps)
+    progress = min(1.0, step / max(1, config.steps))
+    if config.lr_schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * progress))
+    if config.lr_schedule == "poly":
+        return (1 - progress) ** 0.9
+    return 1.0
+
+
+def make_augmenter(config: TrainConfig) -> Augmenter:
+    return Augmenter(config.spatial_dims, hflip=config.hflip, vflip=config.vflip,
+                     rot90=tuple(config.rot90), crop_resize=config.crop_resize,
+                     brightness=config.brightness, flip_all_axes=config.flip_all_axes)
+
+
+# -- run folder ----------------------------------------------------------------------------------
+class RunFolder:
+    """config.yaml, metrics.jsonl, checkpoints/ and predictions/ of one run (rank 0 writes)."""
+
+    def __init__(self, path, writer: bool = True):
+        self.path = Path(path)
+        self.writer = writer
+        self.checkpoints = self.path / "checkpoints"
+        self.predictions = self.path / "predictions"
+
+    def prepare(self, config: TrainConfig, resume: bool):
+        if not self.writer:
+            return
+        if (self.checkpoints / LAST).exists() and not resume:
+            raise ConfigError(f"{self.path} already holds a run: pass --resume to continue it, "
+                              f"or choose another --out folder")
+        try:
+            self.checkpoints.mkdir(parents=True, exist_ok=True)
+            self.predictions.mkdir(exist_ok=True)
+            (self.path / "config.yaml").write_text(config.to_yaml())
+        except OSError as exc:
+            raise ConfigError(f"cannot write the run folder {self.path}: {exc.strerror}; "
+                              f"choose a writable --out folder") from None
+
+    def log(self, record: dict):
+        if self.writer:
+            with open(self.path / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+# -- the loop ------------------------------------------------------------------------------------
+def train(config: TrainConfig, images=None, masks=None, *, run_dir, resume: bool = False,
+          init_from=None, val_images=None, val_masks=None):
+    """Train a model; a generator of events. See the module docstring."""
+    config.validate()
+    dist = distributed.context()
+    device = resolve_device(config.device, dist.local_rank)
+    configure_backends(device, config.tf32)
+    dist.setup(device)
+
+    dataset = as_dataset(images, masks, config)
+    check_data_fits_model(dataset, config)
+    if val_images is not None:
+        train_set, val_set = dataset, as_dataset(val_images, val_masks, config)
+    else:
+        train_idx, val_idx = split_folds(len(dataset.images), config.fold, config.folds,
+                                         config.split_seed)
+        train_set, val_set = dataset.subset(train_idx), dataset.subset(val_idx)
+    num_classes = max(2, dataset.num_classes)
+
+    torch.manual_seed(config.seed)
+    model = make_model(config, dataset.in_channels, num_classes)
+    input_size, output_size = window_sizes(model, config.patch_size)
+    norm = compute_norm_stats(train_set.images, config.normalization)
+    data_info = {"num_classes": num_classes, "in_channels": dataset.in_channels,
+                 "spatial_dims": config.spatial_dims, "input_size": list(input_size),
+                 "output_size": list(output_size), "foreground_value": config.foreground_value}
+
+    folder = RunFolder(run_dir, writer=dist.is_main)
+    folder.prepare(config, resume)
+    start_step, best_dice = 0, float("-inf")
+    mem_format = memory_format(config.spatial_dims, config.channels_last)
+    model.to(device=device, memory_format=mem_format)
+    optimizer = make_optimizer(config, model.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(config, s))
+    scaler = torch.amp.GradScaler(device.type) if config.amp == "fp16" else None
+    if resume and (folder.checkpoints / LAST).exists():
+        start_step, best_dice, norm = _restore(folder.checkpoints / LAST, model, optimizer,
+                                               scheduler, scaler)
+    elif init_from is not None:
+        _init_weights(init_from, model)
+
+    net = dist.wrap(model, device)
+    if config.compile:
+        net = torch.compile(net)
+    loss_fn = build_loss(config.loss, output_channels(config, num_classes))
+    augment = make_augmenter(config)
+    sampler = PatchSampler(train_set.images, train_set.masks, input_size, output_size,
+                           config.batch_size, norm, seed=config.seed,
+                           foreground_oversample=config.foreground_oversample,
+                           rank=dist.rank, world_size=dist.world_size)
+
+    def save(name, step):
+        if not dist.is_main:
+            return None
+        return save_checkpoint(folder.checkpoints / name, model=model, config=config,
+                               norm_stats=norm.to_dict(), step=step, best_dice=best_dice,
+                               data_info=data_info, optimizer=optimizer, scheduler=scheduler,
+                               scaler=scaler)
+
+    yield Started(total_steps=config.steps, start_step=start_step, run_dir=str(folder.path),
+                  device=str(device), world_size=dist.world_size,
+                  global_batch_size=config.batch_size * dist.world_size,
+                  train_samples=len(train_set.images), val_samples=len(val_set.images))
+    if dataset.num_classes < 2 or not any(np.any(m) for m in train_set.masks):
+        yield Message("warning", "every training mask is background only: the model will learn "
+                                 "to predict nothing; paint some foreground")
+    done = start_step  # completed optimizer steps
+    window = _ThroughputWindow()
+    try:
+        for step in range(start_step, config.steps):
+            loss = _train_step(net, model, sampler, augment, loss_fn, optimizer, scaler, config,
+                               device, mem_format, step, dist)
+            scheduler.step()
+            done = step + 1
+            img_s = window.add(config.batch_size * dist.world_size)
+            lr = optimizer.param_groups[0]["lr"]
+            yield Progress(step=done, total=config.steps, loss=loss, lr=lr, img_s=img_s)
+            if done % config.log_every == 0 or done == config.steps:
+                folder.log({"step": done, "loss": loss, "lr": lr, "img_s": img_s,
+                            "time": time.time()})
+            if len(val_set.images) and (done % config.val_every == 0 or done == config.steps):
+                result = validate(model, val_set, norm, config, input_size, device, dist)
+                is_best = result["dice"] > best_dice
+                best_dice = max(best_dice, result["dice"])
+                folder.log({"step": done, "val_dice": result["dice"],
+                            "val_dice_per_class": result["dice_per_class"]})
+                yield Validation(step=done, dice=result["dice"],
+                                 dice_per_class=tuple(result["dice_per_class"]), best=is_best)
+                if is_best and dist.is_main:
+                    yield CheckpointSaved(str(save(BEST, done)), done)
+                window.reset()
+            if done % config.checkpoint_every == 0 and done != config.steps:
+                path = save(LAST, done)
+                if path:
+                    yield CheckpointSaved(str(path), done)
+    except (GeneratorExit, KeyboardInterrupt):
+        save(LAST, done)  # a cancelled run stays resumable
+        dist.cleanup()
+        raise
+    except BaseException:
+        dist.cleanup()
+        raise
+    last = save(LAST, done)
+    if not len(val_set.images):
+        best_dice = float("nan")
+    best_path = folder.checkpoints / BEST
+    final = best_path if best_path.exists() else last
+    dist.cleanup()
+    yield Finished(best_dice=best_dice, path=str(final), step=done)
+
+
+def _train_step(net, model, sampler, augment, loss_fn, optimizer, scaler, config, device,
+                mem_format, step, dist) -> float:
+    step_seed = config.seed * SEED_STRIDE + step
+    x, y = sampler.batch(step)
+    generator = torch.Generator().manual_seed(step_seed * 64 + dist.rank)
+    x, y = augment(x, y, generator)
+    x = x.to(device, non_blocking=True).contiguous(memory_format=mem_format)
+    y = y.to(device, non_blocking=True)
+    torch.manual_seed(step_seed * 64 + dist.rank)  # dropout masks depend on (seed, step, rank)
+    net.train()
+    optimizer.zero_grad(set_to_none=True)
+    with autocast(device, config.amp):
+        logits = net(x)
+    loss = loss_fn(logits.float(), y)
+    value = dist.mean(loss.detach())
+    if not math.isfinite(value) and scaler is None:
+        raise TrainingDiverged(
+            f"the loss became {value} at step {step + 1}: lower --lr or try --amp off; "
+            f"the last good checkpoint is kept in the run folder")
+    if scaler is not None:  # fp16: the scaler skips steps with inf/NaN gradients
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        _clip(model, config)
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        _clip(model, config)
+        optimizer.step()
+    return value
+
+
+def _clip(model, config):
+    if config.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+
+
+def _restore(path, model, optimizer, scheduler, scaler):
+    state = read_checkpoint(path)
+    model.load_state_dict(state["model_state"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    from napari_unet.engine.data import NormStats
+    return state["step"], state["best_dice"], NormStats.from_dict(state["norm_stats"])
+
+
+def _init_weights(init_from, model):
+    """Fine-tune: start from another run's weights (same model and classes)."""
+    source = load_checkpoint(init_from)
+    try:
+        model.load_state_dict(source.model.state_dict())
+    except RuntimeError:
+        raise NapariUnetError(
+            f"cannot fine-tune from {source.path}: its {source.model.hparams['name']} model "
+            f"differs from this run's (classes, channels or size); choose a matching run") from None
+
+
+class _ThroughputWindow:
+    """Images per second over the recent steps (excludes validation pauses)."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        self.start, self.images, self.last = time.perf_counter(), 0, 0.0
+
+    def add(self, images: int) -> float:
+        self.images += images
+        elapsed = time.perf_counter() - self.start
+        if elapsed > 0:
+            self.last = self.images / elapsed
+        if elapsed > 10:  # keep the window recent
+            self.start, self.images = time.perf_counter(), 0
+        return self.last

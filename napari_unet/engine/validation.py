@@ -1,0 +1,31 @@
+"""Validation during training: whole images through the sliding window, Dice over the set.
+
+Each process scores its share of the validation images; the confusion matrices are summed
+over processes, so the Dice is that of the whole set whatever the world size.
+"""
+from __future__ import annotations
+
+import torch
+
+from napari_unet.engine.metrics import DiceAccumulator
+from napari_unet.engine.predict import predict_with_model, run_to_end
+
+
+def validate(model, val_set, norm, config, input_size, device, dist) -> dict:
+    num_classes = max(2, val_set.num_classes, model.num_classes)
+    accumulator = DiceAccumulator(num_classes)
+    tile_size = config.val_tile_size or list(input_size)
+    was_training = model.training
+    model.eval()
+    for index in range(dist.rank, len(val_set.images), dist.world_size):
+        done = run_to_end(predict_with_model(
+            model, val_set.images[index], norm, tile_size=tile_size, overlap=config.val_overlap,
+            batch_size=max(1, config.batch_size), amp=config.amp, device=device,
+            threshold=config.threshold, channels_last=config.channels_last))
+        accumulator.update(done.labels, val_set.masks[index])
+    confusion = accumulator.confusion.to(device)
+    accumulator.confusion = dist.sum_(confusion).cpu()
+    model.train(was_training)
+    return {"dice": accumulator.mean_dice(include_background=False),
+            "dice_per_class": accumulator.dice_per_class(),
+            "mean_dice": accumulator.mean_dice()}

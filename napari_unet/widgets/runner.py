@@ -1,0 +1,487 @@
+"""Training as a child process, its JSON events as Qt signals, and the clean-up around it.
+
+``TrainingRunner`` starts ``python -m napari_unet.cli train ... --events jsonl`` (the CLI
+launches torchrun itself for ``--nproc`` > 1), reads the child's stdout in a thread and turns
+every line back into the engine's event (``events.from_json``), emitted on the GUI thread as a
+Qt signal. The napari event loop therefore never waits on torch, Cancel is real (the child
+gets SIGINT, saves a checkpoint and exits 130; after a grace period its whole process group
+is killed) and GPU memory is returned when the child ends.
+
+Nothing is left behind: every child runs in its own process group and is stopped when its
+runner is garbage-collected, when the viewer window closes (the Train widget asks), when the
+QApplication quits and, as a last guard, at interpreter exit.
+
+A run that outlives the viewer (napari crashed, or another session started it) can be
+re-attached: :func:`read_run` restores its curves from ``RUN/metrics.jsonl`` and finds its
+checkpoint; :class:`RunWatcher` follows a run that is still going.
+"""
+from __future__ import annotations
+
+import atexit
+import collections
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from qtpy.QtCore import QObject, QTimer, Signal
+from qtpy.QtWidgets import QApplication
+
+from napari_unet.engine.events import from_json
+
+PID_FILE = ".napari_unet_train.json"  # in the run folder while a child trains there
+GRACE_S = 10.0  # after SIGINT, how long the child may take to save its checkpoint
+STDERR_LINES = 200
+POSIX = os.name == "posix"
+
+_CHILDREN: set = set()  # Popen objects still running, for the interpreter-exit guard
+_RUNNERS: "weakref.WeakSet[TrainingRunner]" = weakref.WeakSet()
+
+
+def train_command(args) -> list[str]:
+    """The child's command line: the CLI's ``train`` with JSON events on stdout."""
+    args = [str(a) for a in args]
+    if "--events" not in args:
+        args += ["--events", "jsonl"]
+    return [sys.executable, "-m", "napari_unet.cli", "train", *args]
+
+
+def _child_env() -> dict:
+    """Leave the GUI a core: torch in the child uses one thread fewer than the machine has."""
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2) - 1)))
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+class TrainingRunner(QObject):
+    """One training child process; its events as signals (always emitted on the GUI thread).
+
+    Signals carry the engine's event dataclasses: ``started(Started)``,
+    ``progress(Progress)``, ``validation(Validation)``, ``checkpoint(CheckpointSaved)``,
+    ``message(Message)``, ``finished(Finished)``; ``failed(str)`` has a one-line reason,
+    ``cancelled(str)`` the run folder, and ``exited(int)`` the exit status, always last.
+    """
+
+    started = Signal(object)
+    progress = Signal(object)
+    validation = Signal(object)
+    checkpoint = Signal(object)
+    message = Signal(object)
+    finished = Signal(object)
+    failed = Signal(str)
+    cancelled = Signal(str)
+    exited = Signal(int)
+    _line = Signal(str)
+    _ended = Signal(int)
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self._process = None
+        self._stderr = collections.deque(maxlen=STDERR_LINES)
+        self._reset()
+        self._line.connect(self._on_line)
+        self._ended.connect(self._on_ended)
+        _RUNNERS.add(self)
+        _connect_quit_guard()
+
+    def _reset(self):
+        self.run_dir = None
+        self.error = None
+        self.cancel_requested = False
+        self.last_finished = None
+        self.last_checkpoint = None
+        self.exit_code = None
+        self._stderr.clear()
+
+    # -- state --------------------------------------------------------------------------------
+    @property
+    def pid(self):
+        return self._process.pid if self._process is not None else None
+
+    def is_running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    @property
+    def stderr_text(self) -> str:
+        return "".join(self._stderr)
+
+    # -- start ----------------------------------------------------------------------------------
+    def start(self, args, run_dir=None) -> None:
+        """Start ``napari_unet train ARGS --events jsonl``; raise RuntimeError if one runs."""
+        if self.is_running():
+            raise RuntimeError("a training run is already going: cancel it first")
+        self._reset()
+        self.run_dir = Path(run_dir) if run_dir else None
+        options = {"start_new_session": True} if POSIX else {
+            "creationflags": getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0)}
+        process = subprocess.Popen(
+            train_command(args), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True, bufsize=1, env=_child_env(), **options)
+        self._process = process
+        _CHILDREN.add(process)
+        # if the runner is dropped while the child runs, the child goes with it
+        self._finalizer = weakref.finalize(self, _stop_process, process, 0.0)
+        stderr_thread = threading.Thread(target=_pump_stderr, args=(process, self._stderr),
+                                         daemon=True, name="napari-unet-stderr")
+        stderr_thread.start()
+        # the threads hold the runner weakly: a dropped runner still stops its child
+        threading.Thread(target=_pump_stdout, args=(weakref.ref(self), process, stderr_thread),
+                         daemon=True, name="napari-unet-stdout").start()
+        self._write_pid_file(process)
+
+    def _write_pid_file(self, process):
+        if self.run_dir is None:
+            return
+        record = {"pid": process.pid, "started": time.time(), "command": process.args}
+        try:
+            (self.run_dir / PID_FILE).write_text(json.dumps(record))
+        except OSError:
+            pass  # re-attaching to a live run is a convenience; training works without it
+
+    # -- events -----------------------------------------------------------------------------------
+    def _on_line(self, line: str):
+        if not line.strip():
+            return
+        try:
+            event = from_json(line)
+        except (ValueError, KeyError, TypeError):
+            from napari_unet.engine.events import Message
+            self.message.emit(Message("info", line.strip()))
+            return
+        kind = type(event).__name__
+        if kind == "Failed":
+            self.error = event.error
+            return
+        if kind == "Finished":
+            self.last_finished = event
+        if kind == "CheckpointSaved":
+            self.last_checkpoint = event.path
+        signal_ = {"Started": self.started, "Progress": self.progress,
+                   "Validation": self.validation, "CheckpointSaved": self.checkpoint,
+                   "Message": self.message, "Finished": self.finished}.get(kind)
+        if signal_ is not None:
+            signal_.emit(event)
+
+    def _on_ended(self, code: int):
+        process = self._process
+        _CHILDREN.discard(process)
+        self._finalizer.detach()
+        self.exit_code = code
+        self._remove_pid_file()
+        if code == 0 and self.last_finished is not None:
+            pass  # finished was emitted with the event
+        elif self.cancel_requested or code in (130, -signal.SIGINT, -signal.SIGKILL,
+                                               -signal.SIGTERM):
+            self.cancelled.emit(str(self.run_dir or ""))
+        elif code != 0:
+            self.failed.emit(self.error or self._reason(code))
+        else:
+            self.failed.emit(self.error or "training ended without a result: " + self._reason(code))
+        self.exited.emit(code)
+
+    def _reason(self, code: int) -> str:
+        lines = [line.strip() for line in self._stderr if line.strip()]
+        for line in reversed(lines):  # the CLI's one-line error, else the traceback's last line
+            if line.startswith("napari_unet: error:"):
+                return line.removeprefix("napari_unet: error:").strip()
+        last = lines[-1] if lines else "no error message"
+        return f"training stopped with exit status {code}: {last}"
+
+    def _remove_pid_file(self):
+        if self.run_dir is not None:
+            try:
+                (self.run_dir / PID_FILE).unlink(missing_ok=True)
+            except OSError:
+                pass
+
+    # -- stop ---------------------------------------------------------------------------------------
+    def cancel(self, grace_s: float = GRACE_S) -> None:
+        """Ask the child to stop (SIGINT: it saves a checkpoint, exits 130); kill it after
+        `grace_s` seconds if it has not. Returns at once: ``cancelled`` follows."""
+        if not self.is_running():
+            return
+        self.cancel_requested = True
+        _interrupt(self._process)
+        process = self._process
+        QTimer.singleShot(int(grace_s * 1000), lambda: _kill_group(process))
+
+    def stop(self, grace_s: float = GRACE_S) -> None:
+        """Blocking stop for shutdown: SIGINT, wait up to `grace_s`, then kill the group."""
+        if self._process is None:
+            return
+        if self.is_running():
+            self.cancel_requested = True
+        _stop_process(self._process, grace_s)
+        self._remove_pid_file()
+
+
+# -- processes -------------------------------------------------------------------------------------
+def _interrupt(process) -> None:
+    if process.poll() is not None:
+        return
+    try:
+        if POSIX:
+            os.kill(process.pid, signal.SIGINT)  # the CLI forwards it to torchrun's workers
+        else:
+            process.terminate()
+    except ProcessLookupError:
+        pass
+
+
+def _kill_group(process) -> None:
+    """Kill the child and everything it started (torchrun and its workers)."""
+    if POSIX:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)  # the group id is the child's pid
+        except (ProcessLookupError, PermissionError):
+            pass
+    if process.poll() is None:
+        try:
+            process.kill()
+        except ProcessLookupError:
+            pass
+
+
+def _stop_process(process, grace_s: float) -> None:
+    if process.poll() is None:
+        _interrupt(process)
+        try:
+            process.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            pass
+    _kill_group(process)  # also the group's stragglers after a clean exit of the leader
+    try:
+        process.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pass
+    _CHILDREN.discard(process)
+
+
+def stop_all(grace_s: float = GRACE_S) -> None:
+    """Stop every training child of this process (viewer closing, application quitting)."""
+    runners = [runner for runner in list(_RUNNERS) if runner.is_running()]
+    for runner in runners:  # interrupt all first, so that they save their checkpoints together
+        runner.cancel_requested = True
+        _interrupt(runner._process)
+    deadline = time.monotonic() + grace_s
+    for runner in runners:
+        runner.stop(max(0.0, deadline - time.monotonic()))
+    for process in list(_CHILDREN):
+        _stop_process(process, 0.0)
+
+
+@atexit.register
+def _kill_children_at_exit():
+    for process in list(_CHILDREN):
+        _stop_process(process, 3.0)
+
+
+_quit_guard_connected = False
+
+
+def _connect_quit_guard():
+    global _quit_guard_connected
+    app = QApplication.instance()
+    if app is not None and not _quit_guard_connected:
+        app.aboutToQuit.connect(stop_all)
+        _quit_guard_connected = True
+
+
+# -- re-attaching ----------------------------------------------------------------------------------
+@dataclass
+class RunRecord:
+    """What a run folder tells about a run: its curves, its checkpoint and whether it lives."""
+
+    run_dir: Path
+    loss: list = field(default_factory=list)  # [(step, loss)]
+    dice: list = field(default_factory=list)  # [(step, dice)]
+    total_steps: int | None = None
+    checkpoint: Path | None = None
+    pid: int | None = None  # set while a child still trains there
+
+    @property
+    def last_step(self) -> int:
+        steps = [s for s, _ in self.loss] + [s for s, _ in self.dice]
+        return max(steps, default=0)
+
+
+def read_run(run_dir) -> RunRecord:
+    """The curves of RUN/metrics.jsonl, the best (else last) checkpoint and a live child's pid.
+
+    Raises FileNotFoundError when the folder is not a napari_unet run.
+    """
+    run_dir = Path(run_dir)
+    metrics = run_dir / "metrics.jsonl"
+    checkpoints = run_dir / "checkpoints"
+    if not (run_dir / "config.yaml").is_file() and not metrics.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a napari_unet run folder "
+                                f"(no config.yaml or metrics.jsonl)")
+    record = RunRecord(run_dir=run_dir)
+    record.loss, record.dice, _ = _read_metrics(metrics, 0)
+    record.total_steps = _configured_steps(run_dir / "config.yaml")
+    record.checkpoint = find_run_checkpoint(run_dir)
+    record.pid = live_pid(run_dir)
+    return record
+
+
+def find_run_checkpoint(run_or_file):
+    """A .pt file as given, else the run's checkpoints/best.pt, else last.pt, else None."""
+    path = Path(run_or_file)
+    if path.is_file():
+        return path
+    for name in ("best.pt", "last.pt"):
+        for folder in (path / "checkpoints", path):
+            if (folder / name).is_file():
+                return folder / name
+    return None
+
+
+def _read_metrics(path: Path, offset: int):
+    """(loss points, dice points, new offset) from the complete lines after `offset`."""
+    loss, dice = [], []
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            chunk = f.read()
+    except OSError:
+        return loss, dice, offset
+    end = chunk.rfind(b"\n") + 1  # a line being written stays for the next read
+    for raw in chunk[:end].splitlines():
+        try:
+            record = json.loads(raw)
+        except ValueError:
+            continue
+        if "loss" in record:
+            loss.append((int(record["step"]), float(record["loss"])))
+        if "val_dice" in record:
+            dice.append((int(record["step"]), float(record["val_dice"])))
+    return loss, dice, offset + end
+
+
+def _configured_steps(config_path: Path):
+    try:
+        import yaml
+        return int((yaml.safe_load(config_path.read_text()) or {}).get("steps"))
+    except (OSError, ValueError, TypeError, AttributeError, ImportError):
+        return None
+    except Exception:  # noqa: BLE001 - a damaged YAML only costs the step total
+        return None
+
+
+def live_pid(run_dir):
+    """The pid of the training child recorded in the run folder, if it is still running."""
+    try:
+        record = json.loads((Path(run_dir) / PID_FILE).read_text())
+        pid = int(record["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return pid if _alive(pid) else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    cmdline = Path(f"/proc/{pid}/cmdline")  # guard against a recycled pid where we can
+    if cmdline.exists():
+        try:
+            return b"napari_unet" in cmdline.read_bytes()
+        except OSError:
+            return True
+    return True
+
+
+class RunWatcher(QObject):
+    """Follows a run started elsewhere by polling its metrics.jsonl (no stdout to read).
+
+    ``points(list, list)`` brings new loss and Dice points; ``ended(str)`` fires once the child
+    is gone, with the checkpoint found (or "").
+    """
+
+    points = Signal(object, object)
+    ended = Signal(str)
+
+    def __init__(self, run_dir, pid, offset_from_start: bool = False, parent=None,
+                 interval_ms: int = 1000):
+        super().__init__(parent)
+        self.run_dir = Path(run_dir)
+        self.pid = pid
+        metrics = self.run_dir / "metrics.jsonl"
+        self._offset = 0 if offset_from_start or not metrics.exists() else metrics.stat().st_size
+        self._timer = QTimer(self)
+        self._timer.setInterval(interval_ms)
+        self._timer.timeout.connect(self.poll)
+        self._timer.start()
+
+    def poll(self):
+        loss, dice, self._offset = _read_metrics(self.run_dir / "metrics.jsonl", self._offset)
+        if loss or dice:
+            self.points.emit(loss, dice)
+        if not _alive(self.pid):
+            self._timer.stop()
+            checkpoint = find_run_checkpoint(self.run_dir)
+            self.ended.emit(str(checkpoint or ""))
+
+    def cancel(self):
+        """SIGINT to the run's child: it saves its checkpoint and stops."""
+        try:
+            os.kill(self.pid, signal.SIGINT)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def stop(self):
+        self._timer.stop()
+
+
+# -- runs this session knows about (the Predict and Correct widgets offer them) ----------------
+class _RunRegistry(QObject):
+    changed = Signal()
+
+    def __init__(self):
+        super().__init__()
+        self.runs: list[str] = []
+
+    def add(self, run_dir) -> None:
+        run_dir = str(run_dir)
+        if run_dir in self.runs:
+            self.runs.remove(run_dir)
+        self.runs.insert(0, run_dir)
+        self.changed.emit()
+
+
+_registry = None
+
+
+def run_registry() -> _RunRegistry:
+    global _registry
+    if _registry is None:
+        _registry = _RunRegistry()
+    return _registry
+
+
+def default_runs_root() -> Path:
+    return Path.home() / "napari_unet_runs"
+
+
+def known_runs() -> list[str]:
+    """This session's runs first, then the newest folders under ~/napari_unet_runs."""
+    runs = list(run_registry().runs)
+    root = default_runs_root()
+    if root.is_dir():
+        try:
+            folders = sorted((p for p in root.iterdir() if (p / "config.yaml").is_file()),
+                             key=lambda p: p.stat().st_mtime, reverse=True)
+        except OSError:
+            folders = []
+        runs += [str(p) for p in folders[:20] if str(p) not in runs]
+    return runs

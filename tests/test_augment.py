@@ -1,0 +1,100 @@
+"""Augmentation keeps images and masks aligned, in 2D and 3D, with concentric windows."""
+import pytest
+import torch
+
+from napari_unet.engine.augment import Augmenter
+from napari_unet.errors import ConfigError
+
+EVERYTHING = dict(hflip=0.5, vflip=0.5, rot90=(0, 1, 2, 3), crop_resize=(0.5, 1.0),
+                  brightness=0.0)
+
+
+def coordinate_batch(batch, out_size, margin):
+    """x: one channel per spatial axis holding that axis' coordinate in the mask's frame (a
+    linear ramp, which bilinear resampling reproduces exactly); y: each mask pixel's own
+    index. After any geometric augmentation, the ramps at the centre of x must point to the
+    mask pixel that y holds there."""
+    dims = len(out_size)
+    in_size = [s + 2 * margin for s in out_size]
+    ramps = torch.meshgrid(*[torch.arange(n, dtype=torch.float32) - margin for n in in_size],
+                           indexing="ij")
+    x = torch.stack(ramps)[None].repeat(batch, 1, *([1] * dims))
+    y = torch.arange(torch.tensor(out_size).prod()).reshape(out_size)
+    y = y[None].repeat(batch, *([1] * dims))
+    return x, y
+
+
+def assert_aligned(x, y, out_size, margin):
+    dims = len(out_size)
+    centre = x[(slice(None), slice(None)) + tuple(slice(margin, margin + s) for s in out_size)]
+    strides = torch.tensor([torch.tensor(out_size[a + 1:]).prod() for a in range(dims)])
+    for axis in range(dims):
+        mask_coordinate = (y // strides[axis]) % out_size[axis]
+        assert (centre[:, axis] - mask_coordinate).abs().max() <= 0.5 + 1e-4
+
+
+@pytest.mark.parametrize("out_size, margin", [((16, 16), 0), ((16, 16), 6), ((12, 16), 4),
+                                              ((8, 8, 8), 0), ((8, 10, 10), 3)])
+@pytest.mark.parametrize("options", [
+    dict(hflip=0.5, vflip=0.5), dict(rot90=(1, 2, 3)), dict(crop_resize=(0.4, 0.9)), EVERYTHING,
+])
+def test_geometry_keeps_image_and_mask_aligned(out_size, margin, options):
+    dims = len(out_size)
+    x, y = coordinate_batch(8, out_size, margin)
+    augment = Augmenter(dims, flip_all_axes=dims == 3, **options)
+    x2, y2 = augment(x, y, torch.Generator().manual_seed(0))
+    assert x2.shape == x.shape and y2.shape == y.shape and y2.dtype == torch.long
+    assert not torch.equal(y2, y)  # something happened
+    assert_aligned(x2, y2, out_size, margin)
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_an_image_equal_to_its_mask_still_equals_it(dims):
+    y = torch.zeros((4,) + (12,) * dims, dtype=torch.long)
+    y[(slice(None),) + (slice(2, 7),) * dims] = 1
+    y[(slice(None),) + (slice(6, 11),) + (slice(0, 4),) * (dims - 1)] = 2
+    augment = Augmenter(dims, hflip=0.5, vflip=0.5, rot90=(0, 1, 2, 3), flip_all_axes=dims == 3)
+    x2, y2 = augment(y[:, None].float(), y, torch.Generator().manual_seed(1))
+    assert torch.equal(x2[:, 0].long(), y2) and not torch.equal(y2, y)
+
+
+def test_draws_come_from_the_generator_per_item():
+    x, y = coordinate_batch(16, (16, 16), 2)
+    augment = Augmenter(2, **{**EVERYTHING, "brightness": 0.2})
+    first = augment(x, y, torch.Generator().manual_seed(5))
+    second = augment(x, y, torch.Generator().manual_seed(5))
+    assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
+    other = augment(x, y, torch.Generator().manual_seed(6))
+    assert not torch.equal(first[1], other[1])
+    # items differ from each other: the choices are per item, not per batch
+    assert len({tuple(item.flatten()[:20].tolist()) for item in first[1]}) > 4
+
+
+def test_brightness_shifts_each_item_within_range():
+    x = torch.zeros(64, 2, 4, 4)
+    y = torch.zeros(64, 4, 4, dtype=torch.long)
+    x2, y2 = Augmenter(2, brightness=0.2)(x, y, torch.Generator().manual_seed(0))
+    shift = x2.amax(dim=(1, 2, 3))
+    assert torch.equal(shift, x2.amin(dim=(1, 2, 3)))  # one shift per item, all channels
+    assert shift.abs().max() <= 0.2 and shift.std() > 0.05 and torch.equal(y2, y)
+
+
+def test_rot90_is_skipped_for_non_square_windows():
+    x, y = coordinate_batch(4, (8, 12), 0)
+    x2, y2 = Augmenter(2, rot90=(1,))(x, y, torch.Generator().manual_seed(0))
+    assert torch.equal(x2, x) and torch.equal(y2, y)
+
+
+def test_nothing_switched_on_is_the_identity():
+    x, y = coordinate_batch(4, (8, 8, 8), 2)
+    x2, y2 = Augmenter(3)(x, y, torch.Generator().manual_seed(0))
+    assert torch.equal(x2, x) and torch.equal(y2, y)
+
+
+def test_bad_options_raise_config_error():
+    with pytest.raises(ConfigError):
+        Augmenter(2, rot90=(4,))
+    with pytest.raises(ConfigError):
+        Augmenter(2, crop_resize=(0.9, 0.5))
+    with pytest.raises(ConfigError):
+        Augmenter(4)
