@@ -19,6 +19,7 @@ from napari_unet.engine.events import TilesDone
 from napari_unet.engine.inference import (gaussian_importance, iter_sliding_window,
                                           predict_array, tile_starts)
 from napari_unet.errors import ConfigError, DataError
+from napari_unet.io import TifMemmapWriter
 from napari_unet.models import build_model
 
 
@@ -224,19 +225,19 @@ def test_channels_last_and_bf16():
 def test_memory_mapped_input_and_output(tmp_path):
     model = build_model("tiny_unet", base_channels=4)
     data = np.random.default_rng(1).integers(0, 4000, (3, 50, 70), dtype=np.uint16)
-    tifffile.imwrite(tmp_path / "in.tif", data)
+    tifffile.imwrite(tmp_path / "in.tif", data, photometric="minisblack")
     image = tifffile.memmap(tmp_path / "in.tif", mode="r")[None]
     assert isinstance(image, np.memmap)
-    out = tifffile.memmap(tmp_path / "out.tif", shape=(3, 50, 70), dtype=np.float32)
-    labels = tifffile.memmap(tmp_path / "labels.tif", shape=(3, 50, 70), dtype=np.uint8)
+    labels = tifffile.memmap(tmp_path / "labels.tif", shape=(3, 50, 70), dtype=np.uint8,
+                             photometric="minisblack")
 
     def normalise(region):  # pointwise, with fixed statistics
         return region.astype(np.float32) / 2000 - 1
 
-    result = predict_array(model, image, tile_size=32, overlap=0.25, batch_size=5,
-                           preprocess=normalise, out=out, labels_out=labels)
-    assert result is out
-    out.flush()
+    with TifMemmapWriter(tmp_path / "out.tif", (3, 50, 70), np.float32) as out:
+        result = predict_array(model, image, tile_size=32, overlap=0.25, batch_size=5,
+                               preprocess=normalise, out=out, labels_out=labels)
+        assert result is out
     labels.flush()
     expected = predict_array(model, normalise(data)[None], tile_size=32, overlap=0.25)
     np.testing.assert_allclose(tifffile.imread(tmp_path / "out.tif"), expected, atol=1e-6)

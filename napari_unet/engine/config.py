@@ -88,7 +88,9 @@ class TrainConfig:
         if self.spatial_dims not in (2, 3):
             raise ConfigError(f"spatial_dims must be 2 or 3, not {self.spatial_dims}")
         if isinstance(self.patch_size, int):
-            self.patch_size = [self.patch_size] * self.spatial_dims
+            self.patch_size = [self.patch_size]
+        if len(self.patch_size) == 1:  # one size for every axis
+            self.patch_size = list(self.patch_size) * self.spatial_dims
         self.patch_size = [int(p) for p in self.patch_size]
         if len(self.patch_size) != self.spatial_dims or min(self.patch_size) < 1:
             raise ConfigError(

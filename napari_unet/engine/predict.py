@@ -74,7 +74,8 @@ def predict(checkpoint, image, *, tile_size=None, overlap=0.25, batch_size=4, tt
         NormStats.from_dict(checkpoint.norm_stats), tile_size=_tile_size(checkpoint, tile_size),
         overlap=overlap, batch_size=batch_size, tta=tta, amp=amp, device=resolve_device(device),
         threshold=checkpoint.config.threshold if threshold is None else threshold,
-        out=out, labels_out=labels_out, channels_last=channels_last)
+        out=out, labels_out=labels_out,
+        channels_last=channels_last and checkpoint.model.spatial_dims == 2)
 
 
 def predict_with_model(model, image, stats: NormStats, *, tile_size, overlap=0.25, batch_size=4,
@@ -115,8 +116,8 @@ def predict_file(run, input_path, labels_path, *, probabilities=None, overwrite=
     for path in (labels_path, probabilities):
         if path is not None and Path(path).exists() and not overwrite:
             raise OutputExistsError(f"{path} exists: pass --overwrite to replace it")
-    image = prepare_image(checkpoint, read_image(input_path, mmap=True))
-    spatial = tuple(image.shape[1:])
+    image = read_image(input_path, mmap=True)
+    spatial = tuple(prepare_image(checkpoint, image).shape[1:])
     k = checkpoint.model.num_classes
     prob_shape = (k, *spatial) if k > 2 else spatial
     prob_target = probabilities or labels_path.with_name(labels_path.name + ".probabilities.tmp")

@@ -21,7 +21,8 @@ def validate(model, val_set, norm, config, input_size, device, dist) -> dict:
         done = run_to_end(predict_with_model(
             model, val_set.images[index], norm, tile_size=tile_size, overlap=config.val_overlap,
             batch_size=max(1, config.batch_size), amp=config.amp, device=device,
-            threshold=config.threshold, channels_last=config.channels_last))
+            threshold=config.threshold,
+            channels_last=config.channels_last and model.spatial_dims == 2))
         accumulator.update(done.labels, val_set.masks[index])
     confusion = accumulator.confusion.to(device)
     accumulator.confusion = dist.sum_(confusion).cpu()

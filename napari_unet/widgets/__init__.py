@@ -1,0 +1,178 @@
+"""The napari widgets: Train, Predict and Correct (docked through napari.yaml).
+
+They are faces: they collect choices, write files, start the engine (training in a child
+process through :mod:`.runner`, prediction in napari's ``thread_worker``) and show what comes
+back as layers and notifications. No training logic lives here. Qt is used through qtpy only.
+
+This module holds the small pieces the three widgets share.
+"""
+from __future__ import annotations
+
+import re
+import weakref
+
+import numpy as np
+from qtpy.QtCore import QEvent, QObject, QTimer
+from qtpy.QtWidgets import QComboBox, QMainWindow
+
+
+class UserError(Exception):
+    """A choice the user can fix; shown as a one-line napari notification."""
+
+
+def show_error(message: str) -> None:
+    from napari.utils.notifications import show_error as napari_show_error
+    napari_show_error(str(message).splitlines()[0] if str(message) else "error")
+
+
+def show_warning(message: str) -> None:
+    from napari.utils.notifications import show_warning as napari_show_warning
+    napari_show_warning(str(message))
+
+
+def show_info(message: str) -> None:
+    from napari.utils.notifications import show_info as napari_show_info
+    napari_show_info(str(message))
+
+
+def one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+# -- layers ----------------------------------------------------------------------------------------
+def layer_data(layer):
+    """The full-resolution array of a layer (the first level of a multiscale one)."""
+    return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+
+
+def spatial_shape(layer) -> tuple:
+    """The layer's pixel grid: its shape without an RGB(A) axis."""
+    shape = tuple(layer_data(layer).shape)
+    return shape[:-1] if getattr(layer, "rgb", False) else shape
+
+
+def safe_name(name: str) -> str:
+    """A file-name-safe form of a layer name."""
+    return re.sub(r"[^\w.-]+", "_", name).strip("._") or "layer"
+
+
+def current_index(viewer, layer, axis: int = 0) -> int:
+    """The data index of the slice the viewer shows along the layer's `axis`."""
+    point = viewer.dims.point
+    coords = layer.world_to_data(point[-layer.ndim:] if len(point) >= layer.ndim else point)
+    size = spatial_shape(layer)[axis]
+    return int(np.clip(np.round(coords[axis]), 0, size - 1))
+
+
+class LayerCombo(QComboBox):
+    """A combo box of the viewer's layers of one type, kept up to date by name."""
+
+    def __init__(self, viewer, layer_type, parent=None):
+        super().__init__(parent)
+        self._viewer = viewer
+        self._layer_type = layer_type
+        self.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+        self.setMinimumContentsLength(12)
+        events = viewer.layers.events
+        events.inserted.connect(self._on_inserted)
+        events.removed.connect(self.refresh)
+        events.moved.connect(self.refresh)
+        for layer in viewer.layers:
+            layer.events.name.connect(self.refresh)
+        self.refresh()
+
+    def _on_inserted(self, event=None):
+        if event is not None and getattr(event, "value", None) is not None:
+            event.value.events.name.connect(self.refresh)
+        self.refresh()
+
+    def refresh(self, *_):
+        try:
+            current = self.currentText()
+            names = [layer.name for layer in self._viewer.layers
+                     if isinstance(layer, self._layer_type)]
+            if names == [self.itemText(i) for i in range(self.count())]:
+                return
+            self.blockSignals(True)
+            self.clear()
+            self.addItems(names)
+            if current in names:
+                self.setCurrentIndex(names.index(current))
+            self.blockSignals(False)
+            if current not in names:
+                self.currentIndexChanged.emit(self.currentIndex())
+        except RuntimeError:  # the Qt side is gone (viewer closed); napari's event still fires
+            pass
+
+    def showPopup(self):
+        self.refresh()
+        super().showPopup()
+
+    def layer(self):
+        """The chosen layer, or None."""
+        name = self.currentText()
+        for layer in self._viewer.layers:
+            if layer.name == name and isinstance(layer, self._layer_type):
+                return layer
+        return None
+
+    def set_layer(self, layer) -> None:
+        self.refresh()
+        index = self.findText(layer.name)
+        if index >= 0:
+            self.setCurrentIndex(index)
+
+
+# -- the viewer window closing -----------------------------------------------------------------
+class _CloseFilter(QObject):
+    """Calls back (weakly held methods) when the window it watches is about to close."""
+
+    def __init__(self, window):
+        super().__init__(window)
+        self.callbacks: list = []
+
+    def eventFilter(self, watched, event):
+        if event.type() == QEvent.Close:
+            for ref in list(self.callbacks):
+                callback = ref()
+                if callback is not None:
+                    try:
+                        callback()
+                    except RuntimeError:  # a widget already deleted
+                        pass
+        return False
+
+
+def _main_window(widget):
+    window = widget.window()
+    return window if isinstance(window, QMainWindow) else None
+
+
+def stop_on_window_close(widget, callback) -> None:
+    """Call `callback` (a bound method, held weakly) when the napari window holding `widget`
+    closes. The widget is docked only after it is built, so this retries until it is."""
+    ref = weakref.WeakMethod(callback)
+    widget_ref = weakref.ref(widget)  # a pending timer must not keep the viewer alive
+
+    def attach(attempt=0):
+        widget_now = widget_ref()
+        if widget_now is None:
+            return
+        try:
+            window = _main_window(widget_now)
+        except RuntimeError:
+            return
+        del widget_now
+        if window is None:
+            if attempt < 50:
+                QTimer.singleShot(100, lambda: attach(attempt + 1))
+            return
+        guard = window.findChild(_CloseFilter, "napari_unet_close_filter")
+        if guard is None:
+            guard = _CloseFilter(window)
+            guard.setObjectName("napari_unet_close_filter")
+            window.installEventFilter(guard)
+        guard.callbacks.append(ref)
+
+    QTimer.singleShot(0, attach)

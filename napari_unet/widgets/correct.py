@@ -1,0 +1,313 @@
+"""Correct widget: turn a prediction into good labels, then feed it back as training data.
+
+Threshold a probability layer into a new Labels layer; on a Labels layer remove small objects,
+fill holes and copy the neighbouring slice (edits go through ``Labels.data_setitem``, so
+napari's undo, Ctrl+Z, takes them back); "Add to training set" saves (image, labels) into
+``RUN/data/images`` + ``RUN/data/masks`` under new names, never replacing a file, so the
+next training or fine-tune of that run uses them.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from qtpy.QtWidgets import (QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGroupBox,
+                            QHBoxLayout, QLabel, QPushButton, QSpinBox, QVBoxLayout, QWidget)
+
+from napari_unet.widgets import (LayerCombo, UserError, current_index, layer_data, one_line,
+                                 show_error, show_info, spatial_shape)
+from napari_unet.widgets.runner import known_runs, run_registry
+from napari_unet.widgets.train import looks_like_volume, write_training_pairs
+
+CURRENT_SLICE, EVERY_SLICE, WHOLE_VOLUME = "current slice", "every slice (2D)", "whole volume (3D)"
+
+
+# -- label operations on arrays (one class at a time, other classes untouched) ------------------
+def _classes(labels: np.ndarray):
+    values = np.unique(labels)
+    return values[values != 0]
+
+
+def remove_small_objects(labels: np.ndarray, min_size: int) -> np.ndarray:
+    """`labels` without connected objects smaller than `min_size` pixels (per class value)."""
+    from skimage import morphology
+
+    result = labels.copy()
+    for value in _classes(labels):
+        mask = labels == value
+        try:  # scikit-image >= 0.26 names the cut-off max_size (objects <= it go)
+            kept = morphology.remove_small_objects(mask, max_size=max(min_size - 1, 0))
+        except TypeError:
+            kept = morphology.remove_small_objects(mask, min_size=min_size)
+        result[mask & ~kept] = 0
+    return result
+
+
+def fill_holes(labels: np.ndarray) -> np.ndarray:
+    """`labels` with background holes inside each class's objects filled with that class."""
+    from scipy import ndimage
+
+    result = labels.copy()
+    for value in _classes(labels):
+        filled = ndimage.binary_fill_holes(labels == value)
+        result[filled & (result == 0)] = value
+    return result
+
+
+def _regions(layer, scope: str, index: int):
+    """The index tuples the operation runs on, one at a time."""
+    ndim = layer.data.ndim
+    if ndim == 2 or scope == WHOLE_VOLUME:
+        return [()]
+    if scope == EVERY_SLICE:
+        return [(z,) for z in range(layer.data.shape[0])]
+    return [(index,)]
+
+
+def apply_to_labels(layer, operation, regions) -> int:
+    """Run `operation(array) -> array` on each region of a Labels layer through
+    ``data_setitem`` (undoable). Returns the number of pixels changed."""
+    changed_total = 0
+    for region in regions:
+        before = np.asarray(layer.data[region])
+        after = operation(before)
+        changed = np.nonzero(after != before)
+        if not changed[0].size:
+            continue
+        full = tuple(np.full(changed[0].shape, i) for i in region) + changed
+        layer.data_setitem(full, after[changed].astype(layer.data.dtype))
+        changed_total += changed[0].size
+    return changed_total
+
+
+def copy_slice(layer, source: int, target: int) -> int:
+    """Replace slice `target` of a stack by slice `source` (undoable). Pixels changed."""
+    return apply_to_labels(layer, lambda _: np.asarray(layer.data[source]), [(target,)])
+
+
+# -- the widget ---------------------------------------------------------------------------------------
+class CorrectWidget(QWidget):
+    def __init__(self, napari_viewer, parent=None):
+        super().__init__(parent)
+        from napari.layers import Image, Labels
+
+        self.viewer = napari_viewer
+
+        # probabilities -> labels
+        self.probability_combo = LayerCombo(napari_viewer, Image)
+        self.threshold = QDoubleSpinBox()
+        self.threshold.setRange(0.0, 1.0)
+        self.threshold.setSingleStep(0.05)
+        self.threshold.setValue(0.5)
+        threshold_button = QPushButton("Threshold → new labels")
+        threshold_button.clicked.connect(self.threshold_to_labels)
+        threshold_form = QFormLayout()
+        threshold_form.addRow("Probabilities", self.probability_combo)
+        threshold_form.addRow("Threshold", self.threshold)
+        threshold_form.addRow(threshold_button)
+        threshold_box = QGroupBox("Threshold")
+        threshold_box.setLayout(threshold_form)
+
+        # edits of a labels layer
+        self.labels_combo = LayerCombo(napari_viewer, Labels)
+        self.scope = QComboBox()
+        self.scope.addItems([CURRENT_SLICE, EVERY_SLICE, WHOLE_VOLUME])
+        self.min_size = QSpinBox()
+        self.min_size.setRange(1, 10_000_000)
+        self.min_size.setValue(20)
+        self.min_size.setSuffix(" px")
+        remove_button = QPushButton("Remove small objects")
+        remove_button.clicked.connect(self.remove_small)
+        fill_button = QPushButton("Fill holes")
+        fill_button.clicked.connect(self.fill_holes)
+        previous_button = QPushButton("Copy previous slice")
+        previous_button.clicked.connect(lambda: self.copy_neighbour(-1))
+        next_button = QPushButton("Copy next slice")
+        next_button.clicked.connect(lambda: self.copy_neighbour(+1))
+        undo_button = QPushButton("Undo")
+        undo_button.setToolTip("undo the last edit of the labels layer (as Ctrl+Z)")
+        undo_button.clicked.connect(self.undo)
+        row1 = QHBoxLayout()
+        row1.addWidget(remove_button)
+        row1.addWidget(self.min_size)
+        row2 = QHBoxLayout()
+        row2.addWidget(fill_button)
+        row2.addWidget(undo_button)
+        row3 = QHBoxLayout()
+        row3.addWidget(previous_button)
+        row3.addWidget(next_button)
+        edit_form = QFormLayout()
+        edit_form.addRow("Labels", self.labels_combo)
+        edit_form.addRow("Apply to", self.scope)
+        edit_form.addRow(row1)
+        edit_form.addRow(row2)
+        edit_form.addRow(row3)
+        edit_box = QGroupBox("Edit labels")
+        edit_box.setLayout(edit_form)
+
+        # feed back
+        self.image_combo = LayerCombo(napari_viewer, Image)
+        self.run_combo = QComboBox()
+        self.run_combo.setEditable(True)
+        self.run_combo.lineEdit().setPlaceholderText("run folder")
+        browse = QPushButton("…")
+        browse.setMaximumWidth(30)
+        browse.clicked.connect(self._browse_run)
+        run_row = QHBoxLayout()
+        run_row.addWidget(self.run_combo, 1)
+        run_row.addWidget(browse)
+        add_button = QPushButton("Add to training set")
+        add_button.setToolTip("save the image and the labels above into RUN/data (new files); "
+                              "fine-tune from RUN to use them")
+        add_button.clicked.connect(self.add_to_training_set)
+        feed_form = QFormLayout()
+        feed_form.addRow("Image", self.image_combo)
+        feed_form.addRow("Run", run_row)
+        feed_form.addRow(add_button)
+        feed_box = QGroupBox("Training set")
+        feed_box.setLayout(feed_form)
+
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        layout = QVBoxLayout(self)
+        layout.addWidget(threshold_box)
+        layout.addWidget(edit_box)
+        layout.addWidget(feed_box)
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+
+        self._refresh_runs()
+        run_registry().changed.connect(self._refresh_runs)
+
+    # -- helpers ----------------------------------------------------------------------------------------
+    def _labels(self):
+        layer = self.labels_combo.layer()
+        if layer is None:
+            raise UserError("choose a labels layer (a prediction or painted labels)")
+        return layer
+
+    def _refresh_runs(self):
+        current = self.run_combo.currentText()
+        runs = known_runs()
+        self.run_combo.blockSignals(True)
+        self.run_combo.clear()
+        self.run_combo.addItems(runs)
+        self.run_combo.setEditText(current or (runs[0] if runs else ""))
+        self.run_combo.blockSignals(False)
+
+    def _browse_run(self):
+        folder = QFileDialog.getExistingDirectory(self, "Run folder", self.run_combo.currentText())
+        if folder:
+            self.run_combo.setEditText(folder)
+
+    def _report(self, text):
+        self.status.setText(text)
+
+    # -- actions ------------------------------------------------------------------------------------------
+    def threshold_to_labels(self):
+        """A new Labels layer: probability >= threshold, placed over the probabilities."""
+        from napari_unet.engine import labels_from_probabilities
+
+        layer = self.probability_combo.layer()
+        if layer is None:
+            show_error("choose a probability layer (from Predict) to threshold")
+            return
+        data = np.asarray(layer_data(layer))
+        if getattr(layer, "rgb", False) or not np.issubdtype(data.dtype, np.floating):
+            show_error(f"'{layer.name}' is not a probability map (floats in 0..1): choose the "
+                       f"probabilities layer of a prediction")
+            return
+        labels = labels_from_probabilities(data, 1, self.threshold.value())
+        new = self.viewer.add_labels(labels, name=f"{layer.name} > {self.threshold.value():.2f}",
+                                     scale=layer.scale, translate=layer.translate, opacity=0.5)
+        self.labels_combo.set_layer(new)
+        self._report(f"added '{new.name}'")
+
+    def _edit(self, operation, what: str):
+        try:
+            layer = self._labels()
+            index = current_index(self.viewer, layer) if layer.data.ndim > 2 else 0
+        except UserError as exc:
+            show_error(str(exc))
+            return
+        changed = apply_to_labels(layer, operation, _regions(layer, self.scope.currentText(),
+                                                             index))
+        self._report(f"{what}: {changed} pixel(s) changed in '{layer.name}'")
+
+    def remove_small(self):
+        size = self.min_size.value()
+        self._edit(lambda a: remove_small_objects(a, size), f"removed objects < {size} px")
+
+    def fill_holes(self):
+        self._edit(fill_holes, "filled holes")
+
+    def copy_neighbour(self, offset: int):
+        """Copy the previous (-1) or next (+1) slice into the current one."""
+        try:
+            layer = self._labels()
+        except UserError as exc:
+            show_error(str(exc))
+            return
+        if layer.data.ndim < 3:
+            show_error(f"'{layer.name}' is a single 2D image: there is no neighbouring slice")
+            return
+        target = current_index(self.viewer, layer)
+        source = target + offset
+        if not 0 <= source < layer.data.shape[0]:
+            show_error(f"slice {target} has no {'previous' if offset < 0 else 'next'} slice")
+            return
+        changed = copy_slice(layer, source, target)
+        self._report(f"copied slice {source} to slice {target}: {changed} pixel(s) changed")
+
+    def undo(self):
+        layer = self.labels_combo.layer()
+        if layer is not None:
+            layer.undo()
+
+    def add_to_training_set(self):
+        """Save (image, labels) as new pairs in RUN/data/images + RUN/data/masks."""
+        try:
+            image, labels, run_dir, spatial_dims = self._feed_choices()
+        except UserError as exc:
+            show_error(str(exc))
+            return
+        try:
+            report = write_training_pairs(run_dir / "data", [(image.name, layer_data(image),
+                                                              labels.data)], spatial_dims)
+        except Exception as exc:  # noqa: BLE001 - disk full, permissions: tell, keep the viewer
+            show_error(f"cannot add to {run_dir / 'data'}: {one_line(exc)}")
+            return
+        names = ", ".join(report["written"])
+        show_info(f"added {len(report['written'])} training pair(s) to {run_dir / 'data'}: "
+                  f"{names}; fine-tune from this run to use them")
+        self._report(f"added {names}")
+        run_registry().add(run_dir)
+
+    def _feed_choices(self):
+        image, labels = self.image_combo.layer(), self._labels()
+        if image is None:
+            raise UserError("choose the image the labels belong to")
+        if spatial_shape(image) != tuple(labels.data.shape):
+            raise UserError(f"image '{image.name}' is {spatial_shape(image)} but labels "
+                            f"'{labels.name}' are {tuple(labels.data.shape)}: choose matching layers")
+        if not np.any(np.asarray(labels.data)):
+            raise UserError(f"labels '{labels.name}' are empty: nothing to learn from")
+        text = self.run_combo.currentText().strip()
+        if not text:
+            raise UserError("choose the run folder whose training set gets the pair")
+        run_dir = Path(text).expanduser()
+        if not run_dir.is_dir():
+            raise UserError(f"run folder {run_dir} does not exist: choose a run folder")
+        return image, labels, run_dir, self._spatial_dims(run_dir, labels)
+
+    @staticmethod
+    def _spatial_dims(run_dir: Path, labels) -> int:
+        """The run's own (2D or 3D), else a guess from the layer."""
+        config = run_dir / "config.yaml"
+        if config.is_file():
+            try:
+                from napari_unet.engine import TrainConfig
+                return TrainConfig.from_yaml(config).spatial_dims
+            except Exception:  # noqa: BLE001 - fall back to the guess below
+                pass
+        return 3 if looks_like_volume(tuple(labels.data.shape)) else 2

@@ -1,0 +1,329 @@
+"""Predict widget: a trained run (or checkpoint) applied to an Image layer.
+
+The engine's ``predict`` generator runs in napari's ``thread_worker``: its TilesDone events
+drive a progress bar (and napari's activity dock), Cancel is ``worker.quit()``, and the final
+PredictionDone comes back as a probability Image layer and an editable Labels layer placed
+exactly over the image. For binary models a threshold slider re-cuts the labels live.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from qtpy.QtCore import Qt, QTimer
+from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout,
+                            QHBoxLayout, QLabel, QProgressBar, QPushButton, QSlider, QSpinBox,
+                            QVBoxLayout, QWidget)
+
+from napari_unet.widgets import (LayerCombo, UserError, layer_data, one_line, show_error,
+                                 show_info, stop_on_window_close)
+from napari_unet.widgets.runner import find_run_checkpoint, known_runs, run_registry
+
+
+def _predict_events(checkpoint_path, image, options):
+    """The worker's generator (runs in napari's worker thread; torch is imported there)."""
+    from napari_unet.engine import load_checkpoint, predict
+
+    checkpoint = load_checkpoint(checkpoint_path)
+    yield ("model", checkpoint.model.num_classes, float(checkpoint.config.threshold))
+    events = predict(checkpoint, image, **options)
+    try:
+        yield from events
+    finally:
+        events.close()  # also when the worker is quit: the engine stops between tiles
+
+
+class PredictionJob:
+    """One prediction in a thread_worker; adds its result layers over `image_layer`.
+
+    `on_done(job)` is called with ``job.labels_layer`` / ``job.probability_layers`` set;
+    `on_progress(done, total)` per batch of tiles; `on_end(job)` always, last.
+    """
+
+    def __init__(self, viewer, checkpoint, image_layer, *, tile_size=None, overlap=0.25,
+                 tta=False, device="auto", on_done=None, on_progress=None, on_end=None):
+        from napari.qt.threading import create_worker
+        from napari.utils import progress
+
+        self.viewer = viewer
+        self.image_layer = image_layer
+        self.checkpoint = Path(checkpoint)
+        self.num_outputs = None
+        self.threshold = 0.5
+        self.probabilities = None
+        self.labels_layer = None
+        self.probability_layers = []
+        self.error = None
+        self.cancelled = False
+        self._on_done, self._on_progress, self._on_end = on_done, on_progress, on_end
+        options = {"overlap": overlap, "tta": tta, "device": device}
+        if tile_size:
+            options["tile_size"] = [int(tile_size)]
+        self._progress = progress(total=0, desc=f"napari UNet: predicting {image_layer.name}")
+        self.worker = create_worker(_predict_events, str(self.checkpoint),
+                                    layer_data(image_layer), options, _start_thread=False)
+        self.worker.yielded.connect(self._on_yielded)
+        self.worker.errored.connect(self._on_errored)
+        self.worker.finished.connect(self._on_finished)
+        self.worker.start()
+
+    @property
+    def running(self) -> bool:
+        return self.worker is not None and self.worker.is_running
+
+    def cancel(self) -> None:
+        if self.running:
+            self.cancelled = True
+            self.worker.quit()
+
+    def _on_yielded(self, event):
+        if isinstance(event, tuple) and event[0] == "model":
+            _, self.num_outputs, self.threshold = event
+            return
+        kind = type(event).__name__
+        if kind == "TilesDone":
+            if self._progress.total != event.total:
+                self._progress.total = event.total
+            self._progress.update(event.done - self._progress.n)
+            if self._on_progress:
+                self._on_progress(event.done, event.total)
+        elif kind == "PredictionDone":
+            self._add_layers(event)
+
+    def _add_layers(self, done):
+        image = self.image_layer
+        placement = {"scale": image.scale, "translate": image.translate}
+        name = image.name
+        probabilities = np.asarray(done.probabilities)
+        self.probabilities = probabilities
+        if self.num_outputs is not None and self.num_outputs > 2:
+            channels = range(1, probabilities.shape[0])  # class 0 is background
+            planes = [(probabilities[k], f"{name} probability class {k}") for k in channels]
+        else:
+            planes = [(probabilities, f"{name} probabilities")]
+        for data, layer_name in planes:
+            self.probability_layers.append(self.viewer.add_image(
+                data, name=layer_name, colormap="magma", contrast_limits=(0.0, 1.0),
+                blending="additive", opacity=0.6, visible=False, **placement))
+        labels = np.array(done.labels, dtype=np.uint8)  # a copy the user can paint on
+        self.labels_layer = self.viewer.add_labels(labels, name=f"{name} prediction",
+                                                   opacity=0.5, **placement)
+        if self._on_done:
+            self._on_done(self)
+
+    @property
+    def binary(self) -> bool:
+        return self.probabilities is not None and (self.num_outputs or 1) <= 2
+
+    def apply_threshold(self, threshold: float) -> None:
+        """Re-cut the labels from the probabilities (binary models)."""
+        from napari_unet.engine import labels_from_probabilities
+
+        if not self.binary or self.labels_layer is None:
+            return
+        self.threshold = threshold
+        self.labels_layer.data = labels_from_probabilities(self.probabilities, 1, threshold)
+
+    def _on_errored(self, exc):
+        self.error = one_line(exc)
+        show_error(f"prediction failed: {self.error}")
+
+    def _on_finished(self):
+        self._progress.close()
+        if self.cancelled and self.labels_layer is None:
+            show_info(f"prediction of {self.image_layer.name} cancelled")
+        if self._on_end:
+            self._on_end(self)
+
+
+class PredictWidget(QWidget):
+    """Choose a run or checkpoint and an image; get probability and label layers."""
+
+    def __init__(self, napari_viewer, parent=None):
+        super().__init__(parent)
+        from napari.layers import Image
+
+        self.viewer = napari_viewer
+        self.job = None
+        self.last_job = None
+
+        self.model_combo = QComboBox()
+        self.model_combo.setEditable(True)
+        self.model_combo.setToolTip("a run folder (its best checkpoint is used) or a .pt file")
+        self.model_combo.lineEdit().setPlaceholderText("run folder or checkpoint .pt")
+        browse_run = QPushButton("Run…")
+        browse_run.clicked.connect(self._browse_run)
+        browse_file = QPushButton(".pt…")
+        browse_file.clicked.connect(self._browse_checkpoint)
+        model_row = QHBoxLayout()
+        model_row.addWidget(self.model_combo, 1)
+        model_row.addWidget(browse_run)
+        model_row.addWidget(browse_file)
+
+        self.image_combo = LayerCombo(napari_viewer, Image)
+        self.tile_size = QSpinBox()
+        self.tile_size.setRange(0, 4096)
+        self.tile_size.setSingleStep(16)
+        self.tile_size.setSpecialValueText("auto (training size)")
+        self.overlap = QDoubleSpinBox()
+        self.overlap.setRange(0.0, 0.9)
+        self.overlap.setSingleStep(0.05)
+        self.overlap.setValue(0.25)
+        self.tta = QCheckBox("mirror test-time augmentation")
+        self.device = QComboBox()
+        self.device.addItems(["auto", "cpu", "cuda"])
+
+        self.predict_button = QPushButton("Predict")
+        self.predict_button.clicked.connect(self.predict)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(self.cancel)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.predict_button)
+        buttons.addWidget(self.cancel_button)
+        self.progress = QProgressBar()
+        self.progress.setFormat("%v / %m tiles")
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+
+        self.threshold = QSlider(Qt.Horizontal)
+        self.threshold.setRange(1, 99)
+        self.threshold.setValue(50)
+        self.threshold.setEnabled(False)
+        self.threshold_label = QLabel("0.50")
+        self._threshold_timer = QTimer(self)  # coalesce slider moves on big images
+        self._threshold_timer.setSingleShot(True)
+        self._threshold_timer.setInterval(30)
+        self._threshold_timer.timeout.connect(self._apply_threshold)
+        self.threshold.valueChanged.connect(self._threshold_moved)
+        threshold_row = QHBoxLayout()
+        threshold_row.addWidget(self.threshold, 1)
+        threshold_row.addWidget(self.threshold_label)
+
+        form = QFormLayout()
+        form.addRow("Model", model_row)
+        form.addRow("Image", self.image_combo)
+        form.addRow("Tile size", self.tile_size)
+        form.addRow("Overlap", self.overlap)
+        form.addRow("", self.tta)
+        form.addRow("Device", self.device)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addLayout(buttons)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.status)
+        threshold_form = QFormLayout()
+        threshold_form.addRow("Threshold", threshold_row)
+        layout.addLayout(threshold_form)
+        layout.addStretch(1)
+
+        self._refresh_runs()
+        run_registry().changed.connect(self._refresh_runs)
+        stop_on_window_close(self, self.cancel)
+
+    # -- choices -----------------------------------------------------------------------------------
+    def _refresh_runs(self):
+        current = self.model_combo.currentText()
+        runs = known_runs()
+        self.model_combo.blockSignals(True)
+        self.model_combo.clear()
+        self.model_combo.addItems(runs)
+        self.model_combo.setEditText(current or (runs[0] if runs else ""))
+        self.model_combo.blockSignals(False)
+
+    def set_model(self, path) -> None:
+        self.model_combo.setEditText(str(path))
+
+    def _browse_run(self):
+        folder = QFileDialog.getExistingDirectory(self, "Run folder", self.model_combo.currentText())
+        if folder:
+            self.set_model(folder)
+
+    def _browse_checkpoint(self):
+        path, _ = QFileDialog.getOpenFileName(self, "Checkpoint", self.model_combo.currentText(),
+                                              "Checkpoints (*.pt)")
+        if path:
+            self.set_model(path)
+
+    # -- actions -------------------------------------------------------------------------------------
+    def predict(self):
+        """Start predicting the chosen image (a notification explains bad choices)."""
+        if self.job is not None and self.job.running:
+            show_error("a prediction is running: wait for it or cancel it")
+            return
+        try:
+            checkpoint, image_layer = self._choices()
+        except UserError as exc:
+            show_error(str(exc))
+            return
+        self.progress.setRange(0, 0)
+        self.status.setText(f"predicting {image_layer.name} with {checkpoint}")
+        self.predict_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.threshold.setEnabled(False)
+        self.job = PredictionJob(
+            self.viewer, checkpoint, image_layer, tile_size=self.tile_size.value() or None,
+            overlap=self.overlap.value(), tta=self.tta.isChecked(),
+            device=self.device.currentText(), on_done=self._on_done,
+            on_progress=self._on_progress, on_end=self._on_end)
+
+    def _choices(self):
+        text = self.model_combo.currentText().strip()
+        if not text:
+            raise UserError("choose a run folder or a checkpoint file (.pt) first")
+        path = Path(text).expanduser()
+        if not path.exists():
+            raise UserError(f"{path} does not exist: choose a run folder or a checkpoint file")
+        checkpoint = find_run_checkpoint(path)
+        if checkpoint is None:
+            raise UserError(f"no checkpoint in {path}: expected checkpoints/best.pt or "
+                            f"last.pt (has the run saved one yet?)")
+        image_layer = self.image_combo.layer()
+        if image_layer is None:
+            raise UserError("choose an image layer to predict (open or add an image first)")
+        return checkpoint, image_layer
+
+    def cancel(self):
+        if self.job is not None:
+            self.job.cancel()
+
+    def _on_progress(self, done, total):
+        self.progress.setRange(0, total)
+        self.progress.setValue(done)
+
+    def _on_done(self, job):
+        self.last_job = job
+        self.status.setText(f"added '{job.labels_layer.name}' and its probabilities")
+        if job.binary:
+            self.threshold.blockSignals(True)
+            self.threshold.setValue(int(round(job.threshold * 100)))
+            self.threshold_label.setText(f"{job.threshold:.2f}")
+            self.threshold.blockSignals(False)
+            self.threshold.setEnabled(True)
+
+    def _on_end(self, job):
+        try:
+            self.predict_button.setEnabled(True)
+            self.cancel_button.setEnabled(False)
+            if self.progress.maximum() == 0:
+                self.progress.setRange(0, 1)
+            if job.error:
+                self.status.setText(f"failed: {job.error}")
+            elif job.labels_layer is None:
+                self.status.setText("cancelled")
+        except RuntimeError:  # widget closed meanwhile
+            pass
+
+    def _threshold_moved(self, value):
+        self.threshold_label.setText(f"{value / 100:.2f}")
+        self._threshold_timer.start()
+
+    def _apply_threshold(self):
+        if self.last_job is not None:
+            self.last_job.apply_threshold(self.threshold.value() / 100)
+
+    def set_threshold(self, threshold: float) -> None:
+        """Move the slider (and re-cut the labels at once)."""
+        self.threshold.setValue(int(round(threshold * 100)))
+        self._threshold_timer.stop()
+        self._apply_threshold()
