@@ -18,15 +18,17 @@ APT_PACKAGES := xvfb xauth libgl1 libegl1 libglib2.0-0 libfontconfig1 libdbus-1-
 setup: venv
 
 system-deps:
-	@if command -v xvfb-run >/dev/null && ldconfig -p | grep -q libxkbcommon-x11; then \
+	@missing=""; if command -v dpkg-query >/dev/null; then \
+		for p in $(APT_PACKAGES); do \
+			dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+		done; fi; \
+	if [ -z "$$missing" ]; then \
 		echo "system packages: present"; \
-	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
-		echo "system packages: installing $(APT_PACKAGES)"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PACKAGES) >/dev/null; \
-	elif command -v apt-get >/dev/null; then \
-		echo "system packages: missing; run: sudo apt-get install $(APT_PACKAGES)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "system packages: installing$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	else \
-		echo "system packages: not a Debian machine; GUI tests need an X server (xvfb) and OpenGL"; \
+		echo "system packages missing:$$missing (install them with: sudo apt-get install$$missing)"; \
 	fi
 
 $(VENV)/.installed: pyproject.toml
@@ -46,9 +48,12 @@ test: system-deps venv
 	fi
 
 demo: venv
-	$(VENV)/bin/napari_unet train --preset industrial --sample dagm --steps 120 --batch-size 8 \
-		--amp bf16 --out $(DEMO_OUT) --evaluate --predict $(DEMO_OUT)/sample_image.tif --overwrite-run
-	@echo "demo: run folder $(DEMO_OUT) (config.yaml, metrics.jsonl, checkpoints/, predictions/)"
+	rm -rf $(DEMO_OUT)
+	$(VENV)/bin/napari_unet train --preset industrial --sample dagm --fold 0 --steps 100 \
+		--batch-size 8 --patch-size 128 --val-every 50 --amp bf16 --out $(DEMO_OUT) \
+		--evaluate --predict $(DEMO_OUT)/data/images.tif
+	@echo "demo: run folder $(DEMO_OUT): config.yaml, metrics.jsonl, checkpoints/, data/, predictions/"
+	@echo "demo: open it in napari with 'make gui' (File > Open: $(DEMO_OUT)/predictions/)"
 
 gui: system-deps venv
 	$(VENV)/bin/napari -w napari-unet-torch
