@@ -41,8 +41,13 @@ class Augmenter:
         self.crop_resize = None if crop_resize is None else tuple(float(s) for s in crop_resize)
         self.flip_all_axes = bool(flip_all_axes)
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator):
-        draws = self._draw(x.shape[0], generator)
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator,
+                 offset: int = 0, global_batch: int | None = None):
+        """Augment a batch. Under DDP each rank holds items ``offset..offset+B`` of a global
+        batch: the draws are made for the whole global batch and sliced, so the items get the
+        same augmentation whatever the number of processes."""
+        total = global_batch or x.shape[0]
+        draws = {k: v[offset:offset + x.shape[0]] for k, v in self._draw(total, generator).items()}
         items = [self._flip_and_rotate(x[i], y[i], draws, i) for i in range(x.shape[0])]
         x = torch.stack([item[0] for item in items])
         y = torch.stack([item[1] for item in items])

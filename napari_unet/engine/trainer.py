@@ -300,11 +300,13 @@ def _train_step(net, model, sampler, augment, loss_fn, optimizer, scaler, config
                 mem_format, step, dist) -> float:
     step_seed = config.seed * SEED_STRIDE + step
     x, y = sampler.batch(step)
-    generator = torch.Generator().manual_seed(step_seed * 64 + dist.rank)
-    x, y = augment(x, y, generator)
+    generator = torch.Generator().manual_seed(step_seed)
+    x, y = augment(x, y, generator, offset=dist.rank * config.batch_size,
+                   global_batch=config.batch_size * dist.world_size)
     x = x.to(device, non_blocking=True).contiguous(memory_format=mem_format)
     y = y.to(device, non_blocking=True)
-    torch.manual_seed(step_seed * 64 + dist.rank)  # dropout masks depend on (seed, step, rank)
+    # dropout masks depend on (seed, step, rank): exact resume; DDP differs only through dropout
+    torch.manual_seed(step_seed * 64 + dist.rank)
     net.train()
     optimizer.zero_grad(set_to_none=True)
     with autocast(device, config.amp):
