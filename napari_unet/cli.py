@@ -133,7 +133,8 @@ def cmd_train(args) -> int:
     config = _train_config(args)
     dataset = _load_data(args, config.spatial_dims, config.foreground_value)
     run_dir = Path(args.out)
-    if args.sample:
+    _make_run_dir(run_dir)
+    if args.sample and _is_main_process():
         _save_sample(dataset, run_dir, args.resume)
     printer = _printer(args.events)
     events = train(config, dataset, run_dir=run_dir, resume=args.resume,
@@ -245,6 +246,16 @@ def _load_data(args, spatial_dims, foreground_value):
         raise DataError("--images needs --masks (the labels for those images)")
     return load_dataset(args.data, images=args.images, masks=args.masks,
                         foreground_value=foreground_value, spatial_dims=spatial_dims)
+
+
+def _make_run_dir(run_dir: Path):
+    from napari_unet.errors import ConfigError
+
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the run folder {run_dir} ({exc.strerror}): "
+                          f"choose a writable --out folder") from None
 
 
 def _save_sample(dataset, run_dir: Path, resume: bool):

@@ -27,3 +27,7 @@ class OutputExistsError(NapariUnetError, FileExistsError):
 
 class TrainingDiverged(NapariUnetError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class OutOfMemory(NapariUnetError, MemoryError):
+    """The GPU (or RAM) ran out; the message names the option to lower."""

@@ -55,8 +55,13 @@ def save_checkpoint(path, *, model, config, norm_stats, step, best_dice, data_in
         "torch_rng": torch.get_rng_state(),
         "extra": extra or {},
     }
-    with atomic_write(path, overwrite=True) as tmp:
-        torch.save(state, tmp)
+    try:
+        with atomic_write(path, overwrite=True) as tmp:
+            torch.save(state, tmp)
+    except OSError as exc:  # a full disk, a removed folder: the previous checkpoint is intact
+        reason = exc.strerror or str(exc).splitlines()[0]
+        raise CheckpointError(f"cannot write checkpoint {path} ({reason}): free disk space or "
+                              f"choose another --out; the previous checkpoint is intact") from None
     return path
 
 

@@ -26,7 +26,8 @@ from napari_unet.engine.events import CheckpointSaved, Finished, Message, Progre
 from napari_unet.engine.losses import build_loss
 from napari_unet.engine.runtime import autocast, configure_backends, memory_format, resolve_device
 from napari_unet.engine.validation import validate
-from napari_unet.errors import ConfigError, DataError, NapariUnetError, TrainingDiverged
+from napari_unet.errors import (ConfigError, DataError, NapariUnetError, OutOfMemory,
+                                TrainingDiverged)
 from napari_unet.models import build_model
 
 SEED_STRIDE = 1_000_003  # step seeds: seed * stride + step, distinct for every (seed, step)
@@ -255,8 +256,14 @@ def train(config: TrainConfig, images=None, masks=None, *, run_dir, resume: bool
     window = _ThroughputWindow()
     try:
         for step in range(start_step, config.steps):
-            loss = _train_step(net, model, sampler, augment, loss_fn, optimizer, scaler, config,
-                               device, mem_format, step, dist)
+            try:
+                loss = _train_step(net, model, sampler, augment, loss_fn, optimizer, scaler,
+                                   config, device, mem_format, step, dist)
+            except torch.OutOfMemoryError:
+                raise OutOfMemory(
+                    f"out of {device.type.upper()} memory at batch size {config.batch_size} and "
+                    f"patch {'x'.join(map(str, config.patch_size))}: lower --batch-size or "
+                    f"--patch-size, or use --amp bf16") from None
             scheduler.step()
             done = step + 1
             img_s = window.add(config.batch_size * dist.world_size)
