@@ -8,6 +8,7 @@ next training or fine-tune of that run uses them.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -178,6 +179,20 @@ class CorrectWidget(QWidget):
 
         self._refresh_runs()
         run_registry().changed.connect(self._refresh_runs)
+        napari_viewer.layers.events.inserted.connect(self._on_layer_added)
+
+    def _on_layer_added(self, event):
+        """A new prediction becomes the default thing to correct."""
+        from napari.layers import Image, Labels
+
+        layer = event.value
+        try:
+            if isinstance(layer, Image) and "probabilit" in layer.name:
+                self.probability_combo.set_layer(layer)
+            elif isinstance(layer, Labels) and re.search(r"prediction( \[\d+\])?$", layer.name):
+                self.labels_combo.set_layer(layer)
+        except RuntimeError:  # the widget is gone, napari's event is not
+            pass
 
     # -- helpers ----------------------------------------------------------------------------------------
     def _labels(self):
@@ -278,9 +293,14 @@ class CorrectWidget(QWidget):
             show_error(f"cannot add to {run_dir / 'data'}: {one_line(exc)}")
             return
         names = ", ".join(report["written"])
-        show_info(f"added {len(report['written'])} training pair(s) to {run_dir / 'data'}: "
-                  f"{names}; fine-tune from this run to use them")
-        self._report(f"added {names}")
+        same = (f"; {report['duplicates']} identical pair(s) were there already"
+                if report["duplicates"] else "")
+        if report["written"]:
+            show_info(f"added {len(report['written'])} training pair(s) to {run_dir / 'data'}: "
+                      f"{names}{same}; fine-tune from this run to use them")
+        else:
+            show_info(f"nothing new to add: the training set of {run_dir} holds these pairs")
+        self._report(f"added {names or 'nothing'}{same}")
         run_registry().add(run_dir)
 
     def _feed_choices(self):

@@ -21,16 +21,25 @@ from napari_unet.widgets.runner import find_run_checkpoint, known_runs, run_regi
 
 
 def _predict_events(checkpoint_path, image, options):
-    """The worker's generator (runs in napari's worker thread; torch is imported there)."""
-    from napari_unet.engine import load_checkpoint, predict
+    """The worker's generator (runs in napari's worker thread; torch is imported there).
 
-    checkpoint = load_checkpoint(checkpoint_path)
-    yield ("model", checkpoint.model.num_classes, float(checkpoint.config.threshold))
-    events = predict(checkpoint, image, **options)
+    Mistakes the user can fix come back as ``("failed", message)``: one line, no traceback.
+    Anything else is raised, and napari shows it with its traceback.
+    """
+    from napari_unet.engine import load_checkpoint, predict
+    from napari_unet.errors import NapariUnetError
+
+    events = None
     try:
+        checkpoint = load_checkpoint(checkpoint_path)
+        yield ("model", checkpoint.model.num_classes, float(checkpoint.config.threshold))
+        events = predict(checkpoint, image, **options)
         yield from events
+    except NapariUnetError as exc:
+        yield ("failed", one_line(exc))
     finally:
-        events.close()  # also when the worker is quit: the engine stops between tiles
+        if events is not None:
+            events.close()  # also when the worker is quit: the engine stops between tiles
 
 
 class PredictionJob:
@@ -55,6 +64,7 @@ class PredictionJob:
         self.probability_layers = []
         self.error = None
         self.cancelled = False
+        self._ended = False
         self._on_done, self._on_progress, self._on_end = on_done, on_progress, on_end
         options = {"overlap": overlap, "tta": tta, "device": device}
         if tile_size:
@@ -69,7 +79,8 @@ class PredictionJob:
 
     @property
     def running(self) -> bool:
-        return self.worker is not None and self.worker.is_running
+        """Until the worker's last signal has been handled here (results are in)."""
+        return not self._ended
 
     def cancel(self) -> None:
         if self.running:
@@ -79,6 +90,10 @@ class PredictionJob:
     def _on_yielded(self, event):
         if isinstance(event, tuple) and event[0] == "model":
             _, self.num_outputs, self.threshold = event
+            return
+        if isinstance(event, tuple) and event[0] == "failed":
+            self.error = event[1]
+            show_error(f"prediction failed: {self.error}")
             return
         kind = type(event).__name__
         if kind == "TilesDone":
@@ -125,10 +140,10 @@ class PredictionJob:
         self.labels_layer.data = labels_from_probabilities(self.probabilities, 1, threshold)
 
     def _on_errored(self, exc):
-        self.error = one_line(exc)
-        show_error(f"prediction failed: {self.error}")
+        self.error = one_line(exc)  # napari itself notifies, with the traceback
 
     def _on_finished(self):
+        self._ended = True
         self._progress.close()
         if self.cancelled and self.labels_layer is None:
             show_info(f"prediction of {self.image_layer.name} cancelled")

@@ -127,7 +127,7 @@ class TrainingRunner(QObject):
         self._process = process
         _CHILDREN.add(process)
         # if the runner is dropped while the child runs, the child goes with it
-        self._finalizer = weakref.finalize(self, _stop_process, process, 0.0)
+        self._finalizer = weakref.finalize(self, _stop_soon, process)
         stderr_thread = threading.Thread(target=_pump_stderr, args=(process, self._stderr),
                                          daemon=True, name="napari-unet-stderr")
         stderr_thread.start()
@@ -151,7 +151,7 @@ class TrainingRunner(QObject):
             return
         try:
             event = from_json(line)
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, AttributeError):  # not an event
             from napari_unet.engine.events import Message
             self.message.emit(Message("info", line.strip()))
             return
@@ -221,11 +221,38 @@ class TrainingRunner(QObject):
         _stop_process(self._process, grace_s)
         self._remove_pid_file()
 
+    def _emit(self, signal_, value) -> bool:
+        try:
+            signal_.emit(value)
+            return True
+        except RuntimeError:  # the runner's Qt object is gone (viewer closed)
+            return False
+
+
+# -- reader threads: they touch the runner only through its (queued) signals -------------------
+def _pump_stdout(runner_ref, process, stderr_thread):
+    for line in process.stdout:
+        runner = runner_ref()
+        if runner is None or not runner._emit(runner._line, line.rstrip("\n")):
+            break
+        del runner
+    code = process.wait()
+    stderr_thread.join(timeout=5)
+    runner = runner_ref()
+    if runner is not None:
+        runner._emit(runner._ended, code)
+
+
+def _pump_stderr(process, lines):
+    for line in process.stderr:
+        lines.append(line)
+
 
 # -- processes -------------------------------------------------------------------------------------
 def _interrupt(process) -> None:
     if process.poll() is not None:
         return
+    _remember_descendants(process)
     try:
         if POSIX:
             os.kill(process.pid, signal.SIGINT)  # the CLI forwards it to torchrun's workers
@@ -235,8 +262,30 @@ def _interrupt(process) -> None:
         pass
 
 
+def _remember_descendants(process) -> None:
+    """torchrun starts its workers in sessions of their own, out of reach of killpg: note
+    them while the tree is intact, to kill them too if the graceful stop fails."""
+    known = getattr(process, "_napari_unet_descendants", {})
+    known.update(_descendants(process.pid))
+    process._napari_unet_descendants = known
+
+
+def _descendants(pid: int) -> dict:
+    """{pid: handle} of every process below `pid` (psutil, which napari brings)."""
+    try:
+        import psutil
+    except ImportError:
+        return {}
+    try:
+        return {child.pid: child for child in psutil.Process(pid).children(recursive=True)}
+    except psutil.Error:
+        return {}
+
+
 def _kill_group(process) -> None:
     """Kill the child and everything it started (torchrun and its workers)."""
+    if process.poll() is None:
+        _remember_descendants(process)
     if POSIX:
         try:
             os.killpg(process.pid, signal.SIGKILL)  # the group id is the child's pid
@@ -246,6 +295,11 @@ def _kill_group(process) -> None:
         try:
             process.kill()
         except ProcessLookupError:
+            pass
+    for handle in getattr(process, "_napari_unet_descendants", {}).values():
+        try:
+            handle.kill()  # psutil checks that the pid still names the same process
+        except Exception:  # noqa: BLE001 - gone already (or not ours to kill)
             pass
 
 
@@ -262,6 +316,15 @@ def _stop_process(process, grace_s: float) -> None:
     except subprocess.TimeoutExpired:
         pass
     _CHILDREN.discard(process)
+
+
+def _stop_soon(process, grace_s: float = GRACE_S) -> None:
+    """Non-blocking stop (for finalizers): SIGINT now, kill the group after `grace_s`."""
+    if process.poll() is None:
+        _interrupt(process)
+        timer = threading.Timer(grace_s, _kill_group, args=(process,))
+        timer.daemon = True
+        timer.start()
 
 
 def stop_all(grace_s: float = GRACE_S) -> None:
@@ -305,6 +368,7 @@ class RunRecord:
     total_steps: int | None = None
     checkpoint: Path | None = None
     pid: int | None = None  # set while a child still trains there
+    metrics_offset: int = 0  # bytes of metrics.jsonl read: a RunWatcher continues from here
 
     @property
     def last_step(self) -> int:
@@ -324,7 +388,7 @@ def read_run(run_dir) -> RunRecord:
         raise FileNotFoundError(f"{run_dir} is not a napari_unet run folder "
                                 f"(no config.yaml or metrics.jsonl)")
     record = RunRecord(run_dir=run_dir)
-    record.loss, record.dice, _ = _read_metrics(metrics, 0)
+    record.loss, record.dice, record.metrics_offset = _read_metrics(metrics, 0)
     record.total_steps = _configured_steps(run_dir / "config.yaml")
     record.checkpoint = find_run_checkpoint(run_dir)
     record.pid = live_pid(run_dir)
@@ -411,13 +475,11 @@ class RunWatcher(QObject):
     points = Signal(object, object)
     ended = Signal(str)
 
-    def __init__(self, run_dir, pid, offset_from_start: bool = False, parent=None,
-                 interval_ms: int = 1000):
+    def __init__(self, run_dir, pid, offset: int = 0, parent=None, interval_ms: int = 1000):
         super().__init__(parent)
         self.run_dir = Path(run_dir)
         self.pid = pid
-        metrics = self.run_dir / "metrics.jsonl"
-        self._offset = 0 if offset_from_start or not metrics.exists() else metrics.stat().st_size
+        self._offset = offset  # metrics.jsonl bytes already shown
         self._timer = QTimer(self)
         self._timer.setInterval(interval_ms)
         self._timer.timeout.connect(self.poll)

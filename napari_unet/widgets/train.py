@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from qtpy.QtCore import QPointF, QRectF, QSize, Qt
+from qtpy.QtCore import QPointF, QRectF, QSize, Qt, QTimer
 from qtpy.QtGui import QColor, QPainter, QPainterPath, QPen
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout,
                             QGroupBox, QHBoxLayout, QLabel, QLineEdit, QListWidget,
@@ -62,20 +62,41 @@ def _unique_stem(data_dir: Path, stem: str) -> str:
     return candidate
 
 
+def _already_there(data_dir: Path, stem: str, image, classes) -> bool:
+    """Whether `stem` (or `stem_N`) already holds exactly this image and mask."""
+    from napari_unet.io import read_image
+
+    candidates = [stem] + [f"{stem}_{n}" for n in range(2, 1000)]
+    for candidate in candidates:
+        image_path = data_dir / "images" / f"{candidate}.tif"
+        mask_path = data_dir / "masks" / f"{candidate}.tif"
+        if not image_path.exists():
+            return False
+        try:
+            if mask_path.exists() \
+                    and np.array_equal(read_image(mask_path, mmap=False), classes) \
+                    and np.array_equal(read_image(image_path, mmap=False), image):
+                return True
+        except Exception:  # noqa: BLE001 - an unreadable file is not the same pair
+            continue
+    return False
+
+
 def write_training_pairs(data_dir, pairs, spatial_dims: int) -> dict:
     """Write (name, image array, labels array) pairs as RUN/data/images + masks TIFs.
 
     2D (`spatial_dims` 2): a 2D image is one sample; a (Z, Y, X) stack gives one file per
     painted slice (unpainted slices are not training data). 3D: each volume is one sample.
-    Existing files are never replaced: new names are chosen. Returns counts for the notice:
-    ``{"written": [...], "kept": k, "total": n, "merged": [names]}``.
+    Existing files are never replaced: new names are chosen; a pair already saved with the
+    same pixels is not saved twice. Returns what happened, for the notice:
+    ``{"written": [...], "kept": k, "total": n, "merged": [names], "duplicates": d}``.
     """
     from napari_unet.io import write_tif
 
     data_dir = Path(data_dir)
     (data_dir / "images").mkdir(parents=True, exist_ok=True)
     (data_dir / "masks").mkdir(parents=True, exist_ok=True)
-    report = {"written": [], "kept": 0, "total": 0, "merged": []}
+    report = {"written": [], "kept": 0, "total": 0, "merged": [], "duplicates": 0}
     for name, image, labels in pairs:
         labels = np.asarray(labels)
         if spatial_dims == 2 and labels.ndim == 3:
@@ -89,8 +110,12 @@ def write_training_pairs(data_dir, pairs, spatial_dims: int) -> dict:
             classes, merged = mask_classes(np.asarray(labels_part))
             if merged and name not in report["merged"]:
                 report["merged"].append(name)
+            image_part = np.asarray(image_part)
+            if _already_there(data_dir, stem, image_part, classes):
+                report["duplicates"] += 1
+                continue
             stem = _unique_stem(data_dir, stem)
-            write_tif(data_dir / "images" / f"{stem}.tif", np.asarray(image_part))
+            write_tif(data_dir / "images" / f"{stem}.tif", image_part)
             write_tif(data_dir / "masks" / f"{stem}.tif", classes)
             report["written"].append(stem)
         report["kept"] += len(slices)
@@ -116,6 +141,12 @@ def copy_training_set(source_run, data_dir) -> int:
         shutil.copy2(mask, data_dir / "masks" / f"{stem}{image.suffix}")
         copied += 1
     return copied
+
+
+def _pair_count(data_dir: Path) -> int:
+    folder = Path(data_dir) / "images"
+    return len([p for p in folder.glob("*.tif*") if not p.name.startswith(".")]) \
+        if folder.is_dir() else 0
 
 
 def new_run_folder() -> Path:
@@ -159,10 +190,11 @@ class CurveWidget(QWidget):
         self.loss, self.dice, self.total = [], [], total
         self.update()
 
-    def add_loss(self, step: int, loss: float):
+    def add_loss(self, step: int, loss: float, repaint: bool = True):
         if math.isfinite(loss):
             self.loss.append((step, loss))
-            self.update()
+            if repaint:
+                self.update()
 
     def add_dice(self, step: int, dice: float):
         if math.isfinite(dice):
@@ -248,7 +280,7 @@ class TrainWidget(QWidget):
         self.labels_combo = LayerCombo(napari_viewer, Labels)
         self.image_combo.currentIndexChanged.connect(self._image_changed)
         self.pair_list = QListWidget()
-        self.pair_list.setMaximumHeight(70)
+        self.pair_list.setMaximumHeight(54)
         add_pair = QPushButton("Add pair")
         add_pair.clicked.connect(self.add_current_pair)
         remove_pair = QPushButton("Remove")
@@ -282,7 +314,7 @@ class TrainWidget(QWidget):
         self.lr.setRange(1e-6, 1.0)
         self.lr.setSingleStep(1e-5)
         self.base_channels = QComboBox()
-        for text, value in (("preset's", None), ("8 (tiny)", 8), ("16 (small, CPU)", 16),
+        for text, value in (("preset default", None), ("8 (tiny)", 8), ("16 (small, CPU)", 16),
                             ("32", 32), ("64 (full UNet)", 64)):
             self.base_channels.addItem(text, value)
         self.patch_size = QSpinBox()
@@ -352,8 +384,14 @@ class TrainWidget(QWidget):
         self.progress = QProgressBar()
         self.progress.setFormat("step %v / %m")
         self.progress.setValue(0)
-        self.status = QLabel("")
+        self.status = QLabel("")  # rare messages; per-step figures go into the progress bar
         self.status.setWordWrap(True)
+        self.status.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
+        self._latest_progress = None
+        self._ui_timer = QTimer(self)
+        self._ui_timer.setSingleShot(True)
+        self._ui_timer.setInterval(200)
+        self._ui_timer.timeout.connect(self._refresh_progress)
         self.curve = CurveWidget()
 
         layout = QVBoxLayout(self)
@@ -381,17 +419,18 @@ class TrainWidget(QWidget):
 
     # -- defaults that follow the choices ------------------------------------------------------------
     def _image_changed(self, *_):
+        """A new image: its labels, a preset that fits it (3D volume -> volume3d), a patch
+        size no bigger than it. Other options the user set stay."""
         image = self.image_combo.layer()
         if image is None:
             return
         self._pick_matching_labels(image)
-        shape = spatial_shape(image)
-        wanted = PRESET_3D if looks_like_volume(shape) else PRESET_2D[0]
-        if self.preset.currentText() != wanted and not (
-                wanted == PRESET_2D[0] and self.preset.currentText() in PRESET_2D):
-            self.preset.setCurrentText(wanted)
+        current = self.preset.currentText()
+        wanted = PRESET_3D if looks_like_volume(spatial_shape(image)) else PRESET_2D[0]
+        if current != wanted and not (wanted in PRESET_2D and current in PRESET_2D):
+            self.preset.setCurrentText(wanted)  # applies the preset's defaults
         else:
-            self._preset_changed(self.preset.currentText())
+            self.patch_size.setValue(min(self.patch_size.value(), self._largest_patch()))
 
     def _pick_matching_labels(self, image):
         from napari.layers import Labels
@@ -405,24 +444,38 @@ class TrainWidget(QWidget):
         if matches:
             self.labels_combo.set_layer(matches[0])
 
+    def _spatial_dims(self, preset=None) -> int:
+        return self.presets.get(preset or self.preset.currentText(), {}).get("spatial_dims", 2)
+
+    def _largest_patch(self) -> int:
+        """The image's smallest extent (over the model's axes), in steps of 16."""
+        image = self.image_combo.layer()
+        shape = spatial_shape(image) if image is not None else ()
+        dims = self._spatial_dims()
+        if len(shape) < dims:
+            return self.patch_size.maximum()
+        return max(16, min(shape[-dims:]) // 16 * 16)
+
     def _preset_changed(self, preset: str):
+        """The preset's defaults, made small on a CPU (no CUDA device here)."""
         values = self.presets.get(preset, {})
         on_gpu = self.cuda_devices > 0
-        spatial_dims = values.get("spatial_dims", 2)
+        spatial_dims = self._spatial_dims(preset)
         self.lr.setValue(float(values.get("lr", 1e-4)))
         self.batch_size.setValue(int(values.get("batch_size", 4)) if on_gpu
                                  else (2 if spatial_dims == 3 else 4))
         small = 8 if spatial_dims == 3 else 16
         self.base_channels.setCurrentIndex(0 if on_gpu else self.base_channels.findData(small))
         self.amp.setCurrentText("bf16" if on_gpu else "off")
-        image = self.image_combo.layer()
-        shape = spatial_shape(image) if image is not None else ()
-        preset_patch = int((values.get("patch_size") or [128])[0])
-        limit = preset_patch if on_gpu else min(preset_patch, 64 if spatial_dims == 3 else 128)
-        if len(shape) >= spatial_dims:
-            smallest = min(shape[-spatial_dims:])
-            limit = min(limit, max(16, smallest // 16 * 16))
-        self.patch_size.setValue(limit)
+        patch = int((values.get("patch_size") or [128])[0])
+        if not on_gpu:
+            patch = min(patch, 64 if spatial_dims == 3 else 128)
+        self.patch_size.setValue(min(patch, self._largest_patch()))
+
+    def set_init_from(self, run_dir) -> None:
+        """Fine-tune from `run_dir` (its weights and its training set) with its settings."""
+        self.init_from.setText(str(run_dir))
+        self._init_from_changed()
 
     def _init_from_changed(self):
         """Fine-tuning: take the source run's preset, model size and patch size."""
@@ -515,8 +568,8 @@ class TrainWidget(QWidget):
         if (run_dir / "config.yaml").exists() or (run_dir / "checkpoints").exists():
             raise UserError(f"{run_dir} already holds a run: choose a new folder (or fine-tune "
                             f"from it)")
-        if run_dir.is_dir() and any((run_dir / "data").glob("*/*")):
-            raise UserError(f"{run_dir} already holds training data: choose a new folder")
+        # a folder that holds only data/ (e.g. filled by "Add to training set") is fine: its
+        # pairs are trained on too
         try:
             (run_dir / "data").mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -550,6 +603,7 @@ class TrainWidget(QWidget):
         except UserError as exc:
             show_error(str(exc))
             return
+        already = _pair_count(run_dir / "data")
         try:
             copied = copy_training_set(init_from, run_dir / "data") if init_from else 0
             report = write_training_pairs(
@@ -560,7 +614,10 @@ class TrainWidget(QWidget):
             show_error(f"cannot write the training data to {run_dir / 'data'}: {one_line(exc)}")
             return
         self._report_written(report, copied, spatial_dims)
-        samples = report["kept"] + copied
+        if already:
+            show_info(f"{run_dir / 'data'} already held {already} training pair(s): "
+                      f"they are trained on too")
+        samples = _pair_count(run_dir / "data")
         args = self.cli_args(preset, run_dir, samples, init_from)
         self._first_image = pairs[0][0]
         self._begin(run_dir)
@@ -578,7 +635,9 @@ class TrainWidget(QWidget):
             show_info(f"labels of {', '.join(report['merged'])} have many values (instances): "
                       f"trained as one foreground class")
         if copied:
-            show_info(f"added {copied} training pair(s) of the fine-tuned run")
+            show_info(f"added {copied} training pair(s) of the fine-tuned run"
+                      + (f" ({report['duplicates']} of the chosen slices were among them)"
+                         if report["duplicates"] else ""))
 
     def cli_args(self, preset, run_dir, samples, init_from=None) -> list[str]:
         """The CLI options for the current fields (the widget's only link to training)."""
@@ -609,6 +668,8 @@ class TrainWidget(QWidget):
 
         self.run_dir = run_dir
         self.finished_event = None
+        self._latest_progress = None
+        self.progress.setFormat("step %v / %m")
         self.curve.clear(self.steps.value())
         self.progress.setRange(0, 0)  # busy until the child reports Started
         self.status.setText(f"starting training in {run_dir}")
@@ -647,10 +708,21 @@ class TrainWidget(QWidget):
                             f"{validation} samples")
 
     def _on_progress(self, event):
+        # small models send dozens of steps a second: keep the data now, repaint a few times
+        # a second (repainting per event would keep the GUI thread busy)
+        self._latest_progress = event
+        self.curve.add_loss(event.step, event.loss, repaint=False)
+        if not self._ui_timer.isActive():
+            self._ui_timer.start()
+
+    def _refresh_progress(self):
+        event = self._latest_progress
+        if event is None:
+            return
+        self.progress.setFormat(f"step %v / %m   loss {event.loss:.4f}   "
+                                f"{event.img_s:.1f} img/s")
         self.progress.setValue(event.step)
-        self.curve.add_loss(event.step, event.loss)
-        self.status.setText(f"step {event.step}/{event.total}  loss {event.loss:.4f}  "
-                            f"{event.img_s:.1f} img/s")
+        self.curve.update()
         if self._progress is not None:
             self._progress.update(event.step - self._progress.n)
             if self._progress.is_canceled and not self.runner.cancel_requested:
@@ -669,6 +741,8 @@ class TrainWidget(QWidget):
             self.status.setText(event.text)
 
     def _on_finished(self, event):
+        self._ui_timer.stop()
+        self._refresh_progress()
         self.finished_event = event
         dice = "" if math.isnan(event.best_dice) else f", best Dice {event.best_dice:.3f}"
         self.status.setText(f"done at step {event.step}{dice}; checkpoint {event.path}")
@@ -703,6 +777,9 @@ class TrainWidget(QWidget):
         self._end_ui()
 
     def _end_ui(self):
+        if self._ui_timer.isActive():
+            self._ui_timer.stop()
+            self._refresh_progress()
         self.start_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
         if self.progress.maximum() == 0:
@@ -736,7 +813,8 @@ class TrainWidget(QWidget):
         self.progress.setValue(record.last_step)
         run_registry().add(record.run_dir)
         if record.pid is not None:
-            self.watcher = RunWatcher(record.run_dir, record.pid, parent=self)
+            self.watcher = RunWatcher(record.run_dir, record.pid, record.metrics_offset,
+                                      parent=self)
             self.watcher.points.connect(self._on_watched_points)
             self.watcher.ended.connect(self._on_watched_end)
             self.cancel_button.setEnabled(True)
@@ -770,8 +848,7 @@ class TrainWidget(QWidget):
     def _browse_init_from(self):
         folder = QFileDialog.getExistingDirectory(self, "Run to fine-tune", str(default_runs_root()))
         if folder:
-            self.init_from.setText(folder)
-            self._init_from_changed()
+            self.set_init_from(folder)
 
     def _browse_attach(self):
         folder = QFileDialog.getExistingDirectory(self, "Run folder to re-attach",

@@ -1,0 +1,107 @@
+"""Save a screenshot of napari with the EM sample and the Train, Predict and Correct widgets.
+
+    python scripts/screenshot.py [--out docs/screenshot.png] [--steps 60] [--no-train]
+
+Without a display it re-runs itself under ``xvfb-run``. By default it first trains a small
+model on the sample from the Train widget (a real child process, CPU, in a temporary run
+folder) so that the picture shows the loss/Dice curve and the predicted layers.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PLUGIN = "napari-unet-torch"
+
+
+def _under_xvfb() -> None:
+    """Re-run this script under Xvfb when there is no display to draw on."""
+    if os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") \
+            or os.environ.get("NAPARI_UNET_SCREENSHOT_CHILD"):
+        return
+    xvfb = shutil.which("xvfb-run")
+    if xvfb is None:
+        sys.exit("no display and no xvfb-run: install xvfb (see `make system-deps`)")
+    os.environ["NAPARI_UNET_SCREENSHOT_CHILD"] = "1"
+    os.execv(xvfb, [xvfb, "-a", "-s", "-screen 0 1920x1200x24", sys.executable,
+                    str(Path(__file__).resolve()), *sys.argv[1:]])
+
+
+def _wait(app, condition, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        app.processEvents()
+        time.sleep(0.02)
+    return True
+
+
+def _close_toasts(window) -> None:
+    """Close napari's pop-up notifications (e.g. its own PyQt5 deprecation notice)."""
+    from qtpy.QtWidgets import QWidget
+
+    for widget in window.findChildren(QWidget):
+        if type(widget).__name__ == "NapariQtNotification":
+            widget.close()
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=str(ROOT / "docs" / "screenshot.png"))
+    parser.add_argument("--steps", type=int, default=60, help="training steps before the shot")
+    parser.add_argument("--no-train", action="store_true", help="only open and dock")
+    args = parser.parse_args(argv)
+    _under_xvfb()
+
+    import napari
+    from qtpy.QtWidgets import QApplication
+
+    viewer = napari.Viewer(title="napari UNet", show=True)
+    window = viewer.window._qt_window  # a script, not a plugin: the window's size is ours to set
+    window.resize(1800, 1100)
+    viewer.open_sample(PLUGIN, "em")
+    _, train = viewer.window.add_plugin_dock_widget(PLUGIN, "Train")
+    _, predict = viewer.window.add_plugin_dock_widget(PLUGIN, "Predict", tabify=False)
+    _, correct = viewer.window.add_plugin_dock_widget(PLUGIN, "Correct", tabify=True)
+    app = QApplication.instance()
+    app.processEvents()
+
+    run_root = Path(tempfile.mkdtemp(prefix="napari_unet_screenshot_"))
+    try:
+        if not args.no_train:
+            train.steps.setValue(args.steps)
+            train.device.setCurrentText("cpu")
+            train.run_folder.setText(str(run_root / "run"))
+            train.start_button.click()
+            if not _wait(app, lambda: train.runner.exit_code is not None, 600):
+                print("training did not finish in time; taking the shot anyway", file=sys.stderr)
+            elif train.runner.exit_code != 0:
+                print(train.runner.stderr_text[-2000:], file=sys.stderr)
+            _wait(app, lambda: train.prediction is None or not train.prediction.running, 120)
+            if "em labels" in viewer.layers:
+                viewer.layers["em labels"].visible = False
+            viewer.layers.selection.active = viewer.layers["em"]
+        viewer.dims.set_current_step(0, 3)
+        _close_toasts(window)
+        for _ in range(20):
+            app.processEvents()
+            time.sleep(0.05)
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        viewer.screenshot(str(out), canvas_only=False)
+        print(f"wrote {out}")
+    finally:
+        viewer.close()
+        shutil.rmtree(run_root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,211 @@
+"""The npe2 contributions: manifest, reader, writers and sample data, through napari itself."""
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+# Qt aborts the whole test run when it cannot reach a display: say so instead
+NO_DISPLAY = sys.platform.startswith("linux") and not any(
+    os.environ.get(v) for v in ("DISPLAY", "WAYLAND_DISPLAY")) \
+    and os.environ.get("QT_QPA_PLATFORM") != "offscreen"
+needs_display = pytest.mark.skipif(NO_DISPLAY, reason="needs a display: run under xvfb-run "
+                                                      "(`make test` does)")
+
+
+def gui(test):
+    return pytest.mark.gui(needs_display(test))
+
+
+napari = pytest.importorskip("napari")
+
+from napari.layers import Image, Labels  # noqa: E402
+
+from napari_unet import _napari  # noqa: E402
+
+PLUGIN = "napari-unet-torch"
+MANIFEST = Path(_napari.__file__).with_name("napari.yaml")
+
+
+# -- manifest and discovery -------------------------------------------------------------------------
+def test_manifest_validates_with_npe2_cli():
+    npe2 = Path(sys.executable).with_name("npe2")
+    command = [str(npe2)] if npe2.exists() else [sys.executable, "-m", "npe2"]
+    result = subprocess.run([*command, "validate", str(MANIFEST)], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "valid" in (result.stdout + result.stderr).lower()
+
+
+def test_napari_discovers_the_plugin():
+    from npe2 import PluginManager
+
+    manager = PluginManager.instance()
+    manager.discover()
+    manifest = manager.get_manifest(PLUGIN)
+    assert manifest.display_name == "napari UNet"
+    contributions = manifest.contributions
+    assert {w.display_name for w in contributions.widgets} == {"Train", "Predict", "Correct"}
+    assert {s.key for s in contributions.sample_data} == {"dagm", "em", "blobs3d"}
+    assert {tuple(w.layer_types) for w in contributions.writers} == {("labels",), ("image",)}
+    # every command's python_name resolves to a real object
+    for command in contributions.commands:
+        assert callable(command.exec) and command.python_name
+        module, name = command.python_name.split(":")
+        __import__(module)
+        assert hasattr(sys.modules[module], name), command.python_name
+
+
+# -- reader -------------------------------------------------------------------------------------------
+def _open(viewer, path):
+    return viewer.open(str(path), plugin=PLUGIN)
+
+
+@gui
+def test_reader_image_and_labels_files(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (64, 64), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "scan.tif", image)
+    masks = np.zeros((64, 64), np.uint16)
+    masks[10:20, 10:20] = 1
+    masks[40:50, 30:60] = 2
+    tifffile.imwrite(tmp_path / "scan_labels.tif", masks)
+    # an unnamed mask: integers with only a few values
+    tifffile.imwrite(tmp_path / "painted.tiff", (masks > 0).astype(np.uint8))
+    # float data is never labels, whatever the name says
+    tifffile.imwrite(tmp_path / "mask_probabilities.tif", rng.random((32, 32), np.float32))
+
+    [image_layer] = _open(viewer, tmp_path / "scan.tif")
+    [labels_layer] = _open(viewer, tmp_path / "scan_labels.tif")
+    [painted] = _open(viewer, tmp_path / "painted.tiff")
+    [probabilities] = _open(viewer, tmp_path / "mask_probabilities.tif")
+    assert isinstance(image_layer, Image) and image_layer.name == "scan"
+    np.testing.assert_array_equal(image_layer.data, image)
+    assert isinstance(labels_layer, Labels)
+    np.testing.assert_array_equal(labels_layer.data, masks)
+    assert isinstance(painted, Labels)
+    assert isinstance(probabilities, Image)
+    # labels read from a file are editable (not a read-only map)
+    labels_layer.data_setitem((np.array([0]), np.array([0])), 3)
+    assert labels_layer.data[0, 0] == 3
+
+
+@gui
+def test_reader_keeps_volumes_3d_and_splits_channels(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    rng = np.random.default_rng(1)
+    volume = rng.random((12, 40, 48), np.float32)
+    tifffile.imwrite(tmp_path / "volume.tif", volume, metadata={"axes": "ZYX"})
+    czyx = rng.random((2, 6, 32, 40), np.float32)
+    tifffile.imwrite(tmp_path / "czyx.tif", czyx, metadata={"axes": "CZYX"})
+    # a plain 4D array without axis names is read as CZYX as well
+    tifffile.imwrite(tmp_path / "unnamed4d.tif", czyx)
+    # ImageJ hyperstacks store ZCYX
+    zcyx = np.ascontiguousarray(np.moveaxis(czyx, 0, 1))
+    tifffile.imwrite(tmp_path / "hyperstack.tif", zcyx, imagej=True, metadata={"axes": "ZCYX"})
+    rgb = rng.integers(0, 255, (30, 20, 3), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "photo.tif", rgb, photometric="rgb")
+
+    [layer] = _open(viewer, tmp_path / "volume.tif")
+    assert isinstance(layer, Image) and layer.data.shape == (12, 40, 48) and layer.ndim == 3
+    for name in ("czyx", "unnamed4d", "hyperstack"):
+        layers = _open(viewer, tmp_path / f"{name}.tif")
+        assert len(layers) == 2, name
+        for c, channel in enumerate(layers):
+            assert isinstance(channel, Image) and channel.data.shape == (6, 32, 40)
+            np.testing.assert_allclose(channel.data, czyx[c])
+    [photo] = _open(viewer, tmp_path / "photo.tif")
+    assert photo.rgb and photo.data.shape == (30, 20, 3)
+
+
+def test_reader_declines_what_it_cannot_read(tmp_path):
+    (tmp_path / "broken.tif").write_bytes(b"this is not a TIF file at all")
+    (tmp_path / "empty.tif").write_bytes(b"")
+    tifffile.imwrite(tmp_path / "ok.tif", np.zeros((4, 4), np.uint8))
+    assert _napari.get_reader(str(tmp_path / "broken.tif")) is None
+    assert _napari.get_reader(str(tmp_path / "empty.tif")) is None
+    assert _napari.get_reader(str(tmp_path / "missing.tif")) is None
+    assert _napari.get_reader(str(tmp_path / "ok.png")) is None
+    assert _napari.get_reader(str(tmp_path)) is None
+    assert callable(_napari.get_reader(str(tmp_path / "ok.tif")))
+
+
+def _anonymous_memory_kb() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1])
+    pytest.fail("no RssAnon in /proc/self/status")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
+@gui
+def test_big_stack_opens_lazily(make_napari_viewer, tmp_path, monkeypatch):
+    """Above the lazy threshold the layer holds a memory map: opening reads only what napari
+    shows. 256 MB here with the threshold lowered stands for a multi-GB stack."""
+    monkeypatch.setattr(_napari, "LAZY_BYTES", 32 << 20)
+    path = tmp_path / "big_stack.tif"
+    planes = 128
+    with tifffile.TiffWriter(path) as tif:  # written plane by plane: the test itself stays small
+        for z in range(planes):
+            tif.write(np.full((1024, 1024), z, np.uint16), contiguous=True,
+                      metadata={"axes": "ZYX"} if z == 0 else None)
+    assert path.stat().st_size > 256 << 20
+    viewer = make_napari_viewer()
+    before = _anonymous_memory_kb()
+    start = time.perf_counter()
+    [layer] = _open(viewer, path)
+    elapsed = time.perf_counter() - start
+    grown_mb = (_anonymous_memory_kb() - before) / 1024
+    print(f"opened a {path.stat().st_size >> 20} MB stack in {elapsed:.2f} s, "
+          f"anonymous memory +{grown_mb:.0f} MB")
+    assert isinstance(layer.data, np.memmap)
+    assert layer.data.shape == (planes, 1024, 1024)
+    assert grown_mb < 100, "opening copied the stack into memory"
+    assert elapsed < 10
+    assert layer.data[100, 5, 5] == 100
+
+
+# -- writers ------------------------------------------------------------------------------------------
+@gui
+def test_writers_round_trip(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    labels = np.zeros((3, 20, 30), np.int32)
+    labels[1, 5:10, 5:25] = 7
+    image = np.random.default_rng(2).random((3, 20, 30)).astype(np.float32)
+    viewer.add_image(image, name="img")
+    viewer.add_labels(labels, name="lab")
+
+    saved_labels = viewer.layers["lab"].save(str(tmp_path / "lab.tif"), plugin=PLUGIN)
+    saved_image = viewer.layers["img"].save(str(tmp_path / "img.tif"), plugin=PLUGIN)
+    assert saved_labels == [str(tmp_path / "lab.tif")]
+    assert saved_image == [str(tmp_path / "img.tif")]
+
+    [reopened_labels] = _open(viewer, tmp_path / "lab.tif")
+    [reopened_image] = _open(viewer, tmp_path / "img.tif")
+    assert isinstance(reopened_labels, Labels)
+    np.testing.assert_array_equal(reopened_labels.data, labels)
+    assert isinstance(reopened_image, Image)
+    np.testing.assert_array_equal(reopened_image.data, image)
+    assert reopened_image.data.dtype == np.float32
+    # no temporary files are left in the folder
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["img.tif", "lab.tif"]
+
+
+# -- sample data --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("key, image_layers, ndim", [("dagm", 1, 3), ("em", 1, 3),
+                                                     ("blobs3d", 2, 3)])
+@gui
+def test_each_sample_loads_with_its_labels(make_napari_viewer, key, image_layers, ndim):
+    viewer = make_napari_viewer()
+    layers = viewer.open_sample(PLUGIN, key)
+    images = [layer for layer in layers if isinstance(layer, Image)]
+    labels = [layer for layer in layers if isinstance(layer, Labels)]
+    assert len(images) == image_layers and len(labels) == 1
+    for image in images:
+        assert image.data.shape == labels[0].data.shape and image.ndim == ndim
+    assert labels[0].data.max() >= 1, "the sample's labels are empty"

@@ -1,0 +1,474 @@
+"""The Train, Predict and Correct widgets, driven the way a user drives them (pytest-qt).
+
+The training tests start the real CLI in a child process on tiny synthetic data (TinyUNet
+with 8 base channels, 64x64 patches, CPU), so they exercise the whole path: layers -> TIF
+files -> child process -> JSON events -> Qt signals -> layers.
+"""
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+# Qt aborts the whole test run when it cannot reach a display: say so instead
+NO_DISPLAY = sys.platform.startswith("linux") and not any(
+    os.environ.get(v) for v in ("DISPLAY", "WAYLAND_DISPLAY")) \
+    and os.environ.get("QT_QPA_PLATFORM") != "offscreen"
+needs_display = pytest.mark.skipif(NO_DISPLAY, reason="needs a display: run under xvfb-run "
+                                                      "(`make test` does)")
+
+
+def gui(test):
+    return pytest.mark.gui(needs_display(test))
+
+
+napari = pytest.importorskip("napari")
+
+from napari.layers import Image, Labels  # noqa: E402
+from napari.utils.notifications import notification_manager  # noqa: E402
+from qtpy.QtCore import QTimer  # noqa: E402
+
+from napari_unet.sample_data import SAMPLES  # noqa: E402
+from napari_unet.widgets.correct import CorrectWidget  # noqa: E402
+from napari_unet.widgets.predict import PredictWidget  # noqa: E402
+from napari_unet.widgets.runner import live_pid, read_run  # noqa: E402
+from napari_unet.widgets.train import TrainWidget, write_training_pairs  # noqa: E402
+
+PLUGIN = "napari-unet-torch"
+TRAIN_TIMEOUT_MS = 120_000
+
+
+def dock(viewer, name):
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
+    return widget
+
+
+def tiny_parts(viewer, n=4):
+    """4 DAGM-like 64x64 images; only the defective ones have painted labels."""
+    images, masks = SAMPLES["dagm"](n=n, size=64)
+    image = viewer.add_image(images, name="parts")
+    labels = viewer.add_labels(masks.astype(np.uint8), name="parts labels")
+    return image, labels
+
+
+def small_cpu_options(widget, run_dir, steps):
+    widget.steps.setValue(steps)
+    widget.batch_size.setValue(2)
+    widget.base_channels.setCurrentIndex(widget.base_channels.findData(8))
+    widget.patch_size.setValue(64)
+    widget.amp.setCurrentText("off")
+    widget.device.setCurrentText("cpu")
+    widget.run_folder.setText(str(run_dir))
+
+
+def errors_since(count):
+    return [n for n in notification_manager.records[count:] if str(n.severity) == "error"]
+
+
+def group_is_gone(pid) -> bool:
+    try:
+        os.killpg(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+class Recorder:
+    """Keeps every signal the runner emits, in order."""
+
+    def __init__(self, runner):
+        self.events = []
+        for name in ("started", "progress", "validation", "checkpoint", "message", "finished",
+                     "failed", "cancelled", "exited"):
+            getattr(runner, name).connect(lambda value, name=name: self.events.append((name, value)))
+
+    def of(self, name):
+        return [value for kind, value in self.events if kind == name]
+
+
+# -- docking -------------------------------------------------------------------------------------------
+@gui
+def test_the_three_widgets_dock_from_the_manifest(make_napari_viewer):
+    viewer = make_napari_viewer()
+    tiny_parts(viewer)
+    train, predict, correct = (dock(viewer, name) for name in ("Train", "Predict", "Correct"))
+    assert isinstance(train, TrainWidget)
+    assert isinstance(predict, PredictWidget)
+    assert isinstance(correct, CorrectWidget)
+    # the pickers follow the layer list
+    assert train.image_combo.currentText() == "parts"
+    assert train.labels_combo.currentText() == "parts labels"
+    assert train.preset.currentText() == "industrial"
+    viewer.add_image(np.zeros((48, 48, 48), np.float32), name="volume")
+    train.image_combo.set_layer(viewer.layers["volume"])
+    assert train.preset.currentText() == "volume3d", "a 3D volume defaults to the 3D preset"
+    assert train.patch_size.value() <= 48
+    viewer.layers.remove("parts labels")
+    assert train.labels_combo.findText("parts labels") == -1
+
+
+# -- user mistakes become notifications ---------------------------------------------------------
+@gui
+def test_mistakes_are_notifications_and_the_viewer_lives_on(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    images, _ = SAMPLES["dagm"](n=2, size=64)
+    viewer.add_image(images, name="raw")
+    empty = viewer.add_labels(np.zeros(images.shape, np.uint8), name="raw labels")
+    train = dock(viewer, "Train")
+    small_cpu_options(train, tmp_path / "run", steps=2)
+
+    seen = len(notification_manager.records)
+    train.start_button.click()  # nothing painted
+    errors = errors_since(seen)
+    assert errors and "empty" in str(errors[-1].message)
+    assert not train.runner.is_running() and train.runner.pid is None
+    assert not (tmp_path / "run").exists(), "nothing is written for a refused start"
+
+    empty.data[0, 10:20, 10:20] = 1
+    viewer.add_labels(np.zeros((64, 32), np.uint8), name="wrong size")
+    train.labels_combo.set_layer(viewer.layers["wrong size"])
+    seen = len(notification_manager.records)
+    train.start_button.click()
+    assert "(2, 64, 64)" in str(errors_since(seen)[-1].message)
+
+    train.labels_combo.set_layer(empty)
+    viewer.add_image(images[0], name="flat")
+    flat_labels = np.zeros((64, 64), np.uint8)
+    flat_labels[20:30, 20:30] = 1
+    viewer.add_labels(flat_labels, name="flat labels")
+    train.image_combo.set_layer(viewer.layers["flat"])
+    train.labels_combo.set_layer(viewer.layers["flat labels"])
+    train.preset.setCurrentText("volume3d")
+    seen = len(notification_manager.records)
+    train.start_button.click()
+    assert "3D" in str(errors_since(seen)[-1].message)
+
+    train.preset.setCurrentText("industrial")
+    not_a_folder = tmp_path / "a_file"
+    not_a_folder.write_text("")
+    train.run_folder.setText(str(not_a_folder / "run"))
+    seen = len(notification_manager.records)
+    train.start_button.click()
+    assert "cannot create the run folder" in str(errors_since(seen)[-1].message)
+
+    predict = dock(viewer, "Predict")
+    predict.set_model(tmp_path / "no_such_run")
+    seen = len(notification_manager.records)
+    predict.predict_button.click()
+    assert "does not exist" in str(errors_since(seen)[-1].message)
+
+    # the viewer still works
+    viewer.add_points([[1, 1]], name="still alive")
+    assert "still alive" in viewer.layers
+    assert not train.runner.is_running()
+
+
+@gui
+def test_an_error_in_the_child_becomes_a_notification(make_napari_viewer, qtbot, tmp_path):
+    viewer = make_napari_viewer()
+    train = dock(viewer, "Train")
+    recorder = Recorder(train.runner)
+    seen = len(notification_manager.records)
+    # what the widget would run, with a data folder the engine cannot read
+    (tmp_path / "run").mkdir()
+    train.runner.start(["--preset", "industrial", "--data", str(tmp_path / "no_data"),
+                        "--out", str(tmp_path / "run"), "--steps", "2", "--device", "cpu"],
+                       tmp_path / "run")
+    qtbot.waitUntil(lambda: train.runner.exit_code is not None, timeout=TRAIN_TIMEOUT_MS)
+    assert train.runner.exit_code == 2
+    [message] = recorder.of("failed")
+    assert "no_data" in message and "\n" not in message and "Traceback" not in message
+    errors = errors_since(seen)
+    assert errors and str(errors[-1].message) == f"training failed: {message}"
+
+
+# -- the full loop -----------------------------------------------------------------------------------
+@gui
+def test_train_then_predict_round_trip(make_napari_viewer, qtbot, tmp_path):
+    viewer = make_napari_viewer()
+    image, labels = tiny_parts(viewer)
+    painted = [z for z in range(4) if labels.data[z].any()]
+    train = dock(viewer, "Train")
+    run_dir = tmp_path / "run"
+    small_cpu_options(train, run_dir, steps=4)
+    recorder = Recorder(train.runner)
+
+    train.start_button.click()
+    assert train.runner.is_running()
+    assert not train.start_button.isEnabled() and train.cancel_button.isEnabled()
+    qtbot.waitUntil(lambda: train.runner.exit_code is not None, timeout=TRAIN_TIMEOUT_MS)
+    assert train.runner.exit_code == 0, train.runner.stderr_text[-2000:]
+
+    # the layers were written in the generic layout, painted slices only
+    written = sorted(p.name for p in (run_dir / "data" / "images").iterdir())
+    assert written == [f"parts_z{z:04d}.tif" for z in painted]
+    assert sorted(p.name for p in (run_dir / "data" / "masks").iterdir()) == written
+    # events became signals, in order, and fed the widget
+    kinds = [kind for kind, _ in recorder.events]
+    assert kinds[0] == "started" and kinds[-2:] == ["finished", "exited"]
+    assert [p.step for p in recorder.of("progress")] == [1, 2, 3, 4]
+    assert [s for s, _ in train.curve.loss] == [1, 2, 3, 4]
+    assert recorder.of("started")[0].val_samples == 1  # one painted slice held out for Dice
+    assert len(train.curve.dice) >= 1
+    assert train.progress.value() == train.progress.maximum() == 4
+    finished = recorder.of("finished")[0]
+    assert Path(finished.path).is_file()
+    assert train.start_button.isEnabled() and not train.cancel_button.isEnabled()
+
+    # "predict the image when training ends" adds the result over the image
+    qtbot.waitUntil(lambda: train.prediction is not None and not train.prediction.running,
+                    timeout=60_000)
+    assert train.prediction.error is None
+    probabilities = viewer.layers["parts probabilities"]
+    prediction = viewer.layers["parts prediction"]
+    assert isinstance(probabilities, Image) and isinstance(prediction, Labels)
+    assert probabilities.data.shape == prediction.data.shape == image.data.shape
+    np.testing.assert_array_equal(prediction.scale, image.scale)
+    assert 0.0 <= probabilities.data.min() and probabilities.data.max() <= 1.0
+
+    # the Predict widget offers the run, predicts again, and its slider re-cuts the labels
+    predict = dock(viewer, "Predict")
+    assert predict.model_combo.currentText() == str(run_dir)
+    predict.image_combo.set_layer(image)
+    predict.tile_size.setValue(64)
+    predict.predict_button.click()
+    qtbot.waitUntil(lambda: predict.last_job is not None and not predict.last_job.running,
+                    timeout=60_000)
+    job = predict.last_job
+    assert job.labels_layer.name == "parts prediction [1]", "earlier results are not replaced"
+    threshold = float(np.quantile(job.probabilities, 0.7))
+    predict.set_threshold(threshold)
+    expected = (job.probabilities >= round(threshold, 2)).astype(np.uint8)
+    np.testing.assert_array_equal(job.labels_layer.data, expected)
+    assert predict.threshold.isEnabled()
+
+    # an image the model cannot take: one clear notification, no layers
+    photo = viewer.add_image(np.zeros((64, 64, 3), np.uint8), name="photo", rgb=True)
+    predict.image_combo.set_layer(photo)
+    seen, layers_before = len(notification_manager.records), len(viewer.layers)
+    predict.predict_button.click()
+    qtbot.waitUntil(lambda: not predict.job.running, timeout=60_000)
+    [error] = errors_since(seen)
+    assert str(error.message).startswith("prediction failed:") and "channel" in str(error.message)
+    assert len(viewer.layers) == layers_before and predict.predict_button.isEnabled()
+
+    # Cancel stops a prediction between tiles (worker.quit); nothing is added
+    big = viewer.add_image(np.tile(image.data, (16, 4, 4)), name="big")  # 64 x 256 x 256
+    layers_before = len(viewer.layers)
+    predict.image_combo.set_layer(big)
+    predict.predict_button.click()
+    cancelling = predict.job
+    qtbot.waitUntil(lambda: predict.progress.value() > 0, timeout=60_000)
+    predict.cancel_button.click()
+    qtbot.waitUntil(lambda: not cancelling.running, timeout=60_000)
+    assert cancelling.cancelled and cancelling.labels_layer is None and cancelling.error is None
+    assert predict.progress.value() < predict.progress.maximum()
+    assert len(viewer.layers) == layers_before
+    assert predict.predict_button.isEnabled()
+
+    # re-attaching reads the same curve back from the run folder
+    record = read_run(run_dir)
+    np.testing.assert_allclose(record.loss, train.curve.loss)
+    np.testing.assert_allclose(record.dice, train.curve.dice)
+    assert record.total_steps == 4
+    assert record.checkpoint is not None and record.checkpoint.is_file()
+    assert record.pid is None and live_pid(run_dir) is None
+
+    # "Add to training set" feeds the corrected labels back, under new names
+    correct = dock(viewer, "Correct")
+    correct.image_combo.set_layer(image)
+    correct.labels_combo.set_layer(labels)
+    correct.run_combo.setEditText(str(run_dir))
+    correct.add_to_training_set()  # the run already trained on exactly these pairs
+    assert sorted(p.name for p in (run_dir / "data" / "images").iterdir()) == written
+    labels.data_setitem((np.array([painted[0]] * 3), np.array([0, 0, 1]), np.array([0, 1, 0])), 1)
+    correct.add_to_training_set()  # one corrected slice: a new pair beside the old one
+    correct.add_to_training_set()
+    names = sorted(p.name for p in (run_dir / "data" / "images").iterdir())
+    assert names == sorted(written + [f"parts_z{painted[0]:04d}_2.tif"])
+    assert correct.labels_combo.currentText() == "parts labels"
+
+    # fine-tuning from the run starts from its weights and trains on its (grown) training set
+    train.set_init_from(run_dir)
+    assert train.patch_size.value() == 64 and train.base_channels.currentData() == 8
+    train.steps.setValue(2)
+    train.run_folder.setText(str(tmp_path / "finetuned"))
+    recorder.events.clear()
+    train.start_button.click()
+    qtbot.waitUntil(lambda: train.runner.exit_code is not None, timeout=TRAIN_TIMEOUT_MS)
+    assert train.runner.exit_code == 0, train.runner.stderr_text[-2000:]
+    started = recorder.of("started")[0]
+    assert started.train_samples + started.val_samples == len(painted) + 1
+    assert "--init-from" in train.runner._process.args
+
+
+@gui
+def test_cancel_stops_the_run_without_freezing_the_viewer(make_napari_viewer, qtbot, tmp_path):
+    viewer = make_napari_viewer(show=True)  # shown: the widgets really repaint on every event
+    tiny_parts(viewer)
+    train = dock(viewer, "Train")
+    run_dir = tmp_path / "run"
+    small_cpu_options(train, run_dir, steps=100_000)
+    recorder = Recorder(train.runner)
+    train.start_button.click()
+    pid = train.runner.pid
+    assert live_pid(run_dir) == pid, "the run folder records its live child"
+    qtbot.waitUntil(lambda: len(recorder.of("progress")) >= 2, timeout=TRAIN_TIMEOUT_MS)
+
+    # while the child trains, the GUI thread keeps its 10 ms timer on time
+    stamps = []
+    timer = QTimer()
+    timer.setInterval(10)
+    timer.timeout.connect(lambda: stamps.append(time.perf_counter()))
+    events_before = len(recorder.of("progress"))
+    timer.start()
+    qtbot.wait(4000)
+    timer.stop()
+    gaps_ms = np.diff(stamps) * 1000
+    p99 = float(np.percentile(gaps_ms, 99))
+    events_during = len(recorder.of("progress")) - events_before
+    print(f"\nGUI timer while training: {len(gaps_ms)} ticks, p50 {np.median(gaps_ms):.1f} ms, "
+          f"p99 {p99:.1f} ms, max {gaps_ms.max():.1f} ms; {events_during} progress events")
+    assert events_during >= 2, "training was not running during the measurement"
+    assert p99 < 100
+
+    # a second Train widget (as in a new viewer session) re-attaches to the live run: it
+    # restores the curve from the run folder, follows it, and its Cancel reaches the child
+    follower = TrainWidget(viewer)
+    follower.attach(run_dir)
+    assert follower.watcher is not None and follower.watcher.pid == pid
+    restored = len(follower.curve.loss)
+    assert restored >= 1
+    qtbot.waitUntil(lambda: len(follower.curve.loss) > restored, timeout=30_000)
+    assert follower.cancel_button.isEnabled()
+    follower.cancel_button.click()
+    qtbot.waitUntil(lambda: train.runner.exit_code is not None, timeout=30_000)
+    assert train.runner.exit_code == 130, train.runner.stderr_text[-2000:]
+    assert recorder.of("cancelled") == [str(run_dir)]
+    qtbot.waitUntil(lambda: follower.watcher is None, timeout=5_000)  # it saw the end
+    assert not recorder.of("failed")
+    assert group_is_gone(pid), "a process of the run is still alive"
+    assert (run_dir / "checkpoints" / "last.pt").is_file()
+    assert live_pid(run_dir) is None
+    assert train.start_button.isEnabled()
+
+
+@gui
+def test_closing_the_viewer_stops_training(make_napari_viewer, qtbot, tmp_path):
+    viewer = make_napari_viewer()
+    tiny_parts(viewer)
+    train = dock(viewer, "Train")
+    run_dir = tmp_path / "run"
+    small_cpu_options(train, run_dir, steps=100_000)
+    recorder = Recorder(train.runner)
+    train.start_button.click()
+    pid = train.runner.pid
+    qtbot.waitUntil(lambda: len(recorder.of("progress")) >= 1, timeout=TRAIN_TIMEOUT_MS)
+    viewer.close()
+    assert group_is_gone(pid), "closing the viewer left the training process running"
+    assert (run_dir / "checkpoints" / "last.pt").is_file(), "no checkpoint saved on close"
+
+
+# -- correction tools -------------------------------------------------------------------------------
+@gui
+def test_correction_tools(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    stack = np.zeros((3, 40, 40), np.uint8)
+    stack[1, 5:25, 5:25] = 1
+    stack[1, 10:15, 10:15] = 0  # a hole
+    stack[1, 30:32, 30:32] = 1  # a 4-pixel speck
+    stack[1, 35:38, 2:10] = 2  # another class, 24 pixels
+    labels = viewer.add_labels(stack.copy(), name="mask")
+    probabilities = np.linspace(0, 1, 3 * 40 * 40, dtype=np.float32).reshape(3, 40, 40)
+    viewer.add_image(probabilities, name="probabilities")
+    image = viewer.add_image(np.random.default_rng(0).random((3, 40, 40), np.float32), name="em")
+    correct = dock(viewer, "Correct")
+
+    correct.probability_combo.set_layer(viewer.layers["probabilities"])
+    correct.threshold.setValue(0.25)
+    correct.threshold_to_labels()
+    thresholded = viewer.layers["probabilities > 0.25"]
+    np.testing.assert_array_equal(thresholded.data, probabilities >= 0.25)
+
+    correct.labels_combo.set_layer(labels)
+    viewer.dims.set_current_step(0, 1)
+    correct.scope.setCurrentText("current slice")
+    correct.min_size.setValue(10)
+    correct.remove_small()
+    assert labels.data[1, 30:32, 30:32].sum() == 0, "the speck stays"
+    assert (labels.data[1, 35:38, 2:10] == 2).all(), "an object big enough was removed"
+    correct.fill_holes()
+    assert (labels.data[1, 10:15, 10:15] == 1).all()
+    correct.undo()  # napari's own undo takes the last edit back
+    assert (labels.data[1, 10:15, 10:15] == 0).all()
+
+    viewer.dims.set_current_step(0, 2)
+    correct.copy_neighbour(-1)
+    np.testing.assert_array_equal(labels.data[2], labels.data[1])
+    viewer.dims.set_current_step(0, 0)
+    correct.copy_neighbour(+1)
+    np.testing.assert_array_equal(labels.data[0], labels.data[1])
+    assert labels.data.sum() > 0
+
+    # add to training set never replaces files: a second add gets new names
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    correct.image_combo.set_layer(image)
+    correct.run_combo.setEditText(str(run_dir))
+    correct.add_to_training_set()
+    first = sorted(p.name for p in (run_dir / "data" / "masks").iterdir())
+    assert first == ["em_z0000.tif", "em_z0001.tif", "em_z0002.tif"]
+    before = (run_dir / "data" / "masks" / "em_z0000.tif").read_bytes()
+    correct.add_to_training_set()  # the same pairs again: nothing new
+    assert len(list((run_dir / "data" / "masks").iterdir())) == 3
+    labels.data_setitem((np.array([0]), np.array([0]), np.array([0])), 1)
+    correct.add_to_training_set()
+    assert sorted(p.name for p in (run_dir / "data" / "masks").iterdir()) == [
+        "em_z0000.tif", "em_z0000_2.tif", "em_z0001.tif", "em_z0002.tif"]
+    assert (run_dir / "data" / "masks" / "em_z0000.tif").read_bytes() == before
+
+
+def test_write_training_pairs_keeps_painted_slices_and_merges_instances(tmp_path):
+    image = np.arange(4 * 8 * 8, dtype=np.uint16).reshape(4, 8, 8)
+    labels = np.zeros((4, 8, 8), np.int32)
+    labels[2, 1:3, 1:3] = 1
+    labels[3].flat[:40] = np.arange(1, 41)  # 40 instance ids: one foreground class
+    report = write_training_pairs(tmp_path, [("cells", image, labels)], spatial_dims=2)
+    assert report["written"] == ["cells_z0002", "cells_z0003"]
+    assert report["kept"] == 2 and report["total"] == 4 and report["merged"] == ["cells"]
+    import tifffile
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "images" / "cells_z0002.tif"), image[2])
+    merged = tifffile.imread(tmp_path / "masks" / "cells_z0003.tif")
+    assert merged.dtype == np.uint8 and set(np.unique(merged)) == {0, 1}
+    volume = write_training_pairs(tmp_path, [("cells", image, labels)], spatial_dims=3)
+    assert volume["written"] == ["cells"]
+    assert tifffile.imread(tmp_path / "images" / "cells.tif").shape == (4, 8, 8)
+
+
+@gui
+def test_a_3d_volume_trains_with_volume3d_and_predicts_3d_layers(make_napari_viewer, qtbot,
+                                                                 tmp_path):
+    viewer = make_napari_viewer()
+    layers = viewer.open_sample(PLUGIN, "blobs3d")
+    channel0 = layers[0]
+    labels = viewer.layers["blobs3d labels"]
+    train = dock(viewer, "Train")
+    train.image_combo.set_layer(channel0)
+    assert train.labels_combo.layer() is labels
+    assert train.preset.currentText() == "volume3d"
+    small_cpu_options(train, tmp_path / "run", steps=2)
+    train.patch_size.setValue(32)
+    train.start_button.click()
+    qtbot.waitUntil(lambda: train.runner.exit_code is not None, timeout=TRAIN_TIMEOUT_MS)
+    assert train.runner.exit_code == 0, train.runner.stderr_text[-2000:]
+    assert [p.name for p in (tmp_path / "run" / "data" / "masks").iterdir()] == ["blobs3d_ch0.tif"]
+    qtbot.waitUntil(lambda: train.prediction is not None and not train.prediction.running,
+                    timeout=60_000)
+    assert train.prediction.error is None
+    prediction = viewer.layers["blobs3d ch0 prediction"]
+    assert prediction.data.shape == labels.data.shape and prediction.ndim == 3
+    # two classes besides the background: one probability layer each
+    for k in (1, 2):
+        assert viewer.layers[f"blobs3d ch0 probability class {k}"].data.shape == labels.data.shape
