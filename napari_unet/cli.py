@@ -385,9 +385,10 @@ def _launch_torchrun(args) -> int:
     process = subprocess.Popen(command)
     try:
         return process.wait()
-    except KeyboardInterrupt:  # torchrun forwards the signal to its workers
+    except KeyboardInterrupt:  # torchrun forwards the signal; the workers save a checkpoint
         process.send_signal(signal.SIGINT)
-        return process.wait() or EXIT_CANCELLED
+        process.wait()
+        return EXIT_CANCELLED
 
 
 def _strip_launch_args(argv):

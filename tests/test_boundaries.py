@@ -14,7 +14,8 @@ def _modules_after_import(statement: str) -> set[str]:
 
 def test_engine_and_models_import_no_gui():
     loaded = _modules_after_import(
-        "import napari_unet.engine, napari_unet.models, napari_unet.io, napari_unet.cli")
+        "import napari_unet.engine as e, napari_unet.models, napari_unet.io, napari_unet.cli; "
+        "[getattr(e, name) for name in e.__all__]")
     assert "torch" in loaded  # the check itself works
     assert not loaded & set(GUI_MODULES)
 
@@ -30,3 +31,10 @@ def test_cli_help_runs():
     assert result.returncode == 0
     for command in ("train", "evaluate", "predict", "benchmark"):
         assert command in result.stdout
+
+
+def test_events_and_config_do_not_import_torch():
+    """The Train widget runs training in a child process: its own process needs no torch."""
+    loaded = _modules_after_import(
+        "from napari_unet.engine import from_json, TrainConfig, PRESETS, Progress")
+    assert "torch" not in loaded

@@ -33,7 +33,7 @@ from pathlib import Path
 from qtpy.QtCore import QObject, QTimer, Signal
 from qtpy.QtWidgets import QApplication
 
-from napari_unet.engine.events import from_json
+from napari_unet.engine import from_json
 
 PID_FILE = ".napari_unet_train.json"  # in the run folder while a child trains there
 GRACE_S = 10.0  # after SIGINT, how long the child may take to save its checkpoint
@@ -152,7 +152,7 @@ class TrainingRunner(QObject):
         try:
             event = from_json(line)
         except (ValueError, KeyError, TypeError, AttributeError):  # not an event
-            from napari_unet.engine.events import Message
+            from napari_unet.engine import Message
             self.message.emit(Message("info", line.strip()))
             return
         kind = type(event).__name__

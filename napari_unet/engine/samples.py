@@ -1,0 +1,17 @@
+"""The built-in synthetic data sets as engine Datasets (for --sample and the demo)."""
+from __future__ import annotations
+
+from napari_unet.engine.data import Dataset, as_channel_first
+from napari_unet.errors import ConfigError
+from napari_unet.sample_data import SAMPLES
+
+
+def sample_dataset(name: str, **options) -> Dataset:
+    """One of the built-in synthetic data sets (dagm, em, blobs3d) as a Dataset."""
+    if name not in SAMPLES:
+        raise ConfigError(f"unknown sample {name!r}; choose one of {', '.join(SAMPLES)}")
+    images, masks = SAMPLES[name](**options)
+    spatial_dims = masks.ndim - 1
+    return Dataset(images=[as_channel_first(image, spatial_dims) for image in images],
+                   masks=[mask.astype("uint8") for mask in masks],
+                   names=[f"{name}{i}" for i in range(len(images))], spatial_dims=spatial_dims)
