@@ -1,10 +1,8 @@
 """The CLI end to end on tiny data: train -> evaluate -> predict, events, exit statuses."""
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest

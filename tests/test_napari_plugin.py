@@ -1,5 +1,4 @@
 """The npe2 contributions: manifest, reader, writers and sample data, through napari itself."""
-import os
 import subprocess
 import sys
 import time
@@ -9,16 +8,7 @@ import numpy as np
 import pytest
 import tifffile
 
-# Qt aborts the whole test run when it cannot reach a display: say so instead
-NO_DISPLAY = sys.platform.startswith("linux") and not any(
-    os.environ.get(v) for v in ("DISPLAY", "WAYLAND_DISPLAY")) \
-    and os.environ.get("QT_QPA_PLATFORM") != "offscreen"
-needs_display = pytest.mark.skipif(NO_DISPLAY, reason="needs a display: run under xvfb-run "
-                                                      "(`make test` does)")
-
-
-def gui(test):
-    return pytest.mark.gui(needs_display(test))
+from gui_support import PLUGIN, gui  # noqa: E402
 
 
 napari = pytest.importorskip("napari")
@@ -27,7 +17,6 @@ from napari.layers import Image, Labels  # noqa: E402
 
 from napari_unet import _napari  # noqa: E402
 
-PLUGIN = "napari-unet-torch"
 MANIFEST = Path(_napari.__file__).with_name("napari.yaml")
 
 

@@ -4,7 +4,6 @@ Each case of the README's reliability table is one test here (or named there).
 """
 import errno
 import json
-import os
 import signal
 import subprocess
 import sys

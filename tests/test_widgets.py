@@ -5,23 +5,13 @@ with 8 base channels, 64x64 patches, CPU), so they exercise the whole path: laye
 files -> child process -> JSON events -> Qt signals -> layers.
 """
 import os
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-# Qt aborts the whole test run when it cannot reach a display: say so instead
-NO_DISPLAY = sys.platform.startswith("linux") and not any(
-    os.environ.get(v) for v in ("DISPLAY", "WAYLAND_DISPLAY")) \
-    and os.environ.get("QT_QPA_PLATFORM") != "offscreen"
-needs_display = pytest.mark.skipif(NO_DISPLAY, reason="needs a display: run under xvfb-run "
-                                                      "(`make test` does)")
-
-
-def gui(test):
-    return pytest.mark.gui(needs_display(test))
+from gui_support import PLUGIN, gui  # noqa: E402
 
 
 napari = pytest.importorskip("napari")
@@ -36,7 +26,6 @@ from napari_unet.widgets.predict import PredictWidget  # noqa: E402
 from napari_unet.widgets.runner import live_pid, read_run  # noqa: E402
 from napari_unet.widgets.train import TrainWidget, write_training_pairs  # noqa: E402
 
-PLUGIN = "napari-unet-torch"
 TRAIN_TIMEOUT_MS = 120_000
 
 

@@ -5,7 +5,6 @@ over processes, so the Dice is that of the whole set whatever the world size.
 """
 from __future__ import annotations
 
-import torch
 
 from napari_unet.engine.metrics import DiceAccumulator
 from napari_unet.engine.predict import predict_with_model, run_to_end

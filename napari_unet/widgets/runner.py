@@ -383,7 +383,6 @@ def read_run(run_dir) -> RunRecord:
     """
     run_dir = Path(run_dir)
     metrics = run_dir / "metrics.jsonl"
-    checkpoints = run_dir / "checkpoints"
     if not (run_dir / "config.yaml").is_file() and not metrics.is_file():
         raise FileNotFoundError(f"{run_dir} is not a napari_unet run folder "
                                 f"(no config.yaml or metrics.jsonl)")

@@ -1,0 +1,18 @@
+"""Shared by the GUI test modules: the `gui` marker and the plugin's name."""
+import os
+import sys
+
+import pytest
+
+PLUGIN = "napari-unet-torch"
+
+# Qt aborts the whole test run when it cannot reach a display: say so instead
+NO_DISPLAY = sys.platform.startswith("linux") and not any(
+    os.environ.get(v) for v in ("DISPLAY", "WAYLAND_DISPLAY")) \
+    and os.environ.get("QT_QPA_PLATFORM") != "offscreen"
+needs_display = pytest.mark.skipif(NO_DISPLAY, reason="needs a display: run under xvfb-run "
+                                                      "(`make test` does)")
+
+
+def gui(test):
+    return pytest.mark.gui(needs_display(test))
