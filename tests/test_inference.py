@@ -287,6 +287,16 @@ def test_bad_arguments_raise_at_the_call():
         iter_sliding_window(Pointwise(spatial_dims=3), rand(1, 8, 8), tile_size=8)
     with pytest.raises(DataError):
         iter_sliding_window(model, rand(1, 8, 8), tile_size=8, out=np.zeros((8, 9), np.float32))
+    off_centre = ValidConvs()
+    off_centre.output_size = lambda size: tuple(n - 7 for n in size)  # odd context
+    with pytest.raises(ConfigError):
+        iter_sliding_window(off_centre, rand(1, 30, 30), tile_size=20, tta=True)
+
+
+def test_caller_memory_format_is_kept_unless_channels_last_is_asked():
+    model = build_model("tiny_unet", base_channels=4).to(memory_format=torch.channels_last)
+    predict_array(model, rand(1, 32, 32), tile_size=32)
+    assert model.head.weight.is_contiguous(memory_format=torch.channels_last)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

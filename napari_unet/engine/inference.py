@@ -52,9 +52,10 @@ def gaussian_importance(tile_shape: Sequence[int], sigma_scale: float | Sequence
                         min_fraction: float = 1e-3) -> torch.Tensor:
     """Blending weight of each pixel of an output tile: a Gaussian centred on the tile.
 
-    ``sigma = sigma_scale * tile`` per axis (nnU-Net and MONAI use 1/8). The maximum is 1. The
-    weights are clamped from below to ``min_fraction`` of the maximum so that a tile's border
-    still counts where no other tile covers it (the image's edges and corners).
+    ``sigma = sigma_scale * tile`` per axis (nnU-Net and MONAI use 1/8); 1 at the centre (just
+    below between the two central pixels of an even tile), as MONAI computes it. Weights are
+    clamped from below to ``min_fraction`` of that so that a tile's border still counts where
+    no other tile covers it (the image's edges and corners).
     """
     shape = [int(n) for n in tile_shape]
     scales = list(sigma_scale) if isinstance(sigma_scale, Sequence) else [sigma_scale] * len(shape)
@@ -65,7 +66,6 @@ def gaussian_importance(tile_shape: Sequence[int], sigma_scale: float | Sequence
     for n, scale in zip(shape, scales):
         x = torch.arange(n, dtype=torch.float64) - (n - 1) / 2
         weight = weight[..., None] * torch.exp(-0.5 * (x / (scale * n)) ** 2)
-    weight /= weight.max()
     return weight.clamp_(min=min_fraction).to(dtype)
 
 
@@ -172,7 +172,11 @@ def _read_window(image, axes: list[_Axis], origin: tuple[int, ...],
         high = low + axis.window
         inside.append(slice(max(low, 0), min(high, axis.size)))
         pads.append((max(-low, 0), max(high - axis.size, 0)))
-    region = np.asarray(preprocess(np.asarray(image[tuple(inside)])), dtype=np.float32)
+    raw = np.asarray(image[tuple(inside)])
+    region = np.asarray(preprocess(raw), dtype=np.float32)
+    if region.shape != raw.shape:
+        raise DataError(f"preprocess turned a {raw.shape} region into {region.shape}: it must "
+                        "keep the shape (a pointwise normalisation)")
     if any(p != (0, 0) for p in pads):
         # numpy reflects repeatedly when a pad is longer than the image (tiny images)
         region = np.pad(region, pads, mode="reflect")
@@ -378,6 +382,9 @@ def iter_sliding_window(model, image, *, tile_size, overlap: float = 0.25, batch
     _check_options(overlap, batch_size, blend, amp, threshold)
     device = torch.device(device)
     axes = _plan_axes(model, tuple(image.shape), tile_size, overlap)
+    if tta and any(axis.window - axis.tile != 2 * axis.margin for axis in axes):
+        raise ConfigError("tta needs a model whose output is centred in its input (an even "
+                          "size difference): predict without tta")
     spatial = tuple(axis.size for axis in axes)
     num_classes = model.num_classes
     out = _check_output(out, spatial if num_classes <= 2 else (num_classes, *spatial),
@@ -405,7 +412,9 @@ def _run(model, image, axes: list[_Axis], out, labels_out, *, batch_size, blend,
     flips = _mirror_axes(dims, tta)
     was_training = model.training
     model.eval()
-    model.to(device=device, memory_format=memory_format)
+    model.to(device)
+    if channels_last:  # left as the caller has it otherwise (a trainer may use either)
+        model.to(memory_format=memory_format)
     with torch.inference_mode():
         weight = (gaussian_importance(tile, sigma_scale) if blend == "gaussian"
                   else torch.ones(tile)).reshape((1,) * lead + tile).to(device)
