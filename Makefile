@@ -56,7 +56,7 @@ demo: venv
 	@echo "demo: open it in napari with 'make gui' (File > Open: $(DEMO_OUT)/predictions/)"
 
 gui: system-deps venv
-	$(VENV)/bin/napari -w napari-unet-torch
+	$(VENV)/bin/napari -w napari-unet-torch __all__
 
 bench: venv
 	$(VENV)/bin/napari_unet benchmark --preset industrial --steps 10 --warmup 3
