@@ -1,0 +1,466 @@
+"""Accuracy on the real data sets (ISBI 2012, DAGM 2007 Class 1, BraTS 2013), cross-validated.
+
+One command per data set; the last line is a ``key=value`` summary that scripts parse:
+
+    .venv/bin/python benchmarks/accuracy.py --dataset isbi2012 --budget cpu --fold 0
+    .venv/bin/python benchmarks/accuracy.py --dataset dagm2007 --budget reference   # all folds, GPU
+    .venv/bin/python benchmarks/accuracy.py --dataset brats2013 --budget cpu --fold 0 \
+        --extra-eval more/pat0007_image.tif more/pat0007_labels.tif
+
+- ``--budget reference`` trains with the presets as they are (the reference schedule, for a GPU).
+- ``--budget cpu`` picks a smaller recipe that fits a 2-core CPU in minutes (25 for isbi2012,
+  15 for dagm2007, 30 for brats2013, per fold, everything included): padded networks, bf16,
+  smaller patches, Adam with warm-up and a cosine schedule. The number of steps is set by
+  timing a few training steps first (``calibration``), so the run fits the budget on the
+  machine at hand, and a wall-clock guard stops training early if it would not.
+
+Training goes through the engine's ``train()`` generator with the fold's split (config
+``fold``/``folds``); the best checkpoint (by validation Dice during training) is then scored on
+the validation part with tiled prediction (overlap, mirror TTA in 2D):
+
+- isbi2012: ``membrane_dice`` (hard, class 1 = membrane = file value 0), ``mean_dice`` (hard,
+  both classes), ``soft_dice`` (the reference's soft two-class Dice with a squared
+  denominator, per image then averaged: metrics.soft_dice_reference), ``pixel_error``.
+- dagm2007: ``per_image_dice`` (the reference metric: per-image Dice at threshold 0.5, an
+  empty prediction on an empty mask = 1.0, averaged) and ``defect_dice`` (the same, averaged
+  over the defective images alone).
+- brats2013: ``wt_dice``, ``tc_dice``, ``et_dice`` (whole tumour 1-4, core 1/3/4, enhancing 4),
+  per volume, averaged.
+- always ``minutes`` (wall time of the whole command).
+
+``--extra-eval IMAGES MASKS`` (repeatable) scores the trained model(s) on other labelled data in
+the data set's own format and prints ``extra: key=value ...``.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from napari_unet.engine import (Finished, Progress, Validation, load_checkpoint,  # noqa: E402
+                                load_dataset, predict_array, preset_config, train)
+from napari_unet.engine.data import Dataset, split_folds  # noqa: E402
+from napari_unet.engine.metrics import (DiceAccumulator, brats_region_dice,  # noqa: E402
+                                        per_image_dice, pixel_error, soft_dice_reference)
+from napari_unet.io import read_image  # noqa: E402
+
+DATA_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
+FOLDERS = {"isbi2012": "isbi2012", "dagm2007": "dagm2007_class1", "brats2013": "brats2013"}
+PRESETS = {"isbi2012": "isbi2012", "dagm2007": "industrial", "brats2013": "volume3d"}
+FOLDS = {"isbi2012": 5, "dagm2007": 5, "brats2013": 4}
+CPU_MINUTES = {"isbi2012": 25, "dagm2007": 15, "brats2013": 30}
+KEYS = {"isbi2012": ("membrane_dice", "mean_dice", "soft_dice", "pixel_error"),
+        "dagm2007": ("per_image_dice", "defect_dice"),
+        "brats2013": ("wt_dice", "tc_dice", "et_dice")}
+
+# The CPU recipes (chosen for a 2-core machine; the steps come from the calibration).
+# Minutes of each budget kept back for calibration, validation and the final evaluation.
+CPU_RESERVE_MINUTES = {"isbi2012": 3.0, "dagm2007": 2.5, "brats2013": 5.0}
+CPU_RECIPES = {
+    # Padded UNet, 5 levels (16-32-64-128-256, 1.9 M parameters), batch norm so that a high
+    # Adam lr trains fast; 256x256 crops; the reference's flips, crop-resize and brightness
+    # plus all four rotations; 1 - Dice + CE as the reference.
+    "isbi2012": dict(
+        model_options={"padding": "same", "base_channels": 16, "depth": 5, "norm": "batch",
+                       "dropout": 0.0},
+        patch_size=[256, 256], batch_size=4, optimizer="adam", lr=2e-3, weight_decay=1e-5,
+        lr_schedule="cosine", warmup_steps=50, loss="dice_ce", amp="bf16",
+        hflip=0.5, vflip=0.5, rot90=[0, 1, 2, 3], crop_resize=[0.8, 1.0], brightness=0.2,
+        val_tile_size=[512, 512], val_overlap=0.25,
+    ),
+    # TinyUNet at half width (16-16-32-64, bottleneck 128), 256x256 crops with half of them
+    # centred on a defect, the adaptive BCE -> Dice loss of the reference, Adam + cosine.
+    "dagm2007": dict(
+        model_options={"base_channels": 16}, patch_size=[256, 256], batch_size=8,
+        optimizer="adam", lr=1e-3, weight_decay=1e-5, lr_schedule="cosine", warmup_steps=30,
+        loss="adaptive", amp="bf16", foreground_oversample=0.5,
+        hflip=0.5, vflip=0.5, rot90=[0, 1, 2, 3], brightness=0.0,
+        val_tile_size=[512, 512], val_overlap=0.25,
+    ),
+    # 3D-UNet (No New-Net blocks) at half width, 5 levels 16-32-64-128-128, 64^3 crops,
+    # half of them centred on tumour; Dice (foreground) + CE; Adam + cosine.
+    "brats2013": dict(
+        model_options={"base_channels": 16, "max_channels": 128, "depth": 5},
+        patch_size=[64, 64, 64], batch_size=2, optimizer="adam", lr=1e-3, weight_decay=0.0,
+        lr_schedule="cosine", warmup_steps=30, loss="dice_ce_foreground", amp="bf16",
+        foreground_oversample=0.5, flip_all_axes=True, brightness=0.1, val_overlap=0.25,
+    ),
+}
+# Final evaluation: tile size, overlap and mirror TTA per data set (CPU budget).
+CPU_EVAL = {"isbi2012": dict(tile_size=[512, 512], overlap=0.5, tta=True),
+            "dagm2007": dict(tile_size=[512, 512], overlap=0.5, tta=True),
+            "brats2013": dict(tile_size=[64, 64, 64], overlap=0.5, tta=False)}
+REFERENCE_EVAL = {"isbi2012": dict(overlap=0.5, tta=True), "dagm2007": dict(overlap=0.5, tta=True),
+                  "brats2013": dict(overlap=0.5, tta=True)}
+STEP_OVERHEAD = 1.15  # data sampling, augmentation and logging on top of the timed steps
+
+
+# ------------------------------------------------------------------------------ data
+def load(dataset_name: str, data_root: Path) -> Dataset:
+    return load_dataset(data_root / FOLDERS[dataset_name])
+
+
+def load_extra(dataset_name: str, images: Path, masks: Path) -> Dataset:
+    """Other labelled data in the data set's own format: a file or a folder each."""
+    if dataset_name == "isbi2012":  # membrane is the file's 0
+        return load_dataset(images=images, masks=masks, foreground_value=0, spatial_dims=2)
+    if dataset_name == "brats2013":
+        return load_dataset(images=images, masks=masks, spatial_dims=3)
+    # DAGM: NNNN.PNG with Label/NNNN_label.PNG (or same-name masks); no mask file = no defect
+    image_paths = sorted(p for p in images.iterdir() if p.suffix.lower() in (".png", ".tif", ".tiff")
+                         ) if images.is_dir() else [images]
+    samples, mask_files = [], {}
+    if masks.is_dir():
+        mask_files = {p.stem.lower(): p for p in masks.iterdir() if p.is_file()}
+    for path in image_paths:
+        mask_path = masks if not masks.is_dir() else (
+            mask_files.get(f"{path.stem.lower()}_label") or mask_files.get(path.stem.lower()))
+        image = np.asarray(read_image(path))
+        image = image[None] if image.ndim == 2 else np.moveaxis(image, -1, 0)[:1]
+        mask = (np.zeros(image.shape[1:], np.uint8) if mask_path is None
+                else (np.asarray(read_image(mask_path)) > 0).astype(np.uint8))
+        samples.append((image, mask, path.stem))
+    return Dataset([s[0] for s in samples], [s[1] for s in samples], [s[2] for s in samples], 2)
+
+
+# ------------------------------------------------------------------------------ configs
+def make_config(dataset_name: str, budget: str, fold: int, steps=None):
+    preset = PRESETS[dataset_name]
+    overrides = dict(fold=fold, folds=FOLDS[dataset_name], split_seed=0, seed=0)
+    if dataset_name == "isbi2012":
+        overrides["foreground_value"] = 0
+    if budget == "cpu":
+        overrides.update(CPU_RECIPES[dataset_name])
+        overrides["device"] = "cpu"
+        if steps is not None:
+            overrides["steps"] = steps
+            overrides["val_every"] = max(1, steps // (3 if dataset_name == "brats2013" else 5))
+            overrides["checkpoint_every"] = overrides["val_every"]
+            overrides["log_every"] = max(1, steps // 200)
+    return preset_config(preset, **overrides)
+
+
+def calibrate_seconds_per_step(config, dataset: Dataset) -> float:
+    """Seconds per optimizer step of this config's model, batch and patch (bf16 as configured),
+    timed on random data: 2 warm-up steps (oneDNN builds its kernels), then the median of 4."""
+    from napari_unet.models import build_model
+
+    num_classes = max(2, dataset.num_classes)
+    outputs = 1 if config.loss == "adaptive" else num_classes
+    model = build_model(config.model, in_channels=dataset.in_channels, num_classes=outputs,
+                        **config.model_options)
+    size = tuple(model.valid_input_size(config.patch_size))
+    fmt = torch.channels_last if config.spatial_dims == 2 else torch.contiguous_format
+    model = model.to(memory_format=fmt).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    x = torch.randn(config.batch_size, dataset.in_channels, *size).contiguous(memory_format=fmt)
+    dtype = torch.bfloat16 if config.amp == "bf16" else None
+    times = []
+    for _ in range(6):
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+            out = model(x)
+        out.float().square().mean().backward()
+        optimizer.step()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times[2:]))
+
+
+# ------------------------------------------------------------------------------ training
+def train_fold(config, dataset: Dataset, run_dir: Path, deadline: float | None):
+    """Run the engine's train() to its end (or to the deadline); return the curve and best path."""
+    curve = {"step": [], "loss": [], "val_step": [], "val_dice": []}
+    # the Dataset as it is: its masks are class indices already (ISBI: membrane = 1)
+    events = train(config, dataset, run_dir=run_dir)
+    finished, last_print, stopped_early = None, 0.0, False
+    try:
+        for event in events:
+            if isinstance(event, Progress):
+                curve["step"].append(event.step)
+                curve["loss"].append(event.loss)
+                now = time.monotonic()
+                if now - last_print > 60 or event.step == event.total:
+                    print(f"  step {event.step}/{event.total} loss={event.loss:.4f} "
+                          f"lr={event.lr:.2e} img/s={event.img_s:.1f}", flush=True)
+                    last_print = now
+                if deadline is not None and now > deadline:
+                    print(f"  wall-clock guard: stopping at step {event.step} of {event.total}",
+                          flush=True)
+                    stopped_early = True
+                    break
+            elif isinstance(event, Validation):
+                curve["val_step"].append(event.step)
+                curve["val_dice"].append(event.dice)
+                print(f"  validation step {event.step}: dice={event.dice:.4f}"
+                      f"{' (best)' if event.best else ''}", flush=True)
+            elif isinstance(event, Finished):
+                finished = event
+    finally:
+        events.close()
+    best = run_dir / "checkpoints" / "best.pt"
+    path = best if best.exists() else (Path(finished.path) if finished else
+                                       run_dir / "checkpoints" / "last.pt")
+    return curve, path, stopped_early
+
+
+# ------------------------------------------------------------------------------ evaluation
+def evaluate_model(dataset_name: str, checkpoint, data: Dataset, eval_options: dict) -> dict:
+    """The data set's metrics of a checkpoint on labelled data, plus per-image predictions."""
+    options = dict(amp="bf16" if checkpoint.config.amp != "off" else "off", device="cpu"
+                   if not torch.cuda.is_available() else "auto", batch_size=4, **eval_options)
+    predictions = []
+    if dataset_name == "isbi2012":
+        accumulator, soft, errors = DiceAccumulator(2), [], []
+        for image, mask in zip(data.images, data.masks):
+            probs, labels = predict_array(checkpoint, image, **options)
+            mask = np.asarray(mask).astype(np.int64)
+            accumulator.update(labels, mask)
+            two = np.stack([1.0 - probs, probs])[None]
+            onehot = np.stack([mask == 0, mask == 1]).astype(np.float64)[None]
+            soft.append(soft_dice_reference(two, onehot))
+            errors.append(pixel_error(labels, mask))
+            predictions.append(labels)
+        per_class = accumulator.dice_per_class()
+        return dict(membrane_dice=per_class[1], mean_dice=float(np.mean(per_class)),
+                    soft_dice=float(np.mean(soft)), pixel_error=float(np.mean(errors))), predictions
+    if dataset_name == "dagm2007":
+        scores, defective = [], []
+        for image, mask in zip(data.images, data.masks):
+            _, labels = predict_array(checkpoint, image, threshold=0.5, **options)
+            score = per_image_dice(labels[None], np.asarray(mask)[None])[0]
+            scores.append(score)
+            if np.any(mask):
+                defective.append(score)
+            predictions.append(labels)
+        return dict(per_image_dice=float(np.mean(scores)),
+                    defect_dice=float(np.mean(defective)) if defective else float("nan")), \
+            predictions
+    regions = {"wt": [], "tc": [], "et": []}
+    for image, mask in zip(data.images, data.masks):
+        _, labels = predict_array(checkpoint, image, **options)
+        for name, value in brats_region_dice(labels, np.asarray(mask)).items():
+            regions[name].append(value)
+        predictions.append(labels)
+    return {f"{k}_dice": float(np.mean(v)) for k, v in regions.items()}, predictions
+
+
+def format_pairs(values: dict) -> str:
+    return " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                    for k, v in values.items())
+
+
+# ------------------------------------------------------------------------------ pictures
+def _font(size: int):
+    from PIL import ImageFont
+    for name in ("DejaVuSans.ttf", "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"):
+        try:
+            return ImageFont.truetype(name, size)
+        except OSError:
+            continue
+    return ImageFont.load_default()
+
+
+def _panel(draw, box, xs_list, ys_list, colors, labels, title, y_range=None, x_max=None):
+    left, top, right, bottom = box
+    font, small = _font(15), _font(12)
+    draw.rectangle(box, outline="black")
+    draw.text((left, top - 22), title, fill="black", font=font)
+    finite = [y for ys in ys_list for y in ys if math.isfinite(y)]
+    lo, hi = y_range or (min(finite, default=0.0), max(finite, default=1.0))
+    hi = hi if hi > lo else lo + 1.0
+    x_max = x_max or max((max(xs) for xs in xs_list if len(xs)), default=1)
+    for i in range(5):
+        value = lo + (hi - lo) * i / 4
+        y = bottom - (bottom - top) * i / 4
+        draw.line([(left - 4, y), (left, y)], fill="black")
+        draw.line([(left, y), (right, y)], fill=(225, 225, 225))
+        draw.text((left - 48, y - 7), f"{value:.3g}", fill="black", font=small)
+    for i in range(5):
+        value = x_max * i / 4
+        x = left + (right - left) * i / 4
+        draw.line([(x, bottom), (x, bottom + 4)], fill="black")
+        draw.text((x - 12, bottom + 6), f"{int(value)}", fill="black", font=small)
+    draw.text(((left + right) // 2 - 15, bottom + 22), "step", fill="black", font=small)
+    for n, (xs, ys, color, label) in enumerate(zip(xs_list, ys_list, colors, labels)):
+        points = [(left + (right - left) * x / x_max,
+                   bottom - (bottom - top) * (min(max(y, lo), hi) - lo) / (hi - lo))
+                  for x, y in zip(xs, ys) if math.isfinite(y)]
+        if len(points) > 1:
+            draw.line(points, fill=color, width=2)
+        for px, py in points if len(points) < 40 else []:
+            draw.ellipse([px - 3, py - 3, px + 3, py + 3], fill=color)
+        draw.line([(right - 150, top + 14 + 18 * n), (right - 125, top + 14 + 18 * n)],
+                  fill=color, width=3)
+        draw.text((right - 120, top + 6 + 18 * n), label, fill="black", font=small)
+
+
+def save_curve(path: Path, curve: dict, title: str, val_label: str):
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (1100, 420), "white")
+    draw = ImageDraw.Draw(image)
+    draw.text((20, 8), title, fill="black", font=_font(15))
+    steps, loss = np.asarray(curve["step"], float), np.asarray(curve["loss"], float)
+    smooth, value = [], None
+    for x in loss:  # exponential moving average over ~2 % of the run
+        alpha = 2.0 / (max(10, len(loss) // 50) + 1)
+        value = x if value is None else value + alpha * (x - value)
+        smooth.append(value)
+    x_max = float(steps.max()) if steps.size else 1.0
+    _panel(draw, (80, 70, 520, 360), [steps, steps], [loss, smooth],
+           [(190, 190, 230), (30, 60, 200)], ["loss", "loss (EMA)"], "training loss",
+           y_range=(0.0, float(np.nanpercentile(loss, 99)) if loss.size else 1.0), x_max=x_max)
+    dice = curve["val_dice"]
+    lo = max(0.0, min(dice, default=0.0) - 0.05)
+    _panel(draw, (630, 70, 1070, 360), [curve["val_step"]], [dice], [(200, 40, 40)],
+           [val_label], "validation Dice (during training)", y_range=(lo, 1.0), x_max=x_max)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+
+
+def save_overlay(path: Path, image: np.ndarray, truth: np.ndarray, pred: np.ndarray, title: str):
+    """Grey image; green = both, red = truth only (missed), blue = prediction only (extra)."""
+    from PIL import Image, ImageDraw
+
+    grey = image.astype(np.float64)
+    lo, hi = np.percentile(grey, [0.5, 99.5])
+    grey = np.clip((grey - lo) / max(hi - lo, 1e-6), 0, 1)
+    rgb = np.repeat((grey * 255)[..., None], 3, axis=2)
+    truth, pred = truth > 0, pred > 0
+    for region, color in ((truth & pred, (0, 220, 0)), (truth & ~pred, (255, 30, 30)),
+                          (~truth & pred, (40, 120, 255))):
+        rgb[region] = 0.45 * rgb[region] + 0.55 * np.asarray(color)
+    side = np.repeat((grey * 255)[..., None], 3, axis=2)
+    zoom = max(1, math.ceil(480 / side.shape[1]))  # small slices (BraTS) are enlarged
+    side, rgb = (np.repeat(np.repeat(a, zoom, axis=0), zoom, axis=1) for a in (side, rgb))
+    both = np.concatenate([side, np.full((side.shape[0], 8, 3), 255.0), rgb], axis=1)
+    canvas = Image.new("RGB", (both.shape[1], both.shape[0] + 56), "white")
+    canvas.paste(Image.fromarray(both.astype(np.uint8)), (0, 56))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((6, 4), title, fill="black", font=_font(15))
+    draw.text((6, 28), "left: image; right: green = prediction and truth, red = missed "
+                       "(truth only), blue = extra (prediction only)", fill="black", font=_font(12))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
+
+
+def overlay_for(dataset_name: str, data: Dataset, predictions: list):
+    """(image 2D, truth 2D, prediction 2D, which) of one validation sample worth showing."""
+    if dataset_name == "brats2013":
+        index = 0
+        truth3 = np.asarray(data.masks[index]) > 0
+        z = int(np.argmax(truth3.sum(axis=(1, 2))))
+        return (np.asarray(data.images[index][0, z]), truth3[z], predictions[index][z] > 0,
+                f"{data.names[index]} axial slice {z}, FLAIR, whole tumour")
+    index = 0
+    if dataset_name == "dagm2007":
+        index = next((i for i, m in enumerate(data.masks) if np.any(m)), 0)
+    return (np.asarray(data.images[index][0]), np.asarray(data.masks[index]),
+            predictions[index], data.names[index])
+
+
+# ------------------------------------------------------------------------------ main
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", required=True, choices=list(FOLDERS))
+    parser.add_argument("--budget", default="cpu", choices=["cpu", "reference"])
+    parser.add_argument("--fold", type=int, default=None, help="run one fold (all when absent)")
+    parser.add_argument("--extra-eval", nargs=2, action="append", default=[],
+                        metavar=("IMAGES", "MASKS"), help="other labelled data to score")
+    parser.add_argument("--data-root", type=Path, default=DATA_ROOT)
+    parser.add_argument("--out", type=Path, default=None, help="run folders (default: a temp dir)")
+    parser.add_argument("--minutes", type=float, default=None,
+                        help="override the CPU budget per fold (minutes, everything included)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="CPU budget: use this many steps instead of the calibrated count "
+                             "(when other jobs share the cores, the calibration overestimates)")
+    parser.add_argument("--figures", type=Path, default=None,
+                        help="write a learning curve and an overlay PNG per fold here")
+    args = parser.parse_args(argv)
+
+    started = time.monotonic()
+    name = args.dataset
+    folds = FOLDS[name]
+    if args.fold is not None and not 0 <= args.fold < folds:
+        parser.error(f"--fold must be in 0..{folds - 1} for {name}")
+    fold_list = [args.fold] if args.fold is not None else list(range(folds))
+    dataset = load(name, args.data_root)
+    extras = [(Path(i), Path(m), load_extra(name, Path(i), Path(m))) for i, m in args.extra_eval]
+    out_root = args.out or Path(tempfile.mkdtemp(prefix=f"accuracy_{name}_"))
+    torch.manual_seed(0)
+    print(f"dataset={name} samples={len(dataset)} budget={args.budget} folds={fold_list} "
+          f"torch={torch.__version__} threads={torch.get_num_threads()} out={out_root}",
+          flush=True)
+
+    per_fold, extra_results = [], []
+    for fold in fold_list:
+        fold_start = time.monotonic()
+        deadline = None
+        config = make_config(name, args.budget, fold)
+        eval_options = dict(CPU_EVAL[name] if args.budget == "cpu" else REFERENCE_EVAL[name])
+        if args.budget == "cpu":
+            minutes = args.minutes or CPU_MINUTES[name]
+            seconds = calibrate_seconds_per_step(config, dataset)
+            train_seconds = (minutes - CPU_RESERVE_MINUTES[name]) * 60 - (time.monotonic()
+                                                                           - fold_start)
+            steps = max(50, int(train_seconds / (seconds * STEP_OVERHEAD)))
+            if args.steps:
+                print(f"calibration suggests {steps} steps; --steps {args.steps} given", flush=True)
+                steps = args.steps
+            config = make_config(name, args.budget, fold, steps=steps)
+            deadline = fold_start + (minutes - CPU_RESERVE_MINUTES[name] * 0.6) * 60
+            print(f"calibration: {seconds:.3f} s/step -> {steps} steps in "
+                  f"{train_seconds / 60:.1f} min of training", flush=True)
+        print(f"fold {fold}: config " + format_pairs(dict(
+            model=config.model, model_options=str(config.model_options).replace(" ", ""),
+            patch=config.patch_size, batch=config.batch_size, steps=config.steps,
+            optimizer=config.optimizer, lr=config.lr, schedule=config.lr_schedule,
+            warmup=config.warmup_steps, loss=config.loss, amp=config.amp,
+            foreground_oversample=config.foreground_oversample)).replace(", ", ","), flush=True)
+        print(f"fold {fold}: evaluation " + format_pairs(eval_options).replace(", ", ","),
+              flush=True)
+        run_dir = out_root / f"fold{fold}"
+        curve, best_path, stopped = train_fold(config, dataset, run_dir, deadline)
+        checkpoint = load_checkpoint(best_path)
+        _, val_idx = split_folds(len(dataset), fold, folds, 0)
+        val = dataset.subset(val_idx)
+        metrics, predictions = evaluate_model(name, checkpoint, val, eval_options)
+        fold_minutes = (time.monotonic() - fold_start) / 60
+        print(f"fold={fold} best_step={checkpoint.step} val={','.join(val.names)} "
+              f"{format_pairs(metrics)} minutes={fold_minutes:.1f}"
+              f"{' stopped_early=1' if stopped else ''}", flush=True)
+        per_fold.append(metrics)
+        if args.figures is not None:
+            tag = f"accuracy_{name}_fold{fold}"
+            save_curve(args.figures / f"{tag}_curve.png", curve,
+                       f"{name}, fold {fold}, budget {args.budget}: {config.model} "
+                       f"{format_pairs(config.model_options)}, {config.steps} steps",
+                       "foreground Dice")
+            image2d, truth2d, pred2d, which = overlay_for(name, val, predictions)
+            save_overlay(args.figures / f"{tag}_overlay.png", image2d, truth2d, pred2d,
+                         f"{name} fold {fold}, validation {which}: " + format_pairs(metrics))
+        for images, masks, data in extras:
+            result, _ = evaluate_model(name, checkpoint, data, eval_options)
+            extra_results.append(result)
+            print(f"extra: fold={fold} images={images} masks={masks} samples={len(data)} "
+                  f"{format_pairs(result)}", flush=True)
+
+    mean = {k: float(np.mean([m[k] for m in per_fold])) for k in KEYS[name]}
+    if extra_results:
+        extra_mean = {k: float(np.mean([m[k] for m in extra_results])) for k in KEYS[name]}
+        print("extra: " + format_pairs(extra_mean), flush=True)
+    print(f"dataset={name} budget={args.budget} folds={','.join(map(str, fold_list))} "
+          f"{format_pairs(mean)} minutes={(time.monotonic() - started) / 60:.1f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
