@@ -38,3 +38,12 @@ def test_events_and_config_do_not_import_torch():
     loaded = _modules_after_import(
         "from napari_unet.engine import from_json, TrainConfig, PRESETS, Progress")
     assert "torch" not in loaded
+
+
+def test_public_names_are_the_functions_not_same_named_modules():
+    """A submodule named like a public function would shadow it once imported."""
+    code = ("import napari_unet.engine as e, importlib, types; "
+            "[importlib.import_module('napari_unet.engine.' + m) for m in set(e._EXPORTS.values())]; "
+            "bad = [n for n in e.__all__ if isinstance(getattr(e, n), types.ModuleType)]; "
+            "print(bad); assert not bad")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -16,8 +16,9 @@ _EXPORTS = {
     "CheckpointSaved": "events", "Failed": "events", "Finished": "events", "Message": "events",
     "Progress": "events", "Started": "events", "TilesDone": "events", "Validation": "events",
     "from_json": "events", "to_json": "events",
-    "PredictionDone": "predict", "evaluate": "predict", "labels_from_probabilities": "predict",
-    "predict": "predict", "predict_array": "predict", "predict_file": "predict",
+    "PredictionDone": "prediction", "evaluate": "prediction",
+    "labels_from_probabilities": "prediction",
+    "predict": "prediction", "predict_array": "prediction", "predict_file": "prediction",
     "sample_dataset": "samples",
     "train": "trainer",
 }

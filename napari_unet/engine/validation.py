@@ -7,7 +7,7 @@ from __future__ import annotations
 
 
 from napari_unet.engine.metrics import DiceAccumulator
-from napari_unet.engine.predict import predict_with_model, run_to_end
+from napari_unet.engine.prediction import predict_with_model, run_to_end
 
 
 def validate(model, val_set, norm, config, input_size, device, dist) -> dict:
