@@ -258,3 +258,26 @@ def test_out_of_memory_names_the_option_to_lower(tmp_path, monkeypatch):
     monkeypatch.setattr(trainer_module, "_train_step", oom)
     with pytest.raises(OutOfMemory, match="--batch-size"):
         list(train(tiny(), sample_dataset("dagm", n=2, size=32), run_dir=tmp_path / "r"))
+
+
+# -- property-based: the reader over random shapes and dtypes ------------------------------------
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(shape=st.lists(st.integers(1, 12), min_size=2, max_size=4),
+       dtype=st.sampled_from(["uint8", "uint16", "int16", "float32", "float64", "int32"]),
+       seed=st.integers(0, 2**16))
+def test_reader_round_trips_any_shape_and_dtype(tmp_path, shape, dtype, seed):
+    from napari_unet import _napari
+    from napari_unet.io import read_image
+
+    array = (np.random.default_rng(seed).random(shape) * 100).astype(dtype)
+    path = tmp_path / f"img_{seed}_{'x'.join(map(str, shape))}_{dtype}.tif"
+    tifffile.imwrite(path, array, photometric="minisblack")
+    np.testing.assert_array_equal(np.asarray(read_image(path)), array)
+    layers = _napari.get_reader(str(path))(str(path))
+    assert layers, "the reader must return at least one layer"
+    total = sum(np.asarray(data).size for data, _, _ in layers)
+    assert total == array.size  # channels split into layers, nothing lost
