@@ -281,3 +281,25 @@ def test_reader_round_trips_any_shape_and_dtype(tmp_path, shape, dtype, seed):
     assert layers, "the reader must return at least one layer"
     total = sum(np.asarray(data).size for data, _, _ in layers)
     assert total == array.size  # channels split into layers, nothing lost
+
+
+def test_prediction_out_of_memory_retries_with_smaller_tile_batches(tiny_run, monkeypatch):
+    from napari_unet.engine import predict
+
+    checkpoint = load_checkpoint(tiny_run)
+    real_forward = checkpoint.model.forward
+    seen = []
+
+    def forward(x):
+        seen.append(x.shape[0])
+        if x.shape[0] > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB")
+        return real_forward(x)
+
+    monkeypatch.setattr(checkpoint.model, "forward", forward)
+    image = np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8)
+    events = list(predict(checkpoint, image, tile_size=[32], batch_size=4, amp="off",
+                          device="cpu"))
+    warnings = [e.text for e in events if isinstance(e, Message)]
+    assert len(warnings) == 2 and "1 tile(s)" in warnings[-1]
+    assert seen[-1] == 1 and events[-1].probabilities.shape == (64, 64)

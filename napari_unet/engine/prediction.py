@@ -17,7 +17,8 @@ from napari_unet.engine.inference import iter_sliding_window
 from napari_unet.engine.metrics import (DiceAccumulator, per_image_dice, pixel_error,
                                         soft_dice_reference)
 from napari_unet.engine.runtime import resolve_device
-from napari_unet.errors import DataError, OutputExistsError
+from napari_unet.engine.events import Message
+from napari_unet.errors import DataError, OutOfMemory, OutputExistsError
 from napari_unet.io import TifMemmapWriter, read_image
 
 
@@ -83,11 +84,25 @@ def predict_with_model(model, image, stats: NormStats, *, tile_size, overlap=0.2
                        out=None, labels_out=None, channels_last=True):
     """Sliding-window prediction of a channel-first image, normalised tile by tile."""
     model = model.to(device)
-    probabilities = yield from iter_sliding_window(
-        model, image, tile_size=tile_size, overlap=overlap, batch_size=batch_size, tta=tta,
-        amp=amp, device=device, channels_last=channels_last,
-        preprocess=lambda region: normalize(region, stats), out=out, labels_out=labels_out,
-        threshold=threshold)
+    while True:
+        try:
+            probabilities = yield from iter_sliding_window(
+                model, image, tile_size=tile_size, overlap=overlap, batch_size=batch_size,
+                tta=tta, amp=amp, device=device, channels_last=channels_last,
+                preprocess=lambda region: normalize(region, stats), out=out,
+                labels_out=labels_out, threshold=threshold)
+            break
+        except torch.OutOfMemoryError:
+            # fewer tiles per batch need less memory: retry by itself before giving up
+            if batch_size == 1:
+                raise OutOfMemory(f"out of {device.type.upper()} memory with one tile of "
+                                  f"{'x'.join(map(str, tile_size))}: lower --tile-size or use "
+                                  f"--amp bf16") from None
+            batch_size //= 2
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            yield Message("warning", f"out of memory: retrying with {batch_size} tile(s) "
+                                     f"per batch")
     labels = labels_out
     if labels is None:
         labels = labels_from_probabilities(probabilities, model.num_classes, threshold)

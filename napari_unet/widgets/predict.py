@@ -16,7 +16,7 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, Q
                             QVBoxLayout, QWidget)
 
 from napari_unet.widgets import (LayerCombo, UserError, layer_data, one_line, show_error,
-                                 show_info, stop_on_window_close)
+                                 show_info, show_warning, stop_on_window_close)
 from napari_unet.widgets.runner import find_run_checkpoint, known_runs, run_registry
 
 
@@ -104,6 +104,8 @@ class PredictionJob:
                 self._on_progress(event.done, event.total)
         elif kind == "PredictionDone":
             self._add_layers(event)
+        elif kind == "Message":  # e.g. out of memory: retrying with fewer tiles per batch
+            show_warning(event.text)
 
     def _add_layers(self, done):
         image = self.image_layer
