@@ -31,7 +31,8 @@ class Pointwise(nn.Module):
     def __init__(self, spatial_dims=2, in_channels=1, num_classes=1, seed=0):
         super().__init__()
         torch.manual_seed(seed)
-        self.spatial_dims, self.in_channels, self.num_classes = spatial_dims, in_channels, num_classes
+        self.spatial_dims, self.in_channels = spatial_dims, in_channels
+        self.num_classes = num_classes
         conv = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
         self.conv = conv(in_channels, num_classes, 1)
 
@@ -296,7 +297,7 @@ def test_bad_arguments_raise_at_the_call():
 def test_caller_memory_format_is_kept_unless_channels_last_is_asked():
     model = build_model("tiny_unet", base_channels=4).to(memory_format=torch.channels_last)
     predict_array(model, rand(1, 32, 32), tile_size=32)
-    assert model.head.weight.is_contiguous(memory_format=torch.channels_last)
+    assert model.encoder[1].conv1.weight.is_contiguous(memory_format=torch.channels_last)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
