@@ -13,7 +13,18 @@ import weakref
 
 import numpy as np
 from qtpy.QtCore import QEvent, QObject, QTimer
-from qtpy.QtWidgets import QComboBox, QMainWindow
+from qtpy.QtWidgets import QComboBox, QHBoxLayout, QMainWindow, QPushButton
+
+
+def with_browse_button(field, on_browse) -> QHBoxLayout:
+    """A row of a path field and a small "…" button that opens a file dialog."""
+    browse = QPushButton("…")
+    browse.setMaximumWidth(30)
+    browse.clicked.connect(on_browse)
+    row = QHBoxLayout()
+    row.addWidget(field, 1)
+    row.addWidget(browse)
+    return row
 
 
 class UserError(Exception):

@@ -16,7 +16,7 @@ from qtpy.QtWidgets import (QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout,
                             QHBoxLayout, QLabel, QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
 from napari_unet.widgets import (LayerCombo, UserError, current_index, layer_data, one_line,
-                                 show_error, show_info, spatial_shape)
+                                 show_error, show_info, spatial_shape, with_browse_button)
 from napari_unet.widgets.runner import known_runs, run_registry
 from napari_unet.widgets.train import looks_like_volume, write_training_pairs
 
@@ -151,12 +151,7 @@ class CorrectWidget(QWidget):
         self.run_combo = QComboBox()
         self.run_combo.setEditable(True)
         self.run_combo.lineEdit().setPlaceholderText("run folder")
-        browse = QPushButton("…")
-        browse.setMaximumWidth(30)
-        browse.clicked.connect(self._browse_run)
-        run_row = QHBoxLayout()
-        run_row.addWidget(self.run_combo, 1)
-        run_row.addWidget(browse)
+        run_row = with_browse_button(self.run_combo, self._browse_run)
         add_button = QPushButton("Add to training set")
         add_button.setToolTip("save the image and the labels above into RUN/data (new files); "
                               "fine-tune from RUN to use them")

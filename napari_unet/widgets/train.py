@@ -24,7 +24,7 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, Q
 
 from napari_unet.widgets import (LayerCombo, UserError, layer_data, one_line, safe_name,
                                  show_error, show_info, show_warning, spatial_shape,
-                                 stop_on_window_close)
+                                 stop_on_window_close, with_browse_button)
 from napari_unet.widgets.runner import (RunWatcher, TrainingRunner, default_runs_root,
                                         find_run_checkpoint, read_run, run_registry)
 
@@ -345,21 +345,11 @@ class TrainWidget(QWidget):
         # run
         self.run_folder = QLineEdit()
         self.run_folder.setPlaceholderText(f"new folder in {default_runs_root()}")
-        browse_run = QPushButton("…")
-        browse_run.setMaximumWidth(30)
-        browse_run.clicked.connect(self._browse_run_folder)
-        run_row = QHBoxLayout()
-        run_row.addWidget(self.run_folder, 1)
-        run_row.addWidget(browse_run)
+        run_row = with_browse_button(self.run_folder, self._browse_run_folder)
         self.init_from = QLineEdit()
         self.init_from.setPlaceholderText("optional: a run to fine-tune")
         self.init_from.editingFinished.connect(self._init_from_changed)
-        browse_init = QPushButton("…")
-        browse_init.setMaximumWidth(30)
-        browse_init.clicked.connect(self._browse_init_from)
-        init_row = QHBoxLayout()
-        init_row.addWidget(self.init_from, 1)
-        init_row.addWidget(browse_init)
+        init_row = with_browse_button(self.init_from, self._browse_init_from)
         self.predict_at_end = QCheckBox("predict the image when training ends")
         self.predict_at_end.setChecked(True)
         run_form = QFormLayout()
