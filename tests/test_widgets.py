@@ -293,16 +293,21 @@ def test_train_then_predict_round_trip(make_napari_viewer, qtbot, tmp_path):
     assert "--init-from" in train.runner._process.args
 
 
-@gui
-def test_cancel_stops_the_run_without_freezing_the_viewer(make_napari_viewer, qtbot, tmp_path):
-    viewer = make_napari_viewer(show=True)  # shown: the widgets really repaint on every event
+def start_endless_run(viewer, tmp_path):
+    """Start a run that only a cancel or a close can end: (widget, run folder, recorder, pid)."""
     tiny_parts(viewer)
     train = dock(viewer, "Train")
     run_dir = tmp_path / "run"
     small_cpu_options(train, run_dir, steps=100_000)
     recorder = Recorder(train.runner)
     train.start_button.click()
-    pid = train.runner.pid
+    return train, run_dir, recorder, train.runner.pid
+
+
+@gui
+def test_cancel_stops_the_run_without_freezing_the_viewer(make_napari_viewer, qtbot, tmp_path):
+    viewer = make_napari_viewer(show=True)  # shown: the widgets really repaint on every event
+    train, run_dir, recorder, pid = start_endless_run(viewer, tmp_path)
     assert live_pid(run_dir) == pid, "the run folder records its live child"
     qtbot.waitUntil(lambda: len(recorder.of("progress")) >= 2, timeout=TRAIN_TIMEOUT_MS)
 
@@ -347,13 +352,7 @@ def test_cancel_stops_the_run_without_freezing_the_viewer(make_napari_viewer, qt
 @gui
 def test_closing_the_viewer_stops_training(make_napari_viewer, qtbot, tmp_path):
     viewer = make_napari_viewer()
-    tiny_parts(viewer)
-    train = dock(viewer, "Train")
-    run_dir = tmp_path / "run"
-    small_cpu_options(train, run_dir, steps=100_000)
-    recorder = Recorder(train.runner)
-    train.start_button.click()
-    pid = train.runner.pid
+    train, run_dir, recorder, pid = start_endless_run(viewer, tmp_path)
     qtbot.waitUntil(lambda: len(recorder.of("progress")) >= 1, timeout=TRAIN_TIMEOUT_MS)
     viewer.close()
     assert group_is_gone(pid), "closing the viewer left the training process running"
