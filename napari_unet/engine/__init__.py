@@ -1,6 +1,6 @@
 """The engine's public API: the one seam that the CLI, the widgets and DDP use.
 
-    from napari_unet.engine import TrainConfig, train, predict, evaluate, load_checkpoint
+    >>> from napari_unet.engine import TrainConfig, train, predict, evaluate, load_checkpoint
 
 Imports torch and numpy, never Qt or napari. Names are loaded on first use (PEP 562), so
 that a face that needs only the events or the config (the Train widget, which runs training

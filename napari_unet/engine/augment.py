@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from napari_unet.errors import ConfigError
+from ..errors import ConfigError
 
 
 class Augmenter:

@@ -12,10 +12,10 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from napari_unet.engine.config import preset_config
-from napari_unet.engine.losses import build_loss
-from napari_unet.engine.runtime import autocast, configure_backends, memory_format, resolve_device
-from napari_unet.engine.trainer import make_model, make_optimizer, output_channels, window_sizes
+from .config import preset_config
+from .losses import build_loss
+from .runtime import autocast, configure_backends, memory_format, resolve_device
+from .trainer import make_model, make_optimizer, output_channels, window_sizes
 
 # What each preset's network sees in the reference set-ups (input channels, classes).
 PRESET_DATA = {"industrial": (1, 2), "isbi2012": (1, 2), "volume3d": (4, 4)}

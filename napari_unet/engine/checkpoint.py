@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-from napari_unet.engine.config import TrainConfig
-from napari_unet.errors import CheckpointError, ConfigError, NapariUnetError
-from napari_unet.io import atomic_write
+from .config import TrainConfig
+from ..errors import CheckpointError, ConfigError, NapariUnetError
+from ..io import atomic_write
 
 FORMAT_VERSION = 1
 LAST = "last.pt"
@@ -99,7 +99,7 @@ def read_checkpoint(path) -> dict:
 
 def load_checkpoint(run_or_path, prefer: str = BEST, expect_model: str | None = None) -> Checkpoint:
     """Load a run's checkpoint (best, else last) with its model built and weights in place."""
-    from napari_unet.models import build_model
+    from ..models import build_model
 
     path = find_checkpoint(run_or_path, prefer)
     state = read_checkpoint(path)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from napari_unet.errors import ConfigError
+from ..errors import ConfigError
 
 AMP_CHOICES = ("bf16", "fp16", "off")
 DEVICE_CHOICES = ("auto", "cpu", "cuda")

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_unet.errors import ConfigError, DataError
-from napari_unet.io import IMAGE_SUFFIXES, read_image, sample_step, strided_sample
+from ..errors import ConfigError, DataError
+from ..io import IMAGE_SUFFIXES, read_image, sample_step, strided_sample
 
 MAX_CHANNELS = 16  # more than this on the first axis is a stack of images, not channels
 LAYOUTS = (

@@ -37,9 +37,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from napari_unet.engine.events import TilesDone
-from napari_unet.engine.runtime import autocast
-from napari_unet.errors import ConfigError, DataError
+from .events import TilesDone
+from .runtime import autocast
+from ..errors import ConfigError, DataError
 
 BLENDS = ("gaussian", "constant")
 AMP_CHOICES = ("off", "bf16", "fp16")

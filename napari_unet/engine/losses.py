@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from napari_unet.errors import ConfigError
+from ..errors import ConfigError
 
 __all__ = [
     "soft_dice_loss",

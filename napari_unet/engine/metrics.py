@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from napari_unet.errors import DataError
+from ..errors import DataError
 
 __all__ = [
     "probabilities",

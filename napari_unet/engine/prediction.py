@@ -11,15 +11,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_unet.engine.checkpoint import Checkpoint, load_checkpoint
-from napari_unet.engine.data import Dataset, NormStats, as_channel_first, normalize, split_folds
-from napari_unet.engine.inference import iter_sliding_window
-from napari_unet.engine.metrics import (DiceAccumulator, per_image_dice, pixel_error,
+from .checkpoint import Checkpoint, load_checkpoint
+from .data import Dataset, NormStats, as_channel_first, normalize, split_folds
+from .inference import iter_sliding_window
+from .metrics import (DiceAccumulator, per_image_dice, pixel_error,
                                         soft_dice_reference)
-from napari_unet.engine.runtime import resolve_device
-from napari_unet.engine.events import Message
-from napari_unet.errors import DataError, OutOfMemory, OutputExistsError
-from napari_unet.io import TifMemmapWriter, read_image
+from .runtime import resolve_device
+from .events import Message
+from ..errors import DataError, OutOfMemory, OutputExistsError
+from ..io import TifMemmapWriter, read_image
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ import contextlib
 
 import torch
 
-from napari_unet.errors import ConfigError
+from ..errors import ConfigError
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -1,9 +1,9 @@
 """The built-in synthetic data sets as engine Datasets (for --sample and the demo)."""
 from __future__ import annotations
 
-from napari_unet.engine.data import Dataset, as_channel_first
-from napari_unet.errors import ConfigError
-from napari_unet.sample_data import SAMPLES
+from .data import Dataset, as_channel_first
+from ..errors import ConfigError
+from ..sample_data import SAMPLES
 
 
 def sample_dataset(name: str, **options) -> Dataset:

@@ -16,19 +16,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_unet.engine import distributed
-from napari_unet.engine.augment import Augmenter
-from napari_unet.engine.checkpoint import BEST, LAST, load_checkpoint, read_checkpoint, save_checkpoint
-from napari_unet.engine.config import TrainConfig
-from napari_unet.engine.data import (Dataset, PatchSampler, as_channel_first, compute_norm_stats,
+from . import distributed
+from .augment import Augmenter
+from .checkpoint import BEST, LAST, load_checkpoint, read_checkpoint, save_checkpoint
+from .config import TrainConfig
+from .data import (Dataset, PatchSampler, as_channel_first, compute_norm_stats,
                                      masks_to_classes, split_folds)
-from napari_unet.engine.events import CheckpointSaved, Finished, Message, Progress, Started, Validation
-from napari_unet.engine.losses import build_loss
-from napari_unet.engine.runtime import autocast, configure_backends, memory_format, resolve_device
-from napari_unet.engine.validation import validate
-from napari_unet.errors import (ConfigError, DataError, NapariUnetError, OutOfMemory,
+from .events import CheckpointSaved, Finished, Message, Progress, Started, Validation
+from .losses import build_loss
+from .runtime import autocast, configure_backends, memory_format, resolve_device
+from .validation import validate
+from ..errors import (ConfigError, DataError, NapariUnetError, OutOfMemory,
                                 TrainingDiverged)
-from napari_unet.models import build_model
+from ..models import build_model
 
 SEED_STRIDE = 1_000_003  # step seeds: seed * stride + step, distinct for every (seed, step)
 
@@ -349,7 +349,7 @@ def _restore(path, model, optimizer, scheduler, scaler):
     scheduler.load_state_dict(state["scheduler"])
     if scaler is not None and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
-    from napari_unet.engine.data import NormStats
+    from .data import NormStats
     return state["step"], state["best_dice"], NormStats.from_dict(state["norm_stats"])
 
 

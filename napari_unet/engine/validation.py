@@ -6,8 +6,8 @@ over processes, so the Dice is that of the whole set whatever the world size.
 from __future__ import annotations
 
 
-from napari_unet.engine.metrics import DiceAccumulator
-from napari_unet.engine.prediction import predict_with_model, run_to_end
+from .metrics import DiceAccumulator
+from .prediction import predict_with_model, run_to_end
 
 
 def validate(model, val_set, norm, config, input_size, device, dist) -> dict:

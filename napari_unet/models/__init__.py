@@ -9,10 +9,10 @@ import inspect
 
 from torch import nn
 
-from napari_unet.errors import ConfigError
-from napari_unet.models.tiny_unet import TinyUNet
-from napari_unet.models.unet import UNet
-from napari_unet.models.unet3d import UNet3D
+from ..errors import ConfigError
+from .tiny_unet import TinyUNet
+from .unet import UNet
+from .unet3d import UNet3D
 
 MODELS: dict[str, type[nn.Module]] = {
     "unet": UNet,

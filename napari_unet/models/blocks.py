@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from napari_unet.errors import ConfigError, DataError, InputSizeError
+from ..errors import ConfigError, DataError, InputSizeError
 
 PADDINGS = ("valid", "same")
 NORMS = ("batch", "instance", None)

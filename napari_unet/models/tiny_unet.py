@@ -23,8 +23,8 @@ from functools import partial
 
 from torch import nn
 
-from napari_unet.errors import ConfigError
-from napari_unet.models.blocks import (
+from ..errors import ConfigError
+from .blocks import (
     UPSAMPLINGS, ConvBlock, UNetSkeleton, captured_options, check_choice, check_int, conv_cls,
     init_he, max_pool_cls, multiple_output, upsample_layer)
 

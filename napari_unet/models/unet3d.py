@@ -14,7 +14,7 @@ from functools import partial
 
 from torch import nn
 
-from napari_unet.models.blocks import (
+from .blocks import (
     ConvBlock, UNetSkeleton, captured_options, check_choice, check_int, conv_cls, init_he,
     instance_norm_min_size, multiple_output, upsample_layer)
 
