@@ -98,3 +98,53 @@ def test_bad_options_raise_config_error():
         Augmenter(2, crop_resize=(0.9, 0.5))
     with pytest.raises(ConfigError):
         Augmenter(4)
+
+
+@pytest.mark.parametrize("out_size, margin", [((32, 32), 0), ((24, 32), 6), ((20, 20, 20), 0),
+                                              ((16, 20, 20), 4)])
+def test_elastic_deformation_keeps_image_and_mask_aligned(out_size, margin):
+    """Away from the window edges (where mirrored samples of the two windows differ) each
+    warped mask pixel still sits where the warped coordinate ramps of the image point."""
+    dims = len(out_size)
+    x, y = coordinate_batch(6, out_size, margin)
+    augment = Augmenter(dims, elastic=1.0, elastic_magnitude=1.5, elastic_grid=3)
+    x2, y2 = augment(x, y, torch.Generator().manual_seed(3))
+    assert x2.shape == x.shape and y2.shape == y.shape and y2.dtype == torch.long
+    centre = x2[(slice(None), slice(None)) + tuple(slice(margin, margin + s) for s in out_size)]
+    displacement = (centre - x[(slice(None), slice(None)) + tuple(
+        slice(margin, margin + s) for s in out_size)]).abs()
+    assert displacement.max() > 0.5  # the field moves pixels by more than rounding
+    band = 6  # > the largest displacement at this magnitude
+    inner = (slice(None),) + tuple(slice(band, s - band) for s in out_size)
+    strides = torch.tensor([torch.tensor(out_size[a + 1:]).prod() for a in range(dims)])
+    for axis in range(dims):
+        mask_coordinate = (y2 // strides[axis]) % out_size[axis]
+        assert (centre[:, axis][inner] - mask_coordinate[inner]).abs().max() <= 0.5 + 1e-3
+
+
+def test_elastic_is_smooth_per_item_and_follows_its_probability():
+    x, y = coordinate_batch(64, (32, 32), 0)
+    x2, _ = Augmenter(2, elastic=0.5, elastic_magnitude=3.0)(x, y, torch.Generator().manual_seed(0))
+    moved = (x2 - x).flatten(1).abs().amax(dim=1) > 1e-4
+    assert 16 < int(moved.sum()) < 48  # about half of the items are warped
+    assert torch.equal(x2[~moved], x[~moved])  # the others are untouched
+    # smooth: neighbouring displacements differ far less than the displacements themselves
+    d = (x2 - x)[moved]
+    assert d.abs().max() > 2.0 and d.diff(dim=-1).abs().max() < 0.5 * d.abs().max()
+
+
+def test_enabling_elastic_leaves_the_other_draws_unchanged():
+    x, y = coordinate_batch(8, (16, 16), 0)
+    plain = Augmenter(2, hflip=0.5, vflip=0.5, rot90=(0, 1, 2, 3))
+    warped = Augmenter(2, hflip=0.5, vflip=0.5, rot90=(0, 1, 2, 3), elastic=1.0,
+                       elastic_magnitude=0.0)  # magnitude 0: the warp is skipped
+    a = plain(x, y, torch.Generator().manual_seed(4))
+    b = warped(x, y, torch.Generator().manual_seed(4))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_bad_elastic_options_raise_config_error():
+    with pytest.raises(ConfigError, match="elastic"):
+        Augmenter(2, elastic=1.5)
+    with pytest.raises(ConfigError, match="elastic"):
+        Augmenter(3, elastic=0.5, elastic_grid=1)

@@ -1,4 +1,5 @@
-"""Random flips, 90-degree rotations, crop + resize and brightness shifts of training batches.
+"""Random flips, 90-degree rotations, elastic deformation, crop + resize and brightness shifts
+of training batches.
 
 Works on batch tensors on any device, for 2D and 3D alike (the spatial axes are the last
 `spatial_dims` axes). The image window may be larger than the mask window (the unpadded UNet:
@@ -22,11 +23,15 @@ class Augmenter:
     crop_resize: (min_scale, max_scale), the side of a random crop as a fraction of the
     window, resized back (bilinear or trilinear for x, nearest for y). brightness: a shift
     of x drawn from [-b, b]. flip_all_axes: flip each spatial axis with p = 0.5 (3D data has
-    no up or left).
+    no up or left). elastic: the probability of the original U-Net paper's elastic deformation,
+    random displacements on a coarse `elastic_grid`^dims grid of control points over the image
+    window (Gaussian, standard deviation `elastic_magnitude` pixels), interpolated smoothly to
+    every pixel (bicubic in 2D, trilinear in 3D).
     """
 
     def __init__(self, spatial_dims: int, hflip: float = 0.0, vflip: float = 0.0, rot90=(),
-                 crop_resize=None, brightness: float = 0.0, flip_all_axes: bool = False):
+                 crop_resize=None, brightness: float = 0.0, flip_all_axes: bool = False,
+                 elastic: float = 0.0, elastic_magnitude: float = 10.0, elastic_grid: int = 3):
         if spatial_dims not in (2, 3):
             raise ConfigError(f"spatial_dims must be 2 or 3, not {spatial_dims!r}")
         if any(k not in (0, 1, 2, 3) for k in rot90):
@@ -35,7 +40,14 @@ class Augmenter:
             raise ConfigError(
                 f"crop_resize {tuple(crop_resize)}: use 0 < min_scale <= max_scale <= 1"
             )
+        if not 0.0 <= elastic <= 1.0 or elastic_magnitude < 0 or int(elastic_grid) < 2:
+            raise ConfigError(
+                f"elastic {elastic}, elastic_magnitude {elastic_magnitude}, elastic_grid "
+                f"{elastic_grid}: use a probability in [0, 1], a magnitude >= 0 (pixels) and a "
+                f"grid of at least 2 control points per axis")
         self.spatial_dims = spatial_dims
+        self.elastic, self.elastic_magnitude = float(elastic), float(elastic_magnitude)
+        self.elastic_grid = int(elastic_grid)
         self.hflip, self.vflip, self.brightness = float(hflip), float(vflip), float(brightness)
         self.rot90 = tuple(int(k) for k in rot90)
         self.crop_resize = None if crop_resize is None else tuple(float(s) for s in crop_resize)
@@ -51,6 +63,8 @@ class Augmenter:
         items = [self._flip_and_rotate(x[i], y[i], draws, i) for i in range(x.shape[0])]
         x = torch.stack([item[0] for item in items])
         y = torch.stack([item[1] for item in items])
+        if self.elastic and self.elastic_magnitude:
+            x, y = self._elastic(x, y, draws)
         if self.crop_resize is not None:
             x, y = self._crop_and_resize(x, y, draws)
         if self.brightness:
@@ -70,6 +84,9 @@ class Augmenter:
             "scale": torch.rand(batch, generator=generator),
             "centre": torch.rand(batch, dims, generator=generator),
             "brightness": torch.rand(batch, generator=generator),
+            "elastic": torch.rand(batch, generator=generator) < self.elastic,
+            "field": torch.randn((batch, dims) + (self.elastic_grid,) * dims,
+                                 generator=generator),
         }
 
     def _flip_and_rotate(self, x, y, draws, i):
@@ -90,6 +107,29 @@ class Augmenter:
             x, y = torch.rot90(x, k, dims=(-2, -1)), torch.rot90(y, k, dims=(-2, -1))
         return x, y
 
+    def _elastic(self, x, y, draws):
+        """Warp the chosen items of x (linear) and y (nearest) with one smooth displacement
+        field each. The field is defined over the image window; the mask window reads its
+        concentric part, so both stay aligned. Samples falling outside a window are mirrored."""
+        chosen = draws["elastic"].nonzero().flatten().to(x.device)
+        if chosen.numel() == 0:
+            return x, y
+        dims, in_size, out_size = self.spatial_dims, x.shape[2:], y.shape[1:]
+        coarse = draws["field"][draws["elastic"]].to(x.device, torch.float32)
+        field = F.interpolate(coarse * self.elastic_magnitude, size=tuple(in_size),
+                              mode="bicubic" if dims == 2 else "trilinear", align_corners=True)
+        margin = [(i - o) // 2 for i, o in zip(in_size, out_size)]
+        inner = field[(slice(None), slice(None)) + tuple(slice(m, m + o)
+                                                         for m, o in zip(margin, out_size))]
+        x, y = x.clone(), y.clone()
+        x[chosen] = F.grid_sample(x[chosen], _warp_grid(field, x.dtype), mode="bilinear",
+                                  padding_mode="reflection", align_corners=False)
+        warped = F.grid_sample(y[chosen][:, None].to(torch.float32),
+                               _warp_grid(inner, torch.float32), mode="nearest",
+                               padding_mode="reflection", align_corners=False)
+        y[chosen] = warped[:, 0].round().to(y.dtype)
+        return x, y
+
     def _crop_and_resize(self, x, y, draws):
         """Zoom into a random crop of the mask window and the concentric crop of the image
         window by the same factor. Sampling grids in normalised coordinates make both exact
@@ -106,6 +146,18 @@ class Augmenter:
         x = _zoom(x, scale, 2 * (centre + margin) / in_size - 1, "bilinear")
         y = _zoom(y[:, None].to(x.dtype), scale, 2 * centre / out_size - 1, "nearest")
         return x, y[:, 0].round().to(torch.long)
+
+
+def _warp_grid(displacement, dtype):
+    """grid_sample's grid for an identity plus `displacement` (B, dims, *S) in pixels along
+    each spatial axis (align_corners=False: the window spans [-1, 1] edge to edge)."""
+    batch, dims, size = displacement.shape[0], displacement.shape[1], displacement.shape[2:]
+    theta = torch.zeros(batch, dims, dims + 1, dtype=torch.float32, device=displacement.device)
+    theta[:, range(dims), range(dims)] = 1.0
+    grid = F.affine_grid(theta, [batch, 1, *size], align_corners=False)
+    scale = torch.tensor([2.0 / n for n in size], device=displacement.device)
+    shift = (displacement * scale.view(1, dims, *([1] * dims))).movedim(1, -1).flip(-1)
+    return (grid + shift).to(dtype)
 
 
 def _zoom(tensor, scale, centre, mode):

@@ -60,6 +60,9 @@ class TrainConfig:
     crop_resize: typing.Optional[list] = None
     brightness: float = 0.0
     flip_all_axes: bool = False
+    elastic: float = 0.0  # probability of an elastic deformation per item
+    elastic_magnitude: float = 10.0  # pixels, std of the control points' displacement
+    elastic_grid: int = 3  # control points per axis
     # schedule of side work
     log_every: int = 10
     val_every: int = 250
@@ -104,6 +107,12 @@ class TrainConfig:
         if self.fold is not None and not 0 <= self.fold < self.folds:
             raise ConfigError(f"fold {self.fold} is out of range: use 0..{self.folds - 1} "
                               f"(or change --folds)")
+        if not 0.0 <= self.elastic <= 1.0:
+            raise ConfigError(f"elastic is a probability: use a value in [0, 1], not {self.elastic}")
+        if self.elastic_magnitude < 0 or self.elastic_grid < 2:
+            raise ConfigError(f"elastic_magnitude {self.elastic_magnitude} / elastic_grid "
+                              f"{self.elastic_grid}: use a magnitude >= 0 pixels and at least 2 "
+                              f"control points per axis")
         if not 0.0 <= self.val_overlap < 1.0:
             raise ConfigError(f"val_overlap must be in [0, 1), not {self.val_overlap}")
         return self

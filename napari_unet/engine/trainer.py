@@ -152,7 +152,9 @@ def lr_factor(config: TrainConfig, step: int) -> float:
 def make_augmenter(config: TrainConfig) -> Augmenter:
     return Augmenter(config.spatial_dims, hflip=config.hflip, vflip=config.vflip,
                      rot90=tuple(config.rot90), crop_resize=config.crop_resize,
-                     brightness=config.brightness, flip_all_axes=config.flip_all_axes)
+                     brightness=config.brightness, flip_all_axes=config.flip_all_axes,
+                     elastic=config.elastic, elastic_magnitude=config.elastic_magnitude,
+                     elastic_grid=config.elastic_grid)
 
 
 # -- run folder ----------------------------------------------------------------------------------
