@@ -460,3 +460,17 @@ def test_a_3d_volume_trains_with_volume3d_and_predicts_3d_layers(make_napari_vie
     # two classes besides the background: one probability layer each
     for k in (1, 2):
         assert viewer.layers[f"blobs3d ch0 probability class {k}"].data.shape == labels.data.shape
+
+
+@gui
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_cpu_amp_default_follows_native_bf16(make_napari_viewer, monkeypatch, native_bf16):
+    import napari_unet.widgets.train as train_module
+    monkeypatch.setattr(train_module, "_cuda_devices", lambda: 0)
+    monkeypatch.setattr(train_module, "_cpu_has_fast_bf16", lambda: native_bf16)
+    viewer = make_napari_viewer()
+    tiny_parts(viewer)
+    widget = TrainWidget(viewer)
+    assert widget.amp.currentText() == ("bf16" if native_bf16 else "off")
+    args = widget.cli_args("industrial", Path("run"), 4)
+    assert args[args.index("--amp") + 1] == widget.amp.currentText()

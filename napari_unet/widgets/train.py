@@ -167,6 +167,11 @@ def _cuda_devices() -> int:
         return 0
 
 
+def _cpu_has_fast_bf16() -> bool:
+    from napari_unet.engine.runtime import cpu_has_fast_bf16
+    return cpu_has_fast_bf16()
+
+
 # -- the live curve ----------------------------------------------------------------------------------
 class CurveWidget(QWidget):
     """Training loss (orange, own scale) and validation Dice (cyan, 0..1) against the step,
@@ -456,7 +461,8 @@ class TrainWidget(QWidget):
                                  else (2 if spatial_dims == 3 else 4))
         small = 8 if spatial_dims == 3 else 16
         self.base_channels.setCurrentIndex(0 if on_gpu else self.base_channels.findData(small))
-        self.amp.setCurrentText("bf16" if on_gpu else "off")
+        # bf16 where the hardware has it: every GPU of the field, CPUs with AVX512-BF16/AMX
+        self.amp.setCurrentText("bf16" if on_gpu or _cpu_has_fast_bf16() else "off")
         patch = int((values.get("patch_size") or [128])[0])
         if not on_gpu:
             patch = min(patch, 64 if spatial_dims == 3 else 128)
