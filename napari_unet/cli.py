@@ -92,7 +92,9 @@ def _add_evaluate(p):
                    help="score only fold K's validation part (the run's split)")
     p.add_argument("--tile-size", type=int, nargs="+", default=None)
     p.add_argument("--overlap", type=float, default=0.25)
-    p.add_argument("--tta", action="store_true", help="mirror test-time augmentation")
+    p.add_argument("--tta", nargs="?", const="mirror", default="off", choices=("off", "mirror", "dihedral"),
+                   help="test-time augmentation: mirror (all flips; what a bare --tta means) or "
+                        "dihedral (flips and quarter turns: twice the passes of mirror)")
     _add_common(p)
 
 
@@ -104,7 +106,9 @@ def _add_predict(p):
     p.add_argument("--tile-size", type=int, nargs="+", default=None)
     p.add_argument("--overlap", type=float, default=0.25)
     p.add_argument("--batch-size", type=int, default=4, help="tiles per batch")
-    p.add_argument("--tta", action="store_true", help="mirror test-time augmentation")
+    p.add_argument("--tta", nargs="?", const="mirror", default="off", choices=("off", "mirror", "dihedral"),
+                   help="test-time augmentation: mirror (all flips; what a bare --tta means) or "
+                        "dihedral (flips and quarter turns: twice the passes of mirror)")
     p.add_argument("--threshold", type=float, default=None)
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--events", choices=["jsonl"], default=None)

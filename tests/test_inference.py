@@ -214,6 +214,29 @@ def test_tta_averages_flipped_predictions_of_a_real_model():
                                atol=1e-6)
 
 
+def test_dihedral_tta_averages_all_eight_symmetries_of_a_real_model():
+    model = build_model("tiny_unet", base_channels=4)
+    image = rand(1, 32, 32)
+
+    def turned(k):  # the model's prediction of the image turned by k quarter turns, turned back
+        return [np.rot90(np.flip(whole(model, np.flip(np.rot90(image, k, (1, 2)), axes).copy()),
+                                 [a - 1 for a in axes]), -k) for axes in [(), (1,), (2,), (1, 2)]]
+    expected = np.mean(turned(0) + turned(1), axis=0)  # flips x {identity, quarter turn}: all 8
+    dihedral = predict_array(model, image, tile_size=32, tta="dihedral")
+    np.testing.assert_allclose(dihedral, expected, atol=1e-6)
+    mirror = predict_array(model, image, tile_size=32, tta="mirror")
+    assert np.abs(dihedral - mirror).max() > 1e-4  # the quarter turns add something
+    np.testing.assert_allclose(mirror, predict_array(model, image, tile_size=32, tta=True))
+
+
+def test_dihedral_tta_needs_square_tiles_and_a_known_mode():
+    model = build_model("tiny_unet", base_channels=4)
+    with pytest.raises(ConfigError, match="square"):
+        iter_sliding_window(model, rand(1, 64, 32), tile_size=(64, 32), tta="dihedral")
+    with pytest.raises(ConfigError, match="tta"):
+        iter_sliding_window(model, rand(1, 32, 32), tile_size=32, tta="rotate")
+
+
 def test_channels_last_and_bf16():
     model = build_model("tiny_unet", base_channels=4)
     image = rand(1, 48, 40)

@@ -11,7 +11,8 @@ The scheme, learnt from MONAI's ``sliding_window_inference`` and nnU-Net's predi
   centre of a tile, where the network saw the most context, counts the most, and divided by the
   summed weights, so any number of overlapping tiles blends to a weighted mean.
 - Tiles go through the network in batches, under ``torch.inference_mode`` and optionally
-  ``torch.autocast`` and channels-last, and optionally averaged over mirror flips (TTA).
+  ``torch.autocast`` and channels-last, and optionally averaged over mirror flips or all the
+  flips and quarter turns (TTA).
 - A 2D network over a ``(C, Z, Y, X)`` stack runs slice by slice: the stack is just one more
   axis whose "tiles" are one slice thick, so the same code handles 2D images, stacks and
   volumes, and tiles from several slices share a batch.
@@ -185,12 +186,36 @@ def _read_window(image, axes: list[_Axis], origin: tuple[int, ...],
 
 # -- running the network -----------------------------------------------------------------------
 
-def _mirror_axes(dims: int, tta: bool) -> list[tuple[int, ...]]:
-    """Flip combinations of the batch's spatial axes: 1, or 4 in 2D / 8 in 3D with TTA."""
+TTA_MODES = ("off", "mirror", "dihedral")
+
+
+def tta_mode(tta) -> str:
+    """``tta`` as one of TTA_MODES: False/None -> "off", True -> "mirror"."""
+    if tta is None or tta is False:
+        return "off"
+    if tta is True:
+        return "mirror"
+    if tta not in TTA_MODES:
+        raise ConfigError(f"tta={tta!r} is not valid: choose one of {', '.join(TTA_MODES)} "
+                          f"(or True for mirror)")
+    return tta
+
+
+def _tta_transforms(dims: int, tta, window: tuple[int, ...]) -> list[tuple[tuple[int, ...], bool]]:
+    """(flipped axes, last two axes swapped) of each pass: 1; mirror: every flip combination
+    (4 in 2D, 8 in 3D); dihedral: those again with the last two axes swapped, which adds the
+    quarter turns (all 8 symmetries of a square in 2D; 16 in 3D, in-plane turns)."""
+    mode = tta_mode(tta)
+    if mode == "off":
+        return [((), False)]
     spatial = range(2, 2 + dims)
-    if not tta:
-        return [()]
-    return [combo for r in range(dims + 1) for combo in itertools.combinations(spatial, r)]
+    flips = [combo for r in range(dims + 1) for combo in itertools.combinations(spatial, r)]
+    if mode == "mirror":
+        return [(axes, False) for axes in flips]
+    if window[-1] != window[-2]:
+        raise ConfigError(f"dihedral tta turns tiles by quarter turns, which needs square tiles, "
+                          f"not {'x'.join(map(str, window))}: use a square tile size or mirror tta")
+    return [(axes, swap) for swap in (False, True) for axes in flips]
 
 
 def _probabilities(logits: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -204,21 +229,23 @@ def _probabilities(logits: torch.Tensor, num_classes: int) -> torch.Tensor:
     return torch.softmax(logits, dim=1)
 
 
-def _predict_batch(model, batch: torch.Tensor, num_classes: int, flips, amp: str,
+def _predict_batch(model, batch: torch.Tensor, num_classes: int, transforms, amp: str,
                    tile: tuple[int, ...]) -> torch.Tensor:
-    """Probabilities of a batch of windows, averaged over the mirror flips (each flipped back)."""
+    """Probabilities of a batch of windows, averaged over the TTA transforms (each undone)."""
     total = None
     with autocast(batch.device, amp):
-        for axes in flips:
-            logits = model(batch.flip(axes) if axes else batch)
+        for axes, swap in transforms:
+            x = batch.transpose(-1, -2) if swap else batch
+            logits = model(x.flip(axes) if axes else x)
             if tuple(logits.shape[2:]) != tile:
                 raise DataError(f"the model returned {tuple(logits.shape[2:])} for a "
                                 f"{tuple(batch.shape[2:])} window, but its output_size says "
                                 f"{tile}: fix the model's output_size")
             probs = _probabilities(logits, num_classes)
             probs = probs.flip(axes) if axes else probs
+            probs = probs.transpose(-1, -2) if swap else probs
             total = probs if total is None else total.add_(probs)
-    return total.div_(len(flips)) if len(flips) > 1 else total
+    return total.div_(len(transforms)) if len(transforms) > 1 else total
 
 
 # -- the slab of weighted sums, and where finished rows go -------------------------------------
@@ -356,7 +383,7 @@ def _check_output(array, shape: tuple[int, ...], what: str, dtype) -> np.ndarray
 
 
 def iter_sliding_window(model, image, *, tile_size, overlap: float = 0.25, batch_size: int = 4,
-                        blend: str = "gaussian", sigma_scale: float = 0.125, tta: bool = False,
+                        blend: str = "gaussian", sigma_scale: float = 0.125, tta=False,
                         amp: str = "off", device="cpu", channels_last: bool = False,
                         preprocess: Callable[[np.ndarray], np.ndarray] | None = None,
                         out=None, labels_out=None,
@@ -382,9 +409,11 @@ def iter_sliding_window(model, image, *, tile_size, overlap: float = 0.25, batch
     _check_options(overlap, batch_size, blend, amp, threshold)
     device = torch.device(device)
     axes = _plan_axes(model, tuple(image.shape), tile_size, overlap)
-    if tta and any(axis.window - axis.tile != 2 * axis.margin for axis in axes):
+    if tta_mode(tta) != "off" and any(axis.window - axis.tile != 2 * axis.margin
+                                      for axis in axes):
         raise ConfigError("tta needs a model whose output is centred in its input (an even "
                           "size difference): predict without tta")
+    _tta_transforms(model.spatial_dims, tta, tuple(axis.window for axis in axes))  # checks
     spatial = tuple(axis.size for axis in axes)
     num_classes = model.num_classes
     out = _check_output(out, spatial if num_classes <= 2 else (num_classes, *spatial),
@@ -409,7 +438,7 @@ def _run(model, image, axes: list[_Axis], out, labels_out, *, batch_size, blend,
     total = math.prod(len(axis.starts) for axis in axes)
     memory_format = {2: torch.channels_last, 3: torch.channels_last_3d}[dims] \
         if channels_last else torch.contiguous_format
-    flips = _mirror_axes(dims, tta)
+    transforms = _tta_transforms(dims, tta, window)
     was_training = model.training
     model.eval()
     model.to(device)
@@ -432,7 +461,7 @@ def _run(model, image, axes: list[_Axis], out, labels_out, *, batch_size, blend,
             with torch.inference_mode():
                 x = torch.from_numpy(batch[:len(origins)]).to(device)
                 probs = _predict_batch(model, x.contiguous(memory_format=memory_format),
-                                       model.num_classes, flips, amp, tile)
+                                       model.num_classes, transforms, amp, tile)
                 for tile_probs, origin in zip(probs, origins):
                     slab.add(tile_probs.reshape(channels, *weight.shape), origin, axes, weight)
                 finished = slab.take_finished(upto)
