@@ -94,12 +94,15 @@ CPU_RECIPES = {
         val_tile_size=[512, 512], val_overlap=0.25,
     ),
     # 3D-UNet (No New-Net blocks) at half width, 5 levels 16-32-64-128-128, 64^3 crops,
-    # half of them centred on tumour; Dice (foreground) + CE; Adam + cosine.
+    # half of them centred on tumour; Dice (foreground) + CE; Adam + cosine; flips on every
+    # axis, brightness and a per-modality contrast change (three training cases only: the
+    # held-out case differs in contrast, e.g. pat0005's FLAIR tumour is at most half as bright).
     "brats2013": dict(
         model_options={"base_channels": 16, "max_channels": 128, "depth": 5},
         patch_size=[64, 64, 64], batch_size=2, optimizer="adam", lr=1e-3, weight_decay=0.0,
         lr_schedule="cosine", warmup_steps=30, loss="dice_ce_foreground", amp="bf16",
-        foreground_oversample=0.5, flip_all_axes=True, brightness=0.1, val_overlap=0.25,
+        foreground_oversample=0.5, flip_all_axes=True, brightness=0.1, contrast=0.25,
+        val_overlap=0.25,
     ),
 }
 # Final evaluation: tile size, overlap and TTA per data set (CPU budget).

@@ -148,3 +148,19 @@ def test_bad_elastic_options_raise_config_error():
         Augmenter(2, elastic=1.5)
     with pytest.raises(ConfigError, match="elastic"):
         Augmenter(3, elastic=0.5, elastic_grid=1)
+
+
+def test_contrast_scales_each_channel_about_its_mean_within_range():
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 2, 8, 8, generator=generator) * 2 + 5
+    y = torch.zeros(64, 8, 8, dtype=torch.long)
+    x2, y2 = Augmenter(2, contrast=0.25)(x, y, torch.Generator().manual_seed(1))
+    dims = (2, 3)
+    torch.testing.assert_close(x2.mean(dim=dims), x.mean(dim=dims))  # the mean stays
+    factor = x2.std(dim=dims) / x.std(dim=dims)
+    assert factor.min() >= 0.75 - 1e-4 and factor.max() <= 1.25 + 1e-4
+    assert factor.std() > 0.1  # drawn per item ...
+    assert (factor[:, 0] - factor[:, 1]).abs().max() > 0.1  # ... and per channel
+    assert torch.equal(y2, y)
+    with pytest.raises(ConfigError, match="contrast"):
+        Augmenter(2, contrast=1.0)

@@ -1,5 +1,5 @@
-"""Random flips, 90-degree rotations, elastic deformation, crop + resize and brightness shifts
-of training batches.
+"""Random flips, 90-degree rotations, elastic deformation, crop + resize, brightness shifts and
+contrast changes of training batches.
 
 Works on batch tensors on any device, for 2D and 3D alike (the spatial axes are the last
 `spatial_dims` axes). The image window may be larger than the mask window (the unpadded UNet:
@@ -26,12 +26,15 @@ class Augmenter:
     no up or left). elastic: the probability of the original U-Net paper's elastic deformation,
     random displacements on a coarse `elastic_grid`^dims grid of control points over the image
     window (Gaussian, standard deviation `elastic_magnitude` pixels), interpolated smoothly to
-    every pixel (bicubic in 2D, trilinear in 3D).
+    every pixel (bicubic in 2D, trilinear in 3D). contrast: each item's channels scaled about
+    their own mean by a factor drawn from [1 - c, 1 + c], one per channel (nnU-Net's contrast
+    augmentation; multi-modal MRI gets a different contrast per modality).
     """
 
     def __init__(self, spatial_dims: int, hflip: float = 0.0, vflip: float = 0.0, rot90=(),
                  crop_resize=None, brightness: float = 0.0, flip_all_axes: bool = False,
-                 elastic: float = 0.0, elastic_magnitude: float = 10.0, elastic_grid: int = 3):
+                 elastic: float = 0.0, elastic_magnitude: float = 10.0, elastic_grid: int = 3,
+                 contrast: float = 0.0):
         if spatial_dims not in (2, 3):
             raise ConfigError(f"spatial_dims must be 2 or 3, not {spatial_dims!r}")
         if any(k not in (0, 1, 2, 3) for k in rot90):
@@ -45,7 +48,10 @@ class Augmenter:
                 f"elastic {elastic}, elastic_magnitude {elastic_magnitude}, elastic_grid "
                 f"{elastic_grid}: use a probability in [0, 1], a magnitude >= 0 (pixels) and a "
                 f"grid of at least 2 control points per axis")
+        if not 0.0 <= contrast < 1.0:
+            raise ConfigError(f"contrast {contrast}: use a value in [0, 1) (factors 1 +- c)")
         self.spatial_dims = spatial_dims
+        self.contrast = float(contrast)
         self.elastic, self.elastic_magnitude = float(elastic), float(elastic_magnitude)
         self.elastic_grid = int(elastic_grid)
         self.hflip, self.vflip, self.brightness = float(hflip), float(vflip), float(brightness)
@@ -59,7 +65,8 @@ class Augmenter:
         batch: the draws are made for the whole global batch and sliced, so the items get the
         same augmentation whatever the number of processes."""
         total = global_batch or x.shape[0]
-        draws = {k: v[offset:offset + x.shape[0]] for k, v in self._draw(total, generator).items()}
+        draws = {k: v[offset:offset + x.shape[0]]
+                 for k, v in self._draw(total, generator, x.shape[1]).items()}
         items = [self._flip_and_rotate(x[i], y[i], draws, i) for i in range(x.shape[0])]
         x = torch.stack([item[0] for item in items])
         y = torch.stack([item[1] for item in items])
@@ -70,9 +77,14 @@ class Augmenter:
         if self.brightness:
             shift = (draws["brightness"] * 2 - 1) * self.brightness
             x = x + shift.to(x.device, x.dtype).view(-1, *([1] * (x.ndim - 1)))
+        if self.contrast:
+            factor = 1 + (draws["contrast"] * 2 - 1) * self.contrast
+            factor = factor.to(x.device, x.dtype).view(*x.shape[:2], *([1] * (x.ndim - 2)))
+            mean = x.mean(dim=tuple(range(2, x.ndim)), keepdim=True)
+            x = (x - mean) * factor + mean
         return x, y
 
-    def _draw(self, batch: int, generator: torch.Generator) -> dict:
+    def _draw(self, batch: int, generator: torch.Generator, channels: int = 1) -> dict:
         """All random numbers of a batch, always in the same order whatever is switched on,
         so enabling one augmentation does not change the draws of the others."""
         dims = self.spatial_dims
@@ -87,6 +99,7 @@ class Augmenter:
             "elastic": torch.rand(batch, generator=generator) < self.elastic,
             "field": torch.randn((batch, dims) + (self.elastic_grid,) * dims,
                                  generator=generator),
+            "contrast": torch.rand(batch, channels, generator=generator),
         }
 
     def _flip_and_rotate(self, x, y, draws, i):

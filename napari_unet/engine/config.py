@@ -59,6 +59,7 @@ class TrainConfig:
     rot90: list = field(default_factory=lambda: [0, 1, 2])
     crop_resize: typing.Optional[list] = None
     brightness: float = 0.0
+    contrast: float = 0.0  # scale each channel about its mean by 1 +- contrast
     flip_all_axes: bool = False
     elastic: float = 0.0  # probability of an elastic deformation per item
     elastic_magnitude: float = 10.0  # pixels, std of the control points' displacement
@@ -107,6 +108,9 @@ class TrainConfig:
         if self.fold is not None and not 0 <= self.fold < self.folds:
             raise ConfigError(f"fold {self.fold} is out of range: use 0..{self.folds - 1} "
                               f"(or change --folds)")
+        if not 0.0 <= self.contrast < 1.0:
+            raise ConfigError(f"contrast must be in [0, 1) (factors 1 +- contrast), not "
+                              f"{self.contrast}")
         if not 0.0 <= self.elastic <= 1.0:
             raise ConfigError(f"elastic is a probability: use a value in [0, 1], not {self.elastic}")
         if self.elastic_magnitude < 0 or self.elastic_grid < 2:
