@@ -7,6 +7,14 @@ One command, one table; ratios against eager fp32 of the same preset and mode in
 
 On CPU the inputs are reduced by default (--cpu-sizes) so the table finishes in minutes;
 on a GPU the presets' reference sizes are used (572x572 UNet, 512x512 TinyUNet, 128^3 3D-UNet).
+
+The last table puts each row against the device's own measured limits (``--no-peaks`` skips
+them): the best matrix-multiply TFLOP/s of the row's precision (fp32 rows: TF32 on a GPU, as
+the engine runs them) and the copy bandwidth, so "55 % of the bf16 peak" is measured, not
+taken from a data sheet. GPU issue-8 run, one call:
+
+    .venv/bin/python benchmarks/speed.py --device cuda --amp off bf16 fp16 --compile both \
+        --channels-last both --batch-size 8 --steps 20 --warmup 5
 """
 from __future__ import annotations
 
@@ -33,6 +41,8 @@ def main(argv=None):
     parser.add_argument("--base-channels", type=int, default=None)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--no-peaks", action="store_true",
+                        help="skip measuring the matmul peak and copy bandwidth")
     parser.add_argument("--full-size", action="store_true",
                         help="use the presets' reference input sizes on CPU too")
     args = parser.parse_args(argv)
@@ -58,6 +68,68 @@ def main(argv=None):
     print(format_table(rows))
     print()
     print(ratio_table(rows))
+    if not args.no_peaks:
+        device = rows[0].device if rows else "cpu"
+        peaks = measure_peaks(device, sorted({r.amp for r in rows}))
+        print()
+        print(peak_table(rows, peaks))
+
+
+AMP_DTYPE_NAMES = {"off": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def measure_peaks(device: str, amps, repeats: int = None) -> dict:
+    """The best matmul TFLOP/s per precision and the copy bandwidth (GB/s) of `device`."""
+    import time
+
+    import torch
+    dev = torch.device(device)
+    on_gpu = dev.type == "cuda"
+    if on_gpu:
+        torch.backends.cuda.matmul.allow_tf32 = True  # as the engine runs fp32
+    n = 8192 if on_gpu else 2048
+    repeats = repeats or (20 if on_gpu else 3)
+
+    def best_seconds(fn):
+        fn()
+        times = []
+        for _ in range(repeats):
+            if on_gpu:
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            fn()
+            if on_gpu:
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    peaks = {}
+    for amp in amps:
+        if amp == "fp16" and not on_gpu:
+            continue
+        dtype = getattr(torch, AMP_DTYPE_NAMES[amp])
+        a = torch.randn(n, n, device=dev, dtype=dtype)
+        b = torch.randn(n, n, device=dev, dtype=dtype)
+        peaks[amp] = 2 * n ** 3 / best_seconds(lambda: a @ b) / 1e12
+    src = torch.empty((1 << 30) if on_gpu else (1 << 28), dtype=torch.uint8, device=dev)
+    dst = torch.empty_like(src)
+    peaks["copy_gb_s"] = 2 * src.numel() / best_seconds(lambda: dst.copy_(src)) / 1e9
+    return peaks
+
+
+def peak_table(rows, peaks: dict) -> str:
+    """Each row's achieved TFLOP/s as a share of the measured matmul peak of its precision."""
+    lines = [f"measured on {rows[0].device if rows else '?'}: matmul peak "
+             + ", ".join(f"{'fp32' if k == 'off' else k} {v:.3g} TFLOP/s"
+                         for k, v in peaks.items() if k != "copy_gb_s")
+             + f"; copy bandwidth {peaks['copy_gb_s']:.0f} GB/s",
+             "preset      mode     amp   compile  ch-last  TFLOP/s   % of matmul peak"]
+    for r in rows:
+        peak = peaks.get(r.amp)
+        share = f"{100 * r.tflop_s / peak:.1f}" if peak else "-"
+        lines.append(f"{r.preset:<11} {r.mode:<8} {r.amp:<5} {'on' if r.compile else 'off':<8} "
+                     f"{'on' if r.channels_last else 'off':<8} {r.tflop_s:<9.3f} {share}")
+    return "\n".join(lines)
 
 
 def ratio_table(rows) -> str:
