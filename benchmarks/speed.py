@@ -80,9 +80,9 @@ AMP_DTYPE_NAMES = {"off": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 def measure_peaks(device: str, amps, repeats: int = None) -> dict:
     """The best matmul TFLOP/s per precision and the copy bandwidth (GB/s) of `device`."""
-    import time
-
     import torch
+
+    from napari_unet.engine.benchmark import time_calls
     dev = torch.device(device)
     on_gpu = dev.type == "cuda"
     if on_gpu:
@@ -91,17 +91,7 @@ def measure_peaks(device: str, amps, repeats: int = None) -> dict:
     repeats = repeats or (20 if on_gpu else 3)
 
     def best_seconds(fn):
-        fn()
-        times = []
-        for _ in range(repeats):
-            if on_gpu:
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            fn()
-            if on_gpu:
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - start)
-        return min(times)
+        return min(time_calls(fn, dev, warmup=1, steps=repeats))
 
     peaks = {}
     for amp in amps:

@@ -85,6 +85,14 @@ def _add_train(p):
     _add_common(p)
 
 
+def _add_tta(p):
+    # the engine's inference.TTA_MODES, spelt out so that building the parser imports no torch
+    p.add_argument("--tta", nargs="?", const="mirror", default="off",
+                   choices=("off", "mirror", "dihedral"),
+                   help="test-time augmentation: mirror (all flips; what a bare --tta means) or "
+                        "dihedral (flips and quarter turns: twice the passes of mirror)")
+
+
 def _add_evaluate(p):
     p.add_argument("--run", required=True, metavar="RUN_DIR", help="a run folder or checkpoint")
     _add_data(p)
@@ -92,9 +100,7 @@ def _add_evaluate(p):
                    help="score only fold K's validation part (the run's split)")
     p.add_argument("--tile-size", type=int, nargs="+", default=None)
     p.add_argument("--overlap", type=float, default=0.25)
-    p.add_argument("--tta", nargs="?", const="mirror", default="off", choices=("off", "mirror", "dihedral"),
-                   help="test-time augmentation: mirror (all flips; what a bare --tta means) or "
-                        "dihedral (flips and quarter turns: twice the passes of mirror)")
+    _add_tta(p)
     _add_common(p)
 
 
@@ -106,9 +112,7 @@ def _add_predict(p):
     p.add_argument("--tile-size", type=int, nargs="+", default=None)
     p.add_argument("--overlap", type=float, default=0.25)
     p.add_argument("--batch-size", type=int, default=4, help="tiles per batch")
-    p.add_argument("--tta", nargs="?", const="mirror", default="off", choices=("off", "mirror", "dihedral"),
-                   help="test-time augmentation: mirror (all flips; what a bare --tta means) or "
-                        "dihedral (flips and quarter turns: twice the passes of mirror)")
+    _add_tta(p)
     p.add_argument("--threshold", type=float, default=None)
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--events", choices=["jsonl"], default=None)

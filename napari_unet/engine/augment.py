@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
+from .config import check_intensity_and_elastic
 
 
 class Augmenter:
@@ -43,13 +44,7 @@ class Augmenter:
             raise ConfigError(
                 f"crop_resize {tuple(crop_resize)}: use 0 < min_scale <= max_scale <= 1"
             )
-        if not 0.0 <= elastic <= 1.0 or elastic_magnitude < 0 or int(elastic_grid) < 2:
-            raise ConfigError(
-                f"elastic {elastic}, elastic_magnitude {elastic_magnitude}, elastic_grid "
-                f"{elastic_grid}: use a probability in [0, 1], a magnitude >= 0 (pixels) and a "
-                f"grid of at least 2 control points per axis")
-        if not 0.0 <= contrast < 1.0:
-            raise ConfigError(f"contrast {contrast}: use a value in [0, 1) (factors 1 +- c)")
+        check_intensity_and_elastic(contrast, elastic, elastic_magnitude, elastic_grid)
         self.spatial_dims = spatial_dims
         self.contrast = float(contrast)
         self.elastic, self.elastic_magnitude = float(elastic), float(elastic_magnitude)

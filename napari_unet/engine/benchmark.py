@@ -109,11 +109,17 @@ def _time_steps(config, device, model, in_channels, num_classes, input_size, bat
         def step():
             with torch.inference_mode(), autocast(device, config.amp):
                 net(x)
+    return time_calls(step, device, warmup, steps)
+
+
+def time_calls(fn, device: torch.device, warmup: int, steps: int) -> list[float]:
+    """Seconds of each of `steps` calls of `fn` after `warmup` untimed ones, the device
+    synchronised around every call so that GPU work is counted where it runs."""
     latencies = []
     for i in range(warmup + steps):
         _sync(device)
         start = time.perf_counter()
-        step()
+        fn()
         _sync(device)
         if i >= warmup:
             latencies.append(time.perf_counter() - start)

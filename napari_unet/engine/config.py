@@ -108,15 +108,8 @@ class TrainConfig:
         if self.fold is not None and not 0 <= self.fold < self.folds:
             raise ConfigError(f"fold {self.fold} is out of range: use 0..{self.folds - 1} "
                               f"(or change --folds)")
-        if not 0.0 <= self.contrast < 1.0:
-            raise ConfigError(f"contrast must be in [0, 1) (factors 1 +- contrast), not "
-                              f"{self.contrast}")
-        if not 0.0 <= self.elastic <= 1.0:
-            raise ConfigError(f"elastic is a probability: use a value in [0, 1], not {self.elastic}")
-        if self.elastic_magnitude < 0 or self.elastic_grid < 2:
-            raise ConfigError(f"elastic_magnitude {self.elastic_magnitude} / elastic_grid "
-                              f"{self.elastic_grid}: use a magnitude >= 0 pixels and at least 2 "
-                              f"control points per axis")
+        check_intensity_and_elastic(self.contrast, self.elastic, self.elastic_magnitude,
+                                    self.elastic_grid)
         if not 0.0 <= self.val_overlap < 1.0:
             raise ConfigError(f"val_overlap must be in [0, 1), not {self.val_overlap}")
         return self
@@ -191,6 +184,19 @@ def _coerce(name, value, hint):
         return dict(value)
     raise ConfigError(f"config key {name!r} expects {getattr(hint, '__name__', hint)}, "
                       f"got {type(value).__name__} {value!r}")
+
+
+def check_intensity_and_elastic(contrast: float, elastic: float, elastic_magnitude: float,
+                                elastic_grid: int) -> None:
+    """The bounds of the contrast and elastic augmentation options (the config and the
+    Augmenter both check them: a bad value fails when the config is read, before training)."""
+    if not 0.0 <= contrast < 1.0:
+        raise ConfigError(f"contrast must be in [0, 1) (factors 1 +- contrast), not {contrast}")
+    if not 0.0 <= elastic <= 1.0:
+        raise ConfigError(f"elastic is a probability: use a value in [0, 1], not {elastic}")
+    if elastic_magnitude < 0 or int(elastic_grid) < 2:
+        raise ConfigError(f"elastic_magnitude {elastic_magnitude} / elastic_grid {elastic_grid}: "
+                          f"use a magnitude >= 0 pixels and at least 2 control points per axis")
 
 
 # -- presets: the reference hyper-parameters of SPEC.md, as data ---------------------------------

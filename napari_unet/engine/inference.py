@@ -413,7 +413,8 @@ def iter_sliding_window(model, image, *, tile_size, overlap: float = 0.25, batch
                                       for axis in axes):
         raise ConfigError("tta needs a model whose output is centred in its input (an even "
                           "size difference): predict without tta")
-    _tta_transforms(model.spatial_dims, tta, tuple(axis.window for axis in axes))  # checks
+    transforms = _tta_transforms(model.spatial_dims, tta,
+                                 tuple(axis.window for axis in axes))
     spatial = tuple(axis.size for axis in axes)
     num_classes = model.num_classes
     out = _check_output(out, spatial if num_classes <= 2 else (num_classes, *spatial),
@@ -421,13 +422,13 @@ def iter_sliding_window(model, image, *, tile_size, overlap: float = 0.25, batch
     labels_out = None if labels_out is None else _check_output(labels_out, spatial,
                                                                "labels_out", np.uint8)
     return _run(model, image, axes, out, labels_out, batch_size=batch_size, blend=blend,
-                sigma_scale=sigma_scale, tta=tta, amp=amp, device=device,
+                sigma_scale=sigma_scale, transforms=transforms, amp=amp, device=device,
                 channels_last=channels_last, preprocess=preprocess or _as_float32,
                 threshold=threshold)
 
 
 def _run(model, image, axes: list[_Axis], out, labels_out, *, batch_size, blend, sigma_scale,
-         tta, amp, device, channels_last, preprocess, threshold):
+         transforms, amp, device, channels_last, preprocess, threshold):
     """The generator behind ``iter_sliding_window`` (split off so that bad arguments raise at
     the call, not at the first ``next``)."""
     dims = model.spatial_dims
@@ -438,7 +439,6 @@ def _run(model, image, axes: list[_Axis], out, labels_out, *, batch_size, blend,
     total = math.prod(len(axis.starts) for axis in axes)
     memory_format = {2: torch.channels_last, 3: torch.channels_last_3d}[dims] \
         if channels_last else torch.contiguous_format
-    transforms = _tta_transforms(dims, tta, window)
     was_training = model.training
     model.eval()
     model.to(device)
