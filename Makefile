@@ -41,6 +41,7 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed
 
 test: system-deps venv
+	$(VENV)/bin/ruff check .
 	@if [ -z "$$DISPLAY" ] && command -v xvfb-run >/dev/null; then \
 		xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) -m pytest -q $(PYTEST_ARGS); \
 	else \

@@ -14,17 +14,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..choices import MAX_CHANNELS, NORMALIZATIONS
 from ..errors import ConfigError, DataError
 from ..io import IMAGE_SUFFIXES, read_image, sample_step, strided_sample
+from ..training_set import mask_classes
 
-MAX_CHANNELS = 16  # more than this on the first axis is a stack of images, not channels
 LAYOUTS = (
     "ISBI 2012 (train-volume.tif + train-labels.tif)",
     "DAGM 2007 (NNNN.PNG + Label/NNNN_label.PNG)",
     "BraTS (NAME_image.tif + NAME_labels.tif)",
     "generic (images/ + masks/ or labels/ holding the same file names)",
 )
-NORM_MODES = ("minus_one_one", "zscore", "none")
 
 
 # ------------------------------------------------------------------------------ the data set
@@ -68,7 +68,7 @@ class Dataset:
     def in_channels(self) -> int:
         return int(self.images[0].shape[0]) if self.images else 0
 
-    def subset(self, indices) -> "Dataset":
+    def subset(self, indices) -> Dataset:
         indices = [int(i) for i in indices]
         return Dataset(
             [self.images[i] for i in indices],
@@ -234,53 +234,9 @@ def _stack_slices(image, mask, name):
 
 # ------------------------------------------------------------------------- conventions
 def masks_to_classes(mask, foreground_value=None) -> np.ndarray:
-    """A mask file's values as class indices (uint8; 0 = background).
-
-    - `foreground_value` given: that value is class 1, everything else 0 (ISBI: 0 = membrane).
-    - values within {0, 255}: 255 is class 1 (masks saved as 8-bit pictures).
-    - other small integer sets are class indices as they are (0/1, BraTS 0..4).
-    - float masks: integral values are class indices, other values probabilities cut at 0.5.
-    """
-    mask = np.asarray(mask)
-    if foreground_value is not None:
-        return (mask == foreground_value).astype(np.uint8)
-    if mask.dtype == bool:
-        return mask.astype(np.uint8)
-    if np.issubdtype(mask.dtype, np.floating):
-        if not np.all(mask == np.round(mask)):
-            return (mask > 0.5).astype(np.uint8)
-        mask = mask.astype(np.int64)
-    if not np.issubdtype(mask.dtype, np.integer):
-        raise DataError(f"mask of type {mask.dtype} is not a class mask: save it as integers")
-    values = _distinct_values(mask)
-    if values.size == 0:
-        return mask.astype(np.uint8)
-    if values[0] < 0:
-        raise DataError(
-            f"mask has negative values (down to {values[0]}): use 0 for background and "
-            "1, 2, ... for the classes"
-        )
-    if values[-1] == 255 and set(values.tolist()) <= {0, 255}:
-        return (mask == 255).astype(np.uint8)
-    if values[-1] > 255:
-        raise DataError(
-            f"mask has {values.size} distinct values up to {values[-1]}: classes must be "
-            "0..255 (for instance labels pass foreground_value or save mask > 0)"
-        )
-    return mask.astype(np.uint8, copy=False)
-
-
-def _distinct_values(mask: np.ndarray, chunk_items: int = 1 << 24) -> np.ndarray:
-    """Every value in the mask, sorted, read in slabs so memory-mapped masks stay small."""
-    flat = mask.reshape(mask.shape[0], -1) if mask.ndim > 1 else mask.reshape(1, -1)
-    rows = max(1, chunk_items // max(flat.shape[1], 1))
-    found = np.zeros(0, mask.dtype)
-    for start in range(0, flat.shape[0], rows):
-        chunk = np.asarray(flat[start:start + rows]).ravel()
-        if mask.dtype in (np.uint8, np.uint16):  # counting is much faster than sorting
-            chunk = np.flatnonzero(np.bincount(chunk)).astype(mask.dtype)
-        found = np.union1d(found, chunk)
-    return found
+    """A mask file's values as class indices (uint8; 0 = background), by the rule that the
+    widgets use too (:func:`napari_unet.training_set.mask_classes`; instance ids refused)."""
+    return mask_classes(mask, foreground_value)[0]
 
 
 def as_channel_first(image, spatial_dims: int) -> np.ndarray:
@@ -350,10 +306,10 @@ class NormStats:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "NormStats":
-        if values.get("mode") not in NORM_MODES:
+    def from_dict(cls, values: dict) -> NormStats:
+        if values.get("mode") not in NORMALIZATIONS:
             raise ConfigError(
-                f"normalisation {values.get('mode')!r} is unknown: use one of {NORM_MODES}"
+                f"normalisation {values.get('mode')!r} is unknown: use one of {NORMALIZATIONS}"
             )
         return cls(**{f.name: values.get(f.name, []) for f in dataclasses.fields(cls)})
 
@@ -366,8 +322,8 @@ def compute_norm_stats(images, mode: str) -> NormStats:
     covering a quarter of the voxels or more: zeros around skull-stripped MRI, or BraTS'
     z-scored zero at the channel minimum) so that the brain, not the air, sets the scale.
     """
-    if mode not in NORM_MODES:
-        raise ConfigError(f"normalisation {mode!r} is unknown: use one of {NORM_MODES}")
+    if mode not in NORMALIZATIONS:
+        raise ConfigError(f"normalisation {mode!r} is unknown: use one of {NORMALIZATIONS}")
     stats = NormStats(mode, [], [], [], [])
     if mode == "none" or not images:
         return stats

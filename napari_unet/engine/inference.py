@@ -24,7 +24,7 @@ The scheme, learnt from MONAI's ``sliding_window_inference`` and nnU-Net's predi
 ``iter_sliding_window`` is a generator: it yields ``TilesDone`` after each batch and *returns*
 the probabilities (``StopIteration.value``; ``result = yield from iter_sliding_window(...)``
 in a calling generator, ``worker.returned`` in napari's ``thread_worker``). Closing it cancels
-between two batches. ``predict_array`` is the blocking form.
+between two batches. ``sliding_window_probabilities`` is the blocking form.
 """
 from __future__ import annotations
 
@@ -38,12 +38,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..choices import AMP_MODES, TTA_MODES
+from ..errors import ConfigError, DataError
 from .events import TilesDone
 from .runtime import autocast
-from ..errors import ConfigError, DataError
 
 BLENDS = ("gaussian", "constant")
-AMP_CHOICES = ("off", "bf16", "fp16")
 
 
 # -- the pieces: weights and tile positions ---------------------------------------------------
@@ -185,10 +185,6 @@ def _read_window(image, axes: list[_Axis], origin: tuple[int, ...],
 
 
 # -- running the network -----------------------------------------------------------------------
-
-TTA_MODES = ("off", "mirror", "dihedral")
-
-
 def tta_mode(tta) -> str:
     """``tta`` as one of TTA_MODES: False/None -> "off", True -> "mirror"."""
     if tta is None or tta is False:
@@ -367,8 +363,8 @@ def _check_options(overlap, batch_size, blend, amp, threshold) -> None:
         raise ConfigError(f"batch_size={batch_size!r} is not valid: use a whole number >= 1")
     if blend not in BLENDS:
         raise ConfigError(f"blend={blend!r} is not valid: choose one of {', '.join(BLENDS)}")
-    if amp not in AMP_CHOICES:
-        raise ConfigError(f"amp={amp!r} is not valid: choose one of {', '.join(AMP_CHOICES)}")
+    if amp not in AMP_MODES:
+        raise ConfigError(f"amp={amp!r} is not valid: choose one of {', '.join(AMP_MODES)}")
     if not 0 <= threshold <= 1:
         raise ConfigError(f"threshold={threshold!r} is not valid: use a number in [0, 1]")
 
@@ -473,7 +469,7 @@ def _run(model, image, axes: list[_Axis], out, labels_out, *, batch_size, blend,
     return out
 
 
-def predict_array(model, image, **options) -> np.ndarray:
+def sliding_window_probabilities(model, image, **options) -> np.ndarray:
     """The probabilities of ``image``, blocking: ``iter_sliding_window`` run to its end."""
     run = iter_sliding_window(model, image, **options)
     while True:

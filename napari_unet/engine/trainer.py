@@ -8,27 +8,31 @@ uninterrupted single-process run.
 """
 from __future__ import annotations
 
-import json
 import math
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..errors import ConfigError, DataError, NapariUnetError, OutOfMemory, TrainingDiverged
+from ..models import build_model
+from ..runs import BEST, LAST, RunFolder
 from . import distributed
 from .augment import Augmenter
-from .checkpoint import BEST, LAST, load_checkpoint, read_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .data import (Dataset, PatchSampler, as_channel_first, compute_norm_stats,
-                                     masks_to_classes, split_folds)
+from .data import (
+    Dataset,
+    PatchSampler,
+    as_channel_first,
+    compute_norm_stats,
+    masks_to_classes,
+    split_folds,
+)
 from .events import CheckpointSaved, Finished, Message, Progress, Started, Validation
 from .losses import build_loss
 from .runtime import autocast, configure_backends, memory_format, resolve_device
 from .validation import validate
-from ..errors import (ConfigError, DataError, NapariUnetError, OutOfMemory,
-                                TrainingDiverged)
-from ..models import build_model
 
 SEED_STRIDE = 1_000_003  # step seeds: seed * stride + step, distinct for every (seed, step)
 
@@ -157,36 +161,6 @@ def make_augmenter(config: TrainConfig) -> Augmenter:
                      elastic_grid=config.elastic_grid, contrast=config.contrast)
 
 
-# -- run folder ----------------------------------------------------------------------------------
-class RunFolder:
-    """config.yaml, metrics.jsonl, checkpoints/ and predictions/ of one run (rank 0 writes)."""
-
-    def __init__(self, path, writer: bool = True):
-        self.path = Path(path)
-        self.writer = writer
-        self.checkpoints = self.path / "checkpoints"
-        self.predictions = self.path / "predictions"
-
-    def prepare(self, config: TrainConfig, resume: bool):
-        if not self.writer:
-            return
-        if (self.checkpoints / LAST).exists() and not resume:
-            raise ConfigError(f"{self.path} already holds a run: pass --resume to continue it, "
-                              f"or choose another --out folder")
-        try:
-            self.checkpoints.mkdir(parents=True, exist_ok=True)
-            self.predictions.mkdir(exist_ok=True)
-            (self.path / "config.yaml").write_text(config.to_yaml())
-        except OSError as exc:
-            raise ConfigError(f"cannot write the run folder {self.path}: {exc.strerror}; "
-                              f"choose a writable --out folder") from None
-
-    def log(self, record: dict):
-        if self.writer:
-            with open(self.path / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
-
-
 # -- the loop ------------------------------------------------------------------------------------
 def train(config: TrainConfig, images=None, masks=None, *, run_dir, resume: bool = False,
           init_from=None, val_images=None, val_masks=None):
@@ -272,14 +246,12 @@ def train(config: TrainConfig, images=None, masks=None, *, run_dir, resume: bool
             lr = optimizer.param_groups[0]["lr"]
             yield Progress(step=done, total=config.steps, loss=loss, lr=lr, img_s=img_s)
             if done % config.log_every == 0 or done == config.steps:
-                folder.log({"step": done, "loss": loss, "lr": lr, "img_s": img_s,
-                            "time": time.time()})
+                folder.log_progress(done, loss, lr, img_s)
             if len(val_set.images) and (done % config.val_every == 0 or done == config.steps):
                 result = validate(model, val_set, norm, config, input_size, device, dist)
                 is_best = result["dice"] > best_dice
                 best_dice = max(best_dice, result["dice"])
-                folder.log({"step": done, "val_dice": result["dice"],
-                            "val_dice_per_class": result["dice_per_class"]})
+                folder.log_validation(done, result["dice"], result["dice_per_class"])
                 yield Validation(step=done, dice=result["dice"],
                                  dice_per_class=tuple(result["dice_per_class"]), best=is_best)
                 if is_best and dist.is_main:
