@@ -35,18 +35,22 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$(TORCH_SPEC)"
-	$(PIP) install -q -e ".[pyqt5,test]"
+	$(PIP) install -q -e ".[pyqt5,pyqt6,test]"
 	touch $@
 
 venv: $(VENV)/.installed
 
+# A command under Xvfb where there is no display (CI, a terminal over ssh), else as it is.
+WITH_DISPLAY = if [ -z "$$DISPLAY" ] && command -v xvfb-run >/dev/null; then \
+		xvfb-run -a -s "-screen 0 1600x1000x24" "$$@"; else "$$@"; fi
+
+# Lint, the whole suite on PyQt5 (the default extra), then the GUI tests again on PyQt6.
 test: system-deps venv
 	$(VENV)/bin/ruff check .
-	@if [ -z "$$DISPLAY" ] && command -v xvfb-run >/dev/null; then \
-		xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) -m pytest -q $(PYTEST_ARGS); \
-	else \
-		$(PY) -m pytest -q $(PYTEST_ARGS); \
-	fi
+	@set -- $(PY) -m pytest -q $(PYTEST_ARGS); $(WITH_DISPLAY)
+	@echo "GUI tests on PyQt6:"
+	@set -- env QT_API=pyqt6 $(PY) -m pytest -q -m "gui and not soak" $(PYTEST_ARGS); \
+		$(WITH_DISPLAY)
 
 demo: venv
 	rm -rf $(DEMO_OUT)

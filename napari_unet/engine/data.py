@@ -8,6 +8,7 @@ DDP rank draw exactly what a single uninterrupted process would.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -374,28 +375,38 @@ def normalize(array, stats: NormStats) -> np.ndarray:
     minus_one_one maps [low, high] to [-1, 1] and clips to [-1.5, 1.5], so outliers stay
     bounded without flattening everything just outside the percentile range.
     """
-    x = np.array(array, dtype=np.float32)
+    x = torch.from_numpy(np.array(array, dtype=np.float32))
+    return normalize_tensor(x, stats, channel_dim=0).numpy()
+
+
+def normalize_tensor(x: torch.Tensor, stats: NormStats, channel_dim: int = 1) -> torch.Tensor:
+    """`normalize` for a tensor on any device in any stored dtype (channels on `channel_dim`;
+    a batch by default): float32, bit for bit what `normalize` gives on the CPU. A float32
+    input is scaled in place. No step reads a value back, so a GPU never waits for the host."""
+    x = x.to(torch.float32)
     if stats.mode == "minus_one_one":
-        low, high = _per_channel(stats.low, x), _per_channel(stats.high, x)
+        low, high = _per_channel(stats.low, x, channel_dim), _per_channel(stats.high, x, channel_dim)
         x -= low
         x *= 2.0 / (high - low)
         x -= 1.0
     elif stats.mode == "zscore":
-        x -= _per_channel(stats.mean, x)
-        x /= _per_channel(stats.std, x)
-    x[~np.isfinite(x)] = 0.0
+        x -= _per_channel(stats.mean, x, channel_dim)
+        x /= _per_channel(stats.std, x, channel_dim)
+    x = torch.where(torch.isfinite(x), x, 0.0)
     if stats.mode == "minus_one_one":
-        np.clip(x, -1.5, 1.5, out=x)
+        x.clamp_(-1.5, 1.5)
     return x
 
 
-def _per_channel(values, x: np.ndarray) -> np.ndarray:
-    if len(values) != x.shape[0]:
+def _per_channel(values, x: torch.Tensor, channel_dim: int) -> torch.Tensor:
+    if len(values) != x.shape[channel_dim]:
         raise DataError(
-            f"the image has {x.shape[0]} channels but the normalisation has {len(values)}: "
-            "use images with the channels the model was trained on"
+            f"the image has {x.shape[channel_dim]} channels but the normalisation has "
+            f"{len(values)}: use images with the channels the model was trained on"
         )
-    return np.asarray(values, np.float32).reshape((-1,) + (1,) * (x.ndim - 1))
+    shape = [1] * x.ndim
+    shape[channel_dim] = -1
+    return torch.tensor(values, dtype=torch.float32).view(shape).to(x.device, non_blocking=True)
 
 
 # ------------------------------------------------------------------------- patch batches
@@ -455,14 +466,18 @@ class PatchSampler:
         return self.batch_size * self.world_size
 
     def batch(self, step: int):
-        """(x float32 (B, C, *input_size), y int64 (B, *output_size)) for this rank."""
+        """(x float32 (B, C, *input_size), y int64 (B, *output_size)) for this rank,
+        normalised on the host (training normalises on the device: engine.pipeline)."""
+        images, masks = zip(*(self.read_window(index, start) for index, start in self.plan(step)))
+        x = torch.from_numpy(np.stack([normalize(image, self.norm_stats) for image in images]))
+        return x, torch.from_numpy(np.stack(masks).astype(np.int64))
+
+    def plan(self, step: int) -> list:
+        """This rank's windows of a step: [(sample index, start of the output window)]."""
         rng = np.random.default_rng([self.seed, int(step)])
         # every rank draws the whole global batch so that all ranks consume the same stream
         plan = [self._draw_window(rng) for _ in range(self.global_batch_size)]
-        mine = plan[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
-        images, masks = zip(*(self._read_window(index, start) for index, start in mine))
-        x = torch.from_numpy(np.stack(images))
-        return x, torch.from_numpy(np.stack(masks).astype(np.int64))
+        return plan[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
 
     def _draw_window(self, rng: np.random.Generator):
         """(sample index, start of the output window in the sample; may be negative)."""
@@ -485,25 +500,48 @@ class PatchSampler:
             self._foreground[index] = np.argwhere(strided_sample(mask) > 0) * step
         return self._foreground[index]
 
-    def _read_window(self, index: int, start):
+    def read_window(self, index: int, start, image_out=None, mask_out=None):
+        """The image and mask windows at `start` in their stored dtypes, or written into
+        `image_out` (C, *input_size) and `mask_out` (*output_size) (any dtypes)."""
         image_start = [s - m for s, m in zip(start, self.margin)]
-        image = crop_mirrored(self.images[index], image_start, self.input_size)
-        mask = crop_mirrored(self.masks[index], start, self.output_size)
-        return normalize(image, self.norm_stats), mask
+        image = crop_mirrored(self.images[index], image_start, self.input_size, out=image_out)
+        mask = crop_mirrored(self.masks[index], start, self.output_size, out=mask_out)
+        return image, mask
 
 
-def crop_mirrored(array, start, size) -> np.ndarray:
+def crop_mirrored(array, start, size, out=None) -> np.ndarray:
     """The window [start, start + size) of the last len(size) axes, mirrored where it leaves
-    the array. One slab is read (cheap on memory maps); only mirrored axes are gathered."""
+    the array, as a new array or written into `out`. Mirrored or not, every axis is a few
+    runs of consecutive (or reversed) indices, so the window is copied as a few blocks of
+    basic slices: cheap on memory maps, and no gather of every pixel."""
     lead = array.ndim - len(size)
-    indices = [_mirror(np.arange(b, b + n), s) for b, n, s in zip(start, size, array.shape[lead:])]
-    box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in indices)
-    window = np.asarray(array[(Ellipsis,) + box])
-    for axis, (index, part) in enumerate(zip(indices, box)):
-        local = index - part.start
-        if local.size != window.shape[lead + axis] or np.any(local != np.arange(local.size)):
-            window = np.take(window, local, axis=lead + axis)
-    return window
+    runs = [_runs(_mirror(np.arange(b, b + n), s)) for b, n, s in
+            zip(start, size, array.shape[lead:])]
+    if out is None:
+        out = np.empty(tuple(array.shape[:lead]) + tuple(size), array.dtype)
+    for block in itertools.product(*runs):
+        target = (Ellipsis,) + tuple(slice(at, at + n) for at, n, _ in block)
+        out[target] = array[(Ellipsis,) + tuple(source for _, _, source in block)]
+    return out
+
+
+def _runs(index: np.ndarray) -> list:
+    """[(position, length, source slice)] covering `index` with runs of step +1 or -1."""
+    runs, i = [], 0
+    while i < len(index):
+        j, step = i + 1, 0
+        if j < len(index) and abs(int(index[j]) - int(index[i])) == 1:
+            step = int(index[j]) - int(index[i])
+            while j < len(index) and int(index[j]) - int(index[j - 1]) == step:
+                j += 1
+        first, last = int(index[i]), int(index[j - 1])
+        if step >= 0:
+            source = slice(first, last + 1)
+        else:
+            source = slice(first, last - 1 if last > 0 else None, -1)
+        runs.append((i, j - i, source))
+        i = j
+    return runs
 
 
 def _mirror(index: np.ndarray, size: int) -> np.ndarray:
