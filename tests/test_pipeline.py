@@ -298,3 +298,33 @@ def test_normalising_and_augmenting_on_the_gpu_matches_the_cpu(dagm):
                for device in ("cpu", "cuda")]
     torch.testing.assert_close(results[1][0].cpu(), results[0][0], atol=1e-6, rtol=0)
     assert torch.equal(results[1][1].cpu(), results[0][1])
+
+
+# -- make gpu-check ------------------------------------------------------------------------------
+def gpu_check():
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_check", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a GPU-less machine")
+def test_gpu_check_without_a_gpu_says_so_in_one_line(capsys, tmp_path):
+    assert gpu_check().main(["--out", str(tmp_path / "r.md")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no CUDA GPU" in err[0] and not (tmp_path / "r.md").exists()
+
+
+def test_gpu_check_report_lists_every_step_and_skips_ddp_on_one_gpu():
+    module = gpu_check()
+    assert "tests/test_pipeline.py" in module.cuda_test_files()
+    steps = module.ddp_steps(1, quick=True)
+    assert steps[0]["status"] == "skipped"
+    text = module.report({"gpu": "H100"}, steps + [
+        {"title": "CUDA tests", "command": "pytest", "status": 0, "seconds": 3.0,
+         "output": "2 passed"}])
+    assert "| gpu | H100 |" in text and "| CUDA tests | passed | 3 |" in text
+    assert "| 2-process NCCL run with a resume | skipped | 0 |" in text
