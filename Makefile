@@ -13,7 +13,7 @@ APT_PACKAGES := xvfb xauth libgl1 libegl1 libglib2.0-0 libfontconfig1 libdbus-1-
 	libxkbcommon-x11-0 libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-randr0 \
 	libxcb-render-util0 libxcb-xinerama0 libxcb-xfixes0 libxcb-shape0 libxcb-cursor0
 
-.PHONY: setup system-deps venv test test-fast demo gui bench clean
+.PHONY: setup system-deps venv test test-fast demo gui bench gpu-check clean
 
 setup: venv
 
@@ -65,6 +65,11 @@ gui: system-deps venv
 
 bench: venv
 	$(VENV)/bin/napari_unet benchmark --preset industrial --steps 10 --warmup 3
+
+# On a GPU machine (torch's CUDA wheel in .venv): CUDA tests, speed.py and pipeline.py on the
+# device, a 2-process NCCL run with a resume when there are 2+ GPUs; one report, gpu-check.md.
+gpu-check: venv
+	$(PY) benchmarks/gpu_check.py --out gpu-check.md
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

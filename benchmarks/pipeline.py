@@ -83,12 +83,14 @@ def host_work(config, dataset, device):
             augment(x, y, torch.Generator().manual_seed(step))
         return "cut+normalise+augment", before
 
-    pin = device.type == "cuda"
+    pin, previous = device.type == "cuda", []
 
-    def after(step):
-        x, y = cut_batch(sampler, step, pin=pin)
+    def after(step):  # as engine.pipeline does: pinned memory is cached, CPU batches reused
+        x, y = cut_batch(sampler, step, pin=pin, out=None if pin else (tuple(previous) or None))
         if pin:
             x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        else:
+            previous[:] = [x, y]
     return "cut+pin+copy" if pin else "cut", after
 
 

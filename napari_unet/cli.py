@@ -85,6 +85,8 @@ def _add_train(p):
     p.add_argument("--nnodes", default=None, help="torchrun --nnodes (several machines)")
     p.add_argument("--node-rank", type=int, default=None)
     p.add_argument("--rdzv-endpoint", default=None, metavar="HOST:PORT")
+    p.add_argument("--ddp-timeout", type=float, default=None, metavar="MINUTES",
+                   help="how long a process waits on its peers (default 10)")
     _add_common(p)
 
 
@@ -137,6 +139,10 @@ def _add_benchmark(p):
 def cmd_train(args) -> int:
     from napari_unet.engine import load_checkpoint, train
 
+    if args.ddp_timeout is not None:  # read by each worker (engine.distributed)
+        from napari_unet.engine.distributed import TIMEOUT_VARIABLE, collective_timeout
+        os.environ[TIMEOUT_VARIABLE] = str(args.ddp_timeout)
+        collective_timeout()  # a bad value: one line now, not one per worker
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
         return _launch_torchrun(args)
     config = _train_config(args)
@@ -434,7 +440,11 @@ def _launch_torchrun(args) -> int:
     else:
         command += ["--standalone"]
     command += ["-m", "napari_unet.cli", *argv]
-    process = subprocess.Popen(command)
+    from napari_unet.engine.distributed import check_process_count, threads_per_process
+    check_process_count(args.nproc, args.device or "auto")
+    # the machine's cores (or the budget a parent gave: the GUI keeps one) shared out
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads_per_process(args.nproc)))
+    process = subprocess.Popen(command, env=env)
     try:
         return process.wait()
     except KeyboardInterrupt:  # torchrun forwards the signal; the workers save a checkpoint

@@ -515,8 +515,7 @@ def crop_mirrored(array, start, size, out=None) -> np.ndarray:
     runs of consecutive (or reversed) indices, so the window is copied as a few blocks of
     basic slices: cheap on memory maps, and no gather of every pixel."""
     lead = array.ndim - len(size)
-    runs = [_runs(_mirror(np.arange(b, b + n), s)) for b, n, s in
-            zip(start, size, array.shape[lead:])]
+    runs = [_runs(int(b), int(n), int(s)) for b, n, s in zip(start, size, array.shape[lead:])]
     if out is None:
         out = np.empty(tuple(array.shape[:lead]) + tuple(size), array.dtype)
     for block in itertools.product(*runs):
@@ -525,22 +524,22 @@ def crop_mirrored(array, start, size, out=None) -> np.ndarray:
     return out
 
 
-def _runs(index: np.ndarray) -> list:
-    """[(position, length, source slice)] covering `index` with runs of step +1 or -1."""
-    runs, i = [], 0
-    while i < len(index):
-        j, step = i + 1, 0
-        if j < len(index) and abs(int(index[j]) - int(index[i])) == 1:
-            step = int(index[j]) - int(index[i])
-            while j < len(index) and int(index[j]) - int(index[j - 1]) == step:
-                j += 1
-        first, last = int(index[i]), int(index[j - 1])
-        if step >= 0:
+def _runs(start: int, length: int, size: int) -> list:
+    """[(position, length, source slice)] covering [start, start + length) mirrored into
+    [0, size): between two reflections (multiples of size - 1) the mirrored index runs with
+    step +1 or -1, so each stretch is one slice."""
+    if size == 1:
+        return [(0, length, slice(0, 1))]  # broadcast along the axis
+    runs, position, period = [], start, size - 1
+    while position < start + length:
+        stop = min(start + length, (position // period + 1) * period)
+        first, last = (int(i) for i in _mirror(np.array([position, stop - 1]), size))
+        if last >= first:
             source = slice(first, last + 1)
         else:
             source = slice(first, last - 1 if last > 0 else None, -1)
-        runs.append((i, j - i, source))
-        i = j
+        runs.append((position - start, stop - position, source))
+        position = stop
     return runs
 
 
