@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(sub.add_parser("evaluate", help="score a trained run on labelled data"))
     _add_predict(sub.add_parser("predict", help="segment an image, stack or volume"))
     _add_benchmark(sub.add_parser("benchmark", help="measure img/s, latency and TFLOP/s"))
+    _add_export(sub.add_parser("export", help="write a bioimage.io package, ONNX or TorchScript"))
     return parser
 
 
@@ -104,8 +105,15 @@ def _add_evaluate(p):
     _add_common(p)
 
 
+def _add_model_source(p):
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run", metavar="RUN_DIR", help="a run folder or checkpoint")
+    source.add_argument("--model", metavar="PACKAGE.zip", dest="run",
+                        help="a bioimage.io package exported by napari_unet export")
+
+
 def _add_predict(p):
-    p.add_argument("--run", required=True, metavar="RUN_DIR", help="a run folder or checkpoint")
+    _add_model_source(p)
     p.add_argument("--input", required=True, metavar="PATH", help="TIF image, stack or volume")
     p.add_argument("--output", required=True, metavar="PATH", help="labels TIF to write")
     p.add_argument("--probabilities", metavar="PATH", help="also write float32 probabilities")
@@ -117,6 +125,18 @@ def _add_predict(p):
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--events", choices=["jsonl"], default=None)
     _add_common(p)
+
+
+def _add_export(p):
+    p.add_argument("--run", required=True, metavar="RUN_DIR", help="a run folder or checkpoint")
+    p.add_argument("--format", required=True, choices=["bioimageio", "onnx", "torchscript"])
+    p.add_argument("--output", required=True, metavar="PATH",
+                   help="the file to write (a .zip for bioimageio)")
+    p.add_argument("--test-image", metavar="PATH",
+                   help="bioimageio: the image whose middle becomes the package's test input "
+                        "(default: the run's data/images.tif, else noise in the data's range)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
 
 
 def _add_benchmark(p):
@@ -181,6 +201,20 @@ def cmd_predict(args) -> int:
     _drive(events, printer)
     print(f"wrote {args.output}" + (f" and {args.probabilities}" if args.probabilities else ""),
           file=sys.stderr)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from napari_unet.engine.export import export_model
+    from napari_unet.io import read_image
+
+    test_image = args.test_image
+    if test_image is None and (Path(args.run) / "data" / "images.tif").is_file():
+        test_image = Path(args.run) / "data" / "images.tif"
+    image = read_image(test_image) if test_image is not None else None
+    path = export_model(args.run, args.format, args.output, image=image,
+                        overwrite=args.overwrite)
+    print(f"wrote {path}", file=sys.stderr)
     return 0
 
 
@@ -432,7 +466,7 @@ def main(argv=None) -> int:
     from napari_unet.errors import NapariUnetError
 
     commands = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict,
-                "benchmark": cmd_benchmark}
+                "benchmark": cmd_benchmark, "export": cmd_export}
     try:
         return commands[args.command](args)
     except NapariUnetError as exc:
