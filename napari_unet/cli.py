@@ -43,8 +43,10 @@ def _add_data(p, required=True):
     group = p.add_argument_group("data (one of)")
     group.add_argument("--data", metavar="DIR",
                        help="a data folder: ISBI 2012, DAGM 2007, BraTS, or images/ + masks/")
-    group.add_argument("--images", metavar="PATH", help="an image file (TIF stack) or folder")
-    group.add_argument("--masks", metavar="PATH", help="the matching mask file or folder")
+    group.add_argument("--images", metavar="PATH",
+                       help="an image file (TIF stack), a folder, or a quoted glob of images")
+    group.add_argument("--masks", metavar="PATH",
+                       help="the matching mask file, or the folder of masks named as the images")
     group.add_argument("--sample", choices=["dagm", "em", "blobs3d"],
                        help="built-in synthetic data (no download)")
     p.add_argument("--foreground-value", type=int, default=None, metavar="V",
@@ -114,9 +116,14 @@ def _add_model_source(p):
 
 def _add_predict(p):
     _add_model_source(p)
-    p.add_argument("--input", required=True, metavar="PATH", help="TIF image, stack or volume")
-    p.add_argument("--output", required=True, metavar="PATH", help="labels TIF to write")
-    p.add_argument("--probabilities", metavar="PATH", help="also write float32 probabilities")
+    p.add_argument("--input", required=True, metavar="PATH",
+                   help="an image, stack or volume (TIF, PNG, JPEG), a folder of them, or a "
+                        "quoted glob such as 'scans/*.png'")
+    p.add_argument("--output", required=True, metavar="PATH",
+                   help="the labels TIF to write; for a folder or glob: the folder that gets "
+                        "NAME_labels.tif for each input")
+    p.add_argument("--probabilities", metavar="PATH",
+                   help="also write float32 probabilities (a folder for a folder or glob)")
     p.add_argument("--tile-size", type=int, nargs="+", default=None)
     p.add_argument("--overlap", type=float, default=0.25)
     p.add_argument("--batch-size", type=int, default=4, help="tiles per batch")
@@ -190,18 +197,36 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from napari_unet.engine import predict_file
+    from napari_unet.engine import predict_file, predict_files
+    from napari_unet.io import is_glob
 
     printer = _printer(args.events)
+    options = dict(tile_size=args.tile_size, overlap=args.overlap, batch_size=args.batch_size,
+                   tta=args.tta, amp=args.amp or "bf16", device=args.device or "auto",
+                   threshold=args.threshold, overwrite=args.overwrite)
+    if Path(args.input).is_dir() or is_glob(args.input):
+        return _predict_many(args, predict_files(args.run, args.input, args.output,
+                                                 probabilities_folder=args.probabilities,
+                                                 **options), printer)
     events = predict_file(args.run, args.input, args.output, probabilities=args.probabilities,
-                          tile_size=args.tile_size, overlap=args.overlap,
-                          batch_size=args.batch_size, tta=args.tta, amp=args.amp or "bf16",
-                          device=args.device or "auto", threshold=args.threshold,
-                          overwrite=args.overwrite)
+                          **options)
     _drive(events, printer)
     print(f"wrote {args.output}" + (f" and {args.probabilities}" if args.probabilities else ""),
           file=sys.stderr)
     return 0
+
+
+def _predict_many(args, events, printer) -> int:
+    """Every file that could be read is written; exit 2 with one line per skipped file."""
+    files = []
+    _drive(events, lambda event: (files.append(event) if type(event).__name__ == "FileDone"
+                                  and event.done else None, printer(event)))
+    failed = [event for event in files if event.error]
+    print(f"wrote {len(files) - len(failed)} of {len(files)} file(s) to {args.output}",
+          file=sys.stderr)
+    for event in failed:
+        print(f"napari_unet: error: skipped {event.path}: {event.error}", file=sys.stderr)
+    return EXIT_USER_ERROR if failed else 0
 
 
 def cmd_export(args) -> int:
@@ -382,19 +407,38 @@ def _printer(mode):
 class _HumanPrinter:
     """A one-line progress bar on stderr, other events as lines."""
 
+    def __init__(self):
+        self.files = None  # (done, total) once a many-file prediction reports
+
+    @staticmethod
+    def _bar(done, total, width=30):
+        filled = int(width * done / max(1, total))
+        return "[" + "#" * filled + "-" * (width - filled) + "]"
+
     def __call__(self, event):
         if not _is_main_process():
             return
         name = type(event).__name__
         if name == "Progress":
-            width = 30
-            filled = int(width * event.step / max(1, event.total))
-            bar = "#" * filled + "-" * (width - filled)
-            sys.stderr.write(f"\r[{bar}] {event.step}/{event.total} loss {event.loss:.4f} "
+            sys.stderr.write(f"\r{self._bar(event.step, event.total)} {event.step}/"
+                             f"{event.total} loss {event.loss:.4f} "
                              f"lr {event.lr:.2e} {event.img_s:.1f} img/s")
             sys.stderr.flush()
         elif name == "TilesDone":
-            sys.stderr.write(f"\rtiles {event.done}/{event.total}")
+            files = self.files
+            if files is None:
+                sys.stderr.write(f"\rtiles {event.done}/{event.total}")
+                if event.done == event.total:
+                    sys.stderr.write("\n")
+            else:  # one bar over the files (and the current file's tiles)
+                sys.stderr.write(f"\r{self._bar(files[0] + event.done / event.total, files[1])}"
+                                 f" files {files[0]}/{files[1]}, tiles {event.done}/"
+                                 f"{event.total}   ")
+            sys.stderr.flush()
+        elif name == "FileDone":
+            self.files = (event.done, event.total)
+            sys.stderr.write(f"\r{self._bar(event.done, event.total)} files {event.done}/"
+                             f"{event.total}" + " " * 16)
             if event.done == event.total:
                 sys.stderr.write("\n")
             sys.stderr.flush()
