@@ -35,7 +35,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$(TORCH_SPEC)"
-	$(PIP) install -q -e ".[pyqt5,pyqt6,test]"
+	$(PIP) install -q -e ".[pyqt5,pyqt6,test,export,cpu]"
 	touch $@
 
 venv: $(VENV)/.installed

@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(sub.add_parser("evaluate", help="score a trained run on labelled data"))
     _add_predict(sub.add_parser("predict", help="segment an image, stack or volume"))
     _add_benchmark(sub.add_parser("benchmark", help="measure img/s, latency and TFLOP/s"))
+    _add_export(sub.add_parser("export", help="write a bioimage.io package, ONNX or TorchScript"))
     return parser
 
 
@@ -45,8 +46,10 @@ def _add_data(p, required=True):
     group = p.add_argument_group("data (one of)")
     group.add_argument("--data", metavar="DIR",
                        help="a data folder: ISBI 2012, DAGM 2007, BraTS, or images/ + masks/")
-    group.add_argument("--images", metavar="PATH", help="an image file (TIF stack) or folder")
-    group.add_argument("--masks", metavar="PATH", help="the matching mask file or folder")
+    group.add_argument("--images", metavar="PATH",
+                       help="an image file (TIF stack), a folder, or a quoted glob of images")
+    group.add_argument("--masks", metavar="PATH",
+                       help="the matching mask file, or the folder of masks named as the images")
     group.add_argument("--sample", choices=SAMPLES,
                        help="built-in synthetic data (no download)")
     p.add_argument("--foreground-value", type=int, default=None, metavar="V",
@@ -107,11 +110,23 @@ def _add_evaluate(p):
     _add_common(p)
 
 
+def _add_model_source(p):
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run", metavar="RUN_DIR", help="a run folder or checkpoint")
+    source.add_argument("--model", metavar="PACKAGE.zip", dest="run",
+                        help="a bioimage.io package exported by napari_unet export")
+
+
 def _add_predict(p):
-    p.add_argument("--run", required=True, metavar="RUN_DIR", help="a run folder or checkpoint")
-    p.add_argument("--input", required=True, metavar="PATH", help="TIF image, stack or volume")
-    p.add_argument("--output", required=True, metavar="PATH", help="labels TIF to write")
-    p.add_argument("--probabilities", metavar="PATH", help="also write float32 probabilities")
+    _add_model_source(p)
+    p.add_argument("--input", required=True, metavar="PATH",
+                   help="an image, stack or volume (TIF, PNG, JPEG), a folder of them, or a "
+                        "quoted glob such as 'scans/*.png'")
+    p.add_argument("--output", required=True, metavar="PATH",
+                   help="the labels TIF to write; for a folder or glob: the folder that gets "
+                        "NAME_labels.tif for each input")
+    p.add_argument("--probabilities", metavar="PATH",
+                   help="also write float32 probabilities (a folder for a folder or glob)")
     p.add_argument("--tile-size", type=int, nargs="+", default=None)
     p.add_argument("--overlap", type=float, default=0.25)
     p.add_argument("--batch-size", type=int, default=4, help="tiles per batch")
@@ -120,6 +135,18 @@ def _add_predict(p):
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--events", choices=["jsonl"], default=None)
     _add_common(p)
+
+
+def _add_export(p):
+    p.add_argument("--run", required=True, metavar="RUN_DIR", help="a run folder or checkpoint")
+    p.add_argument("--format", required=True, choices=["bioimageio", "onnx", "torchscript"])
+    p.add_argument("--output", required=True, metavar="PATH",
+                   help="the file to write (a .zip for bioimageio)")
+    p.add_argument("--test-image", metavar="PATH",
+                   help="bioimageio: the image whose middle becomes the package's test input "
+                        "(default: the run's data/images.tif, else noise in the data's range)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
 
 
 def _add_benchmark(p):
@@ -177,17 +204,51 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from napari_unet.engine import predict_file
+    from napari_unet.engine import predict_file, predict_files
+    from napari_unet.io import is_glob
 
     printer = _printer(args.events)
+    options = dict(tile_size=args.tile_size, overlap=args.overlap, batch_size=args.batch_size,
+                   tta=args.tta, amp=args.amp or "bf16", device=args.device or "auto",
+                   threshold=args.threshold, overwrite=args.overwrite)
+    if Path(args.input).is_dir() or is_glob(args.input):
+        return _predict_many(args, predict_files(args.run, args.input, args.output,
+                                                 probabilities_folder=args.probabilities,
+                                                 **options), printer)
     events = predict_file(args.run, args.input, args.output, probabilities=args.probabilities,
-                          tile_size=args.tile_size, overlap=args.overlap,
-                          batch_size=args.batch_size, tta=args.tta, amp=args.amp or "bf16",
-                          device=args.device or "auto", threshold=args.threshold,
-                          overwrite=args.overwrite)
+                          **options)
     _drive(events, printer)
     print(f"wrote {args.output}" + (f" and {args.probabilities}" if args.probabilities else ""),
           file=sys.stderr)
+    return 0
+
+
+def _predict_many(args, events, printer) -> int:
+    """Every file that could be read is written; exit 2 with one line per skipped file."""
+    from napari_unet.engine.events import FileDone
+
+    files = []
+    _drive(events, lambda event: (files.append(event) if isinstance(event, FileDone)
+                                  and event.done else None, printer(event)))
+    failed = [event for event in files if event.error]
+    print(f"wrote {len(files) - len(failed)} of {len(files)} file(s) to {args.output}",
+          file=sys.stderr)
+    for event in failed:
+        print(f"napari_unet: error: skipped {event.path}: {event.error}", file=sys.stderr)
+    return EXIT_USER_ERROR if failed else 0
+
+
+def cmd_export(args) -> int:
+    from napari_unet.engine.export import export_model
+    from napari_unet.io import read_image
+
+    test_image = args.test_image
+    if test_image is None and (Path(args.run) / "data" / "images.tif").is_file():
+        test_image = Path(args.run) / "data" / "images.tif"
+    image = read_image(test_image) if test_image is not None else None
+    path = export_model(args.run, args.format, args.output, image=image,
+                        overwrite=args.overwrite)
+    print(f"wrote {path}", file=sys.stderr)
     return 0
 
 
@@ -362,9 +423,11 @@ class _HumanPrinter:
 
     def __init__(self):
         self.bar = None
+        self.files = False  # a many-file prediction: one bar over the files, tiles as postfix
 
     def __call__(self, event):
         from napari_unet.engine.events import (
+            FileDone,
             Finished,
             Message,
             Progress,
@@ -379,6 +442,11 @@ class _HumanPrinter:
             case Progress():
                 self._advance("steps", event.step, event.total,
                               f"loss {event.loss:.4f} lr {event.lr:.2e} {event.img_s:.1f} img/s")
+            case FileDone():
+                self.files = event.done < event.total
+                self._advance("files", event.done, event.total)
+            case TilesDone() if self.files:
+                self.bar.set_postfix_str(f"tiles {event.done}/{event.total}")
             case TilesDone():
                 self._advance("tiles", event.done, event.total)
             case Started():
@@ -486,7 +554,7 @@ def main(argv=None) -> int:
     from napari_unet.errors import NapariUnetError
 
     commands = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict,
-                "benchmark": cmd_benchmark}
+                "benchmark": cmd_benchmark, "export": cmd_export}
     try:
         return commands[args.command](args)
     except NapariUnetError as exc:

@@ -84,7 +84,10 @@ def read_checkpoint(path) -> dict:
 def load_checkpoint(run_or_path, prefer: str = BEST, expect_model: str | None = None) -> Checkpoint:
     """Load a run's checkpoint (best, else last) with its model built and weights in place."""
     from ..models import build_model
+    from .packages import is_package, load_package
 
+    if is_package(run_or_path):  # a bioimage.io package exported by napari-unet
+        return load_package(run_or_path)
     path = find_checkpoint(run_or_path, prefer)
     state = read_checkpoint(path)
     hparams = dict(state["model_hparams"])

@@ -17,7 +17,8 @@ import torch
 
 from ..choices import MAX_CHANNELS, NORMALIZATIONS
 from ..errors import ConfigError, DataError
-from ..io import IMAGE_SUFFIXES, read_image, sample_step, strided_sample
+from ..io import (image_files as _image_files, input_files, is_glob,
+                  read_image, sample_step, strided_sample)
 from ..training_set import mask_classes
 
 LAYOUTS = (
@@ -153,11 +154,6 @@ def _required(path: Path) -> Path:
     return path
 
 
-def _image_files(folder: Path) -> list[Path]:
-    return sorted(
-        path for path in folder.iterdir()
-        if path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
-    )
 
 
 def _dagm_pairs(root: Path):
@@ -168,12 +164,11 @@ def _dagm_pairs(root: Path):
     return [(path, labels.get(f"{path.stem.lower()}_label")) for path in images]
 
 
-def _pair_folders(image_dir: Path, mask_dir: Path):
+def _pair_folders(image_source: Path, mask_dir: Path):
+    """Images (a folder or a glob) paired with the masks of the same name in ``mask_dir``."""
     masks = {path.name: path for path in _image_files(mask_dir)}
     masks_by_stem = {path.stem: path for path in masks.values()}
-    images = _image_files(image_dir)
-    if not images:
-        raise DataError(f"{image_dir} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    images = input_files(image_source)
     pairs = []
     for path in images:
         mask = masks.get(path.name) or masks_by_stem.get(path.stem)
@@ -184,7 +179,7 @@ def _pair_folders(image_dir: Path, mask_dir: Path):
 
 
 def _pair_paths(images: Path, masks: Path):
-    if images.is_dir() and masks.is_dir():
+    if (images.is_dir() or is_glob(images)) and masks.is_dir():
         return _pair_folders(images, masks)
     if images.is_dir() or masks.is_dir():
         raise DataError("images and masks must both be files or both be folders")

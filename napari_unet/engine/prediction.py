@@ -125,8 +125,9 @@ def predict_array(checkpoint, image, **options):
 
 def predict_file(run, input_path, labels_path, *, probabilities=None, overwrite=False,
                  **options):
-    """Predict a TIF from disk into TIF files, streaming through memory maps; yields events."""
-    checkpoint = load_checkpoint(run)
+    """Predict a TIF from disk into TIF files, streaming through memory maps; yields events.
+    ``run``: a run folder, checkpoint, package or an already loaded :class:`Checkpoint`."""
+    checkpoint = run if isinstance(run, Checkpoint) else load_checkpoint(run)
     labels_path = Path(labels_path)
     for path in (labels_path, probabilities):
         if path is not None and Path(path).exists() and not overwrite:
