@@ -16,6 +16,7 @@ passed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -83,11 +84,9 @@ def machine() -> dict:
     if info["gpus"]:
         info["gpu"] = torch.cuda.get_device_name(0)
         info["gpu memory GiB"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30)
-    try:
+    with contextlib.suppress(OSError):
         info["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
                                         capture_output=True, text=True).stdout.strip()
-    except OSError:
-        pass
     return info
 
 

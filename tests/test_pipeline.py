@@ -8,8 +8,15 @@ import pytest
 import torch
 
 from napari_unet import cli
-from napari_unet.engine import Progress, load_checkpoint, preset_config, sample_dataset, train
-from napari_unet.engine import distributed, pipeline
+from napari_unet.engine import (
+    Progress,
+    distributed,
+    load_checkpoint,
+    pipeline,
+    preset_config,
+    sample_dataset,
+    train,
+)
 from napari_unet.engine import trainer as trainer_module
 from napari_unet.engine.data import NormStats, PatchSampler, normalize, normalize_tensor
 from napari_unet.errors import ConfigError, DataError, TrainingDiverged

@@ -7,10 +7,10 @@ import sys
 import numpy as np
 import pytest
 import tifffile
-
 from export_support import DATA, make_run
+
 from napari_unet.cli import main
-from napari_unet.engine import FileDone, predict_array, predict_files, load_checkpoint
+from napari_unet.engine import FileDone, load_checkpoint, predict_array, predict_files
 from napari_unet.io import read_image
 
 DAGM = sorted((DATA / "dagm2007_class1").glob("*.PNG"))[:4]
@@ -92,7 +92,7 @@ def test_a_glob_that_matches_nothing_is_one_line(run, tmp_path):
 def test_evaluate_takes_a_glob_of_images(run, tmp_path, capsys):
     images, masks = tmp_path / "images", tmp_path / "masks"
     images.mkdir(), masks.mkdir()
-    for i, path in enumerate(DAGM[:2]):
+    for path in DAGM[:2]:
         shutil.copy(path, images / path.name)
         tifffile.imwrite(masks / f"{path.stem}.tif", (read_image(path) > 128).astype(np.uint8))
     shutil.copy(DAGM[2], images / "extra.PNG")  # left out by the glob: it has no mask

@@ -17,8 +17,8 @@ import torch
 
 from ..choices import MAX_CHANNELS, NORMALIZATIONS
 from ..errors import ConfigError, DataError
-from ..io import (image_files as _image_files, input_files, is_glob,
-                  read_image, sample_step, strided_sample)
+from ..io import image_files as _image_files
+from ..io import input_files, is_glob, read_image, sample_step, strided_sample
 from ..training_set import mask_classes
 
 LAYOUTS = (
