@@ -75,12 +75,16 @@ def _worker_pid(marker: str, rank: int):
     return None
 
 
-def test_killing_one_rank_ends_the_job(tmp_path):
-    run = tmp_path / "killed"
-    process = subprocess.Popen(
+def _endless_two_process_run(run):
+    return subprocess.Popen(
         [sys.executable, "-m", "napari_unet.cli", *COMMON, "--steps", "100000", "--batch-size",
          "2", "--nproc", "2", "--out", str(run), "--events", "jsonl"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_killing_one_rank_ends_the_job(tmp_path):
+    run = tmp_path / "killed"
+    process = _endless_two_process_run(run)
     for line in process.stdout:
         if json.loads(line)["event"] == "Progress":
             break
@@ -97,10 +101,7 @@ def test_killing_one_rank_ends_the_job(tmp_path):
 
 def test_cancel_stops_every_rank_after_the_same_step_and_rank_zero_saves(tmp_path):
     run = tmp_path / "cancelled"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "napari_unet.cli", *COMMON, "--steps", "100000", "--batch-size",
-         "2", "--nproc", "2", "--out", str(run), "--events", "jsonl"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = _endless_two_process_run(run)
     steps = []
     for line in process.stdout:
         event = json.loads(line)
