@@ -28,9 +28,11 @@ from napari_unet import runs
 from napari_unet.choices import AMP_MODES, DEVICES, PRESETS
 from napari_unet.training_set import describe_classes, looks_like_volume, mask_classes
 from napari_unet.widgets import (
-    LayerCombo,
+    LayerPickers,
     UserError,
+    choose,
     group_box,
+    layer_picker,
     one_line,
     show_error,
     show_warning,
@@ -73,7 +75,7 @@ def _combo(items):
     return box
 
 
-class TrainForm(QWidget):
+class TrainForm(LayerPickers, QWidget):
     """The fields of the Train widget and the defaults that follow them."""
 
     def __init__(self, napari_viewer, parent=None):
@@ -89,10 +91,11 @@ class TrainForm(QWidget):
     def _data_box(self):
         from napari.layers import Image, Labels
 
-        self.image_combo = LayerCombo(self.viewer, Image)
-        self.labels_combo = LayerCombo(self.viewer, Labels)
-        self.image_combo.currentIndexChanged.connect(self._image_changed)
-        self.labels_combo.currentIndexChanged.connect(self.describe_labels)
+        self.image_combo = layer_picker(self.viewer, Image)
+        self.labels_combo = layer_picker(self.viewer, Labels)
+        self.image_combo.changed.connect(self._image_changed)
+        self.labels_combo.changed.connect(self.describe_labels)
+        self.pickers = [self.image_combo, self.labels_combo]
         self.pair_list = QListWidget()
         self.pair_list.setMaximumHeight(54)
         pair_buttons = QHBoxLayout()
@@ -104,7 +107,7 @@ class TrainForm(QWidget):
         self.preset.currentTextChanged.connect(self._preset_changed)
         self.holdout = QCheckBox("validate on 1/5 of the samples (Dice curve)")
         self.holdout.setChecked(True)
-        return group_box("Data", [("Image", self.image_combo), ("Labels", self.labels_combo),
+        return group_box("Data", [("Image", self.image_combo.native), ("Labels", self.labels_combo.native),
                                   pair_buttons, self.pair_list, ("Preset", self.preset),
                                   self.holdout])
 
@@ -170,7 +173,7 @@ class TrainForm(QWidget):
 
     def describe_labels(self, *_):
         """Say what training will learn from the chosen labels (before Start)."""
-        labels = self.labels_combo.layer()
+        labels = self.labels_combo.value
         if labels is None:
             self.learns.setText("")
             return
@@ -184,7 +187,7 @@ class TrainForm(QWidget):
 
     def show_learned(self):
         """A labels layer of the classes training will learn (replaced on each press)."""
-        labels = self.labels_combo.layer()
+        labels = self.labels_combo.value
         if labels is None:
             show_error("choose a labels layer first")
             return
@@ -205,7 +208,7 @@ class TrainForm(QWidget):
     def _image_changed(self, *_):
         """A new image: its labels, a preset that fits it (3D volume -> volume3d), a patch
         size no bigger than it. Other options the user set stay."""
-        image = self.image_combo.layer()
+        image = self.image_combo.value
         if image is None:
             return
         self._pick_matching_labels(image)
@@ -219,21 +222,21 @@ class TrainForm(QWidget):
     def _pick_matching_labels(self, image):
         from napari.layers import Labels
 
-        current = self.labels_combo.layer()
+        current = self.labels_combo.value
         if current is not None and tuple(current.data.shape) == spatial_shape(image):
             return
         matches = [layer for layer in self.viewer.layers if isinstance(layer, Labels)
                    and tuple(layer.data.shape) == spatial_shape(image)]
         matches.sort(key=lambda layer: not layer.name.startswith(image.name))
         if matches:
-            self.labels_combo.set_layer(matches[0])
+            choose(self.labels_combo, matches[0])
 
     def _spatial_dims(self, preset=None) -> int:
         return self.presets.get(preset or self.preset.currentText(), {}).get("spatial_dims", 2)
 
     def _largest_patch(self) -> int:
         """The image's smallest extent (over the model's axes), in steps of 16."""
-        image = self.image_combo.layer()
+        image = self.image_combo.value
         shape = spatial_shape(image) if image is not None else ()
         dims = self._spatial_dims()
         if len(shape) < dims:
@@ -284,7 +287,7 @@ class TrainForm(QWidget):
 
     # -- pairs ------------------------------------------------------------------------------------
     def add_current_pair(self):
-        image, labels = self.image_combo.layer(), self.labels_combo.layer()
+        image, labels = self.image_combo.value, self.labels_combo.value
         if image is None or labels is None:
             show_error("choose an image layer and a labels layer to pair")
             return
@@ -307,7 +310,8 @@ class TrainForm(QWidget):
         from napari.layers import Image, Labels
 
         by_name = {layer.name: layer for layer in self.viewer.layers}
-        names = self.pairs or [(self.image_combo.currentText(), self.labels_combo.currentText())]
+        names = self.pairs or [(self.image_combo.current_choice,
+                                self.labels_combo.current_choice)]
         pairs = []
         for image_name, labels_name in names:
             image, labels = by_name.get(image_name), by_name.get(labels_name)
