@@ -156,11 +156,12 @@ def test_the_mask_rule_for_files_and_for_painted_layers():
 def test_describe_classes_says_what_will_be_learned():
     labels = np.zeros((10, 10), np.uint8)
     labels[:2] = 255
-    assert describe_classes(labels) == "learns value(s) 255 as the object: class 1 20%"
+    assert describe_classes(labels) == "learns value(s) 255: 20% of the pixels"
     assert describe_classes(labels, invert=True) \
-        == "learns everything but value(s) 255 as the object: class 1 80%"
-    assert describe_classes(labels, foreground_value=7) \
-        == "learns value 7 as the object: no object pixels"
+        == "learns everything but value(s) 255: 80% of the pixels"
+    assert describe_classes(labels, foreground_value=7) == "learns value 7: no object pixels"
+    labels[5:] = 2
+    assert describe_classes(labels) == "learns value(s) 2, 255: class 2 50%, class 255 20%"
     assert "instances merged" in describe_classes(np.arange(100).reshape(10, 10))
 
 

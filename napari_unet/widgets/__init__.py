@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import weakref
+from pathlib import Path
 
 import numpy as np
 from qtpy.QtCore import QEvent, QObject, QTimer
@@ -42,6 +43,23 @@ def group_box(title: str, rows) -> QGroupBox:
 
 class UserError(Exception):
     """A choice the user can fix; shown as a one-line napari notification."""
+
+
+def existing_path(text: str, what: str) -> Path:
+    """The path typed or picked in a field; a UserError says `what` to choose otherwise."""
+    text = text.strip()
+    if not text:
+        raise UserError(f"choose {what} first")
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise UserError(f"{path} does not exist: choose {what}")
+    return path
+
+
+def add_labels_over(viewer, data, name: str, layer):
+    """A new Labels layer placed exactly over `layer` (its scale and translation)."""
+    return viewer.add_labels(data, name=name, scale=layer.scale, translate=layer.translate,
+                             opacity=0.5)
 
 
 def show_error(message: str) -> None:

@@ -29,8 +29,10 @@ from napari_unet.training_set import looks_like_volume, write_training_pairs
 from napari_unet.widgets import (
     LayerPickers,
     UserError,
+    add_labels_over,
     choose,
     current_index,
+    existing_path,
     group_box,
     layer_data,
     layer_picker,
@@ -224,8 +226,8 @@ class CorrectWidget(LayerPickers, QWidget):
                        f"probabilities layer of a prediction")
             return
         labels = labels_from_probabilities(data, 1, self.threshold.value())
-        new = self.viewer.add_labels(labels, name=f"{layer.name} > {self.threshold.value():.2f}",
-                                     scale=layer.scale, translate=layer.translate, opacity=0.5)
+        new = add_labels_over(self.viewer, labels, f"{layer.name} > {self.threshold.value():.2f}",
+                              layer)
         choose(self.labels_combo, new)
         self._report(f"added '{new.name}'")
 
@@ -303,12 +305,10 @@ class CorrectWidget(LayerPickers, QWidget):
                             f"'{labels.name}' are {tuple(labels.data.shape)}: choose matching layers")
         if not np.any(np.asarray(labels.data)):
             raise UserError(f"labels '{labels.name}' are empty: nothing to learn from")
-        text = self.run_combo.currentText().strip()
-        if not text:
-            raise UserError("choose the run folder whose training set gets the pair")
-        run_dir = Path(text).expanduser()
+        run_dir = existing_path(self.run_combo.currentText(),
+                                "the run folder whose training set gets the pair")
         if not run_dir.is_dir():
-            raise UserError(f"run folder {run_dir} does not exist: choose a run folder")
+            raise UserError(f"{run_dir} is a file: choose the run folder")
         return image, labels, run_dir, self._spatial_dims(run_dir, labels)
 
     @staticmethod

@@ -33,6 +33,7 @@ from napari_unet.engine.events import Failed, Message, TilesDone
 from napari_unet.widgets import (
     LayerPickers,
     UserError,
+    existing_path,
     layer_data,
     layer_picker,
     one_line,
@@ -308,12 +309,8 @@ class PredictWidget(LayerPickers, QWidget):
             on_progress=self._on_progress, on_end=self._on_end)
 
     def _choices(self):
-        text = self.model_combo.currentText().strip()
-        if not text:
-            raise UserError("choose a run folder or a checkpoint file (.pt) first")
-        path = Path(text).expanduser()
-        if not path.exists():
-            raise UserError(f"{path} does not exist: choose a run folder or a checkpoint file")
+        path = existing_path(self.model_combo.currentText(),
+                             "a run folder or a checkpoint file (.pt)")
         checkpoint = runs.find_checkpoint(path, required=False)
         if checkpoint is None:
             raise UserError(f"no checkpoint in {path}: expected {runs.CHECKPOINTS}/{runs.BEST} "

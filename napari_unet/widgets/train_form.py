@@ -26,10 +26,12 @@ from qtpy.QtWidgets import (
 
 from napari_unet import runs
 from napari_unet.choices import AMP_MODES, DEVICES, PRESETS
+from napari_unet.errors import DataError
 from napari_unet.training_set import describe_classes, looks_like_volume, mask_classes
 from napari_unet.widgets import (
     LayerPickers,
     UserError,
+    add_labels_over,
     choose,
     group_box,
     layer_picker,
@@ -126,9 +128,9 @@ class TrainForm(LayerPickers, QWidget):
         self.object_value.valueChanged.connect(self.describe_labels)
         self.invert.toggled.connect(self.describe_labels)
         row = QHBoxLayout()
-        row.addWidget(self.learns, 1)
+        row.addWidget(self.invert, 1)
         row.addWidget(show)
-        return group_box("Object", [("Value", self.object_value), self.invert, row])
+        return group_box("Object", [("Value", self.object_value), row, self.learns])
 
     def _options_box(self):
         # mapped one to one onto the CLI's options
@@ -188,20 +190,18 @@ class TrainForm(LayerPickers, QWidget):
     def show_learned(self):
         """A labels layer of the classes training will learn (replaced on each press)."""
         labels = self.labels_combo.value
-        if labels is None:
-            show_error("choose a labels layer first")
-            return
         try:
+            if labels is None:
+                raise UserError("choose a labels layer first")
             classes, _ = mask_classes(np.asarray(labels.data), **self.mask_rule(),
                                       instances="merge")
-        except Exception as exc:  # noqa: BLE001 - a DataError: say it, keep the viewer
+        except (UserError, DataError) as exc:
             show_error(one_line(exc))
             return
         name = f"{labels.name} (learned)"
         if name in self.viewer.layers:
             self.viewer.layers.remove(name)
-        self.viewer.add_labels(classes, name=name, scale=labels.scale,
-                               translate=labels.translate, opacity=0.5)
+        add_labels_over(self.viewer, classes, name, labels)
         self.describe_labels()
 
     # -- defaults that follow the choices ---------------------------------------------------------
