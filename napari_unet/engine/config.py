@@ -14,7 +14,7 @@ import yaml
 from ..errors import ConfigError
 
 AMP_CHOICES = ("bf16", "fp16", "off")
-DEVICE_CHOICES = ("auto", "cpu", "cuda")
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
 SCHEDULES = ("constant", "exponential_step", "cosine", "poly")
 NORMALIZATIONS = ("minus_one_one", "zscore", "none")
