@@ -13,7 +13,7 @@ APT_PACKAGES := xvfb xauth libgl1 libegl1 libglib2.0-0 libfontconfig1 libdbus-1-
 	libxkbcommon-x11-0 libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-randr0 \
 	libxcb-render-util0 libxcb-xinerama0 libxcb-xfixes0 libxcb-shape0 libxcb-cursor0
 
-.PHONY: setup system-deps venv test test-fast demo gui bench clean
+.PHONY: setup system-deps venv test test-fast demo gui bench gpu-check clean
 
 setup: venv
 
@@ -35,17 +35,22 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$(TORCH_SPEC)"
-	$(PIP) install -q -e ".[pyqt5,test,export,cpu]"
+	$(PIP) install -q -e ".[pyqt5,pyqt6,test,export,cpu]"
 	touch $@
 
 venv: $(VENV)/.installed
 
+# A command under Xvfb where there is no display (CI, a terminal over ssh), else as it is.
+WITH_DISPLAY = if [ -z "$$DISPLAY" ] && command -v xvfb-run >/dev/null; then \
+		xvfb-run -a -s "-screen 0 1600x1000x24" "$$@"; else "$$@"; fi
+
+# Lint, the whole suite on PyQt5 (the default extra), then the GUI tests again on PyQt6.
 test: system-deps venv
-	@if [ -z "$$DISPLAY" ] && command -v xvfb-run >/dev/null; then \
-		xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) -m pytest -q $(PYTEST_ARGS); \
-	else \
-		$(PY) -m pytest -q $(PYTEST_ARGS); \
-	fi
+	$(VENV)/bin/ruff check .
+	@set -- $(PY) -m pytest -q $(PYTEST_ARGS); $(WITH_DISPLAY)
+	@echo "GUI tests on PyQt6:"
+	@set -- env QT_API=pyqt6 $(PY) -m pytest -q -m "gui and not soak" $(PYTEST_ARGS); \
+		$(WITH_DISPLAY)
 
 demo: venv
 	rm -rf $(DEMO_OUT)
@@ -60,6 +65,11 @@ gui: system-deps venv
 
 bench: venv
 	$(VENV)/bin/napari_unet benchmark --preset industrial --steps 10 --warmup 3
+
+# On a GPU machine (torch's CUDA wheel in .venv): CUDA tests, speed.py and pipeline.py on the
+# device, a 2-process NCCL run with a resume when there are 2+ GPUs; one report, gpu-check.md.
+gpu-check: venv
+	$(PY) benchmarks/gpu_check.py --out gpu-check.md
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -3,6 +3,8 @@ OpenVINO (fp32, bf16) on the three model families, the network alone, one batch,
 
     .venv/bin/python benchmarks/cpu_backends.py                  # the table for RESULTS.md
     .venv/bin/python benchmarks/cpu_backends.py --models tiny_unet --repeats 3
+    .venv/bin/python benchmarks/cpu_backends.py --models tiny_unet unet --repeats 2 \
+        --end-to-end ../shared/data/isbi2012/train-volume.tif    # whole stack, through the CLI
 
 The exported graphs are made the way ``napari_unet predict --backend`` makes them
 (``engine.backends``: torch.onnx.export, ONNX Runtime's CPU provider, OpenVINO compiled for the
@@ -97,12 +99,68 @@ def format_rows(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def end_to_end(stack: Path, repeats: int, families, backends) -> str:
+    """Wall-clock seconds of `napari_unet predict` on a whole stack, per backend (seeded runs
+    written like a trained one; model load, export, tiling, blending and writing included)."""
+    import subprocess
+    import tempfile
+    import time
+
+    from napari_unet.engine import preset_config
+    from napari_unet.engine.checkpoint import save_checkpoint
+    from napari_unet.engine.trainer import make_model, window_sizes
+
+    presets = {"tiny_unet": ("industrial", {"base_channels": 32}, 1),
+               "unet": ("isbi2012", {}, 2)}
+    lines = ["| model, stack | " + " | ".join(f"{b} {a}" for b, a in backends) + " |",
+             "| --- |" + " --- |" * len(backends)]
+    with tempfile.TemporaryDirectory() as tmp:
+        for family in families:
+            preset, options, classes = presets[family]
+            config = preset_config(preset, model_options=options)
+            torch.manual_seed(0)
+            model = make_model(config, 1, classes)
+            window, output = window_sizes(model, config.patch_size)
+            run = Path(tmp) / family
+            save_checkpoint(run / "checkpoints" / "best.pt", model=model, config=config,
+                            norm_stats={"mode": "minus_one_one", "low": [0.0], "high": [255.0],
+                                        "mean": [], "std": []}, step=0, best_dice=0.0,
+                            data_info={"num_classes": 2, "in_channels": 1, "spatial_dims": 2,
+                                       "input_size": list(window),
+                                       "output_size": list(output)})
+            best = {column: float("inf") for column in backends}
+            for _ in range(repeats):
+                for backend, amp in backends:
+                    start = time.perf_counter()
+                    subprocess.run([sys.executable, "-m", "napari_unet.cli", "predict", "--run",
+                                    str(run), "--input", str(stack), "--output",
+                                    str(Path(tmp) / "labels.tif"), "--overwrite", "--device",
+                                    "cpu", "--amp", amp, "--backend", backend], check=True,
+                                   capture_output=True)
+                    best[(backend, amp)] = min(best[(backend, amp)],
+                                               time.perf_counter() - start)
+                    print(f"  {family} {backend} {amp}: {best[(backend, amp)]:.1f} s",
+                          file=sys.stderr, flush=True)
+            base = best[backends[0]]
+            lines.append(f"| {CASES[family][0].split(',')[0]}, {stack.name} | " + " | ".join(
+                f"{best[c]:.1f} s ({base / best[c]:.2f}x)" for c in backends) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", choices=list(CASES), default=list(CASES))
     parser.add_argument("--repeats", type=int, default=5, help="best of N timed calls")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    parser.add_argument("--end-to-end", metavar="STACK", type=Path, default=None,
+                        help="instead: time `napari_unet predict` on this whole stack, torch "
+                             "bf16 (today's default) against the backends")
     args = parser.parse_args(argv)
+    if args.end_to_end is not None:
+        columns = [("torch", "bf16"), ("openvino", "bf16"), ("openvino", "off")]
+        families = [m for m in args.models if m != "unet3d"]
+        print(end_to_end(args.end_to_end, args.repeats, families, columns))
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; best of "

@@ -11,7 +11,10 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+from napari_unet.choices import AMP_MODES, BACKENDS, DEVICES, PRESET_NAMES, SAMPLES, TTA_MODES
 
 EXIT_USER_ERROR = 2
 EXIT_CANCELLED = 130
@@ -34,9 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_common(p):
     p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default=None,
+    p.add_argument("--device", choices=DEVICES, default=None,
                    help="auto: a CUDA GPU, else an Apple GPU (mps), else the CPU")
-    p.add_argument("--amp", choices=["bf16", "fp16", "off"], default=None,
+    p.add_argument("--amp", choices=AMP_MODES, default=None,
                    help="mixed precision (bf16 works on CPU too)")
 
 
@@ -48,7 +51,7 @@ def _add_data(p, required=True):
                        help="an image file (TIF stack), a folder, or a quoted glob of images")
     group.add_argument("--masks", metavar="PATH",
                        help="the matching mask file, or the folder of masks named as the images")
-    group.add_argument("--sample", choices=["dagm", "em", "blobs3d"],
+    group.add_argument("--sample", choices=SAMPLES,
                        help="built-in synthetic data (no download)")
     p.add_argument("--foreground-value", type=int, default=None, metavar="V",
                    help="mask value of the object of interest (ISBI's membrane is 0)")
@@ -56,7 +59,7 @@ def _add_data(p, required=True):
 
 
 def _add_train(p):
-    p.add_argument("--preset", required=True, choices=["industrial", "isbi2012", "volume3d"])
+    p.add_argument("--preset", required=True, choices=PRESET_NAMES)
     _add_data(p)
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="the run folder")
     p.add_argument("--config", metavar="YAML", help="options from a config.yaml")
@@ -86,20 +89,19 @@ def _add_train(p):
     p.add_argument("--nnodes", default=None, help="torchrun --nnodes (several machines)")
     p.add_argument("--node-rank", type=int, default=None)
     p.add_argument("--rdzv-endpoint", default=None, metavar="HOST:PORT")
+    p.add_argument("--ddp-timeout", type=float, default=None, metavar="MINUTES",
+                   help="how long a process waits on its peers (default 10)")
     _add_common(p)
 
 
 def _add_tta(p):
-    # the engine's inference.TTA_MODES, spelt out so that building the parser imports no torch
-    p.add_argument("--tta", nargs="?", const="mirror", default="off",
-                   choices=("off", "mirror", "dihedral"),
+    p.add_argument("--tta", nargs="?", const="mirror", default="off", choices=TTA_MODES,
                    help="test-time augmentation: mirror (all flips; what a bare --tta means) or "
                         "dihedral (flips and quarter turns: twice the passes of mirror)")
 
 
 def _add_backend(p):
-    # engine.backends.BACKENDS, spelt out so that building the parser imports no torch
-    p.add_argument("--backend", choices=("auto", "torch", "onnxruntime", "openvino"),
+    p.add_argument("--backend", choices=BACKENDS,
                    default="auto",
                    help="who runs the network on the CPU: auto (the fastest installed: "
                         "OpenVINO, then ONNX Runtime for fp32, then torch), or one by name "
@@ -159,7 +161,7 @@ def _add_export(p):
 
 
 def _add_benchmark(p):
-    p.add_argument("--preset", required=True, choices=["industrial", "isbi2012", "volume3d"])
+    p.add_argument("--preset", required=True, choices=PRESET_NAMES)
     p.add_argument("--mode", choices=["train", "predict", "both"], default="both")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--size", type=int, nargs="+", default=None, help="input size (pixels)")
@@ -175,6 +177,10 @@ def _add_benchmark(p):
 def cmd_train(args) -> int:
     from napari_unet.engine import load_checkpoint, train
 
+    if args.ddp_timeout is not None:  # read by each worker (engine.distributed)
+        from napari_unet.engine.distributed import TIMEOUT_VARIABLE, collective_timeout
+        os.environ[TIMEOUT_VARIABLE] = str(args.ddp_timeout)
+        collective_timeout()  # a bad value: one line now, not one per worker
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
         return _launch_torchrun(args)
     config = _train_config(args)
@@ -230,8 +236,10 @@ def cmd_predict(args) -> int:
 
 def _predict_many(args, events, printer) -> int:
     """Every file that could be read is written; exit 2 with one line per skipped file."""
+    from napari_unet.engine.events import FileDone
+
     files = []
-    _drive(events, lambda event: (files.append(event) if type(event).__name__ == "FileDone"
+    _drive(events, lambda event: (files.append(event) if isinstance(event, FileDone)
                                   and event.done else None, printer(event)))
     failed = [event for event in files if event.error]
     print(f"wrote {len(files) - len(failed)} of {len(files)} file(s) to {args.output}",
@@ -296,6 +304,7 @@ def _preset_options(preset):
 
 def _parse_set(item):
     import yaml
+
     from napari_unet.errors import ConfigError
 
     if "=" not in item:
@@ -318,7 +327,7 @@ def _load_data(args, spatial_dims, foreground_value):
     chosen = [name for name in ("data", "images", "sample") if getattr(args, name)]
     if len(chosen) != 1:
         raise DataError("give exactly one data source: --data DIR, --images P --masks P, "
-                        "or --sample {dagm,em,blobs3d}")
+                        f"or --sample {{{','.join(SAMPLES)}}}")
     if args.sample:
         return sample_dataset(args.sample)
     if args.images and not args.masks:
@@ -340,6 +349,7 @@ def _make_run_dir(run_dir: Path):
 def _save_sample(dataset, run_dir: Path, resume: bool):
     """Keep the synthetic data beside the run, so the demo can predict and view it."""
     import numpy as np
+
     from napari_unet.io import write_tif
 
     data_dir = run_dir / "data"
@@ -395,11 +405,13 @@ def _is_main_process() -> bool:
 
 def _drive(events, printer):
     """Run an event generator to its end, printing; close it (= cancel) on interruption."""
+    from napari_unet.engine.events import Finished
+
     finished = None
     try:
         for event in events:
             printer(event)
-            if type(event).__name__ == "Finished":
+            if isinstance(event, Finished):
                 finished = event
     finally:
         events.close()
@@ -418,57 +430,84 @@ def _printer(mode):
 
 
 class _HumanPrinter:
-    """A one-line progress bar on stderr, other events as lines."""
+    """Progress bars on stderr (tqdm: one line that redraws on a terminal, plain lines in a
+    log file), other events as lines written above the bar."""
 
     def __init__(self):
-        self.files = None  # (done, total) once a many-file prediction reports
-
-    @staticmethod
-    def _bar(done, total, width=30):
-        filled = int(width * done / max(1, total))
-        return "[" + "#" * filled + "-" * (width - filled) + "]"
+        self.bar = None
+        self.files = False  # a many-file prediction: one bar over the files, tiles as postfix
 
     def __call__(self, event):
+        from napari_unet.engine.events import (
+            FileDone,
+            Finished,
+            Message,
+            Progress,
+            Started,
+            TilesDone,
+            Validation,
+        )
+
         if not _is_main_process():
             return
-        name = type(event).__name__
-        if name == "Progress":
-            sys.stderr.write(f"\r{self._bar(event.step, event.total)} {event.step}/"
-                             f"{event.total} loss {event.loss:.4f} "
-                             f"lr {event.lr:.2e} {event.img_s:.1f} img/s")
-            sys.stderr.flush()
-        elif name == "TilesDone":
-            files = self.files
-            if files is None:
-                sys.stderr.write(f"\rtiles {event.done}/{event.total}")
-                if event.done == event.total:
-                    sys.stderr.write("\n")
-            else:  # one bar over the files (and the current file's tiles)
-                sys.stderr.write(f"\r{self._bar(files[0] + event.done / event.total, files[1])}"
-                                 f" files {files[0]}/{files[1]}, tiles {event.done}/"
-                                 f"{event.total}   ")
-            sys.stderr.flush()
-        elif name == "FileDone":
-            self.files = (event.done, event.total)
-            sys.stderr.write(f"\r{self._bar(event.done, event.total)} files {event.done}/"
-                             f"{event.total}" + " " * 16)
-            if event.done == event.total:
-                sys.stderr.write("\n")
-            sys.stderr.flush()
-        elif name == "Started":
-            print(f"training on {event.device}: {event.train_samples} training and "
-                  f"{event.val_samples} validation samples, global batch "
-                  f"{event.global_batch_size} ({event.world_size} process(es)), steps "
-                  f"{event.start_step}->{event.total_steps}, run {event.run_dir}", file=sys.stderr)
-        elif name == "Validation":
-            per_class = ", ".join(f"{d:.4f}" for d in event.dice_per_class)
-            print(f"\nvalidation at step {event.step}: dice {event.dice:.4f} "
-                  f"(per class {per_class}){' best' if event.best else ''}", file=sys.stderr)
-        elif name == "Message":
-            print(f"\n{event.level}: {event.text}", file=sys.stderr)
-        elif name == "Finished":
-            print(f"\nfinished at step {event.step}: best dice {event.best_dice:.4f}, "
-                  f"checkpoint {event.path}", file=sys.stderr)
+        match event:
+            case Progress():
+                self._advance("steps", event.step, event.total,
+                              f"loss {event.loss:.4f} lr {event.lr:.2e} {event.img_s:.1f} img/s")
+            case FileDone():
+                self.files = event.done < event.total
+                self._advance("files", event.done, event.total)
+            case TilesDone() if self.files:
+                self.bar.set_postfix_str(f"tiles {event.done}/{event.total}")
+            case TilesDone():
+                self._advance("tiles", event.done, event.total)
+            case Started():
+                self._write(f"training on {event.device}: {event.train_samples} training and "
+                            f"{event.val_samples} validation samples, global batch "
+                            f"{event.global_batch_size} ({event.world_size} process(es)), steps "
+                            f"{event.start_step}->{event.total_steps}, run {event.run_dir}")
+            case Validation():
+                per_class = ", ".join(f"{d:.4f}" for d in event.dice_per_class)
+                self._write(f"validation at step {event.step}: dice {event.dice:.4f} "
+                            f"(per class {per_class}){' best' if event.best else ''}")
+            case Message():
+                self._write(f"{event.level}: {event.text}")
+            case Finished():
+                self._close()
+                self._write(f"finished at step {event.step}: best dice {event.best_dice:.4f}, "
+                            f"checkpoint {event.path}")
+
+    def _advance(self, unit, done, total, postfix=""):
+        from tqdm import tqdm
+
+        if self.bar is None or self.key != (unit, total):
+            self._close()
+            self.key, self.done = (unit, total), 0
+            # a log file gets a plain line per tenth instead of a bar redrawn with \r
+            self.bar = tqdm(total=total, unit=unit, file=sys.stderr, dynamic_ncols=True,
+                            mininterval=0.5, disable=not sys.stderr.isatty())
+            self.start, self.logged = time.monotonic(), 0
+        self.bar.update(done - self.done)
+        self.done = done
+        if postfix:
+            self.bar.set_postfix_str(postfix, refresh=False)
+        if self.bar.disable and (done >= total or done - self.logged >= max(1, total // 10)):
+            self.logged = done
+            meter = tqdm.format_meter(done, total, time.monotonic() - self.start, unit=unit,
+                                      postfix=postfix or None)
+            self._write(meter)
+        if done >= total:
+            self._close()
+
+    def _write(self, text):
+        from tqdm import tqdm
+
+        tqdm.write(text, file=sys.stderr)
+
+    def _close(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def _launch_torchrun(args) -> int:
@@ -481,7 +520,11 @@ def _launch_torchrun(args) -> int:
     else:
         command += ["--standalone"]
     command += ["-m", "napari_unet.cli", *argv]
-    process = subprocess.Popen(command)
+    from napari_unet.engine.distributed import check_process_count, threads_per_process
+    check_process_count(args.nproc, args.device or "auto")
+    # the machine's cores (or the budget a parent gave: the GUI keeps one) shared out
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads_per_process(args.nproc)))
+    process = subprocess.Popen(command, env=env)
     try:
         return process.wait()
     except KeyboardInterrupt:  # torchrun forwards the signal; the workers save a checkpoint

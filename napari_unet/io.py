@@ -10,8 +10,8 @@ import contextlib
 import math
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import imageio.v3 as iio
 import numpy as np

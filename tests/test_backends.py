@@ -3,11 +3,10 @@ of backend and device (Apple GPUs mocked: there is no Mac here)."""
 import numpy as np
 import pytest
 import torch
-
 from export_support import make_run, real_image
+
 from napari_unet.cli import build_parser, main
-from napari_unet.engine import load_checkpoint, predict_array
-from napari_unet.engine import backends, runtime
+from napari_unet.engine import backends, load_checkpoint, predict_array, runtime
 from napari_unet.engine.backends import backend_model, choose_backend
 from napari_unet.errors import ConfigError
 
@@ -64,7 +63,6 @@ def test_auto_picks_the_fastest_installed(monkeypatch):
 
 
 @pytest.mark.parametrize("backend, device, amp, words", [
-    ("onnxruntime", "cpu", "bf16", "fp32 only"),
     ("openvino", "cuda", "off", "--device cpu"),
     ("openvino", "cpu", "fp16", "fp16"),
     ("tensorrt", "cpu", "off", "choose one of"),
@@ -72,6 +70,16 @@ def test_auto_picks_the_fastest_installed(monkeypatch):
 def test_impossible_backend_choices_say_what_to_do(backend, device, amp, words):
     with pytest.raises(ConfigError, match=words):
         choose_backend(backend, torch.device(device), amp)
+
+
+def test_onnxruntime_runs_fp32_whatever_amp_says(runs):
+    # the CLI's and the widget's default amp is bf16: --backend onnxruntime alone still runs
+    assert choose_backend("onnxruntime", CPU, "bf16") == "onnxruntime"
+    model = load_checkpoint(runs["tiny_unet"]).model
+    x = torch.randn(1, 1, 64, 64)
+    with torch.no_grad():
+        expected = model(x)
+    assert (backend_model(model, "onnxruntime", CPU, "bf16")(x) - expected).abs().max() < 1e-4
 
 
 def test_a_missing_runtime_names_the_extra(monkeypatch):

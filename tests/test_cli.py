@@ -33,7 +33,7 @@ def test_train_writes_a_complete_run(trained_run):
     probabilities = tifffile.imread(trained_run / "predictions" / "images_probabilities.tif")
     images = tifffile.imread(trained_run / "data" / "images.tif")
     assert probabilities.shape == images.shape and probabilities.dtype == np.float32
-    assert 0.0 <= probabilities.min() and probabilities.max() <= 1.0
+    assert probabilities.min() >= 0.0 and probabilities.max() <= 1.0
 
 
 def test_evaluate_prints_and_matches_train_evaluation(trained_run, capsys):

@@ -93,3 +93,24 @@ def test_killing_one_rank_ends_the_job(tmp_path):
     stderr = process.stderr.read()
     assert code != 0 and elapsed < 60, (code, elapsed)
     assert "rank" in stderr.lower() and "1" in stderr
+
+
+def test_cancel_stops_every_rank_after_the_same_step_and_rank_zero_saves(tmp_path):
+    run = tmp_path / "cancelled"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "napari_unet.cli", *COMMON, "--steps", "100000", "--batch-size",
+         "2", "--nproc", "2", "--out", str(run), "--events", "jsonl"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    steps = []
+    for line in process.stdout:
+        event = json.loads(line)
+        if event["event"] == "Progress":
+            steps.append(event["step"])
+            if len(steps) == 2:
+                process.send_signal(signal.SIGINT)  # as the Train widget's Cancel does
+    code = process.wait(timeout=60)
+    stderr = process.stderr.read()
+    assert code == 130, stderr[-2000:]
+    # the ranks agreed on a step boundary: rank 0 saved the last step it reported
+    assert load_checkpoint(run / "checkpoints" / "last.pt").step == steps[-1]
+    assert "cancelled" in stderr

@@ -10,8 +10,8 @@ import pytest
 import tifffile
 import torch
 import yaml
-
 from export_support import FAMILIES, make_run, real_image
+
 from napari_unet.cli import main
 from napari_unet.engine import load_checkpoint, predict_array
 from napari_unet.engine.export import _axis_sizes, architecture_source, export_bioimageio

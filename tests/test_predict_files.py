@@ -7,10 +7,10 @@ import sys
 import numpy as np
 import pytest
 import tifffile
-
 from export_support import DATA, make_run
+
 from napari_unet.cli import main
-from napari_unet.engine import FileDone, predict_array, predict_files, load_checkpoint
+from napari_unet.engine import FileDone, load_checkpoint, predict_array, predict_files
 from napari_unet.io import read_image
 
 DAGM = sorted((DATA / "dagm2007_class1").glob("*.PNG"))[:4]
@@ -62,9 +62,10 @@ def test_outputs_equal_one_file_prediction_and_are_never_overwritten(run, scans,
     labels = tifffile.imread(out / f"{DAGM[1].stem}_labels.tif")
     probabilities, expected = predict_array(load_checkpoint(run), read_image(DAGM[1]),
                                             tile_size=[256], amp="off", device="cpu")
-    np.testing.assert_array_equal(labels, expected)
-    np.testing.assert_array_equal(tifffile.imread(out / f"{DAGM[1].stem}_probabilities.tif"),
-                                  probabilities)
+    # the CLI's default backend may be an exported graph: equal up to float rounding
+    assert (labels != expected).mean() < 1e-4
+    np.testing.assert_allclose(tifffile.imread(out / f"{DAGM[1].stem}_probabilities.tif"),
+                               probabilities, atol=1e-5)
     stamp = (out / f"{DAGM[0].stem}_labels.tif").stat().st_mtime_ns
     result = _cli("predict", "--run", str(run), "--input", pattern, "--output", str(out), *FAST)
     assert result.returncode == 2 and "--overwrite" in result.stderr
@@ -92,7 +93,7 @@ def test_a_glob_that_matches_nothing_is_one_line(run, tmp_path):
 def test_evaluate_takes_a_glob_of_images(run, tmp_path, capsys):
     images, masks = tmp_path / "images", tmp_path / "masks"
     images.mkdir(), masks.mkdir()
-    for i, path in enumerate(DAGM[:2]):
+    for path in DAGM[:2]:
         shutil.copy(path, images / path.name)
         tifffile.imwrite(masks / f"{path.stem}.tif", (read_image(path) > 128).astype(np.uint8))
     shutil.copy(DAGM[2], images / "extra.PNG")  # left out by the glob: it has no mask

@@ -5,8 +5,18 @@ import numpy as np
 import pytest
 import torch
 
-from napari_unet.engine import (CheckpointSaved, Finished, Progress, Started, Validation, evaluate,
-                                load_checkpoint, preset_config, sample_dataset, train)
+from napari_unet.engine import (
+    CheckpointSaved,
+    Finished,
+    Progress,
+    Started,
+    Validation,
+    evaluate,
+    load_checkpoint,
+    preset_config,
+    sample_dataset,
+    train,
+)
 from napari_unet.errors import ConfigError, DataError, TrainingDiverged
 
 

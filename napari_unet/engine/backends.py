@@ -6,7 +6,7 @@ returns logits), so tiling, blending, TTA and out-of-core output stay the engine
 the network's forward pass changes hands.
 
 - ``torch``: the model itself (bf16 autocast and channels-last where asked).
-- ``onnxruntime``: fp32 (ONNX Runtime's CPU provider has no bf16 convolutions).
+- ``onnxruntime``: fp32 whatever ``amp`` says (its CPU provider has no bf16 convolutions).
 - ``openvino``: fp32, or bf16 when ``amp="bf16"`` (``INFERENCE_PRECISION_HINT``). A compiled
   model is kept per window shape (static shapes compile to faster kernels than dynamic ones).
 
@@ -23,9 +23,9 @@ import io
 import numpy as np
 import torch
 
+from ..choices import BACKENDS
 from ..errors import ConfigError
 
-BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
 # Fastest first on a 2-core AVX512-BF16 CPU (benchmarks/RESULTS.md, "CPU backends").
 AUTO_ORDER = {"bf16": ("openvino", "torch"), "off": ("openvino", "onnxruntime", "torch"),
               "fp16": ("torch",)}
@@ -51,9 +51,6 @@ def choose_backend(name: str, device: torch.device, amp: str) -> str:
         if not available(name):
             raise ConfigError(f"--backend {name} needs {_PACKAGES[name]}: pip install "
                               f"'napari-unet-torch[cpu]'")
-        if name == "onnxruntime" and amp != "off":
-            raise ConfigError("--backend onnxruntime computes in fp32 only: add --amp off, or "
-                              "use --backend openvino for bf16")
         if amp == "fp16":
             raise ConfigError(f"--backend {name} does not run fp16 on the CPU: use --amp bf16 "
                               f"or off")

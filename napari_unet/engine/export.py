@@ -28,10 +28,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import ConfigError, DataError, OutputExistsError
 from .checkpoint import Checkpoint, load_checkpoint
 from .data import NormStats
 from .packages import CONFIG_KEY
-from ..errors import ConfigError, DataError, OutputExistsError
 
 FORMATS = ("bioimageio", "onnx", "torchscript")
 ONNX_OPSET = 17
@@ -224,9 +224,9 @@ def _readme(checkpoint: Checkpoint, run_dir: Path | None, axes_text: str) -> str
     config = checkpoint.config
     model = checkpoint.model
     lines = [f"# {model.description} trained with napari-unet-torch", "",
-             f"Preset `{config.preset}`, model `{model.name}` "
+             (f"Preset `{config.preset}`, model `{model.name}` "
              f"({sum(p.numel() for p in model.parameters()):,} parameters, "
-             f"{json.dumps({k: v for k, v in model.hparams.items() if k != 'name'})}).", "",
+             f"{json.dumps({k: v for k, v in model.hparams.items() if k != 'name'})})."), "",
              "## Training data", ""]
     source = (run_dir / "config.yaml") if run_dir else None
     lines.append(f"Trained for {checkpoint.step} steps on {config.spatial_dims}D images with "
@@ -250,8 +250,8 @@ def _readme(checkpoint: Checkpoint, run_dir: Path | None, axes_text: str) -> str
               "inputs are not replaced by the package, as napari-unet does). Output: "
               + ("the sigmoid of the logit." if model.num_classes == 1
                  else "class probabilities (softmax over the channel axis)."),
-              "", "Predicting big images: napari-unet tiles them with overlapping windows and "
-              "Gaussian blending; `napari_unet predict --model THIS.zip` does the same.", ""]
+              "", ("Predicting big images: napari-unet tiles them with overlapping windows and "
+              "Gaussian blending; `napari_unet predict --model THIS.zip` does the same."), ""]
     return "\n".join(lines)
 
 
@@ -361,10 +361,10 @@ def export_bioimageio(checkpoint, path, *, image=None, name: str | None = None,
 
 def _citations(spec, model_name: str):
     papers = {
-        "unet": ("Ronneberger, Fischer, Brox: U-Net: Convolutional Networks for Biomedical "
-                 "Image Segmentation (MICCAI 2015)", "10.1007/978-3-319-24574-4_28"),
-        "tiny_unet": ("Ronneberger, Fischer, Brox: U-Net (MICCAI 2015); TinyUNet after "
-                      "NVIDIA's UNet Industrial", "10.1007/978-3-319-24574-4_28"),
+        "unet": (("Ronneberger, Fischer, Brox: U-Net: Convolutional Networks for Biomedical "
+                 "Image Segmentation (MICCAI 2015)"), "10.1007/978-3-319-24574-4_28"),
+        "tiny_unet": (("Ronneberger, Fischer, Brox: U-Net (MICCAI 2015); TinyUNet after "
+                      "NVIDIA's UNet Industrial"), "10.1007/978-3-319-24574-4_28"),
         "unet3d": ("Isensee et al.: No New-Net (BrainLes 2018)", "10.1007/978-3-030-11726-9_21"),
     }
     text, doi = papers[model_name]
@@ -373,7 +373,7 @@ def _citations(spec, model_name: str):
 
 # -- one entry point for the faces -------------------------------------------------------------
 
-def export_model(run, format: str, output, *, image=None, overwrite: bool = False) -> Path:
+def export_model(run, format: str, output, *, image=None, overwrite: bool = False) -> Path:  # noqa: A002 (the CLI's name)
     """Export a run (folder or checkpoint) as ``format`` (one of FORMATS) to ``output``."""
     if format not in FORMATS:
         raise ConfigError(f"format {format!r} is not valid: choose one of {', '.join(FORMATS)}")

@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 import yaml
 
+from ..errors import CheckpointError, ConfigError, NapariUnetError
 from .checkpoint import Checkpoint
 from .config import TrainConfig
-from ..errors import CheckpointError, ConfigError, NapariUnetError
 
 CONFIG_KEY = "napari_unet"  # the same key engine.export writes
 
