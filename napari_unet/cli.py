@@ -135,7 +135,10 @@ def _add_benchmark(p):
 # -- commands ------------------------------------------------------------------------------------
 def cmd_train(args) -> int:
     from napari_unet.engine import load_checkpoint, train
+    from napari_unet.errors import ConfigError
 
+    if args.nproc < 1:
+        raise ConfigError(f"--nproc {args.nproc}: use 1 process or more (one per GPU)")
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
         return _launch_torchrun(args)
     config = _train_config(args)
