@@ -13,7 +13,7 @@ APT_PACKAGES := xvfb xauth libgl1 libegl1 libglib2.0-0 libfontconfig1 libdbus-1-
 	libxkbcommon-x11-0 libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-randr0 \
 	libxcb-render-util0 libxcb-xinerama0 libxcb-xfixes0 libxcb-shape0 libxcb-cursor0
 
-.PHONY: setup system-deps venv test test-fast demo gui bench clean
+.PHONY: setup system-deps venv test test-fast demo gui bench gpu-check clean
 
 setup: venv
 
@@ -35,22 +35,26 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$(TORCH_SPEC)"
-	$(PIP) install -q -e ".[pyqt5,test]"
+	$(PIP) install -q -e ".[pyqt5,pyqt6,test,export,cpu]"
 	touch $@
 
 venv: $(VENV)/.installed
 
-# CI's suite: every test runs (a missing display or ../shared stops it with a message, and a
-# skip other than "needs a CUDA GPU" fails: tests/conftest.py); each test has a time limit.
+# A command under a display: the one there is, else Xvfb; with neither, stop with a message
+# (the GUI tests must run: a CI without Xvfb would otherwise be green with no widget tested).
+WITH_DISPLAY = if [ -n "$$DISPLAY" ]; then "$$@"; \
+	elif command -v xvfb-run >/dev/null; then xvfb-run -a -s "-screen 0 1600x1000x24" "$$@"; \
+	else echo "make test: no display and no xvfb-run: install Xvfb (sudo apt-get install xvfb xauth, or make system-deps as root) so that the GUI tests run" >&2; exit 1; fi
+
+# Lint, the whole suite on PyQt5 (the default extra), then the GUI tests again on PyQt6.
+# NAPARI_UNET_STRICT_TESTS: any skip but "needs a CUDA GPU" fails (tests/conftest.py).
 test: system-deps venv
 	@test -d ../shared/data || { echo "make test: ../shared/data not found: the suite reads the real data sets from ../shared/data beside the repository" >&2; exit 1; }
-	@if [ -n "$$DISPLAY" ]; then \
-		NAPARI_UNET_STRICT_TESTS=1 $(PY) -m pytest -q $(PYTEST_ARGS); \
-	elif command -v xvfb-run >/dev/null; then \
-		NAPARI_UNET_STRICT_TESTS=1 xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) -m pytest -q $(PYTEST_ARGS); \
-	else \
-		echo "make test: no display and no xvfb-run: install Xvfb (sudo apt-get install xvfb xauth, or run make system-deps as root) so that the GUI tests run" >&2; exit 1; \
-	fi
+	$(VENV)/bin/ruff check .
+	@set -- env NAPARI_UNET_STRICT_TESTS=1 $(PY) -m pytest -q $(PYTEST_ARGS); $(WITH_DISPLAY)
+	@echo "GUI tests on PyQt6:"
+	@set -- env NAPARI_UNET_STRICT_TESTS=1 QT_API=pyqt6 $(PY) -m pytest -q -m "gui and not soak" \
+		$(PYTEST_ARGS); $(WITH_DISPLAY)
 
 demo: venv
 	rm -rf $(DEMO_OUT)
@@ -65,6 +69,11 @@ gui: system-deps venv
 
 bench: venv
 	$(VENV)/bin/napari_unet benchmark --preset industrial --steps 10 --warmup 3
+
+# On a GPU machine (torch's CUDA wheel in .venv): CUDA tests, speed.py and pipeline.py on the
+# device, a 2-process NCCL run with a resume when there are 2+ GPUs; one report, gpu-check.md.
+gpu-check: venv
+	$(PY) benchmarks/gpu_check.py --out gpu-check.md
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

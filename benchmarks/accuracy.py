@@ -48,11 +48,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from napari_unet.engine import (Progress, Validation, load_checkpoint,  # noqa: E402
-                                load_dataset, predict_array, preset_config, train)
+from napari_unet.engine import (  # noqa: E402
+    Progress,
+    Validation,
+    load_checkpoint,
+    load_dataset,
+    predict_array,
+    preset_config,
+    train,
+)
 from napari_unet.engine.data import Dataset, split_folds  # noqa: E402
-from napari_unet.engine.metrics import (DiceAccumulator, brats_region_dice,  # noqa: E402
-                                        per_image_dice, pixel_error, soft_dice_reference)
+from napari_unet.engine.metrics import (  # noqa: E402
+    DiceAccumulator,
+    brats_region_dice,
+    per_image_dice,
+    pixel_error,
+    soft_dice_reference,
+)
 from napari_unet.io import read_image  # noqa: E402
 
 DATA_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -33,7 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from napari_unet.engine.inference import predict_array, tile_starts  # noqa: E402
+from napari_unet.engine.inference import sliding_window_probabilities, tile_starts  # noqa: E402
 from napari_unet.io import TifMemmapWriter, read_image  # noqa: E402
 from napari_unet.models import build_model  # noqa: E402
 
@@ -113,7 +113,7 @@ def monai_runner(model, stack: np.ndarray, args, channels_last: bool):
 def ours_runner(model, stack: np.ndarray, args, channels_last: bool):
     model = copy.deepcopy(model)
     image = stack[None]
-    return lambda: predict_array(model, image, tile_size=args.tile, overlap=args.overlap,
+    return lambda: sliding_window_probabilities(model, image, tile_size=args.tile, overlap=args.overlap,
                                  batch_size=args.batch, blend="gaussian", sigma_scale=0.125,
                                  amp=args.amp, channels_last=channels_last)
 
@@ -225,7 +225,7 @@ def memory_test(args) -> None:
         start = time.perf_counter()
         with TifMemmapWriter(folder / "probabilities.tif", spatial, np.float32) as out, \
                 TifMemmapWriter(folder / "labels.tif", spatial, np.uint8) as labels:
-            predict_array(model, image, out=out, labels_out=labels, **options)
+            sliding_window_probabilities(model, image, out=out, labels_out=labels, **options)
         seconds = time.perf_counter() - start
         rss_after = peak_rss_gib()
         error = check_slices(model, image, folder, options)
@@ -248,7 +248,7 @@ def check_slices(model, image, folder: Path, options) -> float:
     probabilities = tifffile.memmap(folder / "probabilities.tif", mode="r")
     error = 0.0
     for z in (0, image.shape[1] // 2, image.shape[1] - 1):
-        expected = predict_array(model, np.asarray(image[:, z]), **options)
+        expected = sliding_window_probabilities(model, np.asarray(image[:, z]), **options)
         error = max(error, float(np.abs(probabilities[z] - expected).max()))
     return error
 

@@ -100,7 +100,7 @@ def measure_peaks(device: str, amps, repeats: int = None) -> dict:
         dtype = getattr(torch, AMP_DTYPE_NAMES[amp])
         a = torch.randn(n, n, device=dev, dtype=dtype)
         b = torch.randn(n, n, device=dev, dtype=dtype)
-        peaks[amp] = 2 * n ** 3 / best_seconds(lambda: a @ b) / 1e12
+        peaks[amp] = 2 * n ** 3 / best_seconds(lambda a=a, b=b: a @ b) / 1e12
     src = torch.empty((1 << 30) if on_gpu else (1 << 28), dtype=torch.uint8, device=dev)
     dst = torch.empty_like(src)
     peaks["copy_gb_s"] = 2 * src.numel() / best_seconds(lambda: dst.copy_(src)) / 1e9

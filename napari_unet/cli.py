@@ -11,7 +11,10 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+from napari_unet.choices import AMP_MODES, DEVICES, PRESET_NAMES, SAMPLES, TTA_MODES
 
 EXIT_USER_ERROR = 2
 EXIT_CANCELLED = 130
@@ -28,13 +31,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(sub.add_parser("evaluate", help="score a trained run on labelled data"))
     _add_predict(sub.add_parser("predict", help="segment an image, stack or volume"))
     _add_benchmark(sub.add_parser("benchmark", help="measure img/s, latency and TFLOP/s"))
+    _add_export(sub.add_parser("export", help="write a bioimage.io package, ONNX or TorchScript"))
     return parser
 
 
 def _add_common(p):
     p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
-    p.add_argument("--amp", choices=["bf16", "fp16", "off"], default=None,
+    p.add_argument("--device", choices=DEVICES, default=None)
+    p.add_argument("--amp", choices=AMP_MODES, default=None,
                    help="mixed precision (bf16 works on CPU too)")
 
 
@@ -42,9 +46,11 @@ def _add_data(p, required=True):
     group = p.add_argument_group("data (one of)")
     group.add_argument("--data", metavar="DIR",
                        help="a data folder: ISBI 2012, DAGM 2007, BraTS, or images/ + masks/")
-    group.add_argument("--images", metavar="PATH", help="an image file (TIF stack) or folder")
-    group.add_argument("--masks", metavar="PATH", help="the matching mask file or folder")
-    group.add_argument("--sample", choices=["dagm", "em", "blobs3d"],
+    group.add_argument("--images", metavar="PATH",
+                       help="an image file (TIF stack), a folder, or a quoted glob of images")
+    group.add_argument("--masks", metavar="PATH",
+                       help="the matching mask file, or the folder of masks named as the images")
+    group.add_argument("--sample", choices=SAMPLES,
                        help="built-in synthetic data (no download)")
     p.add_argument("--foreground-value", type=int, default=None, metavar="V",
                    help="mask value of the object of interest (ISBI's membrane is 0)")
@@ -52,7 +58,7 @@ def _add_data(p, required=True):
 
 
 def _add_train(p):
-    p.add_argument("--preset", required=True, choices=["industrial", "isbi2012", "volume3d"])
+    p.add_argument("--preset", required=True, choices=PRESET_NAMES)
     _add_data(p)
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="the run folder")
     p.add_argument("--config", metavar="YAML", help="options from a config.yaml")
@@ -82,13 +88,13 @@ def _add_train(p):
     p.add_argument("--nnodes", default=None, help="torchrun --nnodes (several machines)")
     p.add_argument("--node-rank", type=int, default=None)
     p.add_argument("--rdzv-endpoint", default=None, metavar="HOST:PORT")
+    p.add_argument("--ddp-timeout", type=float, default=None, metavar="MINUTES",
+                   help="how long a process waits on its peers (default 10)")
     _add_common(p)
 
 
 def _add_tta(p):
-    # the engine's inference.TTA_MODES, spelt out so that building the parser imports no torch
-    p.add_argument("--tta", nargs="?", const="mirror", default="off",
-                   choices=("off", "mirror", "dihedral"),
+    p.add_argument("--tta", nargs="?", const="mirror", default="off", choices=TTA_MODES,
                    help="test-time augmentation: mirror (all flips; what a bare --tta means) or "
                         "dihedral (flips and quarter turns: twice the passes of mirror)")
 
@@ -104,11 +110,23 @@ def _add_evaluate(p):
     _add_common(p)
 
 
+def _add_model_source(p):
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run", metavar="RUN_DIR", help="a run folder or checkpoint")
+    source.add_argument("--model", metavar="PACKAGE.zip", dest="run",
+                        help="a bioimage.io package exported by napari_unet export")
+
+
 def _add_predict(p):
-    p.add_argument("--run", required=True, metavar="RUN_DIR", help="a run folder or checkpoint")
-    p.add_argument("--input", required=True, metavar="PATH", help="TIF image, stack or volume")
-    p.add_argument("--output", required=True, metavar="PATH", help="labels TIF to write")
-    p.add_argument("--probabilities", metavar="PATH", help="also write float32 probabilities")
+    _add_model_source(p)
+    p.add_argument("--input", required=True, metavar="PATH",
+                   help="an image, stack or volume (TIF, PNG, JPEG), a folder of them, or a "
+                        "quoted glob such as 'scans/*.png'")
+    p.add_argument("--output", required=True, metavar="PATH",
+                   help="the labels TIF to write; for a folder or glob: the folder that gets "
+                        "NAME_labels.tif for each input")
+    p.add_argument("--probabilities", metavar="PATH",
+                   help="also write float32 probabilities (a folder for a folder or glob)")
     p.add_argument("--tile-size", type=int, nargs="+", default=None)
     p.add_argument("--overlap", type=float, default=0.25)
     p.add_argument("--batch-size", type=int, default=4, help="tiles per batch")
@@ -119,8 +137,20 @@ def _add_predict(p):
     _add_common(p)
 
 
+def _add_export(p):
+    p.add_argument("--run", required=True, metavar="RUN_DIR", help="a run folder or checkpoint")
+    p.add_argument("--format", required=True, choices=["bioimageio", "onnx", "torchscript"])
+    p.add_argument("--output", required=True, metavar="PATH",
+                   help="the file to write (a .zip for bioimageio)")
+    p.add_argument("--test-image", metavar="PATH",
+                   help="bioimageio: the image whose middle becomes the package's test input "
+                        "(default: the run's data/images.tif, else noise in the data's range)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+
+
 def _add_benchmark(p):
-    p.add_argument("--preset", required=True, choices=["industrial", "isbi2012", "volume3d"])
+    p.add_argument("--preset", required=True, choices=PRESET_NAMES)
     p.add_argument("--mode", choices=["train", "predict", "both"], default="both")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--size", type=int, nargs="+", default=None, help="input size (pixels)")
@@ -139,6 +169,10 @@ def cmd_train(args) -> int:
 
     if args.nproc < 1:
         raise ConfigError(f"--nproc {args.nproc}: use 1 process or more (one per GPU)")
+    if args.ddp_timeout is not None:  # read by each worker (engine.distributed)
+        from napari_unet.engine.distributed import TIMEOUT_VARIABLE, collective_timeout
+        os.environ[TIMEOUT_VARIABLE] = str(args.ddp_timeout)
+        collective_timeout()  # a bad value: one line now, not one per worker
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
         return _launch_torchrun(args)
     config = _train_config(args)
@@ -173,17 +207,51 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from napari_unet.engine import predict_file
+    from napari_unet.engine import predict_file, predict_files
+    from napari_unet.io import is_glob
 
     printer = _printer(args.events)
+    options = dict(tile_size=args.tile_size, overlap=args.overlap, batch_size=args.batch_size,
+                   tta=args.tta, amp=args.amp or "bf16", device=args.device or "auto",
+                   threshold=args.threshold, overwrite=args.overwrite)
+    if Path(args.input).is_dir() or is_glob(args.input):
+        return _predict_many(args, predict_files(args.run, args.input, args.output,
+                                                 probabilities_folder=args.probabilities,
+                                                 **options), printer)
     events = predict_file(args.run, args.input, args.output, probabilities=args.probabilities,
-                          tile_size=args.tile_size, overlap=args.overlap,
-                          batch_size=args.batch_size, tta=args.tta, amp=args.amp or "bf16",
-                          device=args.device or "auto", threshold=args.threshold,
-                          overwrite=args.overwrite)
+                          **options)
     _drive(events, printer)
     print(f"wrote {args.output}" + (f" and {args.probabilities}" if args.probabilities else ""),
           file=sys.stderr)
+    return 0
+
+
+def _predict_many(args, events, printer) -> int:
+    """Every file that could be read is written; exit 2 with one line per skipped file."""
+    from napari_unet.engine.events import FileDone
+
+    files = []
+    _drive(events, lambda event: (files.append(event) if isinstance(event, FileDone)
+                                  and event.done else None, printer(event)))
+    failed = [event for event in files if event.error]
+    print(f"wrote {len(files) - len(failed)} of {len(files)} file(s) to {args.output}",
+          file=sys.stderr)
+    for event in failed:
+        print(f"napari_unet: error: skipped {event.path}: {event.error}", file=sys.stderr)
+    return EXIT_USER_ERROR if failed else 0
+
+
+def cmd_export(args) -> int:
+    from napari_unet.engine.export import export_model
+    from napari_unet.io import read_image
+
+    test_image = args.test_image
+    if test_image is None and (Path(args.run) / "data" / "images.tif").is_file():
+        test_image = Path(args.run) / "data" / "images.tif"
+    image = read_image(test_image) if test_image is not None else None
+    path = export_model(args.run, args.format, args.output, image=image,
+                        overwrite=args.overwrite)
+    print(f"wrote {path}", file=sys.stderr)
     return 0
 
 
@@ -228,6 +296,7 @@ def _preset_options(preset):
 
 def _parse_set(item):
     import yaml
+
     from napari_unet.errors import ConfigError
 
     if "=" not in item:
@@ -250,7 +319,7 @@ def _load_data(args, spatial_dims, foreground_value):
     chosen = [name for name in ("data", "images", "sample") if getattr(args, name)]
     if len(chosen) != 1:
         raise DataError("give exactly one data source: --data DIR, --images P --masks P, "
-                        "or --sample {dagm,em,blobs3d}")
+                        f"or --sample {{{','.join(SAMPLES)}}}")
     if args.sample:
         return sample_dataset(args.sample)
     if args.images and not args.masks:
@@ -272,6 +341,7 @@ def _make_run_dir(run_dir: Path):
 def _save_sample(dataset, run_dir: Path, resume: bool):
     """Keep the synthetic data beside the run, so the demo can predict and view it."""
     import numpy as np
+
     from napari_unet.io import write_tif
 
     data_dir = run_dir / "data"
@@ -326,11 +396,13 @@ def _is_main_process() -> bool:
 
 def _drive(events, printer):
     """Run an event generator to its end, printing; close it (= cancel) on interruption."""
+    from napari_unet.engine.events import Finished
+
     finished = None
     try:
         for event in events:
             printer(event)
-            if type(event).__name__ == "Finished":
+            if isinstance(event, Finished):
                 finished = event
     finally:
         events.close()
@@ -349,38 +421,84 @@ def _printer(mode):
 
 
 class _HumanPrinter:
-    """A one-line progress bar on stderr, other events as lines."""
+    """Progress bars on stderr (tqdm: one line that redraws on a terminal, plain lines in a
+    log file), other events as lines written above the bar."""
+
+    def __init__(self):
+        self.bar = None
+        self.files = False  # a many-file prediction: one bar over the files, tiles as postfix
 
     def __call__(self, event):
+        from napari_unet.engine.events import (
+            FileDone,
+            Finished,
+            Message,
+            Progress,
+            Started,
+            TilesDone,
+            Validation,
+        )
+
         if not _is_main_process():
             return
-        name = type(event).__name__
-        if name == "Progress":
-            width = 30
-            filled = int(width * event.step / max(1, event.total))
-            bar = "#" * filled + "-" * (width - filled)
-            sys.stderr.write(f"\r[{bar}] {event.step}/{event.total} loss {event.loss:.4f} "
-                             f"lr {event.lr:.2e} {event.img_s:.1f} img/s")
-            sys.stderr.flush()
-        elif name == "TilesDone":
-            sys.stderr.write(f"\rtiles {event.done}/{event.total}")
-            if event.done == event.total:
-                sys.stderr.write("\n")
-            sys.stderr.flush()
-        elif name == "Started":
-            print(f"training on {event.device}: {event.train_samples} training and "
-                  f"{event.val_samples} validation samples, global batch "
-                  f"{event.global_batch_size} ({event.world_size} process(es)), steps "
-                  f"{event.start_step}->{event.total_steps}, run {event.run_dir}", file=sys.stderr)
-        elif name == "Validation":
-            per_class = ", ".join(f"{d:.4f}" for d in event.dice_per_class)
-            print(f"\nvalidation at step {event.step}: dice {event.dice:.4f} "
-                  f"(per class {per_class}){' best' if event.best else ''}", file=sys.stderr)
-        elif name == "Message":
-            print(f"\n{event.level}: {event.text}", file=sys.stderr)
-        elif name == "Finished":
-            print(f"\nfinished at step {event.step}: best dice {event.best_dice:.4f}, "
-                  f"checkpoint {event.path}", file=sys.stderr)
+        match event:
+            case Progress():
+                self._advance("steps", event.step, event.total,
+                              f"loss {event.loss:.4f} lr {event.lr:.2e} {event.img_s:.1f} img/s")
+            case FileDone():
+                self.files = event.done < event.total
+                self._advance("files", event.done, event.total)
+            case TilesDone() if self.files:
+                self.bar.set_postfix_str(f"tiles {event.done}/{event.total}")
+            case TilesDone():
+                self._advance("tiles", event.done, event.total)
+            case Started():
+                self._write(f"training on {event.device}: {event.train_samples} training and "
+                            f"{event.val_samples} validation samples, global batch "
+                            f"{event.global_batch_size} ({event.world_size} process(es)), steps "
+                            f"{event.start_step}->{event.total_steps}, run {event.run_dir}")
+            case Validation():
+                per_class = ", ".join(f"{d:.4f}" for d in event.dice_per_class)
+                self._write(f"validation at step {event.step}: dice {event.dice:.4f} "
+                            f"(per class {per_class}){' best' if event.best else ''}")
+            case Message():
+                self._write(f"{event.level}: {event.text}")
+            case Finished():
+                self._close()
+                self._write(f"finished at step {event.step}: best dice {event.best_dice:.4f}, "
+                            f"checkpoint {event.path}")
+
+    def _advance(self, unit, done, total, postfix=""):
+        from tqdm import tqdm
+
+        if self.bar is None or self.key != (unit, total):
+            self._close()
+            self.key, self.done = (unit, total), 0
+            # a log file gets a plain line per tenth instead of a bar redrawn with \r
+            self.bar = tqdm(total=total, unit=unit, file=sys.stderr, dynamic_ncols=True,
+                            mininterval=0.5, disable=not sys.stderr.isatty())
+            self.start, self.logged = time.monotonic(), 0
+        self.bar.update(done - self.done)
+        self.done = done
+        if postfix:
+            self.bar.set_postfix_str(postfix, refresh=False)
+        if self.bar.disable and (done >= total or done - self.logged >= max(1, total // 10)):
+            self.logged = done
+            meter = tqdm.format_meter(done, total, time.monotonic() - self.start, unit=unit,
+                                      postfix=postfix or None)
+            self._write(meter)
+        if done >= total:
+            self._close()
+
+    def _write(self, text):
+        from tqdm import tqdm
+
+        tqdm.write(text, file=sys.stderr)
+
+    def _close(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def _launch_torchrun(args) -> int:
@@ -393,7 +511,11 @@ def _launch_torchrun(args) -> int:
     else:
         command += ["--standalone"]
     command += ["-m", "napari_unet.cli", *argv]
-    process = subprocess.Popen(command)
+    from napari_unet.engine.distributed import check_process_count, threads_per_process
+    check_process_count(args.nproc, args.device or "auto")
+    # the machine's cores (or the budget a parent gave: the GUI keeps one) shared out
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads_per_process(args.nproc)))
+    process = subprocess.Popen(command, env=env)
     try:
         return process.wait()
     except KeyboardInterrupt:  # torchrun forwards the signal; the workers save a checkpoint
@@ -435,7 +557,7 @@ def main(argv=None) -> int:
     from napari_unet.errors import NapariUnetError
 
     commands = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict,
-                "benchmark": cmd_benchmark}
+                "benchmark": cmd_benchmark, "export": cmd_export}
     try:
         return commands[args.command](args)
     except NapariUnetError as exc:

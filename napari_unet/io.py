@@ -10,8 +10,8 @@ import contextlib
 import math
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import imageio.v3 as iio
 import numpy as np
@@ -72,6 +72,41 @@ def _read_tif(path: Path, mmap: bool) -> np.ndarray:
         if mmap and offset is not None:
             return tifffile.memmap(path, series=0, mode="r")
         return series.asarray()
+
+
+def image_files(folder) -> list[Path]:
+    """The images directly in a folder (hidden files left out), sorted by name."""
+    return sorted(
+        path for path in Path(folder).iterdir()
+        if path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+    )
+
+
+def is_glob(pattern) -> bool:
+    return any(char in str(pattern) for char in "*?[")
+
+
+def input_files(source) -> list[Path]:
+    """The image files a user means by a file, a folder or a glob (``'scans/*.png'``, sorted);
+    a clear error when there are none."""
+    source = str(source)
+    if is_glob(source):
+        import glob
+
+        matches = [Path(p) for p in sorted(glob.glob(source, recursive=True))]
+        files = [p for p in matches if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+        if not files:
+            raise DataError(f"{source} matches no image ({', '.join(IMAGE_SUFFIXES)}): check "
+                            f"the pattern (quote it so the shell does not expand it)")
+        return files
+    path = Path(source)
+    if path.is_dir():
+        files = image_files(path)
+        if not files:
+            raise DataError(f"{path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        return files
+    _check_readable(path)
+    return [path]
 
 
 def sample_step(shape, max_items: int = 1_000_000) -> int:

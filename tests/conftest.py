@@ -9,7 +9,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from gui_support import NO_DISPLAY
 
 STRICT = os.environ.get("NAPARI_UNET_STRICT_TESTS") == "1"

@@ -19,7 +19,8 @@ def start_cli(*args, **kw):
 
 
 def read_events_until(process, done, timeout=CHILD_TIMEOUT_S):
-    """Read a child's JSON events until `done(event)` is true; return the events read.
+    """Read a child's JSON events until `done(event)` is true (`done=None`: until the child
+    closes its output); return the events read.
 
     A watchdog kills the child after `timeout` seconds, which ends the read with a failure
     instead of a hang.
@@ -30,9 +31,11 @@ def read_events_until(process, done, timeout=CHILD_TIMEOUT_S):
     try:
         for line in process.stdout:
             events.append(json.loads(line))
-            if done(events[-1]):
+            if done is not None and done(events[-1]):
                 return events
     finally:
         watchdog.cancel()
+    if done is None and process.poll() != -9:
+        return events
     raise AssertionError(f"the child ended (code {process.poll()}) or ran past {timeout} s "
                          f"before the awaited event; events: {[e['event'] for e in events]}")

@@ -7,11 +7,11 @@ import subprocess
 import numpy as np
 import pytest
 import tifffile
+from process_support import cli, read_events_until, start_cli
 
 from napari_unet.cli import main
 from napari_unet.engine import load_checkpoint
 from napari_unet.engine.events import from_json
-from process_support import cli, read_events_until, start_cli
 
 TINY = ["--steps", "6", "--batch-size", "2", "--patch-size", "64", "--base-channels", "8",
         "--amp", "off", "--device", "cpu", "--val-every", "3", "--checkpoint-every", "3"]
@@ -35,7 +35,7 @@ def test_train_writes_a_complete_run(trained_run):
     probabilities = tifffile.imread(trained_run / "predictions" / "images_probabilities.tif")
     images = tifffile.imread(trained_run / "data" / "images.tif")
     assert probabilities.shape == images.shape and probabilities.dtype == np.float32
-    assert 0.0 <= probabilities.min() and probabilities.max() <= 1.0
+    assert probabilities.min() >= 0.0 and probabilities.max() <= 1.0
 
 
 def _printed_metrics(out):
@@ -182,7 +182,7 @@ def test_user_errors_in_a_real_process_print_no_traceback(tmp_path):
         f"napari_unet: error: {tmp_path / 'nope.tif'} does not exist: check the path"]
     result = cli("predict", "--run", tmp_path, "--input", "x.tif", "--output", "y.tif")
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith(f"napari_unet: error: no checkpoint")
+    assert result.stderr.strip().splitlines()[-1].startswith("napari_unet: error: no checkpoint")
     assert len(result.stderr.strip().splitlines()) == 1
 
 

@@ -16,12 +16,15 @@ from hypothesis import strategies as st
 from torch import nn
 
 from napari_unet.engine.events import TilesDone
-from napari_unet.engine.inference import (gaussian_importance, iter_sliding_window,
-                                          predict_array, tile_starts)
+from napari_unet.engine.inference import (
+    gaussian_importance,
+    iter_sliding_window,
+    sliding_window_probabilities,
+    tile_starts,
+)
 from napari_unet.errors import ConfigError, DataError
 from napari_unet.io import TifMemmapWriter
 from napari_unet.models import build_model
-
 
 # -- stand-in models that follow docs/CONTRACTS.md ---------------------------------------------
 
@@ -121,7 +124,7 @@ def test_tiles_cover_the_axis_and_end_flush(size, tile, overlap):
 def test_one_tile_equals_whole_image_with_padded_model():
     model = build_model("tiny_unet", base_channels=4)
     image = rand(1, 64, 48)
-    probs = predict_array(model, image, tile_size=64)
+    probs = sliding_window_probabilities(model, image, tile_size=64)
     np.testing.assert_allclose(probs, whole(model, image), atol=1e-6)
 
 
@@ -129,7 +132,7 @@ def test_one_tile_equals_whole_image_with_padded_model():
 def test_overlapping_tiles_of_pointwise_model_equal_whole_image(blend):
     model = Pointwise()
     image = rand(1, 70, 90)
-    probs = predict_array(model, image, tile_size=32, overlap=0.5, blend=blend, batch_size=3)
+    probs = sliding_window_probabilities(model, image, tile_size=32, overlap=0.5, blend=blend, batch_size=3)
     assert probs.shape == (70, 90) and probs.dtype == np.float32
     np.testing.assert_allclose(probs, whole(model, image), atol=1e-6)
 
@@ -137,7 +140,7 @@ def test_overlapping_tiles_of_pointwise_model_equal_whole_image(blend):
 def test_unpadded_model_tiles_like_a_mirror_padded_whole_image():
     model = ValidConvs(convs=3)
     image = rand(1, 100, 130)
-    probs = predict_array(model, image, tile_size=40, overlap=0.25, batch_size=5)
+    probs = sliding_window_probabilities(model, image, tile_size=40, overlap=0.25, batch_size=5)
     padded = np.pad(image, ((0, 0), (3, 3), (3, 3)), mode="reflect")
     np.testing.assert_allclose(probs, whole(model, padded), atol=1e-5)
 
@@ -147,7 +150,7 @@ def test_real_unpadded_unet_matches_whole_image_when_tiles_keep_the_pooling_grid
     # the max-pool grid of the whole-image run, so the results are equal.
     model = build_model("unet", base_channels=4, depth=3)
     image = rand(1, 100, 132)
-    probs = predict_array(model, image, tile_size=100, overlap=0.4)
+    probs = sliding_window_probabilities(model, image, tile_size=100, overlap=0.4)
     padded = np.pad(image, ((0, 0), (20, 20), (20, 20)), mode="reflect")
     np.testing.assert_allclose(probs, whole(model, padded, num_classes=2), atol=1e-5)
 
@@ -155,7 +158,7 @@ def test_real_unpadded_unet_matches_whole_image_when_tiles_keep_the_pooling_grid
 def test_3d_windows_with_pointwise_model():
     model = Pointwise(spatial_dims=3, in_channels=2, num_classes=3)
     image = rand(2, 20, 40, 36)
-    probs = predict_array(model, image, tile_size=(8, 16, 16), overlap=0.25, batch_size=3)
+    probs = sliding_window_probabilities(model, image, tile_size=(8, 16, 16), overlap=0.25, batch_size=3)
     assert probs.shape == (3, 20, 40, 36)
     np.testing.assert_allclose(probs, whole(model, image, num_classes=3), atol=1e-6)
     np.testing.assert_allclose(probs.sum(axis=0), 1.0, atol=1e-5)
@@ -165,13 +168,13 @@ def test_2d_model_over_a_stack_runs_slice_by_slice():
     model = build_model("tiny_unet", base_channels=4)
     stack = rand(1, 5, 40, 40)
     # batches of 3 tiles mix slices (4 tiles per slice)
-    probs = predict_array(model, stack, tile_size=32, overlap=0.25, batch_size=3)
+    probs = sliding_window_probabilities(model, stack, tile_size=32, overlap=0.25, batch_size=3)
     assert probs.shape == (5, 40, 40)
     for z in range(5):
-        one = predict_array(model, stack[:, z], tile_size=32, overlap=0.25)
+        one = sliding_window_probabilities(model, stack[:, z], tile_size=32, overlap=0.25)
         np.testing.assert_allclose(probs[z], one, atol=1e-6)
     pointwise = Pointwise()
-    np.testing.assert_allclose(predict_array(pointwise, stack, tile_size=16, batch_size=7),
+    np.testing.assert_allclose(sliding_window_probabilities(pointwise, stack, tile_size=16, batch_size=7),
                                whole(Pointwise(spatial_dims=3), stack), atol=1e-6)
 
 
@@ -179,7 +182,7 @@ def test_two_class_model_gives_foreground_probability_and_labels():
     model = Pointwise(num_classes=2)
     image = rand(1, 30, 50)
     labels = np.zeros((30, 50), np.uint8)
-    probs = predict_array(model, image, tile_size=16, labels_out=labels, threshold=0.3)
+    probs = sliding_window_probabilities(model, image, tile_size=16, labels_out=labels, threshold=0.3)
     np.testing.assert_allclose(probs, whole(model, image, num_classes=2), atol=1e-6)
     np.testing.assert_array_equal(labels, probs >= 0.3)
 
@@ -187,11 +190,11 @@ def test_two_class_model_gives_foreground_probability_and_labels():
 def test_image_smaller_than_one_tile():
     model = build_model("tiny_unet", base_channels=4)
     image = rand(1, 20, 13)
-    probs = predict_array(model, image, tile_size=64)
+    probs = sliding_window_probabilities(model, image, tile_size=64)
     assert probs.shape == (20, 13)
     padded = np.pad(image, ((0, 0), (0, 12), (0, 3)), mode="reflect")  # to 32 x 16
     np.testing.assert_allclose(probs, whole(model, padded)[:20, :13], atol=1e-6)
-    assert predict_array(ValidConvs(), rand(1, 5, 3), tile_size=40).shape == (5, 3)
+    assert sliding_window_probabilities(ValidConvs(), rand(1, 5, 3), tile_size=40).shape == (5, 3)
 
 
 # -- options -----------------------------------------------------------------------------------
@@ -200,8 +203,8 @@ def test_image_smaller_than_one_tile():
 def test_tta_with_flip_equivariant_model_equals_no_tta(dims, shape):
     model = Pointwise(spatial_dims=dims)
     image = rand(*shape)
-    plain = predict_array(model, image, tile_size=16)
-    np.testing.assert_allclose(predict_array(model, image, tile_size=16, tta=True), plain,
+    plain = sliding_window_probabilities(model, image, tile_size=16)
+    np.testing.assert_allclose(sliding_window_probabilities(model, image, tile_size=16, tta=True), plain,
                                atol=1e-6)
 
 
@@ -210,7 +213,7 @@ def test_tta_averages_flipped_predictions_of_a_real_model():
     image = rand(1, 32, 32)
     expected = np.mean([np.flip(whole(model, np.flip(image, axes).copy()), [a - 1 for a in axes])
                         for axes in [(), (1,), (2,), (1, 2)]], axis=0)
-    np.testing.assert_allclose(predict_array(model, image, tile_size=32, tta=True), expected,
+    np.testing.assert_allclose(sliding_window_probabilities(model, image, tile_size=32, tta=True), expected,
                                atol=1e-6)
 
 
@@ -222,11 +225,11 @@ def test_dihedral_tta_averages_all_eight_symmetries_of_a_real_model():
         return [np.rot90(np.flip(whole(model, np.flip(np.rot90(image, k, (1, 2)), axes).copy()),
                                  [a - 1 for a in axes]), -k) for axes in [(), (1,), (2,), (1, 2)]]
     expected = np.mean(turned(0) + turned(1), axis=0)  # flips x {identity, quarter turn}: all 8
-    dihedral = predict_array(model, image, tile_size=32, tta="dihedral")
+    dihedral = sliding_window_probabilities(model, image, tile_size=32, tta="dihedral")
     np.testing.assert_allclose(dihedral, expected, atol=1e-6)
-    mirror = predict_array(model, image, tile_size=32, tta="mirror")
+    mirror = sliding_window_probabilities(model, image, tile_size=32, tta="mirror")
     assert np.abs(dihedral - mirror).max() > 1e-4  # the quarter turns add something
-    np.testing.assert_allclose(mirror, predict_array(model, image, tile_size=32, tta=True))
+    np.testing.assert_allclose(mirror, sliding_window_probabilities(model, image, tile_size=32, tta=True))
 
 
 def test_dihedral_tta_needs_square_tiles_and_a_known_mode():
@@ -240,10 +243,10 @@ def test_dihedral_tta_needs_square_tiles_and_a_known_mode():
 def test_channels_last_and_bf16():
     model = build_model("tiny_unet", base_channels=4)
     image = rand(1, 48, 40)
-    plain = predict_array(model, image, tile_size=32)
-    fast = predict_array(model, image, tile_size=32, channels_last=True)
+    plain = sliding_window_probabilities(model, image, tile_size=32)
+    fast = sliding_window_probabilities(model, image, tile_size=32, channels_last=True)
     np.testing.assert_allclose(fast, plain, atol=1e-5)
-    half = predict_array(model, image, tile_size=32, amp="bf16")
+    half = sliding_window_probabilities(model, image, tile_size=32, amp="bf16")
     assert half.dtype == np.float32 and np.abs(half - plain).max() < 0.05
 
 
@@ -260,11 +263,11 @@ def test_memory_mapped_input_and_output(tmp_path):
         return region.astype(np.float32) / 2000 - 1
 
     with TifMemmapWriter(tmp_path / "out.tif", (3, 50, 70), np.float32) as out:
-        result = predict_array(model, image, tile_size=32, overlap=0.25, batch_size=5,
+        result = sliding_window_probabilities(model, image, tile_size=32, overlap=0.25, batch_size=5,
                                preprocess=normalise, out=out, labels_out=labels)
         assert result is out
     labels.flush()
-    expected = predict_array(model, normalise(data)[None], tile_size=32, overlap=0.25)
+    expected = sliding_window_probabilities(model, normalise(data)[None], tile_size=32, overlap=0.25)
     np.testing.assert_allclose(tifffile.imread(tmp_path / "out.tif"), expected, atol=1e-6)
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "labels.tif"), expected >= 0.5)
     np.testing.assert_array_equal(np.asarray(image[0]), data)  # input untouched
@@ -319,7 +322,7 @@ def test_bad_arguments_raise_at_the_call():
 
 def test_caller_memory_format_is_kept_unless_channels_last_is_asked():
     model = build_model("tiny_unet", base_channels=4).to(memory_format=torch.channels_last)
-    predict_array(model, rand(1, 32, 32), tile_size=32)
+    sliding_window_probabilities(model, rand(1, 32, 32), tile_size=32)
     assert model.encoder[1].conv1.weight.is_contiguous(memory_format=torch.channels_last)
 
 
@@ -327,9 +330,9 @@ def test_caller_memory_format_is_kept_unless_channels_last_is_asked():
 def test_cuda_matches_cpu():
     model = build_model("tiny_unet", base_channels=4)
     image = rand(1, 3, 70, 90)
-    on_cpu = predict_array(model, image, tile_size=32, tta=True)
-    on_gpu = predict_array(model, image, tile_size=32, tta=True, device="cuda",
+    on_cpu = sliding_window_probabilities(model, image, tile_size=32, tta=True)
+    on_gpu = sliding_window_probabilities(model, image, tile_size=32, tta=True, device="cuda",
                            channels_last=True)
     np.testing.assert_allclose(on_gpu, on_cpu, atol=1e-4)
-    half = predict_array(model, image, tile_size=32, device="cuda", amp="fp16")
+    half = sliding_window_probabilities(model, image, tile_size=32, device="cuda", amp="fp16")
     assert np.abs(half - on_cpu).max() < 0.05

@@ -5,8 +5,14 @@ import pytest
 import tifffile
 
 from napari_unet.errors import DataError, OutputExistsError
-from napari_unet.io import (TifMemmapWriter, atomic_write, looks_like_labels, read_image,
-                            strided_sample, write_tif)
+from napari_unet.io import (
+    TifMemmapWriter,
+    atomic_write,
+    looks_like_labels,
+    read_image,
+    strided_sample,
+    write_tif,
+)
 
 
 def only_file(folder):

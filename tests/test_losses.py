@@ -3,8 +3,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from napari_unet.engine.losses import (AdaptiveLoss, DiceCELoss, available_losses, build_loss,
-                                       cross_entropy, soft_dice_loss)
+from napari_unet.engine.losses import (
+    AdaptiveLoss,
+    DiceCELoss,
+    available_losses,
+    build_loss,
+    cross_entropy,
+    soft_dice_loss,
+)
 from napari_unet.errors import ConfigError
 
 # A 2x2 image: one background pixel, three foreground pixels.

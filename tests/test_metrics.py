@@ -6,9 +6,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from napari_unet.engine.losses import soft_dice_loss
-from napari_unet.engine.metrics import (DiceAccumulator, brats_region_dice, dice_per_class,
-                                        labels_from_logits, mean_dice, per_image_dice,
-                                        pixel_error, probabilities, soft_dice_reference)
+from napari_unet.engine.metrics import (
+    DiceAccumulator,
+    brats_region_dice,
+    dice_per_class,
+    labels_from_logits,
+    mean_dice,
+    per_image_dice,
+    pixel_error,
+    probabilities,
+    soft_dice_reference,
+)
 from napari_unet.errors import DataError
 
 PRED_2X2 = np.array([[0, 1], [1, 1]])

@@ -7,9 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-
 from gui_support import PLUGIN, gui  # noqa: E402
-
 
 napari = pytest.importorskip("napari")
 

@@ -14,8 +14,14 @@ import tifffile
 import torch
 
 from napari_unet.cli import main
-from napari_unet.engine import (Message, Progress, load_checkpoint, preset_config, sample_dataset,
-                                train)
+from napari_unet.engine import (
+    Message,
+    Progress,
+    load_checkpoint,
+    preset_config,
+    sample_dataset,
+    train,
+)
 from napari_unet.engine import checkpoint as checkpoint_module
 from napari_unet.engine import trainer as trainer_module
 from napari_unet.errors import CheckpointError, DataError, OutOfMemory, TrainingDiverged

@@ -10,9 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from gui_support import PLUGIN, gui  # noqa: E402
-
 
 napari = pytest.importorskip("napari")
 
@@ -20,11 +18,12 @@ from napari.layers import Image, Labels  # noqa: E402
 from napari.utils.notifications import notification_manager  # noqa: E402
 from qtpy.QtCore import QTimer  # noqa: E402
 
+from napari_unet.runs import live_pid, read_run  # noqa: E402
 from napari_unet.sample_data import SAMPLES  # noqa: E402
+from napari_unet.training_set import write_training_pairs  # noqa: E402
 from napari_unet.widgets.correct import CorrectWidget  # noqa: E402
 from napari_unet.widgets.predict import PredictWidget  # noqa: E402
-from napari_unet.widgets.runner import live_pid, read_run  # noqa: E402
-from napari_unet.widgets.train import TrainWidget, write_training_pairs  # noqa: E402
+from napari_unet.widgets.train import TrainWidget  # noqa: E402
 
 TRAIN_TIMEOUT_MS = 120_000
 
@@ -215,7 +214,7 @@ def test_train_then_predict_round_trip(make_napari_viewer, qtbot, tmp_path):
     assert isinstance(probabilities, Image) and isinstance(prediction, Labels)
     assert probabilities.data.shape == prediction.data.shape == image.data.shape
     np.testing.assert_array_equal(prediction.scale, image.scale)
-    assert 0.0 <= probabilities.data.min() and probabilities.data.max() <= 1.0
+    assert probabilities.data.min() >= 0.0 and probabilities.data.max() <= 1.0
 
     # the Predict widget offers the run, predicts again, and its slider re-cuts the labels
     predict = dock(viewer, "Predict")
@@ -465,7 +464,7 @@ def test_a_3d_volume_trains_with_volume3d_and_predicts_3d_layers(make_napari_vie
 @gui
 @pytest.mark.parametrize("native_bf16", [True, False])
 def test_cpu_amp_default_follows_native_bf16(make_napari_viewer, monkeypatch, native_bf16):
-    import napari_unet.widgets.train as train_module
+    import napari_unet.widgets.train_form as train_module
     monkeypatch.setattr(train_module, "_cuda_devices", lambda: 0)
     monkeypatch.setattr(train_module, "_cpu_has_fast_bf16", lambda: native_bf16)
     viewer = make_napari_viewer()

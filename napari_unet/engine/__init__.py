@@ -16,6 +16,7 @@ _EXPORTS = {
     "CheckpointSaved": "events", "Failed": "events", "Finished": "events", "Message": "events",
     "Progress": "events", "Started": "events", "TilesDone": "events", "Validation": "events",
     "from_json": "events", "to_json": "events",
+    "FileDone": "events", "predict_files": "files",
     "PredictionDone": "prediction", "evaluate": "prediction",
     "labels_from_probabilities": "prediction",
     "predict": "prediction", "predict_array": "prediction", "predict_file": "prediction",

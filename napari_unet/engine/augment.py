@@ -5,7 +5,8 @@ Works on batch tensors on any device, for 2D and 3D alike (the spatial axes are 
 `spatial_dims` axes). The image window may be larger than the mask window (the unpadded UNet:
 572 in, 388 out) as long as both are concentric; every transform here keeps them aligned.
 Random choices come from a CPU `torch.Generator`, so a seeded run augments identically on CPU,
-one GPU or several.
+one GPU or several; training runs it on the device (engine.pipeline), and nothing here reads
+a value back from a GPU.
 """
 from __future__ import annotations
 
@@ -71,10 +72,10 @@ class Augmenter:
             x, y = self._crop_and_resize(x, y, draws)
         if self.brightness:
             shift = (draws["brightness"] * 2 - 1) * self.brightness
-            x = x + shift.to(x.device, x.dtype).view(-1, *([1] * (x.ndim - 1)))
+            x = x + _to(shift, x).view(-1, *([1] * (x.ndim - 1)))
         if self.contrast:
             factor = 1 + (draws["contrast"] * 2 - 1) * self.contrast
-            factor = factor.to(x.device, x.dtype).view(*x.shape[:2], *([1] * (x.ndim - 2)))
+            factor = _to(factor, x).view(*x.shape[:2], *([1] * (x.ndim - 2)))
             mean = x.mean(dim=tuple(range(2, x.ndim)), keepdim=True)
             x = (x - mean) * factor + mean
         return x, y
@@ -119,11 +120,12 @@ class Augmenter:
         """Warp the chosen items of x (linear) and y (nearest) with one smooth displacement
         field each. The field is defined over the image window; the mask window reads its
         concentric part, so both stay aligned. Samples falling outside a window are mirrored."""
-        chosen = draws["elastic"].nonzero().flatten().to(x.device)
+        chosen = draws["elastic"].nonzero().flatten()
         if chosen.numel() == 0:
             return x, y
+        chosen = chosen.to(x.device, non_blocking=True)
         dims, in_size, out_size = self.spatial_dims, x.shape[2:], y.shape[1:]
-        coarse = draws["field"][draws["elastic"]].to(x.device, torch.float32)
+        coarse = _to(draws["field"][draws["elastic"]], x, torch.float32)
         field = F.interpolate(coarse * self.elastic_magnitude, size=tuple(in_size),
                               mode="bicubic" if dims == 2 else "trilinear", align_corners=True)
         margin = [(i - o) // 2 for i, o in zip(in_size, out_size)]
@@ -156,6 +158,12 @@ class Augmenter:
         return x, y[:, 0].round().to(torch.long)
 
 
+def _to(draws: torch.Tensor, like: torch.Tensor, dtype=None) -> torch.Tensor:
+    """Random draws (made on the CPU) moved to `like`'s device without waiting for it: a
+    blocking copy to a GPU would stop the host until every queued kernel has run."""
+    return draws.to(like.device, dtype or like.dtype, non_blocking=True)
+
+
 def _warp_grid(displacement, dtype):
     """grid_sample's grid for an identity plus `displacement` (B, dims, *S) in pixels along
     each spatial axis (align_corners=False: the window spans [-1, 1] edge to edge)."""
@@ -163,7 +171,7 @@ def _warp_grid(displacement, dtype):
     theta = torch.zeros(batch, dims, dims + 1, dtype=torch.float32, device=displacement.device)
     theta[:, range(dims), range(dims)] = 1.0
     grid = F.affine_grid(theta, [batch, 1, *size], align_corners=False)
-    scale = torch.tensor([2.0 / n for n in size], device=displacement.device)
+    scale = _to(torch.tensor([2.0 / n for n in size]), displacement)
     shift = (displacement * scale.view(1, dims, *([1] * dims))).movedim(1, -1).flip(-1)
     return (grid + shift).to(dtype)
 
@@ -175,6 +183,6 @@ def _zoom(tensor, scale, centre, mode):
     theta = torch.zeros(batch, dims, dims + 1, dtype=torch.float64)
     theta[:, range(dims), range(dims)] = scale[:, None]
     theta[:, :, dims] = centre.flip(-1)  # affine_grid orders coordinates x, y(, z)
-    theta = theta.to(tensor.device, tensor.dtype)
+    theta = _to(theta, tensor)
     grid = F.affine_grid(theta, list(tensor.shape), align_corners=False)
     return F.grid_sample(tensor, grid, mode=mode, padding_mode="border", align_corners=False)

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .config import preset_config
 from ..errors import ConfigError
+from .config import preset_config
 from .losses import build_loss
 from .runtime import autocast, configure_backends, memory_format, resolve_device
 from .trainer import make_model, make_optimizer, output_channels, window_sizes

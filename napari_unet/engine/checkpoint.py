@@ -13,13 +13,12 @@ from pathlib import Path
 
 import torch
 
-from .config import TrainConfig
 from ..errors import CheckpointError, ConfigError, NapariUnetError
 from ..io import atomic_write
+from ..runs import BEST, find_checkpoint
+from .config import TrainConfig
 
 FORMAT_VERSION = 1
-LAST = "last.pt"
-BEST = "best.pt"
 
 
 @dataclass
@@ -65,21 +64,6 @@ def save_checkpoint(path, *, model, config, norm_stats, step, best_dice, data_in
     return path
 
 
-def find_checkpoint(run_or_path, prefer: str = BEST) -> Path:
-    """A checkpoint file, or the best (else last) checkpoint of a run folder."""
-    path = Path(run_or_path)
-    if path.is_dir():
-        folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-        for name in (prefer, LAST, BEST):
-            if (folder / name).is_file():
-                return folder / name
-        raise CheckpointError(f"no checkpoint in {path}: expected checkpoints/{BEST} or "
-                              f"checkpoints/{LAST}; is this a napari_unet run folder?")
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist: give a run folder or a .pt file")
-    return path
-
-
 def read_checkpoint(path) -> dict:
     path = Path(path)
     try:
@@ -100,7 +84,10 @@ def read_checkpoint(path) -> dict:
 def load_checkpoint(run_or_path, prefer: str = BEST, expect_model: str | None = None) -> Checkpoint:
     """Load a run's checkpoint (best, else last) with its model built and weights in place."""
     from ..models import build_model
+    from .packages import is_package, load_package
 
+    if is_package(run_or_path):  # a bioimage.io package exported by napari-unet
+        return load_package(run_or_path)
     path = find_checkpoint(run_or_path, prefer)
     state = read_checkpoint(path)
     hparams = dict(state["model_hparams"])

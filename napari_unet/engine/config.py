@@ -11,13 +11,8 @@ from pathlib import Path
 
 import yaml
 
+from ..choices import AMP_MODES, DEVICES, NORMALIZATIONS, OPTIMIZERS, PRESETS, SCHEDULES
 from ..errors import ConfigError
-
-AMP_CHOICES = ("bf16", "fp16", "off")
-DEVICE_CHOICES = ("auto", "cpu", "cuda")
-OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
-SCHEDULES = ("constant", "exponential_step", "cosine", "poly")
-NORMALIZATIONS = ("minus_one_one", "zscore", "none")
 
 
 @dataclass
@@ -83,9 +78,9 @@ class TrainConfig:
         self.validate()
 
     # -- checks -------------------------------------------------------------------------------
-    def validate(self) -> "TrainConfig":
-        _check_choice("amp", self.amp, AMP_CHOICES)
-        _check_choice("device", self.device, DEVICE_CHOICES)
+    def validate(self) -> TrainConfig:
+        _check_choice("amp", self.amp, AMP_MODES)
+        _check_choice("device", self.device, DEVICES)
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("lr_schedule", self.lr_schedule, SCHEDULES)
         _check_choice("normalization", self.normalization, NORMALIZATIONS)
@@ -119,7 +114,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "TrainConfig":
+    def from_dict(cls, values: dict) -> TrainConfig:
         known = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - set(known))
         if unknown:
@@ -132,7 +127,7 @@ class TrainConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     @classmethod
-    def from_yaml(cls, text_or_path) -> "TrainConfig":
+    def from_yaml(cls, text_or_path) -> TrainConfig:
         text = text_or_path
         if isinstance(text_or_path, Path) or (isinstance(text_or_path, str)
                                               and text_or_path.endswith((".yaml", ".yml"))):
@@ -148,9 +143,9 @@ class TrainConfig:
             raise ConfigError("config YAML must be a mapping of option: value")
         return cls.from_dict(values)
 
-    def replace(self, **overrides) -> "TrainConfig":
+    def replace(self, **overrides) -> TrainConfig:
         values = self.to_dict()
-        values.update({k: v for k, v in overrides.items()})
+        values.update(overrides)
         return TrainConfig.from_dict(values)
 
 
@@ -197,38 +192,6 @@ def check_intensity_and_elastic(contrast: float, elastic: float, elastic_magnitu
     if elastic_magnitude < 0 or int(elastic_grid) < 2:
         raise ConfigError(f"elastic_magnitude {elastic_magnitude} / elastic_grid {elastic_grid}: "
                           f"use a magnitude >= 0 pixels and at least 2 control points per axis")
-
-
-# -- presets: the reference hyper-parameters of SPEC.md, as data ---------------------------------
-PRESETS: dict[str, dict] = {
-    # TinyUNet, "UNet Industrial" on DAGM 2007.
-    "industrial": dict(
-        model="tiny_unet", model_options={}, spatial_dims=2, patch_size=[512, 512],
-        steps=2500, batch_size=16, optimizer="rmsprop", lr=1e-4, weight_decay=1e-5,
-        momentum=0.8, rmsprop_alpha=0.9, rmsprop_centered=True,
-        lr_schedule="exponential_step", lr_decay_rate=0.8, lr_decay_steps=500,
-        loss="adaptive", normalization="minus_one_one",
-        hflip=0.5, vflip=0.0, rot90=[0, 1, 2], crop_resize=None, brightness=0.0,
-        val_every=250, checkpoint_every=250,
-    ),
-    # The original UNet, "UNet Medical" on ISBI 2012 (572 in, 388 out).
-    "isbi2012": dict(
-        model="unet", model_options={"padding": "valid", "dropout": 0.5}, spatial_dims=2,
-        patch_size=[388, 388], steps=6400, batch_size=8, optimizer="adam", lr=1e-4,
-        weight_decay=5e-4, lr_schedule="constant", loss="dice_ce",
-        normalization="minus_one_one",
-        hflip=0.5, vflip=0.5, rot90=[0], crop_resize=[0.8, 1.0], brightness=0.2,
-        val_every=400, checkpoint_every=400,
-    ),
-    # 3D U-Net with the No New-Net changes on BraTS.
-    "volume3d": dict(
-        model="unet3d", model_options={}, spatial_dims=3, patch_size=[128, 128, 128],
-        steps=16000, batch_size=2, optimizer="adam", lr=2e-4, weight_decay=0.0,
-        lr_schedule="constant", loss="dice_ce_foreground", normalization="zscore",
-        foreground_oversample=0.33, hflip=0.0, vflip=0.0, rot90=[0], crop_resize=None,
-        brightness=0.1, flip_all_axes=True, val_every=500, checkpoint_every=500,
-    ),
-}
 
 
 def preset_names() -> list[str]:

@@ -8,23 +8,25 @@ DDP rank draw exactly what a single uninterrupted process would.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..choices import MAX_CHANNELS, NORMALIZATIONS
 from ..errors import ConfigError, DataError
-from ..io import IMAGE_SUFFIXES, read_image, sample_step, strided_sample
+from ..io import image_files as _image_files
+from ..io import input_files, is_glob, read_image, sample_step, strided_sample
+from ..training_set import mask_classes
 
-MAX_CHANNELS = 16  # more than this on the first axis is a stack of images, not channels
 LAYOUTS = (
     "ISBI 2012 (train-volume.tif + train-labels.tif)",
     "DAGM 2007 (NNNN.PNG + Label/NNNN_label.PNG)",
     "BraTS (NAME_image.tif + NAME_labels.tif)",
     "generic (images/ + masks/ or labels/ holding the same file names)",
 )
-NORM_MODES = ("minus_one_one", "zscore", "none")
 
 
 # ------------------------------------------------------------------------------ the data set
@@ -68,7 +70,7 @@ class Dataset:
     def in_channels(self) -> int:
         return int(self.images[0].shape[0]) if self.images else 0
 
-    def subset(self, indices) -> "Dataset":
+    def subset(self, indices) -> Dataset:
         indices = [int(i) for i in indices]
         return Dataset(
             [self.images[i] for i in indices],
@@ -152,11 +154,6 @@ def _required(path: Path) -> Path:
     return path
 
 
-def _image_files(folder: Path) -> list[Path]:
-    return sorted(
-        path for path in folder.iterdir()
-        if path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
-    )
 
 
 def _dagm_pairs(root: Path):
@@ -167,12 +164,11 @@ def _dagm_pairs(root: Path):
     return [(path, labels.get(f"{path.stem.lower()}_label")) for path in images]
 
 
-def _pair_folders(image_dir: Path, mask_dir: Path):
+def _pair_folders(image_source: Path, mask_dir: Path):
+    """Images (a folder or a glob) paired with the masks of the same name in ``mask_dir``."""
     masks = {path.name: path for path in _image_files(mask_dir)}
     masks_by_stem = {path.stem: path for path in masks.values()}
-    images = _image_files(image_dir)
-    if not images:
-        raise DataError(f"{image_dir} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    images = input_files(image_source)
     pairs = []
     for path in images:
         mask = masks.get(path.name) or masks_by_stem.get(path.stem)
@@ -183,7 +179,7 @@ def _pair_folders(image_dir: Path, mask_dir: Path):
 
 
 def _pair_paths(images: Path, masks: Path):
-    if images.is_dir() and masks.is_dir():
+    if (images.is_dir() or is_glob(images)) and masks.is_dir():
         return _pair_folders(images, masks)
     if images.is_dir() or masks.is_dir():
         raise DataError("images and masks must both be files or both be folders")
@@ -234,53 +230,9 @@ def _stack_slices(image, mask, name):
 
 # ------------------------------------------------------------------------- conventions
 def masks_to_classes(mask, foreground_value=None) -> np.ndarray:
-    """A mask file's values as class indices (uint8; 0 = background).
-
-    - `foreground_value` given: that value is class 1, everything else 0 (ISBI: 0 = membrane).
-    - values within {0, 255}: 255 is class 1 (masks saved as 8-bit pictures).
-    - other small integer sets are class indices as they are (0/1, BraTS 0..4).
-    - float masks: integral values are class indices, other values probabilities cut at 0.5.
-    """
-    mask = np.asarray(mask)
-    if foreground_value is not None:
-        return (mask == foreground_value).astype(np.uint8)
-    if mask.dtype == bool:
-        return mask.astype(np.uint8)
-    if np.issubdtype(mask.dtype, np.floating):
-        if not np.all(mask == np.round(mask)):
-            return (mask > 0.5).astype(np.uint8)
-        mask = mask.astype(np.int64)
-    if not np.issubdtype(mask.dtype, np.integer):
-        raise DataError(f"mask of type {mask.dtype} is not a class mask: save it as integers")
-    values = _distinct_values(mask)
-    if values.size == 0:
-        return mask.astype(np.uint8)
-    if values[0] < 0:
-        raise DataError(
-            f"mask has negative values (down to {values[0]}): use 0 for background and "
-            "1, 2, ... for the classes"
-        )
-    if values[-1] == 255 and set(values.tolist()) <= {0, 255}:
-        return (mask == 255).astype(np.uint8)
-    if values[-1] > 255:
-        raise DataError(
-            f"mask has {values.size} distinct values up to {values[-1]}: classes must be "
-            "0..255 (for instance labels pass foreground_value or save mask > 0)"
-        )
-    return mask.astype(np.uint8, copy=False)
-
-
-def _distinct_values(mask: np.ndarray, chunk_items: int = 1 << 24) -> np.ndarray:
-    """Every value in the mask, sorted, read in slabs so memory-mapped masks stay small."""
-    flat = mask.reshape(mask.shape[0], -1) if mask.ndim > 1 else mask.reshape(1, -1)
-    rows = max(1, chunk_items // max(flat.shape[1], 1))
-    found = np.zeros(0, mask.dtype)
-    for start in range(0, flat.shape[0], rows):
-        chunk = np.asarray(flat[start:start + rows]).ravel()
-        if mask.dtype in (np.uint8, np.uint16):  # counting is much faster than sorting
-            chunk = np.flatnonzero(np.bincount(chunk)).astype(mask.dtype)
-        found = np.union1d(found, chunk)
-    return found
+    """A mask file's values as class indices (uint8; 0 = background), by the rule that the
+    widgets use too (:func:`napari_unet.training_set.mask_classes`; instance ids refused)."""
+    return mask_classes(mask, foreground_value)[0]
 
 
 def as_channel_first(image, spatial_dims: int) -> np.ndarray:
@@ -350,10 +302,10 @@ class NormStats:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "NormStats":
-        if values.get("mode") not in NORM_MODES:
+    def from_dict(cls, values: dict) -> NormStats:
+        if values.get("mode") not in NORMALIZATIONS:
             raise ConfigError(
-                f"normalisation {values.get('mode')!r} is unknown: use one of {NORM_MODES}"
+                f"normalisation {values.get('mode')!r} is unknown: use one of {NORMALIZATIONS}"
             )
         return cls(**{f.name: values.get(f.name, []) for f in dataclasses.fields(cls)})
 
@@ -366,8 +318,8 @@ def compute_norm_stats(images, mode: str) -> NormStats:
     covering a quarter of the voxels or more: zeros around skull-stripped MRI, or BraTS'
     z-scored zero at the channel minimum) so that the brain, not the air, sets the scale.
     """
-    if mode not in NORM_MODES:
-        raise ConfigError(f"normalisation {mode!r} is unknown: use one of {NORM_MODES}")
+    if mode not in NORMALIZATIONS:
+        raise ConfigError(f"normalisation {mode!r} is unknown: use one of {NORMALIZATIONS}")
     stats = NormStats(mode, [], [], [], [])
     if mode == "none" or not images:
         return stats
@@ -418,28 +370,38 @@ def normalize(array, stats: NormStats) -> np.ndarray:
     minus_one_one maps [low, high] to [-1, 1] and clips to [-1.5, 1.5], so outliers stay
     bounded without flattening everything just outside the percentile range.
     """
-    x = np.array(array, dtype=np.float32)
+    x = torch.from_numpy(np.array(array, dtype=np.float32))
+    return normalize_tensor(x, stats, channel_dim=0).numpy()
+
+
+def normalize_tensor(x: torch.Tensor, stats: NormStats, channel_dim: int = 1) -> torch.Tensor:
+    """`normalize` for a tensor on any device in any stored dtype (channels on `channel_dim`;
+    a batch by default): float32, bit for bit what `normalize` gives on the CPU. A float32
+    input is scaled in place. No step reads a value back, so a GPU never waits for the host."""
+    x = x.to(torch.float32)
     if stats.mode == "minus_one_one":
-        low, high = _per_channel(stats.low, x), _per_channel(stats.high, x)
+        low, high = _per_channel(stats.low, x, channel_dim), _per_channel(stats.high, x, channel_dim)
         x -= low
         x *= 2.0 / (high - low)
         x -= 1.0
     elif stats.mode == "zscore":
-        x -= _per_channel(stats.mean, x)
-        x /= _per_channel(stats.std, x)
-    x[~np.isfinite(x)] = 0.0
+        x -= _per_channel(stats.mean, x, channel_dim)
+        x /= _per_channel(stats.std, x, channel_dim)
+    x = torch.where(torch.isfinite(x), x, 0.0)
     if stats.mode == "minus_one_one":
-        np.clip(x, -1.5, 1.5, out=x)
+        x.clamp_(-1.5, 1.5)
     return x
 
 
-def _per_channel(values, x: np.ndarray) -> np.ndarray:
-    if len(values) != x.shape[0]:
+def _per_channel(values, x: torch.Tensor, channel_dim: int) -> torch.Tensor:
+    if len(values) != x.shape[channel_dim]:
         raise DataError(
-            f"the image has {x.shape[0]} channels but the normalisation has {len(values)}: "
-            "use images with the channels the model was trained on"
+            f"the image has {x.shape[channel_dim]} channels but the normalisation has "
+            f"{len(values)}: use images with the channels the model was trained on"
         )
-    return np.asarray(values, np.float32).reshape((-1,) + (1,) * (x.ndim - 1))
+    shape = [1] * x.ndim
+    shape[channel_dim] = -1
+    return torch.tensor(values, dtype=torch.float32).view(shape).to(x.device, non_blocking=True)
 
 
 # ------------------------------------------------------------------------- patch batches
@@ -499,14 +461,18 @@ class PatchSampler:
         return self.batch_size * self.world_size
 
     def batch(self, step: int):
-        """(x float32 (B, C, *input_size), y int64 (B, *output_size)) for this rank."""
+        """(x float32 (B, C, *input_size), y int64 (B, *output_size)) for this rank,
+        normalised on the host (training normalises on the device: engine.pipeline)."""
+        images, masks = zip(*(self.read_window(index, start) for index, start in self.plan(step)))
+        x = torch.from_numpy(np.stack([normalize(image, self.norm_stats) for image in images]))
+        return x, torch.from_numpy(np.stack(masks).astype(np.int64))
+
+    def plan(self, step: int) -> list:
+        """This rank's windows of a step: [(sample index, start of the output window)]."""
         rng = np.random.default_rng([self.seed, int(step)])
         # every rank draws the whole global batch so that all ranks consume the same stream
         plan = [self._draw_window(rng) for _ in range(self.global_batch_size)]
-        mine = plan[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
-        images, masks = zip(*(self._read_window(index, start) for index, start in mine))
-        x = torch.from_numpy(np.stack(images))
-        return x, torch.from_numpy(np.stack(masks).astype(np.int64))
+        return plan[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
 
     def _draw_window(self, rng: np.random.Generator):
         """(sample index, start of the output window in the sample; may be negative)."""
@@ -529,25 +495,47 @@ class PatchSampler:
             self._foreground[index] = np.argwhere(strided_sample(mask) > 0) * step
         return self._foreground[index]
 
-    def _read_window(self, index: int, start):
+    def read_window(self, index: int, start, image_out=None, mask_out=None):
+        """The image and mask windows at `start` in their stored dtypes, or written into
+        `image_out` (C, *input_size) and `mask_out` (*output_size) (any dtypes)."""
         image_start = [s - m for s, m in zip(start, self.margin)]
-        image = crop_mirrored(self.images[index], image_start, self.input_size)
-        mask = crop_mirrored(self.masks[index], start, self.output_size)
-        return normalize(image, self.norm_stats), mask
+        image = crop_mirrored(self.images[index], image_start, self.input_size, out=image_out)
+        mask = crop_mirrored(self.masks[index], start, self.output_size, out=mask_out)
+        return image, mask
 
 
-def crop_mirrored(array, start, size) -> np.ndarray:
+def crop_mirrored(array, start, size, out=None) -> np.ndarray:
     """The window [start, start + size) of the last len(size) axes, mirrored where it leaves
-    the array. One slab is read (cheap on memory maps); only mirrored axes are gathered."""
+    the array, as a new array or written into `out`. Mirrored or not, every axis is a few
+    runs of consecutive (or reversed) indices, so the window is copied as a few blocks of
+    basic slices: cheap on memory maps, and no gather of every pixel."""
     lead = array.ndim - len(size)
-    indices = [_mirror(np.arange(b, b + n), s) for b, n, s in zip(start, size, array.shape[lead:])]
-    box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in indices)
-    window = np.asarray(array[(Ellipsis,) + box])
-    for axis, (index, part) in enumerate(zip(indices, box)):
-        local = index - part.start
-        if local.size != window.shape[lead + axis] or np.any(local != np.arange(local.size)):
-            window = np.take(window, local, axis=lead + axis)
-    return window
+    runs = [_runs(int(b), int(n), int(s)) for b, n, s in zip(start, size, array.shape[lead:])]
+    if out is None:
+        out = np.empty(tuple(array.shape[:lead]) + tuple(size), array.dtype)
+    for block in itertools.product(*runs):
+        target = (Ellipsis,) + tuple(slice(at, at + n) for at, n, _ in block)
+        out[target] = array[(Ellipsis,) + tuple(source for _, _, source in block)]
+    return out
+
+
+def _runs(start: int, length: int, size: int) -> list:
+    """[(position, length, source slice)] covering [start, start + length) mirrored into
+    [0, size): between two reflections (multiples of size - 1) the mirrored index runs with
+    step +1 or -1, so each stretch is one slice."""
+    if size == 1:
+        return [(0, length, slice(0, 1))]  # broadcast along the axis
+    runs, position, period = [], start, size - 1
+    while position < start + length:
+        stop = min(start + length, (position // period + 1) * period)
+        first, last = (int(i) for i in _mirror(np.array([position, stop - 1]), size))
+        if last >= first:
+            source = slice(first, last + 1)
+        else:
+            source = slice(first, last - 1 if last > 0 else None, -1)
+        runs.append((position - start, stop - position, source))
+        position = stop
+    return runs
 
 
 def _mirror(index: np.ndarray, size: int) -> np.ndarray:

@@ -7,13 +7,78 @@ from __future__ import annotations
 
 import datetime
 import os
+import signal
+import threading
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as torch_dist
 
-# A process that waits longer than this on its peers gives up, so a dead rank ends the job.
-COLLECTIVE_TIMEOUT = datetime.timedelta(seconds=int(os.environ.get("NAPARI_UNET_DDP_TIMEOUT", 45)))
+from ..errors import ConfigError
+
+# How long a process waits on its peers in a collective before giving up: long enough for a
+# first compiled step and a checkpoint write on a slow disk. A *dead* rank ends the job much
+# sooner: torchrun notices the exit and stops the other workers (tests/test_distributed.py).
+TIMEOUT_VARIABLE = "NAPARI_UNET_DDP_TIMEOUT"  # minutes; `napari_unet train --ddp-timeout`
+DEFAULT_TIMEOUT_MINUTES = 10.0
+
+
+def collective_timeout() -> datetime.timedelta:
+    """The collective timeout: NAPARI_UNET_DDP_TIMEOUT minutes (default 10)."""
+    text = os.environ.get(TIMEOUT_VARIABLE, "")
+    try:
+        minutes = float(text) if text.strip() else DEFAULT_TIMEOUT_MINUTES
+    except ValueError:
+        minutes = -1.0
+    if not minutes > 0:
+        raise ConfigError(f"{TIMEOUT_VARIABLE}={text!r}: give the DDP timeout in minutes, "
+                          f"a number above 0 (e.g. --ddp-timeout 10)")
+    return datetime.timedelta(minutes=minutes)
+
+
+def threads_per_process(processes: int, cores: int | None = None) -> int:
+    """CPU threads for each of `processes` processes sharing `cores` (default: this machine's;
+    OMP_NUM_THREADS, where set, is the budget a parent gave us)."""
+    if cores is None:
+        budget = os.environ.get("OMP_NUM_THREADS", "")
+        cores = int(budget) if budget.isdigit() and int(budget) > 0 else (os.cpu_count() or 1)
+    return max(1, int(cores) // max(1, int(processes)))
+
+
+def check_process_count(nproc: int, device: str) -> None:
+    """--nproc on GPUs: at most one process per GPU of this machine."""
+    if nproc <= 1 or device == "cpu":
+        return
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if device == "cuda" and gpus == 0:
+        return  # resolve_device reports the missing GPU in each worker
+    if gpus and nproc > gpus:
+        raise ConfigError(f"--nproc {nproc} but this machine has {gpus} GPU(s): use --nproc "
+                          f"{gpus} or fewer (one process per GPU), or --device cpu")
+
+
+class AgreedStop:
+    """Cancel under DDP: SIGINT is noted, not raised, and all ranks agree on it at the next
+    loss read (the trainer's all-reduce carries the flag), so every rank stops after the same
+    step and rank 0 saves it. A second SIGINT interrupts at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def install(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._on_signal)
+
+    def restore(self):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+    def _on_signal(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
 
 
 @dataclass
@@ -36,7 +101,7 @@ class DistributedContext:
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        torch_dist.init_process_group(backend=backend, timeout=COLLECTIVE_TIMEOUT,
+        torch_dist.init_process_group(backend=backend, timeout=collective_timeout(),
                                       device_id=device if device.type == "cuda" else None)
 
     def wrap(self, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
@@ -45,14 +110,6 @@ class DistributedContext:
         from torch.nn.parallel import DistributedDataParallel
         ids = [device.index] if device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=ids)
-
-    def mean(self, value: torch.Tensor) -> float:
-        """The mean of a scalar over all processes."""
-        if not self.enabled:
-            return float(value)
-        value = value.detach().float().clone()
-        torch_dist.all_reduce(value)
-        return float(value) / self.world_size
 
     def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
         """Sum a tensor over all processes, in place."""

@@ -54,6 +54,16 @@ class TilesDone:
 
 
 @dataclass(frozen=True)
+class FileDone:
+    """One file of a many-file prediction handled: written, or skipped with the reason."""
+
+    done: int  # files handled so far
+    total: int
+    path: str
+    error: str = ""  # empty when the file was predicted and written
+
+
+@dataclass(frozen=True)
 class Message:
     level: str  # "info" | "warning"
     text: str
@@ -76,7 +86,8 @@ class Failed:
 
 
 EVENT_TYPES = {cls.__name__: cls for cls in
-               (Started, Progress, Validation, CheckpointSaved, TilesDone, Message, Finished, Failed)}
+               (Started, Progress, Validation, CheckpointSaved, TilesDone, FileDone, Message,
+                Finished, Failed)}
 
 
 def to_json(event) -> str:

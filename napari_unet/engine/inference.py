@@ -24,7 +24,7 @@ The scheme, learnt from MONAI's ``sliding_window_inference`` and nnU-Net's predi
 ``iter_sliding_window`` is a generator: it yields ``TilesDone`` after each batch and *returns*
 the probabilities (``StopIteration.value``; ``result = yield from iter_sliding_window(...)``
 in a calling generator, ``worker.returned`` in napari's ``thread_worker``). Closing it cancels
-between two batches. ``predict_array`` is the blocking form.
+between two batches. ``sliding_window_probabilities`` is the blocking form.
 """
 from __future__ import annotations
 
@@ -38,12 +38,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .events import TilesDone
-from .runtime import autocast
+from ..choices import AMP_MODES, TTA_MODES
 from ..errors import ConfigError, DataError
+from .events import TilesDone
+from .runtime import autocast, configure_backends
 
 BLENDS = ("gaussian", "constant")
-AMP_CHOICES = ("off", "bf16", "fp16")
 
 
 # -- the pieces: weights and tile positions ---------------------------------------------------
@@ -185,10 +185,6 @@ def _read_window(image, axes: list[_Axis], origin: tuple[int, ...],
 
 
 # -- running the network -----------------------------------------------------------------------
-
-TTA_MODES = ("off", "mirror", "dihedral")
-
-
 def tta_mode(tta) -> str:
     """``tta`` as one of TTA_MODES: False/None -> "off", True -> "mirror"."""
     if tta is None or tta is False:
@@ -363,12 +359,14 @@ class _Writer:
 def _check_options(overlap, batch_size, blend, amp, threshold) -> None:
     if not 0 <= overlap < 1:
         raise ConfigError(f"overlap={overlap!r} is not valid: use a fraction in [0, 1)")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    if batch_size is None:  # chosen from the free device memory
+        pass
+    elif isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size={batch_size!r} is not valid: use a whole number >= 1")
     if blend not in BLENDS:
         raise ConfigError(f"blend={blend!r} is not valid: choose one of {', '.join(BLENDS)}")
-    if amp not in AMP_CHOICES:
-        raise ConfigError(f"amp={amp!r} is not valid: choose one of {', '.join(AMP_CHOICES)}")
+    if amp not in AMP_MODES:
+        raise ConfigError(f"amp={amp!r} is not valid: choose one of {', '.join(AMP_MODES)}")
     if not 0 <= threshold <= 1:
         raise ConfigError(f"threshold={threshold!r} is not valid: use a number in [0, 1]")
 
@@ -382,7 +380,8 @@ def _check_output(array, shape: tuple[int, ...], what: str, dtype) -> np.ndarray
     return array
 
 
-def iter_sliding_window(model, image, *, tile_size, overlap: float = 0.25, batch_size: int = 4,
+def iter_sliding_window(model, image, *, tile_size, overlap: float = 0.25,
+                        batch_size: int | None = 4,
                         blend: str = "gaussian", sigma_scale: float = 0.125, tta=False,
                         amp: str = "off", device="cpu", channels_last: bool = False,
                         preprocess: Callable[[np.ndarray], np.ndarray] | None = None,
@@ -403,7 +402,10 @@ def iter_sliding_window(model, image, *, tile_size, overlap: float = 0.25, batch
     ``out`` if given (e.g. a memory map from ``io.TifMemmapWriter``) progressively, else into a
     new array. ``labels_out`` (optional, ``(*spatial)``) receives ``probability >= threshold``
     or the argmax class. The model is put in eval mode (restored at the end) and moved to
-    ``device`` (and to channels-last when asked) in place. Closing the generator stops the work
+    ``device`` (and to channels-last when asked) in place. ``batch_size`` None: as many tiles
+    as half the free memory of a GPU holds (``default_tile_batch``; 4 on a CPU). On a GPU the
+    backends are set as for training (cudnn benchmark, TF32) and tile batches travel from two
+    pinned buffers in turn, so the next batch is read while the last one is copied. Closing the generator stops the work
     between two batches; what was written stays for the caller's writer to discard.
     """
     _check_options(overlap, batch_size, blend, amp, threshold)
@@ -444,22 +446,27 @@ def _run(model, image, axes: list[_Axis], out, labels_out, *, batch_size, blend,
     model.to(device)
     if channels_last:  # left as the caller has it otherwise (a trainer may use either)
         model.to(memory_format=memory_format)
+    configure_backends(device)
+    if batch_size is None:
+        batch_size = default_tile_batch(model, (image.shape[0], *window), device, amp,
+                                        memory_format)
     with torch.inference_mode():
         weight = (gaussian_importance(tile, sigma_scale) if blend == "gaussian"
                   else torch.ones(tile)).reshape((1,) * lead + tile).to(device)
         slab = _Slab(channels, _slab_depth(axes, total, batch_size),
                      tuple(axis.size for axis in axes[1:]), device)
     writer = _Writer(out, labels_out, model.num_classes, threshold, image, axes[0].margin)
-    batch = np.empty((batch_size, image.shape[0], *window), dtype=np.float32)
+    buffers = _TileBuffers((batch_size, image.shape[0], *window), device)
     try:
         for first in range(0, total, batch_size):
             origins = [_tile_origin(axes, i) for i in range(first, min(first + batch_size, total))]
+            batch = buffers.take()
             for slot, origin in enumerate(origins):
                 batch[slot] = _read_window(image, axes, origin, preprocess).reshape(batch.shape[1:])
             done = first + len(origins)
             upto = _tile_origin(axes, done)[0] if done < total else axes[0].size
             with torch.inference_mode():
-                x = torch.from_numpy(batch[:len(origins)]).to(device)
+                x = buffers.send(len(origins))
                 probs = _predict_batch(model, x.contiguous(memory_format=memory_format),
                                        model.num_classes, transforms, amp, tile)
                 for tile_probs, origin in zip(probs, origins):
@@ -473,7 +480,53 @@ def _run(model, image, axes: list[_Axis], out, labels_out, *, batch_size, blend,
     return out
 
 
-def predict_array(model, image, **options) -> np.ndarray:
+class _TileBuffers:
+    """Host memory for tile batches: one array on a CPU; on a GPU two pinned buffers used in
+    turn, each copied with ``non_blocking`` so that the host reads the next batch meanwhile
+    (a buffer is refilled only once its last copy has finished)."""
+
+    def __init__(self, shape, device: torch.device):
+        self.device, pinned = device, device.type == "cuda"
+        self.tensors = [torch.empty(shape, dtype=torch.float32, pin_memory=pinned)
+                        for _ in range(2 if pinned else 1)]
+        self.copied = [None] * len(self.tensors)  # CUDA events of the last copies
+        self.current = -1
+
+    def take(self) -> np.ndarray:
+        self.current = (self.current + 1) % len(self.tensors)
+        if self.copied[self.current] is not None:
+            self.copied[self.current].synchronize()
+        return self.tensors[self.current].numpy()
+
+    def send(self, count: int) -> torch.Tensor:
+        host = self.tensors[self.current][:count]
+        if self.device.type != "cuda":
+            return host.to(self.device)
+        x = host.to(self.device, non_blocking=True)
+        self.copied[self.current] = torch.cuda.Event()
+        self.copied[self.current].record()
+        return x
+
+
+def default_tile_batch(model, window, device: torch.device, amp: str = "off",
+                       memory_format=torch.contiguous_format, fraction: float = 0.5,
+                       most: int = 64) -> int:
+    """Tiles per batch: on a GPU as many as `fraction` of its free memory holds, measured
+    with one tile (its peak memory under inference); 4 on a CPU."""
+    if device.type != "cuda":
+        return 4
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    with torch.inference_mode(), autocast(device, amp):
+        x = torch.zeros((1, *window), device=device).contiguous(memory_format=memory_format)
+        model(x)
+    per_tile = max(1, torch.cuda.max_memory_allocated(device) - before)
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(max(1, min(most, fraction * free // per_tile)))
+
+
+def sliding_window_probabilities(model, image, **options) -> np.ndarray:
     """The probabilities of ``image``, blocking: ``iter_sliding_window`` run to its end."""
     run = iter_sliding_window(model, image, **options)
     while True:

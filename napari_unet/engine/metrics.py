@@ -50,10 +50,8 @@ def labels_from_logits(logits, threshold: float = 0.5):
     ``threshold`` is a probability and only applies to a single sigmoid channel.
     """
     x = _tensor(logits)
-    if x.shape[1] == 1:
-        labels = torch.sigmoid(x[:, 0].float()) > threshold
-    else:
-        labels = x.argmax(dim=1)  # the argmax of the logits is the argmax of the softmax
+    # K > 1: the argmax of the logits is the argmax of the softmax
+    labels = torch.sigmoid(x[:, 0].float()) > threshold if x.shape[1] == 1 else x.argmax(dim=1)
     return _like_input(labels.long(), logits)
 
 

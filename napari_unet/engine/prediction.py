@@ -11,15 +11,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import Checkpoint, load_checkpoint
-from .data import Dataset, NormStats, as_channel_first, normalize, split_folds
-from .inference import iter_sliding_window
-from .metrics import (DiceAccumulator, per_image_dice, pixel_error,
-                                        soft_dice_reference)
-from .runtime import resolve_device
-from .events import Message
 from ..errors import DataError, OutOfMemory, OutputExistsError
 from ..io import TifMemmapWriter, read_image
+from .checkpoint import Checkpoint, load_checkpoint
+from .data import Dataset, NormStats, as_channel_first, normalize, split_folds
+from .events import Message
+from .inference import iter_sliding_window
+from .metrics import DiceAccumulator, per_image_dice, pixel_error, soft_dice_reference
+from .runtime import resolve_device
 
 
 @dataclass(frozen=True)
@@ -80,9 +79,10 @@ def predict(checkpoint, image, *, tile_size=None, overlap=0.25, batch_size=4, tt
 
 
 def predict_with_model(model, image, stats: NormStats, *, tile_size, overlap=0.25, batch_size=4,
-                       tta=False, amp="bf16", device=torch.device("cpu"), threshold=0.5,
+                       tta=False, amp="bf16", device="cpu", threshold=0.5,
                        out=None, labels_out=None, channels_last=True):
     """Sliding-window prediction of a channel-first image, normalised tile by tile."""
+    device = torch.device(device)
     model = model.to(device)
     while True:
         try:
@@ -125,8 +125,9 @@ def predict_array(checkpoint, image, **options):
 
 def predict_file(run, input_path, labels_path, *, probabilities=None, overwrite=False,
                  **options):
-    """Predict a TIF from disk into TIF files, streaming through memory maps; yields events."""
-    checkpoint = load_checkpoint(run)
+    """Predict a TIF from disk into TIF files, streaming through memory maps; yields events.
+    ``run``: a run folder, checkpoint, package or an already loaded :class:`Checkpoint`."""
+    checkpoint = run if isinstance(run, Checkpoint) else load_checkpoint(run)
     labels_path = Path(labels_path)
     for path in (labels_path, probabilities):
         if path is not None and Path(path).exists() and not overwrite:

@@ -5,30 +5,41 @@ CheckpointSaved, Finished). Closing the generator (or Ctrl-C inside it) saves a 
 the last completed step and stops. Batches, augmentation and dropout are pure functions of
 ``(seed, step)``, so a resumed run - or a DDP run with the same global batch - reproduces an
 uninterrupted single-process run.
+
+Batches are cut one step ahead in a background thread and normalised and augmented on the
+device (engine.pipeline). Losses stay on the device and are read every `log_every` steps and
+before validation, checkpoints and the end (on a CPU, where a read costs nothing, after every
+step), so a GPU never waits for the host; a non-finite loss stops the run at the next read,
+before any checkpoint of a step after it is written.
 """
 from __future__ import annotations
 
-import json
 import math
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..errors import ConfigError, DataError, NapariUnetError, OutOfMemory, TrainingDiverged
+from ..models import build_model
+from ..runs import BEST, LAST, RunFolder
 from . import distributed
 from .augment import Augmenter
-from .checkpoint import BEST, LAST, load_checkpoint, read_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .data import (Dataset, PatchSampler, as_channel_first, compute_norm_stats,
-                                     masks_to_classes, split_folds)
+from .data import (
+    Dataset,
+    PatchSampler,
+    as_channel_first,
+    compute_norm_stats,
+    masks_to_classes,
+    split_folds,
+)
 from .events import CheckpointSaved, Finished, Message, Progress, Started, Validation
 from .losses import build_loss
+from .pipeline import DeviceBatches, prepare
 from .runtime import autocast, configure_backends, memory_format, resolve_device
 from .validation import validate
-from ..errors import (ConfigError, DataError, NapariUnetError, OutOfMemory,
-                                TrainingDiverged)
-from ..models import build_model
 
 SEED_STRIDE = 1_000_003  # step seeds: seed * stride + step, distinct for every (seed, step)
 
@@ -157,36 +168,6 @@ def make_augmenter(config: TrainConfig) -> Augmenter:
                      elastic_grid=config.elastic_grid, contrast=config.contrast)
 
 
-# -- run folder ----------------------------------------------------------------------------------
-class RunFolder:
-    """config.yaml, metrics.jsonl, checkpoints/ and predictions/ of one run (rank 0 writes)."""
-
-    def __init__(self, path, writer: bool = True):
-        self.path = Path(path)
-        self.writer = writer
-        self.checkpoints = self.path / "checkpoints"
-        self.predictions = self.path / "predictions"
-
-    def prepare(self, config: TrainConfig, resume: bool):
-        if not self.writer:
-            return
-        if (self.checkpoints / LAST).exists() and not resume:
-            raise ConfigError(f"{self.path} already holds a run: pass --resume to continue it, "
-                              f"or choose another --out folder")
-        try:
-            self.checkpoints.mkdir(parents=True, exist_ok=True)
-            self.predictions.mkdir(exist_ok=True)
-            (self.path / "config.yaml").write_text(config.to_yaml())
-        except OSError as exc:
-            raise ConfigError(f"cannot write the run folder {self.path}: {exc.strerror}; "
-                              f"choose a writable --out folder") from None
-
-    def log(self, record: dict):
-        if self.writer:
-            with open(self.path / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
-
-
 # -- the loop ------------------------------------------------------------------------------------
 def train(config: TrainConfig, images=None, masks=None, *, run_dir, resume: bool = False,
           init_from=None, val_images=None, val_masks=None):
@@ -222,7 +203,8 @@ def train(config: TrainConfig, images=None, masks=None, *, run_dir, resume: bool
     model.to(device=device, memory_format=mem_format)
     optimizer = make_optimizer(config, model.parameters())
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(config, s))
-    scaler = torch.amp.GradScaler(device.type) if config.amp == "fp16" else None
+    # disabled unless fp16: one path for every precision, as nanoGPT
+    scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
     if resume and (folder.checkpoints / LAST).exists():
         start_step, best_dice, norm = _restore(folder.checkpoints / LAST, model, optimizer,
                                                scheduler, scaler)
@@ -256,46 +238,64 @@ def train(config: TrainConfig, images=None, masks=None, *, run_dir, resume: bool
                                  "to predict nothing; paint some foreground")
     done = start_step  # completed optimizer steps
     window = _ThroughputWindow()
+    losses = LossReader(loss_read_interval(device, config), stop_on_nonfinite=not scaler.is_enabled())
+    cancel = distributed.AgreedStop() if dist.enabled else None
+    batches = DeviceBatches(sampler, range(start_step, config.steps), device)
     try:
+        if cancel is not None:
+            cancel.install()
         for step in range(start_step, config.steps):
             try:
-                loss = _train_step(net, model, sampler, augment, loss_fn, optimizer, scaler,
-                                   config, device, mem_format, step, dist)
+                loss = _train_step(net, model, batches, augment, loss_fn, optimizer, scaler,
+                                   norm, config, device, mem_format, step, dist)
             except torch.OutOfMemoryError:
                 raise OutOfMemory(
                     f"out of {device.type.upper()} memory at batch size {config.batch_size} and "
                     f"patch {'x'.join(map(str, config.patch_size))}: lower --batch-size or "
                     f"--patch-size, or use --amp bf16") from None
+            batches.start_next()
             scheduler.step()
             done = step + 1
+            losses.add(done, loss)
+            validating = len(val_set.images) and (done % config.val_every == 0
+                                                 or done == config.steps)
+            saving = done % config.checkpoint_every == 0 and done != config.steps
+            stopping = False
+            if validating or saving or losses.due(done, start_step, config.steps):
+                stopping = losses.read(dist, cancel is not None and cancel.requested)
             img_s = window.add(config.batch_size * dist.world_size)
             lr = optimizer.param_groups[0]["lr"]
-            yield Progress(step=done, total=config.steps, loss=loss, lr=lr, img_s=img_s)
+            yield Progress(step=done, total=config.steps, loss=losses.last, lr=lr, img_s=img_s)
             if done % config.log_every == 0 or done == config.steps:
-                folder.log({"step": done, "loss": loss, "lr": lr, "img_s": img_s,
-                            "time": time.time()})
-            if len(val_set.images) and (done % config.val_every == 0 or done == config.steps):
+                folder.log_progress(done, losses.last, lr, img_s)
+            if stopping:  # every rank stops here, after the same step
+                raise KeyboardInterrupt
+            if validating:
                 result = validate(model, val_set, norm, config, input_size, device, dist)
                 is_best = result["dice"] > best_dice
                 best_dice = max(best_dice, result["dice"])
-                folder.log({"step": done, "val_dice": result["dice"],
-                            "val_dice_per_class": result["dice_per_class"]})
+                folder.log_validation(done, result["dice"], result["dice_per_class"])
                 yield Validation(step=done, dice=result["dice"],
                                  dice_per_class=tuple(result["dice_per_class"]), best=is_best)
                 if is_best and dist.is_main:
                     yield CheckpointSaved(str(save(BEST, done)), done)
                 window.reset()
-            if done % config.checkpoint_every == 0 and done != config.steps:
+            if saving:
                 path = save(LAST, done)
                 if path:
                     yield CheckpointSaved(str(path), done)
     except (GeneratorExit, KeyboardInterrupt):
-        save(LAST, done)  # a cancelled run stays resumable
+        if losses.pending_are_finite():  # a cancelled run stays resumable, if it is sound
+            save(LAST, done)
         dist.cleanup()
         raise
     except BaseException:
         dist.cleanup()
         raise
+    finally:
+        batches.close()
+        if cancel is not None:
+            cancel.restore()
     last = save(LAST, done)
     if not len(val_set.images):
         best_dice = float("nan")
@@ -305,15 +305,15 @@ def train(config: TrainConfig, images=None, masks=None, *, run_dir, resume: bool
     yield Finished(best_dice=best_dice, path=str(final), step=done)
 
 
-def _train_step(net, model, sampler, augment, loss_fn, optimizer, scaler, config, device,
-                mem_format, step, dist) -> float:
+def _train_step(net, model, batches, augment, loss_fn, optimizer, scaler, norm, config, device,
+                mem_format, step, dist) -> torch.Tensor:
+    """One optimizer step on the next batch; the loss stays on the device (no host sync)."""
     step_seed = config.seed * SEED_STRIDE + step
-    x, y = sampler.batch(step)
+    batch_step, x, y = batches.next()
+    assert batch_step == step, (batch_step, step)
     generator = torch.Generator().manual_seed(step_seed)
-    x, y = augment(x, y, generator, offset=dist.rank * config.batch_size,
-                   global_batch=config.batch_size * dist.world_size)
-    x = x.to(device, non_blocking=True).contiguous(memory_format=mem_format)
-    y = y.to(device, non_blocking=True)
+    x, y = prepare(x, y, norm, augment, generator, offset=dist.rank * config.batch_size,
+                   global_batch=config.batch_size * dist.world_size, mem_format=mem_format)
     # dropout masks depend on (seed, step, rank): exact resume; DDP differs only through dropout
     torch.manual_seed(step_seed * 64 + dist.rank)
     net.train()
@@ -321,22 +321,69 @@ def _train_step(net, model, sampler, augment, loss_fn, optimizer, scaler, config
     with autocast(device, config.amp):
         logits = net(x)
     loss = loss_fn(logits.float(), y)
-    value = dist.mean(loss.detach())
-    if not math.isfinite(value) and scaler is None:
-        raise TrainingDiverged(
-            f"the loss became {value} at step {step + 1}: lower --lr or try --amp off; "
-            f"the last good checkpoint is kept in the run folder")
-    if scaler is not None:  # fp16: the scaler skips steps with inf/NaN gradients
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        _clip(model, config)
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        loss.backward()
-        _clip(model, config)
-        optimizer.step()
-    return value
+    # disabled (not fp16): scale and unscale_ do nothing, step is optimizer.step(); enabled:
+    # the scaler skips steps with inf/NaN gradients
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    _clip(model, config)
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.detach()
+
+
+def loss_read_interval(device: torch.device, config: TrainConfig) -> int:
+    """Steps between loss reads: every step on a CPU (the loss is computed by the time the
+    step returns, a read costs nothing), every `log_every` steps on an accelerator."""
+    return 1 if device.type == "cpu" else config.log_every
+
+
+class LossReader:
+    """Step losses kept on the device until read: one host sync (under DDP one all-reduce,
+    which also agrees on a stop request) per read. A non-finite loss raises TrainingDiverged
+    naming its step (unless fp16's scaler handles it by skipping the step)."""
+
+    def __init__(self, every: int, stop_on_nonfinite: bool = True):
+        self.every, self.stop_on_nonfinite = max(1, int(every)), stop_on_nonfinite
+        self.pending: list = []  # (step, loss on the device)
+        self.last = math.nan
+
+    def add(self, step: int, loss: torch.Tensor):
+        self.pending.append((step, loss))
+
+    def due(self, done: int, start_step: int, total: int) -> bool:
+        """Every `every` steps, the first step of a run (a loss to show early) and the last."""
+        return done % self.every == 0 or done == start_step + 1 or done == total
+
+    def read(self, dist, stop_requested: bool = False) -> bool:
+        """Read (and under DDP average) the pending losses; True if any rank asked to stop."""
+        steps = [step for step, _ in self.pending]
+        values = [loss.float().reshape(1) for _, loss in self.pending]
+        flag = torch.tensor([1.0 if stop_requested else 0.0]).to(values[0].device)
+        combined = torch.cat(values + [flag])
+        if dist.enabled:
+            dist.sum_(combined)
+        read = combined.tolist()  # the one host sync
+        self.pending = []
+        for step, value in zip(steps, read[:-1]):
+            value /= dist.world_size
+            self._check(step, value)
+            self.last = value
+        return read[-1] > 0
+
+    def pending_are_finite(self) -> bool:
+        """Whether the unread losses of this process are finite (no collective: for a run
+        being cancelled, which must not save weights a non-finite loss has reached)."""
+        if not self.stop_on_nonfinite or not self.pending:
+            return True
+        values = torch.stack([loss.float() for _, loss in self.pending])
+        return bool(torch.isfinite(values).all())
+
+    def _check(self, step, value):
+        if not math.isfinite(value) and self.stop_on_nonfinite:
+            self.pending = []
+            raise TrainingDiverged(
+                f"the loss became {value} at step {step}: lower --lr or try --amp off; "
+                f"the last good checkpoint is kept in the run folder")
 
 
 def _clip(model, config):
@@ -349,8 +396,8 @@ def _restore(path, model, optimizer, scheduler, scaler):
     model.load_state_dict(state["model_state"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    if scaler is not None and state.get("scaler"):
-        scaler.load_state_dict(state["scaler"])
+    if state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])  # does nothing when the scaler is disabled
     from .data import NormStats
     return state["step"], state["best_dice"], NormStats.from_dict(state["norm_stats"])
 

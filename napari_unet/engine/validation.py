@@ -5,7 +5,6 @@ over processes, so the Dice is that of the whole set whatever the world size.
 """
 from __future__ import annotations
 
-
 from .metrics import DiceAccumulator
 from .prediction import predict_with_model, run_to_end
 

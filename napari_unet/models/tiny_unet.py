@@ -25,8 +25,18 @@ from torch import nn
 
 from ..errors import ConfigError
 from .blocks import (
-    UPSAMPLINGS, ConvBlock, UNetSkeleton, captured_options, check_choice, check_int, conv_cls,
-    init_he, max_pool_cls, multiple_output, upsample_layer)
+    UPSAMPLINGS,
+    ConvBlock,
+    UNetSkeleton,
+    captured_options,
+    check_choice,
+    check_int,
+    conv_cls,
+    init_he,
+    max_pool_cls,
+    multiple_output,
+    upsample_layer,
+)
 
 
 class TinyUNet(UNetSkeleton):

@@ -12,9 +12,21 @@ from functools import partial
 from torch import nn
 
 from .blocks import (
-    NORMS, PADDINGS, ConvBlock, UNetSkeleton, captured_options, check_choice, check_fraction,
-    check_int, conv_cls, init_he, instance_norm_min_size, max_pool_cls, multiple_output,
-    upsample_layer)
+    NORMS,
+    PADDINGS,
+    ConvBlock,
+    UNetSkeleton,
+    captured_options,
+    check_choice,
+    check_fraction,
+    check_int,
+    conv_cls,
+    init_he,
+    instance_norm_min_size,
+    max_pool_cls,
+    multiple_output,
+    upsample_layer,
+)
 
 
 class UNet(UNetSkeleton):

@@ -15,8 +15,17 @@ from functools import partial
 from torch import nn
 
 from .blocks import (
-    ConvBlock, UNetSkeleton, captured_options, check_choice, check_int, conv_cls, init_he,
-    instance_norm_min_size, multiple_output, upsample_layer)
+    ConvBlock,
+    UNetSkeleton,
+    captured_options,
+    check_choice,
+    check_int,
+    conv_cls,
+    init_he,
+    instance_norm_min_size,
+    multiple_output,
+    upsample_layer,
+)
 
 NEGATIVE_SLOPE = 0.01
 

@@ -8,12 +8,12 @@ This module holds the small pieces the three widgets share.
 """
 from __future__ import annotations
 
-import re
+import contextlib
 import weakref
 
 import numpy as np
 from qtpy.QtCore import QEvent, QObject, QTimer
-from qtpy.QtWidgets import QComboBox, QHBoxLayout, QMainWindow, QPushButton
+from qtpy.QtWidgets import QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QMainWindow, QPushButton
 
 
 def with_browse_button(field, on_browse) -> QHBoxLayout:
@@ -25,6 +25,19 @@ def with_browse_button(field, on_browse) -> QHBoxLayout:
     row.addWidget(field, 1)
     row.addWidget(browse)
     return row
+
+
+def group_box(title: str, rows) -> QGroupBox:
+    """A titled box of form rows: (label, widget or layout) pairs, or a widget or layout alone."""
+    form = QFormLayout()
+    for row in rows:
+        if isinstance(row, tuple):
+            form.addRow(*row)
+        else:
+            form.addRow(row)
+    box = QGroupBox(title)
+    box.setLayout(form)
+    return box
 
 
 class UserError(Exception):
@@ -61,11 +74,6 @@ def spatial_shape(layer) -> tuple:
     """The layer's pixel grid: its shape without an RGB(A) axis."""
     shape = tuple(layer_data(layer).shape)
     return shape[:-1] if getattr(layer, "rgb", False) else shape
-
-
-def safe_name(name: str) -> str:
-    """A file-name-safe form of a layer name."""
-    return re.sub(r"[^\w.-]+", "_", name).strip("._") or "layer"
 
 
 def current_index(viewer, layer, axis: int = 0) -> int:
@@ -148,10 +156,8 @@ class _CloseFilter(QObject):
             for ref in list(self.callbacks):
                 callback = ref()
                 if callback is not None:
-                    try:
+                    with contextlib.suppress(RuntimeError):  # a widget already deleted
                         callback()
-                    except RuntimeError:  # a widget already deleted
-                        pass
         return False
 
 

@@ -12,13 +12,33 @@ import re
 from pathlib import Path
 
 import numpy as np
-from qtpy.QtWidgets import (QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGroupBox,
-                            QHBoxLayout, QLabel, QPushButton, QSpinBox, QVBoxLayout, QWidget)
+from qtpy.QtWidgets import (
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
 
-from napari_unet.widgets import (LayerCombo, UserError, current_index, layer_data, one_line,
-                                 show_error, show_info, spatial_shape, with_browse_button)
-from napari_unet.widgets.runner import known_runs, run_registry
-from napari_unet.widgets.train import looks_like_volume, write_training_pairs
+from napari_unet import runs
+from napari_unet.training_set import looks_like_volume, write_training_pairs
+from napari_unet.widgets import (
+    LayerCombo,
+    UserError,
+    current_index,
+    group_box,
+    layer_data,
+    one_line,
+    show_error,
+    show_info,
+    spatial_shape,
+    with_browse_button,
+)
+from napari_unet.widgets.runner import RunCombo, run_registry
 
 CURRENT_SLICE, EVERY_SLICE, WHOLE_VOLUME = "current slice", "every slice (2D)", "whole volume (3D)"
 
@@ -102,12 +122,8 @@ class CorrectWidget(QWidget):
         self.threshold.setValue(0.5)
         threshold_button = QPushButton("Threshold → new labels")
         threshold_button.clicked.connect(self.threshold_to_labels)
-        threshold_form = QFormLayout()
-        threshold_form.addRow("Probabilities", self.probability_combo)
-        threshold_form.addRow("Threshold", self.threshold)
-        threshold_form.addRow(threshold_button)
-        threshold_box = QGroupBox("Threshold")
-        threshold_box.setLayout(threshold_form)
+        threshold_box = group_box("Threshold", [("Probabilities", self.probability_combo),
+                                                ("Threshold", self.threshold), threshold_button])
 
         # edits of a labels layer
         self.labels_combo = LayerCombo(napari_viewer, Labels)
@@ -137,31 +153,19 @@ class CorrectWidget(QWidget):
         row3 = QHBoxLayout()
         row3.addWidget(previous_button)
         row3.addWidget(next_button)
-        edit_form = QFormLayout()
-        edit_form.addRow("Labels", self.labels_combo)
-        edit_form.addRow("Apply to", self.scope)
-        edit_form.addRow(row1)
-        edit_form.addRow(row2)
-        edit_form.addRow(row3)
-        edit_box = QGroupBox("Edit labels")
-        edit_box.setLayout(edit_form)
+        edit_box = group_box("Edit labels", [("Labels", self.labels_combo),
+                                             ("Apply to", self.scope), row1, row2, row3])
 
         # feed back
         self.image_combo = LayerCombo(napari_viewer, Image)
-        self.run_combo = QComboBox()
-        self.run_combo.setEditable(True)
-        self.run_combo.lineEdit().setPlaceholderText("run folder")
+        self.run_combo = RunCombo("run folder")
         run_row = with_browse_button(self.run_combo, self._browse_run)
         add_button = QPushButton("Add to training set")
         add_button.setToolTip("save the image and the labels above into RUN/data (new files); "
                               "fine-tune from RUN to use them")
         add_button.clicked.connect(self.add_to_training_set)
-        feed_form = QFormLayout()
-        feed_form.addRow("Image", self.image_combo)
-        feed_form.addRow("Run", run_row)
-        feed_form.addRow(add_button)
-        feed_box = QGroupBox("Training set")
-        feed_box.setLayout(feed_form)
+        feed_box = group_box("Training set", [("Image", self.image_combo), ("Run", run_row),
+                                              add_button])
 
         self.status = QLabel("")
         self.status.setWordWrap(True)
@@ -172,8 +176,6 @@ class CorrectWidget(QWidget):
         layout.addWidget(self.status)
         layout.addStretch(1)
 
-        self._refresh_runs()
-        run_registry().changed.connect(self._refresh_runs)
         napari_viewer.layers.events.inserted.connect(self._on_layer_added)
 
     def _on_layer_added(self, event):
@@ -195,15 +197,6 @@ class CorrectWidget(QWidget):
         if layer is None:
             raise UserError("choose a labels layer (a prediction or painted labels)")
         return layer
-
-    def _refresh_runs(self):
-        current = self.run_combo.currentText()
-        runs = known_runs()
-        self.run_combo.blockSignals(True)
-        self.run_combo.clear()
-        self.run_combo.addItems(runs)
-        self.run_combo.setEditText(current or (runs[0] if runs else ""))
-        self.run_combo.blockSignals(False)
 
     def _browse_run(self):
         folder = QFileDialog.getExistingDirectory(self, "Run folder", self.run_combo.currentText())
@@ -282,16 +275,16 @@ class CorrectWidget(QWidget):
             show_error(str(exc))
             return
         try:
-            report = write_training_pairs(run_dir / "data", [(image.name, layer_data(image),
-                                                              labels.data)], spatial_dims)
+            report = write_training_pairs(run_dir / runs.DATA, [(image.name, layer_data(image),
+                                                                 labels.data)], spatial_dims)
         except Exception as exc:  # noqa: BLE001 - disk full, permissions: tell, keep the viewer
-            show_error(f"cannot add to {run_dir / 'data'}: {one_line(exc)}")
+            show_error(f"cannot add to {run_dir / runs.DATA}: {one_line(exc)}")
             return
         names = ", ".join(report["written"])
         same = (f"; {report['duplicates']} identical pair(s) were there already"
                 if report["duplicates"] else "")
         if report["written"]:
-            show_info(f"added {len(report['written'])} training pair(s) to {run_dir / 'data'}: "
+            show_info(f"added {len(report['written'])} training pair(s) to {run_dir / runs.DATA}: "
                       f"{names}{same}; fine-tune from this run to use them")
         else:
             show_info(f"nothing new to add: the training set of {run_dir} holds these pairs")
@@ -318,11 +311,7 @@ class CorrectWidget(QWidget):
     @staticmethod
     def _spatial_dims(run_dir: Path, labels) -> int:
         """The run's own (2D or 3D), else a guess from the layer."""
-        config = run_dir / "config.yaml"
-        if config.is_file():
-            try:
-                from napari_unet.engine import TrainConfig
-                return TrainConfig.from_yaml(config).spatial_dims
-            except Exception:  # noqa: BLE001 - fall back to the guess below
-                pass
+        dims = runs.read_spatial_dims(run_dir)
+        if dims is not None:
+            return dims
         return 3 if looks_like_volume(tuple(labels.data.shape)) else 2

@@ -7,23 +7,55 @@ exactly over the image. For binary models a threshold slider re-cuts the labels 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from qtpy.QtCore import Qt, QTimer
-from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout,
-                            QHBoxLayout, QLabel, QProgressBar, QPushButton, QSlider, QSpinBox,
-                            QVBoxLayout, QWidget)
+from qtpy.QtWidgets import (
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QSlider,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
 
-from napari_unet.widgets import (LayerCombo, UserError, layer_data, one_line, show_error,
-                                 show_info, show_warning, stop_on_window_close)
-from napari_unet.widgets.runner import find_run_checkpoint, known_runs, run_registry
+from napari_unet import runs
+from napari_unet.choices import DEVICES, TTA_MODES
+from napari_unet.engine.events import Failed, Message, TilesDone
+from napari_unet.widgets import (
+    LayerCombo,
+    UserError,
+    layer_data,
+    one_line,
+    show_error,
+    show_info,
+    show_warning,
+    stop_on_window_close,
+)
+from napari_unet.widgets.runner import RunCombo
+
+
+@dataclass(frozen=True)
+class ModelLoaded:
+    """The worker's first event: what the checkpoint's model gives (to show its result)."""
+
+    num_outputs: int
+    threshold: float
 
 
 def _predict_events(checkpoint_path, image, options):
     """The worker's generator (runs in napari's worker thread; torch is imported there).
 
-    Mistakes the user can fix come back as ``("failed", message)``: one line, no traceback.
+    One stream of typed events: ModelLoaded, the engine's TilesDone / Message /
+    PredictionDone, and Failed for a mistake the user can fix (one line, no traceback).
     Anything else is raised, and napari shows it with its traceback.
     """
     from napari_unet.engine import load_checkpoint, predict
@@ -32,11 +64,11 @@ def _predict_events(checkpoint_path, image, options):
     events = None
     try:
         checkpoint = load_checkpoint(checkpoint_path)
-        yield ("model", checkpoint.model.num_classes, float(checkpoint.config.threshold))
+        yield ModelLoaded(checkpoint.model.num_classes, float(checkpoint.config.threshold))
         events = predict(checkpoint, image, **options)
         yield from events
     except NapariUnetError as exc:
-        yield ("failed", one_line(exc))
+        yield Failed(one_line(exc))
     finally:
         if events is not None:
             events.close()  # also when the worker is quit: the engine stops between tiles
@@ -50,7 +82,7 @@ class PredictionJob:
     """
 
     def __init__(self, viewer, checkpoint, image_layer, *, tile_size=None, overlap=0.25,
-                 tta=False, device="auto", on_done=None, on_progress=None, on_end=None):
+                 tta="off", device="auto", on_done=None, on_progress=None, on_end=None):
         from napari.qt.threading import create_worker
         from napari.utils import progress
 
@@ -88,23 +120,22 @@ class PredictionJob:
             self.worker.quit()
 
     def _on_yielded(self, event):
-        if isinstance(event, tuple) and event[0] == "model":
-            _, self.num_outputs, self.threshold = event
-            return
-        if isinstance(event, tuple) and event[0] == "failed":
-            self.error = event[1]
+        from napari_unet.engine import PredictionDone
+
+        if isinstance(event, ModelLoaded):
+            self.num_outputs, self.threshold = event.num_outputs, event.threshold
+        elif isinstance(event, Failed):
+            self.error = event.error
             show_error(f"prediction failed: {self.error}")
-            return
-        kind = type(event).__name__
-        if kind == "TilesDone":
+        elif isinstance(event, TilesDone):
             if self._progress.total != event.total:
                 self._progress.total = event.total
             self._progress.update(event.done - self._progress.n)
             if self._on_progress:
                 self._on_progress(event.done, event.total)
-        elif kind == "PredictionDone":
+        elif isinstance(event, PredictionDone):
             self._add_layers(event)
-        elif kind == "Message":  # e.g. out of memory: retrying with fewer tiles per batch
+        elif isinstance(event, Message):  # e.g. out of memory: retrying with fewer tiles
             show_warning(event.text)
 
     def _add_layers(self, done):
@@ -164,10 +195,8 @@ class PredictWidget(QWidget):
         self.job = None
         self.last_job = None
 
-        self.model_combo = QComboBox()
-        self.model_combo.setEditable(True)
+        self.model_combo = RunCombo("run folder or checkpoint .pt")
         self.model_combo.setToolTip("a run folder (its best checkpoint is used) or a .pt file")
-        self.model_combo.lineEdit().setPlaceholderText("run folder or checkpoint .pt")
         browse_run = QPushButton("Run…")
         browse_run.clicked.connect(self._browse_run)
         browse_file = QPushButton(".pt…")
@@ -186,9 +215,12 @@ class PredictWidget(QWidget):
         self.overlap.setRange(0.0, 0.9)
         self.overlap.setSingleStep(0.05)
         self.overlap.setValue(0.25)
-        self.tta = QCheckBox("mirror test-time augmentation")
+        self.tta = QComboBox()
+        self.tta.addItems(TTA_MODES)
+        self.tta.setToolTip("test-time augmentation: mirror averages all flips, dihedral also "
+                            "quarter turns (twice the passes)")
         self.device = QComboBox()
-        self.device.addItems(["auto", "cpu", "cuda"])
+        self.device.addItems(DEVICES)
 
         self.predict_button = QPushButton("Predict")
         self.predict_button.clicked.connect(self.predict)
@@ -222,7 +254,7 @@ class PredictWidget(QWidget):
         form.addRow("Image", self.image_combo)
         form.addRow("Tile size", self.tile_size)
         form.addRow("Overlap", self.overlap)
-        form.addRow("", self.tta)
+        form.addRow("TTA", self.tta)
         form.addRow("Device", self.device)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
@@ -234,20 +266,9 @@ class PredictWidget(QWidget):
         layout.addLayout(threshold_form)
         layout.addStretch(1)
 
-        self._refresh_runs()
-        run_registry().changed.connect(self._refresh_runs)
         stop_on_window_close(self, self.cancel)
 
     # -- choices -----------------------------------------------------------------------------------
-    def _refresh_runs(self):
-        current = self.model_combo.currentText()
-        runs = known_runs()
-        self.model_combo.blockSignals(True)
-        self.model_combo.clear()
-        self.model_combo.addItems(runs)
-        self.model_combo.setEditText(current or (runs[0] if runs else ""))
-        self.model_combo.blockSignals(False)
-
     def set_model(self, path) -> None:
         self.model_combo.setEditText(str(path))
 
@@ -280,7 +301,7 @@ class PredictWidget(QWidget):
         self.threshold.setEnabled(False)
         self.job = PredictionJob(
             self.viewer, checkpoint, image_layer, tile_size=self.tile_size.value() or None,
-            overlap=self.overlap.value(), tta=self.tta.isChecked(),
+            overlap=self.overlap.value(), tta=self.tta.currentText(),
             device=self.device.currentText(), on_done=self._on_done,
             on_progress=self._on_progress, on_end=self._on_end)
 
@@ -291,10 +312,10 @@ class PredictWidget(QWidget):
         path = Path(text).expanduser()
         if not path.exists():
             raise UserError(f"{path} does not exist: choose a run folder or a checkpoint file")
-        checkpoint = find_run_checkpoint(path)
+        checkpoint = runs.find_checkpoint(path, required=False)
         if checkpoint is None:
-            raise UserError(f"no checkpoint in {path}: expected checkpoints/best.pt or "
-                            f"last.pt (has the run saved one yet?)")
+            raise UserError(f"no checkpoint in {path}: expected {runs.CHECKPOINTS}/{runs.BEST} "
+                            f"or {runs.LAST} (has the run saved one yet?)")
         image_layer = self.image_combo.layer()
         if image_layer is None:
             raise UserError("choose an image layer to predict (open or add an image first)")

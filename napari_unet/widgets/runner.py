@@ -12,14 +12,14 @@ runner is garbage-collected, when the viewer window closes (the Train widget ask
 QApplication quits and, as a last guard, at interpreter exit.
 
 A run that outlives the viewer (napari crashed, or another session started it) can be
-re-attached: :func:`read_run` restores its curves from ``RUN/metrics.jsonl`` and finds its
+re-attached: :func:`napari_unet.runs.read_run` restores its curves from ``RUN/metrics.jsonl`` and finds its
 checkpoint; :class:`RunWatcher` follows a run that is still going.
 """
 from __future__ import annotations
 
 import atexit
 import collections
-import json
+import contextlib
 import os
 import signal
 import subprocess
@@ -27,21 +27,29 @@ import sys
 import threading
 import time
 import weakref
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from qtpy.QtCore import QObject, QTimer, Signal
-from qtpy.QtWidgets import QApplication
+from qtpy.QtWidgets import QApplication, QComboBox
 
+from napari_unet import runs
 from napari_unet.engine import from_json
+from napari_unet.engine.events import (
+    CheckpointSaved,
+    Failed,
+    Finished,
+    Message,
+    Progress,
+    Started,
+    Validation,
+)
 
-PID_FILE = ".napari_unet_train.json"  # in the run folder while a child trains there
 GRACE_S = 10.0  # after SIGINT, how long the child may take to save its checkpoint
 STDERR_LINES = 200
 POSIX = os.name == "posix"
 
 _CHILDREN: set = set()  # Popen objects still running, for the interpreter-exit guard
-_RUNNERS: "weakref.WeakSet[TrainingRunner]" = weakref.WeakSet()
+_RUNNERS: weakref.WeakSet[TrainingRunner] = weakref.WeakSet()
 
 
 def train_command(args) -> list[str]:
@@ -137,13 +145,8 @@ class TrainingRunner(QObject):
         self._write_pid_file(process)
 
     def _write_pid_file(self, process):
-        if self.run_dir is None:
-            return
-        record = {"pid": process.pid, "started": time.time(), "command": process.args}
-        try:
-            (self.run_dir / PID_FILE).write_text(json.dumps(record))
-        except OSError:
-            pass  # re-attaching to a live run is a convenience; training works without it
+        if self.run_dir is not None:
+            runs.write_pid_file(self.run_dir, process.pid, process.args)
 
     # -- events -----------------------------------------------------------------------------------
     def _on_line(self, line: str):
@@ -152,22 +155,21 @@ class TrainingRunner(QObject):
         try:
             event = from_json(line)
         except (ValueError, KeyError, TypeError, AttributeError):  # not an event
-            from napari_unet.engine import Message
             self.message.emit(Message("info", line.strip()))
             return
-        kind = type(event).__name__
-        if kind == "Failed":
+        if isinstance(event, Failed):
             self.error = event.error
             return
-        if kind == "Finished":
+        if isinstance(event, Finished):
             self.last_finished = event
-        if kind == "CheckpointSaved":
+        if isinstance(event, CheckpointSaved):
             self.last_checkpoint = event.path
-        signal_ = {"Started": self.started, "Progress": self.progress,
-                   "Validation": self.validation, "CheckpointSaved": self.checkpoint,
-                   "Message": self.message, "Finished": self.finished}.get(kind)
-        if signal_ is not None:
-            signal_.emit(event)
+        for kind, signal_ in ((Started, self.started), (Progress, self.progress),
+                              (Validation, self.validation), (CheckpointSaved, self.checkpoint),
+                              (Message, self.message), (Finished, self.finished)):
+            if isinstance(event, kind):
+                signal_.emit(event)
+                return
 
     def _on_ended(self, code: int):
         process = self._process
@@ -196,10 +198,7 @@ class TrainingRunner(QObject):
 
     def _remove_pid_file(self):
         if self.run_dir is not None:
-            try:
-                (self.run_dir / PID_FILE).unlink(missing_ok=True)
-            except OSError:
-                pass
+            runs.remove_pid_file(self.run_dir)
 
     # -- stop ---------------------------------------------------------------------------------------
     def cancel(self, grace_s: float = GRACE_S) -> None:
@@ -287,34 +286,25 @@ def _kill_group(process) -> None:
     if process.poll() is None:
         _remember_descendants(process)
     if POSIX:
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(process.pid, signal.SIGKILL)  # the group id is the child's pid
-        except (ProcessLookupError, PermissionError):
-            pass
     if process.poll() is None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             process.kill()
-        except ProcessLookupError:
-            pass
     for handle in getattr(process, "_napari_unet_descendants", {}).values():
-        try:
-            handle.kill()  # psutil checks that the pid still names the same process
-        except Exception:  # noqa: BLE001 - gone already (or not ours to kill)
-            pass
+        # psutil checks that the pid still names the same process; gone already is fine
+        with contextlib.suppress(Exception):
+            handle.kill()
 
 
 def _stop_process(process, grace_s: float) -> None:
     if process.poll() is None:
         _interrupt(process)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            pass
     _kill_group(process)  # also the group's stragglers after a clean exit of the leader
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        pass
     _CHILDREN.discard(process)
 
 
@@ -358,112 +348,6 @@ def _connect_quit_guard():
 
 
 # -- re-attaching ----------------------------------------------------------------------------------
-@dataclass
-class RunRecord:
-    """What a run folder tells about a run: its curves, its checkpoint and whether it lives."""
-
-    run_dir: Path
-    loss: list = field(default_factory=list)  # [(step, loss)]
-    dice: list = field(default_factory=list)  # [(step, dice)]
-    total_steps: int | None = None
-    checkpoint: Path | None = None
-    pid: int | None = None  # set while a child still trains there
-    metrics_offset: int = 0  # bytes of metrics.jsonl read: a RunWatcher continues from here
-
-    @property
-    def last_step(self) -> int:
-        steps = [s for s, _ in self.loss] + [s for s, _ in self.dice]
-        return max(steps, default=0)
-
-
-def read_run(run_dir) -> RunRecord:
-    """The curves of RUN/metrics.jsonl, the best (else last) checkpoint and a live child's pid.
-
-    Raises FileNotFoundError when the folder is not a napari_unet run.
-    """
-    run_dir = Path(run_dir)
-    metrics = run_dir / "metrics.jsonl"
-    if not (run_dir / "config.yaml").is_file() and not metrics.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a napari_unet run folder "
-                                f"(no config.yaml or metrics.jsonl)")
-    record = RunRecord(run_dir=run_dir)
-    record.loss, record.dice, record.metrics_offset = _read_metrics(metrics, 0)
-    record.total_steps = _configured_steps(run_dir / "config.yaml")
-    record.checkpoint = find_run_checkpoint(run_dir)
-    record.pid = live_pid(run_dir)
-    return record
-
-
-def find_run_checkpoint(run_or_file):
-    """A .pt file as given, else the run's checkpoints/best.pt, else last.pt, else None."""
-    path = Path(run_or_file)
-    if path.is_file():
-        return path
-    for name in ("best.pt", "last.pt"):
-        for folder in (path / "checkpoints", path):
-            if (folder / name).is_file():
-                return folder / name
-    return None
-
-
-def _read_metrics(path: Path, offset: int):
-    """(loss points, dice points, new offset) from the complete lines after `offset`."""
-    loss, dice = [], []
-    try:
-        with open(path, "rb") as f:
-            f.seek(offset)
-            chunk = f.read()
-    except OSError:
-        return loss, dice, offset
-    end = chunk.rfind(b"\n") + 1  # a line being written stays for the next read
-    for raw in chunk[:end].splitlines():
-        try:
-            record = json.loads(raw)
-        except ValueError:
-            continue
-        if "loss" in record:
-            loss.append((int(record["step"]), float(record["loss"])))
-        if "val_dice" in record:
-            dice.append((int(record["step"]), float(record["val_dice"])))
-    return loss, dice, offset + end
-
-
-def _configured_steps(config_path: Path):
-    try:
-        import yaml
-        return int((yaml.safe_load(config_path.read_text()) or {}).get("steps"))
-    except (OSError, ValueError, TypeError, AttributeError, ImportError):
-        return None
-    except Exception:  # noqa: BLE001 - a damaged YAML only costs the step total
-        return None
-
-
-def live_pid(run_dir):
-    """The pid of the training child recorded in the run folder, if it is still running."""
-    try:
-        record = json.loads((Path(run_dir) / PID_FILE).read_text())
-        pid = int(record["pid"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return pid if _alive(pid) else None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    cmdline = Path(f"/proc/{pid}/cmdline")  # guard against a recycled pid where we can
-    if cmdline.exists():
-        try:
-            return b"napari_unet" in cmdline.read_bytes()
-        except OSError:
-            return True
-    return True
-
-
 class RunWatcher(QObject):
     """Follows a run started elsewhere by polling its metrics.jsonl (no stdout to read).
 
@@ -485,20 +369,18 @@ class RunWatcher(QObject):
         self._timer.start()
 
     def poll(self):
-        loss, dice, self._offset = _read_metrics(self.run_dir / "metrics.jsonl", self._offset)
+        loss, dice, self._offset = runs.read_metrics(self.run_dir / runs.METRICS, self._offset)
         if loss or dice:
             self.points.emit(loss, dice)
-        if not _alive(self.pid):
+        if not runs.alive(self.pid):
             self._timer.stop()
-            checkpoint = find_run_checkpoint(self.run_dir)
+            checkpoint = runs.find_checkpoint(self.run_dir, required=False)
             self.ended.emit(str(checkpoint or ""))
 
     def cancel(self):
         """SIGINT to the run's child: it saves its checkpoint and stops."""
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(self.pid, signal.SIGINT)
-        except (ProcessLookupError, PermissionError):
-            pass
 
     def stop(self):
         self._timer.stop()
@@ -530,19 +412,30 @@ def run_registry() -> _RunRegistry:
     return _registry
 
 
-def default_runs_root() -> Path:
-    return Path.home() / "napari_unet_runs"
-
-
 def known_runs() -> list[str]:
     """This session's runs first, then the newest folders under ~/napari_unet_runs."""
-    runs = list(run_registry().runs)
-    root = default_runs_root()
-    if root.is_dir():
+    known = list(run_registry().runs)
+    return known + [str(p) for p in runs.recent_runs() if str(p) not in known]
+
+
+class RunCombo(QComboBox):
+    """An editable list of the known runs (newest first) that follows the registry."""
+
+    def __init__(self, placeholder: str, parent=None):
+        super().__init__(parent)
+        self.setEditable(True)
+        self.lineEdit().setPlaceholderText(placeholder)
+        self.refresh()
+        run_registry().changed.connect(self.refresh)
+
+    def refresh(self):
         try:
-            folders = sorted((p for p in root.iterdir() if (p / "config.yaml").is_file()),
-                             key=lambda p: p.stat().st_mtime, reverse=True)
-        except OSError:
-            folders = []
-        runs += [str(p) for p in folders[:20] if str(p) not in runs]
-    return runs
+            current = self.currentText()
+            known = known_runs()
+            self.blockSignals(True)
+            self.clear()
+            self.addItems(known)
+            self.setEditText(current or (known[0] if known else ""))
+            self.blockSignals(False)
+        except RuntimeError:  # the Qt side is gone; the registry lives on
+            pass

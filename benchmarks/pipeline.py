@@ -1,0 +1,205 @@
+"""The training input pipeline: host capacity per batch, and real training against the model.
+
+One command, one table, then one machine-readable line per preset:
+
+    .venv/bin/python benchmarks/pipeline.py                  # CPU: the CPU recipes end to end
+    .venv/bin/python benchmarks/pipeline.py --device cuda    # GPU: the presets as they are, bf16
+
+- host capacity: the host's work for one batch alone, on ONE host thread, best of --repeats:
+  cutting the windows in their stored dtype into (pinned, on a GPU) memory and starting the
+  copy. Code from before issue 12 has no pipeline module; there the host also normalised and
+  augmented every batch, and that is what is timed for it (the "host work" column says which).
+- end to end: real ``train()`` steps (data, augmentation, loss reads, logging; no validation,
+  no checkpoint) against the model-only training step of the same model, batch and precision
+  (``napari_unet benchmark``'s step on a fixed batch), and their ratio.
+
+Data: industrial on DAGM 2007 class 1 (512x512, batch 16), isbi2012 on ISBI 2012 (572x572 in,
+batch 8), volume3d on four channels of BraTS 2021 (128^3, batch 2); ``--data-root`` (default
+../shared/data). On a CPU the end-to-end rows use the CPU recipes of benchmarks/accuracy.py
+(smaller crops and models, bf16) so that they finish in minutes; the host rows always use the
+presets' full windows and batches.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from napari_unet.engine import Progress, load_dataset, preset_config, train  # noqa: E402
+from napari_unet.engine.benchmark import _train_step_fn, time_calls  # noqa: E402
+from napari_unet.engine.data import PatchSampler, compute_norm_stats  # noqa: E402
+from napari_unet.engine.runtime import memory_format, resolve_device  # noqa: E402
+from napari_unet.engine.trainer import make_augmenter, make_model, window_sizes  # noqa: E402
+
+DATA = {"industrial": "dagm2007_class1", "isbi2012": "isbi2012", "volume3d": "brats2021"}
+RECIPES = {"industrial": "dagm2007", "isbi2012": "isbi2012", "volume3d": "brats2013"}
+FOREGROUND = {"isbi2012": 0}
+
+
+def load(preset: str, data_root: Path):
+    return load_dataset(data_root / DATA[preset], foreground_value=FOREGROUND.get(preset))
+
+
+def end_to_end_config(preset: str, on_cpu: bool, amp: str, compile_: bool, steps: int):
+    overrides = dict(fold=None, steps=steps, val_every=10**9, checkpoint_every=10**9,
+                     foreground_value=FOREGROUND.get(preset), seed=0)
+    if on_cpu:
+        from accuracy import CPU_RECIPES
+        recipe = {k: v for k, v in CPU_RECIPES[RECIPES[preset]].items()
+                  if not k.startswith("val_")}
+        overrides.update(recipe, device="cpu")
+    else:
+        overrides.update(amp=amp, compile=compile_, device="cuda")
+    return preset_config(preset, **overrides)
+
+
+# -- host capacity ---------------------------------------------------------------------------
+def host_work(config, dataset, device):
+    """(what is timed, a function doing the host's work for the batch of a step)."""
+    torch.manual_seed(0)
+    model = make_model(config, dataset.in_channels, max(2, dataset.num_classes))
+    input_size, output_size = window_sizes(model, config.patch_size)
+    norm = compute_norm_stats(dataset.images, config.normalization)
+    sampler = PatchSampler(dataset.images, dataset.masks, input_size, output_size,
+                           config.batch_size, norm, seed=0,
+                           foreground_oversample=config.foreground_oversample)
+    try:
+        from napari_unet.engine.pipeline import cut_batch
+    except ImportError:  # before issue 12: the host cut, normalised and augmented each batch
+        augment = make_augmenter(config)
+
+        def before(step):
+            x, y = sampler.batch(step)
+            augment(x, y, torch.Generator().manual_seed(step))
+        return "cut+normalise+augment", before
+
+    pin, previous = device.type == "cuda", []
+
+    def after(step):  # as engine.pipeline does: pinned memory is cached, CPU batches reused
+        x, y = cut_batch(sampler, step, pin=pin, out=None if pin else (tuple(previous) or None))
+        if pin:
+            x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        else:
+            previous[:] = [x, y]
+    return "cut+pin+copy" if pin else "cut", after
+
+
+def host_capacity(preset, dataset, device, batches, repeats):
+    config = preset_config(preset, device=device.type)
+    what, work = host_work(config, dataset, device)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        work(0)  # first touch of the files, foreground coordinates
+        best = math.inf
+        for repeat in range(repeats):
+            start = time.perf_counter()
+            for step in range(1 + repeat * batches, 1 + (repeat + 1) * batches):
+                work(step)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            best = min(best, time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(threads)
+    return what, batches * config.batch_size / best
+
+
+# -- end to end --------------------------------------------------------------------------------
+def end_to_end(config, dataset, warmup, steps):
+    """(img/s between the warm-up's last Progress and the run's last, the last step's loss)."""
+    times, last_loss = {}, math.nan
+    with tempfile.TemporaryDirectory() as run_dir:
+        for event in train(config.replace(steps=warmup + steps), dataset, run_dir=run_dir):
+            if isinstance(event, Progress):
+                times[event.step] = time.perf_counter()
+                last_loss = event.loss
+    elapsed = times[warmup + steps] - times[warmup]
+    return steps * config.batch_size / elapsed, last_loss
+
+
+def model_only(config, dataset, warmup, steps):
+    device = resolve_device(config.device)
+    num_classes = max(2, dataset.num_classes)
+    torch.manual_seed(0)
+    model = make_model(config, dataset.in_channels, num_classes)
+    input_size, output_size = window_sizes(model, config.patch_size)
+    fmt = memory_format(config.spatial_dims, config.channels_last)
+    model.to(device=device, memory_format=fmt)
+    net = torch.compile(model) if config.compile else model
+    x = torch.randn(config.batch_size, dataset.in_channels, *input_size, device=device)
+    y = torch.randint(0, num_classes, (config.batch_size, *output_size), device=device)
+    step = _train_step_fn(config, net, model, num_classes, x.contiguous(memory_format=fmt), y,
+                          device)
+    latencies = time_calls(step, device, warmup, steps)
+    return config.batch_size / float(np.median(latencies))
+
+
+# -- table ---------------------------------------------------------------------------------------
+def format_rows(rows) -> str:
+    header = ("preset", "host work", "host img/s (1 thread)", "e2e input", "batch", "amp",
+              "end-to-end img/s", "model-only img/s", "ratio", "last loss")
+    lines = [header] + [tuple(str(cell) for cell in row) for row in rows]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    text = ["  ".join(cell.rjust(w) for cell, w in zip(line, widths)) for line in lines]
+    text.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(text)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--presets", nargs="+", default=list(DATA), choices=list(DATA))
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--data-root", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--host-batches", type=int, default=20,
+                        help="batches per host-capacity measurement")
+    parser.add_argument("--repeats", type=int, default=5, help="host capacity: best of N")
+    parser.add_argument("--warmup", type=int, default=None,
+                        help="untimed training steps (default 2 on CPU, 10 on a GPU)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="timed training steps (default 4 on CPU, 30 on a GPU)")
+    parser.add_argument("--amp", default="bf16", choices=["bf16", "fp16", "off"],
+                        help="precision of the GPU rows (the CPU recipes fix their own)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile (GPU rows)")
+    parser.add_argument("--host-only", action="store_true", help="skip the end-to-end rows")
+    args = parser.parse_args(argv)
+
+    device = resolve_device(args.device)
+    on_cpu = device.type == "cpu"
+    warmup = args.warmup if args.warmup is not None else (2 if on_cpu else 10)
+    steps = args.steps if args.steps is not None else (4 if on_cpu else 30)
+    rows, lines = [], []
+    for preset in args.presets:
+        dataset = load(preset, args.data_root)
+        what, host_img_s = host_capacity(preset, dataset, device, args.host_batches,
+                                          args.repeats)
+        e2e = model = ratio = loss = math.nan
+        size, batch, amp = "-", preset_config(preset).batch_size, "-"
+        if not args.host_only:
+            config = end_to_end_config(preset, on_cpu, args.amp, args.compile, warmup + steps)
+            e2e, loss = end_to_end(config, dataset, warmup, steps)
+            model = model_only(config, dataset, warmup, steps)
+            ratio = e2e / model
+            size, batch, amp = "x".join(map(str, config.patch_size)), config.batch_size, config.amp
+        rows.append((preset, what, f"{host_img_s:.0f}", size, batch, amp, f"{e2e:.2f}",
+                     f"{model:.2f}", f"{ratio:.2f}", f"{loss:.6f}"))
+        lines.append(f"pipeline: preset={preset} host_img_s={host_img_s:.0f} "
+                     f"end_to_end_img_s={e2e:.2f} model_only_img_s={model:.2f} "
+                     f"ratio={ratio:.2f}")
+        print(f"{preset} done", file=sys.stderr, flush=True)
+    print(f"device={device} torch={torch.__version__} threads={torch.get_num_threads()}")
+    print(format_rows(rows))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

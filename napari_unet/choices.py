@@ -1,0 +1,50 @@
+"""Every choice list of the product, defined once, importing nothing heavy (no torch, no Qt).
+
+The engine validates against these, the CLI offers them as ``choices=``, the widgets fill
+their combo boxes from them: a new AMP mode or preset is added here and appears everywhere.
+"""
+from __future__ import annotations
+
+AMP_MODES = ("bf16", "fp16", "off")
+DEVICES = ("auto", "cpu", "cuda")
+NORMALIZATIONS = ("minus_one_one", "zscore", "none")
+TTA_MODES = ("off", "mirror", "dihedral")
+OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
+SCHEDULES = ("constant", "exponential_step", "cosine", "poly")
+SAMPLES = ("dagm", "em", "blobs3d")
+# An axis of at most this many planes is channels, not a stack of images.
+MAX_CHANNELS = 16
+# Labels with more distinct non-zero values than this are instances (one object per value).
+MAX_CLASS_VALUES = 16
+
+# The reference hyper-parameters of SPEC.md, as data (config.py turns them into TrainConfigs).
+PRESETS: dict[str, dict] = {
+    # TinyUNet, "UNet Industrial" on DAGM 2007.
+    "industrial": dict(
+        model="tiny_unet", model_options={}, spatial_dims=2, patch_size=[512, 512],
+        steps=2500, batch_size=16, optimizer="rmsprop", lr=1e-4, weight_decay=1e-5,
+        momentum=0.8, rmsprop_alpha=0.9, rmsprop_centered=True,
+        lr_schedule="exponential_step", lr_decay_rate=0.8, lr_decay_steps=500,
+        loss="adaptive", normalization="minus_one_one",
+        hflip=0.5, vflip=0.0, rot90=[0, 1, 2], crop_resize=None, brightness=0.0,
+        val_every=250, checkpoint_every=250,
+    ),
+    # The original UNet, "UNet Medical" on ISBI 2012 (572 in, 388 out).
+    "isbi2012": dict(
+        model="unet", model_options={"padding": "valid", "dropout": 0.5}, spatial_dims=2,
+        patch_size=[388, 388], steps=6400, batch_size=8, optimizer="adam", lr=1e-4,
+        weight_decay=5e-4, lr_schedule="constant", loss="dice_ce",
+        normalization="minus_one_one",
+        hflip=0.5, vflip=0.5, rot90=[0], crop_resize=[0.8, 1.0], brightness=0.2,
+        val_every=400, checkpoint_every=400,
+    ),
+    # 3D U-Net with the No New-Net changes on BraTS.
+    "volume3d": dict(
+        model="unet3d", model_options={}, spatial_dims=3, patch_size=[128, 128, 128],
+        steps=16000, batch_size=2, optimizer="adam", lr=2e-4, weight_decay=0.0,
+        lr_schedule="constant", loss="dice_ce_foreground", normalization="zscore",
+        foreground_oversample=0.33, hflip=0.0, vflip=0.0, rot90=[0], crop_resize=None,
+        brightness=0.1, flip_all_axes=True, val_every=500, checkpoint_every=500,
+    ),
+}
+PRESET_NAMES = tuple(PRESETS)

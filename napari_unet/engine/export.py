@@ -1,0 +1,394 @@
+"""Models that leave the app: ONNX, TorchScript and bioimage.io model packages.
+
+- ``export_onnx`` / ``export_torchscript``: the network alone (logits), with dynamic batch and
+  spatial sizes, traced on a valid window. ONNX uses torch's TorchScript-based exporter
+  (``dynamo=False``): the dynamo exporter cannot yet follow the unpadded UNet's crops.
+- ``export_bioimageio``: a zip in the bioimage.io model spec 0.5, built with
+  ``bioimageio.spec`` (the library the zoo itself uses): ``pytorch_state_dict`` weights whose
+  architecture is a single Python file made from this package's own model source, plus
+  ``torchscript`` and ``onnx`` weights converted from it; axes whose sizes say which windows
+  the network takes (TinyUNet: multiples of 16; 3D-UNet: multiples of 32; the unpadded UNet:
+  188 + 16 k, its output 184 pixels smaller, the 92-pixel margin already cropped); the run's
+  normalisation as the spec's preprocessing and sigmoid/softmax as postprocessing; test
+  tensors made by the model; a cover; a README with the run's figures. The run's own
+  normalisation, threshold and window sizes are kept under ``config.napari_unet`` so that
+  :func:`napari_unet.engine.packages.load_package` gives back the exact same predictor.
+
+``bioimageio.spec``, ``onnx`` and ``onnxruntime`` come with the ``export`` extra.
+"""
+from __future__ import annotations
+
+import ast
+import contextlib
+import json
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError, DataError, OutputExistsError
+from .checkpoint import Checkpoint, load_checkpoint
+from .data import NormStats
+from .packages import CONFIG_KEY
+
+FORMATS = ("bioimageio", "onnx", "torchscript")
+ONNX_OPSET = 17
+AXIS_NAMES = ("z", "y", "x")
+INPUT_ID, OUTPUT_ID = "raw", "probabilities"
+_PACKAGE = Path(__file__).resolve().parents[1]
+# the architecture file concatenates these (in this order), then the model's own module
+_ARCHITECTURE_SOURCES = ("errors.py", "models/blocks.py")
+_MODEL_MODULES = {"unet": "models/unet.py", "tiny_unet": "models/tiny_unet.py",
+                  "unet3d": "models/unet3d.py"}
+_INSTALL_HINT = "pip install 'napari-unet-torch[export]'"
+
+
+def require(module: str, extra: str = "export"):
+    """Import an optional dependency or say which extra brings it."""
+    import importlib
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ConfigError(f"{module} is not installed: pip install "
+                          f"'napari-unet-torch[{extra}]'") from None
+
+
+# -- the network alone --------------------------------------------------------------------------
+
+def example_window(model, size=None, batch: int = 1) -> torch.Tensor:
+    """A seeded input of a valid window (the smallest valid size >= ``size``)."""
+    window = model.valid_input_size(size or model.min_size)
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn((batch, model.in_channels, *window), generator=generator)
+
+
+def _dynamic_axes(spatial_dims: int) -> dict:
+    names = AXIS_NAMES[-spatial_dims:]
+    return {"input": {0: "batch", **{2 + i: n for i, n in enumerate(names)}},
+            "output": {0: "batch", **{2 + i: f"{n}_out" for i, n in enumerate(names)}}}
+
+
+@contextlib.contextmanager
+def _quiet_tracing():
+    # tracing warns about the model's Python size checks, which hold for every valid window
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def export_onnx(model, path, example: torch.Tensor | None = None) -> Path:
+    """The network (logits) as ONNX, batch and spatial sizes dynamic."""
+    require("onnx")
+    model = model.eval().float().to(memory_format=torch.contiguous_format)
+    example = example_window(model) if example is None else example
+    path = Path(path)
+    with _quiet_tracing(), torch.no_grad():
+        torch.onnx.export(model, (example,), str(path), input_names=["input"],
+                          output_names=["output"], dynamic_axes=_dynamic_axes(model.spatial_dims),
+                          opset_version=ONNX_OPSET, dynamo=False)
+    return path
+
+
+def export_torchscript(model, path, example: torch.Tensor | None = None) -> Path:
+    """The network (logits) traced to TorchScript; runs at any valid size and batch."""
+    model = model.eval().float().to(memory_format=torch.contiguous_format)
+    example = example_window(model) if example is None else example
+    with _quiet_tracing(), torch.no_grad():
+        traced = torch.jit.trace(model, example)
+    traced.save(str(path))
+    return Path(path)
+
+
+def architecture_source(model_name: str) -> str:
+    """One self-contained Python file that defines the model's class: this package's errors,
+    blocks and model modules in a row, their imports of each other removed (a bioimage.io
+    ``ArchitectureFromFileDescr`` is one file, loaded without this package installed)."""
+    if model_name not in _MODEL_MODULES:
+        raise ConfigError(f"unknown model {model_name!r}: choose one of {', '.join(_MODEL_MODULES)}")
+    parts = ["from __future__ import annotations\n"]
+    for relative in (*_ARCHITECTURE_SOURCES, _MODEL_MODULES[model_name]):
+        text = (_PACKAGE / relative).read_text()
+        lines = text.splitlines(keepends=True)
+        drop = set()
+        for node in ast.parse(text).body:
+            internal = isinstance(node, ast.ImportFrom) and (
+                node.level > 0 or node.module == "__future__"
+                or (node.module or "").startswith("napari_unet"))
+            if internal:
+                drop.update(range(node.lineno - 1, node.end_lineno))
+        parts.append(f"\n# ---- napari_unet/{relative} ----\n")
+        parts.append("".join(line for i, line in enumerate(lines) if i not in drop))
+    return "".join(parts)
+
+
+# -- bioimage.io -------------------------------------------------------------------------------
+
+def _axis_sizes(model) -> tuple[int, int, int]:
+    """(smallest valid input, step between valid inputs, input minus output) along an axis."""
+    smallest = model._next_valid(1)
+    step = model.size_multiple
+    return smallest, step, smallest - model._axis_output(smallest)
+
+
+def _preprocessing(spec, stats: NormStats, channel_axis):
+    steps = [spec.EnsureDtypeDescr(kwargs=spec.EnsureDtypeKwargs(dtype="float32"))]
+    if stats.mode == "minus_one_one":
+        low, high = np.asarray(stats.low, float), np.asarray(stats.high, float)
+        gain = 2.0 / (high - low)
+        offset = -low * gain - 1.0
+        steps.append(spec.ScaleLinearDescr(kwargs=spec.ScaleLinearAlongAxisKwargs(
+            axis=channel_axis, gain=gain.tolist(), offset=offset.tolist())))
+        steps.append(spec.ClipDescr(kwargs=spec.ClipKwargs(min=-1.5, max=1.5)))
+    elif stats.mode == "zscore":
+        steps.append(spec.FixedZeroMeanUnitVarianceDescr(
+            kwargs=spec.FixedZeroMeanUnitVarianceAlongAxisKwargs(
+                axis=channel_axis, mean=list(stats.mean), std=list(stats.std))))
+    return steps
+
+
+def _postprocessing(spec, num_classes: int, channel_axis):
+    if num_classes == 1:
+        return [spec.SigmoidDescr()]
+    return [spec.SoftmaxDescr(kwargs=spec.SoftmaxKwargs(axis=channel_axis))]
+
+
+def _test_image(checkpoint: Checkpoint, image, window) -> np.ndarray:
+    """(1, C, *window) float32 raw intensities: the middle of the user's image (mirrored where
+    it is smaller), or seeded noise spread over the normalisation's range."""
+    from .prediction import prepare_image
+
+    model = checkpoint.model
+    if image is None:
+        stats = NormStats.from_dict(checkpoint.norm_stats)
+        rng = np.random.default_rng(0)
+        shape = (model.in_channels, *window)
+        if stats.mode == "minus_one_one":
+            low = np.asarray(stats.low).reshape(-1, *[1] * len(window))
+            high = np.asarray(stats.high).reshape(-1, *[1] * len(window))
+            return (low + (high - low) * rng.random(shape))[None].astype(np.float32)
+        if stats.mode == "zscore":
+            mean = np.asarray(stats.mean).reshape(-1, *[1] * len(window))
+            std = np.asarray(stats.std).reshape(-1, *[1] * len(window))
+            return (mean + std * rng.standard_normal(shape))[None].astype(np.float32)
+        return rng.standard_normal(shape)[None].astype(np.float32)
+    prepared = prepare_image(checkpoint, image)
+    dims = model.spatial_dims
+    if prepared.ndim - 1 > dims:  # a stack under a 2D model: its middle image
+        prepared = prepared[:, prepared.shape[1] // 2]
+    region = []
+    for size, want in zip(prepared.shape[1:], window):
+        start = max(0, (size - want) // 2)
+        region.append(slice(start, start + want))
+    crop = np.asarray(prepared[(slice(None), *region)], dtype=np.float32)
+    pads = [(0, 0)] + [(0, want - have) for have, want in zip(crop.shape[1:], window)]
+    return np.pad(crop, pads, mode="reflect" if crop.size > 1 else "edge")[None]
+
+
+def _model_output(checkpoint: Checkpoint, test_input: np.ndarray) -> np.ndarray:
+    """The package's expected output: ours, computed the way the package describes it."""
+    from .data import normalize
+
+    stats = NormStats.from_dict(checkpoint.norm_stats)
+    x = torch.from_numpy(normalize(test_input[0], stats)[None])
+    with torch.no_grad():
+        logits = checkpoint.model.eval().float()(x)
+    if checkpoint.model.num_classes == 1:
+        return torch.sigmoid(logits).numpy()
+    return torch.softmax(logits, dim=1).numpy()
+
+
+def _cover(path: Path, test_input: np.ndarray, test_output: np.ndarray) -> Path:
+    """Input | foreground probability, side by side (2:1), grey 8-bit PNG."""
+    import imageio.v3 as iio
+
+    def middle_2d(array):
+        array = array[0, -1 if array is test_output else 0]
+        while array.ndim > 2:
+            array = array[array.shape[0] // 2]
+        low, high = np.percentile(array, (1, 99))
+        return np.clip((array - low) / max(high - low, 1e-6), 0, 1)
+
+    output = middle_2d(test_output)
+    image = middle_2d(test_input)
+    # the unpadded UNet's output is smaller: show the part of the input it covers
+    margins = [(have - want) // 2 for have, want in zip(image.shape, output.shape)]
+    image = image[margins[0]:margins[0] + output.shape[0], margins[1]:margins[1] + output.shape[1]]
+    picture = np.concatenate([image, output], axis=1)
+    iio.imwrite(path, (picture * 255).astype(np.uint8))
+    return path
+
+
+def _readme(checkpoint: Checkpoint, run_dir: Path | None, axes_text: str) -> str:
+    config = checkpoint.config
+    model = checkpoint.model
+    lines = [f"# {model.description} trained with napari-unet-torch", "",
+             (f"Preset `{config.preset}`, model `{model.name}` "
+             f"({sum(p.numel() for p in model.parameters()):,} parameters, "
+             f"{json.dumps({k: v for k, v in model.hparams.items() if k != 'name'})})."), "",
+             "## Training data", ""]
+    source = (run_dir / "config.yaml") if run_dir else None
+    lines.append(f"Trained for {checkpoint.step} steps on {config.spatial_dims}D images with "
+                 f"{model.in_channels} channel(s) and {checkpoint.data_info.get('num_classes', 2)}"
+                 f" classes (fold {config.fold} of {config.folds}; patch "
+                 f"{'x'.join(map(str, config.patch_size))}, batch {config.batch_size}, "
+                 f"loss {config.loss}, optimizer {config.optimizer}, lr {config.lr}). "
+                 f"The run's full configuration: `config.yaml` of the run"
+                 + (f" ({source.name} in {run_dir.name})." if source else "."))
+    lines += ["", "## Figures", "",
+              f"Best validation Dice during training: {checkpoint.best_dice:.4f}."]
+    evaluation = run_dir / "evaluation.json" if run_dir else None
+    if evaluation is not None and evaluation.is_file():
+        metrics = json.loads(evaluation.read_text())
+        shown = {k: v for k, v in metrics.items() if not isinstance(v, (list, dict))}
+        lines.append("Evaluation of the run (`napari_unet evaluate`): "
+                     + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                                 for k, v in shown.items()) + ".")
+    lines += ["", "## Input and output", "", axes_text, "",
+              f"Preprocessing: the run's `{config.normalization}` normalisation (NaN and Inf "
+              "inputs are not replaced by the package, as napari-unet does). Output: "
+              + ("the sigmoid of the logit." if model.num_classes == 1
+                 else "class probabilities (softmax over the channel axis)."),
+              "", ("Predicting big images: napari-unet tiles them with overlapping windows and "
+              "Gaussian blending; `napari_unet predict --model THIS.zip` does the same."), ""]
+    return "\n".join(lines)
+
+
+def export_bioimageio(checkpoint, path, *, image=None, name: str | None = None,
+                      authors=("napari-unet-torch user",), overwrite: bool = False) -> Path:
+    """Write a bioimage.io model package (zip) of a run; ``image`` gives the test input."""
+    spec = require("bioimageio.spec.model.v0_5")
+    package = require("bioimageio.spec")
+    require("onnx")
+    run_dir = Path(checkpoint).resolve() if not isinstance(checkpoint, Checkpoint) else None
+    checkpoint = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+    run_dir = run_dir if run_dir is not None and run_dir.is_dir() else None
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise OutputExistsError(f"{path} exists: pass --overwrite to replace it")
+    if path.suffix != ".zip":
+        raise ConfigError(f"a bioimage.io package is a .zip file, not {path.name!r}: "
+                          f"use e.g. --output model.zip")
+    model = checkpoint.model.eval().float().cpu()
+    dims = model.spatial_dims
+    stats = NormStats.from_dict(checkpoint.norm_stats)
+    window = tuple(checkpoint.data_info.get("input_size") or
+                   model.valid_input_size(checkpoint.config.patch_size))
+    smallest, step, shrink = _axis_sizes(model)
+    channel_axis = spec.AxisId("channel")
+    names = AXIS_NAMES[-dims:]
+
+    test_input = _test_image(checkpoint, image, window)
+    test_output = _model_output(checkpoint, test_input)
+    with tempfile.TemporaryDirectory(prefix="napari_unet_export_") as tmp:
+        tmp = Path(tmp)
+        np.save(tmp / "test_input.npy", test_input)
+        np.save(tmp / "test_output.npy", test_output)
+        (tmp / "architecture.py").write_text(architecture_source(model.name))
+        torch.save(model.state_dict(), tmp / "weights.pt")
+        example = torch.from_numpy(test_input)
+        export_torchscript(model, tmp / "weights_torchscript.pt", example)
+        export_onnx(model, tmp / "weights.onnx", example)
+        _cover(tmp / "cover.png", test_input, test_output)
+
+        input_axes = [spec.BatchAxis(), spec.ChannelAxis(channel_names=[
+            spec.Identifier(f"channel{i}") for i in range(model.in_channels)])]
+        input_axes += [spec.SpaceInputAxis(id=spec.AxisId(n), size=spec.ParameterizedSize(
+            min=smallest, step=step)) for n in names]
+        classes = ["foreground"] if model.num_classes == 1 else [
+            f"class{i}" for i in range(model.num_classes)]
+        output_axes = [spec.BatchAxis(), spec.ChannelAxis(
+            channel_names=[spec.Identifier(c) for c in classes])]
+        output_axes += [spec.SpaceOutputAxis(id=spec.AxisId(n), size=spec.SizeReference(
+            tensor_id=spec.TensorId(INPUT_ID), axis_id=spec.AxisId(n), offset=-shrink))
+            for n in names]
+        axes_text = (f"Input `{INPUT_ID}` (batch, channel, {', '.join(names)}): each spatial "
+                     f"size {smallest} + {step} k. Output `{OUTPUT_ID}`: "
+                     + (f"{shrink} pixels smaller per axis (a {shrink // 2}-pixel margin "
+                        f"is cropped by the unpadded network: feed it the image mirrored by "
+                        f"{shrink // 2} pixels on every side)" if shrink else
+                        "the input's size") + ".")
+        (tmp / "README.md").write_text(_readme(checkpoint, run_dir, axes_text))
+
+        version = spec.Version(torch.__version__.split("+")[0])
+        state_dict = spec.PytorchStateDictWeightsDescr(
+            source=tmp / "weights.pt", pytorch_version=version,
+            architecture=spec.ArchitectureFromFileDescr(
+                source=tmp / "architecture.py", callable=spec.Identifier(type(model).__name__),
+                kwargs={k: v for k, v in model.hparams.items() if k != "name"}))
+        weights = spec.WeightsDescr(
+            pytorch_state_dict=state_dict,
+            torchscript=spec.TorchscriptWeightsDescr(
+                source=tmp / "weights_torchscript.pt", pytorch_version=version,
+                parent="pytorch_state_dict"),
+            onnx=spec.OnnxWeightsDescr(source=tmp / "weights.onnx", opset_version=ONNX_OPSET,
+                                       parent="pytorch_state_dict"))
+        ours = {"model": model.name, "hparams": dict(model.hparams),
+                "norm_stats": stats.to_dict(), "threshold": checkpoint.config.threshold,
+                "input_size": list(window), "data_info": checkpoint.data_info,
+                "config": checkpoint.config.to_dict(), "best_dice": checkpoint.best_dice,
+                "step": checkpoint.step}
+        description = spec.ModelDescr(
+            name=name or f"napari-unet {model.description} ({checkpoint.config.preset})",
+            description=f"{model.description} segmentation trained with napari-unet-torch "
+                        f"(preset {checkpoint.config.preset}).",
+            authors=[spec.Author(name=a) for a in authors],
+            cite=_citations(spec, model.name),
+            license=spec.LicenseId("BSD-3-Clause"),
+            documentation=spec.FileDescr(source=tmp / "README.md"),
+            covers=[spec.FileDescr(source=tmp / "cover.png")],
+            tags=["segmentation", f"{dims}d", "unet", "napari", "pytorch"],
+            inputs=[spec.InputTensorDescr(
+                id=spec.TensorId(INPUT_ID), axes=input_axes,
+                test_tensor=spec.FileDescr(source=tmp / "test_input.npy"),
+                data=spec.IntervalOrRatioDataDescr(type="float32"),
+                preprocessing=_preprocessing(spec, stats, channel_axis))],
+            outputs=[spec.OutputTensorDescr(
+                id=spec.TensorId(OUTPUT_ID), axes=output_axes,
+                test_tensor=spec.FileDescr(source=tmp / "test_output.npy"),
+                data=spec.IntervalOrRatioDataDescr(type="float32"),
+                postprocessing=_postprocessing(spec, model.num_classes, channel_axis))],
+            weights=weights,
+            config=spec.Config(**{CONFIG_KEY: ours}),
+        )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.stem}.partial.zip")
+        package.save_bioimageio_package(description, output_path=partial)
+        partial.replace(path)
+    return path
+
+
+def _citations(spec, model_name: str):
+    papers = {
+        "unet": (("Ronneberger, Fischer, Brox: U-Net: Convolutional Networks for Biomedical "
+                 "Image Segmentation (MICCAI 2015)"), "10.1007/978-3-319-24574-4_28"),
+        "tiny_unet": (("Ronneberger, Fischer, Brox: U-Net (MICCAI 2015); TinyUNet after "
+                      "NVIDIA's UNet Industrial"), "10.1007/978-3-319-24574-4_28"),
+        "unet3d": ("Isensee et al.: No New-Net (BrainLes 2018)", "10.1007/978-3-030-11726-9_21"),
+    }
+    text, doi = papers[model_name]
+    return [spec.CiteEntry(text=text, doi=spec.Doi(doi))]
+
+
+# -- one entry point for the faces -------------------------------------------------------------
+
+def export_model(run, format: str, output, *, image=None, overwrite: bool = False) -> Path:  # noqa: A002 (the CLI's name)
+    """Export a run (folder or checkpoint) as ``format`` (one of FORMATS) to ``output``."""
+    if format not in FORMATS:
+        raise ConfigError(f"format {format!r} is not valid: choose one of {', '.join(FORMATS)}")
+    output = Path(output)
+    if format == "bioimageio":
+        return export_bioimageio(run, output, image=image, overwrite=overwrite)
+    if output.exists() and not overwrite:
+        raise OutputExistsError(f"{output} exists: pass --overwrite to replace it")
+    if not output.parent.is_dir():
+        raise DataError(f"folder {output.parent} does not exist: create it first")
+    checkpoint = load_checkpoint(run)
+    model = checkpoint.model
+    window = checkpoint.data_info.get("input_size") or checkpoint.config.patch_size
+    example = example_window(model, window)
+    partial = output.with_name(f".{output.stem}.partial{output.suffix}")
+    (export_onnx if format == "onnx" else export_torchscript)(model, partial, example)
+    partial.replace(output)
+    return output

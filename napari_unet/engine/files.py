@@ -1,0 +1,74 @@
+"""Prediction over many files: a folder or a glob of TIF, PNG or JPEG images into a folder.
+
+The model is loaded once; each file goes through :func:`predict_file` (tiling, TTA, memory-
+mapped output). A file that cannot be used (unreadable, the wrong channels, too small) is
+reported in its ``FileDone`` event and skipped; the others are written. Outputs that exist
+are refused up front, before any work, unless ``overwrite``.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from ..errors import DataError, NapariUnetError, OutputExistsError
+from ..io import input_files
+from .checkpoint import Checkpoint, load_checkpoint
+from .events import FileDone
+from .prediction import predict_file
+
+LABELS_SUFFIX = "_labels.tif"
+PROBABILITIES_SUFFIX = "_probabilities.tif"
+
+
+def output_names(inputs: list[Path], folder, suffix: str) -> list[Path]:
+    """``folder/<stem><suffix>`` for each input; two inputs with one stem are an error."""
+    folder = Path(folder)
+    outputs = [folder / f"{path.stem}{suffix}" for path in inputs]
+    seen = {}
+    for source, target in zip(inputs, outputs):
+        if target in seen:
+            raise DataError(f"{seen[target].name} and {source.name} would both be written to "
+                            f"{target.name}: rename one, or predict them separately")
+        seen[target] = source
+    return outputs
+
+
+def _check_outputs(targets: list[Path], overwrite: bool) -> None:
+    existing = [path for path in targets if path.exists()]
+    if existing and not overwrite:
+        more = f" and {len(existing) - 1} more" if len(existing) > 1 else ""
+        raise OutputExistsError(f"{existing[0]}{more} exist(s): pass --overwrite to replace "
+                                f"them, or choose another --output folder")
+
+
+def predict_files(run, source, output_folder, *, probabilities_folder=None,
+                  overwrite: bool = False, **options) -> Iterator:
+    """Yield FileDone(0, total), then each file's TilesDone events and its FileDone;
+    ``source`` is a folder, a glob
+    or one file. Labels go to ``output_folder/<stem>_labels.tif`` (probabilities, when asked,
+    to ``probabilities_folder/<stem>_probabilities.tif``)."""
+    inputs = input_files(source)
+    for folder in (output_folder, probabilities_folder):
+        if folder is not None and Path(folder).exists() and not Path(folder).is_dir():
+            raise DataError(f"{folder} is a file: for a folder or glob of inputs, --output "
+                            f"(and --probabilities) name a folder")
+    labels = output_names(inputs, output_folder, LABELS_SUFFIX)
+    probabilities = (output_names(inputs, probabilities_folder, PROBABILITIES_SUFFIX)
+                     if probabilities_folder is not None else [None] * len(inputs))
+    _check_outputs(labels + [p for p in probabilities if p is not None], overwrite)
+    checkpoint = run if isinstance(run, Checkpoint) else load_checkpoint(run)
+    for folder in {Path(output_folder), Path(probabilities_folder or output_folder)}:
+        folder.mkdir(parents=True, exist_ok=True)
+    yield FileDone(0, len(inputs), "")  # the count, before the first file's tiles
+    for done, (path, labels_path, prob_path) in enumerate(
+            zip(inputs, labels, probabilities), start=1):
+        try:
+            yield from predict_file(checkpoint, path, labels_path, probabilities=prob_path,
+                                    overwrite=overwrite, **options)
+        except NapariUnetError as exc:
+            if isinstance(exc, OutputExistsError):
+                raise
+            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            yield FileDone(done, len(inputs), str(path), error=message)
+            continue
+        yield FileDone(done, len(inputs), str(path))

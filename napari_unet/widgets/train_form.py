@@ -1,0 +1,360 @@
+"""The Train widget's choices: layer pairs, what the labels mean, preset and options, the run.
+
+Every field maps onto one option of ``napari_unet train`` (:meth:`TrainForm.cli_args`); the
+defaults follow the chosen image and preset. Starting, the events and the curve are in
+:mod:`.train`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QListWidgetItem,
+    QPushButton,
+    QSpinBox,
+    QWidget,
+)
+
+from napari_unet import runs
+from napari_unet.choices import AMP_MODES, DEVICES, PRESETS
+from napari_unet.training_set import describe_classes, looks_like_volume, mask_classes
+from napari_unet.widgets import (
+    LayerCombo,
+    UserError,
+    group_box,
+    one_line,
+    show_error,
+    show_warning,
+    spatial_shape,
+    with_browse_button,
+)
+
+PRESET_2D = tuple(name for name, values in PRESETS.items() if values["spatial_dims"] == 2)
+PRESET_3D = next(name for name, values in PRESETS.items() if values["spatial_dims"] == 3)
+MODEL_SIZES = (("preset default", None), ("8 (tiny)", 8), ("16 (small, CPU)", 16), ("32", 32),
+               ("64 (full UNet)", 64))
+NONZERO = -1  # the object value spin box's "every non-zero value" (what napari colours)
+
+
+def _cuda_devices() -> int:
+    try:
+        import torch
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:  # noqa: BLE001 - no usable CUDA is the same as none
+        return 0
+
+
+def _cpu_has_fast_bf16() -> bool:
+    from napari_unet.engine.runtime import cpu_has_fast_bf16
+    return cpu_has_fast_bf16()
+
+
+def _spin(low, high, value=None, step=1, double=False):
+    box = QDoubleSpinBox() if double else QSpinBox()
+    box.setRange(low, high)
+    box.setSingleStep(step)
+    if value is not None:
+        box.setValue(value)
+    return box
+
+
+def _combo(items):
+    box = QComboBox()
+    box.addItems(list(items))
+    return box
+
+
+class TrainForm(QWidget):
+    """The fields of the Train widget and the defaults that follow them."""
+
+    def __init__(self, napari_viewer, parent=None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.presets = PRESETS
+        self.cuda_devices = _cuda_devices()
+        self.pairs: list[tuple[str, str]] = []
+        self.boxes = [self._data_box(), self._labels_box(), self._options_box(),
+                      self._run_box()]
+
+    # -- builders (one group box each) -------------------------------------------------------------
+    def _data_box(self):
+        from napari.layers import Image, Labels
+
+        self.image_combo = LayerCombo(self.viewer, Image)
+        self.labels_combo = LayerCombo(self.viewer, Labels)
+        self.image_combo.currentIndexChanged.connect(self._image_changed)
+        self.labels_combo.currentIndexChanged.connect(self.describe_labels)
+        self.pair_list = QListWidget()
+        self.pair_list.setMaximumHeight(54)
+        pair_buttons = QHBoxLayout()
+        for text, slot in (("Add pair", self.add_current_pair), ("Remove", self._remove_pair)):
+            button = QPushButton(text)
+            button.clicked.connect(slot)
+            pair_buttons.addWidget(button)
+        self.preset = _combo(PRESETS)
+        self.preset.currentTextChanged.connect(self._preset_changed)
+        self.holdout = QCheckBox("validate on 1/5 of the samples (Dice curve)")
+        self.holdout.setChecked(True)
+        return group_box("Data", [("Image", self.image_combo), ("Labels", self.labels_combo),
+                                  pair_buttons, self.pair_list, ("Preset", self.preset),
+                                  self.holdout])
+
+    def _labels_box(self):
+        self.object_value = _spin(NONZERO, 65535, NONZERO)
+        self.object_value.setSpecialValueText("every non-zero value")
+        self.object_value.setToolTip("the label value of the object to learn (the CLI's "
+                                     "--foreground-value); napari colours the non-zero values")
+        self.invert = QCheckBox("invert (the object is the 0 / uncoloured pixels)")
+        self.invert.setToolTip("for 0/255 masks whose object is 0, as ISBI's membranes")
+        self.learns = QLabel("")
+        self.learns.setWordWrap(True)
+        show = QPushButton("Show")
+        show.setToolTip("add a layer of what training will learn from the labels")
+        show.clicked.connect(self.show_learned)
+        self.object_value.valueChanged.connect(self.describe_labels)
+        self.invert.toggled.connect(self.describe_labels)
+        row = QHBoxLayout()
+        row.addWidget(self.learns, 1)
+        row.addWidget(show)
+        return group_box("Object", [("Value", self.object_value), self.invert, row])
+
+    def _options_box(self):
+        # mapped one to one onto the CLI's options
+        self.steps = _spin(1, 10_000_000, 200)
+        self.batch_size = _spin(1, 4096)
+        self.lr = _spin(1e-6, 1.0, step=1e-5, double=True)
+        self.lr.setDecimals(6)
+        self.base_channels = QComboBox()
+        for text, value in MODEL_SIZES:
+            self.base_channels.addItem(text, value)
+        self.patch_size = _spin(16, 2048, step=16)
+        self.amp = _combo(AMP_MODES)
+        self.compile = QCheckBox("torch.compile")
+        self.device = _combo(DEVICES)
+        self.gpus = _spin(1, max(1, self.cuda_devices))
+        self.gpus.setEnabled(self.cuda_devices > 1)
+        self.gpus.setToolTip("more than one starts DistributedDataParallel (torchrun)")
+        return group_box("Training", [
+            ("Steps", self.steps), ("Batch size", self.batch_size), ("Learning rate", self.lr),
+            ("Model size", self.base_channels), ("Patch size", self.patch_size),
+            ("AMP", self.amp), ("Device", self.device), ("GPUs", self.gpus), self.compile])
+
+    def _run_box(self):
+        self.run_folder = QLineEdit()
+        self.run_folder.setPlaceholderText(f"new folder in {runs.default_runs_root()}")
+        self.init_from = QLineEdit()
+        self.init_from.setPlaceholderText("optional: a run to fine-tune")
+        self.init_from.editingFinished.connect(self._init_from_changed)
+        self.predict_at_end = QCheckBox("predict the image when training ends")
+        self.predict_at_end.setChecked(True)
+        return group_box("Run", [
+            ("Run folder", with_browse_button(self.run_folder, self._browse_run_folder)),
+            ("Fine-tune", with_browse_button(self.init_from, self._browse_init_from)),
+            self.predict_at_end])
+
+    # -- what the labels mean ---------------------------------------------------------------------
+    def mask_rule(self) -> dict:
+        """The foreground value and invert choice, as :func:`mask_classes` takes them."""
+        value = self.object_value.value()
+        return {"foreground_value": None if value == NONZERO else value,
+                "invert": self.invert.isChecked()}
+
+    def describe_labels(self, *_):
+        """Say what training will learn from the chosen labels (before Start)."""
+        labels = self.labels_combo.layer()
+        if labels is None:
+            self.learns.setText("")
+            return
+        data = np.asarray(labels.data)
+        text = describe_classes(data, **self.mask_rule())
+        if self.mask_rule() == {"foreground_value": None, "invert": False} \
+                and data.size and np.count_nonzero(data) > 0.5 * data.size:
+            text += ("; most pixels are coloured: if the object is the uncoloured (0) part, "
+                     "as ISBI's membranes, tick invert")
+        self.learns.setText(text)
+
+    def show_learned(self):
+        """A labels layer of the classes training will learn (replaced on each press)."""
+        labels = self.labels_combo.layer()
+        if labels is None:
+            show_error("choose a labels layer first")
+            return
+        try:
+            classes, _ = mask_classes(np.asarray(labels.data), **self.mask_rule(),
+                                      instances="merge")
+        except Exception as exc:  # noqa: BLE001 - a DataError: say it, keep the viewer
+            show_error(one_line(exc))
+            return
+        name = f"{labels.name} (learned)"
+        if name in self.viewer.layers:
+            self.viewer.layers.remove(name)
+        self.viewer.add_labels(classes, name=name, scale=labels.scale,
+                               translate=labels.translate, opacity=0.5)
+        self.describe_labels()
+
+    # -- defaults that follow the choices ---------------------------------------------------------
+    def _image_changed(self, *_):
+        """A new image: its labels, a preset that fits it (3D volume -> volume3d), a patch
+        size no bigger than it. Other options the user set stay."""
+        image = self.image_combo.layer()
+        if image is None:
+            return
+        self._pick_matching_labels(image)
+        current = self.preset.currentText()
+        wanted = PRESET_3D if looks_like_volume(spatial_shape(image)) else PRESET_2D[0]
+        if current != wanted and not (wanted in PRESET_2D and current in PRESET_2D):
+            self.preset.setCurrentText(wanted)  # applies the preset's defaults
+        else:
+            self.patch_size.setValue(min(self.patch_size.value(), self._largest_patch()))
+
+    def _pick_matching_labels(self, image):
+        from napari.layers import Labels
+
+        current = self.labels_combo.layer()
+        if current is not None and tuple(current.data.shape) == spatial_shape(image):
+            return
+        matches = [layer for layer in self.viewer.layers if isinstance(layer, Labels)
+                   and tuple(layer.data.shape) == spatial_shape(image)]
+        matches.sort(key=lambda layer: not layer.name.startswith(image.name))
+        if matches:
+            self.labels_combo.set_layer(matches[0])
+
+    def _spatial_dims(self, preset=None) -> int:
+        return self.presets.get(preset or self.preset.currentText(), {}).get("spatial_dims", 2)
+
+    def _largest_patch(self) -> int:
+        """The image's smallest extent (over the model's axes), in steps of 16."""
+        image = self.image_combo.layer()
+        shape = spatial_shape(image) if image is not None else ()
+        dims = self._spatial_dims()
+        if len(shape) < dims:
+            return self.patch_size.maximum()
+        return max(16, min(shape[-dims:]) // 16 * 16)
+
+    def _preset_changed(self, preset: str):
+        """The preset's defaults, made small on a CPU (no CUDA device here)."""
+        values = self.presets.get(preset, {})
+        on_gpu = self.cuda_devices > 0
+        spatial_dims = self._spatial_dims(preset)
+        self.lr.setValue(float(values.get("lr", 1e-4)))
+        self.batch_size.setValue(int(values.get("batch_size", 4)) if on_gpu
+                                 else (2 if spatial_dims == 3 else 4))
+        small = 8 if spatial_dims == 3 else 16
+        self.base_channels.setCurrentIndex(0 if on_gpu else self.base_channels.findData(small))
+        # bf16 where the hardware has it: every GPU of the field, CPUs with AVX512-BF16/AMX
+        self.amp.setCurrentText("bf16" if on_gpu or _cpu_has_fast_bf16() else "off")
+        patch = int((values.get("patch_size") or [128])[0])
+        if not on_gpu:
+            patch = min(patch, 64 if spatial_dims == 3 else 128)
+        self.patch_size.setValue(min(patch, self._largest_patch()))
+
+    def set_init_from(self, run_dir) -> None:
+        """Fine-tune from `run_dir` (its weights and its training set) with its settings."""
+        self.init_from.setText(str(run_dir))
+        self._init_from_changed()
+
+    def _init_from_changed(self):
+        """Fine-tuning: take the source run's preset, model size and patch size."""
+        from napari_unet.engine import TrainConfig
+
+        text = self.init_from.text().strip()
+        config_path = Path(text).expanduser() / runs.CONFIG
+        if not text or not config_path.is_file():
+            return
+        try:
+            config = TrainConfig.from_yaml(config_path)
+        except Exception as exc:  # noqa: BLE001 - a damaged config only loses the defaults
+            show_warning(f"cannot read {config_path}: {one_line(exc)}")
+            return
+        if config.preset in self.presets:
+            self.preset.setCurrentText(config.preset)
+        index = self.base_channels.findData(config.model_options.get("base_channels"))
+        if index >= 0:
+            self.base_channels.setCurrentIndex(index)
+        self.patch_size.setValue(int(config.patch_size[0]))
+
+    # -- pairs ------------------------------------------------------------------------------------
+    def add_current_pair(self):
+        image, labels = self.image_combo.layer(), self.labels_combo.layer()
+        if image is None or labels is None:
+            show_error("choose an image layer and a labels layer to pair")
+            return
+        pair = (image.name, labels.name)
+        if pair in self.pairs:
+            return
+        self.pairs.append(pair)
+        self.pair_list.addItem(QListWidgetItem(f"{image.name}  ←  {labels.name}"))
+
+    def _remove_pair(self):
+        row = self.pair_list.currentRow()
+        if row < 0 and self.pairs:
+            row = len(self.pairs) - 1
+        if row >= 0:
+            self.pairs.pop(row)
+            self.pair_list.takeItem(row)
+
+    def _layer_pairs(self):
+        """[(image layer, labels layer)] from the list, else from the two combo boxes."""
+        from napari.layers import Image, Labels
+
+        by_name = {layer.name: layer for layer in self.viewer.layers}
+        names = self.pairs or [(self.image_combo.currentText(), self.labels_combo.currentText())]
+        pairs = []
+        for image_name, labels_name in names:
+            image, labels = by_name.get(image_name), by_name.get(labels_name)
+            if not isinstance(image, Image):
+                raise UserError("choose an image layer to train on (open or add an image first)"
+                                if not image_name else f"image layer '{image_name}' is gone")
+            if not isinstance(labels, Labels):
+                raise UserError("choose a labels layer: add one (Layers > New Labels) and paint "
+                                "the objects" if not labels_name
+                                else f"labels layer '{labels_name}' is gone")
+            pairs.append((image, labels))
+        return pairs
+
+    # -- the command line -------------------------------------------------------------------------
+    def cli_args(self, preset, run_dir, samples, init_from=None) -> list[str]:
+        """The CLI options for the current fields (the widget's only link to training)."""
+        steps = self.steps.value()
+        every = max(1, steps // 10)
+        spatial_dims = self.presets[preset].get("spatial_dims", 2)
+        args = ["--preset", preset, "--data", str(run_dir / runs.DATA), "--out", str(run_dir),
+                "--steps", str(steps), "--batch-size", str(self.batch_size.value()),
+                "--lr", repr(self.lr.value()),
+                "--patch-size", *[str(self.patch_size.value())] * spatial_dims,
+                "--amp", self.amp.currentText(), "--device", self.device.currentText(),
+                "--val-every", str(every), "--checkpoint-every", str(every),
+                "--set", f"log_every={min(10, every)}"]
+        if self.base_channels.currentData() is not None:
+            args += ["--base-channels", str(self.base_channels.currentData())]
+        if self.compile.isChecked():
+            args.append("--compile")
+        if self.gpus.value() > 1:
+            args += ["--nproc", str(self.gpus.value())]
+        if init_from is not None:
+            args += ["--init-from", str(init_from)]
+        if self.holdout.isChecked() and samples >= 2:
+            args += ["--fold", "0", "--folds", str(min(5, samples))]
+        return args
+
+    # -- file dialogs -----------------------------------------------------------------------------
+    def _browse_run_folder(self):
+        folder = QFileDialog.getExistingDirectory(self, "Run folder (new or empty)",
+                                                  str(runs.default_runs_root()))
+        if folder:
+            self.run_folder.setText(folder)
+
+    def _browse_init_from(self):
+        folder = QFileDialog.getExistingDirectory(self, "Run to fine-tune",
+                                                  str(runs.default_runs_root()))
+        if folder:
+            self.set_init_from(folder)
