@@ -1,5 +1,7 @@
 """The training loop on tiny synthetic data: learning, exact resume, cancel, NaN guard."""
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -229,10 +231,20 @@ def test_evaluate_reproduces_validation_dice(dagm, tmp_path):
 
 def test_checkpoint_events_and_metrics_log(dagm, tmp_path):
     events = run(tiny_config(steps=20), dagm, tmp_path / "r")
-    saved = [e for e in events if isinstance(e, CheckpointSaved)]
-    assert saved and all(e.path.endswith(".pt") for e in saved)
-    lines = (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
-    assert len(lines) >= 4 + 2  # a line per 5 steps and per validation
+    saved = [(e.step, Path(e.path).name) for e in events if isinstance(e, CheckpointSaved)]
+    # last.pt every 10 steps but the final one (written after the loop); best.pt when better
+    assert (10, "last.pt") in saved and all(name in ("last.pt", "best.pt") for _, name in saved)
+    assert [step for step, name in saved if name == "last.pt"] == [10]
+    validations = [e for e in events if isinstance(e, Validation)]
+    best_steps = [e.step for e in validations if e.best]
+    assert [step for step, name in saved if name == "best.pt"] == best_steps and best_steps
+    records = [json.loads(line) for line in
+               (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    # a line per 5 steps and one per validation, nothing else
+    assert [r["step"] for r in records if "loss" in r] == [5, 10, 15, 20]
+    assert [r["step"] for r in records if "val_dice" in r] == [10, 20]
+    assert len(records) == 6
+    assert [r["val_dice"] for r in records if "val_dice" in r] == [e.dice for e in validations]
 
 
 def test_mismatched_shapes_are_a_data_error(tmp_path):
