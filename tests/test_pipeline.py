@@ -6,6 +6,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from test_reliability import _loss_nan_at  # the same NaN-injecting loss
 
 from napari_unet import cli
 from napari_unet.engine import (
@@ -20,7 +21,6 @@ from napari_unet.engine import (
 from napari_unet.engine import trainer as trainer_module
 from napari_unet.engine.data import NormStats, PatchSampler, normalize, normalize_tensor
 from napari_unet.errors import ConfigError, DataError, TrainingDiverged
-from test_reliability import _loss_nan_at  # the same NaN-injecting loss
 
 NONE = NormStats("none", [], [], [], [])
 
