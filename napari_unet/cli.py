@@ -176,7 +176,10 @@ def _add_benchmark(p):
 # -- commands ------------------------------------------------------------------------------------
 def cmd_train(args) -> int:
     from napari_unet.engine import load_checkpoint, train
+    from napari_unet.errors import ConfigError
 
+    if args.nproc < 1:
+        raise ConfigError(f"--nproc {args.nproc}: use 1 process or more (one per GPU)")
     if args.ddp_timeout is not None:  # read by each worker (engine.distributed)
         from napari_unet.engine.distributed import TIMEOUT_VARIABLE, collective_timeout
         os.environ[TIMEOUT_VARIABLE] = str(args.ddp_timeout)

@@ -1,14 +1,16 @@
 """The CLI end to end on tiny data: train -> evaluate -> predict, events, exit statuses."""
 import json
+import re
 import signal
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 import tifffile
+from process_support import cli, read_events_until, start_cli
 
 from napari_unet.cli import main
+from napari_unet.engine import load_checkpoint
 from napari_unet.engine.events import from_json
 
 TINY = ["--steps", "6", "--batch-size", "2", "--patch-size", "64", "--base-channels", "8",
@@ -36,14 +38,33 @@ def test_train_writes_a_complete_run(trained_run):
     assert probabilities.min() >= 0.0 and probabilities.max() <= 1.0
 
 
-def test_evaluate_prints_and_matches_train_evaluation(trained_run, capsys):
+def _printed_metrics(out):
+    line = out.strip().splitlines()[-1]
+    assert line.startswith("evaluation: ")
+    return {key: float(value) for key, value in (item.split("=") for item in line.split()[1:])}
+
+
+def test_evaluate_reproduces_the_validation_of_the_saved_checkpoint(trained_run, capsys):
+    # what training wrote, read before `evaluate` rewrites evaluation.json
+    at_training = json.loads((trained_run / "evaluation.json").read_text())
+    validations = [json.loads(line) for line in
+                   (trained_run / "metrics.jsonl").read_text().splitlines()]
+    best_validation = max(r["val_dice"] for r in validations if "val_dice" in r)
+    capsys.readouterr()
     assert main(["evaluate", "--run", str(trained_run), "--sample", "em", "--fold", "0",
                  "--amp", "off", "--device", "cpu"]) == 0
-    line = capsys.readouterr().out.strip().splitlines()[-1]
-    values = dict(item.split("=") for item in line.split()[1:])
-    saved = json.loads((trained_run / "evaluation.json").read_text())
-    assert float(values["mean_dice"]) == pytest.approx(saved["mean_dice"], abs=1e-4)
-    assert "dice_class1" in values
+    printed = _printed_metrics(capsys.readouterr().out)
+    # the best checkpoint on its own validation fold gives the Dice validation reported
+    assert printed["samples"] == 2  # em's 8 images in 5 folds: 2, 2, 2, 1, 1
+    assert printed["foreground_dice"] == pytest.approx(best_validation, abs=1e-4)
+    assert printed["mean_dice"] == pytest.approx(at_training["mean_dice"], abs=1e-4)
+    assert printed["dice_class1"] == pytest.approx(at_training["dice_per_class"][1], abs=1e-4)
+    rewritten = json.loads((trained_run / "evaluation.json").read_text())
+    assert rewritten["mean_dice"] == pytest.approx(printed["mean_dice"], abs=1e-4)
+    # all 8 images (half of them seen in training) are another figure
+    assert main(["evaluate", "--run", str(trained_run), "--sample", "em", "--amp", "off",
+                 "--device", "cpu"]) == 0
+    assert _printed_metrics(capsys.readouterr().out)["samples"] == 8
 
 
 def test_predict_never_overwrites_without_asking(trained_run, tmp_path, capsys):
@@ -69,34 +90,148 @@ def test_events_jsonl_round_trip(tmp_path, capsys):
     assert names[0] == "Started" and names[-1] == "Finished" and names.count("Progress") == 6
 
 
-def _run_cli(*args, **kw):
-    return subprocess.run([sys.executable, "-m", "napari_unet.cli", *args], capture_output=True,
-                          text=True, **kw)
+# -- bad input: every subcommand, exit 2 with one line and no traceback --------------------------
+QUICK = ["--steps", "1", "--batch-size", "1", "--patch-size", "32", "--base-channels", "4",
+         "--amp", "off", "--device", "cpu"]
+TRAIN_ERRORS = [
+    ([], "exactly one data source"),
+    (["--sample", "dagm", "--data", "{tmp}"], "exactly one data source"),
+    (["--images", "{image}"], "--images needs --masks"),
+    (["--sample", "dagm", "--set", "lr"], "KEY=VALUE"),
+    (["--sample", "dagm", "--set", "lr=["], "not valid YAML"),
+    (["--sample", "dagm", "--set", "steps=many"], "'steps' expects int"),
+    (["--sample", "dagm", "--set", "learning_rate=1"], "unknown config key"),
+    (["--sample", "dagm", "--steps", "0"], "steps must be at least 1"),
+    (["--sample", "dagm", "--fold", "7", "--folds", "5"], "fold 7 is out of range"),
+    (["--sample", "dagm", "--lr", "-1"], "lr must be positive"),
+    (["--sample", "dagm", "--config", "{tmp}/missing.yaml"], "cannot read config"),
+    (["--sample", "dagm", "--init-from", "{tmp}/nowhere"], "does not exist"),
+    (["--sample", "dagm", "--device", "cuda"], "no CUDA GPU"),
+    (["--sample", "dagm", "--nproc", "0"], "--nproc 0"),
+    (["--images", "{tmp}/missing.tif", "--masks", "{image}"], "missing.tif"),
+]
+EVALUATE_ERRORS = [
+    (["--run", "{tmp}/nowhere", "--sample", "em"], "does not exist"),
+    (["--run", "{run}"], "exactly one data source"),
+    (["--run", "{run}", "--sample", "em", "--images", "{image}", "--masks", "{image}"],
+     "exactly one data source"),
+    (["--run", "{run}", "--images", "{image}"], "--images needs --masks"),
+    (["--run", "{run}", "--sample", "em", "--fold", "9"], "fold 9"),
+    (["--run", "{run}", "--sample", "em", "--tile-size", "0"], "tile_size"),
+    (["--run", "{run}", "--sample", "em", "--overlap", "1.5"], "overlap"),
+    (["--run", "{run}", "--sample", "blobs3d"], "not a 2D image"),
+]
+PREDICT_ERRORS = [
+    (["--input", "{tmp}/missing.tif", "--output", "{tmp}/o.tif"], "missing.tif does not exist"),
+    (["--input", "{image}", "--output", "{tmp}/o.tif", "--probabilities", "{image}"],
+     "--overwrite"),
+    (["--input", "{image}", "--output", "{image}"], "--overwrite"),
+    (["--input", "{image}", "--output", "{tmp}/o.tif", "--tile-size", "0"], "tile_size"),
+    (["--input", "{image}", "--output", "{tmp}/o.tif", "--tile-size", "-5"], "tile_size"),
+    (["--input", "{image}", "--output", "{tmp}/o.tif", "--tile-size", "32", "32", "32"],
+     "tile_size"),
+    (["--input", "{image}", "--output", "{tmp}/o.tif", "--overlap", "1"], "overlap"),
+    (["--input", "{image}", "--output", "{tmp}/o.tif", "--batch-size", "0"], "batch_size"),
+    (["--input", "{image}", "--output", "{tmp}/o.tif", "--threshold", "2"], "threshold"),
+]
+BENCHMARK_ERRORS = [
+    (["--steps", "0"], "--steps 0"),
+    (["--warmup", "-1"], "--warmup -1"),
+    (["--size", "0"], "--size 0"),
+    (["--batch-size", "0"], "--batch-size 0"),
+    (["--device", "cuda"], "no CUDA GPU"),
+]
+MATRIX = ([("train", a, w) for a, w in TRAIN_ERRORS]
+          + [("evaluate", a, w) for a, w in EVALUATE_ERRORS]
+          + [("predict", a, w) for a, w in PREDICT_ERRORS]
+          + [("benchmark", a, w) for a, w in BENCHMARK_ERRORS])
 
 
-def test_user_errors_exit_2_with_one_line(tmp_path):
-    result = _run_cli("train", "--preset", "industrial", "--images", str(tmp_path / "nope.tif"),
-                      "--masks", str(tmp_path / "nope.tif"), "--out", str(tmp_path / "r"))
+@pytest.mark.parametrize("command, args, words", MATRIX,
+                         ids=[f"{c}:{' '.join(a)}" for c, a, _ in MATRIX])
+def test_bad_input_exits_2_with_one_line(trained_run, tmp_path, capsys, command, args, words):
+    image = tmp_path / "image.tif"
+    tifffile.imwrite(image, np.zeros((64, 64), np.uint8))
+    image_before = image.read_bytes()
+    filled = [a.format(tmp=tmp_path, image=image, run=trained_run) for a in args]
+    if command == "train":
+        filled = ["--preset", "industrial", "--out", str(tmp_path / "run"), *QUICK, *filled]
+    elif command == "predict":
+        filled = ["--run", str(trained_run), "--amp", "off", "--device", "cpu", *filled]
+    elif command == "benchmark":
+        filled = ["--preset", "industrial", "--size", "32", "--base-channels", "4",
+                  "--batch-size", "1", "--steps", "1", "--warmup", "0", "--device", "cpu",
+                  *filled]
+    capsys.readouterr()
+    code = main([command, *filled])
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert code == 2, captured.err
+    assert len(lines) == 1 and lines[0].startswith("napari_unet: error: "), lines
+    assert words in lines[0]
+    assert "Traceback" not in captured.err + captured.out
+    assert image.read_bytes() == image_before, "a user's file was overwritten"
+    assert not (tmp_path / "o.tif").exists(), "a failed command left an output behind"
+
+
+def test_user_errors_in_a_real_process_print_no_traceback(tmp_path):
+    result = cli("train", "--preset", "industrial", "--images", tmp_path / "nope.tif",
+                 "--masks", tmp_path / "nope.tif", "--out", tmp_path / "r")
     assert result.returncode == 2
-    assert "Traceback" not in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1 and "nope.tif" in result.stderr
-    result = _run_cli("predict", "--run", str(tmp_path), "--input", "x.tif", "--output", "y.tif")
-    assert result.returncode == 2 and "no checkpoint" in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"napari_unet: error: {tmp_path / 'nope.tif'} does not exist: check the path"]
+    result = cli("predict", "--run", tmp_path, "--input", "x.tif", "--output", "y.tif")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("napari_unet: error: no checkpoint")
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
-def test_sigint_saves_a_checkpoint_and_exits_130(tmp_path):
+# -- benchmark -----------------------------------------------------------------------------------
+def test_benchmark_prints_one_row_per_mode(capsys):
+    assert main(["benchmark", "--preset", "industrial", "--size", "32", "--base-channels", "4",
+                 "--batch-size", "2", "--steps", "2", "--warmup", "1", "--device", "cpu"]) == 0
+    header, rule, *rows = capsys.readouterr().out.strip().splitlines()
+    names = re.split(r"\s{2,}", header.strip())  # columns are 2+ spaces apart
+    assert names[:3] == ["preset", "mode", "device"] and set(rule) <= {"-", " "}
+    table = [dict(zip(names, re.split(r"\s{2,}", row.strip()))) for row in rows]
+    assert all(len(row) == len(names) for row in table)
+    assert [(r["preset"], r["mode"], r["device"], r["batch"]) for r in table] == [
+        ("industrial", "train", "cpu", "2"), ("industrial", "predict", "cpu", "2")]
+    for row in table:
+        img_s, p50, p99 = float(row["img/s"]), float(row["p50 ms"]), float(row["p99 ms"])
+        assert img_s > 0 and 0 < p50 <= float(row["p90 ms"]) <= float(row["p95 ms"]) <= p99
+        float(row["GFLOP/img"]), float(row["TFLOP/s"])
+
+
+def test_benchmark_counts_the_flop_of_a_convolution_by_hand():
+    from napari_unet.engine.benchmark import count_gflop
+    from napari_unet.engine.config import preset_config
+
+    config = preset_config("industrial", model_options={"base_channels": 4})
+    forward = count_gflop(config, 1, 2, (64, 64), train=False)
+    # the first 3x3 convolution alone: 2 * 9 * (1 -> 4 channels) per pixel of a 64x64 input
+    assert forward * 1e9 > 2 * 9 * 1 * 4 * 64 * 64
+    # a training step: the forward pass and a backward pass of about twice its cost
+    assert 2.5 < count_gflop(config, 1, 2, (64, 64), train=True) / forward < 3.5
+
+
+# -- cancelling ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_saves_a_checkpoint_and_exits_130(tmp_path, signum):
     run = tmp_path / "r"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "napari_unet.cli", "train", "--preset", "industrial", "--sample",
-         "dagm", "--out", str(run), "--events", "jsonl", *TINY[2:], "--steps", "100000",
-         "--checkpoint-every", "100000"], stdout=subprocess.PIPE, text=True)
-    for line in process.stdout:
-        if json.loads(line)["event"] == "Progress":
-            break
-    process.send_signal(signal.SIGINT)
+    process = start_cli("train", "--preset", "industrial", "--sample", "dagm", "--out", run,
+                        "--events", "jsonl", *TINY[2:], "--steps", "100000",
+                        "--checkpoint-every", "100000", stderr=subprocess.PIPE)
+    read_events_until(process, lambda event: event["event"] == "Progress")
+    process.send_signal(signum)
     assert process.wait(timeout=60) == 130
-    assert (run / "checkpoints" / "last.pt").exists()
-    resumed = _run_cli("train", "--preset", "industrial", "--sample", "dagm", "--out", str(run),
-                       "--resume", *TINY[2:], "--steps", "3", "--events", "jsonl")
+    assert "cancelled" in process.stderr.read()
+    saved = load_checkpoint(run / "checkpoints" / "last.pt", prefer="last.pt")
+    assert saved.step >= 1  # the last completed step, however far the child got
+    resumed = cli("train", "--preset", "industrial", "--sample", "dagm", "--out", run,
+                  "--resume", *TINY[2:], "--steps", saved.step + 2, "--events", "jsonl")
     assert resumed.returncode == 0, resumed.stderr
-    assert json.loads(resumed.stdout.splitlines()[0])["start_step"] >= 1
+    events = [json.loads(line) for line in resumed.stdout.splitlines()]
+    assert events[0]["start_step"] == saved.step
+    assert [e["step"] for e in events if e["event"] == "Progress"] == [saved.step + 1,
+                                                                        saved.step + 2]

@@ -1,62 +1,96 @@
 """DDP on CPU with gloo, 2 processes through `napari_unet train --nproc 2` (torchrun)."""
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
+from process_support import cli, read_events_until, start_cli
 
-from napari_unet.engine import load_checkpoint
+from napari_unet.engine import evaluate, load_checkpoint, sample_dataset
 
 COMMON = ["train", "--preset", "industrial", "--sample", "dagm", "--loss", "ce", "--steps", "5",
           "--patch-size", "64", "--base-channels", "8", "--amp", "off", "--device", "cpu",
           "--checkpoint-every", "1000"]
+# fold 0 holds 2 of dagm's 8 images: under 2 processes each rank validates one of them
+VALIDATED = ["--fold", "0", "--val-every", "5"]
 
 
-def cli(*args, **kw):
-    return subprocess.run([sys.executable, "-m", "napari_unet.cli", *args], capture_output=True,
-                          text=True, timeout=300, **kw)
+def _events(stdout):
+    return [json.loads(line) for line in stdout.splitlines()]
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
+    """One run in one process and the same in two (read only: a test that changes a run
+    copies it first)."""
     root = tmp_path_factory.mktemp("ddp")
-    single = cli(*COMMON, "--batch-size", "4", "--out", str(root / "single"))
-    assert single.returncode == 0, single.stderr
-    double = cli(*COMMON, "--batch-size", "2", "--nproc", "2", "--out", str(root / "double"),
+    single = cli(*COMMON, *VALIDATED, "--batch-size", "4", "--out", root / "single",
                  "--events", "jsonl")
+    assert single.returncode == 0, single.stderr[-2000:]
+    double = cli(*COMMON, *VALIDATED, "--batch-size", "2", "--nproc", "2", "--out",
+                 root / "double", "--events", "jsonl")
     assert double.returncode == 0, double.stderr[-2000:]
-    return root, double.stdout
+    return root, _events(single.stdout), _events(double.stdout)
+
+
+def _initial_weights(checkpoint):
+    """The weights a run starts from: the trainer seeds torch with the config's seed."""
+    from napari_unet.engine.trainer import make_model
+
+    torch.manual_seed(checkpoint.config.seed)
+    return make_model(checkpoint.config, checkpoint.data_info["in_channels"],
+                      checkpoint.data_info["num_classes"]).state_dict()
 
 
 def test_two_processes_equal_one_with_the_same_global_batch(runs):
-    root, stdout = runs
-    started = json.loads(stdout.splitlines()[0])
-    assert started["world_size"] == 2 and started["global_batch_size"] == 4
-    one = load_checkpoint(root / "single" / "checkpoints" / "last.pt").model.state_dict()
+    root, _, events = runs
+    assert events[0]["world_size"] == 2 and events[0]["global_batch_size"] == 4
+    one = load_checkpoint(root / "single" / "checkpoints" / "last.pt")
     two = load_checkpoint(root / "double" / "checkpoints" / "last.pt").model.state_dict()
-    diff = max(float((one[k] - two[k]).abs().max()) for k in one)
-    assert diff < 1e-5, diff
-    assert any(float((one[k] - torch.zeros_like(one[k])).abs().max()) > 0 for k in one)
+    initial = _initial_weights(one)
+    one = one.model.state_dict()
+    moved = max(float((one[k].float() - initial[k].float()).abs().max()) for k in one)
+    diff = max(float((one[k].float() - two[k].float()).abs().max()) for k in one)
+    assert moved > 1e-3, "training did not move the weights: the comparison would be empty"
+    assert diff < 1e-5 and diff < moved / 100, (diff, moved)
+
+
+def test_sharded_validation_scores_the_whole_fold(runs):
+    root, single_events, double_events = runs
+    [one] = [e for e in single_events if e["event"] == "Validation"]
+    [two] = [e for e in double_events if e["event"] == "Validation"]
+    # each rank predicted one image; the summed confusion matrices score both
+    metrics = evaluate(load_checkpoint(root / "double" / "checkpoints" / "last.pt"),
+                       sample_dataset("dagm"), fold=0, amp="off", device="cpu")
+    assert metrics["samples"] == 2
+    assert two["dice"] == pytest.approx(metrics["foreground_dice"], abs=1e-6)
+    assert two["dice_per_class"] == pytest.approx(metrics["dice_per_class"], abs=1e-6)
+    assert two["dice"] == pytest.approx(one["dice"], abs=1e-3)
+    assert single_events[0]["val_samples"] == double_events[0]["val_samples"] == 2
 
 
 def test_only_rank_zero_writes_events(runs):
-    _, stdout = runs
-    names = [json.loads(line)["event"] for line in stdout.splitlines()]
+    _, _, events = runs
+    names = [e["event"] for e in events]
     assert names.count("Started") == 1 and names.count("Finished") == 1
+    assert names.count("Validation") == 1 and names.count("Progress") == 5
 
 
-def test_a_two_process_checkpoint_resumes_in_one_process(runs):
-    root, _ = runs
-    resumed = cli(*COMMON, "--batch-size", "4", "--steps", "7", "--resume", "--out",
-                  str(root / "double"), "--events", "jsonl")
+def test_a_two_process_checkpoint_resumes_in_one_process(runs, tmp_path):
+    root, _, _ = runs
+    shutil.copytree(root / "double", tmp_path / "double")
+    resumed = cli(*COMMON, *VALIDATED, "--batch-size", "4", "--steps", "7", "--resume",
+                  "--out", tmp_path / "double", "--events", "jsonl")
     assert resumed.returncode == 0, resumed.stderr
-    events = [json.loads(line) for line in resumed.stdout.splitlines()]
+    events = _events(resumed.stdout)
     assert events[0]["start_step"] == 5 and events[0]["world_size"] == 1
+    assert [e["step"] for e in events if e["event"] == "Progress"] == [6, 7]
     assert events[-1]["event"] == "Finished" and events[-1]["step"] == 7
 
 
@@ -75,15 +109,15 @@ def _worker_pid(marker: str, rank: int):
     return None
 
 
+def _endless_two_process_run(run):
+    return start_cli(*COMMON, "--steps", "100000", "--batch-size", "2", "--nproc", "2",
+                     "--out", run, "--events", "jsonl", stderr=subprocess.PIPE)
+
+
 def test_killing_one_rank_ends_the_job(tmp_path):
     run = tmp_path / "killed"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "napari_unet.cli", *COMMON, "--steps", "100000", "--batch-size",
-         "2", "--nproc", "2", "--out", str(run), "--events", "jsonl"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    for line in process.stdout:
-        if json.loads(line)["event"] == "Progress":
-            break
+    process = _endless_two_process_run(run)
+    read_events_until(process, lambda event: event["event"] == "Progress")
     pid = _worker_pid(str(run), 1)
     assert pid is not None
     start = time.monotonic()
@@ -92,22 +126,26 @@ def test_killing_one_rank_ends_the_job(tmp_path):
     elapsed = time.monotonic() - start
     stderr = process.stderr.read()
     assert code != 0 and elapsed < 60, (code, elapsed)
-    assert "rank" in stderr.lower() and "1" in stderr
+    # torchrun's summary names the killed rank as the root cause
+    assert re.search(r"Root Cause.*?rank\s*:\s*1 \(local_rank: 1\)\s*exitcode\s*:\s*-9",
+                     stderr, re.S), stderr[-2000:]
 
 
 def test_cancel_stops_every_rank_after_the_same_step_and_rank_zero_saves(tmp_path):
     run = tmp_path / "cancelled"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "napari_unet.cli", *COMMON, "--steps", "100000", "--batch-size",
-         "2", "--nproc", "2", "--out", str(run), "--events", "jsonl"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = _endless_two_process_run(run)
     steps = []
-    for line in process.stdout:
-        event = json.loads(line)
+
+    def second_step(event):
         if event["event"] == "Progress":
             steps.append(event["step"])
-            if len(steps) == 2:
-                process.send_signal(signal.SIGINT)  # as the Train widget's Cancel does
+        return len(steps) == 2
+
+    read_events_until(process, second_step)
+    process.send_signal(signal.SIGINT)  # as the Train widget's Cancel does
+    for event in read_events_until(process, None):
+        if event["event"] == "Progress":
+            steps.append(event["step"])
     code = process.wait(timeout=60)
     stderr = process.stderr.read()
     assert code == 130, stderr[-2000:]

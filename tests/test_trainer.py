@@ -1,5 +1,7 @@
 """The training loop on tiny synthetic data: learning, exact resume, cancel, NaN guard."""
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -56,15 +58,143 @@ def _weights(run_dir):
     return load_checkpoint(run_dir / "checkpoints" / "last.pt").model.state_dict()
 
 
-def test_resume_is_exact(dagm, tmp_path):
-    config = tiny_config(steps=20, val_every=1000, checkpoint_every=1000)
-    run(config, dagm, tmp_path / "whole")
-    run(config.replace(steps=10), dagm, tmp_path / "split")
-    events = run(config, dagm, tmp_path / "split", resume=True)
-    assert events[0].start_step == 10
-    whole, split = _weights(tmp_path / "whole"), _weights(tmp_path / "split")
-    for name in whole:
-        assert torch.equal(whole[name], split[name]), name
+def _interrupted_at(config, data, run_dir, step):
+    """Train until `step`, then close the generator (a cancel: the checkpoint of `step`)."""
+    events = train(config, data, run_dir=run_dir)
+    seen = []
+    for event in events:
+        seen.append(event)
+        if isinstance(event, Progress) and event.step == step:
+            break
+    events.close()
+    return seen
+
+
+def _assert_same_state(whole_dir, split_dir, name="last.pt"):
+    """Weights, optimizer, schedule and scaler states, step and best Dice, bit for bit."""
+    whole = torch.load(whole_dir / "checkpoints" / name, weights_only=True)
+    split = torch.load(split_dir / "checkpoints" / name, weights_only=True)
+    assert whole["step"] == split["step"] and whole["best_dice"] == split["best_dice"]
+    for key in ("model_state", "optimizer", "scheduler", "scaler"):
+        _assert_equal_nested(whole[key], split[key], key)
+
+
+def _assert_equal_nested(a, b, where):
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            _assert_equal_nested(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_equal_nested(x, y, f"{where}[{i}]")
+    else:
+        assert a == b or (a != a and b != b), (where, a, b)  # NaN == NaN here
+
+
+def _step_of_train_step(monkeypatch):
+    """Make trainer._train_step publish the step it is running (for losses that need it)."""
+    import inspect
+
+    from napari_unet.engine import trainer as trainer_module
+
+    real = trainer_module._train_step
+    signature = inspect.signature(real)
+    current = {}
+
+    def step_aware(*args, **kwargs):
+        current["step"] = signature.bind(*args, **kwargs).arguments["step"]
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "_train_step", step_aware)
+    return current
+
+
+def _nan_loss_at(monkeypatch, nan_step):
+    """fp16: a NaN loss at one step makes the scaler skip it and halve its scale."""
+    from napari_unet.engine import trainer as trainer_module
+
+    current = _step_of_train_step(monkeypatch)
+    real = trainer_module.build_loss
+
+    def build(*args, **kwargs):
+        loss_fn = real(*args, **kwargs)
+        return lambda logits, target: loss_fn(logits, target) * (
+            float("nan") if current["step"] == nan_step else 1.0)
+
+    monkeypatch.setattr(trainer_module, "build_loss", build)
+
+
+RESUME_VARIANTS = {
+    "exponential decay every step": dict(lr_decay_steps=1, lr_decay_rate=0.9),
+    "cosine": dict(lr_schedule="cosine"),
+    "warm-up across the split, then poly": dict(warmup_steps=8, lr_schedule="poly"),
+    "dropout (UNet)": dict(preset="isbi2012", model_options={"base_channels": 4, "depth": 3,
+                                                             "padding": "same"},
+                           loss="dice_ce", lr_schedule="cosine"),
+    "fp16 scaler after a skipped step": dict(amp="fp16", lr_schedule="cosine"),
+    "validations before and after the split": dict(val_every=3, lr_schedule="cosine",
+                                                   val_tile_size=[64, 64]),
+}
+
+
+@pytest.mark.parametrize("variant", list(RESUME_VARIANTS))
+def test_resume_is_bit_identical_to_an_uninterrupted_run(dagm, tmp_path, monkeypatch, variant):
+    options = dict(RESUME_VARIANTS[variant])
+    preset = options.pop("preset", "industrial")
+    values = dict(steps=12, batch_size=2, patch_size=[32, 32], lr=2e-3, amp="off",
+                  model_options={"base_channels": 4}, val_every=1000, checkpoint_every=1000,
+                  log_every=1, fold=0, folds=4, lr_decay_steps=1000)
+    values.update(options)
+    config = preset_config(preset, **values)
+    if config.amp == "fp16":
+        _nan_loss_at(monkeypatch, nan_step=2)
+    whole = run(config, dagm, tmp_path / "whole")
+    before = _interrupted_at(config, dagm, tmp_path / "split", step=5)
+    after = run(config, dagm, tmp_path / "split", resume=True)
+    assert after[0].start_step == 5
+
+    def trace(events):  # what the user sees: losses, learning rates, validations
+        return [(type(e).__name__, e.step, str(e.loss), e.lr) if isinstance(e, Progress)
+                else (type(e).__name__, e.step, e.dice, e.best) if isinstance(e, Validation)
+                else type(e).__name__ for e in events
+                if isinstance(e, (Progress, Validation, Finished))]
+
+    assert trace(before)[:5] == trace(whole)[:5]
+    assert trace(after) == trace(whole)[-len(trace(after)):]
+    lrs = [e.lr for e in whole if isinstance(e, Progress)]
+    assert len(set(lrs)) == len(lrs), "the schedule must change at every step"
+    if "validations" in variant:
+        assert [e.step for e in whole if isinstance(e, Validation)] == [3, 6, 9, 12]
+        _assert_same_state(tmp_path / "whole", tmp_path / "split", "best.pt")
+    if config.amp == "fp16":
+        scale = torch.load(tmp_path / "whole" / "checkpoints" / "last.pt",
+                           weights_only=True)["scaler"]["scale"]
+        assert scale == 2.0 ** 15, "the NaN step halved the scale once"
+    _assert_same_state(tmp_path / "whole", tmp_path / "split")
+
+
+def test_the_best_dice_survives_a_resume(dagm, tmp_path, monkeypatch):
+    """A resumed run knows its best Dice so far: a worse validation is not called best."""
+    from napari_unet.engine import trainer as trainer_module
+
+    dice = {3: 0.9, 6: 0.5, 9: 0.6, 12: 0.7}
+    current = _step_of_train_step(monkeypatch)
+
+    def scripted(*args, **kwargs):
+        value = dice[current["step"] + 1]
+        return {"dice": value, "dice_per_class": [1.0, value], "mean_dice": (1 + value) / 2}
+
+    monkeypatch.setattr(trainer_module, "validate", scripted)
+    config = tiny_config(steps=12, batch_size=2, val_every=3, checkpoint_every=1000)
+    _interrupted_at(config, dagm, tmp_path / "r", step=7)
+    events = run(config, dagm, tmp_path / "r", resume=True)
+    assert [(e.step, e.best) for e in events if isinstance(e, Validation)] == [
+        (9, False), (12, False)]
+    assert events[-1].best_dice == 0.9
+    assert load_checkpoint(tmp_path / "r" / "checkpoints" / "best.pt").step == 3
 
 
 def test_cancel_leaves_a_loadable_checkpoint(dagm, tmp_path):
@@ -101,10 +231,20 @@ def test_evaluate_reproduces_validation_dice(dagm, tmp_path):
 
 def test_checkpoint_events_and_metrics_log(dagm, tmp_path):
     events = run(tiny_config(steps=20), dagm, tmp_path / "r")
-    saved = [e for e in events if isinstance(e, CheckpointSaved)]
-    assert saved and all(e.path.endswith(".pt") for e in saved)
-    lines = (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
-    assert len(lines) >= 4 + 2  # a line per 5 steps and per validation
+    saved = [(e.step, Path(e.path).name) for e in events if isinstance(e, CheckpointSaved)]
+    # last.pt every 10 steps but the final one (written after the loop); best.pt when better
+    assert (10, "last.pt") in saved and all(name in ("last.pt", "best.pt") for _, name in saved)
+    assert [step for step, name in saved if name == "last.pt"] == [10]
+    validations = [e for e in events if isinstance(e, Validation)]
+    best_steps = [e.step for e in validations if e.best]
+    assert [step for step, name in saved if name == "best.pt"] == best_steps and best_steps
+    records = [json.loads(line) for line in
+               (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    # a line per 5 steps and one per validation, nothing else
+    assert [r["step"] for r in records if "loss" in r] == [5, 10, 15, 20]
+    assert [r["step"] for r in records if "val_dice" in r] == [10, 20]
+    assert len(records) == 6
+    assert [r["val_dice"] for r in records if "val_dice" in r] == [e.dice for e in validations]
 
 
 def test_mismatched_shapes_are_a_data_error(tmp_path):

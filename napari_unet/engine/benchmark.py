@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..errors import ConfigError
 from .config import preset_config
 from .losses import build_loss
 from .runtime import autocast, configure_backends, memory_format, resolve_device
@@ -79,6 +80,7 @@ def count_gflop(config, in_channels, num_classes, input_size, train: bool) -> fl
 def run_benchmark(preset, *, mode="both", batch_size=None, size=None, base_channels=None,
                   warmup=3, steps=10, amp="off", compile=False, channels_last=True,
                   device="auto") -> list[BenchmarkRow]:
+    _check_counts(batch_size=batch_size, size=size, warmup=warmup, steps=steps)
     modes = ["train", "predict"] if mode == "both" else [mode]
     rows = []
     for m in modes:
@@ -91,6 +93,17 @@ def run_benchmark(preset, *, mode="both", batch_size=None, size=None, base_chann
         rows.append(BenchmarkRow(preset, m, str(dev), amp, compile, config.channels_last, batch,
                                  input_size, img_s, *p.tolist(), gflop, img_s * gflop / 1e3))
     return rows
+
+
+def _check_counts(*, batch_size, size, warmup, steps):
+    """A benchmark needs at least one timed step of at least one image of positive size."""
+    if steps < 1 or warmup < 0:
+        raise ConfigError(f"--steps {steps} / --warmup {warmup}: time at least 1 step after "
+                          f"0 or more warm-up steps")
+    if batch_size is not None and batch_size < 1:
+        raise ConfigError(f"--batch-size {batch_size}: use at least 1 image per step")
+    if size is not None and min(size) < 1:
+        raise ConfigError(f"--size {' '.join(map(str, size))}: give positive sizes in pixels")
 
 
 def _time_steps(config, device, model, in_channels, num_classes, input_size, batch, warmup,

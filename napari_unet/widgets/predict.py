@@ -31,9 +31,11 @@ from napari_unet import runs
 from napari_unet.choices import BACKENDS, DEVICES, TTA_MODES
 from napari_unet.engine.events import Failed, Message, TilesDone
 from napari_unet.widgets import (
-    LayerCombo,
+    LayerPickers,
     UserError,
+    existing_path,
     layer_data,
+    layer_picker,
     one_line,
     show_error,
     show_info,
@@ -202,7 +204,7 @@ class PredictionJob:
             self._on_end(self)
 
 
-class PredictWidget(QWidget):
+class PredictWidget(LayerPickers, QWidget):
     """Choose a run or checkpoint and an image; get probability and label layers."""
 
     def __init__(self, napari_viewer, parent=None):
@@ -224,7 +226,8 @@ class PredictWidget(QWidget):
         model_row.addWidget(browse_run)
         model_row.addWidget(browse_file)
 
-        self.image_combo = LayerCombo(napari_viewer, Image)
+        self.image_combo = layer_picker(napari_viewer, Image)
+        self.pickers = [self.image_combo]
         self.tile_size = QSpinBox()
         self.tile_size.setRange(0, 4096)
         self.tile_size.setSingleStep(16)
@@ -278,7 +281,7 @@ class PredictWidget(QWidget):
 
         form = QFormLayout()
         form.addRow("Model", model_row)
-        form.addRow("Image", self.image_combo)
+        form.addRow("Image", self.image_combo.native)
         form.addRow("Tile size", self.tile_size)
         form.addRow("Overlap", self.overlap)
         form.addRow("TTA", self.tta)
@@ -353,7 +356,7 @@ class PredictWidget(QWidget):
             show_error(f"{Path(path).name}: name the file .zip (bioimage.io), .onnx or .pt "
                        f"(TorchScript)")
             return None
-        layer = self.image_combo.layer()  # the package's test image, when one is chosen
+        layer = self.image_combo.value  # the package's test image, when one is chosen
         image = layer_data(layer) if layer is not None else None
         worker = create_worker(_export, checkpoint, EXPORT_FORMATS[suffix], path, image,
                                _start_thread=False)
@@ -364,12 +367,8 @@ class PredictWidget(QWidget):
         return worker
 
     def _model_path(self):
-        text = self.model_combo.currentText().strip()
-        if not text:
-            raise UserError("choose a run folder or a checkpoint file (.pt) first")
-        path = Path(text).expanduser()
-        if not path.exists():
-            raise UserError(f"{path} does not exist: choose a run folder or a checkpoint file")
+        path = existing_path(self.model_combo.currentText(),
+                             "a run folder or a checkpoint file (.pt)")
         checkpoint = runs.find_checkpoint(path, required=False)
         if checkpoint is None:
             raise UserError(f"no checkpoint in {path}: expected {runs.CHECKPOINTS}/{runs.BEST} "
@@ -378,7 +377,7 @@ class PredictWidget(QWidget):
 
     def _choices(self):
         checkpoint = self._model_path()
-        image_layer = self.image_combo.layer()
+        image_layer = self.image_combo.value
         if image_layer is None:
             raise UserError("choose an image layer to predict (open or add an image first)")
         return checkpoint, image_layer

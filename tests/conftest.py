@@ -1,0 +1,54 @@
+"""Suite-wide rules: under `make test` (NAPARI_UNET_STRICT_TESTS=1) nothing skips silently.
+
+`make test` is what CI runs, and CI always has a display (Xvfb) and ../shared. There a missing
+display or data folder stops the run at once with a message, and any skip other than "needs a
+CUDA GPU" is a failure: a green run has tested the widgets, the reader, the writers and the
+real data sets. A developer running plain `pytest` keeps the skips (with their reasons).
+"""
+import os
+from pathlib import Path
+
+import pytest
+from gui_support import NO_DISPLAY
+
+STRICT = os.environ.get("NAPARI_UNET_STRICT_TESTS") == "1"
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# the only skip a strict run allows: hardware this machine does not have
+ALLOWED_SKIP = "CUDA"
+
+
+def pytest_configure(config):
+    if not STRICT:
+        return
+    problems = []
+    if NO_DISPLAY:
+        problems.append("no display: run the suite under xvfb-run (install the xvfb package) "
+                        "or set DISPLAY")
+    if not SHARED_DATA.is_dir():
+        problems.append(f"no data sets at {SHARED_DATA}: the suite needs ../shared/data beside "
+                        f"the repository")
+    if problems:
+        raise pytest.UsageError("make test cannot run every test: " + "; ".join(problems))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if STRICT and report.skipped and not hasattr(report, "wasxfail"):
+        reason = str(report.longrepr[-1]) if isinstance(report.longrepr, tuple) \
+            else str(report.longrepr)
+        if ALLOWED_SKIP not in reason:
+            report.outcome = "failed"
+            report.longrepr = (f"skipped under make test (NAPARI_UNET_STRICT_TESTS=1), where "
+                               f"nothing may skip but CUDA-only tests: {reason}")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    """A module that skips as a whole (pytest.importorskip) is a failure under make test."""
+    outcome = yield
+    report = outcome.get_result()
+    if STRICT and report.skipped:
+        report.outcome = "failed"
+        report.longrepr = f"{collector.nodeid} skipped under make test: {report.longrepr}"
