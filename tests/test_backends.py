@@ -57,6 +57,8 @@ def test_the_exported_graph_is_made_once_per_model(runs, monkeypatch):
 def test_auto_picks_the_fastest_installed(monkeypatch):
     assert choose_backend("auto", CPU, "bf16") == "openvino"
     assert choose_backend("auto", torch.device("cuda"), "bf16") == "torch"
+    assert choose_backend("auto", CPU, "bf16", "unet") == "torch"  # lost end to end on UNet 572
+    assert choose_backend("auto", CPU, "bf16", "tiny_unet") == "openvino"
     monkeypatch.setattr(backends, "available", lambda name: name != "openvino")
     assert choose_backend("auto", CPU, "off") == "onnxruntime"
     assert choose_backend("auto", CPU, "bf16") == "torch"  # ONNX Runtime has no bf16 convs
