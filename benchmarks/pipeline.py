@@ -11,7 +11,8 @@ One command, one table, then one machine-readable line per preset:
   augmented every batch, and that is what is timed for it (the "host work" column says which).
 - end to end: real ``train()`` steps (data, augmentation, loss reads, logging; no validation,
   no checkpoint) against the model-only training step of the same model, batch and precision
-  (``napari_unet benchmark``'s step on a fixed batch), and their ratio.
+  (``napari_unet benchmark``'s step on a fixed batch), and their ratio; both the median step
+  (a shared machine's other jobs slow some steps down: the median ignores them).
 
 Data: industrial on DAGM 2007 class 1 (512x512, batch 16), isbi2012 on ISBI 2012 (572x572 in,
 batch 8), volume3d on four channels of BraTS 2021 (128^3, batch 2); ``--data-root`` (default
@@ -116,15 +117,19 @@ def host_capacity(preset, dataset, device, batches, repeats):
 
 # -- end to end --------------------------------------------------------------------------------
 def end_to_end(config, dataset, warmup, steps):
-    """(img/s between the warm-up's last Progress and the run's last, the last step's loss)."""
+    """(img/s of the median step after the warm-up, the last step's loss). Steps are timed
+    between Progress events; where losses are read every few steps (a GPU) the steps between
+    two reads are timed together, so the median is over reads."""
     times, last_loss = {}, math.nan
     with tempfile.TemporaryDirectory() as run_dir:
         for event in train(config.replace(steps=warmup + steps), dataset, run_dir=run_dir):
             if isinstance(event, Progress):
                 times[event.step] = time.perf_counter()
                 last_loss = event.loss
-    elapsed = times[warmup + steps] - times[warmup]
-    return steps * config.batch_size / elapsed, last_loss
+    every = 1 if config.device == "cpu" else config.log_every  # warm-up: a multiple of it
+    reads = list(range(warmup, warmup + steps + 1, every))
+    per_step = [(times[b] - times[a]) / (b - a) for a, b in zip(reads, reads[1:])]
+    return config.batch_size / float(np.median(per_step)), last_loss
 
 
 def model_only(config, dataset, warmup, steps):
@@ -166,7 +171,7 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=None,
                         help="untimed training steps (default 2 on CPU, 10 on a GPU)")
     parser.add_argument("--steps", type=int, default=None,
-                        help="timed training steps (default 4 on CPU, 30 on a GPU)")
+                        help="timed training steps (default 6 on CPU, 30 on a GPU)")
     parser.add_argument("--amp", default="bf16", choices=["bf16", "fp16", "off"],
                         help="precision of the GPU rows (the CPU recipes fix their own)")
     parser.add_argument("--compile", action="store_true", help="torch.compile (GPU rows)")
@@ -176,7 +181,7 @@ def main(argv=None):
     device = resolve_device(args.device)
     on_cpu = device.type == "cpu"
     warmup = args.warmup if args.warmup is not None else (2 if on_cpu else 10)
-    steps = args.steps if args.steps is not None else (4 if on_cpu else 30)
+    steps = args.steps if args.steps is not None else (6 if on_cpu else 30)
     rows, lines = [], []
     for preset in args.presets:
         dataset = load(preset, args.data_root)

@@ -10,14 +10,13 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_unet.choices import MAX_CHANNELS  # an axis marked C (or the first of 4 unnamed)
 from napari_unet.errors import NapariUnetError
 from napari_unet.io import TIF_SUFFIXES, looks_like_labels, read_image, write_tif
 
 # Files bigger than this stay memory-mapped (napari then reads only the planes it shows);
 # smaller ones are read into RAM, where they are faster to browse and Labels are editable.
 LAZY_BYTES = 1 << 30
-# An axis of at most this many planes, marked C (or the first of 4 unnamed axes), is channels.
-MAX_CHANNELS = 16
 
 
 # ------------------------------------------------------------------------------------ reader

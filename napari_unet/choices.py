@@ -6,7 +6,9 @@ their combo boxes from them: a new AMP mode or preset is added here and appears 
 from __future__ import annotations
 
 AMP_MODES = ("bf16", "fp16", "off")
-DEVICES = ("auto", "cpu", "cuda")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+# who runs the network in prediction (engine.backends); auto: the fastest installed on a CPU
+BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
 NORMALIZATIONS = ("minus_one_one", "zscore", "none")
 TTA_MODES = ("off", "mirror", "dihedral")
 OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from napari_unet.choices import AMP_MODES, DEVICES, PRESET_NAMES, SAMPLES, TTA_MODES
+from napari_unet.choices import AMP_MODES, BACKENDS, DEVICES, PRESET_NAMES, SAMPLES, TTA_MODES
 
 EXIT_USER_ERROR = 2
 EXIT_CANCELLED = 130
@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_common(p):
     p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
-    p.add_argument("--device", choices=DEVICES, default=None)
+    p.add_argument("--device", choices=DEVICES, default=None,
+                   help="auto: a CUDA GPU, else an Apple GPU (mps), else the CPU")
     p.add_argument("--amp", choices=AMP_MODES, default=None,
                    help="mixed precision (bf16 works on CPU too)")
 
@@ -99,6 +100,14 @@ def _add_tta(p):
                         "dihedral (flips and quarter turns: twice the passes of mirror)")
 
 
+def _add_backend(p):
+    p.add_argument("--backend", choices=BACKENDS,
+                   default="auto",
+                   help="who runs the network on the CPU: auto (the fastest installed: "
+                        "OpenVINO, then ONNX Runtime for fp32, then torch), or one by name "
+                        "(ONNX Runtime and OpenVINO come with the [cpu] extra)")
+
+
 def _add_evaluate(p):
     p.add_argument("--run", required=True, metavar="RUN_DIR", help="a run folder or checkpoint")
     _add_data(p)
@@ -107,6 +116,7 @@ def _add_evaluate(p):
     p.add_argument("--tile-size", type=int, nargs="+", default=None)
     p.add_argument("--overlap", type=float, default=0.25)
     _add_tta(p)
+    _add_backend(p)
     _add_common(p)
 
 
@@ -134,6 +144,7 @@ def _add_predict(p):
     p.add_argument("--threshold", type=float, default=None)
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--events", choices=["jsonl"], default=None)
+    _add_backend(p)
     _add_common(p)
 
 
@@ -213,7 +224,7 @@ def cmd_predict(args) -> int:
     printer = _printer(args.events)
     options = dict(tile_size=args.tile_size, overlap=args.overlap, batch_size=args.batch_size,
                    tta=args.tta, amp=args.amp or "bf16", device=args.device or "auto",
-                   threshold=args.threshold, overwrite=args.overwrite)
+                   threshold=args.threshold, overwrite=args.overwrite, backend=args.backend)
     if Path(args.input).is_dir() or is_glob(args.input):
         return _predict_many(args, predict_files(args.run, args.input, args.output,
                                                  probabilities_folder=args.probabilities,
@@ -364,7 +375,8 @@ def _report_evaluation(args, checkpoint, dataset, fold, run_dir):
 
     metrics = evaluate(checkpoint, dataset, fold=fold, tile_size=getattr(args, "tile_size", None),
                        overlap=getattr(args, "overlap", 0.25), tta=getattr(args, "tta", False),
-                       amp=args.amp or checkpoint.config.amp, device=args.device or "auto")
+                       amp=args.amp or checkpoint.config.amp, device=args.device or "auto",
+                       backend=getattr(args, "backend", "torch"))
     line = " ".join(f"{k}={_fmt(v)}" for k, v in metrics.items() if not isinstance(v, list))
     per_class = " ".join(f"dice_class{i}={_fmt(v)}" for i, v in enumerate(metrics["dice_per_class"]))
     print(f"evaluation: {line} {per_class}")

@@ -206,20 +206,29 @@ def live_pid(run_dir):
     """The pid of the training child recorded in the run folder, if it is still running."""
     try:
         record = json.loads((Path(run_dir) / PID_FILE).read_text())
-        pid = int(record["pid"])
+        pid, started = int(record["pid"]), float(record["started"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return pid if alive(pid) else None
+    return pid if alive(pid, started) else None
 
 
-def alive(pid: int) -> bool:
-    """Whether `pid` runs, and (where /proc tells) is a napari_unet process."""
+def alive(pid: int, started: float | None = None) -> bool:
+    """Whether `pid` runs and is ours: created before `started` (when the pid file was
+    written; a recycled pid is younger), else (where /proc tells) a napari_unet process."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
+    if started is not None:
+        try:
+            import psutil
+            return psutil.Process(pid).create_time() <= started + 1.0
+        except ImportError:
+            pass  # the command line below tells, once the child has started
+        except Exception:  # noqa: BLE001 - psutil.Error: gone meanwhile
+            return False
     cmdline = Path(f"/proc/{pid}/cmdline")  # guard against a recycled pid where we can
     if cmdline.exists():
         try:

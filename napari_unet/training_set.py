@@ -92,8 +92,11 @@ def describe_classes(labels, foreground_value=None, invert=False) -> str:
     except DataError as exc:
         return f"cannot train on these labels: {exc}"
     counts = np.bincount(classes.ravel(), minlength=2)
-    shares = ", ".join(f"class {k} {100 * n / max(classes.size, 1):.0f}%"
-                       for k, n in enumerate(counts) if k and n)
+    percent = [(k, 100 * n / max(classes.size, 1)) for k, n in enumerate(counts) if k and n]
+    if len(percent) == 1 and percent[0][0] == 1:
+        shares = f"{percent[0][1]:.0f}% of the pixels"
+    else:
+        shares = ", ".join(f"class {k} {p:.0f}%" for k, p in percent)
     if foreground_value is not None:
         source = f"value {foreground_value}"
     elif merged:
@@ -103,7 +106,7 @@ def describe_classes(labels, foreground_value=None, invert=False) -> str:
         shown = ", ".join(str(v) for v in values[values != 0][:8])
         source = f"value(s) {shown}" if shown else "nothing"
     source = f"everything but {source}" if invert else source
-    return f"learns {source} as the object: {shares or 'no object pixels'}"
+    return f"learns {source}: {shares or 'no object pixels'}"
 
 
 # -- the files ----------------------------------------------------------------------------------

@@ -109,10 +109,14 @@ def _worker_pid(marker: str, rank: int):
     return None
 
 
+def _endless_two_process_run(run):
+    return start_cli(*COMMON, "--steps", "100000", "--batch-size", "2", "--nproc", "2",
+                     "--out", run, "--events", "jsonl", stderr=subprocess.PIPE)
+
+
 def test_killing_one_rank_ends_the_job(tmp_path):
     run = tmp_path / "killed"
-    process = start_cli(*COMMON, "--steps", "100000", "--batch-size", "2", "--nproc", "2",
-                        "--out", run, "--events", "jsonl", stderr=subprocess.PIPE)
+    process = _endless_two_process_run(run)
     read_events_until(process, lambda event: event["event"] == "Progress")
     pid = _worker_pid(str(run), 1)
     assert pid is not None
@@ -129,8 +133,7 @@ def test_killing_one_rank_ends_the_job(tmp_path):
 
 def test_cancel_stops_every_rank_after_the_same_step_and_rank_zero_saves(tmp_path):
     run = tmp_path / "cancelled"
-    process = start_cli(*COMMON, "--steps", "100000", "--batch-size", "2", "--nproc", "2",
-                        "--out", run, "--events", "jsonl", stderr=subprocess.PIPE)
+    process = _endless_two_process_run(run)
     steps = []
 
     def second_step(event):

@@ -63,8 +63,9 @@ def test_package_prediction_equals_ours_on_a_real_image(packages, family):
     run, package = packages[family]
     image = real_image(family)
     checkpoint = load_checkpoint(run)
-    ours, _ = predict_array(checkpoint, image, tile_size=image.shape[-checkpoint.model.spatial_dims:],
-                            amp="off", device="cpu", channels_last=False)
+    window = image.shape[-checkpoint.model.spatial_dims:]
+    ours, _ = predict_array(checkpoint, image, tile_size=window, amp="off", device="cpu",
+                            channels_last=False)
     margin = _axis_sizes(checkpoint.model)[2] // 2
     raw = image.astype(np.float32)
     raw = raw[None] if raw.ndim == checkpoint.model.spatial_dims else raw
@@ -105,7 +106,8 @@ def test_predict_model_package_equals_predict_run(packages, family, tmp_path):
     run, package = packages[family]
     image_path = tmp_path / "image.tif"
     tifffile.imwrite(image_path, real_image(family)[:200, :260])
-    common = ["--input", str(image_path), "--device", "cpu", "--amp", "off", "--tile-size", "128"]
+    window = "316" if family == "unet" else "128"  # the UNet's 316 window: 132-pixel tiles
+    common = ["--input", str(image_path), "--device", "cpu", "--amp", "off", "--tile-size", window]
     assert main(["predict", "--run", str(run), "--output", str(tmp_path / "a.tif"),
                  "--probabilities", str(tmp_path / "pa.tif"), *common]) == 0
     assert main(["predict", "--model", str(package), "--output", str(tmp_path / "b.tif"),

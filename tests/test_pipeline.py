@@ -6,6 +6,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from test_reliability import _loss_nan_at  # the same NaN-injecting loss
 
 from napari_unet import cli
 from napari_unet.engine import (
@@ -156,24 +157,10 @@ def test_reading_losses_every_few_steps_changes_nothing_but_when_they_are_read(
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def nan_loss_at(call_to_break):
-    real = trainer_module.build_loss
-
-    def build(name, channels):
-        loss_fn, calls = real(name, channels), []
-
-        def loss(logits, target):
-            calls.append(1)
-            value = loss_fn(logits, target)
-            return value * float("nan") if len(calls) == call_to_break else value
-        return loss
-    return build
-
-
 def test_a_lagged_nan_is_caught_at_the_next_read_and_the_last_good_checkpoint_kept(
         dagm, tmp_path, monkeypatch):
     lagged(monkeypatch, 5)
-    monkeypatch.setattr(trainer_module, "build_loss", nan_loss_at(6))
+    monkeypatch.setattr(trainer_module, "build_loss", _loss_nan_at(6))
     progress = []
     with pytest.raises(TrainingDiverged, match="at step 6: lower --lr"):
         for event in train(tiny(steps=20, checkpoint_every=4), dagm, run_dir=tmp_path / "r"):
@@ -185,7 +172,7 @@ def test_a_lagged_nan_is_caught_at_the_next_read_and_the_last_good_checkpoint_ke
 
 def test_cancel_with_an_unread_nan_keeps_the_last_good_checkpoint(dagm, tmp_path, monkeypatch):
     lagged(monkeypatch, 100)
-    monkeypatch.setattr(trainer_module, "build_loss", nan_loss_at(3))
+    monkeypatch.setattr(trainer_module, "build_loss", _loss_nan_at(3))
     events = train(tiny(steps=50, checkpoint_every=2), dagm, run_dir=tmp_path / "r")
     for event in events:
         if isinstance(event, Progress) and event.step == 3:

@@ -62,9 +62,10 @@ def test_outputs_equal_one_file_prediction_and_are_never_overwritten(run, scans,
     labels = tifffile.imread(out / f"{DAGM[1].stem}_labels.tif")
     probabilities, expected = predict_array(load_checkpoint(run), read_image(DAGM[1]),
                                             tile_size=[256], amp="off", device="cpu")
-    np.testing.assert_array_equal(labels, expected)
-    np.testing.assert_array_equal(tifffile.imread(out / f"{DAGM[1].stem}_probabilities.tif"),
-                                  probabilities)
+    # the CLI's default backend may be an exported graph: equal up to float rounding
+    assert (labels != expected).mean() < 1e-4
+    np.testing.assert_allclose(tifffile.imread(out / f"{DAGM[1].stem}_probabilities.tif"),
+                               probabilities, atol=1e-5)
     stamp = (out / f"{DAGM[0].stem}_labels.tif").stat().st_mtime_ns
     result = _cli("predict", "--run", str(run), "--input", pattern, "--output", str(out), *FAST)
     assert result.returncode == 2 and "--overwrite" in result.stderr

@@ -105,19 +105,21 @@ def test_find_checkpoint_prefers_best_then_last_and_says_what_is_missing(tmp_pat
     assert runs.find_checkpoint(last) == last
 
 
-def test_pid_file_names_a_live_napari_unet_process_only(tmp_path):
-    ours = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)  # napari_unet"])
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+def test_pid_file_names_the_live_child_only(tmp_path):
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        runs.write_pid_file(tmp_path, ours.pid, ours.args)
-        assert runs.live_pid(tmp_path) == ours.pid
-        runs.write_pid_file(tmp_path, other.pid, other.args)
-        assert runs.live_pid(tmp_path) is None  # a recycled pid of another program
+        runs.write_pid_file(tmp_path, child.pid, child.args)  # at once: not yet exec'ed maybe
+        assert runs.live_pid(tmp_path) == child.pid
+        # a pid file older than the process that has the pid now: a recycled pid
+        record = json.loads((tmp_path / runs.PID_FILE).read_text())
+        record["started"] -= 3600
+        (tmp_path / runs.PID_FILE).write_text(json.dumps(record))
+        assert runs.live_pid(tmp_path) is None
+        assert not runs.alive(child.pid)  # no pid file: only a napari_unet command line
     finally:
-        for process in (ours, other):
-            process.kill()
-            process.wait()
-    runs.write_pid_file(tmp_path, ours.pid, ours.args)
+        child.kill()
+        child.wait()
+    runs.write_pid_file(tmp_path, child.pid, child.args)
     assert runs.live_pid(tmp_path) is None  # gone
     runs.remove_pid_file(tmp_path)
     assert not (tmp_path / runs.PID_FILE).exists()
@@ -154,11 +156,12 @@ def test_the_mask_rule_for_files_and_for_painted_layers():
 def test_describe_classes_says_what_will_be_learned():
     labels = np.zeros((10, 10), np.uint8)
     labels[:2] = 255
-    assert describe_classes(labels) == "learns value(s) 255 as the object: class 1 20%"
+    assert describe_classes(labels) == "learns value(s) 255: 20% of the pixels"
     assert describe_classes(labels, invert=True) \
-        == "learns everything but value(s) 255 as the object: class 1 80%"
-    assert describe_classes(labels, foreground_value=7) \
-        == "learns value 7 as the object: no object pixels"
+        == "learns everything but value(s) 255: 80% of the pixels"
+    assert describe_classes(labels, foreground_value=7) == "learns value 7: no object pixels"
+    labels[5:] = 2
+    assert describe_classes(labels) == "learns value(s) 2, 255: class 2 50%, class 255 20%"
     assert "instances merged" in describe_classes(np.arange(100).reshape(10, 10))
 
 

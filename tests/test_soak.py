@@ -54,7 +54,7 @@ def train_once(train, qtbot, run_dir, cancel):
 
 def predict_once(predict, qtbot, run_dir, image):
     predict.set_model(run_dir)
-    predict.image_combo.set_layer(image)
+    predict.image_combo.value = image
     predict.predict_button.click()
     qtbot.waitUntil(lambda: predict.job is not None and not predict.job.running,
                     timeout=TIMEOUT_MS)
@@ -64,13 +64,13 @@ def predict_once(predict, qtbot, run_dir, image):
 
 
 def correct_and_feed_back(correct, image, prediction, run_dir, cycle):
-    correct.labels_combo.set_layer(prediction)
+    correct.labels_combo.value = prediction
     correct.fill_holes()
     # the user's correction: a square the model missed (a different one each cycle)
     z, y = cycle % image.data.shape[0], 4 + 2 * (cycle % 20)
     square = np.mgrid[z:z + 1, y:y + 4, 8:12].reshape(3, -1)
     prediction.data_setitem(tuple(square), 1)
-    correct.image_combo.set_layer(image)
+    correct.image_combo.value = image
     correct.run_combo.setEditText(str(run_dir))
     correct.add_to_training_set()
 

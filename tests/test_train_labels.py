@@ -37,11 +37,10 @@ def test_invert_learns_isbi_membranes_as_the_cli_does(make_napari_viewer, tmp_pa
     viewer.add_image(images, name="train-volume")
     viewer.add_labels(labels, name="train-labels")
     _, train = viewer.window.add_plugin_dock_widget(PLUGIN, "Train")
-    assert train.labels_combo.currentText() == "train-labels"
+    assert train.labels_combo.current_choice == "train-labels"
     # before Start the widget says what napari's colours mean for training, and offers invert
     interior = 100 * (labels != 0).mean()
-    assert train.learns.text().startswith(f"learns value(s) 255 as the object: class 1 "
-                                          f"{interior:.0f}%")
+    assert train.learns.text().startswith(f"learns value(s) 255: {interior:.0f}% of the pixels")
     assert "tick invert" in train.learns.text()
     train.invert.setChecked(True)
     assert train.learns.text().startswith("learns everything but value(s) 255")
@@ -49,14 +48,14 @@ def test_invert_learns_isbi_membranes_as_the_cli_does(make_napari_viewer, tmp_pa
     np.testing.assert_array_equal(viewer.layers["train-labels (learned)"].data, labels == 0)
     train.object_value.setValue(0)
     train.invert.setChecked(False)
-    assert train.learns.text().startswith("learns value 0 as the object")
+    assert train.learns.text().startswith("learns value 0: ")
     assert train.mask_rule() == {"foreground_value": 0, "invert": False}
 
     # Start writes the training set (the child process is not needed to compare the data)
     started = []
     monkeypatch.setattr(train.runner, "start", lambda args, run_dir: started.append(args))
     train.preset.setCurrentText("isbi2012")
-    train.labels_combo.set_layer(viewer.layers["train-labels"])
+    train.labels_combo.value = viewer.layers["train-labels"]
     train.run_folder.setText(str(tmp_path / "run"))
     train.start_button.click()
     [args] = started

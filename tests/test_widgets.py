@@ -86,15 +86,15 @@ def test_the_three_widgets_dock_from_the_manifest(make_napari_viewer):
     assert isinstance(predict, PredictWidget)
     assert isinstance(correct, CorrectWidget)
     # the pickers follow the layer list
-    assert train.image_combo.currentText() == "parts"
-    assert train.labels_combo.currentText() == "parts labels"
+    assert train.image_combo.current_choice == "parts"
+    assert train.labels_combo.current_choice == "parts labels"
     assert train.preset.currentText() == "industrial"
     viewer.add_image(np.zeros((48, 48, 48), np.float32), name="volume")
-    train.image_combo.set_layer(viewer.layers["volume"])
+    train.image_combo.value = viewer.layers["volume"]
     assert train.preset.currentText() == "volume3d", "a 3D volume defaults to the 3D preset"
     assert train.patch_size.value() <= 48
     viewer.layers.remove("parts labels")
-    assert train.labels_combo.findText("parts labels") == -1
+    assert "parts labels" not in [layer.name for layer in train.labels_combo.choices]
 
 
 # -- user mistakes become notifications ---------------------------------------------------------
@@ -116,18 +116,18 @@ def test_mistakes_are_notifications_and_the_viewer_lives_on(make_napari_viewer, 
 
     empty.data[0, 10:20, 10:20] = 1
     viewer.add_labels(np.zeros((64, 32), np.uint8), name="wrong size")
-    train.labels_combo.set_layer(viewer.layers["wrong size"])
+    train.labels_combo.value = viewer.layers["wrong size"]
     seen = len(notification_manager.records)
     train.start_button.click()
     assert "(2, 64, 64)" in str(errors_since(seen)[-1].message)
 
-    train.labels_combo.set_layer(empty)
+    train.labels_combo.value = empty
     viewer.add_image(images[0], name="flat")
     flat_labels = np.zeros((64, 64), np.uint8)
     flat_labels[20:30, 20:30] = 1
     viewer.add_labels(flat_labels, name="flat labels")
-    train.image_combo.set_layer(viewer.layers["flat"])
-    train.labels_combo.set_layer(viewer.layers["flat labels"])
+    train.image_combo.value = viewer.layers["flat"]
+    train.labels_combo.value = viewer.layers["flat labels"]
     train.preset.setCurrentText("volume3d")
     seen = len(notification_manager.records)
     train.start_button.click()
@@ -219,7 +219,7 @@ def test_train_then_predict_round_trip(make_napari_viewer, qtbot, tmp_path):
     # the Predict widget offers the run, predicts again, and its slider re-cuts the labels
     predict = dock(viewer, "Predict")
     assert predict.model_combo.currentText() == str(run_dir)
-    predict.image_combo.set_layer(image)
+    predict.image_combo.value = image
     predict.tile_size.setValue(64)
     predict.predict_button.click()
     qtbot.waitUntil(lambda: predict.last_job is not None and not predict.last_job.running,
@@ -234,7 +234,7 @@ def test_train_then_predict_round_trip(make_napari_viewer, qtbot, tmp_path):
 
     # an image the model cannot take: one clear notification, no layers
     photo = viewer.add_image(np.zeros((64, 64, 3), np.uint8), name="photo", rgb=True)
-    predict.image_combo.set_layer(photo)
+    predict.image_combo.value = photo
     seen, layers_before = len(notification_manager.records), len(viewer.layers)
     predict.predict_button.click()
     qtbot.waitUntil(lambda: not predict.job.running, timeout=60_000)
@@ -245,7 +245,7 @@ def test_train_then_predict_round_trip(make_napari_viewer, qtbot, tmp_path):
     # Cancel stops a prediction between tiles (worker.quit); nothing is added
     big = viewer.add_image(np.tile(image.data, (16, 4, 4)), name="big")  # 64 x 256 x 256
     layers_before = len(viewer.layers)
-    predict.image_combo.set_layer(big)
+    predict.image_combo.value = big
     predict.predict_button.click()
     cancelling = predict.job
     qtbot.waitUntil(lambda: predict.progress.value() > 0, timeout=60_000)
@@ -266,8 +266,8 @@ def test_train_then_predict_round_trip(make_napari_viewer, qtbot, tmp_path):
 
     # "Add to training set" feeds the corrected labels back, under new names
     correct = dock(viewer, "Correct")
-    correct.image_combo.set_layer(image)
-    correct.labels_combo.set_layer(labels)
+    correct.image_combo.value = image
+    correct.labels_combo.value = labels
     correct.run_combo.setEditText(str(run_dir))
     correct.add_to_training_set()  # the run already trained on exactly these pairs
     assert sorted(p.name for p in (run_dir / "data" / "images").iterdir()) == written
@@ -276,7 +276,7 @@ def test_train_then_predict_round_trip(make_napari_viewer, qtbot, tmp_path):
     correct.add_to_training_set()
     names = sorted(p.name for p in (run_dir / "data" / "images").iterdir())
     assert names == sorted(written + [f"parts_z{painted[0]:04d}_2.tif"])
-    assert correct.labels_combo.currentText() == "parts labels"
+    assert correct.labels_combo.current_choice == "parts labels"
 
     # fine-tuning from the run starts from its weights and trains on its (grown) training set
     train.set_init_from(run_dir)
@@ -379,13 +379,13 @@ def test_correction_tools(make_napari_viewer, tmp_path):
     image = viewer.add_image(np.random.default_rng(0).random((3, 40, 40), np.float32), name="em")
     correct = dock(viewer, "Correct")
 
-    correct.probability_combo.set_layer(viewer.layers["probabilities"])
+    correct.probability_combo.value = viewer.layers["probabilities"]
     correct.threshold.setValue(0.25)
     correct.threshold_to_labels()
     thresholded = viewer.layers["probabilities > 0.25"]
     np.testing.assert_array_equal(thresholded.data, probabilities >= 0.25)
 
-    correct.labels_combo.set_layer(labels)
+    correct.labels_combo.value = labels
     viewer.dims.set_current_step(0, 1)
     correct.scope.setCurrentText("current slice")
     correct.min_size.setValue(10)
@@ -415,7 +415,7 @@ def test_correction_tools(make_napari_viewer, tmp_path):
     # add to training set never replaces files: a second add gets new names
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    correct.image_combo.set_layer(image)
+    correct.image_combo.value = image
     correct.run_combo.setEditText(str(run_dir))
     correct.add_to_training_set()
     first = sorted(p.name for p in (run_dir / "data" / "masks").iterdir())
@@ -455,8 +455,8 @@ def test_a_3d_volume_trains_with_volume3d_and_predicts_3d_layers(make_napari_vie
     channel0 = layers[0]
     labels = viewer.layers["blobs3d labels"]
     train = dock(viewer, "Train")
-    train.image_combo.set_layer(channel0)
-    assert train.labels_combo.layer() is labels
+    train.image_combo.value = channel0
+    assert train.labels_combo.value is labels
     assert train.preset.currentText() == "volume3d"
     small_cpu_options(train, tmp_path / "run", steps=2)
     train.patch_size.setValue(32)

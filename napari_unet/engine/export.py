@@ -78,14 +78,14 @@ def _quiet_tracing():
         yield
 
 
-def export_onnx(model, path, example: torch.Tensor | None = None) -> Path:
+def export_onnx(model, path, example: torch.Tensor | None = None):
     """The network (logits) as ONNX, batch and spatial sizes dynamic."""
     require("onnx")
     model = model.eval().float().to(memory_format=torch.contiguous_format)
     example = example_window(model) if example is None else example
-    path = Path(path)
+    target = path if hasattr(path, "write") else str(path)  # a file or a BytesIO
     with _quiet_tracing(), torch.no_grad():
-        torch.onnx.export(model, (example,), str(path), input_names=["input"],
+        torch.onnx.export(model, (example,), target, input_names=["input"],
                           output_names=["output"], dynamic_axes=_dynamic_axes(model.spatial_dims),
                           opset_version=ONNX_OPSET, dynamo=False)
     return path

@@ -65,14 +65,20 @@ def prepare_image(checkpoint: Checkpoint, image) -> np.ndarray:
 
 def predict(checkpoint, image, *, tile_size=None, overlap=0.25, batch_size=4, tta=False,
             amp="bf16", device="auto", threshold=None, out=None, labels_out=None,
-            channels_last=True):
-    """Yield TilesDone events, then one PredictionDone. Closing the generator cancels."""
+            channels_last=True, backend="torch"):
+    """Yield TilesDone events, then one PredictionDone. Closing the generator cancels.
+    ``backend``: torch, onnxruntime, openvino or auto (engine.backends)."""
+    from .backends import backend_model
+
     if not isinstance(checkpoint, Checkpoint):
         checkpoint = load_checkpoint(checkpoint)
+    device = resolve_device(device)
+    model = backend_model(checkpoint.model, backend, device, amp)
+    channels_last = channels_last and model is checkpoint.model
     yield from predict_with_model(
-        checkpoint.model, prepare_image(checkpoint, image),
+        model, prepare_image(checkpoint, image),
         NormStats.from_dict(checkpoint.norm_stats), tile_size=_tile_size(checkpoint, tile_size),
-        overlap=overlap, batch_size=batch_size, tta=tta, amp=amp, device=resolve_device(device),
+        overlap=overlap, batch_size=batch_size, tta=tta, amp=amp, device=device,
         threshold=checkpoint.config.threshold if threshold is None else threshold,
         out=out, labels_out=labels_out,
         channels_last=channels_last and checkpoint.model.spatial_dims == 2)
@@ -148,7 +154,7 @@ def predict_file(run, input_path, labels_path, *, probabilities=None, overwrite=
 
 # -- evaluation ----------------------------------------------------------------------------------
 def evaluate(checkpoint, dataset: Dataset, *, fold=None, tile_size=None, overlap=0.25,
-             tta=False, amp="bf16", device="auto") -> dict:
+             tta=False, amp="bf16", device="auto", backend="torch") -> dict:
     """Dice per class and mean (and the references' metrics) of a run on labelled data."""
     if not isinstance(checkpoint, Checkpoint):
         checkpoint = load_checkpoint(checkpoint)
@@ -161,7 +167,8 @@ def evaluate(checkpoint, dataset: Dataset, *, fold=None, tile_size=None, overlap
     image_dice, errors, soft = [], [], []
     for image, mask in zip(dataset.images, dataset.masks):
         probabilities, labels = predict_array(checkpoint, image, tile_size=tile_size,
-                                              overlap=overlap, tta=tta, amp=amp, device=device)
+                                              overlap=overlap, tta=tta, amp=amp, device=device,
+                                              backend=backend)
         accumulator.update(labels, mask)
         if num_classes == 2:
             image_dice += per_image_dice(labels[None], np.asarray(mask)[None])

@@ -10,17 +10,41 @@ from ..errors import ConfigError
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def mps_available() -> bool:
+    """Whether an Apple GPU (Metal Performance Shaders) can run torch here."""
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
 def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
+    """auto: a CUDA GPU, else an Apple GPU (MPS), else the CPU."""
     if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
+        name = "cuda" if torch.cuda.is_available() else "mps" if mps_available() else "cpu"
     if name == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError("--device cuda was asked for but no CUDA GPU is available: "
                               "use --device cpu or auto")
         return torch.device("cuda", local_rank % torch.cuda.device_count())
+    if name == "mps":
+        if not mps_available():
+            raise ConfigError("--device mps was asked for but no Apple GPU (MPS) is available "
+                              "(it needs an Apple-silicon Mac with macOS 12.3+ and a torch built "
+                              "with MPS): use --device cpu or auto")
+        return torch.device("mps")
     if name == "cpu":
         return torch.device("cpu")
-    raise ConfigError(f"device must be auto, cpu or cuda, not {name!r}")
+    raise ConfigError(f"device must be auto, cpu, cuda or mps, not {name!r}")
+
+
+def check_amp(device: torch.device, amp: str) -> str:
+    """The AMP choice, or a clear error where the device cannot run it: Apple GPUs compute bf16
+    from macOS 14 on (fp16 and fp32 everywhere)."""
+    if device.type == "mps" and amp == "bf16":
+        newer = getattr(torch.backends.mps, "is_macos_or_newer", None)
+        if newer is None or not newer(14, 0):
+            raise ConfigError("bf16 on an Apple GPU needs macOS 14 or newer: use --amp fp16 "
+                              "or --amp off")
+    return amp
 
 
 def configure_backends(device: torch.device, tf32: bool = True) -> None:
@@ -35,7 +59,7 @@ def autocast(device: torch.device, amp: str):
     """A context manager for the chosen precision; "off" is full fp32 (TF32 where enabled)."""
     if amp == "off":
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=AMP_DTYPES[amp])
+    return torch.autocast(device_type=device.type, dtype=AMP_DTYPES[check_amp(device, amp)])
 
 
 def cpu_has_fast_bf16() -> bool:

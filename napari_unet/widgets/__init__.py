@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import weakref
+from pathlib import Path
 
 import numpy as np
 from qtpy.QtCore import QEvent, QObject, QTimer
@@ -42,6 +43,23 @@ def group_box(title: str, rows) -> QGroupBox:
 
 class UserError(Exception):
     """A choice the user can fix; shown as a one-line napari notification."""
+
+
+def existing_path(text: str, what: str) -> Path:
+    """The path typed or picked in a field; a UserError says `what` to choose otherwise."""
+    text = text.strip()
+    if not text:
+        raise UserError(f"choose {what} first")
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise UserError(f"{path} does not exist: choose {what}")
+    return path
+
+
+def add_labels_over(viewer, data, name: str, layer):
+    """A new Labels layer placed exactly over `layer` (its scale and translation)."""
+    return viewer.add_labels(data, name=name, scale=layer.scale, translate=layer.translate,
+                             opacity=0.5)
 
 
 def show_error(message: str) -> None:
@@ -84,63 +102,37 @@ def current_index(viewer, layer, axis: int = 0) -> int:
     return int(np.clip(np.round(coords[axis]), 0, size - 1))
 
 
-class LayerCombo(QComboBox):
-    """A combo box of the viewer's layers of one type, kept up to date by name."""
+def layer_picker(viewer, layer_type):
+    """A magicgui combo box of the viewer's layers of one type (napari's own layer picker).
 
-    def __init__(self, viewer, layer_type, parent=None):
-        super().__init__(parent)
-        self._viewer = viewer
-        self._layer_type = layer_type
-        self.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
-        self.setMinimumContentsLength(12)
-        events = viewer.layers.events
-        events.inserted.connect(self._on_inserted)
-        events.removed.connect(self.refresh)
-        events.moved.connect(self.refresh)
-        for layer in viewer.layers:
-            layer.events.name.connect(self.refresh)
-        self.refresh()
+    It follows the layer list through its widget's ``reset_choices``, which napari calls on
+    every insert, removal, move and rename once the widget is docked."""
+    from magicgui.widgets import ComboBox
 
-    def _on_inserted(self, event=None):
-        if event is not None and getattr(event, "value", None) is not None:
-            event.value.events.name.connect(self.refresh)
-        self.refresh()
+    picker = ComboBox(choices=lambda _: [layer for layer in viewer.layers
+                                         if isinstance(layer, layer_type)])
+    picker.native.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+    picker.native.setMinimumContentsLength(12)
+    return picker
 
-    def refresh(self, *_):
-        try:
-            current = self.currentText()
-            names = [layer.name for layer in self._viewer.layers
-                     if isinstance(layer, self._layer_type)]
-            if names == [self.itemText(i) for i in range(self.count())]:
+
+def choose(picker, layer) -> None:
+    """Select `layer` in a picker, even before napari has told it of the new layer."""
+    picker.reset_choices()
+    picker.value = layer
+
+
+class LayerPickers:
+    """A widget whose ``pickers`` napari keeps current (it calls ``reset_choices``)."""
+
+    pickers: list = []
+
+    def reset_choices(self, *_):
+        for picker in self.pickers:
+            try:
+                picker.reset_choices()
+            except RuntimeError:  # the Qt side is gone (viewer closed); napari's event is not
                 return
-            self.blockSignals(True)
-            self.clear()
-            self.addItems(names)
-            if current in names:
-                self.setCurrentIndex(names.index(current))
-            self.blockSignals(False)
-            if current not in names:
-                self.currentIndexChanged.emit(self.currentIndex())
-        except RuntimeError:  # the Qt side is gone (viewer closed); napari's event still fires
-            pass
-
-    def showPopup(self):
-        self.refresh()
-        super().showPopup()
-
-    def layer(self):
-        """The chosen layer, or None."""
-        name = self.currentText()
-        for layer in self._viewer.layers:
-            if layer.name == name and isinstance(layer, self._layer_type):
-                return layer
-        return None
-
-    def set_layer(self, layer) -> None:
-        self.refresh()
-        index = self.findText(layer.name)
-        if index >= 0:
-            self.setCurrentIndex(index)
 
 
 # -- the viewer window closing -----------------------------------------------------------------

@@ -27,11 +27,15 @@ from qtpy.QtWidgets import (
 from napari_unet import runs
 from napari_unet.training_set import looks_like_volume, write_training_pairs
 from napari_unet.widgets import (
-    LayerCombo,
+    LayerPickers,
     UserError,
+    add_labels_over,
+    choose,
     current_index,
+    existing_path,
     group_box,
     layer_data,
+    layer_picker,
     one_line,
     show_error,
     show_info,
@@ -107,7 +111,7 @@ def copy_slice(layer, source: int, target: int) -> int:
 
 
 # -- the widget ---------------------------------------------------------------------------------------
-class CorrectWidget(QWidget):
+class CorrectWidget(LayerPickers, QWidget):
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
         from napari.layers import Image, Labels
@@ -115,18 +119,18 @@ class CorrectWidget(QWidget):
         self.viewer = napari_viewer
 
         # probabilities -> labels
-        self.probability_combo = LayerCombo(napari_viewer, Image)
+        self.probability_combo = layer_picker(napari_viewer, Image)
         self.threshold = QDoubleSpinBox()
         self.threshold.setRange(0.0, 1.0)
         self.threshold.setSingleStep(0.05)
         self.threshold.setValue(0.5)
         threshold_button = QPushButton("Threshold → new labels")
         threshold_button.clicked.connect(self.threshold_to_labels)
-        threshold_box = group_box("Threshold", [("Probabilities", self.probability_combo),
+        threshold_box = group_box("Threshold", [("Probabilities", self.probability_combo.native),
                                                 ("Threshold", self.threshold), threshold_button])
 
         # edits of a labels layer
-        self.labels_combo = LayerCombo(napari_viewer, Labels)
+        self.labels_combo = layer_picker(napari_viewer, Labels)
         self.scope = QComboBox()
         self.scope.addItems([CURRENT_SLICE, EVERY_SLICE, WHOLE_VOLUME])
         self.min_size = QSpinBox()
@@ -153,18 +157,19 @@ class CorrectWidget(QWidget):
         row3 = QHBoxLayout()
         row3.addWidget(previous_button)
         row3.addWidget(next_button)
-        edit_box = group_box("Edit labels", [("Labels", self.labels_combo),
+        edit_box = group_box("Edit labels", [("Labels", self.labels_combo.native),
                                              ("Apply to", self.scope), row1, row2, row3])
 
         # feed back
-        self.image_combo = LayerCombo(napari_viewer, Image)
+        self.image_combo = layer_picker(napari_viewer, Image)
+        self.pickers = [self.probability_combo, self.labels_combo, self.image_combo]
         self.run_combo = RunCombo("run folder")
         run_row = with_browse_button(self.run_combo, self._browse_run)
         add_button = QPushButton("Add to training set")
         add_button.setToolTip("save the image and the labels above into RUN/data (new files); "
                               "fine-tune from RUN to use them")
         add_button.clicked.connect(self.add_to_training_set)
-        feed_box = group_box("Training set", [("Image", self.image_combo), ("Run", run_row),
+        feed_box = group_box("Training set", [("Image", self.image_combo.native), ("Run", run_row),
                                               add_button])
 
         self.status = QLabel("")
@@ -185,15 +190,15 @@ class CorrectWidget(QWidget):
         layer = event.value
         try:
             if isinstance(layer, Image) and "probabilit" in layer.name:
-                self.probability_combo.set_layer(layer)
+                choose(self.probability_combo, layer)
             elif isinstance(layer, Labels) and re.search(r"prediction( \[\d+\])?$", layer.name):
-                self.labels_combo.set_layer(layer)
+                choose(self.labels_combo, layer)
         except RuntimeError:  # the widget is gone, napari's event is not
             pass
 
     # -- helpers ----------------------------------------------------------------------------------------
     def _labels(self):
-        layer = self.labels_combo.layer()
+        layer = self.labels_combo.value
         if layer is None:
             raise UserError("choose a labels layer (a prediction or painted labels)")
         return layer
@@ -211,7 +216,7 @@ class CorrectWidget(QWidget):
         """A new Labels layer: probability >= threshold, placed over the probabilities."""
         from napari_unet.engine import labels_from_probabilities
 
-        layer = self.probability_combo.layer()
+        layer = self.probability_combo.value
         if layer is None:
             show_error("choose a probability layer (from Predict) to threshold")
             return
@@ -221,9 +226,9 @@ class CorrectWidget(QWidget):
                        f"probabilities layer of a prediction")
             return
         labels = labels_from_probabilities(data, 1, self.threshold.value())
-        new = self.viewer.add_labels(labels, name=f"{layer.name} > {self.threshold.value():.2f}",
-                                     scale=layer.scale, translate=layer.translate, opacity=0.5)
-        self.labels_combo.set_layer(new)
+        new = add_labels_over(self.viewer, labels, f"{layer.name} > {self.threshold.value():.2f}",
+                              layer)
+        choose(self.labels_combo, new)
         self._report(f"added '{new.name}'")
 
     def _edit(self, operation, what: str):
@@ -263,7 +268,7 @@ class CorrectWidget(QWidget):
         self._report(f"copied slice {source} to slice {target}: {changed} pixel(s) changed")
 
     def undo(self):
-        layer = self.labels_combo.layer()
+        layer = self.labels_combo.value
         if layer is not None:
             layer.undo()
 
@@ -292,7 +297,7 @@ class CorrectWidget(QWidget):
         run_registry().add(run_dir)
 
     def _feed_choices(self):
-        image, labels = self.image_combo.layer(), self._labels()
+        image, labels = self.image_combo.value, self._labels()
         if image is None:
             raise UserError("choose the image the labels belong to")
         if spatial_shape(image) != tuple(labels.data.shape):
@@ -300,12 +305,10 @@ class CorrectWidget(QWidget):
                             f"'{labels.name}' are {tuple(labels.data.shape)}: choose matching layers")
         if not np.any(np.asarray(labels.data)):
             raise UserError(f"labels '{labels.name}' are empty: nothing to learn from")
-        text = self.run_combo.currentText().strip()
-        if not text:
-            raise UserError("choose the run folder whose training set gets the pair")
-        run_dir = Path(text).expanduser()
+        run_dir = existing_path(self.run_combo.currentText(),
+                                "the run folder whose training set gets the pair")
         if not run_dir.is_dir():
-            raise UserError(f"run folder {run_dir} does not exist: choose a run folder")
+            raise UserError(f"{run_dir} is a file: choose the run folder")
         return image, labels, run_dir, self._spatial_dims(run_dir, labels)
 
     @staticmethod

@@ -28,12 +28,14 @@ from qtpy.QtWidgets import (
 )
 
 from napari_unet import runs
-from napari_unet.choices import DEVICES, TTA_MODES
+from napari_unet.choices import BACKENDS, DEVICES, TTA_MODES
 from napari_unet.engine.events import Failed, Message, TilesDone
 from napari_unet.widgets import (
-    LayerCombo,
+    LayerPickers,
     UserError,
+    existing_path,
     layer_data,
+    layer_picker,
     one_line,
     show_error,
     show_info,
@@ -74,6 +76,23 @@ def _predict_events(checkpoint_path, image, options):
             events.close()  # also when the worker is quit: the engine stops between tiles
 
 
+EXPORT_FORMATS = {".zip": "bioimageio", ".onnx": "onnx", ".pt": "torchscript"}
+EXPORT_FILTERS = ("bioimage.io package (*.zip)", "ONNX (*.onnx)", "TorchScript (*.pt)")
+
+
+def _export(checkpoint, format_name, path, image=None):
+    """Runs in a worker thread: one line saying what was written, or why not."""
+    from napari_unet.engine.export import export_model
+    from napari_unet.errors import NapariUnetError
+
+    try:
+        # the file dialog asked before replacing a file
+        written = export_model(checkpoint, format_name, path, image=image, overwrite=True)
+    except NapariUnetError as exc:
+        return f"cannot export: {one_line(exc)}"
+    return f"exported {written}"
+
+
 class PredictionJob:
     """One prediction in a thread_worker; adds its result layers over `image_layer`.
 
@@ -82,7 +101,8 @@ class PredictionJob:
     """
 
     def __init__(self, viewer, checkpoint, image_layer, *, tile_size=None, overlap=0.25,
-                 tta="off", device="auto", on_done=None, on_progress=None, on_end=None):
+                 tta="off", device="auto", backend="auto", on_done=None, on_progress=None,
+                 on_end=None):
         from napari.qt.threading import create_worker
         from napari.utils import progress
 
@@ -98,7 +118,7 @@ class PredictionJob:
         self.cancelled = False
         self._ended = False
         self._on_done, self._on_progress, self._on_end = on_done, on_progress, on_end
-        options = {"overlap": overlap, "tta": tta, "device": device}
+        options = {"overlap": overlap, "tta": tta, "device": device, "backend": backend}
         if tile_size:
             options["tile_size"] = [int(tile_size)]
         self._progress = progress(total=0, desc=f"napari UNet: predicting {image_layer.name}")
@@ -184,7 +204,7 @@ class PredictionJob:
             self._on_end(self)
 
 
-class PredictWidget(QWidget):
+class PredictWidget(LayerPickers, QWidget):
     """Choose a run or checkpoint and an image; get probability and label layers."""
 
     def __init__(self, napari_viewer, parent=None):
@@ -206,7 +226,8 @@ class PredictWidget(QWidget):
         model_row.addWidget(browse_run)
         model_row.addWidget(browse_file)
 
-        self.image_combo = LayerCombo(napari_viewer, Image)
+        self.image_combo = layer_picker(napari_viewer, Image)
+        self.pickers = [self.image_combo]
         self.tile_size = QSpinBox()
         self.tile_size.setRange(0, 4096)
         self.tile_size.setSingleStep(16)
@@ -221,6 +242,14 @@ class PredictWidget(QWidget):
                             "quarter turns (twice the passes)")
         self.device = QComboBox()
         self.device.addItems(DEVICES)
+        self.backend = QComboBox()
+        self.backend.addItems(BACKENDS)
+        self.backend.setToolTip("who runs the network on the CPU: auto picks the fastest "
+                                "installed (OpenVINO, ONNX Runtime: the [cpu] extra)")
+        self.export_button = QPushButton("Export…")
+        self.export_button.setToolTip("write the model as a bioimage.io package (.zip), ONNX "
+                                      "or TorchScript")
+        self.export_button.clicked.connect(self.export)
 
         self.predict_button = QPushButton("Predict")
         self.predict_button.clicked.connect(self.predict)
@@ -230,6 +259,7 @@ class PredictWidget(QWidget):
         buttons = QHBoxLayout()
         buttons.addWidget(self.predict_button)
         buttons.addWidget(self.cancel_button)
+        buttons.addWidget(self.export_button)
         self.progress = QProgressBar()
         self.progress.setFormat("%v / %m tiles")
         self.status = QLabel("")
@@ -251,11 +281,12 @@ class PredictWidget(QWidget):
 
         form = QFormLayout()
         form.addRow("Model", model_row)
-        form.addRow("Image", self.image_combo)
+        form.addRow("Image", self.image_combo.native)
         form.addRow("Tile size", self.tile_size)
         form.addRow("Overlap", self.overlap)
         form.addRow("TTA", self.tta)
         form.addRow("Device", self.device)
+        form.addRow("Backend", self.backend)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addLayout(buttons)
@@ -279,7 +310,7 @@ class PredictWidget(QWidget):
 
     def _browse_checkpoint(self):
         path, _ = QFileDialog.getOpenFileName(self, "Checkpoint", self.model_combo.currentText(),
-                                              "Checkpoints (*.pt)")
+                                              "Checkpoints (*.pt);;bioimage.io packages (*.zip)")
         if path:
             self.set_model(path)
 
@@ -302,21 +333,51 @@ class PredictWidget(QWidget):
         self.job = PredictionJob(
             self.viewer, checkpoint, image_layer, tile_size=self.tile_size.value() or None,
             overlap=self.overlap.value(), tta=self.tta.currentText(),
-            device=self.device.currentText(), on_done=self._on_done,
+            device=self.device.currentText(), backend=self.backend.currentText(),
+            on_done=self._on_done,
             on_progress=self._on_progress, on_end=self._on_end)
 
-    def _choices(self):
-        text = self.model_combo.currentText().strip()
-        if not text:
-            raise UserError("choose a run folder or a checkpoint file (.pt) first")
-        path = Path(text).expanduser()
-        if not path.exists():
-            raise UserError(f"{path} does not exist: choose a run folder or a checkpoint file")
+    def export(self, path=None):
+        """Export the chosen model (to ``path``, else where a file dialog says) in a worker."""
+        from napari.qt.threading import create_worker
+
+        try:
+            checkpoint = self._model_path()
+        except UserError as exc:
+            show_error(str(exc))
+            return None
+        if path is None:
+            path, _ = QFileDialog.getSaveFileName(
+                self, "Export model", "", ";;".join(EXPORT_FILTERS))
+            if not path:
+                return None
+        suffix = Path(path).suffix.lower()
+        if suffix not in EXPORT_FORMATS:
+            show_error(f"{Path(path).name}: name the file .zip (bioimage.io), .onnx or .pt "
+                       f"(TorchScript)")
+            return None
+        layer = self.image_combo.value  # the package's test image, when one is chosen
+        image = layer_data(layer) if layer is not None else None
+        worker = create_worker(_export, checkpoint, EXPORT_FORMATS[suffix], path, image,
+                               _start_thread=False)
+        worker.returned.connect(lambda message: (show_error if message.startswith("cannot")
+                                                 else show_info)(message))
+        self.status.setText(f"exporting {checkpoint} to {path}")
+        worker.start()
+        return worker
+
+    def _model_path(self):
+        path = existing_path(self.model_combo.currentText(),
+                             "a run folder or a checkpoint file (.pt)")
         checkpoint = runs.find_checkpoint(path, required=False)
         if checkpoint is None:
             raise UserError(f"no checkpoint in {path}: expected {runs.CHECKPOINTS}/{runs.BEST} "
                             f"or {runs.LAST} (has the run saved one yet?)")
-        image_layer = self.image_combo.layer()
+        return checkpoint
+
+    def _choices(self):
+        checkpoint = self._model_path()
+        image_layer = self.image_combo.value
         if image_layer is None:
             raise UserError("choose an image layer to predict (open or add an image first)")
         return checkpoint, image_layer

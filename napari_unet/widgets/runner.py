@@ -32,7 +32,7 @@ from pathlib import Path
 from qtpy.QtCore import QObject, QTimer, Signal
 from qtpy.QtWidgets import QApplication, QComboBox
 
-from napari_unet import runs
+from napari_unet import processes, runs
 from napari_unet.engine import from_json
 from napari_unet.engine.events import (
     CheckpointSaved,
@@ -46,7 +46,6 @@ from napari_unet.engine.events import (
 
 GRACE_S = 10.0  # after SIGINT, how long the child may take to save its checkpoint
 STDERR_LINES = 200
-POSIX = os.name == "posix"
 
 _CHILDREN: set = set()  # Popen objects still running, for the interpreter-exit guard
 _RUNNERS: weakref.WeakSet[TrainingRunner] = weakref.WeakSet()
@@ -127,15 +126,14 @@ class TrainingRunner(QObject):
             raise RuntimeError("a training run is already going: cancel it first")
         self._reset()
         self.run_dir = Path(run_dir) if run_dir else None
-        options = {"start_new_session": True} if POSIX else {
-            "creationflags": getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0)}
         process = subprocess.Popen(
             train_command(args), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True, bufsize=1, env=_child_env(), **options)
+            stderr=subprocess.PIPE, text=True, bufsize=1, env=_child_env(),
+            **processes.popen_options())
         self._process = process
         _CHILDREN.add(process)
         # if the runner is dropped while the child runs, the child goes with it
-        self._finalizer = weakref.finalize(self, _stop_soon, process)
+        self._finalizer = weakref.finalize(self, processes.stop_soon, process, GRACE_S)
         stderr_thread = threading.Thread(target=_pump_stderr, args=(process, self._stderr),
                                          daemon=True, name="napari-unet-stderr")
         stderr_thread.start()
@@ -207,9 +205,9 @@ class TrainingRunner(QObject):
         if not self.is_running():
             return
         self.cancel_requested = True
-        _interrupt(self._process)
+        processes.interrupt(self._process)
         process = self._process
-        QTimer.singleShot(int(grace_s * 1000), lambda: _kill_group(process))
+        QTimer.singleShot(int(grace_s * 1000), lambda: processes.kill_tree(process))
 
     def stop(self, grace_s: float = GRACE_S) -> None:
         """Blocking stop for shutdown: SIGINT, wait up to `grace_s`, then kill the group."""
@@ -247,74 +245,9 @@ def _pump_stderr(process, lines):
         lines.append(line)
 
 
-# -- processes -------------------------------------------------------------------------------------
-def _interrupt(process) -> None:
-    if process.poll() is not None:
-        return
-    _remember_descendants(process)
-    try:
-        if POSIX:
-            os.kill(process.pid, signal.SIGINT)  # the CLI forwards it to torchrun's workers
-        else:
-            process.terminate()
-    except ProcessLookupError:
-        pass
-
-
-def _remember_descendants(process) -> None:
-    """torchrun starts its workers in sessions of their own, out of reach of killpg: note
-    them while the tree is intact, to kill them too if the graceful stop fails."""
-    known = getattr(process, "_napari_unet_descendants", {})
-    known.update(_descendants(process.pid))
-    process._napari_unet_descendants = known
-
-
-def _descendants(pid: int) -> dict:
-    """{pid: handle} of every process below `pid` (psutil, which napari brings)."""
-    try:
-        import psutil
-    except ImportError:
-        return {}
-    try:
-        return {child.pid: child for child in psutil.Process(pid).children(recursive=True)}
-    except psutil.Error:
-        return {}
-
-
-def _kill_group(process) -> None:
-    """Kill the child and everything it started (torchrun and its workers)."""
-    if process.poll() is None:
-        _remember_descendants(process)
-    if POSIX:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(process.pid, signal.SIGKILL)  # the group id is the child's pid
-    if process.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            process.kill()
-    for handle in getattr(process, "_napari_unet_descendants", {}).values():
-        # psutil checks that the pid still names the same process; gone already is fine
-        with contextlib.suppress(Exception):
-            handle.kill()
-
-
 def _stop_process(process, grace_s: float) -> None:
-    if process.poll() is None:
-        _interrupt(process)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=grace_s)
-    _kill_group(process)  # also the group's stragglers after a clean exit of the leader
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        process.wait(timeout=5)
+    processes.stop(process, grace_s)
     _CHILDREN.discard(process)
-
-
-def _stop_soon(process, grace_s: float = GRACE_S) -> None:
-    """Non-blocking stop (for finalizers): SIGINT now, kill the group after `grace_s`."""
-    if process.poll() is None:
-        _interrupt(process)
-        timer = threading.Timer(grace_s, _kill_group, args=(process,))
-        timer.daemon = True
-        timer.start()
 
 
 def stop_all(grace_s: float = GRACE_S) -> None:
@@ -322,7 +255,7 @@ def stop_all(grace_s: float = GRACE_S) -> None:
     runners = [runner for runner in list(_RUNNERS) if runner.is_running()]
     for runner in runners:  # interrupt all first, so that they save their checkpoints together
         runner.cancel_requested = True
-        _interrupt(runner._process)
+        processes.interrupt(runner._process)
     deadline = time.monotonic() + grace_s
     for runner in runners:
         runner.stop(max(0.0, deadline - time.monotonic()))

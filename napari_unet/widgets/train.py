@@ -35,6 +35,7 @@ from napari_unet.training_set import (
 )
 from napari_unet.widgets import (
     UserError,
+    existing_path,
     layer_data,
     one_line,
     show_error,
@@ -54,13 +55,9 @@ class TrainWidget(TrainForm):
     def __init__(self, napari_viewer, parent=None):
         super().__init__(napari_viewer, parent)
         self.runner = TrainingRunner()
-        self.watcher = None
-        self.run_dir = None
-        self.prediction = None
-        self.finished_event = None
-        self._progress = None
-        self._first_image = None
-        self._latest_progress = None
+        # the run shown, its watcher (re-attached runs), its prediction and last events
+        self.run_dir = self.watcher = self.prediction = self.finished_event = None
+        self._progress = self._first_image = self._latest_progress = None
         self._ui_timer = QTimer(self)
         self._ui_timer.setSingleShot(True)
         self._ui_timer.setInterval(200)
@@ -146,12 +143,9 @@ class TrainWidget(TrainForm):
         return run_dir
 
     def _init_from_run(self):
-        text = self.init_from.text().strip()
-        if not text:
+        if not self.init_from.text().strip():
             return None
-        path = Path(text).expanduser()
-        if not path.exists():
-            raise UserError(f"fine-tune run {path} does not exist: choose a run folder")
+        path = existing_path(self.init_from.text(), "a run folder to fine-tune from")
         if runs.find_checkpoint(path, required=False) is None:
             raise UserError(f"{path} has no checkpoint to fine-tune from: choose a finished run")
         return path

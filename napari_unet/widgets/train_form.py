@@ -26,11 +26,15 @@ from qtpy.QtWidgets import (
 
 from napari_unet import runs
 from napari_unet.choices import AMP_MODES, DEVICES, PRESETS
+from napari_unet.errors import DataError
 from napari_unet.training_set import describe_classes, looks_like_volume, mask_classes
 from napari_unet.widgets import (
-    LayerCombo,
+    LayerPickers,
     UserError,
+    add_labels_over,
+    choose,
     group_box,
+    layer_picker,
     one_line,
     show_error,
     show_warning,
@@ -73,7 +77,7 @@ def _combo(items):
     return box
 
 
-class TrainForm(QWidget):
+class TrainForm(LayerPickers, QWidget):
     """The fields of the Train widget and the defaults that follow them."""
 
     def __init__(self, napari_viewer, parent=None):
@@ -89,10 +93,11 @@ class TrainForm(QWidget):
     def _data_box(self):
         from napari.layers import Image, Labels
 
-        self.image_combo = LayerCombo(self.viewer, Image)
-        self.labels_combo = LayerCombo(self.viewer, Labels)
-        self.image_combo.currentIndexChanged.connect(self._image_changed)
-        self.labels_combo.currentIndexChanged.connect(self.describe_labels)
+        self.image_combo = layer_picker(self.viewer, Image)
+        self.labels_combo = layer_picker(self.viewer, Labels)
+        self.image_combo.changed.connect(self._image_changed)
+        self.labels_combo.changed.connect(self.describe_labels)
+        self.pickers = [self.image_combo, self.labels_combo]
         self.pair_list = QListWidget()
         self.pair_list.setMaximumHeight(54)
         pair_buttons = QHBoxLayout()
@@ -104,7 +109,7 @@ class TrainForm(QWidget):
         self.preset.currentTextChanged.connect(self._preset_changed)
         self.holdout = QCheckBox("validate on 1/5 of the samples (Dice curve)")
         self.holdout.setChecked(True)
-        return group_box("Data", [("Image", self.image_combo), ("Labels", self.labels_combo),
+        return group_box("Data", [("Image", self.image_combo.native), ("Labels", self.labels_combo.native),
                                   pair_buttons, self.pair_list, ("Preset", self.preset),
                                   self.holdout])
 
@@ -123,9 +128,9 @@ class TrainForm(QWidget):
         self.object_value.valueChanged.connect(self.describe_labels)
         self.invert.toggled.connect(self.describe_labels)
         row = QHBoxLayout()
-        row.addWidget(self.learns, 1)
+        row.addWidget(self.invert, 1)
         row.addWidget(show)
-        return group_box("Object", [("Value", self.object_value), self.invert, row])
+        return group_box("Object", [("Value", self.object_value), row, self.learns])
 
     def _options_box(self):
         # mapped one to one onto the CLI's options
@@ -170,7 +175,7 @@ class TrainForm(QWidget):
 
     def describe_labels(self, *_):
         """Say what training will learn from the chosen labels (before Start)."""
-        labels = self.labels_combo.layer()
+        labels = self.labels_combo.value
         if labels is None:
             self.learns.setText("")
             return
@@ -184,28 +189,26 @@ class TrainForm(QWidget):
 
     def show_learned(self):
         """A labels layer of the classes training will learn (replaced on each press)."""
-        labels = self.labels_combo.layer()
-        if labels is None:
-            show_error("choose a labels layer first")
-            return
+        labels = self.labels_combo.value
         try:
+            if labels is None:
+                raise UserError("choose a labels layer first")
             classes, _ = mask_classes(np.asarray(labels.data), **self.mask_rule(),
                                       instances="merge")
-        except Exception as exc:  # noqa: BLE001 - a DataError: say it, keep the viewer
+        except (UserError, DataError) as exc:
             show_error(one_line(exc))
             return
         name = f"{labels.name} (learned)"
         if name in self.viewer.layers:
             self.viewer.layers.remove(name)
-        self.viewer.add_labels(classes, name=name, scale=labels.scale,
-                               translate=labels.translate, opacity=0.5)
+        add_labels_over(self.viewer, classes, name, labels)
         self.describe_labels()
 
     # -- defaults that follow the choices ---------------------------------------------------------
     def _image_changed(self, *_):
         """A new image: its labels, a preset that fits it (3D volume -> volume3d), a patch
         size no bigger than it. Other options the user set stay."""
-        image = self.image_combo.layer()
+        image = self.image_combo.value
         if image is None:
             return
         self._pick_matching_labels(image)
@@ -219,21 +222,21 @@ class TrainForm(QWidget):
     def _pick_matching_labels(self, image):
         from napari.layers import Labels
 
-        current = self.labels_combo.layer()
+        current = self.labels_combo.value
         if current is not None and tuple(current.data.shape) == spatial_shape(image):
             return
         matches = [layer for layer in self.viewer.layers if isinstance(layer, Labels)
                    and tuple(layer.data.shape) == spatial_shape(image)]
         matches.sort(key=lambda layer: not layer.name.startswith(image.name))
         if matches:
-            self.labels_combo.set_layer(matches[0])
+            choose(self.labels_combo, matches[0])
 
     def _spatial_dims(self, preset=None) -> int:
         return self.presets.get(preset or self.preset.currentText(), {}).get("spatial_dims", 2)
 
     def _largest_patch(self) -> int:
         """The image's smallest extent (over the model's axes), in steps of 16."""
-        image = self.image_combo.layer()
+        image = self.image_combo.value
         shape = spatial_shape(image) if image is not None else ()
         dims = self._spatial_dims()
         if len(shape) < dims:
@@ -284,7 +287,7 @@ class TrainForm(QWidget):
 
     # -- pairs ------------------------------------------------------------------------------------
     def add_current_pair(self):
-        image, labels = self.image_combo.layer(), self.labels_combo.layer()
+        image, labels = self.image_combo.value, self.labels_combo.value
         if image is None or labels is None:
             show_error("choose an image layer and a labels layer to pair")
             return
@@ -307,7 +310,8 @@ class TrainForm(QWidget):
         from napari.layers import Image, Labels
 
         by_name = {layer.name: layer for layer in self.viewer.layers}
-        names = self.pairs or [(self.image_combo.currentText(), self.labels_combo.currentText())]
+        names = self.pairs or [(self.image_combo.current_choice,
+                                self.labels_combo.current_choice)]
         pairs = []
         for image_name, labels_name in names:
             image, labels = by_name.get(image_name), by_name.get(labels_name)

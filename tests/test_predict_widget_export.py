@@ -1,0 +1,64 @@
+"""The Predict widget's backend choice, its Export… button and bioimage.io packages as models."""
+import zipfile
+
+import numpy as np
+import pytest
+from export_support import make_run, real_image
+from gui_support import PLUGIN, gui
+
+napari = pytest.importorskip("napari")
+
+from napari.utils.notifications import notification_manager  # noqa: E402
+
+
+@pytest.fixture
+def predict_widget(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Predict")
+    widget.set_model(make_run(tmp_path, "tiny_unet"))
+    layer = viewer.add_image(real_image("tiny_unet")[:128, :192], name="scan")
+    widget.image_combo.set_layer(layer)
+    widget.tile_size.setValue(128)
+    widget.device.setCurrentText("cpu")
+    return viewer, widget
+
+
+@gui
+def test_export_writes_a_package_that_the_widget_predicts_with(predict_widget, qtbot, tmp_path):
+    viewer, widget = predict_widget
+    worker = widget.export(tmp_path / "scan_model.zip")
+    qtbot.waitUntil(lambda: (tmp_path / "scan_model.zip").exists(), timeout=120_000)
+    qtbot.waitUntil(lambda: not worker.is_running, timeout=10_000)
+    with zipfile.ZipFile(tmp_path / "scan_model.zip") as archive:
+        assert "rdf.yaml" in archive.namelist()
+    assert any("exported" in str(n.message) for n in notification_manager.records)
+
+    widget.set_model(tmp_path / "scan_model.zip")
+    widget.backend.setCurrentText("onnxruntime")
+    widget.predict_button.click()
+    qtbot.waitUntil(lambda: widget.last_job is not None and not widget.last_job.running,
+                    timeout=60_000)
+    job = widget.last_job
+    assert job.error is None and job.labels_layer.data.shape == (128, 192)
+    assert job.probabilities.min() >= 0.0 and job.probabilities.max() <= 1.0
+
+
+@gui
+def test_export_with_a_wrong_name_is_a_notification(predict_widget, tmp_path):
+    _, widget = predict_widget
+    seen = len(notification_manager.records)
+    assert widget.export(tmp_path / "model.h5") is None
+    [message] = [str(n.message) for n in notification_manager.records[seen:]]
+    assert ".zip" in message and ".onnx" in message
+    assert not (tmp_path / "model.h5").exists()
+
+
+def test_backend_choices_are_the_engines():
+    import torch
+
+    from napari_unet.choices import BACKENDS
+    from napari_unet.engine.backends import choose_backend
+    assert BACKENDS[0] == "auto"
+    assert {choose_backend(name, torch.device("cpu"), "off") for name in BACKENDS} <= set(
+        BACKENDS[1:])
+    assert np.isin(["torch", "onnxruntime", "openvino"], BACKENDS).all()
