@@ -283,10 +283,16 @@ def test_reader_round_trips_any_shape_and_dtype(tmp_path, shape, dtype, seed):
     path = tmp_path / f"img_{seed}_{'x'.join(map(str, shape))}_{dtype}.tif"
     tifffile.imwrite(path, array, photometric="minisblack")
     np.testing.assert_array_equal(np.asarray(read_image(path)), array)
-    layers = _napari.get_reader(str(path))(str(path))
-    assert layers, "the reader must return at least one layer"
-    total = sum(np.asarray(data).size for data, _, _ in layers)
-    assert total == array.size  # channels split into layers, nothing lost
+    [(data, options, kind)] = _napari.get_reader(str(path))(str(path))
+    np.testing.assert_array_equal(np.asarray(data), array)
+    # a 4D file without axis names is CZYX: napari splits axis 0 into one layer per channel
+    if kind == "image" and array.ndim == 4 and 1 < array.shape[0] <= _napari.MAX_CHANNELS:
+        assert options.get("channel_axis") == 0
+    if "channel_axis" in options:
+        axis = options["channel_axis"]
+        assert options["name"] == [f"{path.stem} ch{c}" for c in range(array.shape[axis])]
+        for c in range(array.shape[axis]):  # channel c is the file's channel c, in order
+            np.testing.assert_array_equal(np.take(data, c, axis), np.take(array, c, axis))
 
 
 def test_prediction_out_of_memory_retries_with_smaller_tile_batches(tiny_run, monkeypatch):
