@@ -17,7 +17,7 @@ def predict_widget(make_napari_viewer, tmp_path):
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Predict")
     widget.set_model(make_run(tmp_path, "tiny_unet"))
     layer = viewer.add_image(real_image("tiny_unet")[:128, :192], name="scan")
-    widget.image_combo.set_layer(layer)
+    widget.image_combo.value = layer
     widget.tile_size.setValue(128)
     widget.device.setCurrentText("cpu")
     return viewer, widget

@@ -288,7 +288,7 @@ class TrainWidget(TrainForm):
         run_registry().add(self.run_dir)
         image = self._first_image
         if self.predict_at_end.isChecked() and image is not None and image in self.viewer.layers:
-            from napari_unet.widgets.predict import PredictionJob
+            from napari_unet.widgets.prediction_job import PredictionJob
 
             self.prediction = PredictionJob(self.viewer, event.path, image,
                                             device=self.device.currentText(),

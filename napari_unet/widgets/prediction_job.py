@@ -1,0 +1,158 @@
+"""One prediction of an Image layer in napari's ``thread_worker``, its result as layers.
+
+The engine's ``predict`` generator runs in the worker thread: its TilesDone events drive a
+progress bar (and napari's activity dock), Cancel is ``worker.quit()``, and the final
+PredictionDone comes back as a probability Image layer and an editable Labels layer placed
+exactly over the image. The Predict and Train widgets both use it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from napari_unet.engine.events import Failed, Message, TilesDone
+from napari_unet.widgets import layer_data, one_line, show_error, show_info, show_warning
+
+
+@dataclass(frozen=True)
+class ModelLoaded:
+    """The worker's first event: what the checkpoint's model gives (to show its result)."""
+
+    num_outputs: int
+    threshold: float
+
+
+def _predict_events(checkpoint_path, image, options):
+    """The worker's generator (runs in napari's worker thread; torch is imported there).
+
+    One stream of typed events: ModelLoaded, the engine's TilesDone / Message /
+    PredictionDone, and Failed for a mistake the user can fix (one line, no traceback).
+    Anything else is raised, and napari shows it with its traceback.
+    """
+    from napari_unet.engine import load_checkpoint, predict
+    from napari_unet.errors import NapariUnetError
+
+    events = None
+    try:
+        checkpoint = load_checkpoint(checkpoint_path)
+        yield ModelLoaded(checkpoint.model.num_classes, float(checkpoint.config.threshold))
+        events = predict(checkpoint, image, **options)
+        yield from events
+    except NapariUnetError as exc:
+        yield Failed(one_line(exc))
+    finally:
+        if events is not None:
+            events.close()  # also when the worker is quit: the engine stops between tiles
+
+
+class PredictionJob:
+    """One prediction in a thread_worker; adds its result layers over `image_layer`.
+
+    `on_done(job)` is called with ``job.labels_layer`` / ``job.probability_layers`` set;
+    `on_progress(done, total)` per batch of tiles; `on_end(job)` always, last.
+    """
+
+    def __init__(self, viewer, checkpoint, image_layer, *, tile_size=None, overlap=0.25,
+                 tta="off", device="auto", backend="auto", on_done=None, on_progress=None,
+                 on_end=None):
+        from napari.qt.threading import create_worker
+        from napari.utils import progress
+
+        self.viewer = viewer
+        self.image_layer = image_layer
+        self.checkpoint = Path(checkpoint)
+        self.num_outputs = None
+        self.threshold = 0.5
+        self.probabilities = None
+        self.labels_layer = None
+        self.probability_layers = []
+        self.error = None
+        self.cancelled = False
+        self._ended = False
+        self._on_done, self._on_progress, self._on_end = on_done, on_progress, on_end
+        options = {"overlap": overlap, "tta": tta, "device": device, "backend": backend}
+        if tile_size:
+            options["tile_size"] = [int(tile_size)]
+        self._progress = progress(total=0, desc=f"napari UNet: predicting {image_layer.name}")
+        self.worker = create_worker(_predict_events, str(self.checkpoint),
+                                    layer_data(image_layer), options, _start_thread=False)
+        self.worker.yielded.connect(self._on_yielded)
+        self.worker.errored.connect(self._on_errored)
+        self.worker.finished.connect(self._on_finished)
+        self.worker.start()
+
+    @property
+    def running(self) -> bool:
+        """Until the worker's last signal has been handled here (results are in)."""
+        return not self._ended
+
+    def cancel(self) -> None:
+        if self.running:
+            self.cancelled = True
+            self.worker.quit()
+
+    def _on_yielded(self, event):
+        from napari_unet.engine import PredictionDone
+
+        if isinstance(event, ModelLoaded):
+            self.num_outputs, self.threshold = event.num_outputs, event.threshold
+        elif isinstance(event, Failed):
+            self.error = event.error
+            show_error(f"prediction failed: {self.error}")
+        elif isinstance(event, TilesDone):
+            if self._progress.total != event.total:
+                self._progress.total = event.total
+            self._progress.update(event.done - self._progress.n)
+            if self._on_progress:
+                self._on_progress(event.done, event.total)
+        elif isinstance(event, PredictionDone):
+            self._add_layers(event)
+        elif isinstance(event, Message):  # e.g. out of memory: retrying with fewer tiles
+            show_warning(event.text)
+
+    def _add_layers(self, done):
+        image = self.image_layer
+        placement = {"scale": image.scale, "translate": image.translate}
+        name = image.name
+        probabilities = np.asarray(done.probabilities)
+        self.probabilities = probabilities
+        if self.num_outputs is not None and self.num_outputs > 2:
+            channels = range(1, probabilities.shape[0])  # class 0 is background
+            planes = [(probabilities[k], f"{name} probability class {k}") for k in channels]
+        else:
+            planes = [(probabilities, f"{name} probabilities")]
+        for data, layer_name in planes:
+            self.probability_layers.append(self.viewer.add_image(
+                data, name=layer_name, colormap="magma", contrast_limits=(0.0, 1.0),
+                blending="additive", opacity=0.6, visible=False, **placement))
+        labels = np.array(done.labels, dtype=np.uint8)  # a copy the user can paint on
+        self.labels_layer = self.viewer.add_labels(labels, name=f"{name} prediction",
+                                                   opacity=0.5, **placement)
+        if self._on_done:
+            self._on_done(self)
+
+    @property
+    def binary(self) -> bool:
+        return self.probabilities is not None and (self.num_outputs or 1) <= 2
+
+    def apply_threshold(self, threshold: float) -> None:
+        """Re-cut the labels from the probabilities (binary models)."""
+        from napari_unet.engine import labels_from_probabilities
+
+        if not self.binary or self.labels_layer is None:
+            return
+        self.threshold = threshold
+        self.labels_layer.data = labels_from_probabilities(self.probabilities, 1, threshold)
+
+    def _on_errored(self, exc):
+        self.error = one_line(exc)  # napari itself notifies, with the traceback
+
+    def _on_finished(self):
+        self._ended = True
+        self._progress.close()
+        if self.cancelled and self.labels_layer is None:
+            show_info(f"prediction of {self.image_layer.name} cancelled")
+        if self._on_end:
+            self._on_end(self)
