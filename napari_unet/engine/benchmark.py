@@ -16,7 +16,7 @@ from ..errors import ConfigError
 from .config import preset_config
 from .losses import build_loss
 from .runtime import autocast, configure_backends, memory_format, resolve_device
-from .trainer import make_model, make_optimizer, output_channels, window_sizes
+from .trainer import make_model, make_optimizer, optimizer_step, output_channels, window_sizes
 
 # What each preset's network sees in the reference set-ups (input channels, classes).
 PRESET_DATA = {"industrial": (1, 2), "isbi2012": (1, 2), "volume3d": (4, 4)}
@@ -142,23 +142,13 @@ def time_calls(fn, device: torch.device, warmup: int, steps: int) -> list[float]
 def _train_step_fn(config, net, model, num_classes, x, y, device):
     loss_fn = build_loss(config.loss, output_channels(config, num_classes))
     optimizer = make_optimizer(config, model.parameters())
-    scaler = torch.amp.GradScaler(device.type) if config.amp == "fp16" else None
+    scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
     model.train()
     if output_channels(config, num_classes) == 1:
         y = (y > 0).long()
 
     def step():
-        optimizer.zero_grad(set_to_none=True)
-        with autocast(device, config.amp):
-            logits = net(x)
-        loss = loss_fn(logits.float(), y)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
+        optimizer_step(net, model, x, y, loss_fn, optimizer, scaler, config, device)
     return step
 
 

@@ -317,6 +317,11 @@ def _train_step(net, model, batches, augment, loss_fn, optimizer, scaler, norm, 
     # dropout masks depend on (seed, step, rank): exact resume; DDP differs only through dropout
     torch.manual_seed(step_seed * 64 + dist.rank)
     net.train()
+    return optimizer_step(net, model, x, y, loss_fn, optimizer, scaler, config, device)
+
+
+def optimizer_step(net, model, x, y, loss_fn, optimizer, scaler, config, device) -> torch.Tensor:
+    """Forward, loss, backward, clip and step on one prepared batch (training and benchmark)."""
     optimizer.zero_grad(set_to_none=True)
     with autocast(device, config.amp):
         logits = net(x)
