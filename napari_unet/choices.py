@@ -9,7 +9,15 @@ AMP_MODES = ("bf16", "fp16", "off")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 # who runs the network in prediction (engine.backends); auto: the fastest installed on a CPU
 BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
-NORMALIZATIONS = ("minus_one_one", "zscore", "none")
+# zscore: one mean/std per channel from the training set (saved with the model);
+# zscore_case: each image (case) by its own mean/std per channel inside the object (BraTS MRI,
+# whose raw scales differ several-fold between scanners and cases)
+NORMALIZATIONS = ("minus_one_one", "zscore", "zscore_case", "none")
+# Region training: overlapping sigmoid outputs, each the union of some label values, nested from
+# the largest to the smallest. BraTS: whole tumour (1, 2, 4; 3 in BraTS 2013 too), tumour core
+# (1, 3, 4), enhancing tumour (4); the same rules read 2013's labels 0-4 and 2021's 0/1/2/4.
+REGION_SETS = {"brats": ((1, 2, 3, 4), (1, 3, 4), (4,))}
+REGION_NAMES = {"brats": ("whole tumour", "tumour core", "enhancing tumour")}
 TTA_MODES = ("off", "mirror", "dihedral")
 OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
 SCHEDULES = ("constant", "exponential_step", "cosine", "poly")

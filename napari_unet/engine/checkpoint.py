@@ -105,6 +105,7 @@ def load_checkpoint(run_or_path, prefer: str = BEST, expect_model: str | None = 
                                   f"{exc}") from None
         raise CheckpointError(f"checkpoint {path} does not match its model ({name}): "
                               f"{str(exc).splitlines()[0][:160]}") from None
+    model.regions = state.get("data_info", {}).get("regions")
     model.eval()
     return Checkpoint(model=model, config=config, norm_stats=state["norm_stats"],
                       step=state["step"], best_dice=state["best_dice"],
