@@ -71,7 +71,7 @@ DATA_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
 FOLDERS = {"isbi2012": "isbi2012", "dagm2007": "dagm2007_class1", "brats2013": "brats2013",
            "brats2021": "brats2021"}
 PRESETS = {"isbi2012": "isbi2012", "dagm2007": "industrial", "brats2013": "volume3d",
-           "brats2021": "volume3d"}
+           "brats2021": "brats"}
 BRATS = ("brats2013", "brats2021")
 FOLDS = {"isbi2012": 5, "dagm2007": 5, "brats2013": 4, "brats2021": 4}
 CPU_MINUTES = {"isbi2012": 25, "dagm2007": 15, "brats2013": 30, "brats2021": 30}

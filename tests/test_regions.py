@@ -173,6 +173,7 @@ def test_region_training_at_half_resolution_end_to_end(tmp_path):
                                                 spatial_dims=3),
                        tile_size=[16, 16, 16], amp="off", device="cpu")
     assert len(metrics["region_dice"]) == 3
+    assert metrics["wt_dice"] == metrics["region_dice"][0]
     # a file prediction writes BraTS labels and the three region probabilities
     image_path, _ = _save(tmp_path, images[2], masks[2])
     list(predict_file(checkpoint, image_path, tmp_path / "labels.tif",
@@ -209,3 +210,27 @@ def test_brats2021_loads_as_four_channel_volumes_with_its_labels():
     assert values == {0, 1, 2, 4}
     stats = stats_for_image(data.images[0], NormStats("zscore_case", [], [], [], []))
     assert len(stats.mean) == 4 and min(stats.std) > 1  # raw scanner intensities
+
+
+def test_cli_trains_and_evaluates_a_brats_folder_with_the_brats_preset(tmp_path, capsys):
+    from napari_unet.cli import main
+
+    images, masks = brats_like(n=4, size=32, seed=5)
+    folder = tmp_path / "brats"
+    folder.mkdir()
+    for i, (image, mask) in enumerate(zip(images, masks)):  # BraTS 2021's files: int16 CZYX
+        tifffile.imwrite(folder / f"case{i}_image.tif", image.astype(np.int16))
+        tifffile.imwrite(folder / f"case{i}_labels.tif", mask)
+    run = tmp_path / "run"
+    assert main(["train", "--preset", "brats", "--data", str(folder), "--out", str(run),
+                 "--fold", "0", "--folds", "4", "--steps", "4", "--batch-size", "1",
+                 "--patch-size", "16",
+                 "--base-channels", "4", "--set", "resample=2", "--amp", "off",
+                 "--device", "cpu", "--val-every", "2", "--checkpoint-every", "2"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(run), "--data", str(folder), "--fold", "0",
+                 "--tile-size", "16", "--amp", "off", "--device", "cpu"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    printed = dict(item.split("=") for item in line.split()[1:])
+    assert {"wt_dice", "tc_dice", "et_dice"} <= set(printed)
+    assert load_checkpoint(run).model.regions == BRATS

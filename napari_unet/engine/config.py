@@ -48,6 +48,9 @@ class TrainConfig:
     lr_decay_steps: int = 500
     warmup_steps: int = 0
     grad_clip: float = 0.0  # 0 = off
+    # exponential moving average of the weights (decay per step, e.g. 0.999; 0 = off): the
+    # averaged weights are validated, saved for prediction and exported
+    ema: float = 0.0
     loss: str = "adaptive"
     # region training: one sigmoid output per region, each a list of mask values, nested from
     # the largest to the smallest ("brats" = whole tumour, tumour core, enhancing tumour)
@@ -123,6 +126,9 @@ class TrainConfig:
         if self.regions is not None and self.loss == "adaptive":
             raise ConfigError("region training has its own loss (sigmoid cross-entropy + Dice per "
                               "region): use --loss dice_ce, not adaptive")
+        if not 0.0 <= self.ema < 1.0:
+            raise ConfigError(f"ema is a decay per step in [0, 1) (0 = off, e.g. 0.999), "
+                              f"not {self.ema}")
         if self.resample < 1:
             raise ConfigError(f"resample must be 1 (full resolution) or more, not {self.resample}")
         if not 0.0 <= self.val_overlap < 1.0:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..choices import region_keys
 from ..errors import DataError, OutOfMemory, OutputExistsError
 from ..io import TifMemmapWriter, read_image
 from .checkpoint import Checkpoint, load_checkpoint
@@ -213,7 +214,10 @@ def evaluate(checkpoint, dataset: Dataset, *, fold=None, tile_size=None, overlap
                "foreground_dice": accumulator.mean_dice(include_background=False),
                "dice_per_class": accumulator.dice_per_class()}
     if checkpoint.model.regions:  # region models: the Dice of each region (BraTS WT, TC, ET)
-        metrics["region_dice"] = accumulator.region_dice(checkpoint.model.regions)
+        per_region = accumulator.region_dice(checkpoint.model.regions)
+        metrics["region_dice"] = per_region
+        metrics.update({f"{key}_dice": value for key, value
+                        in zip(region_keys(checkpoint.model.regions), per_region)})
     if num_classes == 2:
         metrics.update(soft_dice=float(np.mean(soft)), pixel_error=float(np.mean(errors)),
                        per_image_dice=float(np.mean(image_dice)))

@@ -226,9 +226,10 @@ def train(config: TrainConfig, images=None, masks=None, *, run_dir, resume: bool
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(config, s))
     # disabled unless fp16: one path for every precision, as nanoGPT
     scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
+    ema = make_ema(model, config.ema)
     if resume and (folder.checkpoints / LAST).exists():
         start_step, best_dice, norm = _restore(folder.checkpoints / LAST, model, optimizer,
-                                               scheduler, scaler)
+                                               scheduler, scaler, ema)
     elif init_from is not None:
         _init_weights(init_from, model)
 
@@ -252,7 +253,7 @@ def train(config: TrainConfig, images=None, masks=None, *, run_dir, resume: bool
         return save_checkpoint(folder.checkpoints / name, model=model, config=config,
                                norm_stats=norm.to_dict(), step=step, best_dice=best_dice,
                                data_info=data_info, optimizer=optimizer, scheduler=scheduler,
-                               scaler=scaler)
+                               scaler=scaler, ema=ema)
 
     yield Started(total_steps=config.steps, start_step=start_step, run_dir=str(folder.path),
                   device=str(device), world_size=dist.world_size,
@@ -279,6 +280,8 @@ def train(config: TrainConfig, images=None, masks=None, *, run_dir, resume: bool
                     f"patch {'x'.join(map(str, config.patch_size))}: lower --batch-size or "
                     f"--patch-size, or use --amp bf16") from None
             batches.start_next()
+            if ema is not None:
+                ema.update_parameters(model)
             scheduler.step()
             done = step + 1
             losses.add(done, loss)
@@ -296,7 +299,8 @@ def train(config: TrainConfig, images=None, masks=None, *, run_dir, resume: bool
             if stopping:  # every rank stops here, after the same step
                 raise KeyboardInterrupt
             if validating:
-                result = validate(model, val_set, norm, config, input_size, device, dist)
+                result = validate(model if ema is None else ema.module, val_set, norm, config,
+                                  input_size, device, dist)
                 is_best = result["dice"] > best_dice
                 best_dice = max(best_dice, result["dice"])
                 folder.log_validation(done, result["dice"], result["dice_per_class"])
@@ -421,9 +425,24 @@ def _clip(model, config):
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
 
 
-def _restore(path, model, optimizer, scheduler, scaler):
+def make_ema(model, decay: float):
+    """The moving average of `model`'s weights and buffers (batch-norm statistics too), or
+    None when `decay` is 0. The first update copies the weights."""
+    if not decay:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    ema.module.regions = model.regions
+    return ema
+
+
+def _restore(path, model, optimizer, scheduler, scaler, ema=None):
     state = read_checkpoint(path)
     model.load_state_dict(state["model_state"])
+    if ema is not None and "ema_state" in state:
+        ema.module.load_state_dict(state["ema_state"])
+        ema.n_averaged.fill_(state["ema_averaged"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     if state.get("scaler"):
