@@ -95,7 +95,7 @@ CPU_RECIPES = {
         patch_size=[256, 256], batch_size=4, optimizer="adam", lr=2e-3, weight_decay=1e-5,
         lr_schedule="cosine", warmup_steps=50, loss="dice_ce", amp="bf16",
         hflip=0.5, vflip=0.5, rot90=[0, 1, 2, 3], crop_resize=[0.8, 1.0], brightness=0.2,
-        val_tile_size=[512, 512], val_overlap=0.25,
+        val_tile_size=[512, 512], val_overlap=0.25, ema=0.998,
     ),
     # TinyUNet at half width (16-16-32-64, bottleneck 128), 256x256 crops with half of them
     # centred on a defect; 2-class softmax with 1 - Dice (defect) + CE: it finds the defects
@@ -107,7 +107,7 @@ CPU_RECIPES = {
         optimizer="adam", lr=1e-3, weight_decay=1e-5, lr_schedule="cosine", warmup_steps=30,
         loss="dice_ce_foreground", amp="bf16", foreground_oversample=0.5,
         hflip=0.5, vflip=0.5, rot90=[0, 1, 2, 3], brightness=0.0,
-        val_tile_size=[512, 512], val_overlap=0.25,
+        val_tile_size=[512, 512], val_overlap=0.25, ema=0.998,
     ),
     # 3D-UNet (No New-Net blocks) at half width, 5 levels 16-32-64-128-128, 64^3 crops,
     # half of them centred on tumour; Dice (foreground) + CE; Adam + cosine; flips on every
@@ -464,7 +464,7 @@ def main(argv=None):
             patch=config.patch_size, batch=config.batch_size, steps=config.steps,
             optimizer=config.optimizer, lr=config.lr, schedule=config.lr_schedule,
             warmup=config.warmup_steps, loss=config.loss, amp=config.amp,
-            foreground_oversample=config.foreground_oversample, regions=config.regions,
+            foreground_oversample=config.foreground_oversample, regions=config.regions, ema=config.ema,
             normalization=config.normalization, resample=config.resample)).replace(", ", ","), flush=True)
         print(f"fold {fold}: evaluation " + format_pairs(eval_options).replace(", ", ","),
               flush=True)

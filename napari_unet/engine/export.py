@@ -148,8 +148,8 @@ def _preprocessing(spec, stats: NormStats, channel_axis):
     return steps
 
 
-def _postprocessing(spec, num_classes: int, channel_axis):
-    if num_classes == 1:
+def _postprocessing(spec, model, channel_axis):
+    if model.num_classes == 1 or getattr(model, "regions", None):  # sigmoid(s)
         return [spec.SigmoidDescr()]
     return [spec.SoftmaxDescr(kwargs=spec.SoftmaxKwargs(axis=channel_axis))]
 
@@ -194,7 +194,7 @@ def _model_output(checkpoint: Checkpoint, test_input: np.ndarray) -> np.ndarray:
     x = torch.from_numpy(normalize(test_input[0], stats)[None])
     with torch.no_grad():
         logits = checkpoint.model.eval().float()(x)
-    if checkpoint.model.num_classes == 1:
+    if checkpoint.model.num_classes == 1 or getattr(checkpoint.model, "regions", None):
         return torch.sigmoid(logits).numpy()
     return torch.softmax(logits, dim=1).numpy()
 
@@ -273,6 +273,12 @@ def export_bioimageio(checkpoint, path, *, image=None, name: str | None = None,
     model = checkpoint.model.eval().float().cpu()
     dims = model.spatial_dims
     stats = NormStats.from_dict(checkpoint.norm_stats)
+    if stats.mode == "zscore_case" or checkpoint.config.resample > 1:
+        raise ConfigError(
+            "a bioimage.io package cannot describe this run's "
+            + ("per-case z-score inside the object" if stats.mode == "zscore_case"
+               else "low-resolution prediction") + ": export --format onnx or torchscript "
+            "(the network alone) and predict with napari-unet, which does both")
     window = tuple(checkpoint.data_info.get("input_size") or
                    model.valid_input_size(checkpoint.config.patch_size))
     smallest, step, shrink = _axis_sizes(model)
@@ -348,7 +354,7 @@ def export_bioimageio(checkpoint, path, *, image=None, name: str | None = None,
                 id=spec.TensorId(OUTPUT_ID), axes=output_axes,
                 test_tensor=spec.FileDescr(source=tmp / "test_output.npy"),
                 data=spec.IntervalOrRatioDataDescr(type="float32"),
-                postprocessing=_postprocessing(spec, model.num_classes, channel_axis))],
+                postprocessing=_postprocessing(spec, model, channel_axis))],
             weights=weights,
             config=spec.Config(**{CONFIG_KEY: ours}),
         )

@@ -213,11 +213,12 @@ def evaluate(checkpoint, dataset: Dataset, *, fold=None, tile_size=None, overlap
     metrics = {"samples": len(dataset.images), "mean_dice": accumulator.mean_dice(),
                "foreground_dice": accumulator.mean_dice(include_background=False),
                "dice_per_class": accumulator.dice_per_class()}
-    if checkpoint.model.regions:  # region models: the Dice of each region (BraTS WT, TC, ET)
-        per_region = accumulator.region_dice(checkpoint.model.regions)
+    regions = getattr(checkpoint.model, "regions", None)
+    if regions:  # region models: the Dice of each region (BraTS WT, TC, ET)
+        per_region = accumulator.region_dice(regions)
         metrics["region_dice"] = per_region
         metrics.update({f"{key}_dice": value for key, value
-                        in zip(region_keys(checkpoint.model.regions), per_region)})
+                        in zip(region_keys(regions), per_region)})
     if num_classes == 2:
         metrics.update(soft_dice=float(np.mean(soft)), pixel_error=float(np.mean(errors)),
                        per_image_dice=float(np.mean(image_dice)))

@@ -26,8 +26,9 @@ def validate(model, val_set, norm, config, input_size, device, dist) -> dict:
     confusion = accumulator.confusion.to(device)
     accumulator.confusion = dist.sum_(confusion).cpu()
     model.train(was_training)
-    if model.regions:
-        per_region = accumulator.region_dice(model.regions)
+    regions = getattr(model, "regions", None)
+    if regions:
+        per_region = accumulator.region_dice(regions)
         return {"dice": sum(per_region) / len(per_region), "dice_per_class": per_region,
                 "mean_dice": accumulator.mean_dice()}
     return {"dice": accumulator.mean_dice(include_background=False),
