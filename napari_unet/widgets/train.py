@@ -34,6 +34,7 @@ from napari_unet.training_set import (
     write_training_pairs,
 )
 from napari_unet.widgets import (
+    ChannelGroup,
     UserError,
     existing_path,
     layer_data,
@@ -47,6 +48,22 @@ from napari_unet.widgets import (
 from napari_unet.widgets.curve import CurveWidget
 from napari_unet.widgets.runner import RunWatcher, TrainingRunner, run_registry
 from napari_unet.widgets.train_form import TrainForm
+
+
+def training_array(image, spatial_dims: int):
+    """The array written as the training image: a layer's data; a channel group's channels
+    first, (C, ...), as the engine reads them, except a group of (Z, Y, X) channels under a 2D
+    preset: (Z, C, Y, X), so that each painted slice is written as one (C, Y, X) image."""
+    data = layer_data(image)
+    if isinstance(image, ChannelGroup) and spatial_dims == 2 and data.ndim == 4:
+        return np.moveaxis(data, 0, 1)
+    return data
+
+
+def present(image, viewer) -> bool:
+    """Whether the layer (every layer of the group) is still in the viewer."""
+    return image.present_in(viewer) if isinstance(image, ChannelGroup) \
+        else image in viewer.layers
 
 
 class TrainWidget(TrainForm):
@@ -170,7 +187,8 @@ class TrainWidget(TrainForm):
         try:
             copied = copy_training_set(init_from, data_dir) if init_from else 0
             report = write_training_pairs(
-                data_dir, [(image.name, layer_data(image), labels.data) for image, labels in pairs],
+                data_dir, [(image.name, training_array(image, spatial_dims), labels.data)
+                           for image, labels in pairs],
                 spatial_dims, **self.mask_rule())
         except Exception as exc:  # noqa: BLE001 - disk full, permissions: tell, keep the viewer
             show_error(f"cannot write the training data to {data_dir}: {one_line(exc)}")
@@ -287,7 +305,7 @@ class TrainWidget(TrainForm):
         self.progress.setValue(self.progress.maximum())
         run_registry().add(self.run_dir)
         image = self._first_image
-        if self.predict_at_end.isChecked() and image is not None and image in self.viewer.layers:
+        if self.predict_at_end.isChecked() and image is not None and present(image, self.viewer):
             from napari_unet.widgets.prediction_job import PredictionJob
 
             self.prediction = PredictionJob(self.viewer, event.path, image,
