@@ -87,7 +87,8 @@ def read_tif(path) -> list[tuple]:
         return [(_in_memory_if_small(data), {"name": name, "rgb": True}, "image")]
     if looks_like_labels(data, name):
         labels = data.astype(np.uint8) if data.dtype == bool else data
-        return [(_in_memory_if_small(labels), {"name": name}, "labels")]
+        # half see-through, as the plugin's other labels: the tissue under them stays readable
+        return [(_in_memory_if_small(labels), {"name": name, "opacity": 0.5}, "labels")]
     channel_axis = _channel_axis(axes, data.shape)
     data = _in_memory_if_small(data)
     if channel_axis is None:

@@ -79,6 +79,7 @@ def test_a_4_channel_volume_trains_and_predicts_as_one_input(make_napari_viewer,
     assert train.pairs == [("BraTS2021_crop_image (4 channels)", labels.name)]
 
     train.steps.setValue(2)
+    assert train.progress.format() == "step %v / %m" and train.progress.maximum() == 2
     train.batch_size.setValue(2)
     train.base_channels.setCurrentIndex(train.base_channels.findData(8))
     train.patch_size.setValue(32)
@@ -129,3 +130,15 @@ def test_a_4_channel_volume_trains_and_predicts_as_one_input(make_napari_viewer,
     assert again.data.shape == crop_labels.shape
     np.testing.assert_array_equal(again.data, prediction.data)
     assert isinstance(viewer.layers["BraTS2021_crop_image FLAIR"], Image)  # the viewer lives
+
+    # corrected labels go back into the run's training set with all four channels
+    correct = dock(viewer, "Correct")
+    assert correct.image_combo.value == group
+    correct.labels_combo.value = labels
+    correct.run_combo.setEditText(str(tmp_path / "run"))
+    correct.add_to_training_set()  # exactly the pair trained on: nothing new
+    assert len(list((tmp_path / "run" / "data" / "images").iterdir())) == 1
+    labels.data_setitem((np.array([0]), np.array([0]), np.array([0])), 2)
+    correct.add_to_training_set()
+    added = tifffile.imread(tmp_path / "run" / "data" / "images" / "BraTS2021_crop_image_2.tif")
+    np.testing.assert_array_equal(added, crop)

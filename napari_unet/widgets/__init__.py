@@ -149,6 +149,16 @@ class ChannelGroup:
         return f"ChannelGroup({self.label!r})"
 
 
+def training_array(image, spatial_dims: int):
+    """The array written as the training image: a layer's data; a channel group's channels
+    first, (C, ...), as the engine reads them, except a group of (Z, Y, X) channels under a 2D
+    preset: (Z, C, Y, X), so that each painted slice is written as one (C, Y, X) image."""
+    data = layer_data(image)
+    if isinstance(image, ChannelGroup) and spatial_dims == 2 and data.ndim == 4:
+        return np.moveaxis(data, 0, 1)
+    return data
+
+
 def _group_key(layer):
     """(key, group name, channel index) of an image layer that is one channel of several:
     marked by this plugin's reader or sample data, else opened from one file by another

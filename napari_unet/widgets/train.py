@@ -37,27 +37,17 @@ from napari_unet.widgets import (
     ChannelGroup,
     UserError,
     existing_path,
-    layer_data,
     one_line,
     show_error,
     show_info,
     show_warning,
     spatial_shape,
     stop_on_window_close,
+    training_array,
 )
 from napari_unet.widgets.curve import CurveWidget
 from napari_unet.widgets.runner import RunWatcher, TrainingRunner, run_registry
 from napari_unet.widgets.train_form import TrainForm
-
-
-def training_array(image, spatial_dims: int):
-    """The array written as the training image: a layer's data; a channel group's channels
-    first, (C, ...), as the engine reads them, except a group of (Z, Y, X) channels under a 2D
-    preset: (Z, C, Y, X), so that each painted slice is written as one (C, Y, X) image."""
-    data = layer_data(image)
-    if isinstance(image, ChannelGroup) and spatial_dims == 2 and data.ndim == 4:
-        return np.moveaxis(data, 0, 1)
-    return data
 
 
 def present(image, viewer) -> bool:
@@ -108,12 +98,19 @@ class TrainWidget(TrainForm):
             buttons.addWidget(button)
         self.progress = QProgressBar()
         self.progress.setFormat("step %v / %m")
+        self.progress.setRange(0, self.steps.value())  # not Qt's 100 before the first run
         self.progress.setValue(0)
+        self.steps.valueChanged.connect(self._steps_changed)
         self.status = QLabel("")  # rare messages; per-step figures go into the progress bar
         self.status.setWordWrap(True)
         self.status.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
         self.curve = CurveWidget()
         return buttons
+
+    def _steps_changed(self, steps):
+        if self.run_dir is None and not self.runner.is_running():  # nothing shown yet
+            self.progress.setRange(0, steps)
+            self.progress.setValue(0)
 
     def _connect_runner(self):
         for name in ("started", "progress", "validation", "checkpoint", "message", "finished",
