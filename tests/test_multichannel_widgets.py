@@ -142,3 +142,46 @@ def test_a_4_channel_volume_trains_and_predicts_as_one_input(make_napari_viewer,
     correct.add_to_training_set()
     added = tifffile.imread(tmp_path / "run" / "data" / "images" / "BraTS2021_crop_image_2.tif")
     np.testing.assert_array_equal(added, crop)
+
+
+@gui
+def test_which_layers_make_a_channel_group(make_napari_viewer):
+    """Channel layers of one sample or file make one group, in channel order; a duplicated
+    channel counts once; a lone layer, layers of different grids and other readers' single
+    layers make none. Under a 2D preset a group of volumes is written slice by slice."""
+    from napari.layers._source import layer_source  # what napari's readers set
+
+    from napari_unet.widgets import channel_groups, image_choices, training_array
+
+    viewer = make_napari_viewer()
+    first, second, labels = viewer.open_sample(PLUGIN, "blobs3d")
+    viewer.add_image(np.zeros((4, 8, 8), np.float32), name="alone")
+    viewer.layers.move(viewer.layers.index(second), 0)  # the layer order is not channel order
+    [group] = channel_groups(viewer)
+    assert group.name == "blobs3d" and group.layers == (first, second)
+    np.testing.assert_array_equal(group.data, np.stack([first.data, second.data]))
+    labels_of_choices = [label for label, _ in image_choices(viewer)]
+    assert labels_of_choices == ["blobs3d ch1", "blobs3d (2 channels)", "blobs3d ch0", "alone"]
+
+    # napari's "Duplicate Layer" copies the metadata, the channel mark with it
+    viewer.add_layer(Image(first.data, metadata=dict(first.metadata), name="copy of ch0"))
+    assert [g.layers for g in channel_groups(viewer)] == [(first, second)]
+
+    # another reader's layers from one file, one of another grid
+    with layer_source(path="/data/two_channels.tif"):
+        a = viewer.add_image(np.zeros((5, 8, 8)), name="a")
+        b = viewer.add_image(np.ones((5, 8, 8)), name="b")
+    with layer_source(path="/data/mixed.tif"):
+        viewer.add_image(np.zeros((5, 8, 8)), name="c")
+        viewer.add_image(np.zeros((5, 9, 8)), name="d")
+    groups = channel_groups(viewer)
+    assert [(g.name, g.layers) for g in groups[1:]] == [("two_channels", (a, b))]
+
+    viewer.layers.remove(second)
+    assert [g.name for g in channel_groups(viewer)] == ["two_channels"]
+
+    zyx = groups[1]
+    assert training_array(zyx, spatial_dims=3).shape == (2, 5, 8, 8)
+    stacked = training_array(zyx, spatial_dims=2)
+    assert stacked.shape == (5, 2, 8, 8) and (stacked[:, 1] == 1).all()
+    assert training_array(a, spatial_dims=2) is a.data
