@@ -68,17 +68,21 @@ from napari_unet.engine.metrics import (  # noqa: E402
 from napari_unet.io import read_image  # noqa: E402
 
 DATA_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
-FOLDERS = {"isbi2012": "isbi2012", "dagm2007": "dagm2007_class1", "brats2013": "brats2013"}
-PRESETS = {"isbi2012": "isbi2012", "dagm2007": "industrial", "brats2013": "volume3d"}
-FOLDS = {"isbi2012": 5, "dagm2007": 5, "brats2013": 4}
-CPU_MINUTES = {"isbi2012": 25, "dagm2007": 15, "brats2013": 30}
+FOLDERS = {"isbi2012": "isbi2012", "dagm2007": "dagm2007_class1", "brats2013": "brats2013",
+           "brats2021": "brats2021"}
+PRESETS = {"isbi2012": "isbi2012", "dagm2007": "industrial", "brats2013": "volume3d",
+           "brats2021": "brats"}
+BRATS = ("brats2013", "brats2021")
+FOLDS = {"isbi2012": 5, "dagm2007": 5, "brats2013": 4, "brats2021": 4}
+CPU_MINUTES = {"isbi2012": 25, "dagm2007": 15, "brats2013": 30, "brats2021": 30}
 KEYS = {"isbi2012": ("membrane_dice", "mean_dice", "soft_dice", "pixel_error"),
         "dagm2007": ("per_image_dice", "defect_dice"),
-        "brats2013": ("wt_dice", "tc_dice", "et_dice")}
+        "brats2013": ("wt_dice", "tc_dice", "et_dice"),
+        "brats2021": ("wt_dice", "tc_dice", "et_dice")}
 
 # The CPU recipes (chosen for a 2-core machine; the steps come from the calibration).
 # Minutes of each budget kept back for calibration, validation and the final evaluation.
-CPU_RESERVE_MINUTES = {"isbi2012": 2.0, "dagm2007": 2.0, "brats2013": 4.0}
+CPU_RESERVE_MINUTES = {"isbi2012": 2.0, "dagm2007": 2.0, "brats2013": 4.0, "brats2021": 4.0}
 CPU_RECIPES = {
     # Padded UNet, 5 levels (16-32-64-128-256, 1.9 M parameters), batch norm so that a high
     # Adam lr trains fast; 256x256 crops; the reference's flips, crop-resize and brightness
@@ -117,13 +121,22 @@ CPU_RECIPES = {
         val_overlap=0.25,
     ),
 }
+# BraTS 2021 (four modalities, raw intensities): what the field does, scaled to a CPU. Each
+# case z-scored per channel inside the brain; the three BraTS regions as overlapping sigmoid
+# outputs; training and prediction at half resolution (2 mm), so a 64^3 patch sees 128 mm,
+# most of a brain, and the probabilities are interpolated back to 1 mm before scoring.
+CPU_RECIPES["brats2021"] = dict(
+    CPU_RECIPES["brats2013"], normalization="zscore_case", regions="brats", resample=2,
+    loss="dice_ce", foreground_oversample=0.5, patch_size=[64, 64, 64], val_tile_size=None)
 # Final evaluation: tile size, overlap and TTA per data set (CPU budget).
 CPU_EVAL = {"isbi2012": dict(tile_size=[512, 512], overlap=0.5, tta="mirror"),
             "dagm2007": dict(tile_size=[512, 512], overlap=0.5, tta="mirror"),
-            "brats2013": dict(tile_size=[64, 64, 64], overlap=0.5, tta=False)}
+            "brats2013": dict(tile_size=[64, 64, 64], overlap=0.5, tta=False),
+            "brats2021": dict(tile_size=[64, 64, 64], overlap=0.5, tta="mirror")}
 REFERENCE_EVAL = {"isbi2012": dict(overlap=0.5, tta="mirror"),
                   "dagm2007": dict(overlap=0.5, tta="mirror"),
-                  "brats2013": dict(overlap=0.5, tta="mirror")}
+                  "brats2013": dict(overlap=0.5, tta="mirror"),
+                  "brats2021": dict(overlap=0.5, tta="mirror")}
 STEP_OVERHEAD = 1.03  # validation passes during training, on top of the timed steps
 
 
@@ -136,7 +149,7 @@ def load_extra(dataset_name: str, images: Path, masks: Path) -> Dataset:
     """Other labelled data in the data set's own format: a file or a folder each."""
     if dataset_name == "isbi2012":  # membrane is the file's 0
         return load_dataset(images=images, masks=masks, foreground_value=0, spatial_dims=2)
-    if dataset_name == "brats2013":
+    if dataset_name in BRATS:
         return load_dataset(images=images, masks=masks, spatial_dims=3)
     # DAGM: NNNN.PNG with Label/NNNN_label.PNG (or same-name masks); no mask file = no defect
     image_paths = sorted(p for p in images.iterdir() if p.suffix.lower() in (".png", ".tif", ".tiff")
@@ -166,7 +179,7 @@ def make_config(dataset_name: str, budget: str, fold: int, steps=None):
         overrides["device"] = "cpu"
         if steps is not None:
             overrides["steps"] = steps
-            overrides["val_every"] = max(1, steps // (3 if dataset_name == "brats2013" else 5))
+            overrides["val_every"] = max(1, steps // (3 if dataset_name in BRATS else 5))
             overrides["checkpoint_every"] = overrides["val_every"]
             overrides["log_every"] = max(1, steps // 200)
     return preset_config(preset, **overrides)
@@ -264,10 +277,13 @@ def evaluate_model(dataset_name: str, checkpoint, data: Dataset, eval_options: d
                     defect_dice=float(np.mean(defective)) if defective else float("nan")), \
             predictions
     regions = {"wt": [], "tc": [], "et": []}
-    for image, mask in zip(data.images, data.masks):
+    for image, mask, name in zip(data.images, data.masks, data.names):
         _, labels = predict_array(checkpoint, image, **options)
-        for name, value in brats_region_dice(labels, np.asarray(mask)).items():
-            regions[name].append(value)
+        case = brats_region_dice(labels, np.asarray(mask))
+        for region, value in case.items():
+            regions[region].append(value)
+        print(f"  case={name} " + format_pairs({f"{k}_dice": v for k, v in case.items()}),
+              flush=True)
         predictions.append(labels)
     return {f"{k}_dice": float(np.mean(v)) for k, v in regions.items()}, predictions
 
@@ -374,7 +390,7 @@ def save_overlay(path: Path, image: np.ndarray, truth: np.ndarray, pred: np.ndar
 
 def overlay_for(dataset_name: str, data: Dataset, predictions: list):
     """(image 2D, truth 2D, prediction 2D, which) of one validation sample worth showing."""
-    if dataset_name == "brats2013":
+    if dataset_name in BRATS:
         index = 0
         truth3 = np.asarray(data.masks[index]) > 0
         z = int(np.argmax(truth3.sum(axis=(1, 2))))
@@ -448,7 +464,8 @@ def main(argv=None):
             patch=config.patch_size, batch=config.batch_size, steps=config.steps,
             optimizer=config.optimizer, lr=config.lr, schedule=config.lr_schedule,
             warmup=config.warmup_steps, loss=config.loss, amp=config.amp,
-            foreground_oversample=config.foreground_oversample)).replace(", ", ","), flush=True)
+            foreground_oversample=config.foreground_oversample, regions=config.regions,
+            normalization=config.normalization, resample=config.resample)).replace(", ", ","), flush=True)
         print(f"fold {fold}: evaluation " + format_pairs(eval_options).replace(", ", ","),
               flush=True)
         run_dir = out_root / f"fold{fold}"

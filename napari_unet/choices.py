@@ -9,7 +9,24 @@ AMP_MODES = ("bf16", "fp16", "off")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 # who runs the network in prediction (engine.backends); auto: the fastest installed on a CPU
 BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
-NORMALIZATIONS = ("minus_one_one", "zscore", "none")
+# zscore: one mean/std per channel from the training set (saved with the model);
+# zscore_case: each image (case) by its own mean/std per channel inside the object (BraTS MRI,
+# whose raw scales differ several-fold between scanners and cases)
+NORMALIZATIONS = ("minus_one_one", "zscore", "zscore_case", "none")
+# Region training: overlapping sigmoid outputs, each the union of some label values, nested from
+# the largest to the smallest. BraTS: whole tumour (1, 2, 4; 3 in BraTS 2013 too), tumour core
+# (1, 3, 4), enhancing tumour (4); the same rules read 2013's labels 0-4 and 2021's 0/1/2/4.
+REGION_SETS = {"brats": ((1, 2, 3, 4), (1, 3, 4), (4,))}
+REGION_NAMES = {"brats": ("whole tumour", "tumour core", "enhancing tumour")}
+REGION_KEYS = {"brats": ("wt", "tc", "et")}  # the BraTS metric names
+
+
+def region_keys(regions) -> list[str]:
+    """Short names of a run's regions: wt/tc/et for BraTS', region0.. otherwise."""
+    for name, values in REGION_SETS.items():
+        if [sorted(r) for r in values] == [sorted(r) for r in regions]:
+            return list(REGION_KEYS[name])
+    return [f"region{i}" for i in range(len(regions))]
 TTA_MODES = ("off", "mirror", "dihedral")
 OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
 SCHEDULES = ("constant", "exponential_step", "cosine", "poly")
@@ -47,6 +64,17 @@ PRESETS: dict[str, dict] = {
         lr_schedule="constant", loss="dice_ce_foreground", normalization="zscore",
         foreground_oversample=0.33, hflip=0.0, vflip=0.0, rot90=[0], crop_resize=None,
         brightness=0.1, flip_all_axes=True, val_every=500, checkpoint_every=500,
+    ),
+    # The 3D-UNet trained as the field trains BraTS today (nnU-Net, the BraTS 2020/2021
+    # winners): each case z-scored inside the brain, the three tumour regions as overlapping
+    # sigmoid outputs (labels written back in BraTS convention), contrast augmentation.
+    "brats": dict(
+        model="unet3d", model_options={}, spatial_dims=3, patch_size=[128, 128, 128],
+        steps=16000, batch_size=2, optimizer="adam", lr=2e-4, weight_decay=0.0,
+        lr_schedule="constant", loss="dice_ce", regions="brats", normalization="zscore_case",
+        foreground_oversample=0.33, hflip=0.0, vflip=0.0, rot90=[0], crop_resize=None,
+        brightness=0.1, contrast=0.25, flip_all_axes=True, val_every=500,
+        checkpoint_every=500,
     ),
 }
 PRESET_NAMES = tuple(PRESETS)

@@ -75,8 +75,10 @@ def _assert_same_state(whole_dir, split_dir, name="last.pt"):
     whole = torch.load(whole_dir / "checkpoints" / name, weights_only=True)
     split = torch.load(split_dir / "checkpoints" / name, weights_only=True)
     assert whole["step"] == split["step"] and whole["best_dice"] == split["best_dice"]
-    for key in ("model_state", "optimizer", "scheduler", "scaler"):
-        _assert_equal_nested(whole[key], split[key], key)
+    assert whole.keys() == split.keys()
+    for key in ("model_state", "optimizer", "scheduler", "scaler", "ema_state", "ema_averaged"):
+        if key in whole:
+            _assert_equal_nested(whole[key], split[key], key)
 
 
 def _assert_equal_nested(a, b, where):
@@ -137,6 +139,10 @@ RESUME_VARIANTS = {
     "fp16 scaler after a skipped step": dict(amp="fp16", lr_schedule="cosine"),
     "validations before and after the split": dict(val_every=3, lr_schedule="cosine",
                                                    val_tile_size=[64, 64]),
+    "weight EMA with batch norm, validated": dict(
+        preset="isbi2012", model_options={"base_channels": 4, "depth": 3, "padding": "same",
+                                          "norm": "batch", "dropout": 0.0},
+        loss="dice_ce", lr_schedule="cosine", ema=0.8, val_every=3, val_tile_size=[64, 64]),
 }
 
 
@@ -166,6 +172,14 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(dagm, tmp_path, monkeyp
     assert trace(after) == trace(whole)[-len(trace(after)):]
     lrs = [e.lr for e in whole if isinstance(e, Progress)]
     assert len(set(lrs)) == len(lrs), "the schedule must change at every step"
+    if config.ema:
+        state = torch.load(tmp_path / "whole" / "checkpoints" / "last.pt", weights_only=True)
+        assert state["ema_averaged"] == 12
+        averaged, trained = state["ema_state"], state["model_state"]
+        assert not all(torch.equal(averaged[k], trained[k]) for k in trained)
+        # prediction gets the averaged weights
+        loaded = load_checkpoint(tmp_path / "whole" / "checkpoints" / "last.pt").model
+        assert all(torch.equal(v, averaged[k]) for k, v in loaded.state_dict().items())
     if "validations" in variant:
         assert [e.step for e in whole if isinstance(e, Validation)] == [3, 6, 9, 12]
         _assert_same_state(tmp_path / "whole", tmp_path / "split", "best.pt")

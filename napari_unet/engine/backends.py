@@ -77,7 +77,7 @@ class ExportedModel(torch.nn.Module):
         self.network = [model]  # a list: not a submodule, so .to() and .eval() leave it be
         self.backend = backend
         self.spatial_dims, self.in_channels = model.spatial_dims, model.in_channels
-        self.num_classes = model.num_classes
+        self.num_classes, self.regions = model.num_classes, model.regions
         self.bf16 = amp == "bf16"
         graph = onnx_bytes(model)
         if backend == "onnxruntime":

@@ -36,7 +36,10 @@ class Checkpoint:
 
 
 def save_checkpoint(path, *, model, config, norm_stats, step, best_dice, data_info,
-                    optimizer=None, scheduler=None, scaler=None, extra=None) -> Path:
+                    optimizer=None, scheduler=None, scaler=None, extra=None, ema=None) -> Path:
+    """``model_state`` holds the trained weights (what a resume continues); with ``ema`` (a
+    ``torch.optim.swa_utils.AveragedModel``) ``ema_state`` holds their moving average, which
+    is what load_checkpoint gives to prediction, evaluation and export."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {
@@ -54,6 +57,9 @@ def save_checkpoint(path, *, model, config, norm_stats, step, best_dice, data_in
         "torch_rng": torch.get_rng_state(),
         "extra": extra or {},
     }
+    if ema is not None:
+        state["ema_state"] = ema.module.state_dict()
+        state["ema_averaged"] = int(ema.n_averaged)
     try:
         with atomic_write(path, overwrite=True) as tmp:
             torch.save(state, tmp)
@@ -97,7 +103,7 @@ def load_checkpoint(run_or_path, prefer: str = BEST, expect_model: str | None = 
                               f"choose a checkpoint trained with that model")
     try:
         model = build_model(name, **hparams)
-        model.load_state_dict(state["model_state"])
+        model.load_state_dict(state.get("ema_state") or state["model_state"])
         config = TrainConfig.from_dict(state["config"])
     except (NapariUnetError, RuntimeError, KeyError, TypeError) as exc:
         if isinstance(exc, ConfigError):
@@ -105,6 +111,7 @@ def load_checkpoint(run_or_path, prefer: str = BEST, expect_model: str | None = 
                                   f"{exc}") from None
         raise CheckpointError(f"checkpoint {path} does not match its model ({name}): "
                               f"{str(exc).splitlines()[0][:160]}") from None
+    model.regions = state.get("data_info", {}).get("regions")
     model.eval()
     return Checkpoint(model=model, config=config, norm_stats=state["norm_stats"],
                       step=state["step"], best_dice=state["best_dice"],

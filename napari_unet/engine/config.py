@@ -11,7 +11,15 @@ from pathlib import Path
 
 import yaml
 
-from ..choices import AMP_MODES, DEVICES, NORMALIZATIONS, OPTIMIZERS, PRESETS, SCHEDULES
+from ..choices import (
+    AMP_MODES,
+    DEVICES,
+    NORMALIZATIONS,
+    OPTIMIZERS,
+    PRESETS,
+    REGION_SETS,
+    SCHEDULES,
+)
 from ..errors import ConfigError
 
 
@@ -40,7 +48,16 @@ class TrainConfig:
     lr_decay_steps: int = 500
     warmup_steps: int = 0
     grad_clip: float = 0.0  # 0 = off
+    # exponential moving average of the weights (decay per step, e.g. 0.999; 0 = off): the
+    # averaged weights are validated, saved for prediction and exported
+    ema: float = 0.0
     loss: str = "adaptive"
+    # region training: one sigmoid output per region, each a list of mask values, nested from
+    # the largest to the smallest ("brats" = whole tumour, tumour core, enhancing tumour)
+    regions: typing.Optional[list] = None
+    # train and predict at 1/resample of the resolution on every spatial axis (nnU-Net's
+    # low-resolution stage): a patch then sees resample^dims times the volume
+    resample: int = 1
     # data
     normalization: str = "minus_one_one"
     foreground_value: typing.Optional[int] = None
@@ -105,6 +122,15 @@ class TrainConfig:
                               f"(or change --folds)")
         check_intensity_and_elastic(self.contrast, self.elastic, self.elastic_magnitude,
                                     self.elastic_grid)
+        self.regions = check_regions(self.regions)
+        if self.regions is not None and self.loss == "adaptive":
+            raise ConfigError("region training has its own loss (sigmoid cross-entropy + Dice per "
+                              "region): use --loss dice_ce, not adaptive")
+        if not 0.0 <= self.ema < 1.0:
+            raise ConfigError(f"ema is a decay per step in [0, 1) (0 = off, e.g. 0.999), "
+                              f"not {self.ema}")
+        if self.resample < 1:
+            raise ConfigError(f"resample must be 1 (full resolution) or more, not {self.resample}")
         if not 0.0 <= self.val_overlap < 1.0:
             raise ConfigError(f"val_overlap must be in [0, 1), not {self.val_overlap}")
         return self
@@ -173,12 +199,38 @@ def _coerce(name, value, hint):
         return value
     if hint is list and isinstance(value, (list, tuple)):
         return list(value)
+    if name == "regions" and isinstance(value, str):
+        return value  # a named set, expanded by check_regions
     if hint is list and isinstance(value, int) and name in ("patch_size", "val_tile_size"):
         return [value]
     if hint is dict and isinstance(value, dict):
         return dict(value)
     raise ConfigError(f"config key {name!r} expects {getattr(hint, '__name__', hint)}, "
                       f"got {type(value).__name__} {value!r}")
+
+
+def check_regions(regions):
+    """None, or the regions as lists of ints: a name of choices.REGION_SETS or a list of lists
+    of mask values, each region containing the next (their labels are written back in order)."""
+    if regions is None:
+        return None
+    if isinstance(regions, str):
+        if regions not in REGION_SETS:
+            raise ConfigError(f"regions {regions!r} is unknown: use one of "
+                              f"{', '.join(REGION_SETS)} or lists of label values")
+        regions = REGION_SETS[regions]
+    try:
+        regions = [sorted({int(v) for v in region}) for region in regions]
+    except (TypeError, ValueError):
+        raise ConfigError(f"regions must be lists of label values, e.g. [[1, 2, 4], [1, 4], [4]], "
+                          f"not {regions!r}") from None
+    if not regions or any(not r or min(r) < 1 for r in regions):
+        raise ConfigError("each region needs label values of 1 or more (0 is background)")
+    for outer, inner in zip(regions, regions[1:]):
+        if not set(inner) < set(outer):
+            raise ConfigError(f"regions must be nested, each inside the one before: {inner} is "
+                              f"not inside {outer}")
+    return regions
 
 
 def check_intensity_and_elastic(contrast: float, elastic: float, elastic_magnitude: float,

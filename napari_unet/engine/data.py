@@ -321,8 +321,8 @@ def compute_norm_stats(images, mode: str) -> NormStats:
     if mode not in NORMALIZATIONS:
         raise ConfigError(f"normalisation {mode!r} is unknown: use one of {NORMALIZATIONS}")
     stats = NormStats(mode, [], [], [], [])
-    if mode == "none" or not images:
-        return stats
+    if mode in ("none", "zscore_case") or not images:
+        return stats  # zscore_case: each image brings its own (stats_for_image)
     budget = max(10_000, 2_000_000 // len(images))
     # zscore: each volume has its own background value (BraTS: a different floor per case)
     select = _without_background if mode == "zscore" else (lambda values: values)
@@ -339,6 +339,14 @@ def compute_norm_stats(images, mode: str) -> NormStats:
             stats.mean.append(float(values.mean()) if values.size else 0.0)
             stats.std.append(std if std > 0 else 1.0)
     return stats
+
+
+def stats_for_image(image, stats: NormStats) -> NormStats:
+    """The statistics that normalise `image`: `stats` itself, or for zscore_case the image's
+    own mean and std per channel without its constant background (zscore over one case)."""
+    if stats.mode != "zscore_case":
+        return stats
+    return compute_norm_stats([image], "zscore")
 
 
 def _finite_sample(array, budget: int) -> np.ndarray:
@@ -379,6 +387,9 @@ def normalize_tensor(x: torch.Tensor, stats: NormStats, channel_dim: int = 1) ->
     a batch by default): float32, bit for bit what `normalize` gives on the CPU. A float32
     input is scaled in place. No step reads a value back, so a GPU never waits for the host."""
     x = x.to(torch.float32)
+    if stats.mode == "zscore_case":
+        raise DataError("zscore_case statistics belong to one image: normalise with "
+                        "stats_for_image(image, stats)")
     if stats.mode == "minus_one_one":
         low, high = _per_channel(stats.low, x, channel_dim), _per_channel(stats.high, x, channel_dim)
         x -= low

@@ -41,6 +41,7 @@ import torch
 from ..choices import AMP_MODES, TTA_MODES
 from ..errors import ConfigError, DataError
 from .events import TilesDone
+from .regions import labels_from_regions
 from .runtime import autocast, configure_backends
 
 BLENDS = ("gaussian", "constant")
@@ -214,18 +215,28 @@ def _tta_transforms(dims: int, tta, window: tuple[int, ...]) -> list[tuple[tuple
     return [(axes, swap) for swap in (False, True) for axes in flips]
 
 
-def _probabilities(logits: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """What is blended: sigmoid (K=1), the foreground of a 2-class softmax (K=2, computed as
-    the sigmoid of the logit difference: one channel to blend instead of two), softmax (K>2)."""
+def blended_channels(model) -> int:
+    """Channels of the probabilities that are blended and returned: one per region of a
+    region model (independent sigmoids), else 1 for sigmoid and 2-class models, K for K > 2."""
+    regions = getattr(model, "regions", None)
+    if regions:
+        return len(regions)
+    return 1 if model.num_classes <= 2 else model.num_classes
+
+
+def _probabilities(logits: torch.Tensor, model) -> torch.Tensor:
+    """What is blended: sigmoid (K=1, or every region of a region model), the foreground of a
+    2-class softmax (K=2, computed as the sigmoid of the logit difference: one channel to blend
+    instead of two), softmax (K>2)."""
     logits = logits.float()
-    if num_classes == 1:
+    if model.num_classes == 1 or getattr(model, "regions", None):
         return torch.sigmoid(logits)
-    if num_classes == 2:
+    if model.num_classes == 2:
         return torch.sigmoid(logits[:, 1:2] - logits[:, 0:1])
     return torch.softmax(logits, dim=1)
 
 
-def _predict_batch(model, batch: torch.Tensor, num_classes: int, transforms, amp: str,
+def _predict_batch(model, batch: torch.Tensor, transforms, amp: str,
                    tile: tuple[int, ...]) -> torch.Tensor:
     """Probabilities of a batch of windows, averaged over the TTA transforms (each undone)."""
     total = None
@@ -237,7 +248,7 @@ def _predict_batch(model, batch: torch.Tensor, num_classes: int, transforms, amp
                 raise DataError(f"the model returned {tuple(logits.shape[2:])} for a "
                                 f"{tuple(batch.shape[2:])} window, but its output_size says "
                                 f"{tile}: fix the model's output_size")
-            probs = _probabilities(logits, num_classes)
+            probs = _probabilities(logits, model)
             probs = probs.flip(axes) if axes else probs
             probs = probs.transpose(-1, -2) if swap else probs
             total = probs if total is None else total.add_(probs)
@@ -331,10 +342,10 @@ class _PageReleaser:
 class _Writer:
     """Writes finished rows into ``out`` (and ``labels_out``) and releases their pages."""
 
-    def __init__(self, out, labels_out, num_classes: int, threshold: float, image,
-                 input_margin: int):
+    def __init__(self, out, labels_out, model, threshold: float, image, input_margin: int):
         self.out, self.labels_out = out, labels_out
-        self.many = num_classes > 2
+        self.regions = getattr(model, "regions", None)
+        self.many = blended_channels(model) > 1
         self.threshold = threshold
         self.input_margin = input_margin
         self.releasers = [(_PageReleaser(out, int(self.many)), 0),
@@ -348,8 +359,12 @@ class _Writer:
         else:
             self.out[low:high] = probs[0]
         if self.labels_out is not None:
-            self.labels_out[low:high] = (np.argmax(probs, axis=0) if self.many
-                                         else probs[0] >= self.threshold)
+            if self.regions:
+                self.labels_out[low:high] = labels_from_regions(probs, self.regions,
+                                                                self.threshold)
+            else:
+                self.labels_out[low:high] = (np.argmax(probs, axis=0) if self.many
+                                             else probs[0] >= self.threshold)
         for releaser, shift in self.releasers:
             releaser.release(max(high + shift, 0))
 
@@ -418,8 +433,8 @@ def iter_sliding_window(model, image, *, tile_size, overlap: float = 0.25,
     transforms = _tta_transforms(model.spatial_dims, tta,
                                  tuple(axis.window for axis in axes))
     spatial = tuple(axis.size for axis in axes)
-    num_classes = model.num_classes
-    out = _check_output(out, spatial if num_classes <= 2 else (num_classes, *spatial),
+    channels = blended_channels(model)
+    out = _check_output(out, spatial if channels == 1 else (channels, *spatial),
                         "out", np.float32)
     labels_out = None if labels_out is None else _check_output(labels_out, spatial,
                                                                "labels_out", np.uint8)
@@ -437,7 +452,7 @@ def _run(model, image, axes: list[_Axis], out, labels_out, *, batch_size, blend,
     lead = len(axes) - dims
     window = tuple(axis.window for axis in axes[lead:])
     tile = tuple(axis.tile for axis in axes[lead:])
-    channels = 1 if model.num_classes <= 2 else model.num_classes
+    channels = blended_channels(model)
     total = math.prod(len(axis.starts) for axis in axes)
     memory_format = {2: torch.channels_last, 3: torch.channels_last_3d}[dims] \
         if channels_last else torch.contiguous_format
@@ -455,7 +470,7 @@ def _run(model, image, axes: list[_Axis], out, labels_out, *, batch_size, blend,
                   else torch.ones(tile)).reshape((1,) * lead + tile).to(device)
         slab = _Slab(channels, _slab_depth(axes, total, batch_size),
                      tuple(axis.size for axis in axes[1:]), device)
-    writer = _Writer(out, labels_out, model.num_classes, threshold, image, axes[0].margin)
+    writer = _Writer(out, labels_out, model, threshold, image, axes[0].margin)
     buffers = _TileBuffers((batch_size, image.shape[0], *window), device)
     try:
         for first in range(0, total, batch_size):
@@ -468,7 +483,7 @@ def _run(model, image, axes: list[_Axis], out, labels_out, *, batch_size, blend,
             with torch.inference_mode():
                 x = buffers.send(len(origins))
                 probs = _predict_batch(model, x.contiguous(memory_format=memory_format),
-                                       model.num_classes, transforms, amp, tile)
+                                       transforms, amp, tile)
                 for tile_probs, origin in zip(probs, origins):
                     slab.add(tile_probs.reshape(channels, *weight.shape), origin, axes, weight)
                 finished = slab.take_finished(upto)

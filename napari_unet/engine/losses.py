@@ -28,6 +28,7 @@ __all__ = [
     "CrossEntropyLoss",
     "DiceCELoss",
     "AdaptiveLoss",
+    "RegionLoss",
     "build_loss",
     "available_losses",
 ]
@@ -183,6 +184,36 @@ class AdaptiveLoss(nn.Module):
         return torch.where(use_dice, dice_loss, ce)
 
 
+class RegionLoss(nn.Module):
+    """Region training (nnU-Net's BraTS loss): ``BCE + (1 - mean soft Dice)`` over R sigmoid
+    outputs, each against its region's mask (engine.regions), the Dice summed over the batch.
+    ``logits (B, R, *S)``, ``target (B, *S)`` class indices (the file's label values)."""
+
+    def __init__(self, regions, smooth: float = 1.0):
+        super().__init__()
+        self.regions = [list(region) for region in regions]
+        self.smooth = smooth
+        self.last_terms: dict[str, torch.Tensor] = {}
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        from .regions import region_targets
+
+        if logits.shape[1] != len(self.regions):
+            raise ValueError(f"{logits.shape[1]} outputs for {len(self.regions)} regions")
+        _check_shapes(logits, target)
+        logits = logits.float()
+        targets = region_targets(target, self.regions)
+        ce = F.binary_cross_entropy_with_logits(logits, targets)
+        probs = torch.sigmoid(logits)
+        dims = (0, *range(2, probs.ndim))
+        intersection = (probs * targets).sum(dims)
+        denominator = probs.sum(dims) + targets.sum(dims)
+        dice_loss = 1.0 - ((2.0 * intersection + self.smooth)
+                           / (denominator + self.smooth)).mean()
+        self.last_terms = _detached(dice_loss=dice_loss, ce=ce)
+        return dice_loss + ce
+
+
 # name -> factory; the presets in config.py refer to these names.
 _LOSSES = {
     "adaptive": AdaptiveLoss,
@@ -198,8 +229,14 @@ def available_losses() -> list[str]:
     return list(_LOSSES)
 
 
-def build_loss(name: str, num_classes: int) -> nn.Module:
-    """The loss called ``name`` for a network with ``num_classes`` output channels."""
+def build_loss(name: str, num_classes: int, regions=None) -> nn.Module:
+    """The loss called ``name`` for a network with ``num_classes`` output channels; with
+    ``regions`` the region loss (Dice + cross-entropy, the only one region training has)."""
+    if regions:
+        if name not in ("dice_ce", "dice_ce_foreground"):
+            raise ConfigError(f"region training uses Dice + cross-entropy per region, not "
+                              f"{name!r}: use --loss dice_ce")
+        return RegionLoss(regions)
     if name not in _LOSSES:
         raise ConfigError(f"unknown loss {name!r}; choose one of: {', '.join(_LOSSES)}")
     if num_classes < 1:

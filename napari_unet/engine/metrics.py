@@ -100,6 +100,19 @@ class DiceAccumulator:
         return [_dice_from_counts(int(i), int(t + p))
                 for i, t, p in zip(intersection, target_size, pred_size)]
 
+    def region_dice(self, regions) -> list[float]:
+        """Dice of each region (a set of class values, engine.regions), from the counts: a
+        voxel is in a region when its class is one of the region's values."""
+        k = self.num_classes
+        scores = []
+        for region in regions:
+            inside = torch.zeros(k, dtype=torch.bool)
+            inside[[v for v in region if v < k]] = True
+            both = int(self.confusion[inside][:, inside].sum())
+            sizes = int(self.confusion[inside].sum() + self.confusion[:, inside].sum())
+            scores.append(_dice_from_counts(both, sizes))
+        return scores
+
     def iou_per_class(self) -> list[float]:
         """Intersection over union of each class, with the same empty-on-empty rule."""
         intersection, target_size, pred_size = self._counts()

@@ -11,13 +11,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..choices import region_keys
 from ..errors import DataError, OutOfMemory, OutputExistsError
 from ..io import TifMemmapWriter, read_image
 from .checkpoint import Checkpoint, load_checkpoint
-from .data import Dataset, NormStats, as_channel_first, normalize, split_folds
+from .data import Dataset, NormStats, as_channel_first, normalize, split_folds, stats_for_image
 from .events import Message
-from .inference import iter_sliding_window
+from .inference import blended_channels, iter_sliding_window
 from .metrics import DiceAccumulator, per_image_dice, pixel_error, soft_dice_reference
+from .regions import downsample_image, labels_from_regions, upsample_probabilities
 from .runtime import resolve_device
 
 
@@ -80,24 +82,43 @@ def predict(checkpoint, image, *, tile_size=None, overlap=0.25, batch_size=4, tt
         NormStats.from_dict(checkpoint.norm_stats), tile_size=_tile_size(checkpoint, tile_size),
         overlap=overlap, batch_size=batch_size, tta=tta, amp=amp, device=device,
         threshold=checkpoint.config.threshold if threshold is None else threshold,
-        out=out, labels_out=labels_out,
+        out=out, labels_out=labels_out, resample=checkpoint.config.resample,
         channels_last=channels_last and checkpoint.model.spatial_dims == 2)
 
 
 def predict_with_model(model, image, stats: NormStats, *, tile_size, overlap=0.25, batch_size=4,
                        tta=False, amp="bf16", device="cpu", threshold=0.5,
-                       out=None, labels_out=None, channels_last=True):
-    """Sliding-window prediction of a channel-first image, normalised tile by tile."""
+                       out=None, labels_out=None, channels_last=True, resample: int = 1):
+    """Sliding-window prediction of a channel-first image, normalised tile by tile (zscore_case:
+    with the image's own statistics). ``resample`` > 1: the model was trained at 1/resample of
+    the resolution; the normalised image is averaged down (in memory), predicted, and the
+    probabilities are interpolated back to the image's grid before the labels are taken."""
     device = torch.device(device)
     model = model.to(device)
+    stats = stats_for_image(image, stats)
+    options = dict(tile_size=tile_size, overlap=overlap, tta=tta, amp=amp, device=device,
+                   channels_last=channels_last, threshold=threshold)
+    if resample > 1:
+        small = downsample_image(normalize(image, stats), resample)
+        probabilities = yield from _window_with_retries(
+            model, small, batch_size, preprocess=None, out=None, labels_out=None, **options)
+        probabilities = _upsampled(probabilities, model, resample, image.shape[1:], out)
+        if labels_out is not None:
+            labels_out[...] = _labels(probabilities, model, threshold)
+    else:
+        probabilities = yield from _window_with_retries(
+            model, image, batch_size, preprocess=lambda region: normalize(region, stats),
+            out=out, labels_out=labels_out, **options)
+    labels = labels_out if labels_out is not None else _labels(probabilities, model, threshold)
+    yield PredictionDone(probabilities=probabilities, labels=labels)
+
+
+def _window_with_retries(model, image, batch_size, *, tile_size, device, **options):
     while True:
         try:
-            probabilities = yield from iter_sliding_window(
-                model, image, tile_size=tile_size, overlap=overlap, batch_size=batch_size,
-                tta=tta, amp=amp, device=device, channels_last=channels_last,
-                preprocess=lambda region: normalize(region, stats), out=out,
-                labels_out=labels_out, threshold=threshold)
-            break
+            return (yield from iter_sliding_window(model, image, tile_size=tile_size,
+                                                   batch_size=batch_size, device=device,
+                                                   **options))
         except torch.OutOfMemoryError:
             # fewer tiles per batch need less memory: retry by itself before giving up
             if batch_size == 1:
@@ -109,10 +130,25 @@ def predict_with_model(model, image, stats: NormStats, *, tile_size, overlap=0.2
                 torch.cuda.empty_cache()
             yield Message("warning", f"out of memory: retrying with {batch_size} tile(s) "
                                      f"per batch")
-    labels = labels_out
-    if labels is None:
-        labels = labels_from_probabilities(probabilities, model.num_classes, threshold)
-    yield PredictionDone(probabilities=probabilities, labels=labels)
+
+
+def _upsampled(probabilities, model, factor, shape, out):
+    """Low-resolution probabilities ((*s) or (K, *s)) at the full `shape`, into `out` if given."""
+    many = blended_channels(model) > 1
+    probs = torch.from_numpy(np.asarray(probabilities))
+    full = upsample_probabilities(probs if many else probs[None], factor, shape).numpy()
+    full = full if many else full[0]
+    if out is None:
+        return full
+    out[...] = full
+    return out
+
+
+def _labels(probabilities, model, threshold):
+    regions = getattr(model, "regions", None)
+    if regions:
+        return labels_from_regions(probabilities, regions, threshold)
+    return labels_from_probabilities(probabilities, model.num_classes, threshold)
 
 
 def run_to_end(events) -> PredictionDone:
@@ -140,8 +176,8 @@ def predict_file(run, input_path, labels_path, *, probabilities=None, overwrite=
             raise OutputExistsError(f"{path} exists: pass --overwrite to replace it")
     image = read_image(input_path, mmap=True)
     spatial = tuple(prepare_image(checkpoint, image).shape[1:])
-    k = checkpoint.model.num_classes
-    prob_shape = (k, *spatial) if k > 2 else spatial
+    k = blended_channels(checkpoint.model)
+    prob_shape = (k, *spatial) if k > 1 else spatial
     prob_target = probabilities or labels_path.with_name(labels_path.name + ".probabilities.tmp")
     with TifMemmapWriter(labels_path, spatial, np.uint8, overwrite=overwrite) as labels_out, \
             TifMemmapWriter(prob_target, prob_shape, np.float32, overwrite=True) as prob_out:
@@ -177,6 +213,11 @@ def evaluate(checkpoint, dataset: Dataset, *, fold=None, tile_size=None, overlap
     metrics = {"samples": len(dataset.images), "mean_dice": accumulator.mean_dice(),
                "foreground_dice": accumulator.mean_dice(include_background=False),
                "dice_per_class": accumulator.dice_per_class()}
+    if checkpoint.model.regions:  # region models: the Dice of each region (BraTS WT, TC, ET)
+        per_region = accumulator.region_dice(checkpoint.model.regions)
+        metrics["region_dice"] = per_region
+        metrics.update({f"{key}_dice": value for key, value
+                        in zip(region_keys(checkpoint.model.regions), per_region)})
     if num_classes == 2:
         metrics.update(soft_dice=float(np.mean(soft)), pixel_error=float(np.mean(errors)),
                        per_image_dice=float(np.mean(image_dice)))

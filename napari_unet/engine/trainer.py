@@ -29,15 +29,19 @@ from .checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import (
     Dataset,
+    NormStats,
     PatchSampler,
     as_channel_first,
     compute_norm_stats,
     masks_to_classes,
+    normalize,
     split_folds,
+    stats_for_image,
 )
 from .events import CheckpointSaved, Finished, Message, Progress, Started, Validation
 from .losses import build_loss
 from .pipeline import DeviceBatches, prepare
+from .regions import downsample_image, downsample_labels
 from .runtime import autocast, configure_backends, memory_format, resolve_device
 from .validation import validate
 
@@ -96,9 +100,24 @@ def check_data_fits_model(dataset: Dataset, config: TrainConfig):
         raise DataError("the data set is empty: give at least one image with its mask")
 
 
+def normalized_copy(dataset: Dataset, norm, config: TrainConfig) -> Dataset:
+    """The training samples normalised (zscore_case: each with its own statistics) and, with
+    resample > 1, averaged down, as float32 arrays in memory, with their masks at the same
+    resolution (region-aware, engine.regions). The windows are then cut from these."""
+    images, masks = [], []
+    for image, mask in zip(dataset.images, dataset.masks):
+        images.append(downsample_image(normalize(image, stats_for_image(image, norm)),
+                                       config.resample))
+        masks.append(downsample_labels(mask, config.resample, config.regions))
+    return Dataset(images, masks, list(dataset.names), dataset.spatial_dims)
+
+
 # -- model, optimizer, schedule ------------------------------------------------------------------
 def output_channels(config: TrainConfig, num_classes: int) -> int:
-    """1 sigmoid channel for binary losses that need it, else one channel per class."""
+    """One sigmoid channel per region (region training), 1 sigmoid channel for binary losses
+    that need it, else one channel per class."""
+    if config.regions:
+        return len(config.regions)
     if config.loss == "adaptive":
         if num_classes > 2:
             raise ConfigError(f"the adaptive loss is binary but the masks have {num_classes} "
@@ -113,6 +132,7 @@ def make_model(config: TrainConfig, in_channels: int, num_classes: int) -> torch
     if config.model == "unet3d" and "spatial_dims" not in options and config.spatial_dims == 2:
         options["spatial_dims"] = 2
     model = build_model(config.model, **options)
+    model.regions = config.regions
     if model.spatial_dims != config.spatial_dims:
         raise ConfigError(f"the {config.model} model is {model.spatial_dims}D but the run is "
                           f"{config.spatial_dims}D: set spatial_dims or choose another model")
@@ -194,7 +214,8 @@ def train(config: TrainConfig, images=None, masks=None, *, run_dir, resume: bool
     norm = compute_norm_stats(train_set.images, config.normalization)
     data_info = {"num_classes": num_classes, "in_channels": dataset.in_channels,
                  "spatial_dims": config.spatial_dims, "input_size": list(input_size),
-                 "output_size": list(output_size), "foreground_value": config.foreground_value}
+                 "output_size": list(output_size), "foreground_value": config.foreground_value,
+                 "regions": config.regions}
 
     folder = RunFolder(run_dir, writer=dist.is_main)
     folder.prepare(config, resume)
@@ -205,19 +226,24 @@ def train(config: TrainConfig, images=None, masks=None, *, run_dir, resume: bool
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(config, s))
     # disabled unless fp16: one path for every precision, as nanoGPT
     scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
+    ema = make_ema(model, config.ema)
     if resume and (folder.checkpoints / LAST).exists():
         start_step, best_dice, norm = _restore(folder.checkpoints / LAST, model, optimizer,
-                                               scheduler, scaler)
+                                               scheduler, scaler, ema)
     elif init_from is not None:
         _init_weights(init_from, model)
 
     net = dist.wrap(model, device)
     if config.compile:
         net = torch.compile(net)
-    loss_fn = build_loss(config.loss, output_channels(config, num_classes))
+    loss_fn = build_loss(config.loss, output_channels(config, num_classes), config.regions)
     augment = make_augmenter(config)
-    sampler = PatchSampler(train_set.images, train_set.masks, input_size, output_size,
-                           config.batch_size, norm, seed=config.seed,
+    windows, window_norm = train_set, norm
+    if config.normalization == "zscore_case" or config.resample > 1:
+        windows, window_norm = normalized_copy(train_set, norm, config), NormStats.from_dict(
+            {"mode": "none"})
+    sampler = PatchSampler(windows.images, windows.masks, input_size, output_size,
+                           config.batch_size, window_norm, seed=config.seed,
                            foreground_oversample=config.foreground_oversample,
                            rank=dist.rank, world_size=dist.world_size)
 
@@ -227,7 +253,7 @@ def train(config: TrainConfig, images=None, masks=None, *, run_dir, resume: bool
         return save_checkpoint(folder.checkpoints / name, model=model, config=config,
                                norm_stats=norm.to_dict(), step=step, best_dice=best_dice,
                                data_info=data_info, optimizer=optimizer, scheduler=scheduler,
-                               scaler=scaler)
+                               scaler=scaler, ema=ema)
 
     yield Started(total_steps=config.steps, start_step=start_step, run_dir=str(folder.path),
                   device=str(device), world_size=dist.world_size,
@@ -247,13 +273,15 @@ def train(config: TrainConfig, images=None, masks=None, *, run_dir, resume: bool
         for step in range(start_step, config.steps):
             try:
                 loss = _train_step(net, model, batches, augment, loss_fn, optimizer, scaler,
-                                   norm, config, device, mem_format, step, dist)
+                                   window_norm, config, device, mem_format, step, dist)
             except torch.OutOfMemoryError:
                 raise OutOfMemory(
                     f"out of {device.type.upper()} memory at batch size {config.batch_size} and "
                     f"patch {'x'.join(map(str, config.patch_size))}: lower --batch-size or "
                     f"--patch-size, or use --amp bf16") from None
             batches.start_next()
+            if ema is not None:
+                ema.update_parameters(model)
             scheduler.step()
             done = step + 1
             losses.add(done, loss)
@@ -271,7 +299,8 @@ def train(config: TrainConfig, images=None, masks=None, *, run_dir, resume: bool
             if stopping:  # every rank stops here, after the same step
                 raise KeyboardInterrupt
             if validating:
-                result = validate(model, val_set, norm, config, input_size, device, dist)
+                result = validate(model if ema is None else ema.module, val_set, norm, config,
+                                  input_size, device, dist)
                 is_best = result["dice"] > best_dice
                 best_dice = max(best_dice, result["dice"])
                 folder.log_validation(done, result["dice"], result["dice_per_class"])
@@ -396,14 +425,28 @@ def _clip(model, config):
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
 
 
-def _restore(path, model, optimizer, scheduler, scaler):
+def make_ema(model, decay: float):
+    """The moving average of `model`'s weights and buffers (batch-norm statistics too), or
+    None when `decay` is 0. The first update copies the weights."""
+    if not decay:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    ema.module.regions = model.regions
+    return ema
+
+
+def _restore(path, model, optimizer, scheduler, scaler, ema=None):
     state = read_checkpoint(path)
     model.load_state_dict(state["model_state"])
+    if ema is not None and "ema_state" in state:
+        ema.module.load_state_dict(state["ema_state"])
+        ema.n_averaged.fill_(state["ema_averaged"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     if state.get("scaler"):
         scaler.load_state_dict(state["scaler"])  # does nothing when the scaler is disabled
-    from .data import NormStats
     return state["step"], state["best_dice"], NormStats.from_dict(state["norm_stats"])
 
 

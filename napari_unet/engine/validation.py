@@ -10,6 +10,7 @@ from .prediction import predict_with_model, run_to_end
 
 
 def validate(model, val_set, norm, config, input_size, device, dist) -> dict:
+    """``dice``: the mean foreground Dice (region models: the mean Dice of the regions)."""
     num_classes = max(2, val_set.num_classes, model.num_classes)
     accumulator = DiceAccumulator(num_classes)
     tile_size = config.val_tile_size or list(input_size)
@@ -19,12 +20,16 @@ def validate(model, val_set, norm, config, input_size, device, dist) -> dict:
         done = run_to_end(predict_with_model(
             model, val_set.images[index], norm, tile_size=tile_size, overlap=config.val_overlap,
             batch_size=max(1, config.batch_size), amp=config.amp, device=device,
-            threshold=config.threshold,
+            threshold=config.threshold, resample=config.resample,
             channels_last=config.channels_last and model.spatial_dims == 2))
         accumulator.update(done.labels, val_set.masks[index])
     confusion = accumulator.confusion.to(device)
     accumulator.confusion = dist.sum_(confusion).cpu()
     model.train(was_training)
+    if model.regions:
+        per_region = accumulator.region_dice(model.regions)
+        return {"dice": sum(per_region) / len(per_region), "dice_per_class": per_region,
+                "mean_dice": accumulator.mean_dice()}
     return {"dice": accumulator.mean_dice(include_background=False),
             "dice_per_class": accumulator.dice_per_class(),
             "mean_dice": accumulator.mean_dice()}

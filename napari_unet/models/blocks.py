@@ -165,6 +165,9 @@ class UNetSkeleton(nn.Module):
         self.spatial_dims = spatial_dims
         self.in_channels = hparams["in_channels"]
         self.num_classes = hparams["num_classes"]
+        # region training (engine.regions): the label values of each sigmoid output, set by
+        # the trainer and by load_checkpoint; None = softmax classes or one sigmoid
+        self.regions = None
         # Every valid size is a multiple of this plus a fixed offset (0 when padded).
         self.size_multiple = size_multiple
         self.min_size = min_size or size_multiple

@@ -1,0 +1,93 @@
+"""Region training: overlapping sigmoid outputs, as nnU-Net and the BraTS winners train.
+
+A region is a set of mask values (BraTS: whole tumour 1, 2, 3, 4; tumour core 1, 3, 4;
+enhancing tumour 4). Regions are nested, each inside the one before (config.check_regions).
+The network has one sigmoid output per region; its targets are built from the class-index mask
+on the device (so the patch pipeline and the augmentation stay the same), and a prediction is
+written back as labels in the data's own convention: every voxel gets the value of the
+innermost region whose probability passes the threshold, where a region's value is the smallest
+of its values that the next region leaves out (BraTS: whole tumour -> 2 (oedema), tumour core
+-> 1, enhancing -> 4), so 2013's and 2021's label files read the same.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def region_values(regions) -> list[int]:
+    """The label written for each region (see the module docstring)."""
+    values = []
+    for index, region in enumerate(regions):
+        inner = set(regions[index + 1]) if index + 1 < len(regions) else set()
+        values.append(min(set(region) - inner))
+    return values
+
+
+def region_targets(target: torch.Tensor, regions) -> torch.Tensor:
+    """(B, R, *S) float32 region masks of a (B, *S) class-index target."""
+    lookup = torch.zeros((len(regions), 256), dtype=torch.float32, device=target.device)
+    for index, region in enumerate(regions):
+        lookup[index, list(region)] = 1.0
+    flat = target.long().clamp(0, 255)
+    return torch.stack([lookup[index][flat] for index in range(len(regions))], dim=1)
+
+
+def labels_from_regions(probabilities, regions, threshold: float = 0.5) -> np.ndarray:
+    """uint8 labels (*S) from region probabilities (R, *S) (numpy or tensor)."""
+    probs = probabilities.cpu().numpy() if isinstance(probabilities, torch.Tensor) \
+        else np.asarray(probabilities)
+    labels = np.zeros(probs.shape[1:], np.uint8)
+    for value, region_probs in zip(region_values(regions), probs):
+        labels[region_probs >= threshold] = value
+    return labels
+
+
+def downsample_labels(mask: np.ndarray, factor: int, regions=None) -> np.ndarray:
+    """A class-index mask at 1/factor of its size on every axis (edge-padded to a multiple of
+    factor first). With regions each region is averaged over the factor^dims block and kept
+    where it covers half of it, then written back innermost last, so that thin inner regions
+    survive; without, the most frequent class of each block wins (ties to the larger index)."""
+    mask = np.asarray(mask)
+    if factor == 1:
+        return mask
+    dims = mask.ndim
+    t = torch.from_numpy(_pad_to_multiple(mask, factor, dims).astype(np.int64))[None]
+    if regions:
+        pooled = _avg_pool(region_targets(t, regions), factor, dims)[0]
+        return labels_from_regions(pooled, regions, 0.5)
+    classes = int(mask.max()) + 1
+    onehot = torch.nn.functional.one_hot(t[0], classes).movedim(-1, 0)[None].float()
+    pooled = _avg_pool(onehot, factor, dims)[0]
+    flipped = pooled.flip(0)  # argmax takes the first maximum: prefer the larger class
+    return (classes - 1 - flipped.argmax(0)).numpy().astype(np.uint8)
+
+
+def downsample_image(image: np.ndarray, factor: int) -> np.ndarray:
+    """A float32 channel-first image averaged over factor^dims blocks (edge-padded to a
+    multiple of factor first)."""
+    if factor == 1:
+        return image
+    dims = image.ndim - 1
+    x = torch.from_numpy(_pad_to_multiple(np.asarray(image, dtype=np.float32), factor, dims))
+    return _avg_pool(x[None], factor, dims)[0].numpy()
+
+
+def upsample_probabilities(probs: torch.Tensor, factor: int, shape) -> torch.Tensor:
+    """(K, *s) probabilities of a downsampled image back at its full-resolution `shape`:
+    (bi/tri)linear by `factor` (block centres stay in place), cropped to `shape`."""
+    mode = {2: "bilinear", 3: "trilinear"}[probs.ndim - 1]
+    full = torch.nn.functional.interpolate(probs[None].float(), scale_factor=factor, mode=mode,
+                                           align_corners=False)[0]
+    return full[(slice(None),) + tuple(slice(0, n) for n in shape)]
+
+
+def _pad_to_multiple(array: np.ndarray, factor: int, dims: int) -> np.ndarray:
+    lead = array.ndim - dims
+    pad = [(0, 0)] * lead + [(0, -n % factor) for n in array.shape[lead:]]
+    return np.pad(array, pad, mode="edge") if any(p for _, p in pad) else array
+
+
+def _avg_pool(x: torch.Tensor, factor: int, dims: int) -> torch.Tensor:
+    pool = {2: torch.nn.functional.avg_pool2d, 3: torch.nn.functional.avg_pool3d}[dims]
+    return pool(x, factor, stride=factor)
