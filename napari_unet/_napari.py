@@ -108,7 +108,7 @@ def channel_layers(data, channel_axis: int, name: str) -> tuple:
     contrasts added in four colours hide the tumour; a radiologist reads one at a time, and
     ticking another one's eye shows it instead). Each channel gets its own display range."""
     count = data.shape[channel_axis]
-    brats = count == len(BRATS_CHANNELS) and "brats" in name.lower()
+    brats = looks_like_brats(name, count)
     suffixes = BRATS_CHANNELS if brats else [f"ch{c}" for c in range(count)]
     group = uuid.uuid4().hex[:12]
     kwargs = {"name": [f"{name} {suffix}" for suffix in suffixes],
@@ -124,6 +124,12 @@ def channel_layers(data, channel_axis: int, name: str) -> tuple:
         kwargs["blending"] = ["translucent_no_depth"] * count
         kwargs["visible"] = [c == 0 for c in range(count)]
     return data, kwargs, "image"
+
+
+def looks_like_brats(name: str, channels: int) -> bool:
+    """A BraTS volume: four channels, "brats" in the name (as every BraTS release names its
+    cases)."""
+    return channels == len(BRATS_CHANNELS) and "brats" in name.lower()
 
 
 def contrast_limits(data, fallback: bool = False):

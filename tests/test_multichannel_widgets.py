@@ -32,6 +32,16 @@ def errors_since(count):
     return [n for n in notification_manager.records[count:] if str(n.severity) == "error"]
 
 
+def tiny_cpu_run(train, run_dir):
+    train.steps.setValue(2)
+    train.batch_size.setValue(2)
+    train.base_channels.setCurrentIndex(train.base_channels.findData(8))
+    train.patch_size.setValue(32)
+    train.amp.setCurrentText("off")
+    train.device.setCurrentText("cpu")
+    train.run_folder.setText(str(run_dir))
+
+
 def brats_crop(folder: Path, size=(32, 48, 48)):
     """A (4, 32, 48, 48) crop of the case around its tumour, and its labels, as TIF files
     named like the originals (so the reader treats them as BraTS)."""
@@ -63,7 +73,8 @@ def test_a_4_channel_volume_trains_and_predicts_as_one_input(make_napari_viewer,
     assert isinstance(group, ChannelGroup) and group.layers == tuple(channels)
     assert train.image_combo.current_choice == "BraTS2021_crop_image (4 channels)"
     assert train.labels_combo.value is labels
-    assert train.preset.currentText() == "volume3d"
+    assert train.preset.currentText() == "brats", "a BraTS volume defaults to its own preset"
+    train.preset.setCurrentText("volume3d")
 
     # images of different channel counts in one run: a notification, nothing starts
     train.add_current_pair()
@@ -78,14 +89,8 @@ def test_a_4_channel_volume_trains_and_predicts_as_one_input(make_napari_viewer,
     train._remove_pair()
     assert train.pairs == [("BraTS2021_crop_image (4 channels)", labels.name)]
 
-    train.steps.setValue(2)
+    tiny_cpu_run(train, tmp_path / "run")
     assert train.progress.format() == "step %v / %m" and train.progress.maximum() == 2
-    train.batch_size.setValue(2)
-    train.base_channels.setCurrentIndex(train.base_channels.findData(8))
-    train.patch_size.setValue(32)
-    train.amp.setCurrentText("off")
-    train.device.setCurrentText("cpu")
-    train.run_folder.setText(str(tmp_path / "run"))
     train.start_button.click()
     qtbot.waitUntil(lambda: train.runner.exit_code is not None, timeout=TRAIN_TIMEOUT_MS)
     assert train.runner.exit_code == 0, train.runner.stderr_text[-2000:]
@@ -142,6 +147,45 @@ def test_a_4_channel_volume_trains_and_predicts_as_one_input(make_napari_viewer,
     correct.add_to_training_set()
     added = tifffile.imread(tmp_path / "run" / "data" / "images" / "BraTS2021_crop_image_2.tif")
     np.testing.assert_array_equal(added, crop)
+
+
+@needs_brats2021
+@gui
+def test_the_brats_preset_predicts_regions_with_a_threshold(make_napari_viewer, qtbot,
+                                                            tmp_path):
+    """A region model (whole tumour, tumour core, enhancing tumour as overlapping sigmoids):
+    one probability layer per region, labels in BraTS convention, the slider re-cuts them."""
+    from napari_unet.engine.regions import labels_from_regions
+
+    brats_crop(tmp_path)
+    viewer = make_napari_viewer()
+    viewer.open(str(tmp_path / "BraTS2021_crop_image.tif"), plugin=PLUGIN)
+    viewer.open(str(tmp_path / "BraTS2021_crop_labels.tif"), plugin=PLUGIN)
+    train = dock(viewer, "Train")
+    assert train.preset.currentText() == "brats"
+    tiny_cpu_run(train, tmp_path / "run")
+    train.start_button.click()
+    qtbot.waitUntil(lambda: train.runner.exit_code is not None, timeout=TRAIN_TIMEOUT_MS)
+    assert train.runner.exit_code == 0, train.runner.stderr_text[-2000:]
+    qtbot.waitUntil(lambda: train.prediction is not None and not train.prediction.running,
+                    timeout=60_000)
+    job = train.prediction
+    assert job.error is None and job.binary
+    name = "BraTS2021_crop_image"
+    regions = [viewer.layers[f"{name} probability {region}"].data
+               for region in ("whole tumour", "tumour core", "enhancing tumour")]
+    np.testing.assert_array_equal(np.stack(regions), job.probabilities)
+    assert f"{name} probability class 1" not in viewer.layers
+    prediction = viewer.layers[f"{name} prediction"]
+    assert set(np.unique(prediction.data)) <= {0, 1, 2, 4}
+
+    predict = dock(viewer, "Predict")
+    predict.last_job = job
+    threshold = float(np.quantile(job.probabilities[0], 0.6))
+    predict.set_threshold(threshold)
+    expected = labels_from_regions(job.probabilities, job.regions, round(threshold, 2))
+    np.testing.assert_array_equal(prediction.data, expected)
+    assert prediction.data.any() and not prediction.data.all()
 
 
 @gui

@@ -1,8 +1,9 @@
 """Predict widget: a trained run (or checkpoint) applied to an Image layer.
 
 The prediction runs in napari's ``thread_worker`` (:mod:`.prediction_job`): a progress bar,
-Cancel, and the result as probability and labels layers over the image. For binary models a
-threshold slider re-cuts the labels live.
+Cancel, and the result as probability and labels layers over the image. For binary and region
+models (BraTS: whole tumour, tumour core, enhancing tumour) a threshold slider re-cuts the
+labels live.
 """
 from __future__ import annotations
 

@@ -24,6 +24,15 @@ from napari_unet.widgets import (
 )
 
 
+def region_names(regions) -> list[str]:
+    """Readable names of a region model's outputs: BraTS' "whole tumour", ...; else region0.."""
+    from napari_unet.choices import REGION_KEYS, REGION_NAMES, region_keys
+
+    readable = {key: name for set_name in REGION_KEYS
+                for key, name in zip(REGION_KEYS[set_name], REGION_NAMES[set_name])}
+    return [readable.get(key, key) for key in region_keys(regions)]
+
+
 @dataclass(frozen=True)
 class ModelLoaded:
     """The worker's first event: what the checkpoint's model gives (to show its result)."""
@@ -31,6 +40,7 @@ class ModelLoaded:
     num_outputs: int
     threshold: float
     in_channels: int = 1
+    regions: tuple = ()  # a region model's label values per sigmoid output (BraTS: WT, TC, ET)
 
 
 def _predict_events(checkpoint_path, image, options, channels_first=False):
@@ -48,8 +58,9 @@ def _predict_events(checkpoint_path, image, options, channels_first=False):
     events = None
     try:
         checkpoint = load_checkpoint(checkpoint_path)
+        regions = tuple(tuple(r) for r in getattr(checkpoint.model, "regions", None) or ())
         yield ModelLoaded(checkpoint.model.num_classes, float(checkpoint.config.threshold),
-                          int(checkpoint.model.in_channels))
+                          int(checkpoint.model.in_channels), regions)
         if channels_first and checkpoint.model.spatial_dims == 2 and image.ndim == 4:
             image = np.moveaxis(image, 0, 1)
         events = predict(checkpoint, image, **options)
@@ -79,6 +90,7 @@ class PredictionJob:
         self.checkpoint = Path(checkpoint)
         self.num_outputs = None
         self.in_channels = None
+        self.regions = ()
         self.threshold = 0.5
         self.probabilities = None
         self.labels_layer = None
@@ -114,7 +126,7 @@ class PredictionJob:
 
         if isinstance(event, ModelLoaded):
             self.num_outputs, self.threshold = event.num_outputs, event.threshold
-            self.in_channels = event.in_channels
+            self.in_channels, self.regions = event.in_channels, event.regions
         elif isinstance(event, Failed):
             self.error = event.error + self._channel_hint()
             show_error(f"prediction failed: {self.error}")
@@ -151,7 +163,10 @@ class PredictionJob:
         name = image.name
         probabilities = np.asarray(done.probabilities)
         self.probabilities = probabilities
-        if self.num_outputs is not None and self.num_outputs > 2:
+        if self.regions:  # overlapping sigmoid outputs, no background channel
+            planes = [(probabilities[k], f"{name} probability {region}")
+                      for k, region in enumerate(region_names(self.regions))]
+        elif self.num_outputs is not None and self.num_outputs > 2:
             channels = range(1, probabilities.shape[0])  # class 0 is background
             planes = [(probabilities[k], f"{name} probability class {k}") for k in channels]
         else:
@@ -168,16 +183,23 @@ class PredictionJob:
 
     @property
     def binary(self) -> bool:
-        return self.probabilities is not None and (self.num_outputs or 1) <= 2
+        """Whether a threshold cuts the labels: binary and region models (not softmax)."""
+        return self.probabilities is not None and (bool(self.regions)
+                                                   or (self.num_outputs or 1) <= 2)
 
     def apply_threshold(self, threshold: float) -> None:
-        """Re-cut the labels from the probabilities (binary models)."""
-        from napari_unet.engine import labels_from_probabilities
-
+        """Re-cut the labels from the probabilities (binary models; region models: every
+        region at the threshold, labels in the run's convention)."""
         if not self.binary or self.labels_layer is None:
             return
         self.threshold = threshold
-        self.labels_layer.data = labels_from_probabilities(self.probabilities, 1, threshold)
+        if self.regions:
+            from napari_unet.engine.regions import labels_from_regions
+            labels = labels_from_regions(self.probabilities, self.regions, threshold)
+        else:
+            from napari_unet.engine import labels_from_probabilities
+            labels = labels_from_probabilities(self.probabilities, 1, threshold)
+        self.labels_layer.data = labels
 
     def _on_errored(self, exc):
         self.error = one_line(exc)  # napari itself notifies, with the traceback

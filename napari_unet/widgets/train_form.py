@@ -48,6 +48,7 @@ from napari_unet.widgets import (
 
 PRESET_2D = tuple(name for name, values in PRESETS.items() if values["spatial_dims"] == 2)
 PRESET_3D = next(name for name, values in PRESETS.items() if values["spatial_dims"] == 3)
+BRATS_PRESET = "brats"  # the default for a BraTS volume picked whole (where the preset exists)
 MODEL_SIZES = (("preset default", None), ("8 (tiny)", 8), ("16 (small, CPU)", 16), ("32", 32),
                ("64 (full UNet)", 64))
 NONZERO = -1  # the object value spin box's "every non-zero value" (what napari colours)
@@ -219,14 +220,20 @@ class TrainForm(LayerPickers, QWidget):
 
     # -- defaults that follow the choices ---------------------------------------------------------
     def _image_changed(self, *_):
-        """A new image: its labels, a preset that fits it (3D volume -> volume3d), a patch
-        size no bigger than it. Other options the user set stay."""
+        """A new image: its labels, a preset that fits it (3D volume -> volume3d, the four
+        channels of a BraTS volume -> brats), a patch size no bigger than it. Other options
+        the user set stay."""
+        from napari_unet._napari import looks_like_brats
+
         image = self.image_combo.value
         if image is None:
             return
         self._pick_matching_labels(image)
         current = self.preset.currentText()
         wanted = PRESET_3D if looks_like_volume(spatial_shape(image)) else PRESET_2D[0]
+        if wanted == PRESET_3D and BRATS_PRESET in self.presets \
+                and looks_like_brats(image.name, channel_count(image)):
+            wanted = BRATS_PRESET
         if current != wanted and not (wanted in PRESET_2D and current in PRESET_2D):
             self.preset.setCurrentText(wanted)  # applies the preset's defaults
         else:
