@@ -163,6 +163,8 @@ def test_the_brats_preset_predicts_regions_with_a_threshold(make_napari_viewer, 
     viewer.open(str(tmp_path / "BraTS2021_crop_labels.tif"), plugin=PLUGIN)
     train = dock(viewer, "Train")
     assert train.preset.currentText() == "brats"
+    assert "trains whole tumour (1, 2, 3, 4), tumour core (1, 3, 4), enhancing tumour (4)" \
+        in train.learns.text()
     tiny_cpu_run(train, tmp_path / "run")
     train.start_button.click()
     qtbot.waitUntil(lambda: train.runner.exit_code is not None, timeout=TRAIN_TIMEOUT_MS)

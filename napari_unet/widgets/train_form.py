@@ -26,7 +26,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_unet import runs
-from napari_unet.choices import AMP_MODES, DEVICES, PRESETS
+from napari_unet.choices import AMP_MODES, DEVICES, PRESETS, REGION_NAMES, REGION_SETS
 from napari_unet.errors import DataError
 from napari_unet.training_set import describe_classes, looks_like_volume, mask_classes
 from napari_unet.widgets import (
@@ -121,6 +121,7 @@ class TrainForm(LayerPickers, QWidget):
             pair_buttons.addWidget(button)
         self.preset = _combo(PRESETS)
         self.preset.currentTextChanged.connect(self._preset_changed)
+        self.preset.currentTextChanged.connect(self.describe_labels)
         self.holdout = QCheckBox("validate on 1/5 of the samples (Dice curve)")
         self.holdout.setChecked(True)
         return group_box("Data", [("Image", self.image_combo.native), ("Labels", self.labels_combo.native),
@@ -199,6 +200,11 @@ class TrainForm(LayerPickers, QWidget):
                 and data.size and np.count_nonzero(data) > 0.5 * data.size:
             text += ("; most pixels are coloured: if the object is the uncoloured (0) part, "
                      "as ISBI's membranes, tick invert")
+        regions = self.presets.get(self.preset.currentText(), {}).get("regions")
+        if regions in REGION_SETS:  # region training: what the outputs are made of
+            parts = [f"{name} ({', '.join(map(str, values))})" for name, values
+                     in zip(REGION_NAMES[regions], REGION_SETS[regions])]
+            text += f"; the {self.preset.currentText()} preset trains {', '.join(parts)}"
         self.learns.setText(text)
 
     def show_learned(self):
