@@ -6,17 +6,36 @@ opening a file never imports torch, Qt or the engine.
 """
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import numpy as np
 
 from napari_unet.choices import MAX_CHANNELS  # an axis marked C (or the first of 4 unnamed)
 from napari_unet.errors import NapariUnetError
-from napari_unet.io import TIF_SUFFIXES, looks_like_labels, read_image, write_tif
+from napari_unet.io import (
+    TIF_SUFFIXES,
+    looks_like_labels,
+    read_image,
+    strided_sample,
+    write_tif,
+)
 
 # Files bigger than this stay memory-mapped (napari then reads only the planes it shows);
 # smaller ones are read into RAM, where they are faster to browse and Labels are editable.
 LAZY_BYTES = 1 << 30
+# The metadata key that marks the channel layers of one image (one file, one sample):
+# {"id": unique per opening, "name": the image's name, "index": the channel}. The Train and
+# Predict widgets offer such a group as one (C, ...) input.
+CHANNEL_GROUP = "napari_unet_channels"
+# The modalities of a 4-channel BraTS volume, in the order every BraTS distribution we know
+# stores them (BraTS 2021 as in ../shared, the Medical Segmentation Decathlon's Task01,
+# nnU-Net's Dataset001): FLAIR, T1, T1 with contrast, T2.
+BRATS_CHANNELS = ("FLAIR", "T1", "T1c", "T2")
+# Display range of an image with a zero background (MRI outside the head, padding): these
+# percentiles of the non-zero values, so that a few hot voxels do not make the tissue dark.
+CONTRAST_PERCENTILES = (0.5, 99.5)
+BACKGROUND_SHARE = 0.1  # at least this share of zeros counts as a background
 
 
 # ------------------------------------------------------------------------------------ reader
@@ -68,13 +87,72 @@ def read_tif(path) -> list[tuple]:
         return [(_in_memory_if_small(data), {"name": name, "rgb": True}, "image")]
     if looks_like_labels(data, name):
         labels = data.astype(np.uint8) if data.dtype == bool else data
-        return [(_in_memory_if_small(labels), {"name": name}, "labels")]
+        # half see-through, as the plugin's other labels: the tissue under them stays readable
+        return [(_in_memory_if_small(labels), {"name": name, "opacity": 0.5}, "labels")]
     channel_axis = _channel_axis(axes, data.shape)
     data = _in_memory_if_small(data)
     if channel_axis is None:
-        return [(data, {"name": name, "rgb": False}, "image")]
-    names = [f"{name} ch{c}" for c in range(data.shape[channel_axis])]
-    return [(data, {"name": names, "channel_axis": channel_axis}, "image")]
+        kwargs = {"name": name, "rgb": False}
+        limits = contrast_limits(data)
+        if limits is not None:
+            kwargs["contrast_limits"] = limits
+        return [(data, kwargs, "image")]
+    return [channel_layers(data, channel_axis, name)]
+
+
+def channel_layers(data, channel_axis: int, name: str) -> tuple:
+    """One LayerData tuple that napari splits into a layer per channel, marked as one group.
+
+    Channels are named "<name> ch0", "<name> ch1", ...; a 4-channel file named like BraTS
+    gets the modality names, grey colour maps, opaque blending and only FLAIR shown (four MRI
+    contrasts added in four colours hide the tumour; a radiologist reads one at a time, and
+    ticking another one's eye shows it instead). Each channel gets its own display range."""
+    count = data.shape[channel_axis]
+    brats = looks_like_brats(name, count)
+    suffixes = BRATS_CHANNELS if brats else [f"ch{c}" for c in range(count)]
+    group = uuid.uuid4().hex[:12]
+    kwargs = {"name": [f"{name} {suffix}" for suffix in suffixes],
+              "channel_axis": channel_axis,
+              "metadata": [{CHANNEL_GROUP: {"id": group, "name": name, "index": c}}
+                           for c in range(count)]}
+    limits = [contrast_limits(np.take(data, c, axis=channel_axis), fallback=True)
+              for c in range(count)]
+    if all(limit is not None for limit in limits):
+        kwargs["contrast_limits"] = limits
+    if brats:
+        kwargs["colormap"] = ["gray"] * count
+        kwargs["blending"] = ["translucent_no_depth"] * count
+        kwargs["visible"] = [c == 0 for c in range(count)]
+    return data, kwargs, "image"
+
+
+def looks_like_brats(name: str, channels: int) -> bool:
+    """A BraTS volume: four channels, "brats" in the name (as every BraTS release names its
+    cases)."""
+    return channels == len(BRATS_CHANNELS) and "brats" in name.lower()
+
+
+def contrast_limits(data, fallback: bool = False):
+    """(low, high) for an image with a zero background: percentiles of its non-zero values
+    (napari's default, the minimum and maximum, shows a brain MRI almost black). Without
+    such a background: None (napari's default), or with `fallback` the sample's min and max.
+    From a strided sample, so a memory-mapped file is not read whole."""
+    sample = strided_sample(data)
+    if sample.size == 0 or not (np.issubdtype(sample.dtype, np.integer)
+                                or np.issubdtype(sample.dtype, np.floating)):
+        return None
+    nonzero = sample[sample != 0]
+    if nonzero.size and sample.size - nonzero.size >= BACKGROUND_SHARE * sample.size:
+        low, high = (float(v) for v in np.percentile(nonzero, CONTRAST_PERCENTILES))
+    elif fallback:
+        low, high = float(np.nanmin(sample)), float(np.nanmax(sample))
+    else:
+        return None
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return None
+    if high <= low:
+        high = low + 1.0
+    return low, high
 
 
 def _channel_axis(axes: str, shape: tuple):
@@ -146,6 +224,5 @@ def sample_blobs3d() -> list[tuple]:
 
     images, labels = SAMPLES["blobs3d"](n=1)
     volume = images[0]  # (C, Z, Y, X)
-    names = [f"blobs3d ch{c}" for c in range(volume.shape[0])]
-    return [(volume, {"name": names, "channel_axis": 0}, "image"),
+    return [channel_layers(volume, 0, "blobs3d"),
             (labels[0].astype(np.uint8), {"name": "blobs3d labels", "opacity": 0.5}, "labels")]

@@ -1,6 +1,11 @@
 """Save a screenshot of napari with the EM sample and the Train, Predict and Correct widgets.
 
     python scripts/screenshot.py [--out docs/screenshot.png] [--steps 60] [--no-train]
+                                 [--open FILE ...] [--slice Z]
+
+``--open`` opens files through the plugin's reader instead of the sample, e.g. a BraTS 2021
+case: ``--open ../shared/data/brats2021/BraTS2021_00000_image.tif
+../shared/data/brats2021/BraTS2021_00000_labels.tif --slice 70``.
 
 Without a display it re-runs itself under ``xvfb-run``. By default it first trains a small
 model on the sample from the Train widget (a real child process, CPU, in a temporary run
@@ -57,6 +62,9 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=str(ROOT / "docs" / "screenshot.png"))
     parser.add_argument("--steps", type=int, default=60, help="training steps before the shot")
     parser.add_argument("--no-train", action="store_true", help="only open and dock")
+    parser.add_argument("--open", nargs="+", metavar="FILE",
+                        help="open these files (the plugin's reader) instead of the EM sample")
+    parser.add_argument("--slice", type=int, default=3, help="the slice shown (first axis)")
     args = parser.parse_args(argv)
     _under_xvfb()
 
@@ -66,7 +74,11 @@ def main(argv=None) -> int:
     viewer = napari.Viewer(title="napari UNet", show=True)
     window = viewer.window._qt_window  # a script, not a plugin: the window's size is ours to set
     window.resize(1800, 1100)
-    viewer.open_sample(PLUGIN, "em")
+    if args.open:
+        for path in args.open:
+            viewer.open(path, plugin=PLUGIN)
+    else:
+        viewer.open_sample(PLUGIN, "em")
     _, train = viewer.window.add_plugin_dock_widget(PLUGIN, "Train")
     _, predict = viewer.window.add_plugin_dock_widget(PLUGIN, "Predict", tabify=False)
     _, correct = viewer.window.add_plugin_dock_widget(PLUGIN, "Correct", tabify=True)
@@ -87,8 +99,9 @@ def main(argv=None) -> int:
             _wait(app, lambda: train.prediction is None or not train.prediction.running, 120)
             if "em labels" in viewer.layers:
                 viewer.layers["em labels"].visible = False
-            viewer.layers.selection.active = viewer.layers["em"]
-        viewer.dims.set_current_step(0, 3)
+            if "em" in viewer.layers:
+                viewer.layers.selection.active = viewer.layers["em"]
+        viewer.dims.set_current_step(0, args.slice)
         _close_toasts(window)
         for _ in range(20):
             app.processEvents()

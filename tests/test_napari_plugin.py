@@ -16,6 +16,9 @@ from napari.layers import Image, Labels  # noqa: E402
 from napari_unet import _napari  # noqa: E402
 
 MANIFEST = Path(_napari.__file__).with_name("napari.yaml")
+BRATS2021 = Path(__file__).resolve().parents[2] / "shared" / "data" / "brats2021"
+needs_brats2021 = pytest.mark.skipif(not (BRATS2021 / "BraTS2021_00000_image.tif").is_file(),
+                                     reason=f"BraTS 2021 not found at {BRATS2021}")
 
 
 # -- manifest and discovery -------------------------------------------------------------------------
@@ -108,6 +111,67 @@ def test_reader_keeps_volumes_3d_and_splits_channels(make_napari_viewer, tmp_pat
             np.testing.assert_allclose(channel.data, czyx[c])
     [photo] = _open(viewer, tmp_path / "photo.tif")
     assert photo.rgb and photo.data.shape == (30, 20, 3)
+
+
+@needs_brats2021
+@gui
+def test_reader_opens_a_brats2021_case_as_channels_of_one_volume(make_napari_viewer):
+    """The real CZYX int16 file: four grey channel layers named by modality, one group,
+    display ranges from the brain (not the zero background); the labels file: Labels."""
+    from napari_unet.widgets import channel_groups
+
+    viewer = make_napari_viewer()
+    stem = "BraTS2021_00000"
+    raw = tifffile.imread(BRATS2021 / f"{stem}_image.tif")
+    assert raw.ndim == 4 and raw.shape[0] == 4 and raw.dtype == np.int16
+    layers = _open(viewer, BRATS2021 / f"{stem}_image.tif")
+    assert [layer.name for layer in layers] == [f"{stem}_image {m}"
+                                                for m in ("FLAIR", "T1", "T1c", "T2")]
+    for c, layer in enumerate(layers):
+        assert isinstance(layer, Image) and layer.ndim == 3 and not layer.rgb
+        np.testing.assert_array_equal(layer.data, raw[c])
+        assert layer.colormap.name == "gray"
+        brain = raw[c][raw[c] != 0]
+        low, high = layer.contrast_limits
+        # inside the brain's range, well above the background's 0 and below the hottest voxel
+        assert brain.min() < low < np.median(brain) < high < brain.max()
+        np.testing.assert_allclose((low, high), np.percentile(brain, (0.5, 99.5)), rtol=0.05)
+    assert [layer.visible for layer in layers] == [True, False, False, False]
+    [group] = channel_groups(viewer)
+    assert group.name == f"{stem}_image" and group.layers == tuple(layers)
+    np.testing.assert_array_equal(group.data, raw)
+
+    [labels] = _open(viewer, BRATS2021 / f"{stem}_labels.tif")
+    assert isinstance(labels, Labels) and labels.data.shape == raw.shape[1:]
+    assert set(np.unique(labels.data)) == {0, 1, 2, 4}
+    # opening the same file again makes a second group, not one of eight channels
+    _open(viewer, BRATS2021 / f"{stem}_image.tif")
+    assert [len(g.layers) for g in channel_groups(viewer)] == [4, 4]
+
+
+@gui
+def test_reader_channel_names_and_ranges_of_other_multichannel_files(make_napari_viewer,
+                                                                      tmp_path):
+    """Only a 4-channel file named like BraTS gets modality names; others keep ch0.., and an
+    image without a zero background keeps napari's own display range."""
+    viewer = make_napari_viewer()
+    rng = np.random.default_rng(3)
+    four = rng.integers(100, 200, (4, 5, 16, 16), dtype=np.int16)
+    tifffile.imwrite(tmp_path / "cells.tif", four, metadata={"axes": "CZYX"})
+    tifffile.imwrite(tmp_path / "brats_three.tif", four[:3], metadata={"axes": "CZYX"})
+    cells = _open(viewer, tmp_path / "cells.tif")
+    assert [layer.name for layer in cells] == [f"cells ch{c}" for c in range(4)]
+    assert all(layer.visible for layer in cells)
+    three = _open(viewer, tmp_path / "brats_three.tif")
+    assert [layer.name for layer in three] == [f"brats_three ch{c}" for c in range(3)]
+    volume = rng.integers(1, 1000, (6, 16, 16), dtype=np.int16)
+    tifffile.imwrite(tmp_path / "dense.tif", volume, metadata={"axes": "ZYX"})
+    [dense] = _open(viewer, tmp_path / "dense.tif")
+    assert tuple(dense.contrast_limits) == (volume.min(), volume.max())
+    volume[:, :8] = 0  # half background: the range comes from the rest
+    tifffile.imwrite(tmp_path / "background.tif", volume, metadata={"axes": "ZYX"})
+    [background] = _open(viewer, tmp_path / "background.tif")
+    assert background.contrast_limits[0] > 1
 
 
 def test_reader_declines_what_it_cannot_read(tmp_path):

@@ -84,14 +84,142 @@ def one_line(exc: BaseException) -> str:
 
 # -- layers ----------------------------------------------------------------------------------------
 def layer_data(layer):
-    """The full-resolution array of a layer (the first level of a multiscale one)."""
+    """The full-resolution array of a layer (the first level of a multiscale one); of a
+    :class:`ChannelGroup`, its channels stacked first, (C, ...)."""
     return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
 
 
 def spatial_shape(layer) -> tuple:
-    """The layer's pixel grid: its shape without an RGB(A) axis."""
+    """The layer's pixel grid: its shape without an RGB(A) axis (or a group's channel axis)."""
+    if isinstance(layer, ChannelGroup):
+        return spatial_shape(layer.layers[0])
     shape = tuple(layer_data(layer).shape)
     return shape[:-1] if getattr(layer, "rgb", False) else shape
+
+
+class ChannelGroup:
+    """The channel layers of one image (a multi-channel file or sample opened as a layer per
+    channel), taken as one (C, ...) input: the Train and Predict widgets' image pickers offer
+    it beside the single layers. It answers what the widgets ask of an Image layer (name,
+    data, scale, translate); its data is the channels stacked in channel order."""
+
+    rgb = False
+    multiscale = False
+
+    def __init__(self, name: str, layers):
+        self.name = name
+        self.layers = tuple(layers)
+
+    @property
+    def label(self) -> str:
+        """What the picker shows."""
+        return f"{self.name} ({len(self.layers)} channels)"
+
+    @property
+    def data(self) -> np.ndarray:
+        return np.stack([np.asarray(layer_data(layer)) for layer in self.layers])
+
+    @property
+    def ndim(self) -> int:
+        return self.layers[0].ndim
+
+    @property
+    def scale(self):
+        return self.layers[0].scale
+
+    @property
+    def translate(self):
+        return self.layers[0].translate
+
+    def world_to_data(self, position):
+        return self.layers[0].world_to_data(position)
+
+    def present_in(self, viewer) -> bool:
+        return all(layer in viewer.layers for layer in self.layers)
+
+    def __eq__(self, other):
+        return isinstance(other, ChannelGroup) and self.name == other.name \
+            and len(self.layers) == len(other.layers) \
+            and all(a is b for a, b in zip(self.layers, other.layers))
+
+    def __hash__(self):
+        return hash((self.name, *map(id, self.layers)))
+
+    def __repr__(self):
+        return f"ChannelGroup({self.label!r})"
+
+
+def training_array(image, spatial_dims: int):
+    """The array written as the training image: a layer's data; a channel group's channels
+    first, (C, ...), as the engine reads them, except a group of (Z, Y, X) channels under a 2D
+    preset: (Z, C, Y, X), so that each painted slice is written as one (C, Y, X) image."""
+    data = layer_data(image)
+    if isinstance(image, ChannelGroup) and spatial_dims == 2 and data.ndim == 4:
+        return np.moveaxis(data, 0, 1)
+    return data
+
+
+def _group_key(layer):
+    """(key, group name, channel index) of an image layer that is one channel of several:
+    marked by this plugin's reader or sample data, else opened from one file by another
+    reader (same source path). None for a layer on its own."""
+    from napari_unet._napari import CHANNEL_GROUP
+
+    mark = layer.metadata.get(CHANNEL_GROUP) if isinstance(layer.metadata, dict) else None
+    if isinstance(mark, dict) and {"id", "name", "index"} <= set(mark):
+        return ("mark", mark["id"]), str(mark["name"]), int(mark["index"])
+    path = getattr(getattr(layer, "source", None), "path", None)
+    if path:
+        return ("path", str(path)), Path(path).stem, None
+    return None
+
+
+def channel_groups(viewer) -> list[ChannelGroup]:
+    """The viewer's groups of 2 to MAX_CHANNELS image layers that are channels of one image
+    (same grid, not RGB), each in channel order; a channel layer duplicated in the layer list
+    counts once."""
+    from napari.layers import Image
+
+    from napari_unet.choices import MAX_CHANNELS
+
+    found: dict = {}
+    for position, layer in enumerate(viewer.layers):
+        if not isinstance(layer, Image) or layer.rgb:
+            continue
+        key = _group_key(layer)
+        if key is None:
+            continue
+        (kind, ident), name, index = key
+        members = found.setdefault((kind, ident), (name, {}))[1]
+        members.setdefault(position if index is None else index, layer)
+    groups = []
+    for name, members in found.values():
+        layers = [members[index] for index in sorted(members)]
+        shapes = {tuple(layer_data(layer).shape) for layer in layers}
+        if 2 <= len(layers) <= MAX_CHANNELS and len(shapes) == 1:
+            groups.append(ChannelGroup(name, layers))
+    return groups
+
+
+def image_choices(viewer) -> list[tuple[str, object]]:
+    """(label, value) of the image pickers: every Image layer, each channel group (offered
+    just before its first channel, so a multi-channel file is picked whole by default)."""
+    from napari.layers import Image
+
+    groups = {group.layers[0]: group for group in channel_groups(viewer)}
+    choices = []
+    for layer in viewer.layers:
+        if not isinstance(layer, Image):
+            continue
+        if layer in groups:
+            choices.append((groups[layer].label, groups[layer]))
+        choices.append((layer.name, layer))
+    return choices
+
+
+def image_picker(viewer):
+    """A combo box of the viewer's Image layers and channel groups (see :func:`layer_picker`)."""
+    return _picker(lambda _: image_choices(viewer))
 
 
 def current_index(viewer, layer, axis: int = 0) -> int:
@@ -107,10 +235,14 @@ def layer_picker(viewer, layer_type):
 
     It follows the layer list through its widget's ``reset_choices``, which napari calls on
     every insert, removal, move and rename once the widget is docked."""
+    return _picker(lambda _: [(layer.name, layer) for layer in viewer.layers
+                              if isinstance(layer, layer_type)])
+
+
+def _picker(choices):
     from magicgui.widgets import ComboBox
 
-    picker = ComboBox(choices=lambda _: [layer for layer in viewer.layers
-                                         if isinstance(layer, layer_type)])
+    picker = ComboBox(choices=choices)
     picker.native.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
     picker.native.setMinimumContentsLength(12)
     return picker

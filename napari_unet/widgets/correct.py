@@ -34,12 +34,14 @@ from napari_unet.widgets import (
     current_index,
     existing_path,
     group_box,
+    image_picker,
     layer_data,
     layer_picker,
     one_line,
     show_error,
     show_info,
     spatial_shape,
+    training_array,
     with_browse_button,
 )
 from napari_unet.widgets.runner import RunCombo, run_registry
@@ -161,7 +163,7 @@ class CorrectWidget(LayerPickers, QWidget):
                                              ("Apply to", self.scope), row1, row2, row3])
 
         # feed back
-        self.image_combo = layer_picker(napari_viewer, Image)
+        self.image_combo = image_picker(napari_viewer)  # a channel group adds all channels
         self.pickers = [self.probability_combo, self.labels_combo, self.image_combo]
         self.run_combo = RunCombo("run folder")
         run_row = with_browse_button(self.run_combo, self._browse_run)
@@ -280,8 +282,9 @@ class CorrectWidget(LayerPickers, QWidget):
             show_error(str(exc))
             return
         try:
-            report = write_training_pairs(run_dir / runs.DATA, [(image.name, layer_data(image),
-                                                                 labels.data)], spatial_dims)
+            report = write_training_pairs(
+                run_dir / runs.DATA, [(image.name, training_array(image, spatial_dims),
+                                       labels.data)], spatial_dims)
         except Exception as exc:  # noqa: BLE001 - disk full, permissions: tell, keep the viewer
             show_error(f"cannot add to {run_dir / runs.DATA}: {one_line(exc)}")
             return

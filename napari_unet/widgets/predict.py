@@ -1,8 +1,9 @@
 """Predict widget: a trained run (or checkpoint) applied to an Image layer.
 
 The prediction runs in napari's ``thread_worker`` (:mod:`.prediction_job`): a progress bar,
-Cancel, and the result as probability and labels layers over the image. For binary models a
-threshold slider re-cuts the labels live.
+Cancel, and the result as probability and labels layers over the image. For binary and region
+models (BraTS: whole tumour, tumour core, enhancing tumour) a threshold slider re-cuts the
+labels live.
 """
 from __future__ import annotations
 
@@ -30,8 +31,8 @@ from napari_unet.widgets import (
     LayerPickers,
     UserError,
     existing_path,
+    image_picker,
     layer_data,
-    layer_picker,
     one_line,
     show_error,
     show_info,
@@ -62,8 +63,6 @@ class PredictWidget(LayerPickers, QWidget):
 
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
-        from napari.layers import Image
-
         self.viewer = napari_viewer
         self.job = None
         self.last_job = None
@@ -79,7 +78,9 @@ class PredictWidget(LayerPickers, QWidget):
         model_row.addWidget(browse_run)
         model_row.addWidget(browse_file)
 
-        self.image_combo = layer_picker(napari_viewer, Image)
+        self.image_combo = image_picker(napari_viewer)
+        self.image_combo.tooltip = ("an image layer, or all the channel layers of one image "
+                                    "(\"(N channels)\") for a model trained on N channels")
         self.pickers = [self.image_combo]
         self.tile_size = QSpinBox()
         self.tile_size.setRange(0, 4096)

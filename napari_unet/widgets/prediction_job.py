@@ -13,7 +13,24 @@ from pathlib import Path
 import numpy as np
 
 from napari_unet.engine.events import Failed, Message, TilesDone
-from napari_unet.widgets import layer_data, one_line, show_error, show_info, show_warning
+from napari_unet.widgets import (
+    ChannelGroup,
+    channel_groups,
+    layer_data,
+    one_line,
+    show_error,
+    show_info,
+    show_warning,
+)
+
+
+def region_names(regions) -> list[str]:
+    """Readable names of a region model's outputs: BraTS' "whole tumour", ...; else region0.."""
+    from napari_unet.choices import REGION_KEYS, REGION_NAMES, region_keys
+
+    readable = {key: name for set_name in REGION_KEYS
+                for key, name in zip(REGION_KEYS[set_name], REGION_NAMES[set_name])}
+    return [readable.get(key, key) for key in region_keys(regions)]
 
 
 @dataclass(frozen=True)
@@ -22,14 +39,18 @@ class ModelLoaded:
 
     num_outputs: int
     threshold: float
+    in_channels: int = 1
+    regions: tuple = ()  # a region model's label values per sigmoid output (BraTS: WT, TC, ET)
 
 
-def _predict_events(checkpoint_path, image, options):
+def _predict_events(checkpoint_path, image, options, channels_first=False):
     """The worker's generator (runs in napari's worker thread; torch is imported there).
 
     One stream of typed events: ModelLoaded, the engine's TilesDone / Message /
     PredictionDone, and Failed for a mistake the user can fix (one line, no traceback).
-    Anything else is raised, and napari shows it with its traceback.
+    Anything else is raised, and napari shows it with its traceback. `channels_first`: the
+    image is a channel group's (C, Z, Y, X); a 2D model takes it as (Z, C, Y, X), a stack of
+    C-channel slices.
     """
     from napari_unet.engine import load_checkpoint, predict
     from napari_unet.errors import NapariUnetError
@@ -37,7 +58,11 @@ def _predict_events(checkpoint_path, image, options):
     events = None
     try:
         checkpoint = load_checkpoint(checkpoint_path)
-        yield ModelLoaded(checkpoint.model.num_classes, float(checkpoint.config.threshold))
+        regions = tuple(tuple(r) for r in getattr(checkpoint.model, "regions", None) or ())
+        yield ModelLoaded(checkpoint.model.num_classes, float(checkpoint.config.threshold),
+                          int(checkpoint.model.in_channels), regions)
+        if channels_first and checkpoint.model.spatial_dims == 2 and image.ndim == 4:
+            image = np.moveaxis(image, 0, 1)
         events = predict(checkpoint, image, **options)
         yield from events
     except NapariUnetError as exc:
@@ -64,6 +89,8 @@ class PredictionJob:
         self.image_layer = image_layer
         self.checkpoint = Path(checkpoint)
         self.num_outputs = None
+        self.in_channels = None
+        self.regions = ()
         self.threshold = 0.5
         self.probabilities = None
         self.labels_layer = None
@@ -77,7 +104,8 @@ class PredictionJob:
             options["tile_size"] = [int(tile_size)]
         self._progress = progress(total=0, desc=f"napari UNet: predicting {image_layer.name}")
         self.worker = create_worker(_predict_events, str(self.checkpoint),
-                                    layer_data(image_layer), options, _start_thread=False)
+                                    layer_data(image_layer), options,
+                                    isinstance(image_layer, ChannelGroup), _start_thread=False)
         self.worker.yielded.connect(self._on_yielded)
         self.worker.errored.connect(self._on_errored)
         self.worker.finished.connect(self._on_finished)
@@ -98,8 +126,9 @@ class PredictionJob:
 
         if isinstance(event, ModelLoaded):
             self.num_outputs, self.threshold = event.num_outputs, event.threshold
+            self.in_channels, self.regions = event.in_channels, event.regions
         elif isinstance(event, Failed):
-            self.error = event.error
+            self.error = event.error + self._channel_hint()
             show_error(f"prediction failed: {self.error}")
         elif isinstance(event, TilesDone):
             if self._progress.total != event.total:
@@ -112,13 +141,32 @@ class PredictionJob:
         elif isinstance(event, Message):  # e.g. out of memory: retrying with fewer tiles
             show_warning(event.text)
 
+    def _channel_hint(self) -> str:
+        """For a model of several input channels given one channel layer: which channel group
+        to pick instead (the one this layer belongs to, else any of the right size)."""
+        if not self.in_channels or self.in_channels < 2 \
+                or isinstance(self.image_layer, ChannelGroup):
+            return ""
+        try:
+            groups = [g for g in channel_groups(self.viewer) if len(g.layers) == self.in_channels]
+        except RuntimeError:  # the viewer is closing
+            return ""
+        groups.sort(key=lambda group: self.image_layer not in group.layers)
+        if not groups:
+            return (f"; the model takes {self.in_channels} channels: open the image as one "
+                    f"multi-channel file")
+        return f"; choose '{groups[0].label}' as the image"
+
     def _add_layers(self, done):
         image = self.image_layer
         placement = {"scale": image.scale, "translate": image.translate}
         name = image.name
         probabilities = np.asarray(done.probabilities)
         self.probabilities = probabilities
-        if self.num_outputs is not None and self.num_outputs > 2:
+        if self.regions:  # overlapping sigmoid outputs, no background channel
+            planes = [(probabilities[k], f"{name} probability {region}")
+                      for k, region in enumerate(region_names(self.regions))]
+        elif self.num_outputs is not None and self.num_outputs > 2:
             channels = range(1, probabilities.shape[0])  # class 0 is background
             planes = [(probabilities[k], f"{name} probability class {k}") for k in channels]
         else:
@@ -135,16 +183,23 @@ class PredictionJob:
 
     @property
     def binary(self) -> bool:
-        return self.probabilities is not None and (self.num_outputs or 1) <= 2
+        """Whether a threshold cuts the labels: binary and region models (not softmax)."""
+        return self.probabilities is not None and (bool(self.regions)
+                                                   or (self.num_outputs or 1) <= 2)
 
     def apply_threshold(self, threshold: float) -> None:
-        """Re-cut the labels from the probabilities (binary models)."""
-        from napari_unet.engine import labels_from_probabilities
-
+        """Re-cut the labels from the probabilities (binary models; region models: every
+        region at the threshold, labels in the run's convention)."""
         if not self.binary or self.labels_layer is None:
             return
         self.threshold = threshold
-        self.labels_layer.data = labels_from_probabilities(self.probabilities, 1, threshold)
+        if self.regions:
+            from napari_unet.engine.regions import labels_from_regions
+            labels = labels_from_regions(self.probabilities, self.regions, threshold)
+        else:
+            from napari_unet.engine import labels_from_probabilities
+            labels = labels_from_probabilities(self.probabilities, 1, threshold)
+        self.labels_layer.data = labels
 
     def _on_errored(self, exc):
         self.error = one_line(exc)  # napari itself notifies, with the traceback

@@ -34,19 +34,26 @@ from napari_unet.training_set import (
     write_training_pairs,
 )
 from napari_unet.widgets import (
+    ChannelGroup,
     UserError,
     existing_path,
-    layer_data,
     one_line,
     show_error,
     show_info,
     show_warning,
     spatial_shape,
     stop_on_window_close,
+    training_array,
 )
 from napari_unet.widgets.curve import CurveWidget
 from napari_unet.widgets.runner import RunWatcher, TrainingRunner, run_registry
 from napari_unet.widgets.train_form import TrainForm
+
+
+def present(image, viewer) -> bool:
+    """Whether the layer (every layer of the group) is still in the viewer."""
+    return image.present_in(viewer) if isinstance(image, ChannelGroup) \
+        else image in viewer.layers
 
 
 class TrainWidget(TrainForm):
@@ -91,12 +98,19 @@ class TrainWidget(TrainForm):
             buttons.addWidget(button)
         self.progress = QProgressBar()
         self.progress.setFormat("step %v / %m")
+        self.progress.setRange(0, self.steps.value())  # not Qt's 100 before the first run
         self.progress.setValue(0)
+        self.steps.valueChanged.connect(self._steps_changed)
         self.status = QLabel("")  # rare messages; per-step figures go into the progress bar
         self.status.setWordWrap(True)
         self.status.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
         self.curve = CurveWidget()
         return buttons
+
+    def _steps_changed(self, steps):
+        if self.run_dir is None and not self.runner.is_running():  # nothing shown yet
+            self.progress.setRange(0, steps)
+            self.progress.setValue(0)
 
     def _connect_runner(self):
         for name in ("started", "progress", "validation", "checkpoint", "message", "finished",
@@ -170,7 +184,8 @@ class TrainWidget(TrainForm):
         try:
             copied = copy_training_set(init_from, data_dir) if init_from else 0
             report = write_training_pairs(
-                data_dir, [(image.name, layer_data(image), labels.data) for image, labels in pairs],
+                data_dir, [(image.name, training_array(image, spatial_dims), labels.data)
+                           for image, labels in pairs],
                 spatial_dims, **self.mask_rule())
         except Exception as exc:  # noqa: BLE001 - disk full, permissions: tell, keep the viewer
             show_error(f"cannot write the training data to {data_dir}: {one_line(exc)}")
@@ -287,7 +302,7 @@ class TrainWidget(TrainForm):
         self.progress.setValue(self.progress.maximum())
         run_registry().add(self.run_dir)
         image = self._first_image
-        if self.predict_at_end.isChecked() and image is not None and image in self.viewer.layers:
+        if self.predict_at_end.isChecked() and image is not None and present(image, self.viewer):
             from napari_unet.widgets.prediction_job import PredictionJob
 
             self.prediction = PredictionJob(self.viewer, event.path, image,

@@ -6,6 +6,7 @@ defaults follow the chosen image and preset. Starting, the events and the curve 
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -25,15 +26,18 @@ from qtpy.QtWidgets import (
 )
 
 from napari_unet import runs
-from napari_unet.choices import AMP_MODES, DEVICES, PRESETS
+from napari_unet.choices import AMP_MODES, DEVICES, PRESETS, REGION_NAMES, REGION_SETS
 from napari_unet.errors import DataError
 from napari_unet.training_set import describe_classes, looks_like_volume, mask_classes
 from napari_unet.widgets import (
+    ChannelGroup,
     LayerPickers,
     UserError,
     add_labels_over,
     choose,
     group_box,
+    image_choices,
+    image_picker,
     layer_picker,
     one_line,
     show_error,
@@ -44,6 +48,7 @@ from napari_unet.widgets import (
 
 PRESET_2D = tuple(name for name, values in PRESETS.items() if values["spatial_dims"] == 2)
 PRESET_3D = next(name for name, values in PRESETS.items() if values["spatial_dims"] == 3)
+BRATS_PRESET = "brats"  # the default for a BraTS volume picked whole (where the preset exists)
 MODEL_SIZES = (("preset default", None), ("8 (tiny)", 8), ("16 (small, CPU)", 16), ("32", 32),
                ("64 (full UNet)", 64))
 NONZERO = -1  # the object value spin box's "every non-zero value" (what napari colours)
@@ -60,6 +65,13 @@ def _cuda_devices() -> int:
 def _cpu_has_fast_bf16() -> bool:
     from napari_unet.engine.runtime import cpu_has_fast_bf16
     return cpu_has_fast_bf16()
+
+
+def channel_count(image) -> int:
+    """The channels a layer or group gives the model (RGB: 3, a group: its layers)."""
+    if isinstance(image, ChannelGroup):
+        return len(image.layers)
+    return 3 if getattr(image, "rgb", False) else 1
 
 
 def _spin(low, high, value=None, step=1, double=False):
@@ -91,9 +103,11 @@ class TrainForm(LayerPickers, QWidget):
 
     # -- builders (one group box each) -------------------------------------------------------------
     def _data_box(self):
-        from napari.layers import Image, Labels
+        from napari.layers import Labels
 
-        self.image_combo = layer_picker(self.viewer, Image)
+        self.image_combo = image_picker(self.viewer)
+        self.image_combo.tooltip = ("an image layer, or all the channel layers of one image "
+                                    "(\"(N channels)\": trained as one N-channel input)")
         self.labels_combo = layer_picker(self.viewer, Labels)
         self.image_combo.changed.connect(self._image_changed)
         self.labels_combo.changed.connect(self.describe_labels)
@@ -107,6 +121,7 @@ class TrainForm(LayerPickers, QWidget):
             pair_buttons.addWidget(button)
         self.preset = _combo(PRESETS)
         self.preset.currentTextChanged.connect(self._preset_changed)
+        self.preset.currentTextChanged.connect(self.describe_labels)
         self.holdout = QCheckBox("validate on 1/5 of the samples (Dice curve)")
         self.holdout.setChecked(True)
         return group_box("Data", [("Image", self.image_combo.native), ("Labels", self.labels_combo.native),
@@ -185,6 +200,11 @@ class TrainForm(LayerPickers, QWidget):
                 and data.size and np.count_nonzero(data) > 0.5 * data.size:
             text += ("; most pixels are coloured: if the object is the uncoloured (0) part, "
                      "as ISBI's membranes, tick invert")
+        regions = self.presets.get(self.preset.currentText(), {}).get("regions")
+        if regions in REGION_SETS:  # region training: what the outputs are made of
+            parts = [f"{name} ({', '.join(map(str, values))})" for name, values
+                     in zip(REGION_NAMES[regions], REGION_SETS[regions])]
+            text += f"; the {self.preset.currentText()} preset trains {', '.join(parts)}"
         self.learns.setText(text)
 
     def show_learned(self):
@@ -206,14 +226,20 @@ class TrainForm(LayerPickers, QWidget):
 
     # -- defaults that follow the choices ---------------------------------------------------------
     def _image_changed(self, *_):
-        """A new image: its labels, a preset that fits it (3D volume -> volume3d), a patch
-        size no bigger than it. Other options the user set stay."""
+        """A new image: its labels, a preset that fits it (3D volume -> volume3d, the four
+        channels of a BraTS volume -> brats), a patch size no bigger than it. Other options
+        the user set stay."""
+        from napari_unet._napari import looks_like_brats
+
         image = self.image_combo.value
         if image is None:
             return
         self._pick_matching_labels(image)
         current = self.preset.currentText()
         wanted = PRESET_3D if looks_like_volume(spatial_shape(image)) else PRESET_2D[0]
+        if wanted == PRESET_3D and BRATS_PRESET in self.presets \
+                and looks_like_brats(image.name, channel_count(image)):
+            wanted = BRATS_PRESET
         if current != wanted and not (wanted in PRESET_2D and current in PRESET_2D):
             self.preset.setCurrentText(wanted)  # applies the preset's defaults
         else:
@@ -227,7 +253,9 @@ class TrainForm(LayerPickers, QWidget):
             return
         matches = [layer for layer in self.viewer.layers if isinstance(layer, Labels)
                    and tuple(layer.data.shape) == spatial_shape(image)]
-        matches.sort(key=lambda layer: not layer.name.startswith(image.name))
+        # the labels named most like the image: "scan labels" for "scan", "case_labels" for
+        # "case_image"
+        matches.sort(key=lambda layer: -len(os.path.commonprefix([layer.name, image.name])))
         if matches:
             choose(self.labels_combo, matches[0])
 
@@ -291,11 +319,11 @@ class TrainForm(LayerPickers, QWidget):
         if image is None or labels is None:
             show_error("choose an image layer and a labels layer to pair")
             return
-        pair = (image.name, labels.name)
+        pair = (self.image_combo.current_choice, labels.name)
         if pair in self.pairs:
             return
         self.pairs.append(pair)
-        self.pair_list.addItem(QListWidgetItem(f"{image.name}  ←  {labels.name}"))
+        self.pair_list.addItem(QListWidgetItem(f"{pair[0]}  ←  {labels.name}"))
 
     def _remove_pair(self):
         row = self.pair_list.currentRow()
@@ -306,16 +334,18 @@ class TrainForm(LayerPickers, QWidget):
             self.pair_list.takeItem(row)
 
     def _layer_pairs(self):
-        """[(image layer, labels layer)] from the list, else from the two combo boxes."""
+        """[(image layer or channel group, labels layer)] from the list, else from the two
+        combo boxes; every image with the same number of channels."""
         from napari.layers import Image, Labels
 
         by_name = {layer.name: layer for layer in self.viewer.layers}
+        images = dict(image_choices(self.viewer))
         names = self.pairs or [(self.image_combo.current_choice,
                                 self.labels_combo.current_choice)]
         pairs = []
         for image_name, labels_name in names:
-            image, labels = by_name.get(image_name), by_name.get(labels_name)
-            if not isinstance(image, Image):
+            image, labels = images.get(image_name), by_name.get(labels_name)
+            if not isinstance(image, (Image, ChannelGroup)):
                 raise UserError("choose an image layer to train on (open or add an image first)"
                                 if not image_name else f"image layer '{image_name}' is gone")
             if not isinstance(labels, Labels):
@@ -323,6 +353,13 @@ class TrainForm(LayerPickers, QWidget):
                                 "the objects" if not labels_name
                                 else f"labels layer '{labels_name}' is gone")
             pairs.append((image, labels))
+        counts = {name: channel_count(image) for name, (image, _) in zip(
+            [name for name, _ in names], pairs)}
+        if len(set(counts.values())) > 1:
+            listed = ", ".join(f"'{name}' {count}" for name, count in counts.items())
+            raise UserError(f"the images have different numbers of channels ({listed}): one "
+                            f"model takes one number; pick each multi-channel image whole "
+                            f"(its \"(N channels)\" entry)")
         return pairs
 
     # -- the command line -------------------------------------------------------------------------
