@@ -84,6 +84,13 @@ def distinct_values(mask: np.ndarray, chunk_items: int = 1 << 24) -> np.ndarray:
     return found
 
 
+def _share(percent: float) -> str:
+    """A share as a percentage, with the digits that keep a small class from reading 0%."""
+    if percent >= 9.5:
+        return f"{percent:.0f}%"
+    return f"{percent:.2g}%"
+
+
 def describe_classes(labels, foreground_value=None, invert=False) -> str:
     """One line on what training will learn from `labels` under the rule (for the widget)."""
     try:
@@ -94,9 +101,9 @@ def describe_classes(labels, foreground_value=None, invert=False) -> str:
     counts = np.bincount(classes.ravel(), minlength=2)
     percent = [(k, 100 * n / max(classes.size, 1)) for k, n in enumerate(counts) if k and n]
     if len(percent) == 1 and percent[0][0] == 1:
-        shares = f"{percent[0][1]:.0f}% of the pixels"
+        shares = f"{_share(percent[0][1])} of the pixels"
     else:
-        shares = ", ".join(f"class {k} {p:.0f}%" for k, p in percent)
+        shares = ", ".join(f"class {k} {_share(p)}" for k, p in percent)
     if foreground_value is not None:
         source = f"value {foreground_value}"
     elif merged:

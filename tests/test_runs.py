@@ -163,6 +163,9 @@ def test_describe_classes_says_what_will_be_learned():
     labels[5:] = 2
     assert describe_classes(labels) == "learns value(s) 2, 255: class 2 50%, class 255 20%"
     assert "instances merged" in describe_classes(np.arange(100).reshape(10, 10))
+    tumour = np.zeros((100, 100), np.uint8)  # BraTS: classes of well under 1 % of a volume
+    tumour[0, :43], tumour[1, :5] = 2, 4
+    assert describe_classes(tumour) == "learns value(s) 2, 4: class 2 0.43%, class 4 0.05%"
 
 
 # -- the training set ----------------------------------------------------------------------------

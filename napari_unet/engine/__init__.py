@@ -18,7 +18,7 @@ _EXPORTS = {
     "from_json": "events", "to_json": "events",
     "FileDone": "events", "predict_files": "files",
     "PredictionDone": "prediction", "evaluate": "prediction",
-    "labels_from_probabilities": "prediction",
+    "labels_from_probabilities": "prediction", "labels_from_regions": "regions",
     "predict": "prediction", "predict_array": "prediction", "predict_file": "prediction",
     "sample_dataset": "samples",
     "train": "trainer",

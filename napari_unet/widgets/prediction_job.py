@@ -194,7 +194,7 @@ class PredictionJob:
             return
         self.threshold = threshold
         if self.regions:
-            from napari_unet.engine.regions import labels_from_regions
+            from napari_unet.engine import labels_from_regions
             labels = labels_from_regions(self.probabilities, self.regions, threshold)
         else:
             from napari_unet.engine import labels_from_probabilities
