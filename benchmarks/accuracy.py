@@ -99,7 +99,7 @@ CPU_RECIPES = {
         patch_size=[256, 256], batch_size=4, optimizer="adam", lr=2e-3, weight_decay=1e-5,
         lr_schedule="cosine", warmup_steps=50, loss="dice_ce", amp="bf16",
         hflip=0.5, vflip=0.5, rot90=[0, 1, 2, 3], crop_resize=[0.8, 1.0], brightness=0.2,
-        val_tile_size=[512, 512], val_overlap=0.25, ema=0.998,
+        val_tile_size=[512, 512], val_overlap=0.25,
     ),
     # TinyUNet at half width (16-16-32-64, bottleneck 128), 256x256 crops with half of them
     # centred on a defect; 2-class softmax with 1 - Dice (defect) + CE: it finds the defects
@@ -111,7 +111,7 @@ CPU_RECIPES = {
         optimizer="adam", lr=1e-3, weight_decay=1e-5, lr_schedule="cosine", warmup_steps=30,
         loss="dice_ce_foreground", amp="bf16", foreground_oversample=0.5,
         hflip=0.5, vflip=0.5, rot90=[0, 1, 2, 3], brightness=0.0,
-        val_tile_size=[512, 512], val_overlap=0.25, ema=0.998,
+        val_tile_size=[512, 512], val_overlap=0.25,
     ),
     # 3D-UNet (No New-Net blocks) at half width, 5 levels 16-32-64-128-128, 64^3 crops,
     # half of them centred on tumour; Dice (foreground) + CE; Adam + cosine; flips on every
@@ -157,6 +157,8 @@ def load_extra(dataset_name: str, images: Path, masks: Path) -> Dataset:
     if dataset_name == "isbi2012":  # membrane is the file's 0
         return load_dataset(images=images, masks=masks, foreground_value=0, spatial_dims=2)
     if dataset_name in BRATS:
+        if images == masks and images.is_dir():  # a folder in the BraTS layout
+            return load_dataset(images)
         return load_dataset(images=images, masks=masks, spatial_dims=3)
     # DAGM: NNNN.PNG with Label/NNNN_label.PNG (or same-name masks); no mask file = no defect
     image_paths = sorted(p for p in images.iterdir() if p.suffix.lower() in (".png", ".tif", ".tiff")
@@ -430,6 +432,12 @@ def main(argv=None):
                              "validation Dice during training (chosen on the scored data)")
     parser.add_argument("--figures", type=Path, default=None,
                         help="write a learning curve and an overlay PNG per fold here")
+    parser.add_argument("--channels", type=int, nargs="+", default=None, metavar="C",
+                        help="train on these image channels only (e.g. BraTS 2021's FLAIR and "
+                             "T1c, 0 2, the two modalities of BraTS 2013)")
+    parser.add_argument("--train-all", action="store_true",
+                        help="train on every sample (no validation part) and score the "
+                             "--extra-eval data only: a check on data from elsewhere")
     args = parser.parse_args(argv)
 
     started = time.monotonic()
@@ -438,7 +446,16 @@ def main(argv=None):
     if args.fold is not None and not 0 <= args.fold < folds:
         parser.error(f"--fold must be in 0..{folds - 1} for {name}")
     fold_list = [args.fold] if args.fold is not None else list(range(folds))
+    if args.train_all:
+        if not args.extra_eval:
+            parser.error("--train-all scores --extra-eval data only: give some")
+        fold_list = [None]
     dataset = load(name, args.data_root)
+    if args.channels:
+        if max(args.channels) >= dataset.in_channels or min(args.channels) < 0:
+            parser.error(f"--channels: {name} has channels 0..{dataset.in_channels - 1}")
+        dataset = Dataset([image[args.channels] for image in dataset.images], dataset.masks,
+                          dataset.names, dataset.spatial_dims)
     extras = [(Path(i), Path(m), load_extra(name, Path(i), Path(m))) for i, m in args.extra_eval]
     out_root = args.out or Path(tempfile.mkdtemp(prefix=f"accuracy_{name}_"))
     torch.manual_seed(0)
@@ -475,9 +492,20 @@ def main(argv=None):
             normalization=config.normalization, resample=config.resample)).replace(", ", ","), flush=True)
         print(f"fold {fold}: evaluation " + format_pairs(eval_options).replace(", ", ","),
               flush=True)
-        run_dir = out_root / f"fold{fold}"
+        run_dir = out_root / (f"fold{fold}" if fold is not None else "all")
         curve, path, stopped = train_fold(config, dataset, run_dir, deadline, args.checkpoint)
         checkpoint = load_checkpoint(path)
+        for images, masks, data in extras:
+            result, _ = evaluate_model(name, checkpoint, data, eval_options)
+            extra_results.append(result)
+            print(f"extra: fold={fold} images={images} masks={masks} samples={len(data)} "
+                  f"{format_pairs(result)}", flush=True)
+        if fold is None:
+            if args.figures is not None:
+                save_curve(args.figures / f"accuracy_{name}_all_curve.png", curve,
+                           f"{name}, every sample, budget {args.budget}: {config.model} "
+                           f"{format_pairs(config.model_options)}, {config.steps} steps", "")
+            continue
         _, val_idx = split_folds(len(dataset), fold, folds, 0)
         val = dataset.subset(val_idx)
         metrics, predictions = evaluate_model(name, checkpoint, val, eval_options)
@@ -495,13 +523,8 @@ def main(argv=None):
             image2d, truth2d, pred2d, which = overlay_for(name, val, predictions)
             save_overlay(args.figures / f"{tag}_overlay.png", image2d, truth2d, pred2d,
                          f"{name} fold {fold}, validation {which}: " + format_pairs(metrics))
-        for images, masks, data in extras:
-            result, _ = evaluate_model(name, checkpoint, data, eval_options)
-            extra_results.append(result)
-            print(f"extra: fold={fold} images={images} masks={masks} samples={len(data)} "
-                  f"{format_pairs(result)}", flush=True)
 
-    mean = {k: float(np.mean([m[k] for m in per_fold])) for k in KEYS[name]}
+    mean = {k: float(np.mean([m[k] for m in per_fold])) for k in KEYS[name]} if per_fold else {}
     if extra_results:
         extra_mean = {k: float(np.mean([m[k] for m in extra_results])) for k in KEYS[name]}
         print("extra: " + format_pairs(extra_mean), flush=True)

@@ -65,6 +65,9 @@ def main(argv=None) -> int:
     parser.add_argument("--open", nargs="+", metavar="FILE",
                         help="open these files (the plugin's reader) instead of the EM sample")
     parser.add_argument("--slice", type=int, default=3, help="the slice shown (first axis)")
+    parser.add_argument("--run", metavar="RUN",
+                        help="instead of training: predict the first image with this run "
+                             "(a run folder or checkpoint) from the Predict widget")
     args = parser.parse_args(argv)
     _under_xvfb()
 
@@ -87,7 +90,13 @@ def main(argv=None) -> int:
 
     run_root = Path(tempfile.mkdtemp(prefix="napari_unet_screenshot_"))
     try:
-        if not args.no_train:
+        if args.run:
+            predict.set_model(args.run)
+            predict.predict()
+            if not _wait(app, lambda: predict.job is None or not predict.job.running, 900):
+                print("prediction did not finish in time; taking the shot anyway",
+                      file=sys.stderr)
+        elif not args.no_train:
             train.steps.setValue(args.steps)
             train.device.setCurrentText("cpu")
             train.run_folder.setText(str(run_root / "run"))

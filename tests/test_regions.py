@@ -167,6 +167,12 @@ def test_region_training_at_half_resolution_end_to_end(tmp_path):
     assert set(np.unique(labels).tolist()) <= {0, 1, 2, 4}
     # the written labels are the regions' own decision, in BraTS convention
     np.testing.assert_array_equal(labels, labels_from_regions(probs, BRATS))
+    from napari_unet.engine.prediction import keep_largest_object
+
+    largest = labels.copy()
+    keep_largest_object(largest)
+    np.testing.assert_array_equal(predict_array(checkpoint, images[0], keep_largest=True,
+                                                **options)[1], largest)
     assert brats_region_dice(labels, masks[0])["wt"] > 0.5
     metrics = evaluate(checkpoint, load_dataset(images=_save(tmp_path, images[1], masks[1])[0],
                                                 masks=_save(tmp_path, images[1], masks[1])[1],
@@ -181,6 +187,12 @@ def test_region_training_at_half_resolution_end_to_end(tmp_path):
     written = tifffile.imread(tmp_path / "labels.tif")
     np.testing.assert_array_equal(written, predict_array(checkpoint, images[2], **options)[1])
     assert tifffile.imread(tmp_path / "probs.tif").shape == (3, 32, 32, 32)
+    # a bioimage.io package cannot describe per-case z-score or low resolution: one line
+    from napari_unet.engine.export import export_model
+
+    with pytest.raises(ConfigError, match="bioimage.io package cannot describe"):
+        export_model(checkpoint.path, "bioimageio", tmp_path / "model.zip")
+    assert not (tmp_path / "model.zip").exists()
 
 
 def test_the_scale_of_a_case_does_not_change_a_zscore_case_prediction(tmp_path):
@@ -234,3 +246,22 @@ def test_cli_trains_and_evaluates_a_brats_folder_with_the_brats_preset(tmp_path,
     printed = dict(item.split("=") for item in line.split()[1:])
     assert {"wt_dice", "tc_dice", "et_dice"} <= set(printed)
     assert load_checkpoint(run).model.regions == BRATS
+
+
+def test_keep_largest_clears_every_object_but_the_largest():
+    from napari_unet.engine.prediction import keep_largest_object
+
+    labels = np.zeros((6, 12, 12), np.uint8)
+    labels[1:5, 1:6, 1:6] = 2   # the tumour: oedema around
+    labels[2:4, 2:4, 2:4] = 4   # its enhancing core
+    labels[1:3, 8:10, 8:10] = 2  # a smaller false detection elsewhere
+    labels[4, 10, 10] = 4        # and a lone voxel
+    before = labels.copy()
+    keep_largest_object(labels)
+    assert (labels[:, 8:, 8:] == 0).all()
+    np.testing.assert_array_equal(labels[:, :6, :6], before[:, :6, :6])
+    diagonal = np.zeros((4, 4), np.uint8)
+    diagonal[0, 0] = diagonal[1, 1] = 1  # touching at a corner: one object (full connectivity)
+    diagonal[3, 3] = 1
+    keep_largest_object(diagonal)
+    assert diagonal.sum() == 2 and diagonal[3, 3] == 0

@@ -83,6 +83,10 @@ class TrainConfig:
     val_tile_size: typing.Optional[list] = None  # default: patch_size
     val_overlap: float = 0.25
     threshold: float = 0.5
+    # prediction keeps only the largest connected object (all foreground labels together;
+    # a region model's whole tumour) and clears the rest: for data with one object per image,
+    # where a false detection away from it is a pure loss (nnU-Net's postprocessing)
+    keep_largest: bool = False
     # execution
     amp: str = "bf16"
     compile: bool = False

@@ -67,8 +67,9 @@ def prepare_image(checkpoint: Checkpoint, image) -> np.ndarray:
 
 def predict(checkpoint, image, *, tile_size=None, overlap=0.25, batch_size=4, tta=False,
             amp="bf16", device="auto", threshold=None, out=None, labels_out=None,
-            channels_last=True, backend="torch"):
+            channels_last=True, backend="torch", keep_largest=None):
     """Yield TilesDone events, then one PredictionDone. Closing the generator cancels.
+    ``threshold`` and ``keep_largest`` None: the run's own.
     ``backend``: torch, onnxruntime, openvino or auto (engine.backends)."""
     from .backends import backend_model
 
@@ -83,12 +84,14 @@ def predict(checkpoint, image, *, tile_size=None, overlap=0.25, batch_size=4, tt
         overlap=overlap, batch_size=batch_size, tta=tta, amp=amp, device=device,
         threshold=checkpoint.config.threshold if threshold is None else threshold,
         out=out, labels_out=labels_out, resample=checkpoint.config.resample,
+        keep_largest=checkpoint.config.keep_largest if keep_largest is None else keep_largest,
         channels_last=channels_last and checkpoint.model.spatial_dims == 2)
 
 
 def predict_with_model(model, image, stats: NormStats, *, tile_size, overlap=0.25, batch_size=4,
                        tta=False, amp="bf16", device="cpu", threshold=0.5,
-                       out=None, labels_out=None, channels_last=True, resample: int = 1):
+                       out=None, labels_out=None, channels_last=True, resample: int = 1,
+                       keep_largest: bool = False):
     """Sliding-window prediction of a channel-first image, normalised tile by tile (zscore_case:
     with the image's own statistics). ``resample`` > 1: the model was trained at 1/resample of
     the resolution; the normalised image is averaged down (in memory), predicted, and the
@@ -110,7 +113,23 @@ def predict_with_model(model, image, stats: NormStats, *, tile_size, overlap=0.2
             model, image, batch_size, preprocess=lambda region: normalize(region, stats),
             out=out, labels_out=labels_out, **options)
     labels = labels_out if labels_out is not None else _labels(probabilities, model, threshold)
+    if keep_largest:
+        keep_largest_object(labels)
     yield PredictionDone(probabilities=probabilities, labels=labels)
+
+
+def keep_largest_object(labels) -> None:
+    """Clear, in place, every foreground voxel outside the largest connected object of
+    ``labels > 0`` (full connectivity: 8 in 2D, 26 in 3D)."""
+    from scipy import ndimage
+
+    foreground = np.asarray(labels) > 0
+    components, count = ndimage.label(foreground, np.ones((3,) * foreground.ndim, bool))
+    if count <= 1:
+        return
+    sizes = np.bincount(components.ravel())
+    sizes[0] = 0
+    labels[(components != int(sizes.argmax())) & foreground] = 0
 
 
 def _window_with_retries(model, image, batch_size, *, tile_size, device, **options):

@@ -21,6 +21,7 @@ def validate(model, val_set, norm, config, input_size, device, dist) -> dict:
             model, val_set.images[index], norm, tile_size=tile_size, overlap=config.val_overlap,
             batch_size=max(1, config.batch_size), amp=config.amp, device=device,
             threshold=config.threshold, resample=config.resample,
+            keep_largest=config.keep_largest,
             channels_last=config.channels_last and model.spatial_dims == 2))
         accumulator.update(done.labels, val_set.masks[index])
     confusion = accumulator.confusion.to(device)
