@@ -364,9 +364,14 @@ def save_curve(path: Path, curve: dict, title: str, val_label: str):
            [(190, 190, 230), (30, 60, 200)], ["loss", "loss (EMA)"], "training loss",
            y_range=(0.0, float(np.nanpercentile(loss, 99)) if loss.size else 1.0), x_max=x_max)
     dice = curve["val_dice"]
-    lo = max(0.0, min(dice, default=0.0) - 0.05)
-    _panel(draw, (630, 70, 1070, 360), [curve["val_step"]], [dice], [(200, 40, 40)],
-           [val_label], "validation Dice (during training)", y_range=(lo, 1.0), x_max=x_max)
+    if dice:
+        lo = max(0.0, min(dice, default=0.0) - 0.05)
+        _panel(draw, (630, 70, 1070, 360), [curve["val_step"]], [dice], [(200, 40, 40)],
+               [val_label], "validation Dice (during training)", y_range=(lo, 1.0),
+               x_max=x_max)
+    else:
+        draw.text((630, 200), "no validation part (trained on every sample)", fill="black",
+                  font=_font(15))
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path)
 

@@ -16,3 +16,14 @@ needs_display = pytest.mark.skipif(NO_DISPLAY, reason="needs a display: run unde
 
 def gui(test):
     return pytest.mark.gui(needs_display(test))
+
+
+def small_cpu_options(widget, run_dir, steps, patch_size=64):
+    """A Train widget set for a quick CPU run: base 8, batch 2, no AMP, `steps` steps."""
+    widget.steps.setValue(steps)
+    widget.batch_size.setValue(2)
+    widget.base_channels.setCurrentIndex(widget.base_channels.findData(8))
+    widget.patch_size.setValue(patch_size)
+    widget.amp.setCurrentText("off")
+    widget.device.setCurrentText("cpu")
+    widget.run_folder.setText(str(run_dir))

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-from gui_support import PLUGIN, gui
+from gui_support import PLUGIN, gui, small_cpu_options
 
 napari = pytest.importorskip("napari")
 
@@ -30,16 +30,6 @@ def dock(viewer, name):
 
 def errors_since(count):
     return [n for n in notification_manager.records[count:] if str(n.severity) == "error"]
-
-
-def tiny_cpu_run(train, run_dir):
-    train.steps.setValue(2)
-    train.batch_size.setValue(2)
-    train.base_channels.setCurrentIndex(train.base_channels.findData(8))
-    train.patch_size.setValue(32)
-    train.amp.setCurrentText("off")
-    train.device.setCurrentText("cpu")
-    train.run_folder.setText(str(run_dir))
 
 
 def brats_crop(folder: Path, size=(32, 48, 48)):
@@ -89,7 +79,7 @@ def test_a_4_channel_volume_trains_and_predicts_as_one_input(make_napari_viewer,
     train._remove_pair()
     assert train.pairs == [("BraTS2021_crop_image (4 channels)", labels.name)]
 
-    tiny_cpu_run(train, tmp_path / "run")
+    small_cpu_options(train, tmp_path / "run", steps=2, patch_size=32)
     assert train.progress.format() == "step %v / %m" and train.progress.maximum() == 2
     train.start_button.click()
     qtbot.waitUntil(lambda: train.runner.exit_code is not None, timeout=TRAIN_TIMEOUT_MS)
@@ -165,7 +155,7 @@ def test_the_brats_preset_predicts_regions_with_a_threshold(make_napari_viewer, 
     assert train.preset.currentText() == "brats"
     assert "trains whole tumour (1, 2, 3, 4), tumour core (1, 3, 4), enhancing tumour (4)" \
         in train.learns.text()
-    tiny_cpu_run(train, tmp_path / "run")
+    small_cpu_options(train, tmp_path / "run", steps=2, patch_size=32)
     train.start_button.click()
     qtbot.waitUntil(lambda: train.runner.exit_code is not None, timeout=TRAIN_TIMEOUT_MS)
     assert train.runner.exit_code == 0, train.runner.stderr_text[-2000:]

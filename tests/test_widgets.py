@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from gui_support import PLUGIN, gui  # noqa: E402
+from gui_support import PLUGIN, gui, small_cpu_options  # noqa: E402
 
 napari = pytest.importorskip("napari")
 
@@ -39,16 +39,6 @@ def tiny_parts(viewer, n=4):
     image = viewer.add_image(images, name="parts")
     labels = viewer.add_labels(masks.astype(np.uint8), name="parts labels")
     return image, labels
-
-
-def small_cpu_options(widget, run_dir, steps):
-    widget.steps.setValue(steps)
-    widget.batch_size.setValue(2)
-    widget.base_channels.setCurrentIndex(widget.base_channels.findData(8))
-    widget.patch_size.setValue(64)
-    widget.amp.setCurrentText("off")
-    widget.device.setCurrentText("cpu")
-    widget.run_folder.setText(str(run_dir))
 
 
 def errors_since(count):
