@@ -54,7 +54,8 @@ class CurveWidget(QWidget):
         painter.setPen(QPen(QColor(text.red(), text.green(), text.blue(), 90), 1))
         painter.drawRect(area)
         last_step = max([s for s, _ in self.loss] + [s for s, _ in self.dice] + [self.total, 1])
-        loss_max = max([v for _, v in self.loss] + [1e-6])
+        # before the first loss the axis reads 0..1, not 0..1e-06
+        loss_max = max([v for _, v in self.loss] + [1e-6]) if self.loss else 1.0
         self._polyline(painter, area, self.loss, last_step, loss_max, self.LOSS, dots=False)
         self._polyline(painter, area, self.dice, last_step, 1.0, self.DICE, dots=True)
         painter.setPen(text)
