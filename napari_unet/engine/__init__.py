@@ -19,6 +19,7 @@ _EXPORTS = {
     "FileDone": "events", "predict_files": "files",
     "PredictionDone": "prediction", "evaluate": "prediction",
     "labels_from_probabilities": "prediction", "labels_from_regions": "regions",
+    "model_regions": "regions",
     "predict": "prediction", "predict_array": "prediction", "predict_file": "prediction",
     "sample_dataset": "samples",
     "train": "trainer",

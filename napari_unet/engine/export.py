@@ -32,6 +32,7 @@ from ..errors import ConfigError, DataError, OutputExistsError
 from .checkpoint import Checkpoint, load_checkpoint
 from .data import NormStats
 from .packages import CONFIG_KEY
+from .regions import model_regions
 
 FORMATS = ("bioimageio", "onnx", "torchscript")
 ONNX_OPSET = 17
@@ -149,7 +150,7 @@ def _preprocessing(spec, stats: NormStats, channel_axis):
 
 
 def _postprocessing(spec, model, channel_axis):
-    if model.num_classes == 1 or getattr(model, "regions", None):  # sigmoid(s)
+    if model.num_classes == 1 or model_regions(model):  # sigmoid(s)
         return [spec.SigmoidDescr()]
     return [spec.SoftmaxDescr(kwargs=spec.SoftmaxKwargs(axis=channel_axis))]
 
@@ -194,7 +195,7 @@ def _model_output(checkpoint: Checkpoint, test_input: np.ndarray) -> np.ndarray:
     x = torch.from_numpy(normalize(test_input[0], stats)[None])
     with torch.no_grad():
         logits = checkpoint.model.eval().float()(x)
-    if checkpoint.model.num_classes == 1 or getattr(checkpoint.model, "regions", None):
+    if checkpoint.model.num_classes == 1 or model_regions(checkpoint.model):
         return torch.sigmoid(logits).numpy()
     return torch.softmax(logits, dim=1).numpy()
 

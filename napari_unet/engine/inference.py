@@ -41,7 +41,7 @@ import torch
 from ..choices import AMP_MODES, TTA_MODES
 from ..errors import ConfigError, DataError
 from .events import TilesDone
-from .regions import labels_from_regions
+from .regions import labels_from_regions, model_regions
 from .runtime import autocast, configure_backends
 
 BLENDS = ("gaussian", "constant")
@@ -218,7 +218,7 @@ def _tta_transforms(dims: int, tta, window: tuple[int, ...]) -> list[tuple[tuple
 def blended_channels(model) -> int:
     """Channels of the probabilities that are blended and returned: one per region of a
     region model (independent sigmoids), else 1 for sigmoid and 2-class models, K for K > 2."""
-    regions = getattr(model, "regions", None)
+    regions = model_regions(model)
     if regions:
         return len(regions)
     return 1 if model.num_classes <= 2 else model.num_classes
@@ -229,11 +229,23 @@ def _probabilities(logits: torch.Tensor, model) -> torch.Tensor:
     2-class softmax (K=2, computed as the sigmoid of the logit difference: one channel to blend
     instead of two), softmax (K>2)."""
     logits = logits.float()
-    if model.num_classes == 1 or getattr(model, "regions", None):
+    if model.num_classes == 1 or model_regions(model):
         return torch.sigmoid(logits)
     if model.num_classes == 2:
         return torch.sigmoid(logits[:, 1:2] - logits[:, 0:1])
     return torch.softmax(logits, dim=1)
+
+
+def labels_from_probabilities(probabilities: np.ndarray, num_outputs: int,
+                              threshold: float = 0.5, regions=None) -> np.ndarray:
+    """The labels of blended probabilities: region models (``regions``) each region at the
+    threshold, labels in the data's convention (engine.regions); multi-class (K > 2): argmax
+    over the class axis; binary: probability >= threshold."""
+    if regions:
+        return labels_from_regions(probabilities, regions, threshold)
+    if num_outputs > 2:
+        return np.argmax(probabilities, axis=0).astype(np.uint8)
+    return (probabilities >= threshold).astype(np.uint8)
 
 
 def _predict_batch(model, batch: torch.Tensor, transforms, amp: str,
@@ -344,7 +356,7 @@ class _Writer:
 
     def __init__(self, out, labels_out, model, threshold: float, image, input_margin: int):
         self.out, self.labels_out = out, labels_out
-        self.regions = getattr(model, "regions", None)
+        self.num_outputs, self.regions = model.num_classes, model_regions(model)
         self.many = blended_channels(model) > 1
         self.threshold = threshold
         self.input_margin = input_margin
@@ -359,12 +371,8 @@ class _Writer:
         else:
             self.out[low:high] = probs[0]
         if self.labels_out is not None:
-            if self.regions:
-                self.labels_out[low:high] = labels_from_regions(probs, self.regions,
-                                                                self.threshold)
-            else:
-                self.labels_out[low:high] = (np.argmax(probs, axis=0) if self.many
-                                             else probs[0] >= self.threshold)
+            self.labels_out[low:high] = labels_from_probabilities(
+                probs if self.many else probs[0], self.num_outputs, self.threshold, self.regions)
         for releaser, shift in self.releasers:
             releaser.release(max(high + shift, 0))
 

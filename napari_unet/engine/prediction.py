@@ -17,9 +17,9 @@ from ..io import TifMemmapWriter, read_image
 from .checkpoint import Checkpoint, load_checkpoint
 from .data import Dataset, NormStats, as_channel_first, normalize, split_folds, stats_for_image
 from .events import Message
-from .inference import blended_channels, iter_sliding_window
+from .inference import blended_channels, iter_sliding_window, labels_from_probabilities
 from .metrics import DiceAccumulator, per_image_dice, pixel_error, soft_dice_reference
-from .regions import downsample_image, labels_from_regions, upsample_probabilities
+from .regions import downsample_image, model_regions, upsample_probabilities
 from .runtime import resolve_device
 
 
@@ -29,14 +29,6 @@ class PredictionDone:
 
     probabilities: np.ndarray
     labels: np.ndarray
-
-
-def labels_from_probabilities(probabilities: np.ndarray, num_outputs: int,
-                              threshold: float = 0.5) -> np.ndarray:
-    """Binary models: probability >= threshold; multi-class: argmax over the class axis."""
-    if num_outputs > 2:
-        return np.argmax(probabilities, axis=0).astype(np.uint8)
-    return (probabilities >= threshold).astype(np.uint8)
 
 
 def _tile_size(checkpoint: Checkpoint, tile_size):
@@ -164,10 +156,8 @@ def _upsampled(probabilities, model, factor, shape, out):
 
 
 def _labels(probabilities, model, threshold):
-    regions = getattr(model, "regions", None)
-    if regions:
-        return labels_from_regions(probabilities, regions, threshold)
-    return labels_from_probabilities(probabilities, model.num_classes, threshold)
+    return labels_from_probabilities(probabilities, model.num_classes, threshold,
+                                     model_regions(model))
 
 
 def run_to_end(events) -> PredictionDone:
@@ -232,7 +222,7 @@ def evaluate(checkpoint, dataset: Dataset, *, fold=None, tile_size=None, overlap
     metrics = {"samples": len(dataset.images), "mean_dice": accumulator.mean_dice(),
                "foreground_dice": accumulator.mean_dice(include_background=False),
                "dice_per_class": accumulator.dice_per_class()}
-    regions = getattr(checkpoint.model, "regions", None)
+    regions = model_regions(checkpoint.model)
     if regions:  # region models: the Dice of each region (BraTS WT, TC, ET)
         per_region = accumulator.region_dice(regions)
         metrics["region_dice"] = per_region

@@ -15,6 +15,12 @@ import numpy as np
 import torch
 
 
+def model_regions(model):
+    """A model's regions (set by the trainer and load_checkpoint), or None for softmax and
+    sigmoid models, stand-ins and foreign models without the attribute."""
+    return getattr(model, "regions", None)
+
+
 def region_values(regions) -> list[int]:
     """The label written for each region (see the module docstring)."""
     values = []

@@ -240,8 +240,8 @@ def train(config: TrainConfig, images=None, masks=None, *, run_dir, resume: bool
     augment = make_augmenter(config)
     windows, window_norm = train_set, norm
     if config.normalization == "zscore_case" or config.resample > 1:
-        windows, window_norm = normalized_copy(train_set, norm, config), NormStats.from_dict(
-            {"mode": "none"})
+        windows = normalized_copy(train_set, norm, config)
+        window_norm = compute_norm_stats(windows.images, "none")  # normalised already
     sampler = PatchSampler(windows.images, windows.masks, input_size, output_size,
                            config.batch_size, window_norm, seed=config.seed,
                            foreground_oversample=config.foreground_oversample,
@@ -432,9 +432,8 @@ def make_ema(model, decay: float):
         return None
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
-    ema.module.regions = model.regions
-    return ema
+    # a deep copy of `model`: its regions come along
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
 def _restore(path, model, optimizer, scheduler, scaler, ema=None):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from .metrics import DiceAccumulator
 from .prediction import predict_with_model, run_to_end
+from .regions import model_regions
 
 
 def validate(model, val_set, norm, config, input_size, device, dist) -> dict:
@@ -27,7 +28,7 @@ def validate(model, val_set, norm, config, input_size, device, dist) -> dict:
     confusion = accumulator.confusion.to(device)
     accumulator.confusion = dist.sum_(confusion).cpu()
     model.train(was_training)
-    regions = getattr(model, "regions", None)
+    regions = model_regions(model)
     if regions:
         per_region = accumulator.region_dice(regions)
         return {"dice": sum(per_region) / len(per_region), "dice_per_class": per_region,

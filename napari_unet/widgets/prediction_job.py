@@ -52,13 +52,13 @@ def _predict_events(checkpoint_path, image, options, channels_first=False):
     image is a channel group's (C, Z, Y, X); a 2D model takes it as (Z, C, Y, X), a stack of
     C-channel slices.
     """
-    from napari_unet.engine import load_checkpoint, predict
+    from napari_unet.engine import load_checkpoint, model_regions, predict
     from napari_unet.errors import NapariUnetError
 
     events = None
     try:
         checkpoint = load_checkpoint(checkpoint_path)
-        regions = tuple(tuple(r) for r in getattr(checkpoint.model, "regions", None) or ())
+        regions = tuple(tuple(r) for r in model_regions(checkpoint.model) or ())
         yield ModelLoaded(checkpoint.model.num_classes, float(checkpoint.config.threshold),
                           int(checkpoint.model.in_channels), regions)
         if channels_first and checkpoint.model.spatial_dims == 2 and image.ndim == 4:
@@ -193,13 +193,10 @@ class PredictionJob:
         if not self.binary or self.labels_layer is None:
             return
         self.threshold = threshold
-        if self.regions:
-            from napari_unet.engine import labels_from_regions
-            labels = labels_from_regions(self.probabilities, self.regions, threshold)
-        else:
-            from napari_unet.engine import labels_from_probabilities
-            labels = labels_from_probabilities(self.probabilities, 1, threshold)
-        self.labels_layer.data = labels
+        from napari_unet.engine import labels_from_probabilities
+
+        self.labels_layer.data = labels_from_probabilities(self.probabilities, 1, threshold,
+                                                           self.regions or None)
 
     def _on_errored(self, exc):
         self.error = one_line(exc)  # napari itself notifies, with the traceback
