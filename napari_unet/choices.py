@@ -19,14 +19,26 @@ NORMALIZATIONS = ("minus_one_one", "zscore", "zscore_case", "none")
 REGION_SETS = {"brats": ((1, 2, 3, 4), (1, 3, 4), (4,))}
 REGION_NAMES = {"brats": ("whole tumour", "tumour core", "enhancing tumour")}
 REGION_KEYS = {"brats": ("wt", "tc", "et")}  # the BraTS metric names
+# the losses region training takes (Dice + cross-entropy per region, engine.losses.RegionLoss)
+REGION_LOSSES = ("dice_ce", "dice_ce_foreground")
+
+
+def _region_set(regions):
+    """The name of the REGION_SETS entry `regions` are, or None."""
+    return next((name for name, values in REGION_SETS.items()
+                 if [sorted(r) for r in values] == [sorted(r) for r in regions]), None)
 
 
 def region_keys(regions) -> list[str]:
     """Short names of a run's regions: wt/tc/et for BraTS', region0.. otherwise."""
-    for name, values in REGION_SETS.items():
-        if [sorted(r) for r in values] == [sorted(r) for r in regions]:
-            return list(REGION_KEYS[name])
-    return [f"region{i}" for i in range(len(regions))]
+    name = _region_set(regions)
+    return list(REGION_KEYS[name]) if name else [f"region{i}" for i in range(len(regions))]
+
+
+def region_names(regions) -> list[str]:
+    """Readable names of a run's regions: "whole tumour", ... for BraTS', region0.. otherwise."""
+    name = _region_set(regions)
+    return list(REGION_NAMES[name]) if name else region_keys(regions)
 TTA_MODES = ("off", "mirror", "dihedral")
 OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
 SCHEDULES = ("constant", "exponential_step", "cosine", "poly")

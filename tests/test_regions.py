@@ -64,6 +64,8 @@ def test_region_rules_are_checked():
         check_regions([[0, 1]])
     with pytest.raises(ConfigError, match="adaptive"):
         preset_config("volume3d", regions="brats", loss="adaptive")
+    with pytest.raises(ConfigError, match="not ce"):  # caught when the config is read
+        preset_config("volume3d", regions="brats", loss="ce")
     assert preset_config("volume3d", regions="brats").regions == BRATS
 
 

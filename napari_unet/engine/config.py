@@ -17,6 +17,7 @@ from ..choices import (
     NORMALIZATIONS,
     OPTIMIZERS,
     PRESETS,
+    REGION_LOSSES,
     REGION_SETS,
     SCHEDULES,
 )
@@ -127,9 +128,9 @@ class TrainConfig:
         check_intensity_and_elastic(self.contrast, self.elastic, self.elastic_magnitude,
                                     self.elastic_grid)
         self.regions = check_regions(self.regions)
-        if self.regions is not None and self.loss == "adaptive":
-            raise ConfigError("region training has its own loss (sigmoid cross-entropy + Dice per "
-                              "region): use --loss dice_ce, not adaptive")
+        if self.regions is not None and self.loss not in REGION_LOSSES:
+            raise ConfigError(f"region training has its own loss (sigmoid cross-entropy + Dice "
+                              f"per region): use --loss dice_ce, not {self.loss}")
         if not 0.0 <= self.ema < 1.0:
             raise ConfigError(f"ema is a decay per step in [0, 1) (0 = off, e.g. 0.999), "
                               f"not {self.ema}")

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..choices import REGION_LOSSES
 from ..errors import ConfigError
 
 __all__ = [
@@ -233,7 +234,7 @@ def build_loss(name: str, num_classes: int, regions=None) -> nn.Module:
     """The loss called ``name`` for a network with ``num_classes`` output channels; with
     ``regions`` the region loss (Dice + cross-entropy, the only one region training has)."""
     if regions:
-        if name not in ("dice_ce", "dice_ce_foreground"):
+        if name not in REGION_LOSSES:
             raise ConfigError(f"region training uses Dice + cross-entropy per region, not "
                               f"{name!r}: use --loss dice_ce")
         return RegionLoss(regions)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_unet.choices import region_names
 from napari_unet.engine.events import Failed, Message, TilesDone
 from napari_unet.widgets import (
     ChannelGroup,
@@ -22,15 +23,6 @@ from napari_unet.widgets import (
     show_info,
     show_warning,
 )
-
-
-def region_names(regions) -> list[str]:
-    """Readable names of a region model's outputs: BraTS' "whole tumour", ...; else region0.."""
-    from napari_unet.choices import REGION_KEYS, REGION_NAMES, region_keys
-
-    readable = {key: name for set_name in REGION_KEYS
-                for key, name in zip(REGION_KEYS[set_name], REGION_NAMES[set_name])}
-    return [readable.get(key, key) for key in region_keys(regions)]
 
 
 @dataclass(frozen=True)
