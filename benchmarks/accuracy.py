@@ -61,7 +61,7 @@ from napari_unet.engine import (  # noqa: E402
     preset_config,
     train,
 )
-from napari_unet.engine.data import Dataset, split_folds  # noqa: E402
+from napari_unet.engine.data.dataset import Dataset, split_folds  # noqa: E402
 from napari_unet.engine.metrics import (  # noqa: E402
     DiceAccumulator,
     brats_region_dice,

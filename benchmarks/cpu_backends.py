@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from napari_unet.engine.backends import ExportedModel, available  # noqa: E402
 from napari_unet.engine.benchmark import time_calls  # noqa: E402
+from napari_unet.engine.prediction.backends import ExportedModel, available  # noqa: E402
 from napari_unet.engine.runtime import autocast, memory_format  # noqa: E402
 from napari_unet.models import build_model  # noqa: E402
 
@@ -108,7 +108,7 @@ def end_to_end(stack: Path, repeats: int, families, backends) -> str:
 
     from napari_unet.engine import preset_config
     from napari_unet.engine.checkpoint import save_checkpoint
-    from napari_unet.engine.trainer import make_model, window_sizes
+    from napari_unet.engine.training.setup import make_model, window_sizes
 
     presets = {"tiny_unet": ("industrial", {"base_channels": 32}, 1),
                "unet": ("isbi2012", {}, 2)}

@@ -33,7 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from napari_unet.engine.inference import sliding_window_probabilities, tile_starts  # noqa: E402
+from napari_unet.engine.prediction.sliding_window import sliding_window_probabilities, tile_starts  # noqa: E402
 from napari_unet.io import TifMemmapWriter, read_image  # noqa: E402
 from napari_unet.models import build_model  # noqa: E402
 

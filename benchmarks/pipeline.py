@@ -38,9 +38,10 @@ import torch  # noqa: E402
 
 from napari_unet.engine import Progress, load_dataset, preset_config, train  # noqa: E402
 from napari_unet.engine.benchmark import _train_step_fn, time_calls  # noqa: E402
-from napari_unet.engine.data import PatchSampler, compute_norm_stats  # noqa: E402
+from napari_unet.engine.data.normalization import compute_norm_stats  # noqa: E402
+from napari_unet.engine.data.patches import PatchSampler  # noqa: E402
 from napari_unet.engine.runtime import memory_format, resolve_device  # noqa: E402
-from napari_unet.engine.trainer import make_augmenter, make_model, window_sizes  # noqa: E402
+from napari_unet.engine.training.setup import make_augmenter, make_model, window_sizes  # noqa: E402
 
 DATA = {"industrial": "dagm2007_class1", "isbi2012": "isbi2012", "volume3d": "brats2021"}
 RECIPES = {"industrial": "dagm2007", "isbi2012": "isbi2012", "volume3d": "brats2013"}
@@ -75,7 +76,7 @@ def host_work(config, dataset, device):
                            config.batch_size, norm, seed=0,
                            foreground_oversample=config.foreground_oversample)
     try:
-        from napari_unet.engine.pipeline import cut_batch
+        from napari_unet.engine.training.pipeline import cut_batch
     except ImportError:  # before issue 12: the host cut, normalised and augmented each batch
         augment = make_augmenter(config)
 

@@ -181,7 +181,7 @@ def cmd_train(args) -> int:
     if args.nproc < 1:
         raise ConfigError(f"--nproc {args.nproc}: use 1 process or more (one per GPU)")
     if args.ddp_timeout is not None:  # read by each worker (engine.distributed)
-        from napari_unet.engine.distributed import TIMEOUT_VARIABLE, collective_timeout
+        from napari_unet.engine.training.distributed import TIMEOUT_VARIABLE, collective_timeout
         os.environ[TIMEOUT_VARIABLE] = str(args.ddp_timeout)
         collective_timeout()  # a bad value: one line now, not one per worker
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
@@ -253,7 +253,7 @@ def _predict_many(args, events, printer) -> int:
 
 
 def cmd_export(args) -> int:
-    from napari_unet.engine.export import export_model
+    from napari_unet.engine.export.formats import export_model
     from napari_unet.io import read_image
 
     test_image = args.test_image
@@ -523,7 +523,7 @@ def _launch_torchrun(args) -> int:
     else:
         command += ["--standalone"]
     command += ["-m", "napari_unet.cli", *argv]
-    from napari_unet.engine.distributed import check_process_count, threads_per_process
+    from napari_unet.engine.training.distributed import check_process_count, threads_per_process
     check_process_count(args.nproc, args.device or "auto")
     # the machine's cores (or the budget a parent gave: the GUI keeps one) shared out
     env = dict(os.environ, OMP_NUM_THREADS=str(threads_per_process(args.nproc)))

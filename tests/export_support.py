@@ -9,7 +9,7 @@ import torch
 
 from napari_unet.engine import preset_config
 from napari_unet.engine.checkpoint import save_checkpoint
-from napari_unet.engine.trainer import make_model, window_sizes
+from napari_unet.engine.training.setup import make_model, window_sizes
 from napari_unet.io import read_image
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

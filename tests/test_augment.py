@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from napari_unet.engine.augment import Augmenter
+from napari_unet.engine.training.augment import Augmenter
 from napari_unet.errors import ConfigError
 
 EVERYTHING = dict(hflip=0.5, vflip=0.5, rot90=(0, 1, 2, 3), crop_resize=(0.5, 1.0),

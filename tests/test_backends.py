@@ -6,8 +6,10 @@ import torch
 from export_support import make_run, real_image
 
 from napari_unet.cli import build_parser, main
-from napari_unet.engine import backends, load_checkpoint, predict_array, runtime
-from napari_unet.engine.backends import backend_model, choose_backend
+from napari_unet.engine import load_checkpoint, predict_array, runtime
+from napari_unet.engine.prediction import backends
+from napari_unet.engine.prediction import predict as prediction
+from napari_unet.engine.prediction.backends import backend_model, choose_backend
 from napari_unet.errors import ConfigError
 
 CPU = torch.device("cpu")
@@ -93,7 +95,7 @@ def test_a_missing_runtime_names_the_extra(monkeypatch):
 def test_cli_backend_flag_reaches_the_engine(runs, tmp_path, monkeypatch):
     seen = []
     original = backends.backend_model
-    monkeypatch.setattr(backends, "backend_model",
+    monkeypatch.setattr(prediction, "backend_model",
                         lambda model, name, device, amp: seen.append(name) or original(
                             model, name, device, amp))
     image = tmp_path / "image.tif"

@@ -9,19 +9,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from napari_unet.engine.data import (
+from napari_unet.engine.data.dataset import (
     LAYOUTS,
     Dataset,
-    NormStats,
-    PatchSampler,
-    as_channel_first,
-    compute_norm_stats,
-    crop_mirrored,
     load_dataset,
     masks_to_classes,
-    normalize,
     split_folds,
 )
+from napari_unet.engine.data.layout import as_channel_first
+from napari_unet.engine.data.normalization import NormStats, compute_norm_stats, normalize
+from napari_unet.engine.data.patches import PatchSampler, crop_mirrored
 from napari_unet.errors import ConfigError, DataError
 from napari_unet.sample_data import dagm_like
 

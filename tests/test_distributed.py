@@ -41,7 +41,7 @@ def runs(tmp_path_factory):
 
 def _initial_weights(checkpoint):
     """The weights a run starts from: the trainer seeds torch with the config's seed."""
-    from napari_unet.engine.trainer import make_model
+    from napari_unet.engine.training.setup import make_model
 
     torch.manual_seed(checkpoint.config.seed)
     return make_model(checkpoint.config, checkpoint.data_info["in_channels"],

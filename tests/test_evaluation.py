@@ -15,7 +15,7 @@ import torch
 
 from napari_unet.engine import evaluate, preset_config
 from napari_unet.engine.checkpoint import Checkpoint
-from napari_unet.engine.data import Dataset, split_folds
+from napari_unet.engine.data.dataset import Dataset, split_folds
 
 NO_NORMALISATION = {"mode": "none", "low": [], "high": [], "mean": [], "std": []}
 EPS = 1e-6  # the ISBI reference's soft-Dice epsilon

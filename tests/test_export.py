@@ -14,7 +14,7 @@ from export_support import FAMILIES, make_run, real_image
 
 from napari_unet.cli import main
 from napari_unet.engine import load_checkpoint, predict_array
-from napari_unet.engine.export import _axis_sizes, architecture_source, export_bioimageio
+from napari_unet.engine.export.bioimageio import _axis_sizes, architecture_source, export_bioimageio
 from napari_unet.models import build_model
 
 WEIGHT_FORMATS = ("pytorch_state_dict", "torchscript", "onnx")

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from napari_unet.engine.events import TilesDone
-from napari_unet.engine.inference import (
+from napari_unet.engine.prediction.sliding_window import (
     gaussian_importance,
     iter_sliding_window,
     sliding_window_probabilities,

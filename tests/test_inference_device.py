@@ -3,7 +3,10 @@ import numpy as np
 import pytest
 import torch
 
-from napari_unet.engine.inference import default_tile_batch, sliding_window_probabilities
+from napari_unet.engine.prediction.sliding_window import (
+    default_tile_batch,
+    sliding_window_probabilities,
+)
 from napari_unet.models import build_model
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from napari_unet.engine.losses import (
+from napari_unet.engine.training.losses import (
     AdaptiveLoss,
     DiceCELoss,
     available_losses,

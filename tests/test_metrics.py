@@ -5,7 +5,6 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from napari_unet.engine.losses import soft_dice_loss
 from napari_unet.engine.metrics import (
     DiceAccumulator,
     brats_region_dice,
@@ -17,6 +16,7 @@ from napari_unet.engine.metrics import (
     probabilities,
     soft_dice_reference,
 )
+from napari_unet.engine.training.losses import soft_dice_loss
 from napari_unet.errors import DataError
 
 PRED_2X2 = np.array([[0, 1], [1, 1]])

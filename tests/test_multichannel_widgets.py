@@ -145,7 +145,7 @@ def test_the_brats_preset_predicts_regions_with_a_threshold(make_napari_viewer, 
                                                             tmp_path):
     """A region model (whole tumour, tumour core, enhancing tumour as overlapping sigmoids):
     one probability layer per region, labels in BraTS convention, the slider re-cuts them."""
-    from napari_unet.engine.regions import labels_from_regions
+    from napari_unet.engine.labels import labels_from_regions
 
     brats_crop(tmp_path)
     viewer = make_napari_viewer()

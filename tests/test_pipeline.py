@@ -11,15 +11,15 @@ from test_reliability import _loss_nan_at  # the same NaN-injecting loss
 from napari_unet import cli
 from napari_unet.engine import (
     Progress,
-    distributed,
     load_checkpoint,
-    pipeline,
     preset_config,
     sample_dataset,
     train,
 )
-from napari_unet.engine import trainer as trainer_module
-from napari_unet.engine.data import NormStats, PatchSampler, normalize, normalize_tensor
+from napari_unet.engine.data.normalization import NormStats, normalize, normalize_tensor
+from napari_unet.engine.data.patches import PatchSampler
+from napari_unet.engine.training import distributed, pipeline
+from napari_unet.engine.training import loop as trainer_module
 from napari_unet.errors import ConfigError, DataError, TrainingDiverged
 
 NONE = NormStats("none", [], [], [], [])
@@ -282,7 +282,7 @@ def test_device_batches_arrive_pinned_and_equal_to_the_host_cut(dagm):
 
 @cuda
 def test_normalising_and_augmenting_on_the_gpu_matches_the_cpu(dagm):
-    from napari_unet.engine.augment import Augmenter
+    from napari_unet.engine.training.augment import Augmenter
     sampler = PatchSampler(dagm.images, dagm.masks, (32, 32), (32, 32), 4, NONE, seed=3)
     x, y = pipeline.cut_batch(sampler, 1)
     stats = NormStats("minus_one_one", [0.0], [255.0], [], [])

@@ -57,7 +57,7 @@ def test_backend_choices_are_the_engines():
     import torch
 
     from napari_unet.choices import BACKENDS
-    from napari_unet.engine.backends import choose_backend
+    from napari_unet.engine.prediction.backends import choose_backend
     assert BACKENDS[0] == "auto"
     assert {choose_backend(name, torch.device("cpu"), "off") for name in BACKENDS} <= set(
         BACKENDS[1:])

@@ -17,18 +17,21 @@ from napari_unet.engine import (
     train,
 )
 from napari_unet.engine.config import check_regions
-from napari_unet.engine.data import NormStats, compute_norm_stats, normalize, stats_for_image
-from napari_unet.engine.losses import build_loss
-from napari_unet.engine.metrics import DiceAccumulator, brats_region_dice
-from napari_unet.engine.prediction import predict_file
-from napari_unet.engine.regions import (
+from napari_unet.engine.data.normalization import (
+    NormStats,
+    compute_norm_stats,
+    normalize,
+    stats_for_image,
+)
+from napari_unet.engine.data.resolution import (
     downsample_image,
     downsample_labels,
-    labels_from_regions,
-    region_targets,
-    region_values,
     upsample_probabilities,
 )
+from napari_unet.engine.labels import labels_from_regions, region_targets, region_values
+from napari_unet.engine.metrics import DiceAccumulator, brats_region_dice
+from napari_unet.engine.prediction.predict import predict_file
+from napari_unet.engine.training.losses import build_loss
 from napari_unet.errors import ConfigError, DataError
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -169,7 +172,7 @@ def test_region_training_at_half_resolution_end_to_end(tmp_path):
     assert set(np.unique(labels).tolist()) <= {0, 1, 2, 4}
     # the written labels are the regions' own decision, in BraTS convention
     np.testing.assert_array_equal(labels, labels_from_regions(probs, BRATS))
-    from napari_unet.engine.prediction import keep_largest_object
+    from napari_unet.engine.prediction.predict import keep_largest_object
 
     largest = labels.copy()
     keep_largest_object(largest)
@@ -190,7 +193,7 @@ def test_region_training_at_half_resolution_end_to_end(tmp_path):
     np.testing.assert_array_equal(written, predict_array(checkpoint, images[2], **options)[1])
     assert tifffile.imread(tmp_path / "probs.tif").shape == (3, 32, 32, 32)
     # a bioimage.io package cannot describe per-case z-score or low resolution: one line
-    from napari_unet.engine.export import export_model
+    from napari_unet.engine.export.formats import export_model
 
     with pytest.raises(ConfigError, match="bioimage.io package cannot describe"):
         export_model(checkpoint.path, "bioimageio", tmp_path / "model.zip")
@@ -251,7 +254,7 @@ def test_cli_trains_and_evaluates_a_brats_folder_with_the_brats_preset(tmp_path,
 
 
 def test_keep_largest_clears_every_object_but_the_largest():
-    from napari_unet.engine.prediction import keep_largest_object
+    from napari_unet.engine.prediction.predict import keep_largest_object
 
     labels = np.zeros((6, 12, 12), np.uint8)
     labels[1:5, 1:6, 1:6] = 2   # the tumour: oedema around

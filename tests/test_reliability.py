@@ -23,7 +23,7 @@ from napari_unet.engine import (
     train,
 )
 from napari_unet.engine import checkpoint as checkpoint_module
-from napari_unet.engine import trainer as trainer_module
+from napari_unet.engine.training import loop as trainer_module
 from napari_unet.errors import CheckpointError, DataError, OutOfMemory, TrainingDiverged
 
 TINY = ["--steps", "2", "--batch-size", "2", "--patch-size", "32", "--base-channels", "4",
@@ -261,7 +261,7 @@ def test_out_of_memory_names_the_option_to_lower(tmp_path, monkeypatch):
     def oom(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(trainer_module, "_train_step", oom)
+    monkeypatch.setattr(trainer_module, "train_step", oom)
     with pytest.raises(OutOfMemory, match="--batch-size"):
         list(train(tiny(), sample_dataset("dagm", n=2, size=32), run_dir=tmp_path / "r"))
 

@@ -42,7 +42,7 @@ def _parser_choices(command, option):
 
 def test_every_face_offers_the_one_choice_list():
     from napari_unet.engine import PRESETS, TrainConfig
-    from napari_unet.engine.inference import tta_mode
+    from napari_unet.engine.prediction.sliding_window import tta_mode
 
     assert _parser_choices("train", "--preset") == tuple(PRESETS) == choices.PRESET_NAMES
     assert _parser_choices("benchmark", "--preset") == choices.PRESET_NAMES

@@ -100,9 +100,9 @@ def _step_of_train_step(monkeypatch):
     """Make trainer._train_step publish the step it is running (for losses that need it)."""
     import inspect
 
-    from napari_unet.engine import trainer as trainer_module
+    from napari_unet.engine.training import loop as trainer_module
 
-    real = trainer_module._train_step
+    real = trainer_module.train_step
     signature = inspect.signature(real)
     current = {}
 
@@ -110,13 +110,13 @@ def _step_of_train_step(monkeypatch):
         current["step"] = signature.bind(*args, **kwargs).arguments["step"]
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(trainer_module, "_train_step", step_aware)
+    monkeypatch.setattr(trainer_module, "train_step", step_aware)
     return current
 
 
 def _nan_loss_at(monkeypatch, nan_step):
     """fp16: a NaN loss at one step makes the scaler skip it and halve its scale."""
-    from napari_unet.engine import trainer as trainer_module
+    from napari_unet.engine.training import loop as trainer_module
 
     current = _step_of_train_step(monkeypatch)
     real = trainer_module.build_loss
@@ -192,7 +192,7 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(dagm, tmp_path, monkeyp
 
 def test_the_best_dice_survives_a_resume(dagm, tmp_path, monkeypatch):
     """A resumed run knows its best Dice so far: a worse validation is not called best."""
-    from napari_unet.engine import trainer as trainer_module
+    from napari_unet.engine.training import loop as trainer_module
 
     dice = {3: 0.9, 6: 0.5, 9: 0.6, 12: 0.7}
     current = _step_of_train_step(monkeypatch)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from napari_unet.engine import Progress, load_checkpoint, preset_config, sample_dataset, train
-from napari_unet.engine.trainer import lr_factor, make_model
+from napari_unet.engine.training.setup import lr_factor, make_model
 
 
 def tiny(**overrides):

@@ -9,20 +9,22 @@ in a child process) does not pay for importing torch.
 from importlib import import_module
 
 _EXPORTS = {
-    "Checkpoint": "checkpoint", "load_checkpoint": "checkpoint",
+    "Checkpoint": "checkpoint",
     "PRESETS": "config", "TrainConfig": "config", "preset_config": "config",
     "preset_names": "config",
-    "Dataset": "data", "load_dataset": "data",
+    "Dataset": "data.dataset", "load_dataset": "data.dataset",
+    "sample_dataset": "data.samples",
     "CheckpointSaved": "events", "Failed": "events", "Finished": "events", "Message": "events",
     "Progress": "events", "Started": "events", "TilesDone": "events", "Validation": "events",
-    "from_json": "events", "to_json": "events",
-    "FileDone": "events", "predict_files": "files",
-    "PredictionDone": "prediction", "evaluate": "prediction",
-    "labels_from_probabilities": "prediction", "labels_from_regions": "regions",
-    "model_regions": "regions",
-    "predict": "prediction", "predict_array": "prediction", "predict_file": "prediction",
-    "sample_dataset": "samples",
-    "train": "trainer",
+    "from_json": "events", "to_json": "events", "FileDone": "events",
+    "evaluate": "evaluation",
+    "export_model": "export.formats", "load_checkpoint": "export.loader",
+    "labels_from_regions": "labels", "model_regions": "labels",
+    "predict_files": "prediction.files",
+    "PredictionDone": "prediction.predict", "predict": "prediction.predict",
+    "predict_array": "prediction.predict", "predict_file": "prediction.predict",
+    "labels_from_probabilities": "prediction.sliding_window",
+    "train": "training.loop",
 }
 
 __all__ = sorted(_EXPORTS)

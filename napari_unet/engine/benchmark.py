@@ -14,9 +14,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ..errors import ConfigError
 from .config import preset_config
-from .losses import build_loss
 from .runtime import autocast, configure_backends, memory_format, resolve_device
-from .trainer import make_model, make_optimizer, optimizer_step, output_channels, window_sizes
+from .training.losses import build_loss
+from .training.setup import make_model, make_optimizer, output_channels, window_sizes
+from .training.steps import optimizer_step
 
 # What each preset's network sees in the reference set-ups (input channels, classes).
 PRESET_DATA = {"industrial": (1, 2), "isbi2012": (1, 2), "volume3d": (4, 4)}

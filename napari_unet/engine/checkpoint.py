@@ -15,7 +15,7 @@ import torch
 
 from ..errors import CheckpointError, ConfigError, NapariUnetError
 from ..io import atomic_write
-from ..runs import BEST, find_checkpoint
+from ..models import build_model
 from .config import TrainConfig
 
 FORMAT_VERSION = 1
@@ -87,32 +87,19 @@ def read_checkpoint(path) -> dict:
     return state
 
 
-def load_checkpoint(run_or_path, prefer: str = BEST, expect_model: str | None = None) -> Checkpoint:
-    """Load a run's checkpoint (best, else last) with its model built and weights in place."""
-    from ..models import build_model
-    from .packages import is_package, load_package
-
-    if is_package(run_or_path):  # a bioimage.io package exported by napari-unet
-        return load_package(run_or_path)
-    path = find_checkpoint(run_or_path, prefer)
-    state = read_checkpoint(path)
-    hparams = dict(state["model_hparams"])
+def build_from_state(name_and_hparams: dict, weights: dict, config_values: dict, source):
+    """(model with `weights` loaded, in eval mode, TrainConfig) from what a checkpoint or a
+    package stores; a clear CheckpointError when they do not fit this version or each other."""
+    hparams = dict(name_and_hparams)
     name = hparams.pop("name")
-    if expect_model is not None and name != expect_model:
-        raise CheckpointError(f"checkpoint {path} holds a {name} model, not {expect_model}: "
-                              f"choose a checkpoint trained with that model")
     try:
         model = build_model(name, **hparams)
-        model.load_state_dict(state.get("ema_state") or state["model_state"])
-        config = TrainConfig.from_dict(state["config"])
+        model.load_state_dict(weights)
+        config = TrainConfig.from_dict(config_values)
     except (NapariUnetError, RuntimeError, KeyError, TypeError) as exc:
         if isinstance(exc, ConfigError):
-            raise CheckpointError(f"checkpoint {path} has a config this version cannot read: "
+            raise CheckpointError(f"{source} has a config this version cannot read: "
                                   f"{exc}") from None
-        raise CheckpointError(f"checkpoint {path} does not match its model ({name}): "
+        raise CheckpointError(f"{source} does not match its model ({name}): "
                               f"{str(exc).splitlines()[0][:160]}") from None
-    model.regions = state.get("data_info", {}).get("regions")
-    model.eval()
-    return Checkpoint(model=model, config=config, norm_stats=state["norm_stats"],
-                      step=state["step"], best_dice=state["best_dice"],
-                      data_info=state.get("data_info", {}), path=path, state=state)
+    return model.eval(), config

@@ -47,7 +47,7 @@ EXPORT_FILTERS = ("bioimage.io package (*.zip)", "ONNX (*.onnx)", "TorchScript (
 
 def _export(checkpoint, format_name, path, image=None):
     """Runs in a worker thread: one line saying what was written, or why not."""
-    from napari_unet.engine.export import export_model
+    from napari_unet.engine.export.formats import export_model
     from napari_unet.errors import NapariUnetError
 
     try:

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..choices import REGION_LOSSES
-from ..errors import ConfigError
+from ...choices import REGION_LOSSES
+from ...errors import ConfigError
 
 __all__ = [
     "soft_dice_loss",
@@ -197,7 +197,7 @@ class RegionLoss(nn.Module):
         self.last_terms: dict[str, torch.Tensor] = {}
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        from .regions import region_targets
+        from ..labels import region_targets
 
         if logits.shape[1] != len(self.regions):
             raise ValueError(f"{logits.shape[1]} outputs for {len(self.regions)} regions")

@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError
-from .config import check_intensity_and_elastic
+from ...errors import ConfigError
+from ..config import check_intensity_and_elastic
 
 
 class Augmenter:

@@ -23,9 +23,10 @@ import io
 import numpy as np
 import torch
 
-from ..choices import BACKENDS
-from ..errors import ConfigError
-from .regions import model_regions
+from ...choices import BACKENDS
+from ...errors import ConfigError
+from ..export.onnx import export_onnx
+from ..labels import model_regions
 
 # Fastest first on a 2-core AVX512-BF16 CPU (benchmarks/RESULTS.md, "CPU backends").
 AUTO_ORDER = {"bf16": ("openvino", "torch"), "off": ("openvino", "onnxruntime", "torch"),
@@ -63,8 +64,6 @@ def choose_backend(name: str, device: torch.device, amp: str, model_name: str = 
 
 def onnx_bytes(model) -> bytes:
     """The network's ONNX graph (logits; dynamic batch and sizes)."""
-    from .export import export_onnx
-
     buffer = io.BytesIO()
     export_onnx(model, buffer)
     return buffer.getvalue()

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as torch_dist
 
-from ..errors import ConfigError
+from ...errors import ConfigError
 
 # How long a process waits on its peers in a collective before giving up: long enough for a
 # first compiled step and a checkpoint write on a slow disk. A *dead* rank ends the job much

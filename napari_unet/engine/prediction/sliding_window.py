@@ -38,11 +38,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..choices import AMP_MODES, TTA_MODES
-from ..errors import ConfigError, DataError
-from .events import TilesDone
-from .regions import labels_from_regions, model_regions
-from .runtime import autocast, configure_backends
+from ...choices import AMP_MODES, TTA_MODES
+from ...errors import ConfigError, DataError
+from ..events import TilesDone
+from ..labels import labels_from_regions, model_regions
+from ..runtime import autocast, configure_backends
 
 BLENDS = ("gaussian", "constant")
 

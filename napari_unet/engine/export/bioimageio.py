@@ -19,87 +19,29 @@
 from __future__ import annotations
 
 import ast
-import contextlib
 import json
 import tempfile
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..errors import ConfigError, DataError, OutputExistsError
-from .checkpoint import Checkpoint, load_checkpoint
-from .data import NormStats
-from .packages import CONFIG_KEY
-from .regions import model_regions
+from ...errors import ConfigError, OutputExistsError
+from ..checkpoint import Checkpoint
+from ..data.layout import prepare_image
+from ..data.normalization import NormStats, normalize
+from ..labels import model_regions
+from .loader import load_checkpoint
+from .onnx import AXIS_NAMES, ONNX_OPSET, export_onnx, export_torchscript, require
+from .package import CONFIG_KEY
 
-FORMATS = ("bioimageio", "onnx", "torchscript")
-ONNX_OPSET = 17
-AXIS_NAMES = ("z", "y", "x")
 INPUT_ID, OUTPUT_ID = "raw", "probabilities"
-_PACKAGE = Path(__file__).resolve().parents[1]
+_PACKAGE = Path(__file__).resolve().parents[2]
 # the architecture file concatenates these (in this order), then the model's own module
 _ARCHITECTURE_SOURCES = ("errors.py", "models/blocks.py")
 _MODEL_MODULES = {"unet": "models/unet.py", "tiny_unet": "models/tiny_unet.py",
                   "unet3d": "models/unet3d.py"}
 _INSTALL_HINT = "pip install 'napari-unet-torch[export]'"
-
-
-def require(module: str, extra: str = "export"):
-    """Import an optional dependency or say which extra brings it."""
-    import importlib
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise ConfigError(f"{module} is not installed: pip install "
-                          f"'napari-unet-torch[{extra}]'") from None
-
-
-# -- the network alone --------------------------------------------------------------------------
-
-def example_window(model, size=None, batch: int = 1) -> torch.Tensor:
-    """A seeded input of a valid window (the smallest valid size >= ``size``)."""
-    window = model.valid_input_size(size or model.min_size)
-    generator = torch.Generator().manual_seed(0)
-    return torch.randn((batch, model.in_channels, *window), generator=generator)
-
-
-def _dynamic_axes(spatial_dims: int) -> dict:
-    names = AXIS_NAMES[-spatial_dims:]
-    return {"input": {0: "batch", **{2 + i: n for i, n in enumerate(names)}},
-            "output": {0: "batch", **{2 + i: f"{n}_out" for i, n in enumerate(names)}}}
-
-
-@contextlib.contextmanager
-def _quiet_tracing():
-    # tracing warns about the model's Python size checks, which hold for every valid window
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
-
-
-def export_onnx(model, path, example: torch.Tensor | None = None):
-    """The network (logits) as ONNX, batch and spatial sizes dynamic."""
-    require("onnx")
-    model = model.eval().float().to(memory_format=torch.contiguous_format)
-    example = example_window(model) if example is None else example
-    target = path if hasattr(path, "write") else str(path)  # a file or a BytesIO
-    with _quiet_tracing(), torch.no_grad():
-        torch.onnx.export(model, (example,), target, input_names=["input"],
-                          output_names=["output"], dynamic_axes=_dynamic_axes(model.spatial_dims),
-                          opset_version=ONNX_OPSET, dynamo=False)
-    return path
-
-
-def export_torchscript(model, path, example: torch.Tensor | None = None) -> Path:
-    """The network (logits) traced to TorchScript; runs at any valid size and batch."""
-    model = model.eval().float().to(memory_format=torch.contiguous_format)
-    example = example_window(model) if example is None else example
-    with _quiet_tracing(), torch.no_grad():
-        traced = torch.jit.trace(model, example)
-    traced.save(str(path))
-    return Path(path)
 
 
 def architecture_source(model_name: str) -> str:
@@ -158,8 +100,6 @@ def _postprocessing(spec, model, channel_axis):
 def _test_image(checkpoint: Checkpoint, image, window) -> np.ndarray:
     """(1, C, *window) float32 raw intensities: the middle of the user's image (mirrored where
     it is smaller), or seeded noise spread over the normalisation's range."""
-    from .prediction import prepare_image
-
     model = checkpoint.model
     if image is None:
         stats = NormStats.from_dict(checkpoint.norm_stats)
@@ -174,7 +114,7 @@ def _test_image(checkpoint: Checkpoint, image, window) -> np.ndarray:
             std = np.asarray(stats.std).reshape(-1, *[1] * len(window))
             return (mean + std * rng.standard_normal(shape))[None].astype(np.float32)
         return rng.standard_normal(shape)[None].astype(np.float32)
-    prepared = prepare_image(checkpoint, image)
+    prepared = prepare_image(image, model.spatial_dims, model.in_channels)
     dims = model.spatial_dims
     if prepared.ndim - 1 > dims:  # a stack under a 2D model: its middle image
         prepared = prepared[:, prepared.shape[1] // 2]
@@ -189,8 +129,6 @@ def _test_image(checkpoint: Checkpoint, image, window) -> np.ndarray:
 
 def _model_output(checkpoint: Checkpoint, test_input: np.ndarray) -> np.ndarray:
     """The package's expected output: ours, computed the way the package describes it."""
-    from .data import normalize
-
     stats = NormStats.from_dict(checkpoint.norm_stats)
     x = torch.from_numpy(normalize(test_input[0], stats)[None])
     with torch.no_grad():
@@ -376,26 +314,3 @@ def _citations(spec, model_name: str):
     }
     text, doi = papers[model_name]
     return [spec.CiteEntry(text=text, doi=spec.Doi(doi))]
-
-
-# -- one entry point for the faces -------------------------------------------------------------
-
-def export_model(run, format: str, output, *, image=None, overwrite: bool = False) -> Path:  # noqa: A002 (the CLI's name)
-    """Export a run (folder or checkpoint) as ``format`` (one of FORMATS) to ``output``."""
-    if format not in FORMATS:
-        raise ConfigError(f"format {format!r} is not valid: choose one of {', '.join(FORMATS)}")
-    output = Path(output)
-    if format == "bioimageio":
-        return export_bioimageio(run, output, image=image, overwrite=overwrite)
-    if output.exists() and not overwrite:
-        raise OutputExistsError(f"{output} exists: pass --overwrite to replace it")
-    if not output.parent.is_dir():
-        raise DataError(f"folder {output.parent} does not exist: create it first")
-    checkpoint = load_checkpoint(run)
-    model = checkpoint.model
-    window = checkpoint.data_info.get("input_size") or checkpoint.config.patch_size
-    example = example_window(model, window)
-    partial = output.with_name(f".{output.stem}.partial{output.suffix}")
-    (export_onnx if format == "onnx" else export_torchscript)(model, partial, example)
-    partial.replace(output)
-    return output

@@ -1,9 +1,10 @@
 """The built-in synthetic data sets as engine Datasets (for --sample and the demo)."""
 from __future__ import annotations
 
-from ..errors import ConfigError
-from ..sample_data import SAMPLES
-from .data import Dataset, as_channel_first
+from ...errors import ConfigError
+from ...sample_data import SAMPLES
+from .dataset import Dataset
+from .layout import as_channel_first
 
 
 def sample_dataset(name: str, **options) -> Dataset:

@@ -5,9 +5,9 @@ over processes, so the Dice is that of the whole set whatever the world size.
 """
 from __future__ import annotations
 
-from .metrics import DiceAccumulator
-from .prediction import predict_with_model, run_to_end
-from .regions import model_regions
+from ..labels import model_regions
+from ..metrics import DiceAccumulator
+from ..prediction.predict import predict_with_model, run_to_end
 
 
 def validate(model, val_set, norm, config, input_size, device, dist) -> dict:

@@ -22,7 +22,8 @@ import threading
 import numpy as np
 import torch
 
-from .data import NormStats, PatchSampler, normalize_tensor
+from ..data.normalization import NormStats, normalize_tensor
+from ..data.patches import PatchSampler
 
 THREAD_NAME = "napari-unet-batches"
 _END = object()

@@ -10,11 +10,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..errors import DataError, NapariUnetError, OutputExistsError
-from ..io import input_files
-from .checkpoint import Checkpoint, load_checkpoint
-from .events import FileDone
-from .prediction import predict_file
+from ...errors import DataError, NapariUnetError, OutputExistsError
+from ...io import input_files
+from ..checkpoint import Checkpoint
+from ..events import FileDone
+from ..export.loader import load_checkpoint
+from .predict import predict_file
 
 LABELS_SUFFIX = "_labels.tif"
 PROBABILITIES_SUFFIX = "_probabilities.tif"

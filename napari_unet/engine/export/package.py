@@ -17,9 +17,8 @@ from pathlib import Path
 import torch
 import yaml
 
-from ..errors import CheckpointError, ConfigError, NapariUnetError
-from .checkpoint import Checkpoint
-from .config import TrainConfig
+from ...errors import CheckpointError
+from ..checkpoint import Checkpoint, build_from_state
 
 CONFIG_KEY = "napari_unet"  # the same key engine.export writes
 
@@ -57,8 +56,6 @@ def _read_rdf(archive: zipfile.ZipFile, path: Path) -> dict:
 
 def load_package(path) -> Checkpoint:
     """A napari-unet checkpoint from a bioimage.io package that napari-unet exported."""
-    from ..models import build_model
-
     path = Path(path)
     try:
         with zipfile.ZipFile(path) as archive:
@@ -81,18 +78,7 @@ def load_package(path) -> Checkpoint:
         reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
         raise CheckpointError(f"{path} is damaged or not a bioimage.io package ({reason}): "
                               f"export it again") from None
-    hparams = dict(ours["hparams"])
-    name = hparams.pop("name")
-    try:
-        model = build_model(name, **hparams)
-        model.load_state_dict(state)
-        config = TrainConfig.from_dict(ours["config"])
-    except (NapariUnetError, RuntimeError, KeyError, TypeError) as exc:
-        if isinstance(exc, ConfigError):
-            raise CheckpointError(f"{path} has a config this version cannot read: {exc}") from None
-        raise CheckpointError(f"{path}: the weights do not match the model ({name}): "
-                              f"{str(exc).splitlines()[0][:160]}") from None
-    model.eval()
+    model, config = build_from_state(ours["hparams"], state, ours["config"], path)
     data_info = dict(ours.get("data_info") or {})
     data_info.setdefault("input_size", ours.get("input_size"))
     return Checkpoint(model=model, config=config, norm_stats=ours["norm_stats"],

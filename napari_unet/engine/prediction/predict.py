@@ -1,4 +1,4 @@
-"""Prediction and evaluation of a trained model: the engine's `predict`, `predict_file`, `evaluate`.
+"""Prediction with a trained model: the engine's `predict`, `predict_array`, `predict_file`.
 
 Tiling, blending and TTA live in :mod:`napari_unet.engine.inference`; this module adds what a
 run knows (normalisation, tile size, threshold, classes) and the files.
@@ -11,16 +11,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..choices import region_keys
-from ..errors import DataError, OutOfMemory, OutputExistsError
-from ..io import TifMemmapWriter, read_image
-from .checkpoint import Checkpoint, load_checkpoint
-from .data import Dataset, NormStats, as_channel_first, normalize, split_folds, stats_for_image
-from .events import Message
-from .inference import blended_channels, iter_sliding_window, labels_from_probabilities
-from .metrics import DiceAccumulator, per_image_dice, pixel_error, soft_dice_reference
-from .regions import downsample_image, model_regions, upsample_probabilities
-from .runtime import resolve_device
+from ...errors import OutOfMemory, OutputExistsError
+from ...io import TifMemmapWriter, read_image
+from ..checkpoint import Checkpoint
+from ..data.layout import prepare_image
+from ..data.normalization import NormStats, normalize, stats_for_image
+from ..data.resolution import downsample_image, upsample_probabilities
+from ..events import Message
+from ..export.loader import load_checkpoint
+from ..labels import model_regions
+from ..runtime import resolve_device
+from .backends import backend_model
+from .sliding_window import blended_channels, iter_sliding_window, labels_from_probabilities
 
 
 @dataclass(frozen=True)
@@ -39,39 +41,19 @@ def _tile_size(checkpoint: Checkpoint, tile_size):
     return checkpoint.data_info.get("input_size") or checkpoint.config.patch_size
 
 
-def prepare_image(checkpoint: Checkpoint, image) -> np.ndarray:
-    """A channel-first view of a user's image that matches the model, or a clear error."""
-    model = checkpoint.model
-    spatial_dims = model.spatial_dims
-    image = np.asarray(image) if not hasattr(image, "ndim") else image
-    # a 2D model over a (Z, Y, X) stack: each page is one 2D image
-    if spatial_dims == 2 and image.ndim == 3 and image.shape[-1] not in (3, 4) \
-            and image.shape[0] != model.in_channels:
-        return image[None]
-    if spatial_dims == 2 and image.ndim == 4 and image.shape[1] == model.in_channels:
-        return np.moveaxis(image, 1, 0) if model.in_channels > 1 else image[:, 0][None]
-    prepared = as_channel_first(image, spatial_dims)
-    if prepared.shape[0] != model.in_channels:
-        raise DataError(f"the image has {prepared.shape[0]} channel(s) but the model expects "
-                        f"{model.in_channels}: give an image like the training images")
-    return prepared
-
-
 def predict(checkpoint, image, *, tile_size=None, overlap=0.25, batch_size=4, tta=False,
             amp="bf16", device="auto", threshold=None, out=None, labels_out=None,
             channels_last=True, backend="torch", keep_largest=None):
     """Yield TilesDone events, then one PredictionDone. Closing the generator cancels.
     ``threshold`` and ``keep_largest`` None: the run's own.
     ``backend``: torch, onnxruntime, openvino or auto (engine.backends)."""
-    from .backends import backend_model
-
     if not isinstance(checkpoint, Checkpoint):
         checkpoint = load_checkpoint(checkpoint)
     device = resolve_device(device)
     model = backend_model(checkpoint.model, backend, device, amp)
     channels_last = channels_last and model is checkpoint.model
     yield from predict_with_model(
-        model, prepare_image(checkpoint, image),
+        model, prepare_image(image, checkpoint.model.spatial_dims, checkpoint.model.in_channels),
         NormStats.from_dict(checkpoint.norm_stats), tile_size=_tile_size(checkpoint, tile_size),
         overlap=overlap, batch_size=batch_size, tta=tta, amp=amp, device=device,
         threshold=checkpoint.config.threshold if threshold is None else threshold,
@@ -184,7 +166,7 @@ def predict_file(run, input_path, labels_path, *, probabilities=None, overwrite=
         if path is not None and Path(path).exists() and not overwrite:
             raise OutputExistsError(f"{path} exists: pass --overwrite to replace it")
     image = read_image(input_path, mmap=True)
-    spatial = tuple(prepare_image(checkpoint, image).shape[1:])
+    spatial = tuple(prepare_image(image, checkpoint.model.spatial_dims, checkpoint.model.in_channels).shape[1:])
     k = blended_channels(checkpoint.model)
     prob_shape = (k, *spatial) if k > 1 else spatial
     prob_target = probabilities or labels_path.with_name(labels_path.name + ".probabilities.tmp")
@@ -195,48 +177,3 @@ def predict_file(run, input_path, labels_path, *, probabilities=None, overwrite=
                 yield event
     if probabilities is None:
         Path(prob_target).unlink(missing_ok=True)
-
-
-# -- evaluation ----------------------------------------------------------------------------------
-def evaluate(checkpoint, dataset: Dataset, *, fold=None, tile_size=None, overlap=0.25,
-             tta=False, amp="bf16", device="auto", backend="torch") -> dict:
-    """Dice per class and mean (and the references' metrics) of a run on labelled data."""
-    if not isinstance(checkpoint, Checkpoint):
-        checkpoint = load_checkpoint(checkpoint)
-    config = checkpoint.config
-    if fold is not None:
-        _, indices = split_folds(len(dataset.images), fold, config.folds, config.split_seed)
-        dataset = dataset.subset(indices)
-    num_classes = max(2, checkpoint.data_info.get("num_classes", 2), dataset.num_classes)
-    accumulator = DiceAccumulator(num_classes)
-    image_dice, errors, soft = [], [], []
-    for image, mask in zip(dataset.images, dataset.masks):
-        probabilities, labels = predict_array(checkpoint, image, tile_size=tile_size,
-                                              overlap=overlap, tta=tta, amp=amp, device=device,
-                                              backend=backend)
-        accumulator.update(labels, mask)
-        if num_classes == 2:
-            image_dice += per_image_dice(labels[None], np.asarray(mask)[None])
-            errors.append(pixel_error(labels, mask))
-            soft.append(_soft_dice(probabilities, mask))
-    metrics = {"samples": len(dataset.images), "mean_dice": accumulator.mean_dice(),
-               "foreground_dice": accumulator.mean_dice(include_background=False),
-               "dice_per_class": accumulator.dice_per_class()}
-    regions = model_regions(checkpoint.model)
-    if regions:  # region models: the Dice of each region (BraTS WT, TC, ET)
-        per_region = accumulator.region_dice(regions)
-        metrics["region_dice"] = per_region
-        metrics.update({f"{key}_dice": value for key, value
-                        in zip(region_keys(regions), per_region)})
-    if num_classes == 2:
-        metrics.update(soft_dice=float(np.mean(soft)), pixel_error=float(np.mean(errors)),
-                       per_image_dice=float(np.mean(image_dice)))
-    return metrics
-
-
-def _soft_dice(probabilities, mask):
-    foreground = torch.as_tensor(np.asarray(probabilities, dtype=np.float32))
-    probs = torch.stack([1 - foreground, foreground])[None]
-    target = torch.as_tensor(np.asarray(mask, dtype=np.int64))
-    onehot = torch.stack([target == 0, target == 1]).float()[None]
-    return soft_dice_reference(probs, onehot)

@@ -1,0 +1,255 @@
+"""Data sets: training pairs from folders of known layouts or from files, mask conventions, folds.
+
+Samples are channel-first arrays (C, Y, X) or (C, Z, Y, X), often views of memory-mapped TIFs,
+so a stack bigger than RAM costs nothing until a patch is read from it. Masks are class-index
+arrays (0 = background). Batches are a pure function of (seed, step): a resumed run and every
+DDP rank draw exactly what a single uninterrupted process would.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ...errors import ConfigError, DataError
+from ...io import image_files as _image_files
+from ...io import input_files, is_glob, read_image
+from ...training_set import mask_classes
+from .layout import as_channel_first
+
+LAYOUTS = (
+    "ISBI 2012 (train-volume.tif + train-labels.tif)",
+    "DAGM 2007 (NNNN.PNG + Label/NNNN_label.PNG)",
+    "BraTS (NAME_image.tif + NAME_labels.tif)",
+    "generic (images/ + masks/ or labels/ holding the same file names)",
+)
+
+
+# ------------------------------------------------------------------------------ the data set
+@dataclass
+class Dataset:
+    """Images (C, *spatial), class-index masks (*spatial) and a name per sample."""
+
+    images: list
+    masks: list
+    names: list
+    spatial_dims: int
+
+    def __post_init__(self):
+        if not len(self.images) == len(self.masks) == len(self.names):
+            raise DataError(
+                f"{len(self.images)} images, {len(self.masks)} masks and {len(self.names)} "
+                "names: give one mask per image"
+            )
+        for image, mask, name in zip(self.images, self.masks, self.names):
+            if image.ndim != self.spatial_dims + 1:
+                raise DataError(
+                    f"{name}: image shape {image.shape} is not channel-first "
+                    f"{self.spatial_dims}D: convert it with as_channel_first"
+                )
+            check_same_shape(image.shape[1:], mask.shape, name)
+        channels = sorted({image.shape[0] for image in self.images})
+        if len(channels) > 1:
+            raise DataError(
+                f"images have different channel counts {channels}: use one count per data set"
+            )
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def num_classes(self) -> int:
+        """Largest class index + 1, at least 2 (a binary problem with no foreground yet)."""
+        return max([2] + [int(mask.max()) + 1 for mask in self.masks])
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.images[0].shape[0]) if self.images else 0
+
+    def subset(self, indices) -> Dataset:
+        indices = [int(i) for i in indices]
+        return Dataset(
+            [self.images[i] for i in indices],
+            [self.masks[i] for i in indices],
+            [self.names[i] for i in indices],
+            self.spatial_dims,
+        )
+
+
+def check_same_shape(image_shape, mask_shape, name) -> None:
+    if tuple(image_shape) != tuple(mask_shape):
+        raise DataError(
+            f"{name}: image shape {tuple(image_shape)} and mask shape {tuple(mask_shape)} "
+            "differ: give each image a mask of the same size"
+        )
+
+
+def load_dataset(
+    data_dir=None, *, images=None, masks=None, foreground_value=None, spatial_dims=None
+) -> Dataset:
+    """Load a training set from a folder of a known layout, or from image and mask paths.
+
+    `data_dir` layouts: ISBI 2012, DAGM 2007, BraTS and generic (see LAYOUTS). The ISBI files
+    mark the class of interest (membrane) with 0, so for that layout `foreground_value`
+    defaults to 0 (membrane becomes class 1); for the others masks keep their convention
+    (see `masks_to_classes`). DAGM images without a mask file get an empty mask.
+
+    `images` / `masks`: a file each or a folder each (paired by file name). A multi-page
+    (Z, Y, X) stack is a stack of 2D samples unless `spatial_dims` is 3; with `spatial_dims`
+    None, 4D (C, Z, Y, X) images are 3D volumes and everything else 2D.
+    """
+    if spatial_dims not in (None, 2, 3):
+        raise ConfigError(f"spatial_dims must be 2, 3 or None, not {spatial_dims!r}")
+    if data_dir is not None:
+        if images is not None or masks is not None:
+            raise ConfigError("give either a data folder or images and masks, not both")
+        pairs, layout_foreground = _detect_layout(Path(data_dir))
+        if foreground_value is None:
+            foreground_value = layout_foreground
+    elif images is None or masks is None:
+        raise ConfigError("give a data folder, or both images and masks")
+    else:
+        pairs = _pair_paths(Path(images), Path(masks))
+
+    samples = []
+    for image_path, mask_path in pairs:
+        samples += _load_pair(image_path, mask_path, foreground_value, spatial_dims)
+    if not samples:
+        raise DataError("no samples found: check the image and mask paths")
+    dims = {image.ndim - 1 for image, _, _ in samples}
+    if len(dims) > 1:
+        raise DataError("the data mix 2D images and 3D volumes: pass spatial_dims=2 or 3")
+    images_, masks_, names = (list(column) for column in zip(*samples))
+    return Dataset(images_, masks_, names, dims.pop())
+
+
+def _detect_layout(root: Path):
+    """[(image path, mask path or None)] and the layout's default foreground value."""
+    if not root.exists():
+        raise DataError(f"{root} does not exist: check the data folder's path")
+    if not root.is_dir():
+        raise DataError(f"{root} is not a folder: give the folder that holds the data")
+    isbi = (root / "train-volume.tif", root / "train-labels.tif")
+    if all(path.is_file() for path in isbi):
+        return [isbi], 0
+    if (root / "Label").is_dir():
+        return _dagm_pairs(root), None
+    brats = sorted(root.glob("*_image.tif"))
+    if brats:
+        return [(path, _required(path.with_name(path.name.replace("_image.tif", "_labels.tif"))))
+                for path in brats], None
+    for mask_folder in ("masks", "labels"):
+        if (root / "images").is_dir() and (root / mask_folder).is_dir():
+            return _pair_folders(root / "images", root / mask_folder), None
+    raise DataError(f"{root}: unknown data layout; use one of: {'; '.join(LAYOUTS)}")
+
+
+def _required(path: Path) -> Path:
+    if not path.is_file():
+        raise DataError(f"{path} is missing: every image needs its mask file")
+    return path
+
+
+
+
+def _dagm_pairs(root: Path):
+    labels = {path.stem.lower(): path for path in _image_files(root / "Label")}
+    images = _image_files(root)
+    if not images:
+        raise DataError(f"{root} has a Label folder but no images: expected NNNN.PNG files")
+    return [(path, labels.get(f"{path.stem.lower()}_label")) for path in images]
+
+
+def _pair_folders(image_source: Path, mask_dir: Path):
+    """Images (a folder or a glob) paired with the masks of the same name in ``mask_dir``."""
+    masks = {path.name: path for path in _image_files(mask_dir)}
+    masks_by_stem = {path.stem: path for path in masks.values()}
+    images = input_files(image_source)
+    pairs = []
+    for path in images:
+        mask = masks.get(path.name) or masks_by_stem.get(path.stem)
+        if mask is None:
+            raise DataError(f"no mask for {path.name} in {mask_dir}: add one with the same name")
+        pairs.append((path, mask))
+    return pairs
+
+
+def _pair_paths(images: Path, masks: Path):
+    if (images.is_dir() or is_glob(images)) and masks.is_dir():
+        return _pair_folders(images, masks)
+    if images.is_dir() or masks.is_dir():
+        raise DataError("images and masks must both be files or both be folders")
+    return [(images, masks)]
+
+
+def _load_pair(image_path: Path, mask_path, foreground_value, spatial_dims):
+    """[(image (C, *spatial), mask (*spatial), name)] from one image file and its mask file."""
+    image = read_image(image_path)
+    if mask_path is None:  # DAGM: no defect, no mask file
+        channel_first = as_channel_first(image, spatial_dims or 2)
+        return [(channel_first, np.zeros(channel_first.shape[1:], np.uint8), image_path.stem)]
+    mask = masks_to_classes(read_image(mask_path), foreground_value)
+    return _split_samples(image, mask, spatial_dims, image_path.stem.removesuffix("_image"))
+
+
+def _split_samples(image, mask, spatial_dims, name):
+    # the mask fixes the spatial shape; the image adds at most a channel axis
+    dims = spatial_dims or (3 if image.ndim == 4 else 2)
+    if mask.ndim == dims:
+        sample = as_channel_first(image, dims)
+        check_same_shape(sample.shape[1:], mask.shape, name)
+        return [(sample, mask, name)]
+    if mask.ndim == 3 and dims == 2:  # a stack of 2D samples
+        samples = []
+        for z, image_slice in enumerate(_stack_slices(image, mask, name)):
+            sample = as_channel_first(image_slice, 2)
+            check_same_shape(sample.shape[1:], mask[z].shape, name)
+            samples.append((sample, mask[z], f"{name}[{z}]"))
+        return samples
+    raise DataError(
+        f"{name}: a {mask.ndim}D mask cannot label {dims}D samples (image {image.shape}, "
+        f"mask {mask.shape}): pass spatial_dims=2 or 3 to match the mask"
+    )
+
+
+def _stack_slices(image, mask, name):
+    depth = mask.shape[0]
+    if image.shape[0] == depth and image.ndim in (3, 4):  # (Z, Y, X), (Z, C, Y, X), (Z, Y, X, C)
+        return [image[z] for z in range(depth)]
+    if image.ndim == 4 and image.shape[1] == depth:  # (C, Z, Y, X)
+        return [image[:, z] for z in range(depth)]
+    raise DataError(
+        f"{name}: image shape {image.shape} and mask shape {mask.shape} differ: "
+        "give each image a mask of the same size"
+    )
+
+
+# ------------------------------------------------------------------------- conventions
+def masks_to_classes(mask, foreground_value=None) -> np.ndarray:
+    """A mask file's values as class indices (uint8; 0 = background), by the rule that the
+    widgets use too (:func:`napari_unet.training_set.mask_classes`; instance ids refused)."""
+    return mask_classes(mask, foreground_value)[0]
+
+
+def split_folds(n_samples: int, fold, folds: int = 5, seed: int = 0):
+    """(train indices, validation indices) of cross-validation fold `fold`.
+
+    The samples are shuffled once with `seed` and cut into `folds` parts; fold k validates on
+    part k (as the reference does). fold None trains on everything and validates on nothing.
+    """
+    everything = np.arange(n_samples)
+    if fold is None:
+        return everything, np.zeros(0, dtype=int)
+    if folds < 2 or folds > n_samples:
+        raise ConfigError(
+            f"cannot cut {n_samples} samples into {folds} folds: use 2..{max(n_samples, 2)} folds"
+        )
+    if not 0 <= fold < folds:
+        raise ConfigError(f"fold {fold} does not exist: use 0..{folds - 1} (or no fold)")
+    parts = np.array_split(np.random.default_rng(seed).permutation(n_samples), folds)
+    validation = np.sort(parts[fold])
+    return np.setdiff1d(everything, validation), validation
+
+
+# ------------------------------------------------------------------------- normalisation

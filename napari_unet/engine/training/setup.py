@@ -1,0 +1,181 @@
+"""What a run is made of, built from its config: the data set from the user's arrays, the model
+and its windows, the optimizer and its schedule, the augmentation, the weight average.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from ...errors import ConfigError, DataError, NapariUnetError
+from ...models import build_model
+from ..config import TrainConfig
+from ..data.dataset import Dataset, masks_to_classes
+from ..data.layout import as_channel_first
+from ..data.normalization import normalize, stats_for_image
+from ..data.resolution import downsample_image, downsample_labels
+from ..export.loader import load_checkpoint
+from .augment import Augmenter
+
+
+# -- data --------------------------------------------------------------------------------------
+def as_dataset(images, masks, config: TrainConfig) -> Dataset:
+    """A Dataset from a Dataset, or from lists/stacks of raw arrays and masks."""
+    if isinstance(images, Dataset):
+        return images
+    if masks is None:
+        raise DataError("no masks given: paint labels for the image or pass --masks")
+    images, masks = _as_sample_list(images, config.spatial_dims), list(masks)
+    if len(images) != len(masks) and len(masks) == 1 and len(images) > 1:
+        raise DataError(f"{len(images)} images but {len(masks)} mask: give one mask per image")
+    if config.spatial_dims == 2 and len(masks) == 1 and np.ndim(masks[0]) == 3:
+        masks = list(masks[0])
+    if len(images) != len(masks):
+        raise DataError(f"{len(images)} images but {len(masks)} masks: give one mask per image")
+    samples, classes = [], []
+    for i, (image, mask) in enumerate(zip(images, masks)):
+        image = as_channel_first(np.asarray(image) if not hasattr(image, "shape") else image,
+                                 config.spatial_dims)
+        mask = masks_to_classes(np.asarray(mask), config.foreground_value)
+        if tuple(image.shape[1:]) != tuple(mask.shape):
+            raise DataError(f"image {i} has shape {tuple(image.shape[1:])} but its mask "
+                            f"{tuple(mask.shape)}: image and mask must cover the same pixels")
+        samples.append(image)
+        classes.append(mask)
+    return Dataset(images=samples, masks=classes, names=[f"sample{i}" for i in range(len(samples))],
+                   spatial_dims=config.spatial_dims)
+
+
+def _as_sample_list(images, spatial_dims):
+    """A list of per-sample arrays; a 2D model sees each page of a (Z,Y,X) stack as a sample."""
+    if isinstance(images, (list, tuple)):
+        if spatial_dims == 2 and len(images) == 1 and np.ndim(images[0]) == 3 \
+                and images[0].shape[-1] not in (3, 4):
+            return list(images[0])
+        return list(images)
+    if spatial_dims == 2 and images.ndim == 3 and images.shape[-1] not in (3, 4):
+        return list(images)
+    if spatial_dims == 3 and images.ndim == 5:
+        return list(images)
+    return [images]
+
+
+def check_data_fits_model(dataset: Dataset, config: TrainConfig):
+    if dataset.spatial_dims != config.spatial_dims:
+        raise DataError(
+            f"the data is {dataset.spatial_dims}D but the {config.model} model is "
+            f"{config.spatial_dims}D: use the "
+            f"{'volume3d' if dataset.spatial_dims == 3 else 'industrial or isbi2012'} preset")
+    if len(dataset.images) == 0:
+        raise DataError("the data set is empty: give at least one image with its mask")
+
+
+def normalized_copy(dataset: Dataset, norm, config: TrainConfig) -> Dataset:
+    """The training samples normalised (zscore_case: each with its own statistics) and, with
+    resample > 1, averaged down, as float32 arrays in memory, with their masks at the same
+    resolution (region-aware, engine.regions). The windows are then cut from these."""
+    images, masks = [], []
+    for image, mask in zip(dataset.images, dataset.masks):
+        images.append(downsample_image(normalize(image, stats_for_image(image, norm)),
+                                       config.resample))
+        masks.append(downsample_labels(mask, config.resample, config.regions))
+    return Dataset(images, masks, list(dataset.names), dataset.spatial_dims)
+
+
+# -- model, optimizer, schedule ------------------------------------------------------------------
+def output_channels(config: TrainConfig, num_classes: int) -> int:
+    """One sigmoid channel per region (region training), 1 sigmoid channel for binary losses
+    that need it, else one channel per class."""
+    if config.regions:
+        return len(config.regions)
+    if config.loss == "adaptive":
+        if num_classes > 2:
+            raise ConfigError(f"the adaptive loss is binary but the masks have {num_classes} "
+                              f"classes: use --loss dice_ce")
+        return 1
+    return num_classes
+
+
+def make_model(config: TrainConfig, in_channels: int, num_classes: int) -> torch.nn.Module:
+    options = {"in_channels": in_channels, "num_classes": output_channels(config, num_classes)}
+    options.update(config.model_options)
+    if config.model == "unet3d" and "spatial_dims" not in options and config.spatial_dims == 2:
+        options["spatial_dims"] = 2
+    model = build_model(config.model, **options)
+    model.regions = config.regions
+    if model.spatial_dims != config.spatial_dims:
+        raise ConfigError(f"the {config.model} model is {model.spatial_dims}D but the run is "
+                          f"{config.spatial_dims}D: set spatial_dims or choose another model")
+    return model
+
+
+def window_sizes(model, patch_size) -> tuple[tuple, tuple]:
+    """(input, output) window sizes: the smallest valid input whose output covers the patch."""
+    candidate = list(patch_size)
+    for _ in range(4096):
+        size = tuple(model.valid_input_size(candidate))
+        out = tuple(model.output_size(size))
+        if all(o >= p for o, p in zip(out, patch_size)):
+            return size, out
+        candidate = [s + 1 if o < p else s for s, o, p in zip(size, out, patch_size)]
+    raise ConfigError(f"no valid input size found for patch {patch_size}")
+
+
+def make_optimizer(config: TrainConfig, params):
+    if config.optimizer == "rmsprop":
+        return torch.optim.RMSprop(params, lr=config.lr, alpha=config.rmsprop_alpha,
+                                   momentum=config.momentum, centered=config.rmsprop_centered,
+                                   weight_decay=config.weight_decay, eps=1e-8)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, betas=tuple(config.adam_betas),
+                                weight_decay=config.weight_decay)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, betas=tuple(config.adam_betas),
+                                 weight_decay=config.weight_decay)
+    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, nesterov=True,
+                           weight_decay=config.weight_decay)
+
+
+def lr_factor(config: TrainConfig, step: int) -> float:
+    """The learning-rate multiplier at `step` (warm-up, then the schedule)."""
+    if config.warmup_steps and step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    if config.lr_schedule == "exponential_step":
+        return config.lr_decay_rate ** (step // config.lr_decay_steps)
+    progress = min(1.0, step / max(1, config.steps))
+    if config.lr_schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * progress))
+    if config.lr_schedule == "poly":
+        return (1 - progress) ** 0.9
+    return 1.0
+
+
+def make_augmenter(config: TrainConfig) -> Augmenter:
+    return Augmenter(config.spatial_dims, hflip=config.hflip, vflip=config.vflip,
+                     rot90=tuple(config.rot90), crop_resize=config.crop_resize,
+                     brightness=config.brightness, flip_all_axes=config.flip_all_axes,
+                     elastic=config.elastic, elastic_magnitude=config.elastic_magnitude,
+                     elastic_grid=config.elastic_grid, contrast=config.contrast)
+
+
+def make_ema(model, decay: float):
+    """The moving average of `model`'s weights and buffers (batch-norm statistics too), or
+    None when `decay` is 0. The first update copies the weights."""
+    if not decay:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    # a deep copy of `model`: its regions come along
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
+def init_weights(init_from, model):
+    """Fine-tune: start from another run's weights (same model and classes)."""
+    source = load_checkpoint(init_from)
+    try:
+        model.load_state_dict(source.model.state_dict())
+    except RuntimeError:
+        raise NapariUnetError(
+            f"cannot fine-tune from {source.path}: its {source.model.hparams['name']} model "
+            f"differs from this run's (classes, channels or size); choose a matching run") from None
