@@ -58,6 +58,20 @@ def _export(checkpoint, format_name, path, image=None):
     return f"exported {written}"
 
 
+def _combo(items, tooltip: str = "") -> QComboBox:
+    combo = QComboBox()
+    combo.addItems(items)
+    if tooltip:
+        combo.setToolTip(tooltip)
+    return combo
+
+
+def _button(text: str, slot) -> QPushButton:
+    button = QPushButton(text)
+    button.clicked.connect(slot)
+    return button
+
+
 class PredictWidget(LayerPickers, QWidget):
     """Choose a run or checkpoint and an image; get probability and label layers."""
 
@@ -66,59 +80,75 @@ class PredictWidget(LayerPickers, QWidget):
         self.viewer = napari_viewer
         self.job = None
         self.last_job = None
+        layout = QVBoxLayout(self)
+        layout.addLayout(self._options_form(napari_viewer))
+        layout.addLayout(self._buttons())
+        self.progress = QProgressBar()
+        self.progress.setFormat("%v / %m tiles")
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.status)
+        layout.addLayout(self._threshold_form())
+        layout.addStretch(1)
+        stop_on_window_close(self, self.cancel)
 
+    # -- building ------------------------------------------------------------------------------------
+    def _model_row(self) -> QHBoxLayout:
         self.model_combo = RunCombo("run folder or checkpoint .pt")
         self.model_combo.setToolTip("a run folder (its best checkpoint is used) or a .pt file")
         browse_run = QPushButton("Run…")
         browse_run.clicked.connect(self._browse_run)
         browse_file = QPushButton(".pt…")
         browse_file.clicked.connect(self._browse_checkpoint)
-        model_row = QHBoxLayout()
-        model_row.addWidget(self.model_combo, 1)
-        model_row.addWidget(browse_run)
-        model_row.addWidget(browse_file)
+        row = QHBoxLayout()
+        row.addWidget(self.model_combo, 1)
+        row.addWidget(browse_run)
+        row.addWidget(browse_file)
+        return row
 
+    def _options_form(self, napari_viewer) -> QFormLayout:
+        form = QFormLayout()
+        form.addRow("Model", self._model_row())
         self.image_combo = image_picker(napari_viewer)
         self.image_combo.tooltip = ("an image layer, or all the channel layers of one image "
                                     "(\"(N channels)\") for a model trained on N channels")
         self.pickers = [self.image_combo]
+        form.addRow("Image", self.image_combo.native)
         self.tile_size = QSpinBox()
         self.tile_size.setRange(0, 4096)
         self.tile_size.setSingleStep(16)
         self.tile_size.setSpecialValueText("auto (training size)")
+        form.addRow("Tile size", self.tile_size)
         self.overlap = QDoubleSpinBox()
         self.overlap.setRange(0.0, 0.9)
         self.overlap.setSingleStep(0.05)
         self.overlap.setValue(0.25)
-        self.tta = QComboBox()
-        self.tta.addItems(TTA_MODES)
-        self.tta.setToolTip("test-time augmentation: mirror averages all flips, dihedral also "
-                            "quarter turns (twice the passes)")
-        self.device = QComboBox()
-        self.device.addItems(DEVICES)
-        self.backend = QComboBox()
-        self.backend.addItems(BACKENDS)
-        self.backend.setToolTip("who runs the network on the CPU: auto picks the fastest "
-                                "installed (OpenVINO, ONNX Runtime: the [cpu] extra)")
-        self.export_button = QPushButton("Export…")
+        form.addRow("Overlap", self.overlap)
+        self.tta = _combo(TTA_MODES, "test-time augmentation: mirror averages all flips, "
+                                     "dihedral also quarter turns (twice the passes)")
+        form.addRow("TTA", self.tta)
+        self.device = _combo(DEVICES)
+        form.addRow("Device", self.device)
+        self.backend = _combo(BACKENDS, "who runs the network on the CPU: auto picks the "
+                                        "fastest installed (OpenVINO, ONNX Runtime: the [cpu] "
+                                        "extra)")
+        form.addRow("Backend", self.backend)
+        return form
+
+    def _buttons(self) -> QHBoxLayout:
+        self.predict_button = _button("Predict", self.predict)
+        self.cancel_button = _button("Cancel", self.cancel)
+        self.cancel_button.setEnabled(False)
+        self.export_button = _button("Export…", self.export)
         self.export_button.setToolTip("write the model as a bioimage.io package (.zip), ONNX "
                                       "or TorchScript")
-        self.export_button.clicked.connect(self.export)
+        row = QHBoxLayout()
+        for button in (self.predict_button, self.cancel_button, self.export_button):
+            row.addWidget(button)
+        return row
 
-        self.predict_button = QPushButton("Predict")
-        self.predict_button.clicked.connect(self.predict)
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.cancel_button.clicked.connect(self.cancel)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.predict_button)
-        buttons.addWidget(self.cancel_button)
-        buttons.addWidget(self.export_button)
-        self.progress = QProgressBar()
-        self.progress.setFormat("%v / %m tiles")
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
-
+    def _threshold_form(self) -> QFormLayout:
         self.threshold = QSlider(Qt.Horizontal)
         self.threshold.setRange(1, 99)
         self.threshold.setValue(50)
@@ -129,29 +159,12 @@ class PredictWidget(LayerPickers, QWidget):
         self._threshold_timer.setInterval(30)
         self._threshold_timer.timeout.connect(self._apply_threshold)
         self.threshold.valueChanged.connect(self._threshold_moved)
-        threshold_row = QHBoxLayout()
-        threshold_row.addWidget(self.threshold, 1)
-        threshold_row.addWidget(self.threshold_label)
-
+        row = QHBoxLayout()
+        row.addWidget(self.threshold, 1)
+        row.addWidget(self.threshold_label)
         form = QFormLayout()
-        form.addRow("Model", model_row)
-        form.addRow("Image", self.image_combo.native)
-        form.addRow("Tile size", self.tile_size)
-        form.addRow("Overlap", self.overlap)
-        form.addRow("TTA", self.tta)
-        form.addRow("Device", self.device)
-        form.addRow("Backend", self.backend)
-        layout = QVBoxLayout(self)
-        layout.addLayout(form)
-        layout.addLayout(buttons)
-        layout.addWidget(self.progress)
-        layout.addWidget(self.status)
-        threshold_form = QFormLayout()
-        threshold_form.addRow("Threshold", threshold_row)
-        layout.addLayout(threshold_form)
-        layout.addStretch(1)
-
-        stop_on_window_close(self, self.cancel)
+        form.addRow("Threshold", row)
+        return form
 
     # -- choices -----------------------------------------------------------------------------------
     def set_model(self, path) -> None:
