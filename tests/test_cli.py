@@ -250,24 +250,27 @@ def test_a_signal_saves_a_checkpoint_and_exits_130(tmp_path, signum, preexec_fn)
 
 
 def _train_until_sigint(tmp_path, capsys):
-    """`train` in this process, to its SIGINT: (exit status, steps reported, saved state)."""
+    """`train` in this process, to its SIGINT (a lost one ends the run at step 50, exit 0):
+    (exit status, steps reported, saved state). Fold 0 validates 2 images at step 3."""
     run = tmp_path / "run"
     capsys.readouterr()
-    code = main([*ENDLESS, "--out", str(run)])
+    code = main([*ENDLESS, "--steps", "50", "--fold", "0", "--out", str(run)])
     steps = [json.loads(line)["step"] for line in capsys.readouterr().out.splitlines()
              if '"Progress"' in line]
     return code, steps, read_checkpoint(run / "checkpoints" / "last.pt")
 
 
-def _sigint_after_call(monkeypatch, module, name, call):
-    """SIGINT to this process from inside `module.name`, at its `call`-th call, after the real
-    work (a step: weights updated, schedule not yet; a checkpoint: written)."""
+def _sigint_inside(monkeypatch, module, name, call, after):
+    """SIGINT to this process from inside `module.name`, at its `call`-th call, before or
+    after the real work (after a step's: weights updated, schedule and step count not yet)."""
     real, calls = getattr(module, name), []
 
     def hooked(*args, **kwargs):
         calls.append(name)
+        if len(calls) == call and not after:
+            os.kill(os.getpid(), signal.SIGINT)
         result = real(*args, **kwargs)
-        if len(calls) == call:
+        if len(calls) == call and after:
             os.kill(os.getpid(), signal.SIGINT)
         return result
 
@@ -295,17 +298,20 @@ def cancelled_between_steps(tmp_path, capsys, monkeypatch):
     return state
 
 
-@pytest.mark.parametrize("moment, module, name, call", [
-    ("step", loop_module, "train_step", 3),  # the third step
-    ("checkpoint", loop_module, "save_checkpoint", 1),  # best.pt after step 3's validation
-    ("validation", loop_module, "validate", 1)],  # step 3's validation
+@pytest.mark.parametrize("moment, module, name, call, after", [
+    ("step", loop_module, "train_step", 3, True),  # the third step
+    ("checkpoint", loop_module, "save_checkpoint", 1, False),  # best.pt of step 3
+    ("validation", loop_module, "validate", 1, False)],  # step 3's validation
     ids=["during a step", "during a checkpoint write", "during a validation"])
 def test_a_sigint_at_any_moment_saves_whole_steps(cancelled_between_steps, tmp_path, capsys,
-                                                  monkeypatch, moment, module, name, call):
-    _sigint_after_call(monkeypatch, module, name, call)
+                                                  monkeypatch, moment, module, name, call,
+                                                  after):
+    _sigint_inside(monkeypatch, module, name, call, after)
     code, steps, state = _train_until_sigint(tmp_path, capsys)
     assert code == 130
     assert steps == [1, 2, 3] and state["step"] == 3, moment
+    if moment == "checkpoint":  # the write it interrupted was finished, not dropped
+        assert read_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")["step"] == 3
     # the weights, optimizer and schedule of step 3, bit for bit: a resume continues exactly
     reference = cancelled_between_steps
     for key, value in reference["model_state"].items():
