@@ -138,7 +138,9 @@ def _cancel_and_read(process, steps):
     return code, process.stderr.read()
 
 
-def test_cancel_stops_every_rank_after_the_same_step_and_rank_zero_saves(tmp_path):
+# SIGTERM: the launcher used to die of it at once, leaving torchrun and its workers training
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_cancel_stops_every_rank_after_the_same_step_and_rank_zero_saves(tmp_path, signum):
     run = tmp_path / "cancelled"
     steps = []
 
@@ -149,7 +151,7 @@ def test_cancel_stops_every_rank_after_the_same_step_and_rank_zero_saves(tmp_pat
 
     with _endless_two_process_run(run) as process:
         read_events_until(process, second_step)
-        process.send_signal(signal.SIGINT)  # as the Train widget's Cancel does
+        process.send_signal(signum)  # SIGINT: as the Train widget's Cancel does
         code, stderr = _cancel_and_read(process, steps)
     errors = [line for line in stderr.splitlines() if "napari_unet:" in line]
     assert code == 130, (errors, stderr[-2000:])
