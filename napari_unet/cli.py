@@ -562,10 +562,12 @@ def _raise_keyboard_interrupt(signum, frame):
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "train" and args.nproc > 1 and "WORLD_SIZE" not in os.environ:
-        pass  # the parent only launches torchrun; SIGINT is forwarded
-    else:
-        signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)  # schedulers' pre-emption
+    # Python leaves SIGINT ignored in a process that starts with it ignored (any child of a
+    # background job of a non-interactive shell: `make test &`, CI runners), and then Cancel
+    # never reaches the run: SIGINT is always Ctrl-C here. SIGTERM (schedulers' pre-emption)
+    # too; the torchrun launcher forwards either to its workers as SIGINT.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     from napari_unet.errors import NapariUnetError
 
     commands = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict,

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from gui_support import NO_DISPLAY
+from process_support import adopt_orphans, kill_left_behind
 
 STRICT = os.environ.get("NAPARI_UNET_STRICT_TESTS") == "1"
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -18,6 +19,7 @@ ALLOWED_SKIP = "CUDA"
 
 
 def pytest_configure(config):
+    adopt_orphans()  # orphaned grandchildren (torchrun workers) stay ours to find, below
     if not STRICT:
         return
     problems = []
@@ -52,3 +54,15 @@ def pytest_make_collect_report(collector):
     if STRICT and report.skipped:
         report.outcome = "failed"
         report.longrepr = f"{collector.nodeid} skipped under make test: {report.longrepr}"
+
+
+# -- no child survives its test --------------------------------------------------------------
+@pytest.fixture(autouse=True)
+def no_process_survives_its_test():
+    """A test that leaves a process running fails, and the process is killed: a stop test that
+    fails must not leave its child training on, loading the machine for every later test."""
+    yield
+    left = kill_left_behind()
+    if left:
+        pytest.fail(f"the test left {len(left)} process(es) running (killed now): {left}",
+                    pytrace=False)

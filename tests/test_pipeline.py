@@ -250,7 +250,7 @@ def test_the_collective_timeout_is_given_in_minutes(monkeypatch):
 
 
 def test_a_first_sigint_under_ddp_is_noted_and_a_second_interrupts():
-    stop = distributed.AgreedStop()
+    stop = distributed.CancelRequest(agreed=True)
     stop.install()
     try:
         import signal

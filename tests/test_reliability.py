@@ -5,13 +5,12 @@ Each case of the README's reliability table is one test here (or named there).
 import errno
 import json
 import signal
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import tifffile
 import torch
+from process_support import cli, read_events_until, start_cli, wait_for_exit
 
 from napari_unet.cli import main
 from napari_unet.engine import (
@@ -186,21 +185,21 @@ def test_sigkill_then_resume_loses_at_most_checkpoint_every(tmp_path):
     args = ["train", "--preset", "industrial", "--sample", "dagm", "--out", str(run),
             "--events", "jsonl", "--batch-size", "2", "--patch-size", "32", "--base-channels",
             "4", "--amp", "off", "--device", "cpu", "--checkpoint-every", "3"]
-    process = subprocess.Popen([sys.executable, "-m", "napari_unet.cli", *args, "--steps",
-                                "100000"], stdout=subprocess.PIPE, text=True)
     last_saved = 0
-    for line in process.stdout:
-        event = json.loads(line)
+
+    def eighth_step(event):
+        nonlocal last_saved
         if event["event"] == "CheckpointSaved":
             last_saved = event["step"]
-        if event["event"] == "Progress" and event["step"] >= 8:
-            break
-    process.send_signal(signal.SIGKILL)
-    process.wait(timeout=30)
+        return event["event"] == "Progress" and event["step"] >= 8
+
+    with start_cli(*args, "--steps", "100000") as process:
+        read_events_until(process, eighth_step)
+        process.send_signal(signal.SIGKILL)
+        wait_for_exit(process)
     assert last_saved >= 6
     assert not list((run / "checkpoints").glob(".*tmp*"))
-    resumed = subprocess.run([sys.executable, "-m", "napari_unet.cli", *args, "--steps",
-                              str(last_saved + 2), "--resume"], capture_output=True, text=True)
+    resumed = cli(*args, "--steps", last_saved + 2, "--resume")
     assert resumed.returncode == 0, resumed.stderr
     start = json.loads(resumed.stdout.splitlines()[0])["start_step"]
     # the child may have saved once more between our last read and the kill

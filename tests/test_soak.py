@@ -10,6 +10,7 @@ import threading
 import numpy as np
 import pytest
 from gui_support import PLUGIN, gui
+from process_support import deadline_ms
 
 napari = pytest.importorskip("napari")
 psutil = pytest.importorskip("psutil")
@@ -19,7 +20,7 @@ from napari_unet.sample_data import SAMPLES  # noqa: E402
 
 CYCLES = int(os.environ.get("SOAK_CYCLES", "20"))
 MEMORY_GROWTH_MB = 100
-TIMEOUT_MS = 120_000
+TIMEOUT_MS = deadline_ms(120)  # ceilings on waits for events, never a guess of speed
 
 
 def dock(viewer, name):
@@ -113,7 +114,7 @@ def test_many_cycles_leave_nothing_behind(make_napari_viewer, qtbot, tmp_path):
         for name in added:
             viewer.layers.remove(name)
         # nothing left running or open
-        qtbot.waitUntil(lambda: not our_threads(), timeout=10_000)
+        qtbot.waitUntil(lambda: not our_threads(), timeout=deadline_ms(10))
         assert me.children(recursive=True) == []
         assert open_files_under(tmp_path) == []
         figures.append((resident_mb(), me.num_threads(), me.num_fds()))

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from gui_support import PLUGIN, gui, small_cpu_options  # noqa: E402
+from process_support import deadline_ms  # noqa: E402
 
 napari = pytest.importorskip("napari")
 
@@ -25,7 +26,7 @@ from napari_unet.widgets.correct import CorrectWidget  # noqa: E402
 from napari_unet.widgets.predict import PredictWidget  # noqa: E402
 from napari_unet.widgets.train import TrainWidget  # noqa: E402
 
-TRAIN_TIMEOUT_MS = 120_000
+TRAIN_TIMEOUT_MS = deadline_ms(120)  # ceilings on waits for events, never a guess of speed
 
 
 def dock(viewer, name):
@@ -329,13 +330,13 @@ def test_cancel_stops_the_run_without_freezing_the_viewer(make_napari_viewer, qt
     assert follower.watcher is not None and follower.watcher.pid == pid
     restored = len(follower.curve.loss)
     assert restored >= 1
-    qtbot.waitUntil(lambda: len(follower.curve.loss) > restored, timeout=30_000)
+    qtbot.waitUntil(lambda: len(follower.curve.loss) > restored, timeout=deadline_ms(60))
     assert follower.cancel_button.isEnabled()
     follower.cancel_button.click()
-    qtbot.waitUntil(lambda: train.runner.exit_code is not None, timeout=30_000)
+    qtbot.waitUntil(lambda: train.runner.exit_code is not None, timeout=deadline_ms(60))
     assert train.runner.exit_code == 130, train.runner.stderr_text[-2000:]
     assert recorder.of("cancelled") == [str(run_dir)]
-    qtbot.waitUntil(lambda: follower.watcher is None, timeout=5_000)  # it saw the end
+    qtbot.waitUntil(lambda: follower.watcher is None, timeout=deadline_ms(10))  # it saw the end
     assert not recorder.of("failed")
     assert group_is_gone(pid), "a process of the run is still alive"
     assert (run_dir / "checkpoints" / "last.pt").is_file()

@@ -44,7 +44,9 @@ from napari_unet.engine.events import (
     Validation,
 )
 
-GRACE_S = 10.0  # after SIGINT, how long the child may take to save its checkpoint
+# After SIGINT, how long the child may stay silent before its tree is killed: every line it
+# writes (a step, a checkpoint) restarts the count, so a busy machine only makes it slower.
+GRACE_S = float(os.environ.get("NAPARI_UNET_CANCEL_GRACE_S", "30"))
 STDERR_LINES = 200
 
 _CHILDREN: set = set()  # Popen objects still running, for the interpreter-exit guard
@@ -206,8 +208,7 @@ class TrainingRunner(QObject):
             return
         self.cancel_requested = True
         processes.interrupt(self._process)
-        process = self._process
-        QTimer.singleShot(int(grace_s * 1000), lambda: processes.kill_tree(process))
+        processes.kill_when_silent(self._process, grace_s)
 
     def stop(self, grace_s: float = GRACE_S) -> None:
         """Blocking stop for shutdown: SIGINT, wait up to `grace_s`, then kill the group."""
@@ -229,6 +230,7 @@ class TrainingRunner(QObject):
 # -- reader threads: they touch the runner only through its (queued) signals -------------------
 def _pump_stdout(runner_ref, process, stderr_thread):
     for line in process.stdout:
+        processes.heard(process)
         runner = runner_ref()
         if runner is None or not runner._emit(runner._line, line.rstrip("\n")):
             break
@@ -242,6 +244,7 @@ def _pump_stdout(runner_ref, process, stderr_thread):
 
 def _pump_stderr(process, lines):
     for line in process.stderr:
+        processes.heard(process)
         lines.append(line)
 
 

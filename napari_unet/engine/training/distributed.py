@@ -5,6 +5,7 @@ One process per GPU (or per CPU slot with gloo). Nothing here manages processes:
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import signal
@@ -57,17 +58,30 @@ def check_process_count(nproc: int, device: str) -> None:
                           f"{gpus} or fewer (one process per GPU), or --device cpu")
 
 
-class AgreedStop:
-    """Cancel under DDP: SIGINT is noted, not raised, and all ranks agree on it at the next
-    loss read (the trainer's all-reduce carries the flag), so every rank stops after the same
-    step and rank 0 saves it. A second SIGINT interrupts at once."""
+class CancelRequest:
+    """SIGINT while training, turned into a stop between steps, so that the checkpoint saved on
+    cancel holds one whole step (weights, optimizer, scheduler, EMA and step count agree).
 
-    def __init__(self):
+    One process: a SIGINT during a step or a checkpoint write (inside ``deferred()``) is noted
+    and the run stops as soon as that is over (``stop_now``); anywhere else (validation,
+    batches, the caller's code between events) it interrupts at once, as Python's own handler
+    does. Under DDP (``agreed=True``) it is always noted, never raised: the ranks agree on it
+    at the next loss read (the trainer's all-reduce carries the flag), so every rank stops
+    after the same step and rank 0 saves it. A second SIGINT interrupts at once.
+    """
+
+    def __init__(self, agreed: bool = False):
+        self.agreed = agreed
         self.requested = False
+        self._deferring = 0
         self._previous = None
 
     def install(self):
-        if threading.current_thread() is threading.main_thread():
+        """From the main thread only (where Python delivers signals); a process that ignores
+        SIGINT keeps ignoring it (the CLI, which must obey it, installs Python's handler)."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
             self._previous = signal.signal(signal.SIGINT, self._on_signal)
 
     def restore(self):
@@ -75,8 +89,22 @@ class AgreedStop:
             signal.signal(signal.SIGINT, self._previous)
             self._previous = None
 
+    @contextlib.contextmanager
+    def deferred(self):
+        """A step or a checkpoint write: a SIGINT that arrives meanwhile waits for its end."""
+        self._deferring += 1
+        try:
+            yield
+        finally:
+            self._deferring -= 1
+
+    @property
+    def stop_now(self) -> bool:
+        """One process: a SIGINT was noted during a step or a checkpoint; stop here."""
+        return self.requested and not self.agreed
+
     def _on_signal(self, signum, frame):
-        if self.requested:
+        if self.requested or not (self.agreed or self._deferring):
             raise KeyboardInterrupt
         self.requested = True
 

@@ -2,7 +2,8 @@
 
 ``train(config, images, masks, run_dir=...)`` yields events (Started, Progress, Validation,
 CheckpointSaved, Finished). Closing the generator (or Ctrl-C inside it) saves a checkpoint of
-the last completed step and stops. Batches, augmentation and dropout are pure functions of
+the last completed step and stops; a SIGINT during a step or a checkpoint write takes effect
+when it is over (distributed.CancelRequest), so that checkpoint always holds whole steps. Batches, augmentation and dropout are pure functions of
 ``(seed, step)``, so a resumed run - or a DDP run with the same global batch - reproduces an
 uninterrupted single-process run.
 
@@ -50,146 +51,202 @@ from .validation import validate
 def train(config: TrainConfig, images=None, masks=None, *, run_dir, resume: bool = False,
           init_from=None, val_images=None, val_masks=None):
     """Train a model; a generator of events. See the module docstring."""
-    config.validate()
-    dist = distributed.context()
-    device = resolve_device(config.device, dist.local_rank)
-    configure_backends(device, config.tf32)
-    dist.setup(device)
-
-    dataset = as_dataset(images, masks, config)
-    check_data_fits_model(dataset, config)
-    if val_images is not None:
-        train_set, val_set = dataset, as_dataset(val_images, val_masks, config)
-    else:
-        train_idx, val_idx = split_folds(len(dataset.images), config.fold, config.folds,
-                                         config.split_seed)
-        train_set, val_set = dataset.subset(train_idx), dataset.subset(val_idx)
-    num_classes = max(2, dataset.num_classes)
-
-    torch.manual_seed(config.seed)
-    model = make_model(config, dataset.in_channels, num_classes)
-    input_size, output_size = window_sizes(model, config.patch_size)
-    norm = compute_norm_stats(train_set.images, config.normalization)
-    data_info = {"num_classes": num_classes, "in_channels": dataset.in_channels,
-                 "spatial_dims": config.spatial_dims, "input_size": list(input_size),
-                 "output_size": list(output_size), "foreground_value": config.foreground_value,
-                 "regions": config.regions}
-
-    folder = RunFolder(run_dir, writer=dist.is_main)
-    folder.prepare(config, resume)
-    start_step, best_dice = 0, float("-inf")
-    mem_format = memory_format(config.spatial_dims, config.channels_last)
-    model.to(device=device, memory_format=mem_format)
-    optimizer = make_optimizer(config, model.parameters())
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(config, s))
-    # disabled unless fp16: one path for every precision, as nanoGPT
-    scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
-    ema = make_ema(model, config.ema)
-    if resume and (folder.checkpoints / LAST).exists():
-        start_step, best_dice, norm = _restore(folder.checkpoints / LAST, model, optimizer,
-                                               scheduler, scaler, ema)
-    elif init_from is not None:
-        init_weights(init_from, model)
-
-    net = dist.wrap(model, device)
-    if config.compile:
-        net = torch.compile(net)
-    loss_fn = build_loss(config.loss, output_channels(config, num_classes), config.regions)
-    augment = make_augmenter(config)
-    windows, window_norm = train_set, norm
-    if config.normalization == "zscore_case" or config.resample > 1:
-        windows = normalized_copy(train_set, norm, config)
-        window_norm = compute_norm_stats(windows.images, "none")  # normalised already
-    sampler = PatchSampler(windows.images, windows.masks, input_size, output_size,
-                           config.batch_size, window_norm, seed=config.seed,
-                           foreground_oversample=config.foreground_oversample,
-                           rank=dist.rank, world_size=dist.world_size)
-
-    def save(name, step):
-        if not dist.is_main:
-            return None
-        return save_checkpoint(folder.checkpoints / name, model=model, config=config,
-                               norm_stats=norm.to_dict(), step=step, best_dice=best_dice,
-                               data_info=data_info, optimizer=optimizer, scheduler=scheduler,
-                               scaler=scaler, ema=ema)
-
-    yield Started(total_steps=config.steps, start_step=start_step, run_dir=str(folder.path),
-                  device=str(device), world_size=dist.world_size,
-                  global_batch_size=config.batch_size * dist.world_size,
-                  train_samples=len(train_set.images), val_samples=len(val_set.images))
-    if dataset.num_classes < 2 or not any(np.any(m) for m in train_set.masks):
+    run = _Run(config, images, masks, val_images, val_masks, run_dir, resume)
+    run.build_training(resume, init_from)
+    yield run.started()
+    if run.dataset.num_classes < 2 or not any(np.any(m) for m in run.train_set.masks):
         yield Message("warning", "every training mask is background only: the model will learn "
                                  "to predict nothing; paint some foreground")
-    done = start_step  # completed optimizer steps
-    window = ThroughputWindow()
-    losses = LossReader(loss_read_interval(device, config), stop_on_nonfinite=not scaler.is_enabled())
-    cancel = distributed.AgreedStop() if dist.enabled else None
-    batches = DeviceBatches(sampler, range(start_step, config.steps), device)
+    run.cancel.install()
+    run.batches = DeviceBatches(run.sampler, range(run.start_step, run.config.steps), run.device)
     try:
-        if cancel is not None:
-            cancel.install()
-        for step in range(start_step, config.steps):
-            try:
-                loss = train_step(net, model, batches, augment, loss_fn, optimizer, scaler,
-                                   window_norm, config, device, mem_format, step, dist)
-            except torch.OutOfMemoryError:
-                raise OutOfMemory(
-                    f"out of {device.type.upper()} memory at batch size {config.batch_size} and "
-                    f"patch {'x'.join(map(str, config.patch_size))}: lower --batch-size or "
-                    f"--patch-size, or use --amp bf16") from None
-            batches.start_next()
-            if ema is not None:
-                ema.update_parameters(model)
-            scheduler.step()
-            done = step + 1
-            losses.add(done, loss)
-            validating = len(val_set.images) and (done % config.val_every == 0
-                                                 or done == config.steps)
-            saving = done % config.checkpoint_every == 0 and done != config.steps
-            stopping = False
-            if validating or saving or losses.due(done, start_step, config.steps):
-                stopping = losses.read(dist, cancel is not None and cancel.requested)
-            img_s = window.add(config.batch_size * dist.world_size)
-            lr = optimizer.param_groups[0]["lr"]
-            yield Progress(step=done, total=config.steps, loss=losses.last, lr=lr, img_s=img_s)
-            if done % config.log_every == 0 or done == config.steps:
-                folder.log_progress(done, losses.last, lr, img_s)
-            if stopping:  # every rank stops here, after the same step
-                raise KeyboardInterrupt
-            if validating:
-                result = validate(model if ema is None else ema.module, val_set, norm, config,
-                                  input_size, device, dist)
-                is_best = result["dice"] > best_dice
-                best_dice = max(best_dice, result["dice"])
-                folder.log_validation(done, result["dice"], result["dice_per_class"])
-                yield Validation(step=done, dice=result["dice"],
-                                 dice_per_class=tuple(result["dice_per_class"]), best=is_best)
-                if is_best and dist.is_main:
-                    yield CheckpointSaved(str(save(BEST, done)), done)
-                window.reset()
-            if saving:
-                path = save(LAST, done)
-                if path:
-                    yield CheckpointSaved(str(path), done)
+        yield from _train_steps(run)
     except (GeneratorExit, KeyboardInterrupt):
-        if losses.pending_are_finite():  # a cancelled run stays resumable, if it is sound
-            save(LAST, done)
-        dist.cleanup()
+        if run.losses.pending_are_finite():  # a cancelled run stays resumable, if it is sound
+            run.save(LAST, run.done)
+        run.dist.cleanup()
         raise
     except BaseException:
-        dist.cleanup()
+        run.dist.cleanup()
         raise
     finally:
-        batches.close()
-        if cancel is not None:
-            cancel.restore()
-    last = save(LAST, done)
-    if not len(val_set.images):
-        best_dice = float("nan")
-    best_path = folder.checkpoints / BEST
+        run.batches.close()
+        run.cancel.restore()
+    yield _finish(run)
+
+
+class _Run:
+    """What one training run builds once: data, model, optimisation, batches, run folder; and
+    where it stands (``done``: completed optimizer steps, ``best_dice``)."""
+
+    def __init__(self, config, images, masks, val_images, val_masks, run_dir, resume):
+        config.validate()
+        self.config, self.dist = config, distributed.context()
+        self.device = resolve_device(config.device, self.dist.local_rank)
+        configure_backends(self.device, config.tf32)
+        self.dist.setup(self.device)
+        self.dataset = as_dataset(images, masks, config)
+        check_data_fits_model(self.dataset, config)
+        if val_images is not None:
+            self.train_set = self.dataset
+            self.val_set = as_dataset(val_images, val_masks, config)
+        else:
+            train_idx, val_idx = split_folds(len(self.dataset.images), config.fold,
+                                             config.folds, config.split_seed)
+            self.train_set = self.dataset.subset(train_idx)
+            self.val_set = self.dataset.subset(val_idx)
+        num_classes = max(2, self.dataset.num_classes)
+        torch.manual_seed(config.seed)
+        self.model = make_model(config, self.dataset.in_channels, num_classes)
+        self.input_size, self.output_size = window_sizes(self.model, config.patch_size)
+        self.norm = compute_norm_stats(self.train_set.images, config.normalization)
+        self.data_info = {"num_classes": num_classes, "in_channels": self.dataset.in_channels,
+                          "spatial_dims": config.spatial_dims,
+                          "input_size": list(self.input_size),
+                          "output_size": list(self.output_size),
+                          "foreground_value": config.foreground_value,
+                          "regions": config.regions}
+        self.folder = RunFolder(run_dir, writer=self.dist.is_main)
+        self.folder.prepare(config, resume)
+        self.start_step, self.best_dice = 0, float("-inf")
+
+    def build_training(self, resume, init_from):
+        """Optimizer, schedule, scaler, EMA (restored on resume), the loss and the batches."""
+        config, model, device = self.config, self.model, self.device
+        self.mem_format = memory_format(config.spatial_dims, config.channels_last)
+        model.to(device=device, memory_format=self.mem_format)
+        self.optimizer = make_optimizer(config, model.parameters())
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
+                                                           lambda s: lr_factor(config, s))
+        # disabled unless fp16: one path for every precision, as nanoGPT
+        self.scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
+        self.ema = make_ema(model, config.ema)
+        if resume and (self.folder.checkpoints / LAST).exists():
+            self.start_step, self.best_dice, self.norm = _restore(
+                self.folder.checkpoints / LAST, model, self.optimizer, self.scheduler,
+                self.scaler, self.ema)
+        elif init_from is not None:
+            init_weights(init_from, model)
+        self.net = self.dist.wrap(model, device)
+        if config.compile:
+            self.net = torch.compile(self.net)
+        self.loss_fn = build_loss(config.loss, output_channels(config, self.data_info["num_classes"]),
+                                  config.regions)
+        self.augment = make_augmenter(config)
+        self._build_sampler()
+        self.done = self.start_step  # completed optimizer steps
+        self.losses = LossReader(loss_read_interval(device, config),
+                                 stop_on_nonfinite=not self.scaler.is_enabled())
+        self.cancel = distributed.CancelRequest(agreed=self.dist.enabled)
+
+    def _build_sampler(self):
+        config, dist = self.config, self.dist
+        windows, self.window_norm = self.train_set, self.norm
+        if config.normalization == "zscore_case" or config.resample > 1:
+            windows = normalized_copy(self.train_set, self.norm, config)
+            self.window_norm = compute_norm_stats(windows.images, "none")  # normalised already
+        self.sampler = PatchSampler(windows.images, windows.masks, self.input_size,
+                                    self.output_size, config.batch_size, self.window_norm,
+                                    seed=config.seed,
+                                    foreground_oversample=config.foreground_oversample,
+                                    rank=dist.rank, world_size=dist.world_size)
+
+    def started(self) -> Started:
+        return Started(total_steps=self.config.steps, start_step=self.start_step,
+                       run_dir=str(self.folder.path), device=str(self.device),
+                       world_size=self.dist.world_size,
+                       global_batch_size=self.config.batch_size * self.dist.world_size,
+                       train_samples=len(self.train_set.images),
+                       val_samples=len(self.val_set.images))
+
+    def save(self, name, step):
+        """Write checkpoints/NAME (rank 0 only); a SIGINT meanwhile waits for the write."""
+        if not self.dist.is_main:
+            return None
+        with self.cancel.deferred():
+            return save_checkpoint(self.folder.checkpoints / name, model=self.model,
+                                   config=self.config, norm_stats=self.norm.to_dict(), step=step,
+                                   best_dice=self.best_dice, data_info=self.data_info,
+                                   optimizer=self.optimizer, scheduler=self.scheduler,
+                                   scaler=self.scaler, ema=self.ema)
+
+    def step(self, step):
+        """One optimizer step, EMA and schedule included; a SIGINT meanwhile waits for its end
+        (one process) so that a cancelled run saves whole steps."""
+        config = self.config
+        with self.cancel.deferred():
+            try:
+                loss = train_step(self.net, self.model, self.batches, self.augment,
+                                  self.loss_fn, self.optimizer, self.scaler, self.window_norm,
+                                  config, self.device, self.mem_format, step, self.dist)
+            except torch.OutOfMemoryError:
+                raise OutOfMemory(
+                    f"out of {self.device.type.upper()} memory at batch size "
+                    f"{config.batch_size} and patch {'x'.join(map(str, config.patch_size))}: "
+                    f"lower --batch-size or --patch-size, or use --amp bf16") from None
+            self.batches.start_next()
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
+            self.scheduler.step()
+            self.done = step + 1
+            self.losses.add(self.done, loss)
+
+
+def _train_steps(run):
+    """The steps from the start (or the resumed) step to the last: Progress after each, and
+    Validation and CheckpointSaved when due. Cancel: KeyboardInterrupt, between steps."""
+    config, dist, losses = run.config, run.dist, run.losses
+    window = ThroughputWindow()
+    for step in range(run.start_step, config.steps):
+        if run.cancel.stop_now:  # noted during the last checkpoint write
+            raise KeyboardInterrupt
+        run.step(step)
+        done = run.done
+        validating = len(run.val_set.images) and (done % config.val_every == 0
+                                                 or done == config.steps)
+        saving = done % config.checkpoint_every == 0 and done != config.steps
+        stopping = False
+        if validating or saving or losses.due(done, run.start_step, config.steps):
+            stopping = losses.read(dist, run.cancel.requested)
+        img_s = window.add(config.batch_size * dist.world_size)
+        lr = run.optimizer.param_groups[0]["lr"]
+        yield Progress(step=done, total=config.steps, loss=losses.last, lr=lr, img_s=img_s)
+        if done % config.log_every == 0 or done == config.steps:
+            run.folder.log_progress(done, losses.last, lr, img_s)
+        if stopping or run.cancel.stop_now:  # under DDP every rank stops here, after one step
+            raise KeyboardInterrupt
+        if validating:
+            yield from _validate_and_save(run)
+            window.reset()
+        if saving:
+            path = run.save(LAST, done)
+            if path:
+                yield CheckpointSaved(str(path), done)
+
+
+def _validate_and_save(run):
+    """Validation (of the EMA weights, if any) at step ``run.done``; best.pt when it is best."""
+    model = run.model if run.ema is None else run.ema.module
+    result = validate(model, run.val_set, run.norm, run.config, run.input_size, run.device,
+                      run.dist)
+    is_best = result["dice"] > run.best_dice
+    run.best_dice = max(run.best_dice, result["dice"])
+    run.folder.log_validation(run.done, result["dice"], result["dice_per_class"])
+    yield Validation(step=run.done, dice=result["dice"],
+                     dice_per_class=tuple(result["dice_per_class"]), best=is_best)
+    if is_best and run.dist.is_main:
+        yield CheckpointSaved(str(run.save(BEST, run.done)), run.done)
+
+
+def _finish(run) -> Finished:
+    """The last checkpoint; the final model is the best one, if there was a validation."""
+    last = run.save(LAST, run.done)
+    if not len(run.val_set.images):
+        run.best_dice = float("nan")
+    best_path = run.folder.checkpoints / BEST
     final = best_path if best_path.exists() else last
-    dist.cleanup()
-    yield Finished(best_dice=best_dice, path=str(final), step=done)
+    run.dist.cleanup()
+    return Finished(best_dice=run.best_dice, path=str(final), step=run.done)
 
 
 def _restore(path, model, optimizer, scheduler, scaler, ema=None):
