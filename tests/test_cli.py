@@ -9,7 +9,7 @@ import pytest
 import tifffile
 from process_support import cli, read_events_until, start_cli
 
-from napari_unet.cli import main
+from napari_unet.cli import build_parser, main
 from napari_unet.engine import load_checkpoint
 from napari_unet.engine.events import from_json
 
@@ -201,6 +201,24 @@ def test_benchmark_prints_one_row_per_mode(capsys):
         img_s, p50, p99 = float(row["img/s"]), float(row["p50 ms"]), float(row["p99 ms"])
         assert img_s > 0 and 0 < p50 <= float(row["p90 ms"]) <= float(row["p95 ms"]) <= p99
         float(row["GFLOP/img"]), float(row["TFLOP/s"])
+
+
+def _offered_presets(command):
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices[command]
+    return next(a for a in sub._actions if "--preset" in a.option_strings).choices
+
+
+@pytest.mark.parametrize("preset", _offered_presets("benchmark"))
+def test_benchmark_runs_for_every_preset_the_cli_offers(preset, capsys):
+    """The network is built from what the preset says it sees (a region preset trains its
+    regions' loss); a preset without that fails here, not in a user's hands."""
+    assert main(["benchmark", "--preset", preset, "--steps", "1", "--warmup", "0", "--size",
+                 "16", "--base-channels", "2", "--batch-size", "1", "--device", "cpu"]) == 0
+    header, _, *rows = capsys.readouterr().out.strip().splitlines()
+    names = re.split(r"\s{2,}", header.strip())
+    table = [dict(zip(names, re.split(r"\s{2,}", row.strip()))) for row in rows]
+    assert [(r["preset"], r["mode"]) for r in table] == [(preset, "train"), (preset, "predict")]
+    assert all(float(r["img/s"]) > 0 for r in table)
 
 
 def test_benchmark_counts_the_flop_of_a_convolution_by_hand():
