@@ -76,7 +76,8 @@ TRAIN_OPTIONS: tuple[Option, ...] = (
     Option("model", str, "tiny_unet", "the network (models.available_models())"),
     Option("model_options", dict, {}, "the network's own options, e.g. base_channels"),
     Option("spatial_dims", int, 2, "2 (images, slices of stacks) or 3 (volumes)"),
-    Option("patch_size", list[int], [512, 512], "the network's output window (one size: all)",
+    Option("patch_size", list[int], [512, 512],
+           "the network's output window; one size: every axis",
            flag=True, metavar="S", form=Form("Patch size", 16, 2048, step=16)),
     # -- optimisation
     Option("steps", int, 2500, "optimizer steps", at_least=1, flag=True,
