@@ -154,3 +154,19 @@ OPTIONS: dict[str, Option] = {option.name: option for option in TRAIN_OPTIONS}
 # the options `napari_unet train` offers as flags, and those the Train widget shows
 FLAGGED = tuple(option for option in TRAIN_OPTIONS if option.flag)
 SHOWN = tuple(option for option in TRAIN_OPTIONS if option.form is not None)
+
+
+def option_args(option, value, spatial_dims: int) -> list[str]:
+    """The ``napari_unet train`` options that set `option` to `value` (what a face shows):
+    its flag, else --set NAME=VALUE; a list option's one value is given for every axis."""
+    if option.value_type is bool:
+        if not option.flag:
+            return ["--set", f"{option.name}={str(value).lower()}"]
+        wanted = not value if option.flag_name.startswith("--no-") else value
+        return [option.flag_name] if wanted else []
+    values = [value] * spatial_dims if isinstance(option.default, list) else [value]
+    texts = [repr(v) if isinstance(v, float) else str(v) for v in values]
+    if option.flag:
+        return [option.flag_name, *texts]
+    listed = f"[{', '.join(texts)}]" if isinstance(option.default, list) else texts[0]
+    return ["--set", f"{option.name}={listed}"]

@@ -90,6 +90,32 @@ def test_events_jsonl_round_trip(tmp_path, capsys):
     assert names[0] == "Started" and names[-1] == "Finished" and names.count("Progress") == 6
 
 
+def _another_value(option):
+    """A valid value of `option` that is not its default, as text for the command line."""
+    kind = option.value_type
+    if option.choices:
+        return [next(c for c in option.choices if c != option.default)]
+    if kind is bool:
+        return []
+    if option.name == "loss":
+        return ["dice_ce"]
+    if isinstance(option.default, list):
+        return ["48"]
+    return ["0.5"] if kind is float else ["3"]
+
+
+def test_every_option_flag_reaches_the_config():
+    from napari_unet.cli_commands import train_config
+    from napari_unet.options import FLAGGED
+
+    base = ["train", "--preset", "industrial", "--sample", "dagm", "--out", "r"]
+    for option in FLAGGED:
+        config = train_config(build_parser().parse_args(
+            [*base, option.flag_name, *_another_value(option)]))
+        assert getattr(config, option.name) != getattr(
+            train_config(build_parser().parse_args(base)), option.name), option.name
+
+
 # -- bad input: every subcommand, exit 2 with one line and no traceback --------------------------
 QUICK = ["--steps", "1", "--batch-size", "1", "--patch-size", "32", "--base-channels", "4",
          "--amp", "off", "--device", "cpu"]
