@@ -23,6 +23,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 from .errors import CheckpointError, ConfigError
 
 CONFIG = "config.yaml"
@@ -183,7 +185,6 @@ def _finite(value) -> bool:
 def configured_steps(run_dir):
     """The run's `steps` from its config.yaml, or None."""
     try:
-        import yaml
         return int((yaml.safe_load((Path(run_dir) / CONFIG).read_text()) or {}).get("steps"))
     except Exception:  # noqa: BLE001 - a missing or damaged YAML only costs the step total
         return None
@@ -192,7 +193,6 @@ def configured_steps(run_dir):
 def read_spatial_dims(run_dir):
     """2 or 3 from the run's config.yaml, or None when it cannot be read."""
     try:
-        import yaml
         dims = (yaml.safe_load((Path(run_dir) / CONFIG).read_text()) or {}).get("spatial_dims")
         return int(dims) if dims in (2, 3) else None
     except Exception:  # noqa: BLE001 - the caller guesses instead

@@ -27,7 +27,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_unet import runs
+from napari_unet import engine, runs
+from napari_unet._napari import looks_like_brats
 from napari_unet.choices import PRESETS, REGION_NAMES, REGION_SETS
 from napari_unet.errors import DataError
 from napari_unet.options import SHOWN, option_args
@@ -66,8 +67,7 @@ def _cuda_devices() -> int:
 
 
 def _cpu_has_fast_bf16() -> bool:
-    from napari_unet.engine.runtime import cpu_has_fast_bf16
-    return cpu_has_fast_bf16()
+    return engine.cpu_has_fast_bf16()
 
 
 def channel_count(image) -> int:
@@ -256,8 +256,6 @@ class TrainForm(LayerPickers, QWidget):
         """A new image: its labels, a preset that fits it (3D volume -> volume3d, the four
         channels of a BraTS volume -> brats), a patch size no bigger than it. Other options
         the user set stay."""
-        from napari_unet._napari import looks_like_brats
-
         image = self.image_combo.value
         if image is None:
             return
@@ -322,14 +320,12 @@ class TrainForm(LayerPickers, QWidget):
 
     def _init_from_changed(self):
         """Fine-tuning: take the source run's preset, model size and patch size."""
-        from napari_unet.engine import TrainConfig
-
         text = self.init_from.text().strip()
         config_path = Path(text).expanduser() / runs.CONFIG
         if not text or not config_path.is_file():
             return
         try:
-            config = TrainConfig.from_yaml(config_path)
+            config = engine.TrainConfig.from_yaml(config_path)
         except Exception as exc:  # noqa: BLE001 - a damaged config only loses the defaults
             show_warning(f"cannot read {config_path}: {one_line(exc)}")
             return
