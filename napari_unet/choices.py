@@ -49,9 +49,13 @@ MAX_CHANNELS = 16
 MAX_CLASS_VALUES = 16
 
 # The reference hyper-parameters of SPEC.md, as data (config.py turns them into TrainConfigs).
+# `network` is what the preset's network sees in its reference data: input channels and label
+# classes (a region preset's outputs are its regions); the benchmark builds its networks from
+# it. Everything else is a TrainConfig option (napari_unet/options.py).
 PRESETS: dict[str, dict] = {
-    # TinyUNet, "UNet Industrial" on DAGM 2007.
+    # TinyUNet, "UNet Industrial" on DAGM 2007 (grey images, defect or background).
     "industrial": dict(
+        network=dict(in_channels=1, classes=2),
         model="tiny_unet", model_options={}, spatial_dims=2, patch_size=[512, 512],
         steps=2500, batch_size=16, optimizer="rmsprop", lr=1e-4, weight_decay=1e-5,
         momentum=0.8, rmsprop_alpha=0.9, rmsprop_centered=True,
@@ -60,8 +64,10 @@ PRESETS: dict[str, dict] = {
         hflip=0.5, vflip=0.0, rot90=[0, 1, 2], crop_resize=None, brightness=0.0,
         val_every=250, checkpoint_every=250,
     ),
-    # The original UNet, "UNet Medical" on ISBI 2012 (572 in, 388 out).
+    # The original UNet, "UNet Medical" on ISBI 2012 (572 in, 388 out; grey EM slices,
+    # membrane or cell).
     "isbi2012": dict(
+        network=dict(in_channels=1, classes=2),
         model="unet", model_options={"padding": "valid", "dropout": 0.5}, spatial_dims=2,
         patch_size=[388, 388], steps=6400, batch_size=8, optimizer="adam", lr=1e-4,
         weight_decay=5e-4, lr_schedule="constant", loss="dice_ce",
@@ -69,8 +75,9 @@ PRESETS: dict[str, dict] = {
         hflip=0.5, vflip=0.5, rot90=[0], crop_resize=[0.8, 1.0], brightness=0.2,
         val_every=400, checkpoint_every=400,
     ),
-    # 3D U-Net with the No New-Net changes on BraTS.
+    # 3D U-Net with the No New-Net changes on BraTS (four MRI contrasts, four classes).
     "volume3d": dict(
+        network=dict(in_channels=4, classes=4),
         model="unet3d", model_options={}, spatial_dims=3, patch_size=[128, 128, 128],
         steps=16000, batch_size=2, optimizer="adam", lr=2e-4, weight_decay=0.0,
         lr_schedule="constant", loss="dice_ce_foreground", normalization="zscore",
@@ -80,7 +87,9 @@ PRESETS: dict[str, dict] = {
     # The 3D-UNet trained as the field trains BraTS today (nnU-Net, the BraTS 2020/2021
     # winners): each case z-scored inside the brain, the three tumour regions as overlapping
     # sigmoid outputs (labels written back in BraTS convention), contrast augmentation.
+    # Four MRI contrasts in; label values 0-4 (2013's 0-4, 2021's 0/1/2/4).
     "brats": dict(
+        network=dict(in_channels=4, classes=5),
         model="unet3d", model_options={}, spatial_dims=3, patch_size=[128, 128, 128],
         steps=16000, batch_size=2, optimizer="adam", lr=2e-4, weight_decay=0.0,
         lr_schedule="constant", loss="dice_ce", regions="brats", normalization="zscore_case",
@@ -90,3 +99,14 @@ PRESETS: dict[str, dict] = {
     ),
 }
 PRESET_NAMES = tuple(PRESETS)
+
+
+def preset_options(name: str) -> dict:
+    """The TrainConfig values of preset `name` (what its network sees left out)."""
+    return {key: value for key, value in PRESETS[name].items() if key != "network"}
+
+
+def preset_network(name: str) -> tuple[int, int]:
+    """(input channels, label classes) of preset `name`'s reference data."""
+    network = PRESETS[name]["network"]
+    return network["in_channels"], network["classes"]

@@ -3,8 +3,9 @@
     RUN/config.yaml          the TrainConfig (a GUI run can be repeated headless)
     RUN/metrics.jsonl        one JSON record per logged step: loss, lr, img/s; val_dice
     RUN/checkpoints/         best.pt (best validation Dice), last.pt (latest, for --resume)
-    RUN/predictions/         what --predict wrote
+    RUN/predictions/         what --predict wrote: NAME_labels.tif, NAME_probabilities.tif
     RUN/data/images, masks/  the training pairs a widget wrote (see training_set.py)
+    RUN/data/images.tif, masks.tif   the synthetic data of a --sample run
     RUN/evaluation.json      what --evaluate measured
     RUN/.napari_unet_train.json   the pid of a training child while it runs
 
@@ -22,6 +23,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 from .errors import CheckpointError, ConfigError
 
 CONFIG = "config.yaml"
@@ -33,6 +36,8 @@ EVALUATION = "evaluation.json"
 PID_FILE = ".napari_unet_train.json"
 BEST = "best.pt"
 LAST = "last.pt"
+SAMPLE_IMAGES, SAMPLE_MASKS = "images.tif", "masks.tif"  # in RUN/data/
+LABELS_SUFFIX, PROBABILITIES_SUFFIX = "_labels.tif", "_probabilities.tif"  # of predictions
 # metrics.jsonl keys
 STEP, LOSS, LR, IMG_S, TIME = "step", "loss", "lr", "img_s", "time"
 VAL_DICE, VAL_DICE_PER_CLASS = "val_dice", "val_dice_per_class"
@@ -74,6 +79,13 @@ class RunFolder:
 
     def log_validation(self, step: int, dice: float, dice_per_class) -> None:
         self.log({STEP: step, VAL_DICE: dice, VAL_DICE_PER_CLASS: list(dice_per_class)})
+
+
+def prediction_paths(run_dir, source) -> tuple[Path, Path]:
+    """RUN/predictions/NAME_labels.tif and NAME_probabilities.tif for the image `source`."""
+    stem = Path(source).name.split(".")[0]
+    folder = Path(run_dir) / PREDICTIONS
+    return folder / f"{stem}{LABELS_SUFFIX}", folder / f"{stem}{PROBABILITIES_SUFFIX}"
 
 
 def is_run(folder) -> bool:
@@ -173,7 +185,6 @@ def _finite(value) -> bool:
 def configured_steps(run_dir):
     """The run's `steps` from its config.yaml, or None."""
     try:
-        import yaml
         return int((yaml.safe_load((Path(run_dir) / CONFIG).read_text()) or {}).get("steps"))
     except Exception:  # noqa: BLE001 - a missing or damaged YAML only costs the step total
         return None
@@ -182,7 +193,6 @@ def configured_steps(run_dir):
 def read_spatial_dims(run_dir):
     """2 or 3 from the run's config.yaml, or None when it cannot be read."""
     try:
-        import yaml
         dims = (yaml.safe_load((Path(run_dir) / CONFIG).read_text()) or {}).get("spatial_dims")
         return int(dims) if dims in (2, 3) else None
     except Exception:  # noqa: BLE001 - the caller guesses instead

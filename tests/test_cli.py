@@ -11,8 +11,8 @@ import tifffile
 import torch
 from process_support import cli, ignoring_sigint, read_events_until, start_cli, wait_for_exit
 
-from napari_unet import cli as cli_module
-from napari_unet.cli import main
+from napari_unet import cli_commands
+from napari_unet.cli import build_parser, main
 from napari_unet.engine import load_checkpoint
 from napari_unet.engine.checkpoint import read_checkpoint
 from napari_unet.engine.events import Progress, from_json
@@ -93,6 +93,32 @@ def test_events_jsonl_round_trip(tmp_path, capsys):
     events = [from_json(line) for line in capsys.readouterr().out.splitlines()]
     names = [type(e).__name__ for e in events]
     assert names[0] == "Started" and names[-1] == "Finished" and names.count("Progress") == 6
+
+
+def _another_value(option):
+    """A valid value of `option` that is not its default, as text for the command line."""
+    kind = option.value_type
+    if option.choices:
+        return [next(c for c in option.choices if c != option.default)]
+    if kind is bool:
+        return []
+    if option.name == "loss":
+        return ["dice_ce"]
+    if isinstance(option.default, list):
+        return ["48"]
+    return ["0.5"] if kind is float else ["3"]
+
+
+def test_every_option_flag_reaches_the_config():
+    from napari_unet.cli_commands import train_config
+    from napari_unet.options import FLAGGED
+
+    base = ["train", "--preset", "industrial", "--sample", "dagm", "--out", "r"]
+    for option in FLAGGED:
+        config = train_config(build_parser().parse_args(
+            [*base, option.flag_name, *_another_value(option)]))
+        assert getattr(config, option.name) != getattr(
+            train_config(build_parser().parse_args(base)), option.name), option.name
 
 
 # -- bad input: every subcommand, exit 2 with one line and no traceback --------------------------
@@ -208,6 +234,24 @@ def test_benchmark_prints_one_row_per_mode(capsys):
         float(row["GFLOP/img"]), float(row["TFLOP/s"])
 
 
+def _offered_presets(command):
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices[command]
+    return next(a for a in sub._actions if "--preset" in a.option_strings).choices
+
+
+@pytest.mark.parametrize("preset", _offered_presets("benchmark"))
+def test_benchmark_runs_for_every_preset_the_cli_offers(preset, capsys):
+    """The network is built from what the preset says it sees (a region preset trains its
+    regions' loss); a preset without that fails here, not in a user's hands."""
+    assert main(["benchmark", "--preset", preset, "--steps", "1", "--warmup", "0", "--size",
+                 "16", "--base-channels", "2", "--batch-size", "1", "--device", "cpu"]) == 0
+    header, _, *rows = capsys.readouterr().out.strip().splitlines()
+    names = re.split(r"\s{2,}", header.strip())
+    table = [dict(zip(names, re.split(r"\s{2,}", row.strip()))) for row in rows]
+    assert [(r["preset"], r["mode"]) for r in table] == [(preset, "train"), (preset, "predict")]
+    assert all(float(r["img/s"]) > 0 for r in table)
+
+
 def test_benchmark_counts_the_flop_of_a_convolution_by_hand():
     from napari_unet.engine.benchmark import count_gflop
     from napari_unet.engine.config import preset_config
@@ -280,7 +324,7 @@ def _sigint_inside(monkeypatch, module, name, call, after):
 @pytest.fixture
 def cancelled_between_steps(tmp_path, capsys, monkeypatch):
     """The reference: Ctrl-C in the caller right after step 3 was reported (between steps)."""
-    real = cli_module._printer
+    real = cli_commands.printer
 
     def printer(mode):
         emit = real(mode)
@@ -292,7 +336,7 @@ def cancelled_between_steps(tmp_path, capsys, monkeypatch):
         return interrupted_after_step_3
 
     with monkeypatch.context() as patch:
-        patch.setattr(cli_module, "_printer", printer)
+        patch.setattr(cli_commands, "printer", printer)
         code, steps, state = _train_until_sigint(tmp_path / "reference", capsys)
     assert code == 130 and steps == [1, 2, 3] and state["step"] == 3
     return state

@@ -60,3 +60,63 @@ def test_config_file_that_is_not_a_mapping(tmp_path):
     path.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="mapping"):
         TrainConfig.from_yaml(path)
+
+
+# -- options declared once (napari_unet/options.py) -----------------------------------------------
+def test_the_config_is_made_from_the_option_rows():
+    import dataclasses
+
+    from napari_unet.options import TRAIN_OPTIONS
+
+    fields = dataclasses.fields(TrainConfig)
+    assert [f.name for f in fields] == [o.name for o in TRAIN_OPTIONS]
+    config = TrainConfig()
+    assert all(getattr(config, o.name) == o.default for o in TRAIN_OPTIONS)
+    assert config.rot90 is not TrainConfig().rot90  # list defaults are not shared
+    for option in TRAIN_OPTIONS:
+        if option.choices:
+            with pytest.raises(ConfigError, match=f"{option.name} must be one of"):
+                TrainConfig(**{option.name: "no such choice"})
+        if option.at_least is not None:
+            with pytest.raises(ConfigError, match=f"{option.name} must be at least"):
+                TrainConfig(**{option.name: option.at_least - 1})
+
+
+def test_presets_say_what_their_network_sees():
+    from napari_unet.choices import preset_network
+
+    for name in PRESETS:
+        in_channels, classes = preset_network(name)
+        assert in_channels >= 1 and classes >= 2
+    assert preset_network("brats")[0] == 4 and preset_config("brats").regions
+
+
+NEW_OPTION = """
+import dataclasses, sys
+from napari_unet import options
+row = options.Option("label_smoothing", float, 0.0, "soften the targets", flag=True,
+                     form=options.Form("Label smoothing", 0, 1, step=0.05))
+options.TRAIN_OPTIONS += (row,)
+options.OPTIONS[row.name] = row
+options.FLAGGED += (row,)
+options.SHOWN += (row,)
+from napari_unet.cli import build_parser
+from napari_unet.cli_commands import train_config
+from napari_unet.engine import TrainConfig
+args = build_parser().parse_args(["train", "--preset", "isbi2012", "--sample", "em", "--out",
+                                  "r", "--label-smoothing", "0.1"])
+config = train_config(args)
+assert TrainConfig().label_smoothing == 0.0 and config.label_smoothing == 0.1
+assert TrainConfig.from_yaml(config.to_yaml()) == config
+assert options.option_args(row, 0.25, 2) == ["--label-smoothing", "0.25"]
+print("ok")
+"""
+
+
+def test_a_new_option_is_one_row():
+    """A row added to the table is a config field, a CLI flag and a Train widget argument."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", NEW_OPTION], capture_output=True, text=True)
+    assert result.stdout.strip() == "ok", result.stderr

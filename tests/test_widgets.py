@@ -477,3 +477,30 @@ def test_cpu_amp_default_follows_native_bf16(make_napari_viewer, monkeypatch, na
     assert widget.amp.currentText() == ("bf16" if native_bf16 else "off")
     args = widget.cli_args("industrial", Path("run"), 4)
     assert args[args.index("--amp") + 1] == widget.amp.currentText()
+
+
+@gui
+def test_the_option_fields_reach_the_config(make_napari_viewer):
+    """The Train widget's option fields are made from the option rows and each one's value
+    reaches the run's config through the command line the widget builds."""
+    from napari_unet.cli import build_parser
+    from napari_unet.cli_commands import train_config
+    from napari_unet.options import SHOWN
+
+    viewer = make_napari_viewer()
+    tiny_parts(viewer)
+    widget = TrainWidget(viewer)
+    assert set(widget.option_fields) == {option.name for option in SHOWN}
+    widget.steps.setValue(37)
+    widget.batch_size.setValue(3)
+    widget.lr.setValue(0.00123)
+    widget.patch_size.setValue(48)
+    widget.amp.setCurrentText("fp16")
+    widget.device.setCurrentText("cpu")
+    widget.compile.setChecked(True)
+    config = train_config(build_parser().parse_args(
+        ["train", *widget.cli_args("industrial", Path("run"), 4)]))
+    assert (config.steps, config.batch_size, config.lr, config.patch_size) == (
+        37, 3, 0.00123, [48, 48])
+    assert (config.amp, config.device, config.compile) == ("fp16", "cpu", True)
+    assert config.val_every == 3 and config.log_every == 3

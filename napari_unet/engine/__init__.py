@@ -10,6 +10,8 @@ from importlib import import_module
 
 _EXPORTS = {
     "Checkpoint": "checkpoint",
+    "format_table": "benchmark", "run_benchmark": "benchmark",
+    "cpu_has_fast_bf16": "runtime",
     "PRESETS": "config", "TrainConfig": "config", "preset_config": "config",
     "preset_names": "config",
     "Dataset": "data.dataset", "load_dataset": "data.dataset",
@@ -25,6 +27,9 @@ _EXPORTS = {
     "predict_array": "prediction.predict", "predict_file": "prediction.predict",
     "labels_from_probabilities": "prediction.sliding_window",
     "train": "training.loop",
+    # what the CLI needs to launch torchrun workers
+    "TIMEOUT_VARIABLE": "training.distributed", "check_process_count": "training.distributed",
+    "collective_timeout": "training.distributed", "threads_per_process": "training.distributed",
 }
 
 __all__ = sorted(_EXPORTS)

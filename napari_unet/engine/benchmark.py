@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..choices import preset_network
 from ..errors import ConfigError
 from .config import preset_config
 from .runtime import autocast, configure_backends, memory_format, resolve_device
@@ -19,8 +20,6 @@ from .training.losses import build_loss
 from .training.setup import make_model, make_optimizer, output_channels, window_sizes
 from .training.steps import optimizer_step
 
-# What each preset's network sees in the reference set-ups (input channels, classes).
-PRESET_DATA = {"industrial": (1, 2), "isbi2012": (1, 2), "volume3d": (4, 4)}
 CPU_BATCH = 2  # the reference batches are GPU batches; a CPU run keeps to a few images
 
 
@@ -51,7 +50,7 @@ def _setup(preset, batch_size, size, base_channels, amp, compile, channels_last,
     config = preset_config(preset, **overrides)
     device = resolve_device(config.device)
     configure_backends(device, config.tf32)
-    in_channels, num_classes = PRESET_DATA[preset]
+    in_channels, num_classes = preset_network(preset)  # what the preset's network sees
     torch.manual_seed(0)
     model = make_model(config, in_channels, num_classes)
     if size:
@@ -141,7 +140,8 @@ def time_calls(fn, device: torch.device, warmup: int, steps: int) -> list[float]
 
 
 def _train_step_fn(config, net, model, num_classes, x, y, device):
-    loss_fn = build_loss(config.loss, output_channels(config, num_classes))
+    # a region preset trains its regions' loss (sigmoid outputs), as the trainer does
+    loss_fn = build_loss(config.loss, output_channels(config, num_classes), config.regions)
     optimizer = make_optimizer(config, model.parameters())
     scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
     model.train()

@@ -1,125 +1,41 @@
-"""Run configuration: one dataclass, presets as data (from SPEC.md), a YAML round trip.
+"""Run configuration: one dataclass made from the option table, presets as data (from
+SPEC.md), a YAML round trip.
 
-Every option exists once, here; the CLI and the widgets map onto these fields.
+Every option is a row of napari_unet/options.py (name, type, default, choices, help): the
+fields of TrainConfig and their choice and range checks are made from those rows, as are the
+CLI's flags and the Train widget's fields. Importing this module costs no torch.
 """
 from __future__ import annotations
 
 import dataclasses
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from ..choices import (
-    AMP_MODES,
-    DEVICES,
-    NORMALIZATIONS,
-    OPTIMIZERS,
-    PRESETS,
-    REGION_LOSSES,
-    REGION_SETS,
-    SCHEDULES,
-)
+from ..choices import PRESETS, REGION_LOSSES, REGION_SETS, preset_options
 from ..errors import ConfigError
+from ..options import OPTIONS, TRAIN_OPTIONS
 
 
-@dataclass
-class TrainConfig:
-    """Everything that defines a training run. Defaults are the `industrial` preset."""
-
-    preset: str = "industrial"
-    # model
-    model: str = "tiny_unet"
-    model_options: dict = field(default_factory=dict)
-    spatial_dims: int = 2
-    patch_size: list = field(default_factory=lambda: [512, 512])  # the network's output window
-    # optimisation
-    steps: int = 2500
-    batch_size: int = 16  # per process; the global batch is batch_size x world size
-    optimizer: str = "rmsprop"
-    lr: float = 1e-4
-    weight_decay: float = 1e-5
-    momentum: float = 0.8
-    rmsprop_alpha: float = 0.9
-    rmsprop_centered: bool = True
-    adam_betas: list = field(default_factory=lambda: [0.9, 0.999])
-    lr_schedule: str = "exponential_step"
-    lr_decay_rate: float = 0.8
-    lr_decay_steps: int = 500
-    warmup_steps: int = 0
-    grad_clip: float = 0.0  # 0 = off
-    # exponential moving average of the weights (decay per step, e.g. 0.999; 0 = off): the
-    # averaged weights are validated, saved for prediction and exported
-    ema: float = 0.0
-    loss: str = "adaptive"
-    # region training: one sigmoid output per region, each a list of mask values, nested from
-    # the largest to the smallest ("brats" = whole tumour, tumour core, enhancing tumour)
-    regions: typing.Optional[list] = None
-    # train and predict at 1/resample of the resolution on every spatial axis (nnU-Net's
-    # low-resolution stage): a patch then sees resample^dims times the volume
-    resample: int = 1
-    # data
-    normalization: str = "minus_one_one"
-    foreground_value: typing.Optional[int] = None
-    foreground_oversample: float = 0.0
-    fold: typing.Optional[int] = None
-    folds: int = 5
-    split_seed: int = 0
-    # augmentation
-    hflip: float = 0.5
-    vflip: float = 0.0
-    rot90: list = field(default_factory=lambda: [0, 1, 2])
-    crop_resize: typing.Optional[list] = None
-    brightness: float = 0.0
-    contrast: float = 0.0  # scale each channel about its mean by 1 +- contrast
-    flip_all_axes: bool = False
-    elastic: float = 0.0  # probability of an elastic deformation per item
-    elastic_magnitude: float = 10.0  # pixels, std of the control points' displacement
-    elastic_grid: int = 3  # control points per axis
-    # schedule of side work
-    log_every: int = 10
-    val_every: int = 250
-    checkpoint_every: int = 250
-    val_tile_size: typing.Optional[list] = None  # default: patch_size
-    val_overlap: float = 0.25
-    threshold: float = 0.5
-    # prediction keeps only the largest connected object (all foreground labels together;
-    # a region model's whole tumour) and clears the rest: for data with one object per image,
-    # where a false detection away from it is a pure loss (nnU-Net's postprocessing)
-    keep_largest: bool = False
-    # execution
-    amp: str = "bf16"
-    compile: bool = False
-    channels_last: bool = True
-    tf32: bool = True
-    device: str = "auto"
-    seed: int = 0
+class _TrainConfigMethods:
+    """The checks and the YAML round trip of :class:`TrainConfig` (its fields are the rows of
+    napari_unet.options.TRAIN_OPTIONS)."""
 
     def __post_init__(self):
         self.validate()
 
     # -- checks -------------------------------------------------------------------------------
     def validate(self) -> TrainConfig:
-        _check_choice("amp", self.amp, AMP_MODES)
-        _check_choice("device", self.device, DEVICES)
-        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
-        _check_choice("lr_schedule", self.lr_schedule, SCHEDULES)
-        _check_choice("normalization", self.normalization, NORMALIZATIONS)
+        for option in TRAIN_OPTIONS:
+            value = getattr(self, option.name)
+            if option.choices is not None:
+                _check_choice(option.name, value, option.choices)
+            if option.at_least is not None and value < option.at_least:
+                raise ConfigError(f"{option.name} must be at least {option.at_least}, not {value}")
         if self.spatial_dims not in (2, 3):
             raise ConfigError(f"spatial_dims must be 2 or 3, not {self.spatial_dims}")
-        if isinstance(self.patch_size, int):
-            self.patch_size = [self.patch_size]
-        if len(self.patch_size) == 1:  # one size for every axis
-            self.patch_size = list(self.patch_size) * self.spatial_dims
-        self.patch_size = [int(p) for p in self.patch_size]
-        if len(self.patch_size) != self.spatial_dims or min(self.patch_size) < 1:
-            raise ConfigError(
-                f"patch_size {self.patch_size} needs {self.spatial_dims} positive sizes "
-                f"for a {self.spatial_dims}D model")
-        for name in ("steps", "batch_size", "log_every", "val_every", "checkpoint_every", "folds"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)}")
+        self.patch_size = _check_patch_size(self.patch_size, self.spatial_dims)
         if self.lr <= 0:
             raise ConfigError(f"lr must be positive, not {self.lr}")
         if self.fold is not None and not 0 <= self.fold < self.folds:
@@ -151,8 +67,7 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"unknown config key(s) {', '.join(unknown)}; "
                               f"valid keys: {', '.join(known)}")
-        hints = typing.get_type_hints(cls)
-        return cls(**{k: _coerce(k, v, hints[k]) for k, v in values.items()})
+        return cls(**{k: _coerce(k, v, OPTIONS[k].type) for k, v in values.items()})
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -180,20 +95,42 @@ class TrainConfig:
         return TrainConfig.from_dict(values)
 
 
+# Everything that defines a training run, one field per option row; defaults are the
+# `industrial` preset.
+TrainConfig = dataclasses.make_dataclass(
+    "TrainConfig", [(o.name, o.type, o.dataclass_field()) for o in TRAIN_OPTIONS],
+    bases=(_TrainConfigMethods,),
+    namespace={"__doc__": "Everything that defines a training run (one field per row of "
+                          "napari_unet.options). Defaults are the `industrial` preset.",
+               "__module__": __name__})
+
+
+def _check_patch_size(patch_size, spatial_dims: int) -> list:
+    """The patch as one positive int per axis (one size given: the same on every axis)."""
+    if isinstance(patch_size, int):
+        patch_size = [patch_size]
+    if len(patch_size) == 1:
+        patch_size = list(patch_size) * spatial_dims
+    patch_size = [int(p) for p in patch_size]
+    if len(patch_size) != spatial_dims or min(patch_size) < 1:
+        raise ConfigError(f"patch_size {patch_size} needs {spatial_dims} positive sizes "
+                          f"for a {spatial_dims}D model")
+    return patch_size
+
+
 def _check_choice(name, value, choices):
     if value not in choices:
         raise ConfigError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
 
 
 def _coerce(name, value, hint):
-    """Accept what YAML and the command line give (int for float, list for tuple), reject the rest."""
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin is typing.Union:  # Optional[X]
+    """Accept what YAML and the command line give (int for float, list for tuple), reject the
+    rest."""
+    if typing.get_origin(hint) is typing.Union:  # Optional[X]
         if value is None:
             return None
-        hint = next(a for a in args if a is not type(None))
-        origin = typing.get_origin(hint)
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    hint = typing.get_origin(hint) or hint  # list[int] -> list: the items are not converted
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if hint is bool and isinstance(value, bool):
@@ -259,6 +196,6 @@ def preset_config(name: str, **overrides) -> TrainConfig:
     """The preset's configuration with `overrides` applied (None values are ignored)."""
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    values = {"preset": name, **PRESETS[name]}
+    values = {"preset": name, **preset_options(name)}
     values.update({k: v for k, v in overrides.items() if v is not None})
     return TrainConfig.from_dict(values)

@@ -46,6 +46,7 @@ from napari_unet.widgets import (
     training_array,
 )
 from napari_unet.widgets.curve import CurveWidget
+from napari_unet.widgets.prediction_job import PredictionJob
 from napari_unet.widgets.runner import RunWatcher, TrainingRunner, run_registry
 from napari_unet.widgets.train_form import TrainForm
 
@@ -303,8 +304,6 @@ class TrainWidget(TrainForm):
         run_registry().add(self.run_dir)
         image = self._first_image
         if self.predict_at_end.isChecked() and image is not None and present(image, self.viewer):
-            from napari_unet.widgets.prediction_job import PredictionJob
-
             self.prediction = PredictionJob(self.viewer, event.path, image,
                                             device=self.device.currentText(),
                                             on_end=self._on_prediction_end)

@@ -1,7 +1,9 @@
 """The Train widget's choices: layer pairs, what the labels mean, preset and options, the run.
 
 Every field maps onto one option of ``napari_unet train`` (:meth:`TrainForm.cli_args`); the
-defaults follow the chosen image and preset. Starting, the events and the curve are in
+training options' fields are made from the option rows that have a ``form``
+(napari_unet.options), so a new option shows here by its row alone. The defaults follow the
+chosen image and preset. Starting, the events and the curve are in
 :mod:`.train`.
 """
 from __future__ import annotations
@@ -25,9 +27,11 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_unet import runs
-from napari_unet.choices import AMP_MODES, DEVICES, PRESETS, REGION_NAMES, REGION_SETS
+from napari_unet import engine, runs
+from napari_unet._napari import looks_like_brats
+from napari_unet.choices import PRESETS, REGION_NAMES, REGION_SETS
 from napari_unet.errors import DataError
+from napari_unet.options import SHOWN, option_args
 from napari_unet.training_set import describe_classes, looks_like_volume, mask_classes
 from napari_unet.widgets import (
     ChannelGroup,
@@ -63,8 +67,7 @@ def _cuda_devices() -> int:
 
 
 def _cpu_has_fast_bf16() -> bool:
-    from napari_unet.engine.runtime import cpu_has_fast_bf16
-    return cpu_has_fast_bf16()
+    return engine.cpu_has_fast_bf16()
 
 
 def channel_count(image) -> int:
@@ -87,6 +90,31 @@ def _combo(items):
     box = QComboBox()
     box.addItems(list(items))
     return box
+
+
+def option_field(option) -> QWidget:
+    """The widget of an option row: a combo box of its choices, a check box for True/False,
+    else a spin box (a list option, such as the patch size: one value for every axis)."""
+    form = option.form
+    if option.choices is not None:
+        return _combo(option.choices)
+    if option.value_type is bool:
+        box = QCheckBox(form.label)
+        box.setChecked(bool(option.default))
+        return box
+    box = _spin(form.low, form.high, form.value, form.step, double=option.value_type is float)
+    if form.decimals is not None:
+        box.setDecimals(form.decimals)
+    return box
+
+
+def field_value(option, field):
+    """What the field holds, as the option's value (bool, text of a choice, or number)."""
+    if option.choices is not None:
+        return field.currentText()
+    if option.value_type is bool:
+        return field.isChecked()
+    return field.value()
 
 
 class TrainForm(LayerPickers, QWidget):
@@ -148,25 +176,24 @@ class TrainForm(LayerPickers, QWidget):
         return group_box("Object", [("Value", self.object_value), row, self.learns])
 
     def _options_box(self):
-        # mapped one to one onto the CLI's options
-        self.steps = _spin(1, 10_000_000, 200)
-        self.batch_size = _spin(1, 4096)
-        self.lr = _spin(1e-6, 1.0, step=1e-5, double=True)
-        self.lr.setDecimals(6)
+        # a field per option row with a form (self.steps, self.lr, ...), each also an
+        # attribute; model size and GPUs are no config options (a model option, processes)
+        self.option_fields = {option.name: option_field(option) for option in SHOWN}
+        for option in SHOWN:
+            setattr(self, option.name, self.option_fields[option.name])
+            if option.help:
+                self.option_fields[option.name].setToolTip(option.help)
         self.base_channels = QComboBox()
         for text, value in MODEL_SIZES:
             self.base_channels.addItem(text, value)
-        self.patch_size = _spin(16, 2048, step=16)
-        self.amp = _combo(AMP_MODES)
-        self.compile = QCheckBox("torch.compile")
-        self.device = _combo(DEVICES)
         self.gpus = _spin(1, max(1, self.cuda_devices))
         self.gpus.setEnabled(self.cuda_devices > 1)
         self.gpus.setToolTip("more than one starts DistributedDataParallel (torchrun)")
-        return group_box("Training", [
-            ("Steps", self.steps), ("Batch size", self.batch_size), ("Learning rate", self.lr),
-            ("Model size", self.base_channels), ("Patch size", self.patch_size),
-            ("AMP", self.amp), ("Device", self.device), ("GPUs", self.gpus), self.compile])
+        labelled = [(o.form.label, self.option_fields[o.name]) for o in SHOWN
+                    if o.value_type is not bool]
+        checks = [self.option_fields[o.name] for o in SHOWN if o.value_type is bool]
+        return group_box("Training", [*labelled, ("Model size", self.base_channels),
+                                      ("GPUs", self.gpus), *checks])
 
     def _run_box(self):
         self.run_folder = QLineEdit()
@@ -229,8 +256,6 @@ class TrainForm(LayerPickers, QWidget):
         """A new image: its labels, a preset that fits it (3D volume -> volume3d, the four
         channels of a BraTS volume -> brats), a patch size no bigger than it. Other options
         the user set stay."""
-        from napari_unet._napari import looks_like_brats
-
         image = self.image_combo.value
         if image is None:
             return
@@ -295,14 +320,12 @@ class TrainForm(LayerPickers, QWidget):
 
     def _init_from_changed(self):
         """Fine-tuning: take the source run's preset, model size and patch size."""
-        from napari_unet.engine import TrainConfig
-
         text = self.init_from.text().strip()
         config_path = Path(text).expanduser() / runs.CONFIG
         if not text or not config_path.is_file():
             return
         try:
-            config = TrainConfig.from_yaml(config_path)
+            config = engine.TrainConfig.from_yaml(config_path)
         except Exception as exc:  # noqa: BLE001 - a damaged config only loses the defaults
             show_warning(f"cannot read {config_path}: {one_line(exc)}")
             return
@@ -365,20 +388,17 @@ class TrainForm(LayerPickers, QWidget):
     # -- the command line -------------------------------------------------------------------------
     def cli_args(self, preset, run_dir, samples, init_from=None) -> list[str]:
         """The CLI options for the current fields (the widget's only link to training)."""
-        steps = self.steps.value()
-        every = max(1, steps // 10)
+        every = max(1, self.steps.value() // 10)
         spatial_dims = self.presets[preset].get("spatial_dims", 2)
-        args = ["--preset", preset, "--data", str(run_dir / runs.DATA), "--out", str(run_dir),
-                "--steps", str(steps), "--batch-size", str(self.batch_size.value()),
-                "--lr", repr(self.lr.value()),
-                "--patch-size", *[str(self.patch_size.value())] * spatial_dims,
-                "--amp", self.amp.currentText(), "--device", self.device.currentText(),
-                "--val-every", str(every), "--checkpoint-every", str(every),
-                "--set", f"log_every={min(10, every)}"]
+        args = ["--preset", preset, "--data", str(run_dir / runs.DATA), "--out", str(run_dir)]
+        for option in SHOWN:
+            value = field_value(option, self.option_fields[option.name])
+            args += option_args(option, value, spatial_dims)
+        # validation and checkpoints ten times a run, whatever its length
+        args += ["--val-every", str(every), "--checkpoint-every", str(every),
+                 "--set", f"log_every={min(10, every)}"]
         if self.base_channels.currentData() is not None:
             args += ["--base-channels", str(self.base_channels.currentData())]
-        if self.compile.isChecked():
-            args.append("--compile")
         if self.gpus.value() > 1:
             args += ["--nproc", str(self.gpus.value())]
         if init_from is not None:

@@ -12,13 +12,11 @@ from pathlib import Path
 
 from ...errors import DataError, NapariUnetError, OutputExistsError
 from ...io import input_files
+from ...runs import LABELS_SUFFIX, PROBABILITIES_SUFFIX
 from ..checkpoint import Checkpoint
 from ..events import FileDone
 from ..export.loader import load_checkpoint
 from .predict import predict_file
-
-LABELS_SUFFIX = "_labels.tif"
-PROBABILITIES_SUFFIX = "_probabilities.tif"
 
 
 def output_names(inputs: list[Path], folder, suffix: str) -> list[Path]:

@@ -1,0 +1,202 @@
+"""What each ``napari_unet`` subcommand does, once its arguments are parsed (cli.py).
+
+The engine is reached through its public API only (``from napari_unet import engine``: lazy,
+so reading the arguments costs no torch); run-file names come from runs.py.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from napari_unet import engine, runs
+from napari_unet.choices import SAMPLES, preset_options
+from napari_unet.cli_progress import drive, is_main_process, printer
+from napari_unet.errors import ConfigError, DataError
+from napari_unet.io import atomic_write, is_glob, read_image, write_tif
+from napari_unet.options import FLAGGED
+
+EXIT_USER_ERROR = 2
+EXIT_CANCELLED = 130
+
+
+def cmd_train(args) -> int:
+    """Train in this process (one of a torchrun group, or alone), then evaluate and predict."""
+    config = train_config(args)
+    dataset = _load_data(args, config.spatial_dims, config.foreground_value)
+    run_dir = Path(args.out)
+    _make_run_dir(run_dir)
+    if args.sample and is_main_process():
+        _save_sample(dataset, run_dir, args.resume)
+    events = engine.train(config, dataset, run_dir=run_dir, resume=args.resume,
+                          init_from=args.init_from)
+    finished = drive(events, printer(args.events))
+    if finished is None or not is_main_process():
+        return 0
+    if args.evaluate:
+        checkpoint = engine.load_checkpoint(run_dir)
+        _report_evaluation(args, checkpoint, dataset, config.fold, run_dir)
+    if args.predict:
+        _predict_into_run(args, run_dir)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    checkpoint = engine.load_checkpoint(args.run)
+    config = checkpoint.config
+    foreground = args.foreground_value if args.foreground_value is not None \
+        else config.foreground_value
+    dataset = _load_data(args, config.spatial_dims, foreground)
+    run_dir = Path(args.run) if Path(args.run).is_dir() else None
+    _report_evaluation(args, checkpoint, dataset, args.fold, run_dir)
+    return 0
+
+
+def cmd_predict(args) -> int:
+    show = printer(args.events)
+    options = dict(tile_size=args.tile_size, overlap=args.overlap, batch_size=args.batch_size,
+                   tta=args.tta, amp=args.amp or "bf16", device=args.device or "auto",
+                   threshold=args.threshold, overwrite=args.overwrite, backend=args.backend)
+    if Path(args.input).is_dir() or is_glob(args.input):
+        return _predict_many(args, engine.predict_files(
+            args.run, args.input, args.output, probabilities_folder=args.probabilities,
+            **options), show)
+    events = engine.predict_file(args.run, args.input, args.output,
+                                 probabilities=args.probabilities, **options)
+    drive(events, show)
+    print(f"wrote {args.output}" + (f" and {args.probabilities}" if args.probabilities else ""),
+          file=sys.stderr)
+    return 0
+
+
+def _predict_many(args, events, show) -> int:
+    """Every file that could be read is written; exit 2 with one line per skipped file."""
+    files = []
+    drive(events, lambda event: (files.append(event) if isinstance(event, engine.FileDone)
+                                 and event.done else None, show(event)))
+    failed = [event for event in files if event.error]
+    print(f"wrote {len(files) - len(failed)} of {len(files)} file(s) to {args.output}",
+          file=sys.stderr)
+    for event in failed:
+        print(f"napari_unet: error: skipped {event.path}: {event.error}", file=sys.stderr)
+    return EXIT_USER_ERROR if failed else 0
+
+
+def cmd_export(args) -> int:
+    test_image = args.test_image
+    sample = Path(args.run) / runs.DATA / runs.SAMPLE_IMAGES
+    if test_image is None and sample.is_file():
+        test_image = sample
+    image = read_image(test_image) if test_image is not None else None
+    path = engine.export_model(args.run, args.format, args.output, image=image,
+                               overwrite=args.overwrite)
+    print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def cmd_benchmark(args) -> int:
+    rows = engine.run_benchmark(
+        args.preset, mode=args.mode, batch_size=args.batch_size, size=args.size,
+        base_channels=args.base_channels, warmup=args.warmup, steps=args.steps,
+        amp=args.amp or "off", compile=args.compile, channels_last=args.channels_last,
+        device=args.device or "auto")
+    print(engine.format_table(rows))
+    return 0
+
+
+# -- the training config -------------------------------------------------------------------------
+def train_config(args):
+    """The preset, then --config's file, then the option flags, then each --set KEY=VALUE."""
+    overrides = engine.TrainConfig.from_yaml(args.config).to_dict() if args.config else {}
+    overrides.pop("preset", None)
+    overrides.update({option.name: getattr(args, option.name) for option in FLAGGED
+                      if getattr(args, option.name) is not None})
+    for item in args.set:
+        key, value = _parse_set(item)
+        overrides[key] = value
+    if args.base_channels is not None:  # a model option, not a config field
+        options = dict(overrides.get("model_options")
+                       or preset_options(args.preset).get("model_options", {}))
+        options["base_channels"] = args.base_channels
+        overrides["model_options"] = options
+    return engine.preset_config(args.preset, **overrides)
+
+
+def _parse_set(item):
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r} must look like KEY=VALUE, e.g. --set lr=0.001")
+    key, value = item.split("=", 1)
+    try:
+        return key.strip().replace("-", "_"), yaml.safe_load(value)
+    except yaml.YAMLError:
+        raise ConfigError(f"--set {item!r}: the value is not valid YAML") from None
+
+
+# -- data and the run folder ---------------------------------------------------------------------
+def _load_data(args, spatial_dims, foreground_value):
+    chosen = [name for name in ("data", "images", "sample") if getattr(args, name)]
+    if len(chosen) != 1:
+        raise DataError("give exactly one data source: --data DIR, --images P --masks P, "
+                        f"or --sample {{{','.join(SAMPLES)}}}")
+    if args.sample:
+        return engine.sample_dataset(args.sample)
+    if args.images and not args.masks:
+        raise DataError("--images needs --masks (the labels for those images)")
+    return engine.load_dataset(args.data, images=args.images, masks=args.masks,
+                               foreground_value=foreground_value, spatial_dims=spatial_dims)
+
+
+def _make_run_dir(run_dir: Path):
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the run folder {run_dir} ({exc.strerror}): "
+                          f"choose a writable --out folder") from None
+
+
+def _save_sample(dataset, run_dir: Path, resume: bool):
+    """Keep the synthetic data beside the run, so the demo can predict and view it."""
+    data_dir = run_dir / runs.DATA
+    if resume and (data_dir / runs.SAMPLE_IMAGES).exists():
+        return
+    data_dir.mkdir(parents=True, exist_ok=True)
+    images = np.stack([np.asarray(i) for i in dataset.images])
+    masks = np.stack([np.asarray(m) for m in dataset.masks])
+    if images.shape[1] == 1:
+        images = images[:, 0]
+    if dataset.spatial_dims == 3 and len(images) == 1:
+        images, masks = images[0], masks[0]
+    write_tif(data_dir / runs.SAMPLE_IMAGES, images, overwrite=True)
+    write_tif(data_dir / runs.SAMPLE_MASKS, masks.astype("uint8"), overwrite=True)
+
+
+# -- after training ------------------------------------------------------------------------------
+def _report_evaluation(args, checkpoint, dataset, fold, run_dir):
+    metrics = engine.evaluate(
+        checkpoint, dataset, fold=fold, tile_size=getattr(args, "tile_size", None),
+        overlap=getattr(args, "overlap", 0.25), tta=getattr(args, "tta", False),
+        amp=args.amp or checkpoint.config.amp, device=args.device or "auto",
+        backend=getattr(args, "backend", "torch"))
+    line = " ".join(f"{k}={_fmt(v)}" for k, v in metrics.items() if not isinstance(v, list))
+    per_class = " ".join(f"dice_class{i}={_fmt(v)}"
+                         for i, v in enumerate(metrics["dice_per_class"]))
+    print(f"evaluation: {line} {per_class}")
+    if run_dir is not None:
+        with atomic_write(run_dir / runs.EVALUATION, overwrite=True) as tmp:
+            Path(tmp).write_text(json.dumps(metrics, indent=2))
+
+
+def _predict_into_run(args, run_dir: Path):
+    labels, probabilities = runs.prediction_paths(run_dir, args.predict)
+    events = engine.predict_file(run_dir, Path(args.predict), labels,
+                                 probabilities=probabilities, device=args.device or "auto",
+                                 amp=args.amp or "bf16", overwrite=True)
+    drive(events, printer(args.events))
+    print(f"prediction: {labels} {probabilities}", file=sys.stderr)
+
+
+def _fmt(value):
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
