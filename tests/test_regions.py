@@ -270,3 +270,26 @@ def test_keep_largest_clears_every_object_but_the_largest():
     diagonal[3, 3] = 1
     keep_largest_object(diagonal)
     assert diagonal.sum() == 2 and diagonal[3, 3] == 0
+
+
+def test_a_region_model_with_plain_zscore_reloads_from_its_bioimageio_package(tmp_path):
+    """One loader: the package of a region run predicts regions (a sigmoid per region, labels
+    in BraTS convention), exactly as the run folder does."""
+    from napari_unet.engine.export.formats import export_model
+
+    images, masks = brats_like(n=4, size=32, seed=7)
+    config = region_config(steps=4, resample=1, normalization="zscore", val_every=4,
+                           checkpoint_every=4)
+    list(train(config, images, masks, run_dir=tmp_path / "run"))
+    package = export_model(tmp_path / "run", "bioimageio", tmp_path / "model.zip")
+    run, reloaded = load_checkpoint(tmp_path / "run"), load_checkpoint(package)
+    options = dict(tile_size=[16, 16, 16], amp="off", device="cpu", threshold=0.3)
+    expected, expected_labels = predict_array(run, images[0], **options)
+    probs, labels = predict_array(reloaded, images[0], **options)
+    assert probs.shape == (3, 32, 32, 32)
+    # independent sigmoids: the three channels do not sum to one as a softmax's would
+    assert np.abs(probs.sum(axis=0) - 1).max() > 0.1
+    np.testing.assert_allclose(probs, expected, atol=1e-5)
+    np.testing.assert_array_equal(labels, expected_labels)
+    np.testing.assert_array_equal(labels, labels_from_regions(probs, BRATS, 0.3))
+    assert set(np.unique(labels).tolist()) <= {0, 1, 2, 4}
