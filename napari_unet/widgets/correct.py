@@ -24,7 +24,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_unet import runs
+from napari_unet import engine, runs
 from napari_unet.training_set import looks_like_volume, write_training_pairs
 from napari_unet.widgets import (
     LayerPickers,
@@ -216,8 +216,6 @@ class CorrectWidget(LayerPickers, QWidget):
     # -- actions ------------------------------------------------------------------------------------------
     def threshold_to_labels(self):
         """A new Labels layer: probability >= threshold, placed over the probabilities."""
-        from napari_unet.engine import labels_from_probabilities
-
         layer = self.probability_combo.value
         if layer is None:
             show_error("choose a probability layer (from Predict) to threshold")
@@ -227,7 +225,7 @@ class CorrectWidget(LayerPickers, QWidget):
             show_error(f"'{layer.name}' is not a probability map (floats in 0..1): choose the "
                        f"probabilities layer of a prediction")
             return
-        labels = labels_from_probabilities(data, 1, self.threshold.value())
+        labels = engine.LabelHead.for_outputs(1).labels(data, self.threshold.value())
         new = add_labels_over(self.viewer, labels, f"{layer.name} > {self.threshold.value():.2f}",
                               layer)
         choose(self.labels_combo, new)

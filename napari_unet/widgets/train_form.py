@@ -26,7 +26,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_unet import runs
-from napari_unet.choices import AMP_MODES, DEVICES, PRESETS, REGION_NAMES, REGION_SETS
+from napari_unet.choices import AMP_MODES, DEVICES, PRESETS, REGION_SETS
 from napari_unet.errors import DataError
 from napari_unet.training_set import describe_classes, looks_like_volume, mask_classes
 from napari_unet.widgets import (
@@ -202,8 +202,9 @@ class TrainForm(LayerPickers, QWidget):
                      "as ISBI's membranes, tick invert")
         regions = self.presets.get(self.preset.currentText(), {}).get("regions")
         if regions in REGION_SETS:  # region training: what the outputs are made of
+            row = REGION_SETS[regions]
             parts = [f"{name} ({', '.join(map(str, values))})" for name, values
-                     in zip(REGION_NAMES[regions], REGION_SETS[regions])]
+                     in zip(row["names"], row["regions"])]
             text += f"; the {self.preset.currentText()} preset trains {', '.join(parts)}"
         self.learns.setText(text)
 

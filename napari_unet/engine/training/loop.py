@@ -25,6 +25,7 @@ from ..data.dataset import split_folds
 from ..data.normalization import NormStats, compute_norm_stats
 from ..data.patches import PatchSampler
 from ..events import CheckpointSaved, Finished, Message, Progress, Started, Validation
+from ..labels import LabelHead
 from ..runtime import configure_backends, memory_format, resolve_device
 from . import distributed
 from .losses import build_loss
@@ -39,7 +40,6 @@ from .setup import (
     make_model,
     make_optimizer,
     normalized_copy,
-    output_channels,
     window_sizes,
 )
 from .steps import LossReader, ThroughputWindow, loss_read_interval, train_step
@@ -65,6 +65,7 @@ def train(config: TrainConfig, images=None, masks=None, *, run_dir, resume: bool
                                          config.split_seed)
         train_set, val_set = dataset.subset(train_idx), dataset.subset(val_idx)
     num_classes = max(2, dataset.num_classes)
+    head = LabelHead.from_config(config, num_classes)  # what the outputs mean, saved below
 
     torch.manual_seed(config.seed)
     model = make_model(config, dataset.in_channels, num_classes)
@@ -73,7 +74,7 @@ def train(config: TrainConfig, images=None, masks=None, *, run_dir, resume: bool
     data_info = {"num_classes": num_classes, "in_channels": dataset.in_channels,
                  "spatial_dims": config.spatial_dims, "input_size": list(input_size),
                  "output_size": list(output_size), "foreground_value": config.foreground_value,
-                 "regions": config.regions}
+                 "labels": head.to_dict()}
 
     folder = RunFolder(run_dir, writer=dist.is_main)
     folder.prepare(config, resume)
@@ -94,7 +95,7 @@ def train(config: TrainConfig, images=None, masks=None, *, run_dir, resume: bool
     net = dist.wrap(model, device)
     if config.compile:
         net = torch.compile(net)
-    loss_fn = build_loss(config.loss, output_channels(config, num_classes), config.regions)
+    loss_fn = build_loss(config.loss, head.outputs, head.regions)
     augment = make_augmenter(config)
     windows, window_norm = train_set, norm
     if config.normalization == "zscore_case" or config.resample > 1:
@@ -158,7 +159,7 @@ def train(config: TrainConfig, images=None, masks=None, *, run_dir, resume: bool
                 raise KeyboardInterrupt
             if validating:
                 result = validate(model if ema is None else ema.module, val_set, norm, config,
-                                  input_size, device, dist)
+                                  input_size, device, dist, head)
                 is_best = result["dice"] > best_dice
                 best_dice = max(best_dice, result["dice"])
                 folder.log_validation(done, result["dice"], result["dice_per_class"])
