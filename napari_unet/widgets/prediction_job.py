@@ -14,6 +14,7 @@ import numpy as np
 
 from napari_unet import engine
 from napari_unet.engine.events import Failed, Message, TilesDone
+from napari_unet.errors import NapariUnetError
 from napari_unet.widgets import (
     ChannelGroup,
     channel_groups,
@@ -43,8 +44,6 @@ def _predict_events(checkpoint_path, image, options, channels_first=False):
     image is a channel group's (C, Z, Y, X); a 2D model takes it as (Z, C, Y, X), a stack of
     C-channel slices.
     """
-    from napari_unet.errors import NapariUnetError
-
     events = None
     try:
         checkpoint = engine.load_checkpoint(checkpoint_path)

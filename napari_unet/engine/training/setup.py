@@ -75,7 +75,7 @@ def check_data_fits_model(dataset: Dataset, config: TrainConfig):
 def normalized_copy(dataset: Dataset, norm, config: TrainConfig) -> Dataset:
     """The training samples normalised (zscore_case: each with its own statistics) and, with
     resample > 1, averaged down, as float32 arrays in memory, with their masks at the same
-    resolution (region-aware, engine.regions). The windows are then cut from these."""
+    resolution (region-aware, engine.labels). The windows are then cut from these."""
     images, masks = [], []
     for image, mask in zip(dataset.images, dataset.masks):
         images.append(downsample_image(normalize(image, stats_for_image(image, norm)),
