@@ -52,6 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from napari_unet.choices import REGION_SETS  # noqa: E402
 from napari_unet.engine import (  # noqa: E402
     Progress,
     Validation,
@@ -64,9 +65,9 @@ from napari_unet.engine import (  # noqa: E402
 from napari_unet.engine.data.dataset import Dataset, split_folds  # noqa: E402
 from napari_unet.engine.metrics import (  # noqa: E402
     DiceAccumulator,
-    brats_region_dice,
     per_image_dice,
     pixel_error,
+    region_dice,
     soft_dice_reference,
 )
 from napari_unet.io import read_image  # noqa: E402
@@ -285,10 +286,11 @@ def evaluate_model(dataset_name: str, checkpoint, data: Dataset, eval_options: d
         return dict(per_image_dice=float(np.mean(scores)),
                     defect_dice=float(np.mean(defective)) if defective else float("nan")), \
             predictions
-    regions = {"wt": [], "tc": [], "et": []}
+    brats = REGION_SETS["brats"]  # the BraTS evaluation regions, whatever the model trained
+    regions = {key: [] for key in brats["keys"]}
     for image, mask, name in zip(data.images, data.masks, data.names):
         _, labels = predict_array(checkpoint, image, **options)
-        case = brats_region_dice(labels, np.asarray(mask))
+        case = dict(zip(brats["keys"], region_dice(labels, np.asarray(mask), brats["regions"])))
         for region, value in case.items():
             regions[region].append(value)
         print(f"  case={name} " + format_pairs({f"{k}_dice": v for k, v in case.items()}),

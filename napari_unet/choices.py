@@ -14,31 +14,38 @@ BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
 # whose raw scales differ several-fold between scanners and cases)
 NORMALIZATIONS = ("minus_one_one", "zscore", "zscore_case", "none")
 # Region training: overlapping sigmoid outputs, each the union of some label values, nested from
-# the largest to the smallest. BraTS: whole tumour (1, 2, 4; 3 in BraTS 2013 too), tumour core
-# (1, 3, 4), enhancing tumour (4); the same rules read 2013's labels 0-4 and 2021's 0/1/2/4.
-REGION_SETS = {"brats": ((1, 2, 3, 4), (1, 3, 4), (4,))}
-REGION_NAMES = {"brats": ("whole tumour", "tumour core", "enhancing tumour")}
-REGION_KEYS = {"brats": ("wt", "tc", "et")}  # the BraTS metric names
+# the largest to the smallest. A region set is declared here once, one row: its regions, their
+# readable names and their metric keys (engine.labels.LabelHead reads the row).
+# BraTS: whole tumour (1, 2, 4; 3 in BraTS 2013 too), tumour core (1, 3, 4), enhancing tumour
+# (4); the same rules read 2013's labels 0-4 and 2021's 0/1/2/4; wt/tc/et are its metric names.
+REGION_SETS: dict[str, dict] = {
+    "brats": {"regions": ((1, 2, 3, 4), (1, 3, 4), (4,)),
+              "names": ("whole tumour", "tumour core", "enhancing tumour"),
+              "keys": ("wt", "tc", "et")},
+}
 # the losses region training takes (Dice + cross-entropy per region, engine.losses.RegionLoss)
 REGION_LOSSES = ("dice_ce", "dice_ce_foreground")
 
 
-def _region_set(regions):
-    """The name of the REGION_SETS entry `regions` are, or None."""
-    return next((name for name, values in REGION_SETS.items()
-                 if [sorted(r) for r in values] == [sorted(r) for r in regions]), None)
+def region_set(regions) -> dict | None:
+    """The REGION_SETS row whose regions are `regions` (in any order of values), or None."""
+    wanted = [sorted(region) for region in regions]
+    return next((row for row in REGION_SETS.values()
+                 if [sorted(region) for region in row["regions"]] == wanted), None)
 
 
 def region_keys(regions) -> list[str]:
     """Short names of a run's regions: wt/tc/et for BraTS', region0.. otherwise."""
-    name = _region_set(regions)
-    return list(REGION_KEYS[name]) if name else [f"region{i}" for i in range(len(regions))]
+    row = region_set(regions)
+    return list(row["keys"]) if row else [f"region{i}" for i in range(len(regions))]
 
 
 def region_names(regions) -> list[str]:
     """Readable names of a run's regions: "whole tumour", ... for BraTS', region0.. otherwise."""
-    name = _region_set(regions)
-    return list(REGION_NAMES[name]) if name else region_keys(regions)
+    row = region_set(regions)
+    return list(row["names"]) if row else region_keys(regions)
+
+
 TTA_MODES = ("off", "mirror", "dihedral")
 OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
 SCHEDULES = ("constant", "exponential_step", "cosine", "poly")

@@ -5,15 +5,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from napari_unet.choices import REGION_SETS
 from napari_unet.engine.metrics import (
     DiceAccumulator,
-    brats_region_dice,
     dice_per_class,
-    labels_from_logits,
     mean_dice,
     per_image_dice,
     pixel_error,
-    probabilities,
+    region_dice,
     soft_dice_reference,
 )
 from napari_unet.engine.training.losses import soft_dice_loss
@@ -21,26 +20,6 @@ from napari_unet.errors import DataError
 
 PRED_2X2 = np.array([[0, 1], [1, 1]])
 TARGET_2X2 = np.array([[0, 0], [1, 1]])
-
-
-def test_probabilities_sigmoid_or_softmax_keeping_the_array_type():
-    one_channel = np.array([[[0.0, 2.0]]], dtype=np.float32)  # (B=1, K=1, X=2)
-    probs = probabilities(one_channel)
-    assert isinstance(probs, np.ndarray)
-    assert probs[0, 0] == pytest.approx([0.5, 1 / (1 + np.exp(-2.0))])
-    logits = torch.randn(2, 3, 4, 5)
-    probs = probabilities(logits)
-    assert isinstance(probs, torch.Tensor)
-    assert torch.allclose(probs.sum(dim=1), torch.ones(2, 4, 5))
-
-
-def test_labels_from_logits_thresholds_one_channel_and_argmaxes_several():
-    logits = np.array([[[-1.0, 0.1, 2.0]]])  # probabilities 0.27, 0.525, 0.88
-    assert labels_from_logits(logits).tolist() == [[0, 1, 1]]
-    assert labels_from_logits(logits, threshold=0.6).tolist() == [[0, 0, 1]]
-    three = torch.tensor([[[1.0, 0.0], [0.0, 3.0], [2.0, 1.0]]])  # (1, K=3, X=2)
-    labels = labels_from_logits(three)
-    assert labels.dtype == torch.int64 and labels.tolist() == [[2, 1]]
 
 
 def test_hand_computed_dice_per_class():
@@ -144,25 +123,31 @@ def _brats_volume():
     return volume
 
 
+BRATS = REGION_SETS["brats"]["regions"]  # wt, tc, et
+
+
 def test_brats_regions_on_a_hand_made_volume():
     target = _brats_volume()
-    assert brats_region_dice(target, target) == {"wt": 1.0, "tc": 1.0, "et": 1.0}
+    assert region_dice(target, target, BRATS) == [1.0, 1.0, 1.0]
     # Predict the whole tumour as edema: WT perfect, no core, no enhancing tumour.
     pred = np.where(target > 0, 2, 0)
-    assert brats_region_dice(pred, target) == {"wt": 1.0, "tc": 0.0, "et": 0.0}
+    assert region_dice(pred, target, BRATS) == [1.0, 0.0, 0.0]
     # Necrosis predicted as enhancing: TC still right, ET = 2 * 4 / (8 + 4).
     pred = np.where(target == 1, 4, target)
-    scores = brats_region_dice(pred, target)
-    assert scores["wt"] == 1.0 and scores["tc"] == 1.0
-    assert scores["et"] == pytest.approx(2 * 4 / (8 + 4))
+    wt, tc, et = region_dice(pred, torch.from_numpy(target), BRATS)
+    assert wt == 1.0 and tc == 1.0
+    assert et == pytest.approx(2 * 4 / (8 + 4))
 
 
 def test_brats_empty_region_on_empty_counts_one_and_renumbered_labels():
     target = _brats_volume()
     no_enhancing = np.where(target == 4, 1, target)
-    assert brats_region_dice(no_enhancing, no_enhancing)["et"] == 1.0
-    assert brats_region_dice(target, no_enhancing)["et"] == 0.0
-    renumbered = np.where(target == 4, 3, target)  # classes 0..3 as the network predicts them
-    assert brats_region_dice(renumbered, renumbered, enhancing_label=3) == \
-        {"wt": 1.0, "tc": 1.0, "et": 1.0}
-    assert brats_region_dice(renumbered, target, enhancing_label=3)["et"] == 0.0
+    assert region_dice(no_enhancing, no_enhancing, BRATS)[2] == 1.0
+    assert region_dice(target, no_enhancing, BRATS)[2] == 0.0
+    renumbered = np.where(target == 4, 3, target)  # enhancing renumbered to 3, as in a 0..3 set
+    regions = [[1, 2, 3], [1, 3], [3]]
+    assert region_dice(renumbered, renumbered, regions) == [1.0, 1.0, 1.0]
+    assert region_dice(renumbered, target, regions)[2] == 0.0
+    assert region_dice(np.zeros((0,)), np.zeros((0,)), BRATS) == [1.0, 1.0, 1.0]
+    with pytest.raises(DataError, match="differ in shape"):
+        region_dice(target[:2], target, BRATS)

@@ -175,7 +175,7 @@ def test_the_brats_preset_predicts_regions_with_a_threshold(make_napari_viewer, 
     predict.last_job = job
     threshold = float(np.quantile(job.probabilities[0], 0.6))
     predict.set_threshold(threshold)
-    expected = labels_from_regions(job.probabilities, job.regions, round(threshold, 2))
+    expected = labels_from_regions(job.probabilities, job.head.regions, round(threshold, 2))
     np.testing.assert_array_equal(prediction.data, expected)
     assert prediction.data.any() and not prediction.data.all()
 

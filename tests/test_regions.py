@@ -29,7 +29,7 @@ from napari_unet.engine.data.resolution import (
     upsample_probabilities,
 )
 from napari_unet.engine.labels import labels_from_regions, region_targets, region_values
-from napari_unet.engine.metrics import DiceAccumulator, brats_region_dice
+from napari_unet.engine.metrics import DiceAccumulator, region_dice
 from napari_unet.engine.prediction.predict import predict_file
 from napari_unet.engine.training.losses import build_loss
 from napari_unet.errors import ConfigError, DataError
@@ -51,7 +51,7 @@ def test_brats_regions_and_the_labels_they_write_back():
         assert target.tolist()[2] == [float(v == 4) for v in labels]
         back = labels_from_regions(target.numpy(), BRATS)
         assert set(back.tolist()) <= {0, 1, 2, 4}
-        assert brats_region_dice(back, labels) == {"wt": 1.0, "tc": 1.0, "et": 1.0}
+        assert region_dice(back, labels, BRATS) == [1.0, 1.0, 1.0]
     np.testing.assert_array_equal(
         labels_from_regions(region_targets(torch.tensor([[0, 1, 2, 4]]), BRATS)[0], BRATS),
         [0, 1, 2, 4])
@@ -90,15 +90,21 @@ def test_region_loss_is_bce_plus_dice_per_region():
         build_loss("adaptive", 3, BRATS)
 
 
-def test_region_dice_from_the_confusion_matches_brats_region_dice():
+def test_region_dice_from_the_confusion_matches_the_regions_counted_voxel_by_voxel():
     rng = np.random.default_rng(0)
     truth = rng.choice([0, 1, 2, 4], size=(6, 7, 8))
     pred = rng.choice([0, 1, 2, 3, 4], size=(6, 7, 8))
     accumulator = DiceAccumulator(5)
-    accumulator.update(pred, truth)
-    expected = brats_region_dice(pred, truth)
-    assert accumulator.region_dice(BRATS) == pytest.approx(
-        [expected["wt"], expected["tc"], expected["et"]])
+    for half in (slice(0, 3), slice(3, 6)):  # accumulated over two batches
+        accumulator.update(pred[half], truth[half])
+    expected = []
+    for region in BRATS:  # the BraTS rules: wt = any tumour, tc = not oedema, et = 4
+        a, b = np.isin(pred, region), np.isin(truth, region)
+        expected.append(2 * (a & b).sum() / (a.sum() + b.sum()))
+    assert expected[0] == pytest.approx(2 * ((pred > 0) & (truth > 0)).sum()
+                                        / ((pred > 0).sum() + (truth > 0).sum()))
+    assert accumulator.region_dice(BRATS) == pytest.approx(expected)
+    assert region_dice(pred, truth, BRATS) == pytest.approx(expected)
 
 
 def test_zscore_case_normalises_each_image_by_itself():
@@ -164,7 +170,8 @@ def test_region_training_at_half_resolution_end_to_end(tmp_path):
     validations = [e for e in events if isinstance(e, Validation)]
     assert len(validations[-1].dice_per_class) == 3  # WT, TC, ET
     checkpoint = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
-    assert checkpoint.model.regions == BRATS and checkpoint.model.num_classes == 3
+    assert checkpoint.head.regions == tuple(map(tuple, BRATS)) and checkpoint.head.outputs == 3
+    assert checkpoint.model.num_classes == 3 and not hasattr(checkpoint.model, "regions")
     assert checkpoint.norm_stats["mode"] == "zscore_case" and checkpoint.config.resample == 2
     options = dict(tile_size=[16, 16, 16], amp="off", device="cpu")
     probs, labels = predict_array(checkpoint, images[0], **options)
@@ -178,7 +185,7 @@ def test_region_training_at_half_resolution_end_to_end(tmp_path):
     keep_largest_object(largest)
     np.testing.assert_array_equal(predict_array(checkpoint, images[0], keep_largest=True,
                                                 **options)[1], largest)
-    assert brats_region_dice(labels, masks[0])["wt"] > 0.5
+    assert region_dice(labels, masks[0], BRATS)[0] > 0.5
     metrics = evaluate(checkpoint, load_dataset(images=_save(tmp_path, images[1], masks[1])[0],
                                                 masks=_save(tmp_path, images[1], masks[1])[1],
                                                 spatial_dims=3),
@@ -250,7 +257,7 @@ def test_cli_trains_and_evaluates_a_brats_folder_with_the_brats_preset(tmp_path,
     line = capsys.readouterr().out.strip().splitlines()[-1]
     printed = dict(item.split("=") for item in line.split()[1:])
     assert {"wt_dice", "tc_dice", "et_dice"} <= set(printed)
-    assert load_checkpoint(run).model.regions == BRATS
+    assert load_checkpoint(run).head.keys == ["wt", "tc", "et"]
 
 
 def test_keep_largest_clears_every_object_but_the_largest():
@@ -270,3 +277,27 @@ def test_keep_largest_clears_every_object_but_the_largest():
     diagonal[3, 3] = 1
     keep_largest_object(diagonal)
     assert diagonal.sum() == 2 and diagonal[3, 3] == 0
+
+
+def test_a_region_model_with_plain_zscore_reloads_from_its_bioimageio_package(tmp_path):
+    """One loader: the package of a region run predicts regions (a sigmoid per region, labels
+    in BraTS convention), exactly as the run folder does."""
+    from napari_unet.engine.export.formats import export_model
+
+    images, masks = brats_like(n=4, size=32, seed=7)
+    config = region_config(steps=4, resample=1, normalization="zscore", val_every=4,
+                           checkpoint_every=4)
+    list(train(config, images, masks, run_dir=tmp_path / "run"))
+    package = export_model(tmp_path / "run", "bioimageio", tmp_path / "model.zip")
+    run, reloaded = load_checkpoint(tmp_path / "run"), load_checkpoint(package)
+    assert reloaded.head == run.head and reloaded.head.activation == "sigmoid"
+    options = dict(tile_size=[16, 16, 16], amp="off", device="cpu", threshold=0.3)
+    expected, expected_labels = predict_array(run, images[0], **options)
+    probs, labels = predict_array(reloaded, images[0], **options)
+    assert probs.shape == (3, 32, 32, 32)
+    # independent sigmoids: the three channels do not sum to one as a softmax's would
+    assert np.abs(probs.sum(axis=0) - 1).max() > 0.1
+    np.testing.assert_allclose(probs, expected, atol=1e-5)
+    np.testing.assert_array_equal(labels, expected_labels)
+    np.testing.assert_array_equal(labels, labels_from_regions(probs, BRATS, 0.3))
+    assert set(np.unique(labels).tolist()) <= {0, 1, 2, 4}

@@ -21,11 +21,10 @@ _EXPORTS = {
     "from_json": "events", "to_json": "events", "FileDone": "events",
     "evaluate": "evaluation",
     "export_model": "export.formats", "load_checkpoint": "export.loader",
-    "labels_from_regions": "labels", "model_regions": "labels",
+    "LabelHead": "labels",
     "predict_files": "prediction.files",
     "PredictionDone": "prediction.predict", "predict": "prediction.predict",
     "predict_array": "prediction.predict", "predict_file": "prediction.predict",
-    "labels_from_probabilities": "prediction.sliding_window",
     "train": "training.loop",
     # what the CLI needs to launch torchrun workers
     "TIMEOUT_VARIABLE": "training.distributed", "check_process_count": "training.distributed",

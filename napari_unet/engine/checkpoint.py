@@ -1,4 +1,5 @@
-"""Checkpoints: weights, config, normalisation, step, optimizer/scaler/scheduler and RNG states.
+"""Checkpoints: weights, config, normalisation, label head, step, optimizer/scaler/scheduler and
+RNG states.
 
 Written atomically (temporary file + rename), so a kill or a full disk never leaves a
 half-written checkpoint under the real name. Loaded with ``weights_only=True``: a
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import pickle
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -17,13 +18,18 @@ from ..errors import CheckpointError, ConfigError, NapariUnetError
 from ..io import atomic_write
 from ..models import build_model
 from .config import TrainConfig
+from .labels import LabelHead
 
 FORMAT_VERSION = 1
 
 
 @dataclass
 class Checkpoint:
-    """A loaded checkpoint: the model (weights loaded, eval mode) and what is needed to use it."""
+    """A loaded checkpoint: the model (weights loaded, eval mode) and what is needed to use it.
+
+    ``head``: what the model's outputs mean (classes or regions), the one the run saved in
+    ``data_info["labels"]``; for a checkpoint or package from before the head, the one its
+    data_info and its model's outputs imply."""
 
     model: torch.nn.Module
     config: TrainConfig
@@ -33,6 +39,11 @@ class Checkpoint:
     data_info: dict
     path: Path
     state: dict  # the raw dictionary, for resuming
+    head: LabelHead = field(default=None)
+
+    def __post_init__(self):
+        if self.head is None:
+            self.head = LabelHead.from_saved(self.data_info, self.model.num_classes)
 
 
 def save_checkpoint(path, *, model, config, norm_stats, step, best_dice, data_info,

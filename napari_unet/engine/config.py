@@ -160,7 +160,7 @@ def check_regions(regions):
         if regions not in REGION_SETS:
             raise ConfigError(f"regions {regions!r} is unknown: use one of "
                               f"{', '.join(REGION_SETS)} or lists of label values")
-        regions = REGION_SETS[regions]
+        regions = REGION_SETS[regions]["regions"]
     try:
         regions = [sorted({int(v) for v in region}) for region in regions]
     except (TypeError, ValueError):

@@ -6,11 +6,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..choices import region_keys
 from .checkpoint import Checkpoint
 from .data.dataset import Dataset, split_folds
 from .export.loader import load_checkpoint
-from .labels import model_regions
 from .metrics import DiceAccumulator, per_image_dice, pixel_error, soft_dice_reference
 from .prediction.predict import predict_array
 
@@ -39,12 +37,11 @@ def evaluate(checkpoint, dataset: Dataset, *, fold=None, tile_size=None, overlap
     metrics = {"samples": len(dataset.images), "mean_dice": accumulator.mean_dice(),
                "foreground_dice": accumulator.mean_dice(include_background=False),
                "dice_per_class": accumulator.dice_per_class()}
-    regions = model_regions(checkpoint.model)
-    if regions:  # region models: the Dice of each region (BraTS WT, TC, ET)
-        per_region = accumulator.region_dice(regions)
+    head = checkpoint.head
+    if head.regions:  # region models: the Dice of each region (BraTS WT, TC, ET)
+        per_region = accumulator.region_dice(head.regions)
         metrics["region_dice"] = per_region
-        metrics.update({f"{key}_dice": value for key, value
-                        in zip(region_keys(regions), per_region)})
+        metrics.update({f"{key}_dice": value for key, value in zip(head.keys, per_region)})
     if num_classes == 2:
         metrics.update(soft_dice=float(np.mean(soft)), pixel_error=float(np.mean(errors)),
                        per_image_dice=float(np.mean(image_dice)))

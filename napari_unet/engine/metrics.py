@@ -1,12 +1,14 @@
-"""Evaluation metrics: hard Dice (and IoU) per class, the reference figures' own Dice variants.
+"""Evaluation metrics: hard Dice (and IoU) per class and per region, the reference figures' own
+Dice variants.
 
 Inputs may be numpy arrays or torch tensors (on any device); results are Python floats.
-Label arrays hold class indices (``0`` = background); logits and probabilities are
-``(B, K, *spatial)``. Counting is done with torch in int64, on the device the labels are
-on (only a K x K table comes back to the CPU), and is exact over whole data sets.
+Label arrays hold class indices (``0`` = background) or, for regions, the data's label values.
+Counting is done with torch in int64, on the device the labels are on (only a K x K table
+comes back to the CPU), and is exact over whole data sets.
 
 For binary problems the metrics count two classes (background, foreground) even when the
-network has a single sigmoid output channel.
+network has a single sigmoid output channel. Probabilities and labels from a network's outputs
+are the label head's (engine.labels).
 """
 from __future__ import annotations
 
@@ -16,43 +18,18 @@ import torch
 from ..errors import DataError
 
 __all__ = [
-    "probabilities",
-    "labels_from_logits",
     "DiceAccumulator",
     "dice_per_class",
     "mean_dice",
     "soft_dice_reference",
     "per_image_dice",
     "pixel_error",
-    "brats_region_dice",
+    "region_dice",
 ]
 
 
 def _tensor(array) -> torch.Tensor:
     return array if isinstance(array, torch.Tensor) else torch.as_tensor(np.asarray(array))
-
-
-def _like_input(result: torch.Tensor, original):
-    """Give numpy back to numpy callers, tensors to tensor callers."""
-    return result if isinstance(original, torch.Tensor) else result.cpu().numpy()
-
-
-def probabilities(logits):
-    """Class probabilities ``(B, K, *S)``: sigmoid for ``K == 1``, else softmax over ``K``."""
-    x = _tensor(logits).float()
-    probs = torch.sigmoid(x) if x.shape[1] == 1 else torch.softmax(x, dim=1)
-    return _like_input(probs, logits)
-
-
-def labels_from_logits(logits, threshold: float = 0.5):
-    """Class-index labels ``(B, *S)`` (int64): ``sigmoid > threshold`` for ``K == 1``, else argmax.
-
-    ``threshold`` is a probability and only applies to a single sigmoid channel.
-    """
-    x = _tensor(logits)
-    # K > 1: the argmax of the logits is the argmax of the softmax
-    labels = torch.sigmoid(x[:, 0].float()) > threshold if x.shape[1] == 1 else x.argmax(dim=1)
-    return _like_input(labels.long(), logits)
 
 
 def _dice_from_counts(intersection: float, total: float) -> float:
@@ -101,8 +78,9 @@ class DiceAccumulator:
                 for i, t, p in zip(intersection, target_size, pred_size)]
 
     def region_dice(self, regions) -> list[float]:
-        """Dice of each region (a set of class values, engine.regions), from the counts: a
-        voxel is in a region when its class is one of the region's values."""
+        """Dice of each region (a set of label values, engine.labels), from the counts: a
+        voxel is in a region when its class is one of the region's values. The one region
+        Dice: validation, evaluate and the benchmarks all count here."""
         k = self.num_classes
         scores = []
         for region in regions:
@@ -136,6 +114,17 @@ def mean_dice(pred, target, num_classes: int, include_background: bool = True) -
     accumulator = DiceAccumulator(num_classes)
     accumulator.update(pred, target)
     return accumulator.mean_dice(include_background)
+
+
+def region_dice(pred, target, regions) -> list[float]:
+    """Dice of each region (BraTS: whole tumour, tumour core, enhancing tumour) between two
+    label arrays in the data's label values; an empty region on an empty region scores 1.0."""
+    pred, target = _tensor(pred), _tensor(target)
+    largest = max([max(region) for region in regions]
+                  + [int(t.max()) for t in (pred, target) if t.numel()])
+    accumulator = DiceAccumulator(max(2, largest + 1))
+    accumulator.update(pred, target)
+    return accumulator.region_dice(regions)
 
 
 def soft_dice_reference(probs, onehot, eps: float = 1e-6) -> float:
@@ -182,30 +171,3 @@ def pixel_error(pred, target) -> float:
     if p.shape != t.shape:
         raise DataError(f"prediction {tuple(p.shape)} and mask {tuple(t.shape)} differ in shape")
     return float((p != t).double().mean())
-
-
-def brats_region_dice(pred_labels, target_labels, edema_label: int = 2,
-                      enhancing_label: int = 4) -> dict[str, float]:
-    """Dice of the BraTS evaluation regions over one volume (or everything passed).
-
-    With the BraTS file labels (1 necrotic / non-enhancing core, 2 edema, 3 non-enhancing
-    in older releases, 4 enhancing): whole tumour ``wt`` = labels 1-4, tumour core ``tc`` =
-    1, 3, 4 (the tumour without the edema), enhancing tumour ``et`` = 4. A mask whose
-    enhancing class was renumbered to 3 passes ``enhancing_label=3``. An empty region on
-    an empty region scores 1.0.
-    """
-    p, t = _tensor(pred_labels), _tensor(target_labels)
-    if p.shape != t.shape:
-        raise DataError(f"prediction {tuple(p.shape)} and mask {tuple(t.shape)} differ in shape")
-
-    def regions(labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        tumour = labels > 0
-        return {"wt": tumour, "tc": tumour & (labels != edema_label),
-                "et": labels == enhancing_label}
-
-    pred_regions, true_regions = regions(p), regions(t)
-    scores = {}
-    for name in ("wt", "tc", "et"):
-        a, b = pred_regions[name], true_regions[name]
-        scores[name] = _dice_from_counts(int((a & b).sum()), int(a.sum() + b.sum()))
-    return scores

@@ -164,10 +164,9 @@ class UNetSkeleton(nn.Module):
         self.hparams = {"name": self.name, **hparams}
         self.spatial_dims = spatial_dims
         self.in_channels = hparams["in_channels"]
+        # output channels; what they mean (classes or regions, softmax or sigmoid) is the
+        # run's label head (engine.labels), kept in the checkpoint, never on the model
         self.num_classes = hparams["num_classes"]
-        # region training (engine.regions): the label values of each sigmoid output, set by
-        # the trainer and by load_checkpoint; None = softmax classes or one sigmoid
-        self.regions = None
         # Every valid size is a multiple of this plus a fixed offset (0 when padded).
         self.size_multiple = size_multiple
         self.min_size = min_size or size_multiple

@@ -24,7 +24,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_unet import runs
+from napari_unet import engine, runs
 from napari_unet.training_set import looks_like_volume, write_training_pairs
 from napari_unet.widgets import (
     LayerPickers,
@@ -116,23 +116,39 @@ def copy_slice(layer, source: int, target: int) -> int:
 class CorrectWidget(LayerPickers, QWidget):
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
-        from napari.layers import Image, Labels
-
         self.viewer = napari_viewer
+        threshold_box, edit_box, feed_box = (self._threshold_box(), self._edit_box(),
+                                             self._feed_box())
+        self.pickers = [self.probability_combo, self.labels_combo, self.image_combo]
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        layout = QVBoxLayout(self)
+        layout.addWidget(threshold_box)
+        layout.addWidget(edit_box)
+        layout.addWidget(feed_box)
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+        napari_viewer.layers.events.inserted.connect(self._on_layer_added)
 
-        # probabilities -> labels
-        self.probability_combo = layer_picker(napari_viewer, Image)
+    def _threshold_box(self):
+        """The Threshold box: a probability layer cut into a new labels layer."""
+        from napari.layers import Image
+
+        self.probability_combo = layer_picker(self.viewer, Image)
         self.threshold = QDoubleSpinBox()
         self.threshold.setRange(0.0, 1.0)
         self.threshold.setSingleStep(0.05)
         self.threshold.setValue(0.5)
         threshold_button = QPushButton("Threshold → new labels")
         threshold_button.clicked.connect(self.threshold_to_labels)
-        threshold_box = group_box("Threshold", [("Probabilities", self.probability_combo.native),
-                                                ("Threshold", self.threshold), threshold_button])
+        return group_box("Threshold", [("Probabilities", self.probability_combo.native),
+                                       ("Threshold", self.threshold), threshold_button])
 
-        # edits of a labels layer
-        self.labels_combo = layer_picker(napari_viewer, Labels)
+    def _edit_box(self):
+        """The Edit labels box: undoable edits of a labels layer, by slice or volume."""
+        from napari.layers import Labels
+
+        self.labels_combo = layer_picker(self.viewer, Labels)
         self.scope = QComboBox()
         self.scope.addItems([CURRENT_SLICE, EVERY_SLICE, WHOLE_VOLUME])
         self.min_size = QSpinBox()
@@ -150,40 +166,27 @@ class CorrectWidget(LayerPickers, QWidget):
         undo_button = QPushButton("Undo")
         undo_button.setToolTip("undo the last edit of the labels layer (as Ctrl+Z)")
         undo_button.clicked.connect(self.undo)
-        row1 = QHBoxLayout()
-        row1.addWidget(remove_button)
-        row1.addWidget(self.min_size)
-        row2 = QHBoxLayout()
-        row2.addWidget(fill_button)
-        row2.addWidget(undo_button)
-        row3 = QHBoxLayout()
-        row3.addWidget(previous_button)
-        row3.addWidget(next_button)
-        edit_box = group_box("Edit labels", [("Labels", self.labels_combo.native),
-                                             ("Apply to", self.scope), row1, row2, row3])
+        rows = []
+        for pair in ((remove_button, self.min_size), (fill_button, undo_button),
+                     (previous_button, next_button)):
+            row = QHBoxLayout()
+            for widget in pair:
+                row.addWidget(widget)
+            rows.append(row)
+        return group_box("Edit labels", [("Labels", self.labels_combo.native),
+                                         ("Apply to", self.scope), *rows])
 
-        # feed back
-        self.image_combo = image_picker(napari_viewer)  # a channel group adds all channels
-        self.pickers = [self.probability_combo, self.labels_combo, self.image_combo]
+    def _feed_box(self):
+        """The Training set box: a corrected pair fed back into a run's data."""
+        self.image_combo = image_picker(self.viewer)  # a channel group adds all channels
         self.run_combo = RunCombo("run folder")
         run_row = with_browse_button(self.run_combo, self._browse_run)
         add_button = QPushButton("Add to training set")
         add_button.setToolTip("save the image and the labels above into RUN/data (new files); "
                               "fine-tune from RUN to use them")
         add_button.clicked.connect(self.add_to_training_set)
-        feed_box = group_box("Training set", [("Image", self.image_combo.native), ("Run", run_row),
-                                              add_button])
-
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
-        layout = QVBoxLayout(self)
-        layout.addWidget(threshold_box)
-        layout.addWidget(edit_box)
-        layout.addWidget(feed_box)
-        layout.addWidget(self.status)
-        layout.addStretch(1)
-
-        napari_viewer.layers.events.inserted.connect(self._on_layer_added)
+        return group_box("Training set", [("Image", self.image_combo.native), ("Run", run_row),
+                                          add_button])
 
     def _on_layer_added(self, event):
         """A new prediction becomes the default thing to correct."""
@@ -216,8 +219,6 @@ class CorrectWidget(LayerPickers, QWidget):
     # -- actions ------------------------------------------------------------------------------------------
     def threshold_to_labels(self):
         """A new Labels layer: probability >= threshold, placed over the probabilities."""
-        from napari_unet.engine import labels_from_probabilities
-
         layer = self.probability_combo.value
         if layer is None:
             show_error("choose a probability layer (from Predict) to threshold")
@@ -227,7 +228,7 @@ class CorrectWidget(LayerPickers, QWidget):
             show_error(f"'{layer.name}' is not a probability map (floats in 0..1): choose the "
                        f"probabilities layer of a prediction")
             return
-        labels = labels_from_probabilities(data, 1, self.threshold.value())
+        labels = engine.LabelHead.for_outputs(1).labels(data, self.threshold.value())
         new = add_labels_over(self.viewer, labels, f"{layer.name} > {self.threshold.value():.2f}",
                               layer)
         choose(self.labels_combo, new)

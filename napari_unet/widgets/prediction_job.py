@@ -12,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_unet.choices import region_names
+from napari_unet import engine
 from napari_unet.engine.events import Failed, Message, TilesDone
+from napari_unet.errors import NapariUnetError
 from napari_unet.widgets import (
     ChannelGroup,
     channel_groups,
@@ -29,10 +30,9 @@ from napari_unet.widgets import (
 class ModelLoaded:
     """The worker's first event: what the checkpoint's model gives (to show its result)."""
 
-    num_outputs: int
+    head: engine.LabelHead  # what the outputs mean (classes or regions)
     threshold: float
     in_channels: int = 1
-    regions: tuple = ()  # a region model's label values per sigmoid output (BraTS: WT, TC, ET)
 
 
 def _predict_events(checkpoint_path, image, options, channels_first=False):
@@ -44,18 +44,14 @@ def _predict_events(checkpoint_path, image, options, channels_first=False):
     image is a channel group's (C, Z, Y, X); a 2D model takes it as (Z, C, Y, X), a stack of
     C-channel slices.
     """
-    from napari_unet.engine import load_checkpoint, model_regions, predict
-    from napari_unet.errors import NapariUnetError
-
     events = None
     try:
-        checkpoint = load_checkpoint(checkpoint_path)
-        regions = tuple(tuple(r) for r in model_regions(checkpoint.model) or ())
-        yield ModelLoaded(checkpoint.model.num_classes, float(checkpoint.config.threshold),
-                          int(checkpoint.model.in_channels), regions)
+        checkpoint = engine.load_checkpoint(checkpoint_path)
+        yield ModelLoaded(checkpoint.head, float(checkpoint.config.threshold),
+                          int(checkpoint.model.in_channels))
         if channels_first and checkpoint.model.spatial_dims == 2 and image.ndim == 4:
             image = np.moveaxis(image, 0, 1)
-        events = predict(checkpoint, image, **options)
+        events = engine.predict(checkpoint, image, **options)
         yield from events
     except NapariUnetError as exc:
         yield Failed(one_line(exc))
@@ -80,9 +76,8 @@ class PredictionJob:
         self.viewer = viewer
         self.image_layer = image_layer
         self.checkpoint = Path(checkpoint)
-        self.num_outputs = None
+        self.head = None  # the model's label head, from the worker's first event
         self.in_channels = None
-        self.regions = ()
         self.threshold = 0.5
         self.probabilities = None
         self.labels_layer = None
@@ -114,11 +109,9 @@ class PredictionJob:
             self.worker.quit()
 
     def _on_yielded(self, event):
-        from napari_unet.engine import PredictionDone
-
         if isinstance(event, ModelLoaded):
-            self.num_outputs, self.threshold = event.num_outputs, event.threshold
-            self.in_channels, self.regions = event.in_channels, event.regions
+            self.head, self.threshold = event.head, event.threshold
+            self.in_channels = event.in_channels
         elif isinstance(event, Failed):
             self.error = event.error + self._channel_hint()
             show_error(f"prediction failed: {self.error}")
@@ -128,7 +121,7 @@ class PredictionJob:
             self._progress.update(event.done - self._progress.n)
             if self._on_progress:
                 self._on_progress(event.done, event.total)
-        elif isinstance(event, PredictionDone):
+        elif isinstance(event, engine.PredictionDone):
             self._add_layers(event)
         elif isinstance(event, Message):  # e.g. out of memory: retrying with fewer tiles
             show_warning(event.text)
@@ -155,10 +148,11 @@ class PredictionJob:
         name = image.name
         probabilities = np.asarray(done.probabilities)
         self.probabilities = probabilities
-        if self.regions:  # overlapping sigmoid outputs, no background channel
+        head = self.head
+        if head is not None and head.regions:  # overlapping sigmoids, no background channel
             planes = [(probabilities[k], f"{name} probability {region}")
-                      for k, region in enumerate(region_names(self.regions))]
-        elif self.num_outputs is not None and self.num_outputs > 2:
+                      for k, region in enumerate(head.names)]
+        elif head is not None and head.blended_channels > 1:
             channels = range(1, probabilities.shape[0])  # class 0 is background
             planes = [(probabilities[k], f"{name} probability class {k}") for k in channels]
         else:
@@ -176,8 +170,7 @@ class PredictionJob:
     @property
     def binary(self) -> bool:
         """Whether a threshold cuts the labels: binary and region models (not softmax)."""
-        return self.probabilities is not None and (bool(self.regions)
-                                                   or (self.num_outputs or 1) <= 2)
+        return self.probabilities is not None and (self.head is None or self.head.thresholded)
 
     def apply_threshold(self, threshold: float) -> None:
         """Re-cut the labels from the probabilities (binary models; region models: every
@@ -185,10 +178,8 @@ class PredictionJob:
         if not self.binary or self.labels_layer is None:
             return
         self.threshold = threshold
-        from napari_unet.engine import labels_from_probabilities
-
-        self.labels_layer.data = labels_from_probabilities(self.probabilities, 1, threshold,
-                                                           self.regions or None)
+        head = self.head or engine.LabelHead.for_outputs(1)
+        self.labels_layer.data = head.labels(self.probabilities, threshold)
 
     def _on_errored(self, exc):
         self.error = one_line(exc)  # napari itself notifies, with the traceback

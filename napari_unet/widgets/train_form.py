@@ -29,7 +29,7 @@ from qtpy.QtWidgets import (
 
 from napari_unet import engine, runs
 from napari_unet._napari import looks_like_brats
-from napari_unet.choices import PRESETS, REGION_NAMES, REGION_SETS
+from napari_unet.choices import PRESETS, REGION_SETS
 from napari_unet.errors import DataError
 from napari_unet.options import SHOWN, option_args
 from napari_unet.training_set import describe_classes, looks_like_volume, mask_classes
@@ -229,8 +229,9 @@ class TrainForm(LayerPickers, QWidget):
                      "as ISBI's membranes, tick invert")
         regions = self.presets.get(self.preset.currentText(), {}).get("regions")
         if regions in REGION_SETS:  # region training: what the outputs are made of
+            row = REGION_SETS[regions]
             parts = [f"{name} ({', '.join(map(str, values))})" for name, values
-                     in zip(REGION_NAMES[regions], REGION_SETS[regions])]
+                     in zip(row["names"], row["regions"])]
             text += f"; the {self.preset.currentText()} preset trains {', '.join(parts)}"
         self.learns.setText(text)
 

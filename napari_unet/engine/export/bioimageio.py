@@ -9,10 +9,11 @@
   ``torchscript`` and ``onnx`` weights converted from it; axes whose sizes say which windows
   the network takes (TinyUNet: multiples of 16; 3D-UNet: multiples of 32; the unpadded UNet:
   188 + 16 k, its output 184 pixels smaller, the 92-pixel margin already cropped); the run's
-  normalisation as the spec's preprocessing and sigmoid/softmax as postprocessing; test
+  normalisation as the spec's preprocessing and the label head's sigmoid/softmax as
+  postprocessing, its output channels named by the head (wt/tc/et for BraTS regions); test
   tensors made by the model; a cover; a README with the run's figures. The run's own
-  normalisation, threshold and window sizes are kept under ``config.napari_unet`` so that
-  :func:`napari_unet.engine.packages.load_package` gives back the exact same predictor.
+  normalisation, label head, threshold and window sizes are kept under ``config.napari_unet``
+  so that :func:`.package.load_package` gives back the exact same predictor.
 
 ``bioimageio.spec``, ``onnx`` and ``onnxruntime`` come with the ``export`` extra.
 """
@@ -23,6 +24,7 @@ import json
 import tempfile
 from pathlib import Path
 
+import imageio.v3 as iio
 import numpy as np
 import torch
 
@@ -30,7 +32,7 @@ from ...errors import ConfigError, OutputExistsError
 from ..checkpoint import Checkpoint
 from ..data.layout import prepare_image
 from ..data.normalization import NormStats, normalize
-from ..labels import model_regions
+from ..labels import LabelHead
 from .loader import load_checkpoint
 from .onnx import AXIS_NAMES, ONNX_OPSET, export_onnx, export_torchscript, require
 from .package import CONFIG_KEY
@@ -91,8 +93,8 @@ def _preprocessing(spec, stats: NormStats, channel_axis):
     return steps
 
 
-def _postprocessing(spec, model, channel_axis):
-    if model.num_classes == 1 or model_regions(model):  # sigmoid(s)
+def _postprocessing(spec, head: LabelHead, channel_axis):
+    if head.activation == "sigmoid":
         return [spec.SigmoidDescr()]
     return [spec.SoftmaxDescr(kwargs=spec.SoftmaxKwargs(axis=channel_axis))]
 
@@ -133,15 +135,13 @@ def _model_output(checkpoint: Checkpoint, test_input: np.ndarray) -> np.ndarray:
     x = torch.from_numpy(normalize(test_input[0], stats)[None])
     with torch.no_grad():
         logits = checkpoint.model.eval().float()(x)
-    if checkpoint.model.num_classes == 1 or model_regions(checkpoint.model):
+    if checkpoint.head.activation == "sigmoid":
         return torch.sigmoid(logits).numpy()
     return torch.softmax(logits, dim=1).numpy()
 
 
 def _cover(path: Path, test_input: np.ndarray, test_output: np.ndarray) -> Path:
     """Input | foreground probability, side by side (2:1), grey 8-bit PNG."""
-    import imageio.v3 as iio
-
     def middle_2d(array):
         array = array[0, -1 if array is test_output else 0]
         while array.ndim > 2:
@@ -169,7 +169,7 @@ def _readme(checkpoint: Checkpoint, run_dir: Path | None, axes_text: str) -> str
              "## Training data", ""]
     source = (run_dir / "config.yaml") if run_dir else None
     lines.append(f"Trained for {checkpoint.step} steps on {config.spatial_dims}D images with "
-                 f"{model.in_channels} channel(s) and {checkpoint.data_info.get('num_classes', 2)}"
+                 f"{model.in_channels} channel(s) and {checkpoint.head.num_classes}"
                  f" classes (fold {config.fold} of {config.folds}; patch "
                  f"{'x'.join(map(str, config.patch_size))}, batch {config.batch_size}, "
                  f"loss {config.loss}, optimizer {config.optimizer}, lr {config.lr}). "
@@ -187,11 +187,22 @@ def _readme(checkpoint: Checkpoint, run_dir: Path | None, axes_text: str) -> str
     lines += ["", "## Input and output", "", axes_text, "",
               f"Preprocessing: the run's `{config.normalization}` normalisation (NaN and Inf "
               "inputs are not replaced by the package, as napari-unet does). Output: "
-              + ("the sigmoid of the logit." if model.num_classes == 1
-                 else "class probabilities (softmax over the channel axis)."),
+              + _output_text(checkpoint.head),
               "", ("Predicting big images: napari-unet tiles them with overlapping windows and "
               "Gaussian blending; `napari_unet predict --model THIS.zip` does the same."), ""]
     return "\n".join(lines)
+
+
+def _output_text(head: LabelHead) -> str:
+    if head.regions:
+        parts = [f"{name} ({', '.join(map(str, region))}; written back as {value})"
+                 for name, region, value in zip(head.names, head.regions, head.values)]
+        return ("one sigmoid per region, each the probability of a set of label values: "
+                + "; ".join(parts) + ". Regions overlap: a voxel takes the value of the "
+                "innermost region whose probability passes the threshold.")
+    if head.outputs == 1:
+        return "the sigmoid of the logit."
+    return "class probabilities (softmax over the channel axis)."
 
 
 def export_bioimageio(checkpoint, path, *, image=None, name: str | None = None,
@@ -204,76 +215,17 @@ def export_bioimageio(checkpoint, path, *, image=None, name: str | None = None,
     checkpoint = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
     run_dir = run_dir if run_dir is not None and run_dir.is_dir() else None
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise OutputExistsError(f"{path} exists: pass --overwrite to replace it")
-    if path.suffix != ".zip":
-        raise ConfigError(f"a bioimage.io package is a .zip file, not {path.name!r}: "
-                          f"use e.g. --output model.zip")
+    _check_exportable(checkpoint, path, overwrite)
     model = checkpoint.model.eval().float().cpu()
-    dims = model.spatial_dims
-    stats = NormStats.from_dict(checkpoint.norm_stats)
-    if stats.mode == "zscore_case" or checkpoint.config.resample > 1:
-        raise ConfigError(
-            "a bioimage.io package cannot describe this run's "
-            + ("per-case z-score inside the object" if stats.mode == "zscore_case"
-               else "low-resolution prediction") + ": export --format onnx or torchscript "
-            "(the network alone) and predict with napari-unet, which does both")
     window = tuple(checkpoint.data_info.get("input_size") or
                    model.valid_input_size(checkpoint.config.patch_size))
-    smallest, step, shrink = _axis_sizes(model)
-    channel_axis = spec.AxisId("channel")
-    names = AXIS_NAMES[-dims:]
-
     test_input = _test_image(checkpoint, image, window)
     test_output = _model_output(checkpoint, test_input)
     with tempfile.TemporaryDirectory(prefix="napari_unet_export_") as tmp:
         tmp = Path(tmp)
-        np.save(tmp / "test_input.npy", test_input)
-        np.save(tmp / "test_output.npy", test_output)
-        (tmp / "architecture.py").write_text(architecture_source(model.name))
-        torch.save(model.state_dict(), tmp / "weights.pt")
-        example = torch.from_numpy(test_input)
-        export_torchscript(model, tmp / "weights_torchscript.pt", example)
-        export_onnx(model, tmp / "weights.onnx", example)
-        _cover(tmp / "cover.png", test_input, test_output)
-
-        input_axes = [spec.BatchAxis(), spec.ChannelAxis(channel_names=[
-            spec.Identifier(f"channel{i}") for i in range(model.in_channels)])]
-        input_axes += [spec.SpaceInputAxis(id=spec.AxisId(n), size=spec.ParameterizedSize(
-            min=smallest, step=step)) for n in names]
-        classes = ["foreground"] if model.num_classes == 1 else [
-            f"class{i}" for i in range(model.num_classes)]
-        output_axes = [spec.BatchAxis(), spec.ChannelAxis(
-            channel_names=[spec.Identifier(c) for c in classes])]
-        output_axes += [spec.SpaceOutputAxis(id=spec.AxisId(n), size=spec.SizeReference(
-            tensor_id=spec.TensorId(INPUT_ID), axis_id=spec.AxisId(n), offset=-shrink))
-            for n in names]
-        axes_text = (f"Input `{INPUT_ID}` (batch, channel, {', '.join(names)}): each spatial "
-                     f"size {smallest} + {step} k. Output `{OUTPUT_ID}`: "
-                     + (f"{shrink} pixels smaller per axis (a {shrink // 2}-pixel margin "
-                        f"is cropped by the unpadded network: feed it the image mirrored by "
-                        f"{shrink // 2} pixels on every side)" if shrink else
-                        "the input's size") + ".")
+        _write_files(tmp, model, test_input, test_output)
+        inputs, outputs, axes_text = _tensors(spec, checkpoint, tmp)
         (tmp / "README.md").write_text(_readme(checkpoint, run_dir, axes_text))
-
-        version = spec.Version(torch.__version__.split("+")[0])
-        state_dict = spec.PytorchStateDictWeightsDescr(
-            source=tmp / "weights.pt", pytorch_version=version,
-            architecture=spec.ArchitectureFromFileDescr(
-                source=tmp / "architecture.py", callable=spec.Identifier(type(model).__name__),
-                kwargs={k: v for k, v in model.hparams.items() if k != "name"}))
-        weights = spec.WeightsDescr(
-            pytorch_state_dict=state_dict,
-            torchscript=spec.TorchscriptWeightsDescr(
-                source=tmp / "weights_torchscript.pt", pytorch_version=version,
-                parent="pytorch_state_dict"),
-            onnx=spec.OnnxWeightsDescr(source=tmp / "weights.onnx", opset_version=ONNX_OPSET,
-                                       parent="pytorch_state_dict"))
-        ours = {"model": model.name, "hparams": dict(model.hparams),
-                "norm_stats": stats.to_dict(), "threshold": checkpoint.config.threshold,
-                "input_size": list(window), "data_info": checkpoint.data_info,
-                "config": checkpoint.config.to_dict(), "best_dice": checkpoint.best_dice,
-                "step": checkpoint.step}
         description = spec.ModelDescr(
             name=name or f"napari-unet {model.description} ({checkpoint.config.preset})",
             description=f"{model.description} segmentation trained with napari-unet-torch "
@@ -283,25 +235,107 @@ def export_bioimageio(checkpoint, path, *, image=None, name: str | None = None,
             license=spec.LicenseId("BSD-3-Clause"),
             documentation=spec.FileDescr(source=tmp / "README.md"),
             covers=[spec.FileDescr(source=tmp / "cover.png")],
-            tags=["segmentation", f"{dims}d", "unet", "napari", "pytorch"],
-            inputs=[spec.InputTensorDescr(
-                id=spec.TensorId(INPUT_ID), axes=input_axes,
-                test_tensor=spec.FileDescr(source=tmp / "test_input.npy"),
-                data=spec.IntervalOrRatioDataDescr(type="float32"),
-                preprocessing=_preprocessing(spec, stats, channel_axis))],
-            outputs=[spec.OutputTensorDescr(
-                id=spec.TensorId(OUTPUT_ID), axes=output_axes,
-                test_tensor=spec.FileDescr(source=tmp / "test_output.npy"),
-                data=spec.IntervalOrRatioDataDescr(type="float32"),
-                postprocessing=_postprocessing(spec, model, channel_axis))],
-            weights=weights,
-            config=spec.Config(**{CONFIG_KEY: ours}),
+            tags=["segmentation", f"{model.spatial_dims}d", "unet", "napari", "pytorch"],
+            inputs=inputs, outputs=outputs, weights=_weights(spec, model, tmp),
+            config=spec.Config(**{CONFIG_KEY: _ours(checkpoint, window)}),
         )
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(f".{path.stem}.partial.zip")
         package.save_bioimageio_package(description, output_path=partial)
         partial.replace(path)
     return path
+
+
+def _check_exportable(checkpoint: Checkpoint, path: Path, overwrite: bool) -> None:
+    if path.exists() and not overwrite:
+        raise OutputExistsError(f"{path} exists: pass --overwrite to replace it")
+    if path.suffix != ".zip":
+        raise ConfigError(f"a bioimage.io package is a .zip file, not {path.name!r}: "
+                          f"use e.g. --output model.zip")
+    mode = checkpoint.norm_stats.get("mode")
+    if mode == "zscore_case" or checkpoint.config.resample > 1:
+        raise ConfigError(
+            "a bioimage.io package cannot describe this run's "
+            + ("per-case z-score inside the object" if mode == "zscore_case"
+               else "low-resolution prediction") + ": export --format onnx or torchscript "
+            "(the network alone) and predict with napari-unet, which does both")
+
+
+def _write_files(tmp: Path, model, test_input: np.ndarray, test_output: np.ndarray) -> None:
+    """The package's files: test tensors, architecture, the three weight formats, a cover."""
+    np.save(tmp / "test_input.npy", test_input)
+    np.save(tmp / "test_output.npy", test_output)
+    (tmp / "architecture.py").write_text(architecture_source(model.name))
+    torch.save(model.state_dict(), tmp / "weights.pt")
+    example = torch.from_numpy(test_input)
+    export_torchscript(model, tmp / "weights_torchscript.pt", example)
+    export_onnx(model, tmp / "weights.onnx", example)
+    _cover(tmp / "cover.png", test_input, test_output)
+
+
+def _tensors(spec, checkpoint: Checkpoint, tmp: Path):
+    """(inputs, outputs, the README's text about them): axes whose sizes say which windows the
+    network takes, the normalisation and the head's activation as pre- and postprocessing."""
+    model = checkpoint.model
+    smallest, step, shrink = _axis_sizes(model)
+    channel_axis = spec.AxisId("channel")
+    names = AXIS_NAMES[-model.spatial_dims:]
+    input_axes = [spec.BatchAxis(), spec.ChannelAxis(channel_names=[
+        spec.Identifier(f"channel{i}") for i in range(model.in_channels)])]
+    input_axes += [spec.SpaceInputAxis(id=spec.AxisId(n), size=spec.ParameterizedSize(
+        min=smallest, step=step)) for n in names]
+    output_axes = [spec.BatchAxis(), spec.ChannelAxis(
+        channel_names=[spec.Identifier(key) for key in checkpoint.head.keys])]
+    output_axes += [spec.SpaceOutputAxis(id=spec.AxisId(n), size=spec.SizeReference(
+        tensor_id=spec.TensorId(INPUT_ID), axis_id=spec.AxisId(n), offset=-shrink))
+        for n in names]
+    axes_text = (f"Input `{INPUT_ID}` (batch, channel, {', '.join(names)}): each spatial "
+                 f"size {smallest} + {step} k. Output `{OUTPUT_ID}`: "
+                 + (f"{shrink} pixels smaller per axis (a {shrink // 2}-pixel margin "
+                    f"is cropped by the unpadded network: feed it the image mirrored by "
+                    f"{shrink // 2} pixels on every side)" if shrink else
+                    "the input's size") + ".")
+    inputs = [spec.InputTensorDescr(
+        id=spec.TensorId(INPUT_ID), axes=input_axes,
+        test_tensor=spec.FileDescr(source=tmp / "test_input.npy"),
+        data=spec.IntervalOrRatioDataDescr(type="float32"),
+        preprocessing=_preprocessing(spec, NormStats.from_dict(checkpoint.norm_stats),
+                                     channel_axis))]
+    outputs = [spec.OutputTensorDescr(
+        id=spec.TensorId(OUTPUT_ID), axes=output_axes,
+        test_tensor=spec.FileDescr(source=tmp / "test_output.npy"),
+        data=spec.IntervalOrRatioDataDescr(type="float32"),
+        postprocessing=_postprocessing(spec, checkpoint.head, channel_axis))]
+    return inputs, outputs, axes_text
+
+
+def _weights(spec, model, tmp: Path):
+    """pytorch_state_dict weights (architecture: one Python file), and TorchScript and ONNX
+    converted from them."""
+    version = spec.Version(torch.__version__.split("+")[0])
+    state_dict = spec.PytorchStateDictWeightsDescr(
+        source=tmp / "weights.pt", pytorch_version=version,
+        architecture=spec.ArchitectureFromFileDescr(
+            source=tmp / "architecture.py", callable=spec.Identifier(type(model).__name__),
+            kwargs={k: v for k, v in model.hparams.items() if k != "name"}))
+    return spec.WeightsDescr(
+        pytorch_state_dict=state_dict,
+        torchscript=spec.TorchscriptWeightsDescr(
+            source=tmp / "weights_torchscript.pt", pytorch_version=version,
+            parent="pytorch_state_dict"),
+        onnx=spec.OnnxWeightsDescr(source=tmp / "weights.onnx", opset_version=ONNX_OPSET,
+                                   parent="pytorch_state_dict"))
+
+
+def _ours(checkpoint: Checkpoint, window) -> dict:
+    """What napari-unet needs to predict with the package as with the run (package.py)."""
+    model = checkpoint.model
+    return {"model": model.name, "hparams": dict(model.hparams),
+            "norm_stats": NormStats.from_dict(checkpoint.norm_stats).to_dict(),
+            "threshold": checkpoint.config.threshold, "input_size": list(window),
+            "labels": checkpoint.head.to_dict(), "data_info": checkpoint.data_info,
+            "config": checkpoint.config.to_dict(), "best_dice": checkpoint.best_dice,
+            "step": checkpoint.step}
 
 
 def _citations(spec, model_name: str):

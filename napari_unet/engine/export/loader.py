@@ -12,7 +12,7 @@ from .package import is_package, load_package
 
 def load_checkpoint(run_or_path, prefer: str = BEST, expect_model: str | None = None) -> Checkpoint:
     """Load a run's checkpoint (best, else last), or a package napari-unet exported, with its
-    model built and weights in place."""
+    model built, weights in place and its label head (``checkpoint.head``)."""
     if is_package(run_or_path):
         checkpoint = load_package(run_or_path)
     else:
@@ -28,5 +28,4 @@ def load_checkpoint(run_or_path, prefer: str = BEST, expect_model: str | None = 
     if expect_model is not None and name != expect_model:
         raise CheckpointError(f"{checkpoint.path} holds a {name} model, not {expect_model}: "
                               f"choose a checkpoint trained with that model")
-    checkpoint.model.regions = checkpoint.data_info.get("regions")
     return checkpoint

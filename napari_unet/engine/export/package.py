@@ -1,7 +1,7 @@
 """Reading a bioimage.io model package back: ``predict --model PACKAGE.zip``.
 
-A package exported by napari-unet keeps the run's model options, normalisation, threshold and
-window under ``config.napari_unet`` and its ``pytorch_state_dict`` weights; from those this
+A package exported by napari-unet keeps the run's model options, normalisation, label head,
+threshold and window under ``config.napari_unet`` and its ``pytorch_state_dict`` weights; from those this
 module rebuilds the same :class:`Checkpoint` a run folder gives, so prediction (tiling, TTA,
 out-of-core output, CPU backends) is the engine's own. Only the zip's ``rdf.yaml`` and weights
 are read, with ``zipfile``, ``yaml`` and ``torch.load(weights_only=True)``: no extra is needed
@@ -81,6 +81,8 @@ def load_package(path) -> Checkpoint:
     model, config = build_from_state(ours["hparams"], state, ours["config"], path)
     data_info = dict(ours.get("data_info") or {})
     data_info.setdefault("input_size", ours.get("input_size"))
+    if ours.get("labels"):  # packages from before the head: Checkpoint derives it from data_info
+        data_info["labels"] = ours["labels"]
     return Checkpoint(model=model, config=config, norm_stats=ours["norm_stats"],
                       step=int(ours.get("step", 0)), best_dice=float(ours.get("best_dice", 0.0)),
                       data_info=data_info, path=path, state={})

@@ -26,7 +26,6 @@ import torch
 from ...choices import BACKENDS
 from ...errors import ConfigError
 from ..export.onnx import export_onnx
-from ..labels import model_regions
 
 # Fastest first on a 2-core AVX512-BF16 CPU (benchmarks/RESULTS.md, "CPU backends").
 AUTO_ORDER = {"bf16": ("openvino", "torch"), "off": ("openvino", "onnxruntime", "torch"),
@@ -77,7 +76,7 @@ class ExportedModel(torch.nn.Module):
         self.network = [model]  # a list: not a submodule, so .to() and .eval() leave it be
         self.backend = backend
         self.spatial_dims, self.in_channels = model.spatial_dims, model.in_channels
-        self.num_classes, self.regions = model.num_classes, model_regions(model)
+        self.num_classes = model.num_classes
         self.bf16 = amp == "bf16"
         graph = onnx_bytes(model)
         if backend == "onnxruntime":

@@ -1,7 +1,7 @@
 """Prediction with a trained model: the engine's `predict`, `predict_array`, `predict_file`.
 
-Tiling, blending and TTA live in :mod:`napari_unet.engine.inference`; this module adds what a
-run knows (normalisation, tile size, threshold, classes) and the files.
+Tiling, blending and TTA live in :mod:`.sliding_window`; this module adds what a run knows
+(normalisation, tile size, threshold, its label head) and the files.
 """
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import ndimage  # a dependency of scikit-image
 
 from ...errors import OutOfMemory, OutputExistsError
 from ...io import TifMemmapWriter, read_image
@@ -19,10 +20,10 @@ from ..data.normalization import NormStats, normalize, stats_for_image
 from ..data.resolution import downsample_image, upsample_probabilities
 from ..events import Message
 from ..export.loader import load_checkpoint
-from ..labels import model_regions
+from ..labels import LabelHead
 from ..runtime import resolve_device
 from .backends import backend_model
-from .sliding_window import blended_channels, iter_sliding_window, labels_from_probabilities
+from .sliding_window import iter_sliding_window
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,8 @@ def predict(checkpoint, image, *, tile_size=None, overlap=0.25, batch_size=4, tt
     channels_last = channels_last and model is checkpoint.model
     yield from predict_with_model(
         model, prepare_image(image, checkpoint.model.spatial_dims, checkpoint.model.in_channels),
-        NormStats.from_dict(checkpoint.norm_stats), tile_size=_tile_size(checkpoint, tile_size),
+        NormStats.from_dict(checkpoint.norm_stats), head=checkpoint.head,
+        tile_size=_tile_size(checkpoint, tile_size),
         overlap=overlap, batch_size=batch_size, tta=tta, amp=amp, device=device,
         threshold=checkpoint.config.threshold if threshold is None else threshold,
         out=out, labels_out=labels_out, resample=checkpoint.config.resample,
@@ -62,31 +64,31 @@ def predict(checkpoint, image, *, tile_size=None, overlap=0.25, batch_size=4, tt
         channels_last=channels_last and checkpoint.model.spatial_dims == 2)
 
 
-def predict_with_model(model, image, stats: NormStats, *, tile_size, overlap=0.25, batch_size=4,
-                       tta=False, amp="bf16", device="cpu", threshold=0.5,
-                       out=None, labels_out=None, channels_last=True, resample: int = 1,
-                       keep_largest: bool = False):
+def predict_with_model(model, image, stats: NormStats, *, head: LabelHead, tile_size,
+                       overlap=0.25, batch_size=4, tta=False, amp="bf16", device="cpu",
+                       threshold=0.5, out=None, labels_out=None, channels_last=True,
+                       resample: int = 1, keep_largest: bool = False):
     """Sliding-window prediction of a channel-first image, normalised tile by tile (zscore_case:
-    with the image's own statistics). ``resample`` > 1: the model was trained at 1/resample of
+    with the image's own statistics); ``head`` says what the outputs mean. ``resample`` > 1: the model was trained at 1/resample of
     the resolution; the normalised image is averaged down (in memory), predicted, and the
     probabilities are interpolated back to the image's grid before the labels are taken."""
     device = torch.device(device)
     model = model.to(device)
     stats = stats_for_image(image, stats)
     options = dict(tile_size=tile_size, overlap=overlap, tta=tta, amp=amp, device=device,
-                   channels_last=channels_last, threshold=threshold)
+                   channels_last=channels_last, threshold=threshold, head=head)
     if resample > 1:
         small = downsample_image(normalize(image, stats), resample)
         probabilities = yield from _window_with_retries(
             model, small, batch_size, preprocess=None, out=None, labels_out=None, **options)
-        probabilities = _upsampled(probabilities, model, resample, image.shape[1:], out)
+        probabilities = _upsampled(probabilities, head, resample, image.shape[1:], out)
         if labels_out is not None:
-            labels_out[...] = _labels(probabilities, model, threshold)
+            labels_out[...] = head.labels(probabilities, threshold)
     else:
         probabilities = yield from _window_with_retries(
             model, image, batch_size, preprocess=lambda region: normalize(region, stats),
             out=out, labels_out=labels_out, **options)
-    labels = labels_out if labels_out is not None else _labels(probabilities, model, threshold)
+    labels = labels_out if labels_out is not None else head.labels(probabilities, threshold)
     if keep_largest:
         keep_largest_object(labels)
     yield PredictionDone(probabilities=probabilities, labels=labels)
@@ -95,8 +97,6 @@ def predict_with_model(model, image, stats: NormStats, *, tile_size, overlap=0.2
 def keep_largest_object(labels) -> None:
     """Clear, in place, every foreground voxel outside the largest connected object of
     ``labels > 0`` (full connectivity: 8 in 2D, 26 in 3D)."""
-    from scipy import ndimage
-
     foreground = np.asarray(labels) > 0
     components, count = ndimage.label(foreground, np.ones((3,) * foreground.ndim, bool))
     if count <= 1:
@@ -125,9 +125,9 @@ def _window_with_retries(model, image, batch_size, *, tile_size, device, **optio
                                      f"per batch")
 
 
-def _upsampled(probabilities, model, factor, shape, out):
+def _upsampled(probabilities, head: LabelHead, factor, shape, out):
     """Low-resolution probabilities ((*s) or (K, *s)) at the full `shape`, into `out` if given."""
-    many = blended_channels(model) > 1
+    many = head.blended_channels > 1
     probs = torch.from_numpy(np.asarray(probabilities))
     full = upsample_probabilities(probs if many else probs[None], factor, shape).numpy()
     full = full if many else full[0]
@@ -135,11 +135,6 @@ def _upsampled(probabilities, model, factor, shape, out):
         return full
     out[...] = full
     return out
-
-
-def _labels(probabilities, model, threshold):
-    return labels_from_probabilities(probabilities, model.num_classes, threshold,
-                                     model_regions(model))
 
 
 def run_to_end(events) -> PredictionDone:
@@ -167,7 +162,7 @@ def predict_file(run, input_path, labels_path, *, probabilities=None, overwrite=
             raise OutputExistsError(f"{path} exists: pass --overwrite to replace it")
     image = read_image(input_path, mmap=True)
     spatial = tuple(prepare_image(image, checkpoint.model.spatial_dims, checkpoint.model.in_channels).shape[1:])
-    k = blended_channels(checkpoint.model)
+    k = checkpoint.head.blended_channels
     prob_shape = (k, *spatial) if k > 1 else spatial
     prob_target = probabilities or labels_path.with_name(labels_path.name + ".probabilities.tmp")
     with TifMemmapWriter(labels_path, spatial, np.uint8, overwrite=overwrite) as labels_out, \

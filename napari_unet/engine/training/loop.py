@@ -26,6 +26,7 @@ from ..data.dataset import split_folds
 from ..data.normalization import NormStats, compute_norm_stats
 from ..data.patches import PatchSampler
 from ..events import CheckpointSaved, Finished, Message, Progress, Started, Validation
+from ..labels import LabelHead
 from ..runtime import configure_backends, memory_format, resolve_device
 from . import distributed
 from .losses import build_loss
@@ -40,7 +41,6 @@ from .setup import (
     make_model,
     make_optimizer,
     normalized_copy,
-    output_channels,
     window_sizes,
 )
 from .steps import LossReader, ThroughputWindow, loss_read_interval, train_step
@@ -96,6 +96,7 @@ class _Run:
             self.train_set = self.dataset.subset(train_idx)
             self.val_set = self.dataset.subset(val_idx)
         num_classes = max(2, self.dataset.num_classes)
+        self.head = LabelHead.from_config(config, num_classes)  # what the outputs mean, saved
         torch.manual_seed(config.seed)
         self.model = make_model(config, self.dataset.in_channels, num_classes)
         self.input_size, self.output_size = window_sizes(self.model, config.patch_size)
@@ -105,7 +106,7 @@ class _Run:
                           "input_size": list(self.input_size),
                           "output_size": list(self.output_size),
                           "foreground_value": config.foreground_value,
-                          "regions": config.regions}
+                          "labels": self.head.to_dict()}
         self.folder = RunFolder(run_dir, writer=self.dist.is_main)
         self.folder.prepare(config, resume)
         self.start_step, self.best_dice = 0, float("-inf")
@@ -130,8 +131,7 @@ class _Run:
         self.net = self.dist.wrap(model, device)
         if config.compile:
             self.net = torch.compile(self.net)
-        self.loss_fn = build_loss(config.loss, output_channels(config, self.data_info["num_classes"]),
-                                  config.regions)
+        self.loss_fn = build_loss(config.loss, self.head.outputs, self.head.regions)
         self.augment = make_augmenter(config)
         self._build_sampler()
         self.done = self.start_step  # completed optimizer steps
@@ -228,7 +228,7 @@ def _validate_and_save(run):
     """Validation (of the EMA weights, if any) at step ``run.done``; best.pt when it is best."""
     model = run.model if run.ema is None else run.ema.module
     result = validate(model, run.val_set, run.norm, run.config, run.input_size, run.device,
-                      run.dist)
+                      run.dist, run.head)
     is_best = result["dice"] > run.best_dice
     run.best_dice = max(run.best_dice, result["dice"])
     run.folder.log_validation(run.done, result["dice"], result["dice_per_class"])

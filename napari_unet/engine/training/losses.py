@@ -21,6 +21,7 @@ from torch import nn
 
 from ...choices import REGION_LOSSES
 from ...errors import ConfigError
+from ..labels import region_targets
 
 __all__ = [
     "soft_dice_loss",
@@ -187,7 +188,7 @@ class AdaptiveLoss(nn.Module):
 
 class RegionLoss(nn.Module):
     """Region training (nnU-Net's BraTS loss): ``BCE + (1 - mean soft Dice)`` over R sigmoid
-    outputs, each against its region's mask (engine.regions), the Dice summed over the batch.
+    outputs, each against its region's mask (engine.labels), the Dice summed over the batch.
     ``logits (B, R, *S)``, ``target (B, *S)`` class indices (the file's label values)."""
 
     def __init__(self, regions, smooth: float = 1.0):
@@ -197,8 +198,6 @@ class RegionLoss(nn.Module):
         self.last_terms: dict[str, torch.Tensor] = {}
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        from ..labels import region_targets
-
         if logits.shape[1] != len(self.regions):
             raise ValueError(f"{logits.shape[1]} outputs for {len(self.regions)} regions")
         _check_shapes(logits, target)
@@ -232,7 +231,8 @@ def available_losses() -> list[str]:
 
 def build_loss(name: str, num_classes: int, regions=None) -> nn.Module:
     """The loss called ``name`` for a network with ``num_classes`` output channels; with
-    ``regions`` the region loss (Dice + cross-entropy, the only one region training has)."""
+    ``regions`` the region loss (Dice + cross-entropy, the only one region training has). The
+    trainer passes its label head's ``outputs`` and ``regions``."""
     if regions:
         if name not in REGION_LOSSES:
             raise ConfigError(f"region training uses Dice + cross-entropy per region, not "

@@ -16,6 +16,7 @@ from ..data.layout import as_channel_first
 from ..data.normalization import normalize, stats_for_image
 from ..data.resolution import downsample_image, downsample_labels
 from ..export.loader import load_checkpoint
+from ..labels import LabelHead
 from .augment import Augmenter
 
 
@@ -74,7 +75,7 @@ def check_data_fits_model(dataset: Dataset, config: TrainConfig):
 def normalized_copy(dataset: Dataset, norm, config: TrainConfig) -> Dataset:
     """The training samples normalised (zscore_case: each with its own statistics) and, with
     resample > 1, averaged down, as float32 arrays in memory, with their masks at the same
-    resolution (region-aware, engine.regions). The windows are then cut from these."""
+    resolution (region-aware, engine.labels). The windows are then cut from these."""
     images, masks = [], []
     for image, mask in zip(dataset.images, dataset.masks):
         images.append(downsample_image(normalize(image, stats_for_image(image, norm)),
@@ -85,16 +86,8 @@ def normalized_copy(dataset: Dataset, norm, config: TrainConfig) -> Dataset:
 
 # -- model, optimizer, schedule ------------------------------------------------------------------
 def output_channels(config: TrainConfig, num_classes: int) -> int:
-    """One sigmoid channel per region (region training), 1 sigmoid channel for binary losses
-    that need it, else one channel per class."""
-    if config.regions:
-        return len(config.regions)
-    if config.loss == "adaptive":
-        if num_classes > 2:
-            raise ConfigError(f"the adaptive loss is binary but the masks have {num_classes} "
-                              f"classes: use --loss dice_ce")
-        return 1
-    return num_classes
+    """The network's outputs for masks of `num_classes` classes, as the label head says."""
+    return LabelHead.from_config(config, num_classes).outputs
 
 
 def make_model(config: TrainConfig, in_channels: int, num_classes: int) -> torch.nn.Module:
@@ -103,7 +96,6 @@ def make_model(config: TrainConfig, in_channels: int, num_classes: int) -> torch
     if config.model == "unet3d" and "spatial_dims" not in options and config.spatial_dims == 2:
         options["spatial_dims"] = 2
     model = build_model(config.model, **options)
-    model.regions = config.regions
     if model.spatial_dims != config.spatial_dims:
         raise ConfigError(f"the {config.model} model is {model.spatial_dims}D but the run is "
                           f"{config.spatial_dims}D: set spatial_dims or choose another model")
@@ -166,7 +158,6 @@ def make_ema(model, decay: float):
         return None
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-    # a deep copy of `model`: its regions come along
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
