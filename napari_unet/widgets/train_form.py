@@ -28,7 +28,8 @@ from qtpy.QtWidgets import (
 from napari_unet import runs
 from napari_unet.choices import AMP_MODES, DEVICES, PRESETS, REGION_NAMES, REGION_SETS
 from napari_unet.errors import DataError
-from napari_unet.training_set import describe_classes, looks_like_volume, mask_classes
+from napari_unet.masks import describe_classes, mask_classes
+from napari_unet.training_set import looks_like_volume
 from napari_unet.widgets import (
     ChannelGroup,
     LayerPickers,

@@ -15,7 +15,7 @@ import numpy as np
 from ...errors import ConfigError, DataError
 from ...io import image_files as _image_files
 from ...io import input_files, is_glob, read_image
-from ...training_set import mask_classes
+from ...masks import mask_classes
 from .layout import as_channel_first
 
 LAYOUTS = (
@@ -228,7 +228,7 @@ def _stack_slices(image, mask, name):
 # ------------------------------------------------------------------------- conventions
 def masks_to_classes(mask, foreground_value=None) -> np.ndarray:
     """A mask file's values as class indices (uint8; 0 = background), by the rule that the
-    widgets use too (:func:`napari_unet.training_set.mask_classes`; instance ids refused)."""
+    widgets use too (:func:`napari_unet.masks.mask_classes`; instance ids refused)."""
     return mask_classes(mask, foreground_value)[0]
 
 
