@@ -52,24 +52,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from napari_unet import runs  # noqa: E402
 from napari_unet.engine import (  # noqa: E402
     Progress,
     Validation,
+    evaluate,
     load_checkpoint,
     load_dataset,
-    predict_array,
     preset_config,
     train,
 )
-from napari_unet.engine.data.dataset import Dataset, split_folds  # noqa: E402
-from napari_unet.engine.metrics import (  # noqa: E402
-    DiceAccumulator,
-    brats_region_dice,
-    per_image_dice,
-    pixel_error,
-    soft_dice_reference,
+from napari_unet.engine.data.dataset import (  # noqa: E402
+    Dataset,
+    dagm_pairs,
+    dataset_from_pairs,
+    split_folds,
 )
-from napari_unet.io import read_image  # noqa: E402
 
 DATA_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
 FOLDERS = {"isbi2012": "isbi2012", "dagm2007": "dagm2007_class1", "brats2013": "brats2013",
@@ -161,20 +159,8 @@ def load_extra(dataset_name: str, images: Path, masks: Path) -> Dataset:
             return load_dataset(images)
         return load_dataset(images=images, masks=masks, spatial_dims=3)
     # DAGM: NNNN.PNG with Label/NNNN_label.PNG (or same-name masks); no mask file = no defect
-    image_paths = sorted(p for p in images.iterdir() if p.suffix.lower() in (".png", ".tif", ".tiff")
-                         ) if images.is_dir() else [images]
-    samples, mask_files = [], {}
-    if masks.is_dir():
-        mask_files = {p.stem.lower(): p for p in masks.iterdir() if p.is_file()}
-    for path in image_paths:
-        mask_path = masks if not masks.is_dir() else (
-            mask_files.get(f"{path.stem.lower()}_label") or mask_files.get(path.stem.lower()))
-        image = np.asarray(read_image(path))
-        image = image[None] if image.ndim == 2 else np.moveaxis(image, -1, 0)[:1]
-        mask = (np.zeros(image.shape[1:], np.uint8) if mask_path is None
-                else (np.asarray(read_image(mask_path)) > 0).astype(np.uint8))
-        samples.append((image, mask, path.stem))
-    return Dataset([s[0] for s in samples], [s[1] for s in samples], [s[2] for s in samples], 2)
+    pairs = dagm_pairs(images, masks) if images.is_dir() and masks.is_dir() else [(images, masks)]
+    return dataset_from_pairs(pairs, spatial_dims=2)
 
 
 # ------------------------------------------------------------------------------ configs
@@ -248,53 +234,35 @@ def train_fold(config, dataset: Dataset, run_dir: Path, deadline: float | None,
                       f"{' (best)' if event.best else ''}", flush=True)
     finally:
         events.close()
-    best = run_dir / "checkpoints" / "best.pt"
-    path = best if which == "best" and best.exists() else run_dir / "checkpoints" / "last.pt"
+    path = runs.find_checkpoint(run_dir, prefer=runs.BEST if which == "best" else runs.LAST)
     return curve, path, stopped_early
 
 
 # ------------------------------------------------------------------------------ evaluation
 def evaluate_model(dataset_name: str, checkpoint, data: Dataset, eval_options: dict) -> dict:
-    """The data set's metrics of a checkpoint on labelled data, plus per-image predictions."""
+    """The data set's metrics of a checkpoint on labelled data, by the engine's ``evaluate``
+    (the one the CLI runs), plus the per-image predictions (for the overlay)."""
     options = dict(amp="bf16" if checkpoint.config.amp != "off" else "off", device="cpu"
                    if not torch.cuda.is_available() else "auto", batch_size=4, **eval_options)
-    predictions = []
+    if dataset_name == "dagm2007":  # the reference metric: per-image Dice at threshold 0.5
+        options["threshold"] = 0.5
+    metrics = evaluate(checkpoint, data, per_image=True, keep_labels=True, **options)
+    images = metrics["images"]
+    predictions = [image["labels"] for image in images]
     if dataset_name == "isbi2012":
-        accumulator, soft, errors = DiceAccumulator(2), [], []
-        for image, mask in zip(data.images, data.masks):
-            probs, labels = predict_array(checkpoint, image, **options)
-            mask = np.asarray(mask).astype(np.int64)
-            accumulator.update(labels, mask)
-            two = np.stack([1.0 - probs, probs])[None]
-            onehot = np.stack([mask == 0, mask == 1]).astype(np.float64)[None]
-            soft.append(soft_dice_reference(two, onehot))
-            errors.append(pixel_error(labels, mask))
-            predictions.append(labels)
-        per_class = accumulator.dice_per_class()
-        return dict(membrane_dice=per_class[1], mean_dice=float(np.mean(per_class)),
-                    soft_dice=float(np.mean(soft)), pixel_error=float(np.mean(errors))), predictions
+        return dict(membrane_dice=metrics["dice_per_class"][1], mean_dice=metrics["mean_dice"],
+                    soft_dice=metrics["soft_dice"], pixel_error=metrics["pixel_error"]), \
+            predictions
     if dataset_name == "dagm2007":
-        scores, defective = [], []
-        for image, mask in zip(data.images, data.masks):
-            _, labels = predict_array(checkpoint, image, threshold=0.5, **options)
-            score = per_image_dice(labels[None], np.asarray(mask)[None])[0]
-            scores.append(score)
-            if np.any(mask):
-                defective.append(score)
-            predictions.append(labels)
-        return dict(per_image_dice=float(np.mean(scores)),
+        defective = [image["dice"] for image in images if image["foreground"]]
+        return dict(per_image_dice=metrics["per_image_dice"],
                     defect_dice=float(np.mean(defective)) if defective else float("nan")), \
             predictions
-    regions = {"wt": [], "tc": [], "et": []}
-    for image, mask, name in zip(data.images, data.masks, data.names):
-        _, labels = predict_array(checkpoint, image, **options)
-        case = brats_region_dice(labels, np.asarray(mask))
-        for region, value in case.items():
-            regions[region].append(value)
-        print(f"  case={name} " + format_pairs({f"{k}_dice": v for k, v in case.items()}),
+    for image in images:  # BraTS: each case's own line, then the mean over cases
+        print(f"  case={image['name']} " + format_pairs({k: image[k] for k in KEYS[dataset_name]}),
               flush=True)
-        predictions.append(labels)
-    return {f"{k}_dice": float(np.mean(v)) for k, v in regions.items()}, predictions
+    return {k: float(np.mean([image[k] for image in images])) for k in KEYS[dataset_name]}, \
+        predictions
 
 
 def format_pairs(values: dict) -> str:

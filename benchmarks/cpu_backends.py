@@ -109,6 +109,7 @@ def end_to_end(stack: Path, repeats: int, families, backends) -> str:
     from napari_unet.engine import preset_config
     from napari_unet.engine.checkpoint import save_checkpoint
     from napari_unet.engine.training.setup import make_model, window_sizes
+    from napari_unet.runs import RunFolder
 
     presets = {"tiny_unet": ("industrial", {"base_channels": 32}, 1),
                "unet": ("isbi2012", {}, 2)}
@@ -122,7 +123,7 @@ def end_to_end(stack: Path, repeats: int, families, backends) -> str:
             model = make_model(config, 1, classes)
             window, output = window_sizes(model, config.patch_size)
             run = Path(tmp) / family
-            save_checkpoint(run / "checkpoints" / "best.pt", model=model, config=config,
+            save_checkpoint(RunFolder(run).best, model=model, config=config,
                             norm_stats={"mode": "minus_one_one", "low": [0.0], "high": [255.0],
                                         "mean": [], "std": []}, step=0, best_dice=0.0,
                             data_info={"num_classes": 2, "in_channels": 1, "spatial_dims": 2,
