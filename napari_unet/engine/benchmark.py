@@ -141,7 +141,7 @@ def time_calls(fn, device: torch.device, warmup: int, steps: int) -> list[float]
 
 
 def _train_step_fn(config, net, model, num_classes, x, y, device):
-    loss_fn = build_loss(config.loss, output_channels(config, num_classes))
+    loss_fn = build_loss(config.loss, output_channels(config, num_classes), config.regions)
     optimizer = make_optimizer(config, model.parameters())
     scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
     model.train()
