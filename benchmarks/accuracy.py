@@ -143,6 +143,13 @@ REFERENCE_EVAL = {"isbi2012": dict(overlap=0.5, tta="mirror"),
                   "brats2013": dict(overlap=0.5, tta="mirror"),
                   "brats2021": dict(overlap=0.5, tta="mirror")}
 STEP_OVERHEAD = 1.03  # validation passes during training, on top of the timed steps
+# --tiny (the test suite: every path once, in seconds): the first samples, 2 steps of a narrow
+# network on small windows, no calibration, prediction without TTA
+TINY_SAMPLES, TINY_STEPS = 10, 2
+TINY_PATCH = {"isbi2012": [64, 64], "dagm2007": [64, 64], "brats2013": [32, 32, 32],
+              "brats2021": [32, 32, 32]}
+TINY_TILE = {"isbi2012": [512, 512], "dagm2007": [512, 512], "brats2013": [64, 64, 64],
+             "brats2021": [64, 64, 64]}  # few tiles: a tiny network is quick on big ones
 
 
 # ------------------------------------------------------------------------------ data
@@ -164,6 +171,16 @@ def load_extra(dataset_name: str, images: Path, masks: Path) -> Dataset:
 
 
 # ------------------------------------------------------------------------------ configs
+def tiny_config(dataset_name: str, config):
+    """The recipe at a size that runs in seconds (--tiny)."""
+    options = dict(config.model_options or {}, base_channels=4)
+    if "max_channels" in options:
+        options["max_channels"] = 16
+    return config.replace(patch_size=TINY_PATCH[dataset_name], batch_size=1,
+                          model_options=options, val_tile_size=TINY_TILE[dataset_name],
+                          val_every=config.steps)
+
+
 def make_config(dataset_name: str, budget: str, fold: int, steps=None):
     preset = PRESETS[dataset_name]
     overrides = dict(fold=fold, folds=FOLDS[dataset_name], split_seed=0, seed=0)
@@ -411,7 +428,14 @@ def main(argv=None):
     parser.add_argument("--train-all", action="store_true",
                         help="train on every sample (no validation part) and score the "
                              "--extra-eval data only: a check on data from elsewhere")
+    parser.add_argument("--tiny", action="store_true",
+                        help=f"a check that every path runs (the test suite): the first "
+                             f"{TINY_SAMPLES} samples, fold 0, {TINY_STEPS} steps of a narrow "
+                             "network, no calibration, no TTA")
     args = parser.parse_args(argv)
+    if args.tiny:
+        args.fold, args.steps, args.budget = 0 if args.fold is None else args.fold, \
+            TINY_STEPS, "cpu"
 
     started = time.monotonic()
     name = args.dataset
@@ -424,6 +448,8 @@ def main(argv=None):
             parser.error("--train-all scores --extra-eval data only: give some")
         fold_list = [None]
     dataset = load(name, args.data_root)
+    if args.tiny:
+        dataset = dataset.subset(range(min(TINY_SAMPLES, len(dataset))))
     if args.channels:
         if max(args.channels) >= dataset.in_channels or min(args.channels) < 0:
             parser.error(f"--channels: {name} has channels 0..{dataset.in_channels - 1}")
@@ -442,7 +468,10 @@ def main(argv=None):
         deadline = None
         config = make_config(name, args.budget, fold)
         eval_options = dict(CPU_EVAL[name] if args.budget == "cpu" else REFERENCE_EVAL[name])
-        if args.budget == "cpu":
+        if args.tiny:
+            config = tiny_config(name, make_config(name, args.budget, fold, steps=args.steps))
+            eval_options.update(tile_size=TINY_TILE[name], tta=False)
+        elif args.budget == "cpu":
             minutes = args.minutes or CPU_MINUTES[name]
             seconds = calibrate_seconds_per_step(config, dataset,
                                                  out_root / f"calibration{fold}")
