@@ -43,8 +43,8 @@ MONAI, MONAI_CL = "MONAI (model as given)", "MONAI (caller makes it channels-las
 OURS, OURS_NCHW = "napari_unet (channels-last)", "napari_unet (NCHW)"
 # --tiny (the test suite: every row once, in seconds); without MONAI (the bench extra) the
 # rows are ours alone, against ours in NCHW
-TINY = ["--size", "2x64x64", "--tile", "32", "--batch", "2", "--base-channels", "4",
-        "--repeats", "1", "--chunk", "1"]
+TINY = ["--size", "2x64x64", "--tile", "64", "--batch", "2", "--base-channels", "4",
+        "--repeats", "1", "--chunk", "2"]
 
 
 def parse_args(argv=None):
