@@ -7,6 +7,9 @@ PIP := $(PY) -m pip
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 DEMO_OUT ?= runs/demo
+# PyQt6 is the default binding (napari deprecated PyQt5; qtpy would pick PyQt5 first when both
+# are installed); PyQt5 stays installed and its GUI tests run while napari supports it.
+export QT_API ?= pyqt6
 
 # System libraries napari needs to draw under Xvfb on a fresh Debian/Ubuntu machine.
 APT_PACKAGES := xvfb xauth libgl1 libegl1 libglib2.0-0 libfontconfig1 libdbus-1-3 \
@@ -35,7 +38,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$(TORCH_SPEC)"
-	$(PIP) install -q -e ".[pyqt5,pyqt6,test,export,cpu]"
+	$(PIP) install -q -e ".[pyqt6,pyqt5,test,export,cpu]"
 	touch $@
 
 venv: $(VENV)/.installed
@@ -46,14 +49,14 @@ WITH_DISPLAY = if [ -n "$$DISPLAY" ]; then "$$@"; \
 	elif command -v xvfb-run >/dev/null; then xvfb-run -a -s "-screen 0 1600x1000x24" "$$@"; \
 	else echo "make test: no display and no xvfb-run: install Xvfb (sudo apt-get install xvfb xauth, or make system-deps as root) so that the GUI tests run" >&2; exit 1; fi
 
-# Lint, the whole suite on PyQt5 (the default extra), then the GUI tests again on PyQt6.
+# Lint, the whole suite on PyQt6 (the default extra), then the GUI tests again on PyQt5.
 # NAPARI_UNET_STRICT_TESTS: any skip but "needs a CUDA GPU" fails (tests/conftest.py).
 test: system-deps venv
 	@test -d ../shared/data || { echo "make test: ../shared/data not found: the suite reads the real data sets from ../shared/data beside the repository" >&2; exit 1; }
 	$(VENV)/bin/ruff check .
-	@set -- env NAPARI_UNET_STRICT_TESTS=1 $(PY) -m pytest -q $(PYTEST_ARGS); $(WITH_DISPLAY)
-	@echo "GUI tests on PyQt6:"
-	@set -- env NAPARI_UNET_STRICT_TESTS=1 QT_API=pyqt6 $(PY) -m pytest -q -m "gui and not soak" \
+	@set -- env NAPARI_UNET_STRICT_TESTS=1 QT_API=pyqt6 $(PY) -m pytest -q $(PYTEST_ARGS); $(WITH_DISPLAY)
+	@echo "GUI tests on PyQt5:"
+	@set -- env NAPARI_UNET_STRICT_TESTS=1 QT_API=pyqt5 $(PY) -m pytest -q -m "gui and not soak" \
 		$(PYTEST_ARGS); $(WITH_DISPLAY)
 
 demo: venv

@@ -52,25 +52,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from napari_unet import runs  # noqa: E402
 from napari_unet.choices import REGION_SETS  # noqa: E402
 from napari_unet.engine import (  # noqa: E402
     Progress,
     Validation,
+    evaluate,
     load_checkpoint,
     load_dataset,
-    predict_array,
     preset_config,
     train,
 )
-from napari_unet.engine.data.dataset import Dataset, split_folds  # noqa: E402
-from napari_unet.engine.metrics import (  # noqa: E402
-    DiceAccumulator,
-    per_image_dice,
-    pixel_error,
-    region_dice,
-    soft_dice_reference,
+from napari_unet.engine.data.dataset import (  # noqa: E402
+    Dataset,
+    dagm_pairs,
+    dataset_from_pairs,
+    split_folds,
 )
-from napari_unet.io import read_image  # noqa: E402
+from napari_unet.engine.metrics import region_dice  # noqa: E402
 
 DATA_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
 FOLDERS = {"isbi2012": "isbi2012", "dagm2007": "dagm2007_class1", "brats2013": "brats2013",
@@ -146,6 +145,13 @@ REFERENCE_EVAL = {"isbi2012": dict(overlap=0.5, tta="mirror"),
                   "brats2013": dict(overlap=0.5, tta="mirror"),
                   "brats2021": dict(overlap=0.5, tta="mirror")}
 STEP_OVERHEAD = 1.03  # validation passes during training, on top of the timed steps
+# --tiny (the test suite: every path once, in seconds): the first samples, 2 steps of a narrow
+# network on small windows, no calibration, prediction without TTA
+TINY_SAMPLES, TINY_STEPS = 10, 2
+TINY_PATCH = {"isbi2012": [64, 64], "dagm2007": [64, 64], "brats2013": [32, 32, 32],
+              "brats2021": [32, 32, 32]}
+TINY_TILE = {"isbi2012": [512, 512], "dagm2007": [512, 512], "brats2013": [64, 64, 64],
+             "brats2021": [64, 64, 64]}  # few tiles: a tiny network is quick on big ones
 
 
 # ------------------------------------------------------------------------------ data
@@ -162,23 +168,21 @@ def load_extra(dataset_name: str, images: Path, masks: Path) -> Dataset:
             return load_dataset(images)
         return load_dataset(images=images, masks=masks, spatial_dims=3)
     # DAGM: NNNN.PNG with Label/NNNN_label.PNG (or same-name masks); no mask file = no defect
-    image_paths = sorted(p for p in images.iterdir() if p.suffix.lower() in (".png", ".tif", ".tiff")
-                         ) if images.is_dir() else [images]
-    samples, mask_files = [], {}
-    if masks.is_dir():
-        mask_files = {p.stem.lower(): p for p in masks.iterdir() if p.is_file()}
-    for path in image_paths:
-        mask_path = masks if not masks.is_dir() else (
-            mask_files.get(f"{path.stem.lower()}_label") or mask_files.get(path.stem.lower()))
-        image = np.asarray(read_image(path))
-        image = image[None] if image.ndim == 2 else np.moveaxis(image, -1, 0)[:1]
-        mask = (np.zeros(image.shape[1:], np.uint8) if mask_path is None
-                else (np.asarray(read_image(mask_path)) > 0).astype(np.uint8))
-        samples.append((image, mask, path.stem))
-    return Dataset([s[0] for s in samples], [s[1] for s in samples], [s[2] for s in samples], 2)
+    pairs = dagm_pairs(images, masks) if images.is_dir() and masks.is_dir() else [(images, masks)]
+    return dataset_from_pairs(pairs, spatial_dims=2)
 
 
 # ------------------------------------------------------------------------------ configs
+def tiny_config(dataset_name: str, config):
+    """The recipe at a size that runs in seconds (--tiny)."""
+    options = dict(config.model_options or {}, base_channels=4)
+    if "max_channels" in options:
+        options["max_channels"] = 16
+    return config.replace(patch_size=TINY_PATCH[dataset_name], batch_size=1,
+                          model_options=options, val_tile_size=TINY_TILE[dataset_name],
+                          val_every=config.steps)
+
+
 def make_config(dataset_name: str, budget: str, fold: int, steps=None):
     preset = PRESETS[dataset_name]
     overrides = dict(fold=fold, folds=FOLDS[dataset_name], split_seed=0, seed=0)
@@ -249,53 +253,39 @@ def train_fold(config, dataset: Dataset, run_dir: Path, deadline: float | None,
                       f"{' (best)' if event.best else ''}", flush=True)
     finally:
         events.close()
-    best = run_dir / "checkpoints" / "best.pt"
-    path = best if which == "best" and best.exists() else run_dir / "checkpoints" / "last.pt"
+    path = runs.find_checkpoint(run_dir, prefer=runs.BEST if which == "best" else runs.LAST)
     return curve, path, stopped_early
 
 
 # ------------------------------------------------------------------------------ evaluation
 def evaluate_model(dataset_name: str, checkpoint, data: Dataset, eval_options: dict) -> dict:
-    """The data set's metrics of a checkpoint on labelled data, plus per-image predictions."""
+    """The data set's metrics of a checkpoint on labelled data, by the engine's ``evaluate``
+    (the one the CLI runs), plus the per-image predictions (for the overlay)."""
     options = dict(amp="bf16" if checkpoint.config.amp != "off" else "off", device="cpu"
                    if not torch.cuda.is_available() else "auto", batch_size=4, **eval_options)
-    predictions = []
+    if dataset_name == "dagm2007":  # the reference metric: per-image Dice at threshold 0.5
+        options["threshold"] = 0.5
+    metrics = evaluate(checkpoint, data, per_image=True, keep_labels=True, **options)
+    images = metrics["images"]
+    predictions = [image["labels"] for image in images]
     if dataset_name == "isbi2012":
-        accumulator, soft, errors = DiceAccumulator(2), [], []
-        for image, mask in zip(data.images, data.masks):
-            probs, labels = predict_array(checkpoint, image, **options)
-            mask = np.asarray(mask).astype(np.int64)
-            accumulator.update(labels, mask)
-            two = np.stack([1.0 - probs, probs])[None]
-            onehot = np.stack([mask == 0, mask == 1]).astype(np.float64)[None]
-            soft.append(soft_dice_reference(two, onehot))
-            errors.append(pixel_error(labels, mask))
-            predictions.append(labels)
-        per_class = accumulator.dice_per_class()
-        return dict(membrane_dice=per_class[1], mean_dice=float(np.mean(per_class)),
-                    soft_dice=float(np.mean(soft)), pixel_error=float(np.mean(errors))), predictions
+        return dict(membrane_dice=metrics["dice_per_class"][1], mean_dice=metrics["mean_dice"],
+                    soft_dice=metrics["soft_dice"], pixel_error=metrics["pixel_error"]), \
+            predictions
     if dataset_name == "dagm2007":
-        scores, defective = [], []
-        for image, mask in zip(data.images, data.masks):
-            _, labels = predict_array(checkpoint, image, threshold=0.5, **options)
-            score = per_image_dice(labels[None], np.asarray(mask)[None])[0]
-            scores.append(score)
-            if np.any(mask):
-                defective.append(score)
-            predictions.append(labels)
-        return dict(per_image_dice=float(np.mean(scores)),
+        defective = [image["dice"] for image in images if image["foreground"]]
+        return dict(per_image_dice=metrics["per_image_dice"],
                     defect_dice=float(np.mean(defective)) if defective else float("nan")), \
             predictions
     brats = REGION_SETS["brats"]  # the BraTS evaluation regions, whatever the model trained
     regions = {key: [] for key in brats["keys"]}
-    for image, mask, name in zip(data.images, data.masks, data.names):
-        _, labels = predict_array(checkpoint, image, **options)
-        case = dict(zip(brats["keys"], region_dice(labels, np.asarray(mask), brats["regions"])))
+    for image, mask in zip(images, data.masks):
+        case = dict(zip(brats["keys"], region_dice(image["labels"], np.asarray(mask),
+                                                   brats["regions"])))
         for region, value in case.items():
             regions[region].append(value)
-        print(f"  case={name} " + format_pairs({f"{k}_dice": v for k, v in case.items()}),
+        print(f"  case={image['name']} " + format_pairs({f"{k}_dice": v for k, v in case.items()}),
               flush=True)
-        predictions.append(labels)
     return {f"{k}_dice": float(np.mean(v)) for k, v in regions.items()}, predictions
 
 
@@ -445,7 +435,14 @@ def main(argv=None):
     parser.add_argument("--train-all", action="store_true",
                         help="train on every sample (no validation part) and score the "
                              "--extra-eval data only: a check on data from elsewhere")
+    parser.add_argument("--tiny", action="store_true",
+                        help=f"a check that every path runs (the test suite): the first "
+                             f"{TINY_SAMPLES} samples, fold 0, {TINY_STEPS} steps of a narrow "
+                             "network, no calibration, no TTA")
     args = parser.parse_args(argv)
+    if args.tiny:
+        args.fold, args.steps, args.budget = 0 if args.fold is None else args.fold, \
+            TINY_STEPS, "cpu"
 
     started = time.monotonic()
     name = args.dataset
@@ -458,6 +455,8 @@ def main(argv=None):
             parser.error("--train-all scores --extra-eval data only: give some")
         fold_list = [None]
     dataset = load(name, args.data_root)
+    if args.tiny:
+        dataset = dataset.subset(range(min(TINY_SAMPLES, len(dataset))))
     if args.channels:
         if max(args.channels) >= dataset.in_channels or min(args.channels) < 0:
             parser.error(f"--channels: {name} has channels 0..{dataset.in_channels - 1}")
@@ -476,7 +475,10 @@ def main(argv=None):
         deadline = None
         config = make_config(name, args.budget, fold)
         eval_options = dict(CPU_EVAL[name] if args.budget == "cpu" else REFERENCE_EVAL[name])
-        if args.budget == "cpu":
+        if args.tiny:
+            config = tiny_config(name, make_config(name, args.budget, fold, steps=args.steps))
+            eval_options.update(tile_size=TINY_TILE[name], tta=False)
+        elif args.budget == "cpu":
             minutes = args.minutes or CPU_MINUTES[name]
             seconds = calibrate_seconds_per_step(config, dataset,
                                                  out_root / f"calibration{fold}")

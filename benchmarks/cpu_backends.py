@@ -36,6 +36,13 @@ CASES = {
     "unet3d": ("3D-UNet, 1 x 4 x 128^3", {"in_channels": 4, "num_classes": 4},
                (1, 4, 128, 128, 128)),
 }
+# --tiny (the test suite: every backend once, in seconds): narrow networks, small inputs
+TINY_CASES = {
+    "tiny_unet": ("TinyUNet base 4, 1 x 64^2", {"base_channels": 4}, (1, 1, 64, 64)),
+    "unet": ("UNet base 4, 1 x 188^2", {"base_channels": 4}, (1, 1, 188, 188)),
+    "unet3d": ("3D-UNet base 4, 1 x 4 x 64^3", {"in_channels": 4, "num_classes": 4,
+                                                 "base_channels": 4}, (1, 4, 64, 64, 64)),
+}
 COLUMNS = (("torch", "off"), ("torch", "bf16"), ("onnxruntime", "off"), ("openvino", "off"),
            ("openvino", "bf16"))
 CPU = torch.device("cpu")
@@ -55,10 +62,10 @@ def _runner(model, x, backend: str, amp: str):
     return lambda: exported(x)
 
 
-def measure(name: str, repeats: int) -> dict:
+def measure(name: str, repeats: int, cases=CASES) -> dict:
     """One row. The columns take turns, one call each per round, best of ``repeats`` rounds:
     on a shared machine a burst of load then hits every column alike."""
-    label, options, shape = CASES[name]
+    label, options, shape = cases[name]
     torch.manual_seed(0)
     model = build_model(name, **options).eval()
     x = torch.randn(shape)
@@ -109,6 +116,7 @@ def end_to_end(stack: Path, repeats: int, families, backends) -> str:
     from napari_unet.engine import preset_config
     from napari_unet.engine.checkpoint import save_checkpoint
     from napari_unet.engine.training.setup import make_model, window_sizes
+    from napari_unet.runs import RunFolder
 
     presets = {"tiny_unet": ("industrial", {"base_channels": 32}, 1),
                "unet": ("isbi2012", {}, 2)}
@@ -122,7 +130,7 @@ def end_to_end(stack: Path, repeats: int, families, backends) -> str:
             model = make_model(config, 1, classes)
             window, output = window_sizes(model, config.patch_size)
             run = Path(tmp) / family
-            save_checkpoint(run / "checkpoints" / "best.pt", model=model, config=config,
+            save_checkpoint(RunFolder(run).best, model=model, config=config,
                             norm_stats={"mode": "minus_one_one", "low": [0.0], "high": [255.0],
                                         "mean": [], "std": []}, step=0, best_dice=0.0,
                             data_info={"num_classes": 2, "in_channels": 1, "spatial_dims": 2,
@@ -155,6 +163,9 @@ def main(argv=None) -> int:
     parser.add_argument("--end-to-end", metavar="STACK", type=Path, default=None,
                         help="instead: time `napari_unet predict` on this whole stack, torch "
                              "bf16 (today's default) against the backends")
+    parser.add_argument("--tiny", action="store_true",
+                        help="a check that every backend runs (the test suite): narrow "
+                             "networks on small inputs, one call each")
     args = parser.parse_args(argv)
     if args.end_to_end is not None:
         columns = [("torch", "bf16"), ("openvino", "bf16"), ("openvino", "off")]
@@ -165,7 +176,8 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; best of "
           f"{args.repeats}", file=sys.stderr)
-    rows = [measure(name, args.repeats) for name in args.models]
+    repeats, cases = (1, TINY_CASES) if args.tiny else (args.repeats, CASES)
+    rows = [measure(name, repeats, cases) for name in args.models]
     print(format_rows(rows))
     return 0
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib.util
 import os
 import resource
 import sys
@@ -38,6 +39,12 @@ from napari_unet.io import TifMemmapWriter, read_image  # noqa: E402
 from napari_unet.models import build_model  # noqa: E402
 
 GIB = 2 ** 30
+MONAI, MONAI_CL = "MONAI (model as given)", "MONAI (caller makes it channels-last)"
+OURS, OURS_NCHW = "napari_unet (channels-last)", "napari_unet (NCHW)"
+# --tiny (the test suite: every row once, in seconds); without MONAI (the bench extra) the
+# rows are ours alone, against ours in NCHW
+TINY = ["--size", "2x64x64", "--tile", "64", "--batch", "2", "--base-channels", "4",
+        "--repeats", "1", "--chunk", "2"]
 
 
 def parse_args(argv=None):
@@ -60,7 +67,13 @@ def parse_args(argv=None):
     parser.add_argument("--memory-tile", type=int, default=256)
     parser.add_argument("--memory-batch", type=int, default=16)
     parser.add_argument("--tmp", default=None, help="folder for the memory test's files")
-    return parser.parse_args(argv)
+    parser.add_argument("--tiny", action="store_true",
+                        help="a check that it runs (the test suite): 2 small slices, a narrow "
+                             "network, one repeat")
+    args = parser.parse_args(argv)
+    if args.tiny:  # the tiny settings win over the same options given with --tiny
+        args = parser.parse_args([*(sys.argv[1:] if argv is None else argv), *TINY])
+    return args
 
 
 def make_model(name: str, base_channels: int, seed: int) -> torch.nn.Module:
@@ -127,11 +140,14 @@ def speed(args) -> None:
     step = args.chunk if model.spatial_dims == 2 else shape[0]
     chunks = [(z, min(z + step, shape[0])) for z in range(0, shape[0], step)]
     engines = {
-        "napari_unet (channels-last)": lambda s: ours_runner(model, s, args, True),
-        "napari_unet (NCHW)": lambda s: ours_runner(model, s, args, False),
-        "MONAI (model as given)": lambda s: monai_runner(model, s, args, False),
-        "MONAI (caller makes it channels-last)": lambda s: monai_runner(model, s, args, True),
+        OURS: lambda s: ours_runner(model, s, args, True),
+        OURS_NCHW: lambda s: ours_runner(model, s, args, False),
+        MONAI: lambda s: monai_runner(model, s, args, False),
+        MONAI_CL: lambda s: monai_runner(model, s, args, True),
     }
+    if importlib.util.find_spec("monai") is None:
+        print("MONAI is not installed (pip install -e '.[bench]'): ours alone, against NCHW")
+        del engines[MONAI], engines[MONAI_CL]
     runs = {name: [make(stack[a:b]) for a, b in chunks] for name, make in engines.items()}
     for make in engines.values():  # warm-up: oneDNN picks and caches its kernels
         make(stack[:1] if model.spatial_dims == 2 else stack)()
@@ -151,8 +167,8 @@ def speed(args) -> None:
 def report_speed(args, model, shape, chunks, times, outputs) -> None:
     # best: the fastest run of every chunk, summed (what the engine does on a quiet CPU)
     best = {name: t.min(axis=0).sum() for name, t in times.items()}
-    monai, monai_cl = "MONAI (model as given)", "MONAI (caller makes it channels-last)"
-    ours = "napari_unet (channels-last)"
+    monai = MONAI if MONAI in times else OURS_NCHW  # the reference row
+    short = "MONAI" if monai == MONAI else "NCHW"
     reference = outputs[monai]
     tiles = count_tiles(model, shape, args)
     rows = []
@@ -168,10 +184,11 @@ def report_speed(args, model, shape, chunks, times, outputs) -> None:
           f"{args.batch} tiles per batch, Gaussian blend, amp={args.amp}, "
           f"{torch.get_num_threads()} CPU threads, {tiles} tiles per run, "
           f"{args.repeats} repeats of {chunks} interleaved chunks")
-    print(table(["engine", "best s", "each repeat, s", "tiles/s", "MONAI / this (best)",
-                 "MONAI / this (median paired)", "max |diff| vs MONAI"], rows))
-    print(f"\nMONAI / ours at equal settings: {best[monai] / best[ours]:.2f}x; "
-          f"MONAI with a channels-last model / ours: {best[monai_cl] / best[ours]:.2f}x")
+    print(table(["engine", "best s", "each repeat, s", "tiles/s", f"{short} / this (best)",
+                 f"{short} / this (median paired)", f"max |diff| vs {short}"], rows))
+    if MONAI_CL in best:
+        print(f"\nMONAI / ours at equal settings: {best[MONAI] / best[OURS]:.2f}x; "
+              f"MONAI with a channels-last model / ours: {best[MONAI_CL] / best[OURS]:.2f}x")
 
 
 def count_tiles(model, shape, args) -> int:

@@ -46,13 +46,18 @@ from napari_unet.engine.training.setup import make_augmenter, make_model, window
 DATA = {"industrial": "dagm2007_class1", "isbi2012": "isbi2012", "volume3d": "brats2021"}
 RECIPES = {"industrial": "dagm2007", "isbi2012": "isbi2012", "volume3d": "brats2013"}
 FOREGROUND = {"isbi2012": 0}
+# --tiny (the test suite: every row once, in seconds): small windows and narrow networks for
+# the end-to-end rows, one batch and one step everywhere
+TINY_PATCH = {"industrial": [64, 64], "isbi2012": [64, 64], "volume3d": [32, 32, 32]}
+TINY = ["--host-batches", "1", "--repeats", "1", "--warmup", "1", "--steps", "1"]
 
 
 def load(preset: str, data_root: Path):
     return load_dataset(data_root / DATA[preset], foreground_value=FOREGROUND.get(preset))
 
 
-def end_to_end_config(preset: str, on_cpu: bool, amp: str, compile_: bool, steps: int):
+def end_to_end_config(preset: str, on_cpu: bool, amp: str, compile_: bool, steps: int,
+                      tiny: bool = False):
     overrides = dict(fold=None, steps=steps, val_every=10**9, checkpoint_every=10**9,
                      foreground_value=FOREGROUND.get(preset), seed=0)
     if on_cpu:
@@ -62,6 +67,9 @@ def end_to_end_config(preset: str, on_cpu: bool, amp: str, compile_: bool, steps
         overrides.update(recipe, device="cpu")
     else:
         overrides.update(amp=amp, compile=compile_, device="cuda")
+    if tiny:
+        options = dict(overrides.get("model_options") or {}, base_channels=4)
+        overrides.update(patch_size=TINY_PATCH[preset], batch_size=1, model_options=options)
     return preset_config(preset, **overrides)
 
 
@@ -177,7 +185,12 @@ def main(argv=None):
                         help="precision of the GPU rows (the CPU recipes fix their own)")
     parser.add_argument("--compile", action="store_true", help="torch.compile (GPU rows)")
     parser.add_argument("--host-only", action="store_true", help="skip the end-to-end rows")
+    parser.add_argument("--tiny", action="store_true",
+                        help="a check that every row runs (the test suite): one batch, one "
+                             "step, small windows and narrow networks end to end")
     args = parser.parse_args(argv)
+    if args.tiny:  # the tiny settings win over the same options given with --tiny
+        args = parser.parse_args([*(sys.argv[1:] if argv is None else argv), *TINY])
 
     device = resolve_device(args.device)
     on_cpu = device.type == "cpu"
@@ -191,7 +204,8 @@ def main(argv=None):
         e2e = model = ratio = loss = math.nan
         size, batch, amp = "-", preset_config(preset).batch_size, "-"
         if not args.host_only:
-            config = end_to_end_config(preset, on_cpu, args.amp, args.compile, warmup + steps)
+            config = end_to_end_config(preset, on_cpu, args.amp, args.compile, warmup + steps,
+                                       args.tiny)
             e2e, loss = end_to_end(config, dataset, warmup, steps)
             model = model_only(config, dataset, warmup, steps)
             ratio = e2e / model

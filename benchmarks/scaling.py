@@ -17,6 +17,8 @@ import tempfile
 from pathlib import Path
 
 SAMPLE = {"industrial": "dagm", "isbi2012": "em", "volume3d": "blobs3d"}
+# --tiny (the test suite: 1 and 2 processes once, in seconds)
+TINY = ["--steps", "2", "--batch-size", "1", "--patch-size", "32", "--base-channels", "4"]
 
 
 def measure(preset, nproc, args, root: Path) -> float:
@@ -48,7 +50,12 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=4, help="per process")
     parser.add_argument("--patch-size", type=int, default=64)
     parser.add_argument("--base-channels", type=int, default=16)
+    parser.add_argument("--tiny", action="store_true",
+                        help="a check that it runs (the test suite): 2 steps of a narrow "
+                             "network on small windows")
     args = parser.parse_args(argv)
+    if args.tiny:  # the tiny settings win over the same options given with --tiny
+        args = parser.parse_args([*(sys.argv[1:] if argv is None else argv), *TINY])
     with tempfile.TemporaryDirectory() as root:
         rows = [(n, measure(args.preset, n, args, Path(root))) for n in args.nproc]
     single = rows[0][1] / rows[0][0]

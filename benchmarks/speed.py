@@ -27,6 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from napari_unet.engine.benchmark import format_table, run_benchmark  # noqa: E402
 
 CPU_SIZES = {"industrial": [256], "isbi2012": [572], "volume3d": [64]}
+# --tiny (the test suite: every path once, in seconds): small inputs, narrow networks
+TINY_SIZES = {"industrial": [32], "isbi2012": [188], "volume3d": [16]}
+TINY = ["--amp", "off", "--compile", "off", "--batch-size", "1", "--base-channels", "4",
+        "--warmup", "0", "--steps", "1"]
 
 
 def main(argv=None):
@@ -45,7 +49,12 @@ def main(argv=None):
                         help="skip measuring the matmul peak and copy bandwidth")
     parser.add_argument("--full-size", action="store_true",
                         help="use the presets' reference input sizes on CPU too")
+    parser.add_argument("--tiny", action="store_true",
+                        help="a check that every path runs (the test suite): 1 step of a "
+                             "narrow network on small inputs, small peak measurements")
     args = parser.parse_args(argv)
+    if args.tiny:  # the tiny settings win over the same options given with --tiny
+        args = parser.parse_args([*(sys.argv[1:] if argv is None else argv), *TINY])
 
     import torch
     on_cpu = args.device == "cpu" or (args.device == "auto" and not torch.cuda.is_available())
@@ -53,7 +62,8 @@ def main(argv=None):
     layouts = {"off": [False], "on": [True], "both": [False, True]}[args.channels_last]
     rows = []
     for preset in args.presets:
-        size = CPU_SIZES[preset] if on_cpu and not args.full_size else None
+        sizes = TINY_SIZES if args.tiny else CPU_SIZES if on_cpu and not args.full_size else {}
+        size = sizes.get(preset)
         for mode in args.modes:
             for amp in args.amp:
                 for compile_ in compiles:
@@ -70,7 +80,7 @@ def main(argv=None):
     print(ratio_table(rows))
     if not args.no_peaks:
         device = rows[0].device if rows else "cpu"
-        peaks = measure_peaks(device, sorted({r.amp for r in rows}))
+        peaks = measure_peaks(device, sorted({r.amp for r in rows}), tiny=args.tiny)
         print()
         print(peak_table(rows, peaks))
 
@@ -78,7 +88,7 @@ def main(argv=None):
 AMP_DTYPE_NAMES = {"off": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
-def measure_peaks(device: str, amps, repeats: int = None) -> dict:
+def measure_peaks(device: str, amps, repeats: int = None, tiny: bool = False) -> dict:
     """The best matmul TFLOP/s per precision and the copy bandwidth (GB/s) of `device`."""
     import torch
 
@@ -87,8 +97,8 @@ def measure_peaks(device: str, amps, repeats: int = None) -> dict:
     on_gpu = dev.type == "cuda"
     if on_gpu:
         torch.backends.cuda.matmul.allow_tf32 = True  # as the engine runs fp32
-    n = 8192 if on_gpu else 2048
-    repeats = repeats or (20 if on_gpu else 3)
+    n = 256 if tiny else 8192 if on_gpu else 2048
+    repeats = 1 if tiny else repeats or (20 if on_gpu else 3)
 
     def best_seconds(fn):
         return min(time_calls(fn, dev, warmup=1, steps=repeats))
@@ -101,7 +111,8 @@ def measure_peaks(device: str, amps, repeats: int = None) -> dict:
         a = torch.randn(n, n, device=dev, dtype=dtype)
         b = torch.randn(n, n, device=dev, dtype=dtype)
         peaks[amp] = 2 * n ** 3 / best_seconds(lambda a=a, b=b: a @ b) / 1e12
-    src = torch.empty((1 << 30) if on_gpu else (1 << 28), dtype=torch.uint8, device=dev)
+    src = torch.empty((1 << 20) if tiny else (1 << 30) if on_gpu else (1 << 28),
+                      dtype=torch.uint8, device=dev)
     dst = torch.empty_like(src)
     peaks["copy_gb_s"] = 2 * src.numel() / best_seconds(lambda: dst.copy_(src)) / 1e9
     return peaks

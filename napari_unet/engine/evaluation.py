@@ -14,8 +14,15 @@ from .prediction.predict import predict_array
 
 
 def evaluate(checkpoint, dataset: Dataset, *, fold=None, tile_size=None, overlap=0.25,
-             tta=False, amp="bf16", device="auto", backend="torch") -> dict:
-    """Dice per class and mean (and the references' metrics) of a run on labelled data."""
+             tta=False, amp="bf16", device="auto", backend="torch", batch_size=4,
+             threshold=None, per_image=False, keep_labels=False) -> dict:
+    """Dice per class and mean (and the references' metrics) of a run on labelled data.
+
+    ``threshold`` None: the run's own. ``per_image``: also ``metrics["images"]``, one dict per
+    image (name, whether its mask has foreground, its own Dice: ``dice`` of a binary model,
+    ``<region>_dice`` of a region model), for benchmarks that average over images or cases;
+    ``keep_labels`` adds each image's predicted labels there (pictures; not for JSON).
+    """
     if not isinstance(checkpoint, Checkpoint):
         checkpoint = load_checkpoint(checkpoint)
     config = checkpoint.config
@@ -23,29 +30,45 @@ def evaluate(checkpoint, dataset: Dataset, *, fold=None, tile_size=None, overlap
         _, indices = split_folds(len(dataset.images), fold, config.folds, config.split_seed)
         dataset = dataset.subset(indices)
     num_classes = max(2, checkpoint.data_info.get("num_classes", 2), dataset.num_classes)
+    head = checkpoint.head
     accumulator = DiceAccumulator(num_classes)
-    image_dice, errors, soft = [], [], []
-    for image, mask in zip(dataset.images, dataset.masks):
+    image_dice, errors, soft, images = [], [], [], []
+    for image, mask, name in zip(dataset.images, dataset.masks, dataset.names):
         probabilities, labels = predict_array(checkpoint, image, tile_size=tile_size,
                                               overlap=overlap, tta=tta, amp=amp, device=device,
-                                              backend=backend)
+                                              backend=backend, batch_size=batch_size,
+                                              threshold=threshold)
         accumulator.update(labels, mask)
+        scores = {"name": name, "foreground": bool(np.any(mask))}
         if num_classes == 2:
             image_dice += per_image_dice(labels[None], np.asarray(mask)[None])
             errors.append(pixel_error(labels, mask))
             soft.append(_soft_dice(probabilities, mask))
+            scores["dice"] = image_dice[-1]
+        if head.regions and per_image:
+            scores.update(_region_scores(labels, mask, num_classes, head))
+        images.append(dict(scores, labels=labels) if keep_labels else scores)
     metrics = {"samples": len(dataset.images), "mean_dice": accumulator.mean_dice(),
                "foreground_dice": accumulator.mean_dice(include_background=False),
                "dice_per_class": accumulator.dice_per_class()}
-    head = checkpoint.head
     if head.regions:  # region models: the Dice of each region (BraTS WT, TC, ET)
-        per_region = accumulator.region_dice(head.regions)
-        metrics["region_dice"] = per_region
-        metrics.update({f"{key}_dice": value for key, value in zip(head.keys, per_region)})
+        metrics["region_dice"] = accumulator.region_dice(head.regions)
+        metrics.update(_region_scores(None, None, num_classes, head, accumulator))
     if num_classes == 2:
         metrics.update(soft_dice=float(np.mean(soft)), pixel_error=float(np.mean(errors)),
                        per_image_dice=float(np.mean(image_dice)))
+    if per_image or keep_labels:
+        metrics["images"] = images
     return metrics
+
+
+def _region_scores(labels, mask, num_classes, head, accumulator=None) -> dict:
+    """{"<region>_dice": Dice} over the counts of `accumulator`, or of one image's labels."""
+    if accumulator is None:
+        accumulator = DiceAccumulator(num_classes)
+        accumulator.update(labels, mask)
+    return {f"{key}_dice": value
+            for key, value in zip(head.keys, accumulator.region_dice(head.regions))}
 
 
 def _soft_dice(probabilities, mask):

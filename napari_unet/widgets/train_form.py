@@ -31,8 +31,9 @@ from napari_unet import engine, runs
 from napari_unet._napari import looks_like_brats
 from napari_unet.choices import PRESETS, REGION_SETS
 from napari_unet.errors import DataError
+from napari_unet.masks import describe_classes, mask_classes
 from napari_unet.options import SHOWN, option_args
-from napari_unet.training_set import describe_classes, looks_like_volume, mask_classes
+from napari_unet.training_set import looks_like_volume
 from napari_unet.widgets import (
     ChannelGroup,
     LayerPickers,

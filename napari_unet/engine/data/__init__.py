@@ -2,6 +2,6 @@
 training windows, resolution changes and the built-in samples.
 
 May import: numpy, torch, tifffile (through ``napari_unet.io``), ``napari_unet.choices``,
-``errors``, ``io``, ``training_set`` (the mask rule) and ``engine.labels``. Nothing here imports
+``errors``, ``io``, ``masks`` (the mask rule), ``layouts`` and ``engine.labels``. Nothing here imports
 the training loop, prediction or export.
 """

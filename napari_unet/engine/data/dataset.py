@@ -15,7 +15,7 @@ import numpy as np
 from ...errors import ConfigError, DataError
 from ...io import image_files as _image_files
 from ...io import input_files, is_glob, read_image
-from ...training_set import mask_classes
+from ...masks import mask_classes
 from .layout import as_channel_first
 
 LAYOUTS = (
@@ -112,6 +112,11 @@ def load_dataset(
     else:
         pairs = _pair_paths(Path(images), Path(masks))
 
+    return dataset_from_pairs(pairs, foreground_value, spatial_dims)
+
+
+def dataset_from_pairs(pairs, foreground_value=None, spatial_dims=None) -> Dataset:
+    """A Dataset from [(image path, mask path or None)] (None: DAGM's image without a defect)."""
     samples = []
     for image_path, mask_path in pairs:
         samples += _load_pair(image_path, mask_path, foreground_value, spatial_dims)
@@ -134,7 +139,7 @@ def _detect_layout(root: Path):
     if all(path.is_file() for path in isbi):
         return [isbi], 0
     if (root / "Label").is_dir():
-        return _dagm_pairs(root), None
+        return dagm_pairs(root, root / "Label"), None
     brats = sorted(root.glob("*_image.tif"))
     if brats:
         return [(path, _required(path.with_name(path.name.replace("_image.tif", "_labels.tif"))))
@@ -152,13 +157,15 @@ def _required(path: Path) -> Path:
 
 
 
-
-def _dagm_pairs(root: Path):
-    labels = {path.stem.lower(): path for path in _image_files(root / "Label")}
-    images = _image_files(root)
+def dagm_pairs(image_folder: Path, label_folder: Path):
+    """DAGM 2007's pairs: NNNN.PNG with LABELS/NNNN_label.PNG (or a same-name mask); an image
+    without a mask file has no defect (mask None)."""
+    labels = {path.stem.lower(): path for path in _image_files(label_folder)}
+    images = _image_files(image_folder)
     if not images:
-        raise DataError(f"{root} has a Label folder but no images: expected NNNN.PNG files")
-    return [(path, labels.get(f"{path.stem.lower()}_label")) for path in images]
+        raise DataError(f"{image_folder} holds no images: expected NNNN.PNG files")
+    return [(path, labels.get(f"{path.stem.lower()}_label") or labels.get(path.stem.lower()))
+            for path in images]
 
 
 def _pair_folders(image_source: Path, mask_dir: Path):
@@ -228,7 +235,7 @@ def _stack_slices(image, mask, name):
 # ------------------------------------------------------------------------- conventions
 def masks_to_classes(mask, foreground_value=None) -> np.ndarray:
     """A mask file's values as class indices (uint8; 0 = background), by the rule that the
-    widgets use too (:func:`napari_unet.training_set.mask_classes`; instance ids refused)."""
+    widgets use too (:func:`napari_unet.masks.mask_classes`; instance ids refused)."""
     return mask_classes(mask, foreground_value)[0]
 
 

@@ -1,0 +1,108 @@
+"""The one rule that turns mask values into classes, for files (the CLI, ``load_dataset``) and
+layers (the widgets, the training set of a run) alike.
+
+numpy only: the engine's data sets, the training set and the widgets ask it without torch.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .choices import MAX_CLASS_VALUES
+from .errors import DataError
+
+
+def mask_classes(mask, foreground_value=None, *, invert: bool = False,
+                 instances: str = "refuse") -> tuple[np.ndarray, bool]:
+    """(uint8 class mask, whether instance ids were merged into one class).
+
+    - `foreground_value` given: that value is class 1, everything else 0 (ISBI: 0 = membrane).
+    - values within {0, 255}: 255 is class 1 (masks saved as 8-bit pictures).
+    - more than MAX_CLASS_VALUES non-zero values, or values over 255, are instance ids:
+      with ``instances="merge"`` (napari's painted labels) every object is class 1; with
+      "refuse" (files) values over 255 are an error and up to 255 stay class indices.
+    - other small integer sets are class indices as they are (0/1, BraTS 0..4).
+    - float masks: integral values are class indices, other values probabilities cut at 0.5.
+    - `invert` swaps object and background of a binary result (ISBI's 0-valued membranes).
+    """
+    classes, merged = _classes(np.asarray(mask), foreground_value, instances)
+    if invert:
+        if classes.size and classes.max() > 1:
+            raise DataError("invert needs a mask of one object class (0/1 after the rule): "
+                            "choose the object's value instead")
+        classes = (classes == 0).astype(np.uint8)
+    return classes, merged
+
+
+def _classes(mask, foreground_value, instances):
+    if foreground_value is not None:
+        return (mask == foreground_value).astype(np.uint8), False
+    if mask.dtype == bool:
+        return mask.astype(np.uint8), False
+    if np.issubdtype(mask.dtype, np.floating):
+        if not np.all(mask == np.round(mask)):
+            return (mask > 0.5).astype(np.uint8), False
+        mask = mask.astype(np.int64)
+    if not np.issubdtype(mask.dtype, np.integer):
+        raise DataError(f"mask of type {mask.dtype} is not a class mask: save it as integers")
+    values = distinct_values(mask)
+    if values.size == 0:
+        return mask.astype(np.uint8), False
+    nonzero = values[values != 0]
+    if instances == "merge" and (len(nonzero) > MAX_CLASS_VALUES or values[-1] > 255
+                                 or values[0] < 0):
+        return (mask != 0).astype(np.uint8), True
+    if values[0] < 0:
+        raise DataError(f"mask has negative values (down to {values[0]}): use 0 for background "
+                        "and 1, 2, ... for the classes")
+    if values[-1] == 255 and set(values.tolist()) <= {0, 255}:
+        return (mask == 255).astype(np.uint8), False
+    if values[-1] > 255:
+        raise DataError(f"mask has {values.size} distinct values up to {values[-1]}: classes "
+                        "must be 0..255 (for instance labels pass foreground_value or save "
+                        "mask > 0)")
+    return mask.astype(np.uint8, copy=False), False
+
+
+def distinct_values(mask: np.ndarray, chunk_items: int = 1 << 24) -> np.ndarray:
+    """Every value in the mask, sorted, read in slabs so memory-mapped masks stay small."""
+    flat = mask.reshape(mask.shape[0], -1) if mask.ndim > 1 else mask.reshape(1, -1)
+    rows = max(1, chunk_items // max(flat.shape[1], 1))
+    found = np.zeros(0, mask.dtype)
+    for start in range(0, flat.shape[0], rows):
+        chunk = np.asarray(flat[start:start + rows]).ravel()
+        if mask.dtype in (np.uint8, np.uint16):  # counting is much faster than sorting
+            chunk = np.flatnonzero(np.bincount(chunk)).astype(mask.dtype)
+        found = np.union1d(found, chunk)
+    return found
+
+
+def _share(percent: float) -> str:
+    """A share as a percentage, with the digits that keep a small class from reading 0%."""
+    if percent >= 9.5:
+        return f"{percent:.0f}%"
+    return f"{percent:.2g}%"
+
+
+def describe_classes(labels, foreground_value=None, invert=False) -> str:
+    """One line on what training will learn from `labels` under the rule (for the widget)."""
+    try:
+        classes, merged = mask_classes(labels, foreground_value, invert=invert,
+                                       instances="merge")
+    except DataError as exc:
+        return f"cannot train on these labels: {exc}"
+    counts = np.bincount(classes.ravel(), minlength=2)
+    percent = [(k, 100 * n / max(classes.size, 1)) for k, n in enumerate(counts) if k and n]
+    if len(percent) == 1 and percent[0][0] == 1:
+        shares = f"{_share(percent[0][1])} of the pixels"
+    else:
+        shares = ", ".join(f"class {k} {_share(p)}" for k, p in percent)
+    if foreground_value is not None:
+        source = f"value {foreground_value}"
+    elif merged:
+        source = "every labelled object (instances merged)"
+    else:
+        values = distinct_values(np.asarray(labels))
+        shown = ", ".join(str(v) for v in values[values != 0][:8])
+        source = f"value(s) {shown}" if shown else "nothing"
+    source = f"everything but {source}" if invert else source
+    return f"learns {source}: {shares or 'no object pixels'}"

@@ -1,0 +1,99 @@
+"""Every benchmark script runs in the suite, in its --tiny mode (a step or two, small sizes), so
+that a change that breaks one fails `make test` instead of waiting for the next measurement.
+
+Each test runs the script's own ``main`` in this process (torch is imported once) on the real
+data sets of ../shared/data and asserts on the table it prints.
+"""
+from __future__ import annotations
+
+import importlib.util
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def run_script(relative: str, argv: list[str], capsys) -> str:
+    """Run ``main(argv)`` of a benchmark script; its stdout."""
+    path = ROOT / relative
+    name = f"_bench_{path.stem}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses and pickling look their module up
+    try:
+        spec.loader.exec_module(module)
+        status = module.main(argv)
+    finally:
+        sys.modules.pop(name, None)
+    assert status in (None, 0), f"{relative} {' '.join(argv)} returned {status}"
+    return capsys.readouterr().out
+
+
+def test_speed_prints_every_preset_and_mode(capsys):
+    out = run_script("benchmarks/speed.py", ["--tiny", "--device", "cpu"], capsys)
+    for preset in ("industrial", "isbi2012", "volume3d"):
+        for mode in ("train", "predict"):
+            assert re.search(rf"{preset}\s+{mode}\s+cpu\s+off", out), (preset, mode, out)
+    assert "x eager fp32" in out and "% of matmul peak" in out
+
+
+def test_pipeline_runs_every_preset_end_to_end(capsys):
+    # volume3d trains the BraTS 2021 regions (labels 0/1/2/4): the model-only row crashed on
+    # "Class values must be smaller than num_classes" when its loss ignored the regions
+    out = run_script("benchmarks/pipeline.py",
+                     ["--tiny", "--device", "cpu", "--data-root", str(DATA)], capsys)
+    for preset in ("industrial", "isbi2012", "volume3d"):
+        line = next(line for line in out.splitlines() if line.startswith(f"pipeline: preset={preset}"))
+        assert "nan" not in line, line
+
+
+@pytest.mark.parametrize("dataset, keys", [
+    ("isbi2012", ("membrane_dice", "mean_dice", "soft_dice", "pixel_error")),
+    ("dagm2007", ("per_image_dice", "defect_dice")),
+    ("brats2013", ("wt_dice", "tc_dice", "et_dice")),
+])
+def test_accuracy_scores_a_fold_through_the_engines_evaluate(dataset, keys, capsys, tmp_path):
+    out = run_script("benchmarks/accuracy.py",
+                     ["--dataset", dataset, "--tiny", "--data-root", str(DATA),
+                      "--out", str(tmp_path)], capsys)
+    summary = out.strip().splitlines()[-1]
+    assert summary.startswith(f"dataset={dataset} budget=cpu folds=0"), summary
+    for key in keys:
+        assert re.search(rf"\b{key}=(\d\.\d{{4}}|nan)\b", summary), (key, summary)
+    if dataset == "brats2013":  # each case's own line, then the mean over the cases
+        assert len(re.findall(r"^  case=pat\d+ wt_dice=", out, re.M)) == 1
+
+
+def test_cpu_backends_prints_a_row_per_model(capsys):
+    out = run_script("benchmarks/cpu_backends.py", ["--tiny", "--models", "tiny_unet"], capsys)
+    assert out.splitlines()[0].startswith("| model, input | torch fp32 | torch bf16 |")
+    assert out.splitlines()[2].startswith("| TinyUNet base 4, 1 x 64^2 | ")
+
+
+def test_inference_against_monai_runs_without_monai_too(capsys):
+    out = run_script("benchmarks/inference_vs_monai.py", ["--tiny"], capsys)
+    assert re.search(r"^napari_unet \(channels-last\) \| [\d.]+ ", out, re.M), out
+    assert re.search(r"^napari_unet \(NCHW\) +\| [\d.]+ ", out, re.M), out
+
+
+def test_scaling_trains_on_one_and_two_processes(capsys):
+    out = run_script("benchmarks/scaling.py", ["--tiny"], capsys)
+    rows = [line.split() for line in out.splitlines()[1:]]
+    assert [row[:2] for row in rows] == [["1", "1"], ["2", "2"]], out
+    assert all(float(row[2]) > 0 for row in rows)
+
+
+def test_gpu_check_writes_its_report_without_a_gpu(capsys, tmp_path, monkeypatch):
+    import torch
+
+    # on a GPU machine too: its real work is `make gpu-check`, here the report is checked
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    report = tmp_path / "gpu-check.md"
+    out = run_script("benchmarks/gpu_check.py", ["--tiny", "--out", str(report)], capsys)
+    text = report.read_text()
+    assert "| gpus | 0 |" in text and "| CUDA tests | skipped | 0 |" in text
+    assert "no GPU" in text and "| step | status | seconds |" in out
