@@ -10,6 +10,7 @@ import uuid
 from pathlib import Path
 
 import numpy as np
+import tifffile
 
 from napari_unet.choices import MAX_CHANNELS  # an axis marked C (or the first of 4 unnamed)
 from napari_unet.errors import NapariUnetError
@@ -60,8 +61,6 @@ def _is_readable_tif(path) -> bool:
 
 def _tif_layout(path: Path) -> tuple[str, tuple]:
     """The axes letters tifffile reads from the file's metadata ('Q' = unknown) and shape."""
-    import tifffile
-
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
         return series.axes, tuple(series.shape)

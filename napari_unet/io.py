@@ -7,6 +7,7 @@ so it imports neither torch nor Qt.
 from __future__ import annotations
 
 import contextlib
+import glob
 import math
 import os
 import uuid
@@ -91,8 +92,6 @@ def input_files(source) -> list[Path]:
     a clear error when there are none."""
     source = str(source)
     if is_glob(source):
-        import glob
-
         matches = [Path(p) for p in sorted(glob.glob(source, recursive=True))]
         files = [p for p in matches if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
         if not files:

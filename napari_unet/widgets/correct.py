@@ -23,6 +23,8 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
+from scipy import ndimage
+from skimage import morphology
 
 from napari_unet import engine, runs
 from napari_unet.training_set import looks_like_volume, write_training_pairs
@@ -57,8 +59,6 @@ def _classes(labels: np.ndarray):
 
 def remove_small_objects(labels: np.ndarray, min_size: int) -> np.ndarray:
     """`labels` without connected objects smaller than `min_size` pixels (per class value)."""
-    from skimage import morphology
-
     result = labels.copy()
     for value in _classes(labels):
         mask = labels == value
@@ -72,8 +72,6 @@ def remove_small_objects(labels: np.ndarray, min_size: int) -> np.ndarray:
 
 def fill_holes(labels: np.ndarray) -> np.ndarray:
     """`labels` with background holes inside each class's objects filled with that class."""
-    from scipy import ndimage
-
     result = labels.copy()
     for value in _classes(labels):
         filled = ndimage.binary_fill_holes(labels == value)
