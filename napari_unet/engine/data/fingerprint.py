@@ -1,0 +1,106 @@
+"""A fingerprint of the training pairs: what a plan needs to know about the user's data.
+
+As nnU-Net does before it plans a run: the dimensionality, the image sizes, the channels
+(and whether they are RGB), the stored type and intensity percentiles per channel, the voxel
+spacing and its anisotropy, how much of the data is foreground and how big the objects are.
+Everything is read from strided samples of the (often memory-mapped) arrays, so a fingerprint
+of a stack bigger than RAM reads a small part of it and is the same on every call.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from ...errors import ConfigError
+from ...io import strided_sample
+from .dataset import Dataset
+
+PERCENTILES = (0.5, 50.0, 99.5)
+SAMPLE_VALUES = 200_000  # per image and channel, for the intensity statistics
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """What the training pairs are, in numbers (sizes are spatial, slowest axis first)."""
+
+    spatial_dims: int
+    samples: int
+    channels: int
+    rgb: bool
+    dtype: str
+    smallest_size: tuple
+    median_size: tuple
+    largest_size: tuple
+    spacing: tuple  # per spatial axis; 1.0 each where the files say nothing
+    anisotropy: float  # coarsest spacing / finest spacing
+    percentiles: tuple  # per channel: the PERCENTILES of its intensities
+    mean: tuple  # per channel
+    std: tuple  # per channel
+    classes: int  # class values in the masks, background included
+    foreground_fraction: float  # of the voxels, all foreground classes together
+    objects: int  # connected foreground objects over the data set
+    median_object_extent: tuple  # per axis, in voxels (0 where there are no objects)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def fingerprint(dataset: Dataset, spacing=None) -> Fingerprint:
+    """The fingerprint of a data set; ``spacing`` (one value per spatial axis) where known."""
+    sizes = np.array([mask.shape for mask in dataset.masks])
+    spacing = _spacing(spacing, dataset.spatial_dims)
+    channels = dataset.in_channels
+    stats = [_channel_statistics(dataset.images, c) for c in range(channels)]
+    foreground, total, extents = _objects(dataset.masks)
+    dtype = np.result_type(*[image.dtype for image in dataset.images])
+    return Fingerprint(
+        spatial_dims=dataset.spatial_dims, samples=len(dataset.images), channels=channels,
+        rgb=channels == 3 and dtype == np.uint8 and dataset.spatial_dims == 2,
+        dtype=str(dtype),
+        smallest_size=tuple(int(s) for s in sizes.min(axis=0)),
+        median_size=tuple(int(s) for s in np.median(sizes, axis=0)),
+        largest_size=tuple(int(s) for s in sizes.max(axis=0)),
+        spacing=spacing, anisotropy=max(spacing) / min(spacing),
+        percentiles=tuple(s[0] for s in stats), mean=tuple(s[1] for s in stats),
+        std=tuple(s[2] for s in stats), classes=dataset.num_classes,
+        foreground_fraction=foreground / max(total, 1), objects=len(extents),
+        median_object_extent=tuple(int(e) for e in np.median(extents, axis=0))
+        if extents else (0,) * dataset.spatial_dims)
+
+
+def _spacing(spacing, dims: int) -> tuple:
+    if spacing is None:
+        return (1.0,) * dims
+    values = tuple(float(s) for s in spacing)
+    if len(values) != dims or min(values) <= 0:
+        raise ConfigError(f"spacing {spacing!r} needs {dims} positive values, one per spatial axis "
+                          f"(slowest first, e.g. z y x)")
+    return values
+
+
+def _channel_statistics(images, channel: int) -> tuple:
+    """(percentiles, mean, std) of one channel over every image, from strided samples."""
+    values = np.concatenate([strided_sample(image[channel], SAMPLE_VALUES).ravel()
+                             for image in images]).astype(np.float64)
+    values = values[np.isfinite(values)]
+    if not values.size:
+        return (0.0,) * len(PERCENTILES), 0.0, 0.0
+    percentiles = tuple(float(p) for p in np.percentile(values, PERCENTILES))
+    return percentiles, float(values.mean()), float(values.std())
+
+
+def _objects(masks) -> tuple[int, int, list]:
+    """(foreground voxels, voxels, extent of each connected foreground object) of the masks,
+    each mask read whole once (masks are small next to the images: one byte a voxel)."""
+    foreground = total = 0
+    extents = []
+    for mask in masks:
+        inside = np.asarray(mask) > 0
+        foreground += int(inside.sum())
+        total += inside.size
+        labelled, _ = ndimage.label(inside)
+        for box in ndimage.find_objects(labelled):
+            extents.append([s.stop - s.start for s in box])
+    return foreground, total, extents
