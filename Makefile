@@ -54,9 +54,9 @@ WITH_DISPLAY = if [ -n "$$DISPLAY" ]; then "$$@"; \
 test: system-deps venv
 	@test -d ../shared/data || { echo "make test: ../shared/data not found: the suite reads the real data sets from ../shared/data beside the repository" >&2; exit 1; }
 	$(VENV)/bin/ruff check .
-	@set -- env NAPARI_UNET_STRICT_TESTS=1 QT_API=pyqt6 $(PY) -m pytest -q $(PYTEST_ARGS); $(WITH_DISPLAY)
+	@set -- env NAPARI_UNET_STRICT_TESTS=1 QT_API=pyqt6 PYTEST_QT_API=pyqt6 $(PY) -m pytest -q $(PYTEST_ARGS); $(WITH_DISPLAY)
 	@echo "GUI tests on PyQt5:"
-	@set -- env NAPARI_UNET_STRICT_TESTS=1 QT_API=pyqt5 $(PY) -m pytest -q -m "gui and not soak" \
+	@set -- env NAPARI_UNET_STRICT_TESTS=1 QT_API=pyqt5 PYTEST_QT_API=pyqt5 $(PY) -m pytest -q -m "gui and not soak" \
 		$(PYTEST_ARGS); $(WITH_DISPLAY)
 
 demo: venv
