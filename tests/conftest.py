@@ -19,6 +19,8 @@ ALLOWED_SKIP = "CUDA"
 
 
 def pytest_configure(config):
+    # a child that dies on a signal (a torchrun worker's SIGABRT) prints its Python stack
+    os.environ.setdefault("PYTHONFAULTHANDLER", "1")
     adopt_orphans()  # orphaned grandchildren (torchrun workers) stay ours to find, below
     if not STRICT:
         return

@@ -89,6 +89,15 @@ def run(command, timeout=CHILD_TIMEOUT_S, **kw):
         return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
+def failure_text(completed, tail: int = 2000) -> str:
+    """What a failed child said: every line that names an error, an abort or a fatal signal
+    (a torchrun worker's own words come long before the launcher's summary), then the tail."""
+    marks = ("error", "terminate", "what()", "fatal", "abort", "exception", "nan")
+    lines = [line for line in completed.stderr.splitlines()
+             if any(mark in line.lower() for mark in marks)]
+    return "\n".join(lines[:40]) + "\n...\n" + completed.stderr[-tail:]
+
+
 def ignoring_sigint():
     """A preexec_fn: the child starts with SIGINT ignored, as every child of a background job
     of a non-interactive shell does (`make test &`, nohup, some CI runners)."""

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from process_support import cli, read_events_until, start_cli, wait_for_exit
+from process_support import cli, failure_text, read_events_until, start_cli, wait_for_exit
 
 from napari_unet.engine import evaluate, load_checkpoint, sample_dataset
 
@@ -31,10 +31,10 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp")
     single = cli(*COMMON, *VALIDATED, "--batch-size", "4", "--out", root / "single",
                  "--events", "jsonl")
-    assert single.returncode == 0, single.stderr[-2000:]
+    assert single.returncode == 0, failure_text(single)
     double = cli(*COMMON, *VALIDATED, "--batch-size", "2", "--nproc", "2", "--out",
                  root / "double", "--events", "jsonl")
-    assert double.returncode == 0, double.stderr[-2000:]
+    assert double.returncode == 0, failure_text(double)
     return root, _events(single.stdout), _events(double.stdout)
 
 

@@ -145,8 +145,13 @@ class DistributedContext:
             torch_dist.all_reduce(tensor)
         return tensor
 
-    def cleanup(self) -> None:
+    def cleanup(self, together: bool = False) -> None:
+        """Leave the process group. ``together`` (a run that ended normally): wait for every
+        rank first, so that no rank closes its connections while a peer is still working
+        (rank 0 writing the last checkpoint); gloo aborts a process whose peer vanished."""
         if self.enabled and torch_dist.is_initialized():
+            if together:
+                torch_dist.barrier()
             torch_dist.destroy_process_group()
 
 

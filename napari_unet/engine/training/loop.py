@@ -245,7 +245,7 @@ def _finish(run) -> Finished:
         run.best_dice = float("nan")
     best_path = run.folder.checkpoints / BEST
     final = best_path if best_path.exists() else last
-    run.dist.cleanup()
+    run.dist.cleanup(together=True)
     return Finished(best_dice=run.best_dice, path=str(final), step=run.done)
 
 
