@@ -49,6 +49,7 @@ def brats_crop(folder: Path, size=(32, 48, 48)):
 
 @needs_brats2021
 @gui
+@pytest.mark.one_binding
 def test_a_4_channel_volume_trains_and_predicts_as_one_input(make_napari_viewer, qtbot,
                                                              tmp_path):
     crop, crop_labels = brats_crop(tmp_path)
@@ -141,6 +142,7 @@ def test_a_4_channel_volume_trains_and_predicts_as_one_input(make_napari_viewer,
 
 @needs_brats2021
 @gui
+@pytest.mark.one_binding
 def test_the_brats_preset_predicts_regions_with_a_threshold(make_napari_viewer, qtbot,
                                                             tmp_path):
     """A region model (whole tumour, tumour core, enhancing tumour as overlapping sigmoids):

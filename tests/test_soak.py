@@ -1,7 +1,8 @@
 """Soak: in one viewer, cycles of train -> cancel or finish -> predict -> correct -> add to the
 training set. Nothing may pile up: child processes, threads, open files, memory, layers.
 
-The cycle count is SOAK_CYCLES (20 by default); the figures are printed (run with -s).
+The cycle count is SOAK_CYCLES (8 by default, enough for one leaked process, thread or file per
+cycle to show; SOAK_CYCLES=50 for a long soak); the figures are printed (run with -s).
 """
 import gc
 import os
@@ -18,7 +19,7 @@ psutil = pytest.importorskip("psutil")
 from napari_unet import runs  # noqa: E402
 from napari_unet.sample_data import SAMPLES  # noqa: E402
 
-CYCLES = int(os.environ.get("SOAK_CYCLES", "20"))
+CYCLES = int(os.environ.get("SOAK_CYCLES", "8"))
 MEMORY_GROWTH_MB = 100
 TIMEOUT_MS = deadline_ms(120)  # ceilings on waits for events, never a guess of speed
 

@@ -439,6 +439,7 @@ def test_write_training_pairs_keeps_painted_slices_and_merges_instances(tmp_path
 
 
 @gui
+@pytest.mark.one_binding
 def test_a_3d_volume_trains_with_volume3d_and_predicts_3d_layers(make_napari_viewer, qtbot,
                                                                  tmp_path):
     viewer = make_napari_viewer()
