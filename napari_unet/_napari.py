@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from napari_unet.choices import MAX_CHANNELS  # an axis marked C (or the first of 4 unnamed)
 from napari_unet.errors import NapariUnetError
 from napari_unet.io import (
     TIF_SUFFIXES,
@@ -21,6 +20,7 @@ from napari_unet.io import (
     strided_sample,
     write_tif,
 )
+from napari_unet.layouts import file_channels
 
 # Files bigger than this stay memory-mapped (napari then reads only the planes it shows);
 # smaller ones are read into RAM, where they are faster to browse and Labels are editable.
@@ -82,13 +82,13 @@ def read_tif(path) -> list[tuple]:
     if tuple(data.shape) != shape:  # tifffile squeezed or reshaped: the metadata no longer fits
         axes = "Q" * data.ndim
     name = path.stem
-    if axes.endswith("S") and data.shape[-1] in (3, 4):
+    rgb, channel_axis = file_channels(axes, data.shape)  # the input-layout rule
+    if rgb:
         return [(_in_memory_if_small(data), {"name": name, "rgb": True}, "image")]
     if looks_like_labels(data, name):
         labels = data.astype(np.uint8) if data.dtype == bool else data
         # half see-through, as the plugin's other labels: the tissue under them stays readable
         return [(_in_memory_if_small(labels), {"name": name, "opacity": 0.5}, "labels")]
-    channel_axis = _channel_axis(axes, data.shape)
     data = _in_memory_if_small(data)
     if channel_axis is None:
         kwargs = {"name": name, "rgb": False}
@@ -152,18 +152,6 @@ def contrast_limits(data, fallback: bool = False):
     if high <= low:
         high = low + 1.0
     return low, high
-
-
-def _channel_axis(axes: str, shape: tuple):
-    """The channel axis from the metadata; CZYX is assumed for 4D files without axis names."""
-    if "C" in axes:
-        index = axes.index("C")
-        if 1 < shape[index] <= MAX_CHANNELS and len(shape) >= 3:
-            return index
-        return None
-    if len(shape) == 4 and set(axes) <= {"Q", "Y", "X"} and 1 < shape[0] <= MAX_CHANNELS:
-        return 0
-    return None
 
 
 def _in_memory_if_small(data: np.ndarray) -> np.ndarray:

@@ -19,6 +19,7 @@ import numpy as np
 import tifffile
 
 from napari_unet.errors import DataError, OutputExistsError
+from napari_unet.layouts import writes_as_rgb
 
 TIF_SUFFIXES = (".tif", ".tiff")
 OTHER_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
@@ -190,7 +191,7 @@ def _commit(tmp: Path, path: Path, overwrite: bool) -> None:
 def write_tif(path, array: np.ndarray, overwrite: bool = False, compression=None) -> Path:
     """Write `array` as a TIF atomically; `compression` as tifffile takes it (e.g. "zlib")."""
     array = np.asarray(array)
-    rgb = array.dtype == np.uint8 and array.ndim == 3 and array.shape[-1] in (3, 4)
+    rgb = writes_as_rgb(array.shape, array.dtype)  # the input-layout rule
     with atomic_write(path, overwrite) as tmp:
         tifffile.imwrite(
             tmp, array, compression=compression, photometric="rgb" if rgb else "minisblack"

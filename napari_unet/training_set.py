@@ -19,14 +19,6 @@ IMAGES, MASKS = "images", "masks"
 
 
 # -- the files ----------------------------------------------------------------------------------
-def looks_like_volume(shape) -> bool:
-    """A 3D layer that is a volume rather than a stack of unrelated 2D images."""
-    if len(shape) != 3:
-        return False
-    depth, height, width = shape
-    return depth >= 16 and depth * 4 >= min(height, width)
-
-
 def safe_name(name: str) -> str:
     """A file-name-safe form of a layer name."""
     return re.sub(r"[^\w.-]+", "_", name).strip("._") or "layer"

@@ -276,6 +276,7 @@ from hypothesis import strategies as st  # noqa: E402
        seed=st.integers(0, 2**16))
 def test_reader_round_trips_any_shape_and_dtype(tmp_path, shape, dtype, seed):
     from napari_unet import _napari
+    from napari_unet.choices import MAX_CHANNELS
     from napari_unet.io import read_image
 
     array = (np.random.default_rng(seed).random(shape) * 100).astype(dtype)
@@ -285,7 +286,7 @@ def test_reader_round_trips_any_shape_and_dtype(tmp_path, shape, dtype, seed):
     [(data, options, kind)] = _napari.get_reader(str(path))(str(path))
     np.testing.assert_array_equal(np.asarray(data), array)
     # a 4D file without axis names is CZYX: napari splits axis 0 into one layer per channel
-    if kind == "image" and array.ndim == 4 and 1 < array.shape[0] <= _napari.MAX_CHANNELS:
+    if kind == "image" and array.ndim == 4 and 1 < array.shape[0] <= MAX_CHANNELS:
         assert options.get("channel_axis") == 0
     if "channel_axis" in options:
         axis = options["channel_axis"]

@@ -16,6 +16,8 @@ import numpy as np
 from qtpy.QtCore import QEvent, QObject, QTimer
 from qtpy.QtWidgets import QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QMainWindow, QPushButton
 
+from napari_unet import layouts
+
 
 def with_browse_button(field, on_browse) -> QHBoxLayout:
     """A row of a path field and a small "…" button that opens a file dialog."""
@@ -89,12 +91,30 @@ def layer_data(layer):
     return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
 
 
+def layer_shape(layer) -> tuple:
+    """The shape of a layer's data (of a group: its channels stacked first, without stacking)."""
+    if isinstance(layer, ChannelGroup):
+        return (len(layer.layers), *layer_shape(layer.layers[0]))
+    return tuple(layer_data(layer).shape)
+
+
+def axes_of(layer) -> str:
+    """The axes letters of a layer's data for the input-layout rule (:mod:`napari_unet.layouts`):
+    a last colour axis 'S' when RGB, a first channel axis 'C' for a channel group."""
+    return layouts.layer_axes(len(layer_shape(layer)), rgb=bool(getattr(layer, "rgb", False)),
+                              channels_first=isinstance(layer, ChannelGroup))
+
+
 def spatial_shape(layer) -> tuple:
     """The layer's pixel grid: its shape without an RGB(A) axis (or a group's channel axis)."""
-    if isinstance(layer, ChannelGroup):
-        return spatial_shape(layer.layers[0])
-    shape = tuple(layer_data(layer).shape)
-    return shape[:-1] if getattr(layer, "rgb", False) else shape
+    return layouts.spatial_shape(layer_shape(layer), axes_of(layer))
+
+
+def layer_layout(layer, spatial_dims: int, in_channels=None):
+    """How a model of `spatial_dims` reads the layer (or group), by the input-layout rule: a
+    2D model takes a (Z, Y, X) layer or a group of them as a stack of 2D images."""
+    return layouts.interpret(layer_shape(layer), spatial_dims, in_channels, axes=axes_of(layer),
+                             stack=True)
 
 
 class ChannelGroup:
@@ -151,12 +171,10 @@ class ChannelGroup:
 
 def training_array(image, spatial_dims: int):
     """The array written as the training image: a layer's data; a channel group's channels
-    first, (C, ...), as the engine reads them, except a group of (Z, Y, X) channels under a 2D
-    preset: (Z, C, Y, X), so that each painted slice is written as one (C, Y, X) image."""
-    data = layer_data(image)
-    if isinstance(image, ChannelGroup) and spatial_dims == 2 and data.ndim == 4:
-        return np.moveaxis(data, 0, 1)
-    return data
+    first, (C, ...), as the engine reads them; under a 2D preset a stack's pages first (a
+    group of (Z, Y, X) channels: (Z, C, Y, X)), so that each painted slice is written as one
+    2D image in its own layout."""
+    return layer_layout(image, spatial_dims).stack_first(layer_data(image))
 
 
 def _group_key(layer):

@@ -26,8 +26,8 @@ from qtpy.QtWidgets import (
 from scipy import ndimage
 from skimage import morphology
 
-from napari_unet import engine, runs
-from napari_unet.training_set import looks_like_volume, write_training_pairs
+from napari_unet import engine, layouts, runs
+from napari_unet.training_set import write_training_pairs
 from napari_unet.widgets import (
     LayerPickers,
     UserError,
@@ -319,4 +319,4 @@ class CorrectWidget(LayerPickers, QWidget):
         dims = runs.read_spatial_dims(run_dir)
         if dims is not None:
             return dims
-        return 3 if looks_like_volume(tuple(labels.data.shape)) else 2
+        return layouts.guess_spatial_dims(tuple(labels.data.shape))

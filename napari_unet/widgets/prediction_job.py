@@ -17,6 +17,7 @@ from napari_unet.engine.events import Failed, Message, TilesDone
 from napari_unet.errors import NapariUnetError
 from napari_unet.widgets import (
     ChannelGroup,
+    axes_of,
     channel_groups,
     layer_data,
     one_line,
@@ -35,22 +36,20 @@ class ModelLoaded:
     in_channels: int = 1
 
 
-def _predict_events(checkpoint_path, image, options, channels_first=False):
+def _predict_events(checkpoint_path, image, options):
     """The worker's generator (runs in napari's worker thread; torch is imported there).
 
     One stream of typed events: ModelLoaded, the engine's TilesDone / Message /
     PredictionDone, and Failed for a mistake the user can fix (one line, no traceback).
-    Anything else is raised, and napari shows it with its traceback. `channels_first`: the
-    image is a channel group's (C, Z, Y, X); a 2D model takes it as (Z, C, Y, X), a stack of
-    C-channel slices.
+    Anything else is raised, and napari shows it with its traceback. ``options["axes"]``
+    tells the engine what the layer's axes are (a channel group's (C, Z, Y, X) is a stack of
+    C-channel slices under a 2D model: napari_unet.layouts).
     """
     events = None
     try:
         checkpoint = engine.load_checkpoint(checkpoint_path)
         yield ModelLoaded(checkpoint.head, float(checkpoint.config.threshold),
                           int(checkpoint.model.in_channels))
-        if channels_first and checkpoint.model.spatial_dims == 2 and image.ndim == 4:
-            image = np.moveaxis(image, 0, 1)
         events = engine.predict(checkpoint, image, **options)
         yield from events
     except NapariUnetError as exc:
@@ -86,13 +85,13 @@ class PredictionJob:
         self.cancelled = False
         self._ended = False
         self._on_done, self._on_progress, self._on_end = on_done, on_progress, on_end
-        options = {"overlap": overlap, "tta": tta, "device": device, "backend": backend}
+        options = {"overlap": overlap, "tta": tta, "device": device, "backend": backend,
+                   "axes": axes_of(image_layer)}
         if tile_size:
             options["tile_size"] = [int(tile_size)]
         self._progress = progress(total=0, desc=f"napari UNet: predicting {image_layer.name}")
         self.worker = create_worker(_predict_events, str(self.checkpoint),
-                                    layer_data(image_layer), options,
-                                    isinstance(image_layer, ChannelGroup), _start_thread=False)
+                                    layer_data(image_layer), options, _start_thread=False)
         self.worker.yielded.connect(self._on_yielded)
         self.worker.errored.connect(self._on_errored)
         self.worker.finished.connect(self._on_finished)

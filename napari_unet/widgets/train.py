@@ -26,10 +26,9 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
 )
 
-from napari_unet import runs
+from napari_unet import layouts, runs
 from napari_unet.training_set import (
     copy_training_set,
-    looks_like_volume,
     pair_count,
     write_training_pairs,
 )
@@ -135,7 +134,7 @@ class TrainWidget(TrainForm):
             if spatial_dims == 2 and len(shape) > 3:
                 raise UserError(f"'{image.name}' is {len(shape)}D {shape}: a 2D preset takes "
                                 f"2D images or (Z, Y, X) stacks; split the extra axes first")
-            if spatial_dims == 2 and looks_like_volume(shape):
+            if spatial_dims == 2 and layouts.looks_like_volume(shape):
                 show_warning(f"'{image.name}' looks like a 3D volume: the {preset} preset "
                              f"trains on its slices one by one (choose volume3d for a 3D model)")
         return spatial_dims

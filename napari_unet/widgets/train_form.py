@@ -27,23 +27,24 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_unet import engine, runs
+from napari_unet import engine, layouts, runs
 from napari_unet._napari import looks_like_brats
 from napari_unet.choices import PRESETS, REGION_SETS
 from napari_unet.errors import DataError
 from napari_unet.masks import describe_classes, mask_classes
 from napari_unet.options import SHOWN, option_args
-from napari_unet.training_set import looks_like_volume
 from napari_unet.widgets import (
     ChannelGroup,
     LayerPickers,
     UserError,
     add_labels_over,
+    axes_of,
     choose,
     group_box,
     image_choices,
     image_picker,
     layer_picker,
+    layer_shape,
     one_line,
     show_error,
     show_warning,
@@ -73,9 +74,7 @@ def _cpu_has_fast_bf16() -> bool:
 
 def channel_count(image) -> int:
     """The channels a layer or group gives the model (RGB: 3, a group: its layers)."""
-    if isinstance(image, ChannelGroup):
-        return len(image.layers)
-    return 3 if getattr(image, "rgb", False) else 1
+    return layouts.channels_of(layer_shape(image), axes_of(image))
 
 
 def _spin(low, high, value=None, step=1, double=False):
@@ -263,7 +262,7 @@ class TrainForm(LayerPickers, QWidget):
             return
         self._pick_matching_labels(image)
         current = self.preset.currentText()
-        wanted = PRESET_3D if looks_like_volume(spatial_shape(image)) else PRESET_2D[0]
+        wanted = PRESET_3D if layouts.looks_like_volume(spatial_shape(image)) else PRESET_2D[0]
         if wanted == PRESET_3D and BRATS_PRESET in self.presets \
                 and looks_like_brats(image.name, channel_count(image)):
             wanted = BRATS_PRESET

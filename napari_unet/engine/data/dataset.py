@@ -15,6 +15,7 @@ import numpy as np
 from ...errors import ConfigError, DataError
 from ...io import image_files as _image_files
 from ...io import input_files, is_glob, read_image
+from ...layouts import channel_first, interpret
 from ...masks import mask_classes
 from .layout import as_channel_first
 
@@ -207,12 +208,12 @@ def _split_samples(image, mask, spatial_dims, name):
         sample = as_channel_first(image, dims)
         check_same_shape(sample.shape[1:], mask.shape, name)
         return [(sample, mask, name)]
-    if mask.ndim == 3 and dims == 2:  # a stack of 2D samples
+    if mask.ndim == 3 and dims == 2:  # a stack of 2D samples: the rule finds its axis
+        stack = _stack(image, mask, name)
         samples = []
-        for z, image_slice in enumerate(_stack_slices(image, mask, name)):
-            sample = as_channel_first(image_slice, 2)
-            check_same_shape(sample.shape[1:], mask[z].shape, name)
-            samples.append((sample, mask[z], f"{name}[{z}]"))
+        for z in range(mask.shape[0]):
+            check_same_shape(stack.shape[2:], mask[z].shape, name)
+            samples.append((stack[:, z], mask[z], f"{name}[{z}]"))
         return samples
     raise DataError(
         f"{name}: a {mask.ndim}D mask cannot label {dims}D samples (image {image.shape}, "
@@ -220,16 +221,18 @@ def _split_samples(image, mask, spatial_dims, name):
     )
 
 
-def _stack_slices(image, mask, name):
-    depth = mask.shape[0]
-    if image.shape[0] == depth and image.ndim in (3, 4):  # (Z, Y, X), (Z, C, Y, X), (Z, Y, X, C)
-        return [image[z] for z in range(depth)]
-    if image.ndim == 4 and image.shape[1] == depth:  # (C, Z, Y, X)
-        return [image[:, z] for z in range(depth)]
-    raise DataError(
-        f"{name}: image shape {image.shape} and mask shape {mask.shape} differ: "
-        "give each image a mask of the same size"
-    )
+def _stack(image, mask, name):
+    """(C, Z, Y, X): a stack of 2D images as deep as its mask, by the input-layout rule."""
+    try:
+        stacked = interpret(image.shape, 2, stack=True, depth=mask.shape[0]).kind == "stack"
+    except DataError:
+        stacked = False
+    if not stacked:
+        raise DataError(
+            f"{name}: image shape {image.shape} and mask shape {mask.shape} differ: "
+            "give each image a mask of the same size"
+        )
+    return channel_first(image, 2, stack=True, depth=mask.shape[0])
 
 
 # ------------------------------------------------------------------------- conventions

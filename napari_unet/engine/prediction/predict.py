@@ -44,9 +44,10 @@ def _tile_size(checkpoint: Checkpoint, tile_size):
 
 def predict(checkpoint, image, *, tile_size=None, overlap=0.25, batch_size=4, tta=False,
             amp="bf16", device="auto", threshold=None, out=None, labels_out=None,
-            channels_last=True, backend="torch", keep_largest=None):
+            channels_last=True, backend="torch", keep_largest=None, axes=None):
     """Yield TilesDone events, then one PredictionDone. Closing the generator cancels.
-    ``threshold`` and ``keep_largest`` None: the run's own.
+    ``threshold`` and ``keep_largest`` None: the run's own. ``axes``: the image's axes
+    letters where known (napari_unet.layouts), e.g. "CZYX" for a channel group.
     ``backend``: torch, onnxruntime, openvino or auto (engine.backends)."""
     if not isinstance(checkpoint, Checkpoint):
         checkpoint = load_checkpoint(checkpoint)
@@ -54,7 +55,8 @@ def predict(checkpoint, image, *, tile_size=None, overlap=0.25, batch_size=4, tt
     model = backend_model(checkpoint.model, backend, device, amp)
     channels_last = channels_last and model is checkpoint.model
     yield from predict_with_model(
-        model, prepare_image(image, checkpoint.model.spatial_dims, checkpoint.model.in_channels),
+        model, prepare_image(image, checkpoint.model.spatial_dims, checkpoint.model.in_channels,
+                             axes),
         NormStats.from_dict(checkpoint.norm_stats), head=checkpoint.head,
         tile_size=_tile_size(checkpoint, tile_size),
         overlap=overlap, batch_size=batch_size, tta=tta, amp=amp, device=device,

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from ...errors import ConfigError, DataError, NapariUnetError
+from ...layouts import interpret
 from ...models import build_model
 from ..config import TrainConfig
 from ..data.dataset import Dataset, masks_to_classes
@@ -49,17 +50,23 @@ def as_dataset(images, masks, config: TrainConfig) -> Dataset:
 
 
 def _as_sample_list(images, spatial_dims):
-    """A list of per-sample arrays; a 2D model sees each page of a (Z,Y,X) stack as a sample."""
+    """A list of per-sample arrays; a 2D model sees each page of a (Z,Y,X) stack as a sample
+    (the input-layout rule tells a stack from a 2D image with channels or colour)."""
     if isinstance(images, (list, tuple)):
-        if spatial_dims == 2 and len(images) == 1 and np.ndim(images[0]) == 3 \
-                and images[0].shape[-1] not in (3, 4):
+        if len(images) == 1 and _is_stack(images[0], spatial_dims):
             return list(images[0])
         return list(images)
-    if spatial_dims == 2 and images.ndim == 3 and images.shape[-1] not in (3, 4):
+    if _is_stack(images, spatial_dims):
         return list(images)
     if spatial_dims == 3 and images.ndim == 5:
         return list(images)
     return [images]
+
+
+def _is_stack(image, spatial_dims) -> bool:
+    """A (Z, Y, X) stack of 2D samples (not an RGB picture) under a 2D model."""
+    return spatial_dims == 2 and np.ndim(image) == 3 \
+        and interpret(np.shape(image), 2, stack=True).kind == "stack"
 
 
 def check_data_fits_model(dataset: Dataset, config: TrainConfig):
