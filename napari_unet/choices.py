@@ -106,6 +106,10 @@ PRESETS: dict[str, dict] = {
     ),
 }
 PRESET_NAMES = tuple(PRESETS)
+# --preset auto (the default): a recipe planned from the user's data (engine.plan), each choice
+# with its reason; the named presets stay, as plans a user may pick.
+AUTO_PRESET = "auto"
+PRESET_CHOICES = (AUTO_PRESET, *PRESET_NAMES)
 
 
 def preset_options(name: str) -> dict:

@@ -13,7 +13,14 @@ import sys
 import typing
 
 from napari_unet import __version__, engine, runs
-from napari_unet.choices import BACKENDS, PRESET_NAMES, SAMPLES, TTA_MODES
+from napari_unet.choices import (
+    AUTO_PRESET,
+    BACKENDS,
+    PRESET_CHOICES,
+    PRESET_NAMES,
+    SAMPLES,
+    TTA_MODES,
+)
 from napari_unet.cli_commands import (
     EXIT_CANCELLED,
     EXIT_USER_ERROR,
@@ -85,7 +92,9 @@ def _add_data(p, required=True):
 
 
 def _add_train(p):
-    p.add_argument("--preset", required=True, choices=PRESET_NAMES)
+    p.add_argument("--preset", default=AUTO_PRESET, choices=PRESET_CHOICES,
+                   help="auto (the default): a recipe planned from your data, each choice "
+                        "explained; or a named recipe of a reference data set")
     _add_data(p)
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="the run folder")
     p.add_argument("--config", metavar="YAML", help="options from a config.yaml")
@@ -198,6 +207,10 @@ def _train_or_launch(args) -> int:
     if args.ddp_timeout is not None:  # read by each worker (engine.training.distributed)
         os.environ[engine.TIMEOUT_VARIABLE] = str(args.ddp_timeout)
         engine.collective_timeout()  # a bad value: one line now, not one per worker
+    timed = args.minutes is not None or args.preset == AUTO_PRESET
+    if args.nproc > 1 and args.steps is None and timed:
+        raise ConfigError(f"--nproc {args.nproc} needs --steps: the time budget (--minutes, or "
+                          f"--preset auto's default) is timed in one process")
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
         return _launch_torchrun(args)
     return cmd_train(args)

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import yaml
 
 from napari_unet import engine, runs
-from napari_unet.choices import SAMPLES, preset_options
+from napari_unet.choices import AUTO_PRESET, SAMPLES, preset_options
 from napari_unet.cli_progress import drive, is_main_process, printer
 from napari_unet.errors import ConfigError, DataError
 from napari_unet.io import atomic_write, is_glob, read_image, write_tif
@@ -25,8 +26,8 @@ EXIT_CANCELLED = 130
 
 def cmd_train(args) -> int:
     """Train in this process (one of a torchrun group, or alone), then evaluate and predict."""
-    config = train_config(args)
-    dataset = _load_data(args, config.spatial_dims, config.foreground_value)
+    started = time.monotonic()
+    config, dataset = _planned_config(args, started)
     run_dir = Path(args.out)
     _make_run_dir(run_dir)
     if args.sample and is_main_process():
@@ -108,8 +109,38 @@ def cmd_benchmark(args) -> int:
 
 
 # -- the training config -------------------------------------------------------------------------
-def train_config(args):
-    """The preset, then --config's file, then the option flags, then each --set KEY=VALUE."""
+def _planned_config(args, started: float):
+    """The config and the data. --preset auto: the data first, then the plan made from them
+    (printed with its reasons); --minutes (auto's default: DEFAULT_MINUTES) then sets the
+    steps from a timing of the first ones, unless --steps is given. A resumed auto or timed
+    run keeps the plan and the steps in its config.yaml."""
+    saved = Path(args.out) / runs.CONFIG
+    timed = args.minutes is not None or args.preset == AUTO_PRESET
+    if args.resume and timed and saved.is_file() and args.config is None:
+        args.config = str(saved)
+    if args.preset != AUTO_PRESET or args.config is not None:
+        config = train_config(args)
+        return config, _load_data(args, config.spatial_dims, config.foreground_value)
+    dataset = _load_data(args, "auto", args.foreground_value)
+    plan = engine.plan_for_data(dataset, args.device or "auto")
+    config = train_config(args, plan)
+    if config.minutes is None and args.steps is None:
+        config = config.replace(minutes=engine.DEFAULT_MINUTES)
+    if is_main_process():
+        print("plan (--preset auto), from the data:", file=sys.stderr)
+        for line in engine.plan_lines(config):
+            print(f"  {line}", file=sys.stderr)
+    if config.minutes is not None and args.steps is None:
+        config, per_step = engine.fit_to_minutes(config, dataset, started)
+        if is_main_process():
+            print(f"  steps = {config.steps}: {per_step:.2f} s a step fills "
+                  f"{config.minutes:g} minutes", file=sys.stderr)
+    return config, dataset
+
+
+def train_config(args, plan=None):
+    """The preset (or the plan), then --config's file, then the option flags, then each
+    --set KEY=VALUE."""
     overrides = engine.TrainConfig.from_yaml(args.config).to_dict() if args.config else {}
     overrides.pop("preset", None)
     overrides.update({option.name: getattr(args, option.name) for option in FLAGGED
@@ -117,11 +148,14 @@ def train_config(args):
     for item in args.set:
         key, value = _parse_set(item)
         overrides[key] = value
+    start = plan.values if plan is not None else \
+        preset_options(args.preset) if args.preset != AUTO_PRESET else {}
     if args.base_channels is not None:  # a model option, not a config field
-        options = dict(overrides.get("model_options")
-                       or preset_options(args.preset).get("model_options", {}))
+        options = dict(overrides.get("model_options") or start.get("model_options", {}))
         options["base_channels"] = args.base_channels
         overrides["model_options"] = options
+    if plan is not None:
+        return plan.config(**overrides)
     return engine.preset_config(args.preset, **overrides)
 
 

@@ -76,6 +76,34 @@ def _read_tif(path: Path, mmap: bool) -> np.ndarray:
         return series.asarray()
 
 
+def read_spacing(path) -> tuple | None:
+    """The voxel spacing (Z, Y, X) a TIF states, slowest axis first, or None where it says
+    nothing: tifffile's own metadata (``spacing``/``spacing_um``), else ImageJ's Z
+    ``spacing`` with the X and Y resolution tags (pixels per unit)."""
+    path = Path(path)
+    if path.suffix.lower() not in TIF_SUFFIXES:
+        return None
+    with tifffile.TiffFile(path) as tif:
+        for shaped in tif.shaped_metadata or ():
+            values = shaped.get("spacing_um") or shaped.get("spacing")
+            if values and all(float(v) > 0 for v in values):
+                return tuple(float(v) for v in values)
+        imagej = tif.imagej_metadata or {}
+        z_spacing = imagej.get("spacing")
+        tags = tif.pages[0].tags
+        if z_spacing and "XResolution" in tags and "YResolution" in tags:
+            y, x = (_per_pixel(tags[name].value) for name in ("YResolution", "XResolution"))
+            if y and x and float(z_spacing) > 0:
+                return float(z_spacing), y, x
+    return None
+
+
+def _per_pixel(resolution) -> float | None:
+    """A TIF resolution tag (pixels per unit, a fraction) as units per pixel."""
+    numerator, denominator = resolution
+    return denominator / numerator if numerator > 0 and denominator > 0 else None
+
+
 def image_files(folder) -> list[Path]:
     """The images directly in a folder (hidden files left out), sorted by name."""
     return sorted(

@@ -72,6 +72,7 @@ class Option:
 
 TRAIN_OPTIONS: tuple[Option, ...] = (
     Option("preset", str, "industrial", "the preset the other values started from"),
+    Option("plan", dict, {}, "--preset auto: why each planned value was chosen"),
     # -- model
     Option("model", str, "tiny_unet", "the network (models.available_models())"),
     Option("model_options", dict, {}, "the network's own options, e.g. base_channels"),
@@ -82,6 +83,9 @@ TRAIN_OPTIONS: tuple[Option, ...] = (
     # -- optimisation
     Option("steps", int, 2500, "optimizer steps", at_least=1, flag=True,
            form=Form("Steps", 1, 10_000_000, value=200)),
+    Option("minutes", Optional[float], None,
+           "train for about this long: the steps come from a short timing of the first ones "
+           "(--steps wins where given)", flag=True, metavar="M"),
     Option("batch_size", int, 16, "per process; the global batch is batch_size x world size",
            at_least=1, flag=True, metavar="B", form=Form("Batch size", 1, 4096)),
     Option("optimizer", str, "rmsprop", choices=OPTIMIZERS),

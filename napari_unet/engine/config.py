@@ -13,7 +13,14 @@ from pathlib import Path
 
 import yaml
 
-from ..choices import PRESETS, REGION_LOSSES, REGION_SETS, preset_options
+from ..choices import (
+    AUTO_PRESET,
+    PRESET_CHOICES,
+    PRESETS,
+    REGION_LOSSES,
+    REGION_SETS,
+    preset_options,
+)
 from ..errors import ConfigError
 from ..options import OPTIONS, TRAIN_OPTIONS
 
@@ -38,6 +45,8 @@ class _TrainConfigMethods:
         self.patch_size = _check_patch_size(self.patch_size, self.spatial_dims)
         if self.lr <= 0:
             raise ConfigError(f"lr must be positive, not {self.lr}")
+        if self.minutes is not None and not self.minutes > 0:
+            raise ConfigError(f"minutes must be above 0 (the time to train), not {self.minutes}")
         if self.fold is not None and not 0 <= self.fold < self.folds:
             raise ConfigError(f"fold {self.fold} is out of range: use 0..{self.folds - 1} "
                               f"(or change --folds)")
@@ -194,8 +203,9 @@ def preset_names() -> list[str]:
 
 def preset_config(name: str, **overrides) -> TrainConfig:
     """The preset's configuration with `overrides` applied (None values are ignored)."""
-    if name not in PRESETS:
-        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    values = {"preset": name, **preset_options(name)}
+    if name != AUTO_PRESET and name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESET_CHOICES)}")
+    # auto: the values come in `overrides`, from a plan (engine.plan.Plan.config)
+    values = {"preset": name, **(preset_options(name) if name in PRESETS else {})}
     values.update({k: v for k, v in overrides.items() if v is not None})
     return TrainConfig.from_dict(values)

@@ -14,8 +14,8 @@ import numpy as np
 
 from ...errors import ConfigError, DataError
 from ...io import image_files as _image_files
-from ...io import input_files, is_glob, read_image
-from ...layouts import channel_first, interpret
+from ...io import input_files, is_glob, read_image, read_spacing
+from ...layouts import channel_first, interpret, looks_like_volume
 from ...masks import mask_classes
 from .layout import as_channel_first
 
@@ -36,6 +36,7 @@ class Dataset:
     masks: list
     names: list
     spatial_dims: int
+    spacing: tuple | None = None  # voxel size per spatial axis, where the files state it
 
     def __post_init__(self):
         if not len(self.images) == len(self.masks) == len(self.names):
@@ -75,6 +76,7 @@ class Dataset:
             [self.masks[i] for i in indices],
             [self.names[i] for i in indices],
             self.spatial_dims,
+            self.spacing,
         )
 
 
@@ -100,8 +102,8 @@ def load_dataset(
     (Z, Y, X) stack is a stack of 2D samples unless `spatial_dims` is 3; with `spatial_dims`
     None, 4D (C, Z, Y, X) images are 3D volumes and everything else 2D.
     """
-    if spatial_dims not in (None, 2, 3):
-        raise ConfigError(f"spatial_dims must be 2, 3 or None, not {spatial_dims!r}")
+    if spatial_dims not in (None, "auto", 2, 3):
+        raise ConfigError(f"spatial_dims must be 2, 3, 'auto' or None, not {spatial_dims!r}")
     if data_dir is not None:
         if images is not None or masks is not None:
             raise ConfigError("give either a data folder or images and masks, not both")
@@ -112,8 +114,26 @@ def load_dataset(
         raise ConfigError("give a data folder, or both images and masks")
     else:
         pairs = _pair_paths(Path(images), Path(masks))
-
+    if spatial_dims == "auto":
+        spatial_dims = data_dims(pairs)
     return dataset_from_pairs(pairs, foreground_value, spatial_dims)
+
+
+def data_dims(pairs) -> int:
+    """2 or 3: what the first pair is, by the input-layout rule. A 4D image is a volume of
+    channels; a 3D mask labels a volume when the file states a Z spacing or when the stack
+    is deep for its size (``looks_like_volume``), else a stack of 2D images."""
+    image_path, mask_path = pairs[0]
+    image = read_image(image_path)
+    if mask_path is None:
+        return 2
+    mask = read_image(mask_path)
+    if image.ndim == 4 and mask.ndim == 3:
+        return 3
+    spacing = read_spacing(image_path)
+    if mask.ndim == 3 and (looks_like_volume(mask.shape) or (spacing and len(spacing) == 3)):
+        return 3
+    return 2
 
 
 def dataset_from_pairs(pairs, foreground_value=None, spatial_dims=None) -> Dataset:
@@ -127,7 +147,10 @@ def dataset_from_pairs(pairs, foreground_value=None, spatial_dims=None) -> Datas
     if len(dims) > 1:
         raise DataError("the data mix 2D images and 3D volumes: pass spatial_dims=2 or 3")
     images_, masks_, names = (list(column) for column in zip(*samples))
-    return Dataset(images_, masks_, names, dims.pop())
+    dims = dims.pop()
+    spacing = read_spacing(pairs[0][0])
+    spacing = spacing[-dims:] if spacing is not None and len(spacing) >= dims else None
+    return Dataset(images_, masks_, names, dims, spacing)
 
 
 def _detect_layout(root: Path):

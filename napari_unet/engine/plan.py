@@ -1,0 +1,287 @@
+"""``--preset auto``: a training recipe planned from the user's data, each choice with its reason.
+
+As nnU-Net plans from a fingerprint of the data, scaled to what a napari user has: a CPU or
+one GPU and a few minutes. The rules start from the CPU recipes that were measured on the
+reference data sets (benchmarks/accuracy.py, benchmarks/RESULTS.md) and generalise them by
+what the fingerprint says:
+
+- dimensionality and family: 2D images and stacks of unrelated slices train the padded UNet
+  with batch norm (the ISBI CPU recipe); volumes train the 3D-UNet (the BraTS CPU recipe);
+- the patch fits the images (a smaller image is mirrored up to it, never refused) and a
+  coarse Z axis gets fewer voxels, so that a patch covers about the same distance on each
+  axis; the depth (poolings) follows the patch's shortest side;
+- the batch fills a pixel budget per step on a CPU, and the memory of the device caps it;
+- normalisation by modality: each case by itself where it looks like MRI (several channels,
+  signed or float values around a zero background), a fixed 8-bit range for bright 8-bit
+  pictures, otherwise a z-score per channel over the training set;
+- rare objects get a foreground-weighted loss and patches centred on them;
+- augmentation respects the axes: quarter turns and flips in the plane, flips along Z only
+  where voxels are isotropic.
+
+The step count is the caller's (``--steps``) or comes from the time the user gives
+(``--minutes``, ``engine.training.calibration``).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import psutil
+import torch
+
+from .config import TrainConfig, preset_config
+from .data.fingerprint import Fingerprint, fingerprint
+from .runtime import cpu_has_fast_bf16, resolve_device
+
+AUTO = "auto"
+# pixels (2D) or voxels (3D) a CPU step processes, from the CPU recipes: 4 x 256^2 in 2D
+# (isbi2012, 25 min on 2 cores) and 2 x 64^3 in 3D (brats, 30 min)
+CPU_BATCH_PIXELS = {2: 4 * 256 * 256, 3: 2 * 64 ** 3}
+GPU_BATCH_PIXELS = {2: 16 * 512 * 512, 3: 2 * 128 ** 3}
+PATCH_TARGET = {("cpu", 2): 256, ("cpu", 3): 64, ("gpu", 2): 512, ("gpu", 3): 128}
+SMALLEST_PATCH = {2: 32, 3: 16}
+RARE_FOREGROUND = 0.05  # below this share of the pixels, objects are rare
+ANISOTROPIC = 1.5  # coarsest / finest spacing above which an axis counts as coarse
+MEMORY_SHARE = 0.5  # of the free memory, what a batch's activations may take
+DEFAULT_MINUTES = 10.0  # what --preset auto trains for when neither --steps nor --minutes
+
+
+@dataclass
+class Plan:
+    """The planned TrainConfig values and, for each, why (in words a user reads)."""
+
+    values: dict
+    reasons: dict = field(default_factory=dict)
+    fingerprint: Fingerprint | None = None
+
+    def choose(self, name: str, value, reason: str) -> None:
+        self.values[name] = value
+        self.reasons[name] = reason
+
+    def config(self, **overrides) -> TrainConfig:
+        """The TrainConfig of the plan, with the user's own `overrides` (None ignored) on top;
+        the reasons travel in ``config.plan`` (written to config.yaml)."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        reasons = {k: v for k, v in self.reasons.items() if k not in given}
+        reasons.update({k: "given by the user" for k in given if k in self.values})
+        return preset_config(AUTO, **{**self.values, **given, "plan": reasons})
+
+    def lines(self) -> list[str]:
+        """One line per choice: `name = value: reason`."""
+        return [f"{name} = {show_value(name, self.values[name])}: {reason}"
+                for name, reason in self.reasons.items()]
+
+
+def plan_lines(config: TrainConfig) -> list[str]:
+    """The lines of a planned config as it will train (the user's values included), each
+    `name = value: reason`, from ``config.plan``."""
+    return [f"{name} = {show_value(name, getattr(config, name))}: {reason}"
+            for name, reason in config.plan.items() if hasattr(config, name)]
+
+
+def show_value(name: str, value) -> str:
+    """A planned value as a user reads it: 64x64x64, base_channels=16, ..."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v}" for k, v in value.items()) or "-"
+    if name == "patch_size":
+        return "x".join(map(str, value))
+    return str(value)
+
+
+def plan_for_data(dataset, device: str = "auto") -> Plan:
+    """The plan for `dataset` (its fingerprint, with the voxel spacing its files gave) on
+    `device` ("auto": the one training would use), capped by that device's free memory."""
+    chosen = resolve_device(device)
+    if chosen.type == "cuda":
+        memory = float(torch.cuda.mem_get_info(chosen)[0])
+    else:
+        memory = float(psutil.virtual_memory().available)
+    kind = "cpu" if chosen.type == "cpu" else "gpu"
+    return plan_run(fingerprint(dataset, getattr(dataset, "spacing", None)), kind, memory)
+
+
+def plan_run(fp: Fingerprint, device: str = "cpu", memory_bytes: float | None = None) -> Plan:
+    """The plan for data of fingerprint `fp` on a `device` kind ("cpu" or "gpu") whose free
+    memory is `memory_bytes` (None: not known, no cap)."""
+    kind = "gpu" if device in ("cuda", "gpu", "mps") else "cpu"
+    plan = Plan(values={}, fingerprint=fp)
+    dims = fp.spatial_dims
+    plan.choose("spatial_dims", dims,
+                "the data are volumes" if dims == 3 else "the data are 2D images (or slices)")
+    patch = _plan_patch(plan, fp, kind)
+    _plan_network(plan, fp, kind, patch)
+    _plan_batch(plan, fp, kind, patch, memory_bytes)
+    _plan_normalization(plan, fp)
+    _plan_loss(plan, fp)
+    _plan_augmentation(plan, fp)
+    _plan_optimisation(plan, fp, kind)
+    return plan
+
+
+# -- the patch and the network -------------------------------------------------------------------
+def _plan_patch(plan: Plan, fp: Fingerprint, kind: str) -> list[int]:
+    dims = fp.spatial_dims
+    target = PATCH_TARGET[(kind, dims)]
+    coarse = _coarse_axis(fp)
+    wanted = [target] * dims
+    if coarse is not None:  # fewer voxels along the coarse axis, the same budget in all
+        ratio = fp.spacing[coarse] / min(fp.spacing)
+        wanted[coarse] = max(SMALLEST_PATCH[dims], int(target / ratio))
+        others = math.sqrt(target ** dims / wanted[coarse]) if dims == 3 else target
+        wanted = [w if axis == coarse else int(others) for axis, w in enumerate(wanted)]
+    median = fp.median_size
+    step = 16
+    patch = [max(SMALLEST_PATCH[dims], _round_up(min(w, m), step))
+             for w, m in zip(wanted, median)]
+    if dims >= 2:  # square in the plane: quarter turns keep the patch's shape
+        side = min(patch[-2:])
+        patch[-2:] = [side, side]
+    reason = f"fits the median image ({'x'.join(map(str, median))})"
+    if any(p > s for p, s in zip(patch, fp.smallest_size)):
+        reason += "; smaller images are mirrored up to it"
+    if coarse is not None:
+        reason += (f"; fewer voxels along the coarse axis (spacing "
+                   f"{' x '.join(f'{s:.3g}' for s in fp.spacing)}), about the same distance on each")
+    plan.choose("patch_size", patch, reason)
+    return patch
+
+
+def _coarse_axis(fp: Fingerprint):
+    """The one axis whose spacing is clearly coarser than the others (3D), or None."""
+    if fp.spatial_dims != 3 or fp.anisotropy < ANISOTROPIC:
+        return None
+    return max(range(3), key=lambda axis: fp.spacing[axis])
+
+
+def _round_up(value: float, step: int) -> int:
+    return int(math.ceil(value / step) * step)
+
+
+def _plan_network(plan: Plan, fp: Fingerprint, kind: str, patch: list[int]) -> None:
+    shortest = min(patch)
+    base = 16 if kind == "cpu" else 32
+    if fp.spatial_dims == 2:
+        poolings = max(2, min(4, int(math.log2(shortest / 8))))  # bottleneck >= 8 pixels
+        plan.choose("model", "unet", "2D data: the U-Net with zero padding (output = input size)")
+        plan.choose("model_options",
+                    {"padding": "same", "base_channels": base, "depth": poolings + 1,
+                     "norm": "batch", "dropout": 0.0},
+                    f"{poolings} poolings for a {shortest}-pixel patch (8+ pixels at the "
+                    f"bottom); width {base} for a {kind.upper()}; batch norm trains fast at a "
+                    f"high learning rate")
+        return
+    poolings = max(2, min(4, int(math.log2(shortest / 4))))  # bottleneck >= 4 voxels
+    while shortest % 2 ** poolings:
+        poolings -= 1
+    plan.choose("model", "unet3d", "volumes: the 3D U-Net (No New-Net blocks, instance norm)")
+    plan.choose("model_options",
+                {"base_channels": base, "max_channels": 128 if kind == "cpu" else 320,
+                 "depth": poolings + 1},
+                f"{poolings} poolings for a patch whose shortest side is {shortest}; width "
+                f"{base} for a {kind.upper()}")
+
+
+def _plan_batch(plan: Plan, fp: Fingerprint, kind: str, patch: list[int],
+                memory_bytes: float | None) -> None:
+    pixels = math.prod(patch)
+    budget = (CPU_BATCH_PIXELS if kind == "cpu" else GPU_BATCH_PIXELS)[fp.spatial_dims]
+    batch = max(2, min(32, budget // pixels))
+    unit = "pixels" if fp.spatial_dims == 2 else "voxels"
+    reason = f"{budget:,} {unit} a step on a {kind.upper()}"
+    if memory_bytes:
+        per_item = activation_bytes(patch, plan.values["model_options"]["base_channels"],
+                                    fp.spatial_dims)
+        fits = max(1, int(memory_bytes * MEMORY_SHARE // per_item))
+        if fits < batch:
+            batch = fits
+            reason += f", capped by memory ({memory_bytes / 2 ** 30:.1f} GiB free)"
+    plan.choose("batch_size", batch, reason)
+
+
+def activation_bytes(patch, base_channels: int, dims: int) -> float:
+    """A generous estimate of one item's training memory: the activations that backward keeps
+    (about six float32 maps per level and conv, encoder and decoder), summed over levels."""
+    pixels = math.prod(patch)
+    per_level = sum(2 ** level / 2 ** (dims * level) for level in range(6))
+    return pixels * base_channels * per_level * 6 * 2 * 4
+
+
+# -- the data's values -----------------------------------------------------------------------------
+def looks_like_mri(fp: Fingerprint) -> bool:
+    """Several channels of a volume, stored signed or as floats (scanner units, often already
+    shifted), with a background of one value around the object: what BraTS looks like."""
+    return fp.spatial_dims == 3 and fp.channels > 1 and not fp.dtype.startswith("uint")
+
+
+def _plan_normalization(plan: Plan, fp: Fingerprint) -> None:
+    if looks_like_mri(fp):
+        plan.choose("normalization", "zscore_case",
+                    "MRI-like volumes (several signed or float channels): each case by its "
+                    "own mean and spread inside the object, as scanners differ")
+        return
+    bright = fp.dtype == "uint8" and all(p[-1] >= 100 for p in fp.percentiles)
+    if bright:
+        plan.choose("normalization", "minus_one_one",
+                    "8-bit pictures that use their range: 0..255 to -1..1 for every image")
+        return
+    plan.choose("normalization", "zscore",
+                f"{fp.dtype} values (99.5th percentile "
+                f"{', '.join(f'{p[-1]:g}' for p in fp.percentiles)}): a z-score per channel "
+                f"over the training set")
+
+
+def _plan_loss(plan: Plan, fp: Fingerprint) -> None:
+    share = fp.foreground_fraction
+    if fp.classes > 2:
+        plan.choose("loss", "dice_ce", f"{fp.classes - 1} classes: Dice + cross-entropy")
+        plan.choose("foreground_oversample", 0.33,
+                    "a third of the patches centred on an object, as nnU-Net")
+        return
+    if share < RARE_FOREGROUND:
+        plan.choose("loss", "dice_ce_foreground",
+                    f"objects are rare ({100 * share:.2g}% of the pixels): Dice of the objects "
+                    f"+ cross-entropy, so background cannot win by itself")
+        plan.choose("foreground_oversample", 0.5,
+                    "half of the patches centred on an object (they are rare)")
+        return
+    plan.choose("loss", "dice_ce",
+                f"objects cover {100 * share:.2g}% of the pixels: Dice + cross-entropy")
+    plan.choose("foreground_oversample", 0.33,
+                "a third of the patches centred on an object, as nnU-Net")
+
+
+def _plan_augmentation(plan: Plan, fp: Fingerprint) -> None:
+    coarse = _coarse_axis(fp)
+    plan.choose("hflip", 0.5, "objects look the same mirrored")
+    plan.choose("vflip", 0.5, "objects look the same mirrored")
+    plan.choose("rot90", [0, 1, 2, 3], "and turned by quarter turns in the plane")
+    if fp.spatial_dims == 3:
+        isotropic = coarse is None
+        plan.choose("flip_all_axes", isotropic,
+                    "voxels are isotropic: mirrored along Z too" if isotropic
+                    else "Z is coarser: no mirroring along it")
+    plan.choose("brightness", 0.1, "brightness changes between images")
+    plan.choose("contrast", 0.15, "and contrast changes")
+    if fp.spatial_dims == 2:
+        plan.choose("crop_resize", [0.8, 1.0], "objects vary a little in size (zoom 0.8-1)")
+
+
+def _plan_optimisation(plan: Plan, fp: Fingerprint, kind: str) -> None:
+    batch_norm = fp.spatial_dims == 2
+    plan.choose("optimizer", "adam", "Adam")
+    plan.choose("lr", 2e-3 if batch_norm else 1e-3,
+                "high for batch norm (2e-3)" if batch_norm else "1e-3 for instance norm")
+    plan.choose("weight_decay", 1e-5, "a little weight decay")
+    plan.choose("lr_schedule", "cosine", "a cosine decay to the last step")
+    plan.choose("warmup_steps", 30, "30 warm-up steps")
+    plan.choose("amp", "bf16" if kind == "gpu" else plan_cpu_amp(),
+                "bf16 mixed precision" if kind == "gpu" else _cpu_amp_reason())
+
+
+def plan_cpu_amp() -> str:
+    return "bf16" if cpu_has_fast_bf16() else "off"
+
+
+def _cpu_amp_reason() -> str:
+    return ("this CPU computes bf16 natively: bf16 mixed precision" if plan_cpu_amp() == "bf16"
+            else "this CPU emulates bf16 (slower): full precision")

@@ -1,0 +1,181 @@
+"""--preset auto: the plan made from a fingerprint, on hand-made data whose answers are known."""
+import numpy as np
+import pytest
+import yaml
+from process_support import cli
+
+from napari_unet.engine import Finished, train
+from napari_unet.engine.data.dataset import Dataset
+from napari_unet.engine.data.fingerprint import Fingerprint, fingerprint
+from napari_unet.engine.plan import activation_bytes, plan_run
+from napari_unet.engine.training.calibration import fit_to_minutes
+
+
+def _fp(**changes) -> Fingerprint:
+    """A 2D, 8-bit, bright, one-channel data set of 512^2 images with common objects."""
+    values = dict(spatial_dims=2, samples=10, channels=1, rgb=False, dtype="uint8",
+                  smallest_size=(512, 512), median_size=(512, 512), largest_size=(512, 512),
+                  spacing=(1.0, 1.0), anisotropy=1.0, percentiles=((3.0, 90.0, 250.0),),
+                  mean=(100.0,), std=(40.0,), classes=2, foreground_fraction=0.3, objects=50,
+                  median_object_extent=(20, 20))
+    values.update(changes)
+    if values["spatial_dims"] == 3 and "spacing" not in changes:
+        values["spacing"] = (1.0, 1.0, 1.0)
+    return Fingerprint(**values)
+
+
+def _3d(**changes):
+    values = dict(spatial_dims=3, smallest_size=(120, 120, 120), median_size=(120, 120, 120),
+                  largest_size=(120, 120, 120), median_object_extent=(10, 10, 10))
+    values.update(changes)
+    return _fp(**values)
+
+
+def test_bright_8bit_images_train_a_padded_unet_on_256_patches():
+    plan = plan_run(_fp())
+    v = plan.values
+    assert v["model"] == "unet" and v["spatial_dims"] == 2
+    assert v["model_options"]["padding"] == "same" and v["model_options"]["depth"] == 5
+    assert v["patch_size"] == [256, 256] and v["batch_size"] == 4
+    assert v["normalization"] == "minus_one_one" and v["loss"] == "dice_ce"
+    assert v["rot90"] == [0, 1, 2, 3] and v["hflip"] == v["vflip"] == 0.5
+    assert set(plan.reasons) == set(v)  # every choice says why
+    assert all(line.count(" = ") and ": " in line for line in plan.lines())
+
+
+def test_small_and_mixed_sizes_get_a_patch_that_fits_and_smaller_images_are_mirrored():
+    plan = plan_run(_fp(smallest_size=(40, 30), median_size=(90, 100), largest_size=(300, 200)))
+    assert plan.values["patch_size"] == [96, 96]  # the median rounded up to 16, square
+    assert "mirrored" in plan.reasons["patch_size"]
+    assert plan.values["model_options"]["depth"] == 4  # 3 poolings: 96 -> 12 at the bottom
+    assert plan.values["batch_size"] == 262_144 // (96 * 96)
+
+
+def test_dim_16bit_data_get_a_zscore_and_rare_objects_a_foreground_loss():
+    plan = plan_run(_fp(dtype="uint16", percentiles=((100.0, 300.0, 2000.0),),
+                        foreground_fraction=0.004))
+    assert plan.values["normalization"] == "zscore"
+    assert "2000" in plan.reasons["normalization"]
+    assert plan.values["loss"] == "dice_ce_foreground"
+    assert plan.values["foreground_oversample"] == 0.5
+    assert "rare" in plan.reasons["loss"]
+    dim_8bit = plan_run(_fp(percentiles=((0.0, 10.0, 60.0),)))
+    assert dim_8bit.values["normalization"] == "zscore"
+
+
+def test_rgb_pictures_plan_like_grey_ones_with_three_channels():
+    plan = plan_run(_fp(channels=3, rgb=True, percentiles=((0.0, 120.0, 255.0),) * 3))
+    assert plan.values["model"] == "unet" and plan.values["normalization"] == "minus_one_one"
+
+
+def test_isotropic_volumes_flip_on_every_axis():
+    plan = plan_run(_3d())
+    v = plan.values
+    assert v["model"] == "unet3d" and v["patch_size"] == [64, 64, 64]
+    assert v["flip_all_axes"] is True and v["batch_size"] == 2
+    assert v["model_options"]["depth"] == 5  # 4 poolings: 64 -> 4
+    assert v["lr"] == 1e-3
+
+
+def test_a_coarse_z_gets_fewer_voxels_and_no_mirroring_along_it():
+    plan = plan_run(_3d(spacing=(2.0, 0.5, 0.5), anisotropy=4.0))
+    z, y, x = plan.values["patch_size"]
+    assert z < y == x and z == 16 and y >= 112
+    assert plan.values["flip_all_axes"] is False
+    assert "coarse" in plan.reasons["patch_size"]
+    assert plan.values["model_options"]["depth"] == 3  # poolings limited by the 16-voxel Z
+
+
+def test_mri_like_volumes_are_normalised_case_by_case():
+    plan = plan_run(_3d(channels=4, dtype="int16", classes=4,
+                        percentiles=((0.0, 0.0, 900.0),) * 4))
+    assert plan.values["normalization"] == "zscore_case"
+    assert plan.values["loss"] == "dice_ce"  # 3 classes besides background
+
+
+def test_the_batch_is_capped_by_the_memory_there_is():
+    per_item = activation_bytes([256, 256], 16, 2)
+    plan = plan_run(_fp(), memory_bytes=per_item * 2.2)  # half of it: one item
+    assert plan.values["batch_size"] == 1 and "memory" in plan.reasons["batch_size"]
+    roomy = plan_run(_fp(), memory_bytes=per_item * 1000)
+    assert roomy.values["batch_size"] == 4 and "memory" not in roomy.reasons["batch_size"]
+
+
+def test_a_gpu_gets_bigger_patches_and_wider_networks():
+    plan = plan_run(_fp(), device="gpu")
+    assert plan.values["patch_size"] == [512, 512]
+    assert plan.values["model_options"]["base_channels"] == 32
+
+
+def test_the_user_wins_over_the_plan_and_config_yaml_keeps_the_reasons():
+    plan = plan_run(_fp())
+    config = plan.config(lr=5e-4, batch_size=None)
+    assert config.preset == "auto" and config.lr == 5e-4
+    assert config.batch_size == plan.values["batch_size"]  # None: not given
+    assert config.plan["lr"] == "given by the user"
+    assert config.plan["batch_size"] == plan.reasons["batch_size"]
+    saved = yaml.safe_load(config.to_yaml())
+    assert saved["preset"] == "auto" and saved["plan"]["patch_size"]
+
+
+def _tiny_dataset():
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (1, 48, 40), dtype=np.uint8) for _ in range(4)]
+    masks = [(image[0] > 128).astype(np.uint8) for image in images]
+    return Dataset(images, masks, [f"i{k}" for k in range(4)], 2)
+
+
+def test_minutes_leave_room_for_the_time_spent_and_the_validations(monkeypatch):
+    import time
+
+    from napari_unet.engine.training import calibration
+
+    monkeypatch.setattr(calibration, "seconds_per_step", lambda *a, **k: 0.5)
+    dataset = _tiny_dataset()
+    config = plan_run(fingerprint(dataset)).config(minutes=1.0, batch_size=2,
+                                                   patch_size=[32, 32])
+    ten_seconds_ago = time.monotonic() - 10.0
+    fitted, per_step = fit_to_minutes(config, dataset, ten_seconds_ago)
+    assert per_step == 0.5
+    left = 60 * (1 - calibration.RESERVE_SHARE) - 10.0  # less what was spent already
+    assert fitted.steps == pytest.approx(left / 0.5, abs=1)
+    assert fitted.val_every == fitted.checkpoint_every == -(-fitted.steps // 4)
+    validated, _ = fit_to_minutes(config.replace(fold=0, folds=2), dataset, ten_seconds_ago)
+    one = calibration._validation_seconds(config.replace(fold=0, folds=2), dataset, 0.5)
+    assert one > 0 and validated.steps == pytest.approx(
+        (left - calibration.VALIDATIONS * one) / 0.5, abs=1)
+
+
+def test_a_timed_run_measures_its_steps_and_trains_exactly_them(tmp_path):
+    dataset = _tiny_dataset()
+    config = plan_run(fingerprint(dataset)).config(
+        minutes=0.2, amp="off", device="cpu", batch_size=2, patch_size=[32, 32],
+        model_options={"padding": "same", "base_channels": 4, "depth": 3, "norm": "batch",
+                       "dropout": 0.0})
+    fitted, per_step = fit_to_minutes(config, dataset, seconds=0.5)
+    assert per_step > 0 and fitted.steps >= 10 and fitted.warmup_steps <= fitted.steps // 10
+    events = list(train(fitted, dataset, run_dir=tmp_path / "run"))
+    assert isinstance(events[-1], Finished) and events[-1].step == fitted.steps
+
+
+def test_the_cli_plans_by_default_and_prints_why(tmp_path):
+    done = cli("train", "--sample", "dagm", "--steps", "2", "--patch-size", "64",
+               "--base-channels", "8", "--amp", "off", "--device", "cpu", "--out",
+               tmp_path / "run")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "plan (--preset auto)" in done.stderr and "patch_size = 64x64" in done.stderr
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["preset"] == "auto" and saved["steps"] == 2
+    assert saved["model"] == "unet" and saved["model_options"]["base_channels"] == 8
+    assert saved["plan"]["patch_size"] == "given by the user"
+    assert "fits the median image" not in saved["plan"]["patch_size"]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--minutes", "0"], "minutes must be above 0"),
+    (["--nproc", "2"], "--nproc 2 needs --steps"),
+])
+def test_bad_time_budgets_are_one_line_errors(tmp_path, flags, message):
+    done = cli("train", "--sample", "dagm", "--out", tmp_path / "run", *flags)
+    assert done.returncode == 2 and message in done.stderr
+    assert "Traceback" not in done.stderr
