@@ -118,23 +118,21 @@ def _planned_config(args, started: float):
     timed = args.minutes is not None or args.preset == AUTO_PRESET
     if args.resume and timed and saved.is_file() and args.config is None:
         args.config = str(saved)
-    if args.preset != AUTO_PRESET or args.config is not None:
+    if args.preset == AUTO_PRESET and args.config is None:
+        dataset = _load_data(args, "auto", args.foreground_value)
+        config = train_config(args, engine.plan_for_data(dataset, args.device or "auto"))
+        if config.minutes is None and args.steps is None:
+            config = config.replace(minutes=engine.DEFAULT_MINUTES)
+    else:
         config = train_config(args)
-        return config, _load_data(args, config.spatial_dims, config.foreground_value)
-    dataset = _load_data(args, "auto", args.foreground_value)
-    plan = engine.plan_for_data(dataset, args.device or "auto")
-    config = train_config(args, plan)
-    if config.minutes is None and args.steps is None:
-        config = config.replace(minutes=engine.DEFAULT_MINUTES)
-    if is_main_process():
-        print("plan (--preset auto), from the data:", file=sys.stderr)
-        for line in engine.plan_lines(config):
-            print(f"  {line}", file=sys.stderr)
-    if config.minutes is not None and args.steps is None:
+        dataset = _load_data(args, config.spatial_dims, config.foreground_value)
+    per_step = 0.0
+    if config.minutes is not None and args.steps is None and not args.resume:
         config, per_step = engine.fit_to_minutes(config, dataset, started)
-        if is_main_process():
-            print(f"  steps = {config.steps}: {per_step:.2f} s a step fills "
-                  f"{config.minutes:g} minutes", file=sys.stderr)
+    if per_step or (config.plan and not args.resume):
+        printer(args.events)(engine.Planned(
+            lines=tuple(engine.plan_lines(config)), steps=config.steps if per_step else 0,
+            seconds_per_step=per_step, minutes=config.minutes or 0.0))
     return config, dataset
 
 

@@ -44,6 +44,16 @@ def print_failure(message: str) -> None:
         print(engine.to_json(engine.Failed(error=message)), flush=True)
 
 
+def planned_text(event) -> str:
+    """The plan as a user reads it (the CLI prints it; the Train widget shows it)."""
+    lines = ["plan, from the data (each value and why):" if event.lines else "plan:"]
+    lines += [f"  {line}" for line in event.lines]
+    if event.steps:
+        lines.append(f"  steps = {event.steps}: {event.seconds_per_step:.2f} s a step, measured "
+                     f"now, fills {event.minutes:g} minutes (validations included)")
+    return "\n".join(lines)
+
+
 class HumanPrinter:
     """Progress bars on stderr (tqdm: one line that redraws on a terminal, plain lines in a
     log file), other events as lines written above the bar."""
@@ -75,6 +85,8 @@ class HumanPrinter:
                 per_class = ", ".join(f"{d:.4f}" for d in event.dice_per_class)
                 self._write(f"validation at step {event.step}: dice {event.dice:.4f} "
                             f"(per class {per_class}){' best' if event.best else ''}")
+            case engine.Planned():
+                self._write(planned_text(event))
             case engine.Message():
                 self._write(f"{event.level}: {event.text}")
             case engine.Finished():

@@ -4,7 +4,8 @@ import pytest
 import yaml
 from process_support import cli
 
-from napari_unet.engine import Finished, train
+from napari_unet.cli_progress import planned_text
+from napari_unet.engine import Finished, Planned, Started, from_json, train
 from napari_unet.engine.data.dataset import Dataset
 from napari_unet.engine.data.fingerprint import Fingerprint, fingerprint
 from napari_unet.engine.plan import activation_bytes, plan_run
@@ -161,9 +162,13 @@ def test_a_timed_run_measures_its_steps_and_trains_exactly_them(tmp_path):
 def test_the_cli_plans_by_default_and_prints_why(tmp_path):
     done = cli("train", "--sample", "dagm", "--steps", "2", "--patch-size", "64",
                "--base-channels", "8", "--amp", "off", "--device", "cpu", "--out",
-               tmp_path / "run")
+               tmp_path / "run", "--events", "jsonl")
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "plan (--preset auto)" in done.stderr and "patch_size = 64x64" in done.stderr
+    events = [from_json(line) for line in done.stdout.splitlines()]
+    assert isinstance(events[0], Planned) and isinstance(events[1], Started)
+    text = planned_text(events[0])  # what the CLI prints and the Train widget shows
+    assert "plan, from the data" in text and "patch_size = 64x64: given by the user" in text
+    assert "model = unet: 2D data" in text and events[0].steps == 0  # --steps given
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert saved["preset"] == "auto" and saved["steps"] == 2
     assert saved["model"] == "unet" and saved["model_options"]["base_channels"] == 8

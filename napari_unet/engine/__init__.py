@@ -17,7 +17,7 @@ _EXPORTS = {
     "Dataset": "data.dataset", "load_dataset": "data.dataset",
     "sample_dataset": "data.samples",
     "CheckpointSaved": "events", "Failed": "events", "Finished": "events", "Message": "events",
-    "Progress": "events", "Started": "events", "TilesDone": "events", "Validation": "events",
+    "Progress": "events", "Started": "events", "Planned": "events", "TilesDone": "events", "Validation": "events",
     "from_json": "events", "to_json": "events", "FileDone": "events",
     "evaluate": "evaluation",
     "export_model": "export.formats", "load_checkpoint": "export.loader",

@@ -64,6 +64,17 @@ class FileDone:
 
 
 @dataclass(frozen=True)
+class Planned:
+    """--preset auto and --minutes: the plan, one `name = value: reason` line per choice,
+    and the steps that fill the minutes (0 where the steps were given)."""
+
+    lines: tuple
+    steps: int = 0
+    seconds_per_step: float = 0.0
+    minutes: float = 0.0
+
+
+@dataclass(frozen=True)
 class Message:
     level: str  # "info" | "warning"
     text: str
@@ -86,8 +97,8 @@ class Failed:
 
 
 EVENT_TYPES = {cls.__name__: cls for cls in
-               (Started, Progress, Validation, CheckpointSaved, TilesDone, FileDone, Message,
-                Finished, Failed)}
+               (Started, Progress, Validation, CheckpointSaved, TilesDone, FileDone, Planned,
+                Message, Finished, Failed)}
 
 
 def to_json(event) -> str:
