@@ -97,3 +97,19 @@ def test_gpu_check_writes_its_report_without_a_gpu(capsys, tmp_path, monkeypatch
     text = report.read_text()
     assert "| gpus | 0 |" in text and "| CUDA tests | skipped | 0 |" in text
     assert "no GPU" in text and "| step | status | seconds |" in out
+
+
+def test_any_data_plans_trains_and_scores_a_2d_and_a_3d_set(capsys):
+    out = run_script("benchmarks/any_data.py",
+                     ["--tiny", "--sets", "dsb2018", "ovules3d", "--data-root", str(DATA)],
+                     capsys)
+    rows = [line for line in out.splitlines() if line.startswith("any_data:")]
+    recipes = {(m["name"], m["recipe"]) for m in (dict(pair.split("=") for pair in
+                                                       row.split()[1:]) for row in rows)}
+    assert {("dsb2018", "auto"), ("dsb2018", "industrial"), ("ovules3d", "auto"),
+            ("ovules3d", "volume3d")} <= recipes, out
+    assert "model = unet3d" in out and "model = unet:" in out  # each set's plan is printed
+    for row in rows:
+        fields = dict(pair.split("=") for pair in row.split()[1:])
+        assert 0.0 <= float(fields["dice"]) <= 1.0 and 0.0 <= float(fields["otsu"]) <= 1.0
+        assert int(fields["steps"]) == 2

@@ -1,0 +1,194 @@
+"""Your images, not ours: ``--preset auto --minutes N`` on each shared data set, treated as unknown.
+
+For each set: a fixed split into a train part and a test part (below; nothing is tuned on the
+test part), then
+
+- ``auto``: the plan made from the train part's fingerprint, its steps timed to fill N minutes;
+- the named preset a newcomer would pick for that kind of data (``industrial`` for 2D
+  pictures, ``volume3d`` for grey volumes, ``brats`` for four-channel MRI), with the patch and
+  batch a newcomer shrinks it to on a CPU (256 and 8 in 2D, 64^3 and 2 in 3D), trained for the
+  same N minutes;
+- Otsu's threshold per test image, its polarity (object brighter or darker) chosen on the
+  train part.
+
+Each is scored on the test part by the foreground Dice, pooled over the test images (every
+non-background class together, prediction against mask), and printed as
+
+    any_data: name=dsb2018 recipe=auto dice=0.xxx otsu=0.xxx minutes=x.x steps=N
+
+with the plan above it. ``--tiny`` (the test suite): two steps of small networks on a few
+images of each set.
+
+    .venv/bin/python benchmarks/any_data.py --minutes 10                 # every set
+    .venv/bin/python benchmarks/any_data.py --sets dsb2018 ovules3d --minutes 3
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+from skimage.filters import threshold_otsu  # noqa: E402
+
+from napari_unet.choices import preset_options  # noqa: E402
+from napari_unet.engine import (  # noqa: E402
+    Dataset,
+    evaluate,
+    fit_to_minutes,
+    load_checkpoint,
+    load_dataset,
+    plan_for_data,
+    plan_lines,
+    preset_config,
+    train,
+)
+
+DATA_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
+# each set as a user gives it: its folder (a known layout: ISBI's two stacks, DAGM's Label/,
+# images/ + masks/, NAME_image.tif + NAME_labels.tif)
+SETS = ("isbi2012", "dagm2007_class1", "dsb2018", "ovules3d", "brats2021")
+
+
+def split(count: int) -> tuple[list, list]:
+    """(train, test) indices: every third sample is a test sample (the last of 2 with 2)."""
+    if count == 2:
+        return [0], [1]
+    test = list(range(2, count, 3))
+    return [i for i in range(count) if i not in test], test
+
+
+def load(name: str, root: Path):
+    return load_dataset(root / name, spatial_dims="auto")
+
+
+def newcomer_preset(dataset) -> tuple[str, dict]:
+    """The named preset (and a newcomer's CPU sizes) for this kind of data."""
+    if dataset.spatial_dims == 2:
+        return "industrial", dict(patch_size=[256, 256], batch_size=8)
+    if dataset.in_channels == 4:
+        return "brats", dict(patch_size=[64, 64, 64], batch_size=2)
+    return "volume3d", dict(patch_size=[64, 64, 64], batch_size=2)
+
+
+def foreground_dice(predictions, masks) -> float:
+    """Dice of foreground (any class but 0), pooled over the images."""
+    overlap = total = 0
+    for labels, mask in zip(predictions, masks):
+        predicted, truth = np.asarray(labels) > 0, np.asarray(mask) > 0
+        overlap += int(np.logical_and(predicted, truth).sum())
+        total += int(predicted.sum()) + int(truth.sum())
+    return 2.0 * overlap / total if total else 1.0
+
+
+def otsu_dice(train_set, test_set) -> float:
+    """Otsu's threshold of each image (its channels' mean); brighter or darker objects as the
+    train part says."""
+    def segment(images, darker):
+        out = []
+        for image in images:
+            grey = np.asarray(image, np.float32).mean(axis=0)
+            above = grey > threshold_otsu(grey)
+            out.append(~above if darker else above)
+        return out
+
+    darker = foreground_dice(segment(train_set.images, True), train_set.masks) > \
+        foreground_dice(segment(train_set.images, False), train_set.masks)
+    return foreground_dice(segment(test_set.images, darker), test_set.masks)
+
+
+def run_recipe(config, train_set, test_set, folder: Path, fit: bool, started: float):
+    """Train `config` (its steps fitted to its minutes where `fit`), score on `test_set`:
+    (dice, minutes, steps)."""
+    if fit:
+        config, _ = fit_to_minutes(config, train_set, started)
+    events = train(config, train_set, run_dir=folder)
+    for _ in events:
+        pass
+    minutes = (time.monotonic() - started) / 60
+    checkpoint = load_checkpoint(folder)
+    metrics = evaluate(checkpoint, test_set, amp=config.amp, device="cpu", per_image=True,
+                       keep_labels=True)
+    labels = [image["labels"] for image in metrics["images"]]
+    return foreground_dice(labels, test_set.masks), minutes, config.steps
+
+
+TINY = dict(steps=2, patch_size=None, batch_size=2, amp="off", device="cpu",
+            val_every=1000, checkpoint_every=1000)
+
+
+def tiny_options(dataset) -> dict:
+    small = [32, 32] if dataset.spatial_dims == 2 else [16, 16, 16]
+    model = {"base_channels": 4, "depth": 3, "padding": "same", "norm": "batch",
+             "dropout": 0.0} if dataset.spatial_dims == 2 else \
+        {"base_channels": 4, "max_channels": 8, "depth": 3}
+    return dict(TINY, patch_size=small, model_options=model)
+
+
+def crop(dataset, side: int = 48):
+    """The first `side` pixels of every axis (the suite's tiny mode)."""
+    window = (slice(0, side),) * dataset.spatial_dims
+    return Dataset([np.asarray(image[(slice(None), *window)]) for image in dataset.images],
+                   [np.asarray(mask[window]) for mask in dataset.masks], dataset.names,
+                   dataset.spatial_dims, dataset.spacing)
+
+
+def bench_set(name: str, args) -> list[str]:
+    dataset = load(name, args.data_root)
+    train_idx, test_idx = split(len(dataset))
+    if args.tiny:
+        train_idx, test_idx = train_idx[:2], test_idx[:1]
+    train_set, test_set = dataset.subset(train_idx), dataset.subset(test_idx)
+    if args.tiny:
+        train_set, test_set = crop(train_set), crop(test_set)
+    print(f"\n== {name}: {len(train_set)} train / {len(test_set)} test samples, "
+          f"{dataset.spatial_dims}D, {dataset.in_channels} channel(s)", flush=True)
+    otsu = otsu_dice(train_set, test_set)
+    rows = []
+    plan = plan_for_data(train_set, "cpu")
+    preset, sizes = newcomer_preset(dataset)
+    recipes = [("auto", plan.config(minutes=args.minutes, device="cpu")),
+               (preset, preset_config(preset, minutes=args.minutes, device="cpu", **sizes))]
+    for recipe, config in recipes:
+        if args.tiny:
+            options = tiny_options(dataset)
+            if recipe != "auto":
+                narrow = {"base_channels": 4} if dataset.spatial_dims == 2 else \
+                    {"base_channels": 4, "max_channels": 8, "depth": 3}
+                options["model_options"] = dict(preset_options(preset)["model_options"],
+                                                **narrow)
+            config = config.replace(minutes=None, **options)
+        if recipe == "auto":
+            print("\n".join(f"  {line}" for line in plan_lines(config)), flush=True)
+        with tempfile.TemporaryDirectory(prefix="any-data-") as folder:
+            dice, minutes, steps = run_recipe(config, train_set, test_set, Path(folder) / "run",
+                                              fit=not args.tiny, started=time.monotonic())
+        row = (f"any_data: name={name} recipe={recipe} dice={dice:.3f} otsu={otsu:.3f} "
+               f"minutes={minutes:.1f} steps={steps}")
+        print(row, flush=True)
+        rows.append(row)
+    return rows
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
+    parser.add_argument("--minutes", type=float, default=10.0,
+                        help="training time of each recipe (calibration included)")
+    parser.add_argument("--data-root", type=Path, default=DATA_ROOT)
+    parser.add_argument("--tiny", action="store_true",
+                        help="the test suite's mode: 2 steps of tiny networks, few images")
+    args = parser.parse_args(argv)
+    rows = []
+    for name in args.sets:
+        rows += bench_set(name, args)
+    print("\n" + "\n".join(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
