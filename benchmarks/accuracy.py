@@ -70,6 +70,7 @@ from napari_unet.engine.data.dataset import (  # noqa: E402
     split_folds,
 )
 from napari_unet.engine.metrics import region_dice  # noqa: E402
+from napari_unet.engine.training.calibration import seconds_per_step  # noqa: E402
 
 DATA_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
 FOLDERS = {"isbi2012": "isbi2012", "dagm2007": "dagm2007_class1", "brats2013": "brats2013",
@@ -197,29 +198,6 @@ def make_config(dataset_name: str, budget: str, fold: int, steps=None):
             overrides["checkpoint_every"] = overrides["val_every"]
             overrides["log_every"] = max(1, steps // 200)
     return preset_config(preset, **overrides)
-
-
-def calibrate_seconds_per_step(config, dataset: Dataset, run_dir: Path,
-                               seconds: float = 20.0, warmup: int = 3) -> float:
-    """Seconds per optimizer step of this config, measured on the engine's own train() (data
-    sampling, augmentation, the step and its logging included) in a throw-away run folder:
-    `warmup` steps (oneDNN builds its kernels), then about `seconds` of steps."""
-    events = train(config.replace(steps=1_000_000, val_every=1_000_000,
-                                  checkpoint_every=1_000_000), dataset, run_dir=run_dir)
-    start, timed = None, 0
-    try:
-        for event in events:
-            if not isinstance(event, Progress):
-                continue
-            if event.step == warmup:
-                start = time.perf_counter()
-            elif start is not None:
-                timed = event.step - warmup
-                if time.perf_counter() - start > seconds and timed >= 3:
-                    break
-    finally:
-        events.close()
-    return (time.perf_counter() - start) / timed
 
 
 # ------------------------------------------------------------------------------ training
@@ -480,8 +458,7 @@ def main(argv=None):
             eval_options.update(tile_size=TINY_TILE[name], tta=False)
         elif args.budget == "cpu":
             minutes = args.minutes or CPU_MINUTES[name]
-            seconds = calibrate_seconds_per_step(config, dataset,
-                                                 out_root / f"calibration{fold}")
+            seconds = seconds_per_step(config, dataset, seconds=20.0)
             train_seconds = (minutes - CPU_RESERVE_MINUTES[name]) * 60 - (time.monotonic()
                                                                            - fold_start)
             steps = max(50, int(train_seconds / (seconds * STEP_OVERHEAD)))
