@@ -18,8 +18,9 @@ def mask_classes(mask, foreground_value=None, *, invert: bool = False,
     - `foreground_value` given: that value is class 1, everything else 0 (ISBI: 0 = membrane).
     - values within {0, 255}: 255 is class 1 (masks saved as 8-bit pictures).
     - more than MAX_CLASS_VALUES non-zero values, or values over 255, are instance ids:
-      with ``instances="merge"`` (napari's painted labels) every object is class 1; with
-      "refuse" (files) values over 255 are an error and up to 255 stay class indices.
+      with ``instances="merge"`` (napari's painted labels, and files: ``load_dataset`` then
+      makes every mask of the set binary) every object is class 1; with "refuse" values over
+      255 are an error and up to 255 stay class indices.
     - other small integer sets are class indices as they are (0/1, BraTS 0..4).
     - float masks: integral values are class indices, other values probabilities cut at 0.5.
     - `invert` swaps object and background of a binary result (ISBI's 0-valued membranes).

@@ -184,3 +184,24 @@ def test_bad_time_budgets_are_one_line_errors(tmp_path, flags, message):
     done = cli("train", "--sample", "dagm", "--out", tmp_path / "run", *flags)
     assert done.returncode == 2 and message in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_instance_maps_in_files_become_foreground_in_every_mask_of_the_set(tmp_path):
+    import tifffile
+
+    from napari_unet.engine import load_dataset
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    few = np.zeros((40, 40), np.uint16)
+    few[2:6, 2:6], few[10:14, 10:14] = 1, 2  # two objects: alone, it would read as 2 classes
+    many = np.zeros((40, 40), np.uint16)
+    for k in range(30):  # 30 objects, ids up to 300: instances
+        many[k, :] = 10 * (k + 1)
+    for name, mask in (("a", few), ("b", many)):
+        tifffile.imwrite(tmp_path / "images" / f"{name}.tif", np.zeros((40, 40), np.uint8))
+        tifffile.imwrite(tmp_path / "masks" / f"{name}.tif", mask)
+    dataset = load_dataset(tmp_path, spatial_dims="auto")
+    assert dataset.num_classes == 2
+    assert [int(m.max()) for m in dataset.masks] == [1, 1]
+    assert int(dataset.masks[0].sum()) == 32 and int(dataset.masks[1].sum()) == 30 * 40

@@ -138,9 +138,13 @@ def data_dims(pairs) -> int:
 
 def dataset_from_pairs(pairs, foreground_value=None, spatial_dims=None) -> Dataset:
     """A Dataset from [(image path, mask path or None)] (None: DAGM's image without a defect)."""
-    samples = []
+    samples, instances = [], False
     for image_path, mask_path in pairs:
-        samples += _load_pair(image_path, mask_path, foreground_value, spatial_dims)
+        loaded, merged = _load_pair(image_path, mask_path, foreground_value, spatial_dims)
+        samples += loaded
+        instances |= merged
+    if instances:  # instance maps: every object is foreground, in every mask of the set
+        samples = [(image, (mask > 0).astype(np.uint8), name) for image, mask, name in samples]
     if not samples:
         raise DataError("no samples found: check the image and mask paths")
     dims = {image.ndim - 1 for image, _, _ in samples}
@@ -215,13 +219,16 @@ def _pair_paths(images: Path, masks: Path):
 
 
 def _load_pair(image_path: Path, mask_path, foreground_value, spatial_dims):
-    """[(image (C, *spatial), mask (*spatial), name)] from one image file and its mask file."""
+    """([(image (C, *spatial), mask (*spatial), name)], whether the mask file held instance
+    ids) from one image file and its mask file."""
     image = read_image(image_path)
     if mask_path is None:  # DAGM: no defect, no mask file
         channel_first = as_channel_first(image, spatial_dims or 2)
-        return [(channel_first, np.zeros(channel_first.shape[1:], np.uint8), image_path.stem)]
-    mask = masks_to_classes(read_image(mask_path), foreground_value)
-    return _split_samples(image, mask, spatial_dims, image_path.stem.removesuffix("_image"))
+        return [(channel_first, np.zeros(channel_first.shape[1:], np.uint8),
+                 image_path.stem)], False
+    mask, merged = mask_classes(read_image(mask_path), foreground_value, instances="merge")
+    name = image_path.stem.removesuffix("_image")
+    return _split_samples(image, mask, spatial_dims, name), merged
 
 
 def _split_samples(image, mask, spatial_dims, name):
