@@ -49,7 +49,8 @@ def test_small_and_mixed_sizes_get_a_patch_that_fits_and_smaller_images_are_mirr
     assert plan.values["patch_size"] == [96, 96]  # the median rounded up to 16, square
     assert "mirrored" in plan.reasons["patch_size"]
     assert plan.values["model_options"]["depth"] == 4  # 3 poolings: 96 -> 12 at the bottom
-    assert plan.values["batch_size"] == 262_144 // (96 * 96)
+    # the pixel budget (28 patches) capped by twice the data (10 images of 90 x 100)
+    assert plan.values["batch_size"] == min(262_144 // (96 * 96), 2 * 10 * 90 * 100 // (96 * 96))
 
 
 def test_dim_16bit_data_get_a_zscore_and_rare_objects_a_foreground_loss():
@@ -150,7 +151,7 @@ def test_minutes_leave_room_for_the_time_spent_and_the_validations(monkeypatch):
 def test_a_timed_run_measures_its_steps_and_trains_exactly_them(tmp_path):
     dataset = _tiny_dataset()
     config = plan_run(fingerprint(dataset)).config(
-        minutes=0.2, amp="off", device="cpu", batch_size=2, patch_size=[32, 32],
+        minutes=0.1, amp="off", device="cpu", batch_size=2, patch_size=[32, 32],
         model_options={"padding": "same", "base_channels": 4, "depth": 3, "norm": "batch",
                        "dropout": 0.0})
     fitted, per_step = fit_to_minutes(config, dataset, seconds=0.5)
@@ -205,3 +206,81 @@ def test_instance_maps_in_files_become_foreground_in_every_mask_of_the_set(tmp_p
     assert dataset.num_classes == 2
     assert [int(m.max()) for m in dataset.masks] == [1, 1]
     assert int(dataset.masks[0].sum()) == 32 and int(dataset.masks[1].sum()) == 30 * 40
+
+
+def _write(path, array):
+    import imageio.v3 as iio
+    import tifffile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".png":
+        iio.imwrite(path, array)
+    else:
+        tifffile.imwrite(path, array, **({"metadata": {"spacing": [2.0, 0.5, 0.5]}}
+                                         if array.ndim == 3 and "aniso" in path.name else {}))
+
+
+def _kind(kind, rng):
+    """(images, masks) of one kind a user brings, as files are."""
+    blob = np.zeros((36, 44), np.uint8)
+    blob[8:20, 10:30] = 1
+    if kind == "rgb png, 0/255 masks":
+        return [rng.integers(0, 255, (36, 44, 3), dtype=np.uint8)] * 2, [blob * 255] * 2
+    if kind == "rgba png, mixed sizes, one smaller than a patch":
+        small = np.zeros((20, 24), np.uint8)
+        small[4:10, 4:12] = 1
+        return [rng.integers(0, 255, (36, 44, 4), dtype=np.uint8),
+                rng.integers(0, 255, (20, 24, 4), dtype=np.uint8)], [blob, small]
+    if kind == "uint16, class values 0/1/2":
+        classes = blob.copy()
+        classes[25:30, 5:15] = 2
+        return [rng.integers(0, 4000, (36, 44), dtype=np.uint16)] * 2, [classes] * 2
+    if kind == "float32, instance map":
+        instances = np.zeros((36, 44), np.uint16)
+        for k in range(20):
+            instances[k + 8, 2 * k:2 * k + 2] = k + 1
+        return [rng.random((36, 44), dtype=np.float32)] * 2, [instances] * 2
+    if kind == "3-channel tif":
+        return [rng.integers(0, 255, (3, 36, 44), dtype=np.uint8)] * 2, [blob] * 2
+    volume = np.zeros((16, 32, 32), np.uint8)
+    volume[4:12, 8:20, 8:20] = 1
+    return [rng.integers(0, 255, (16, 32, 32), dtype=np.uint8)], [volume]  # anisotropic 3D
+
+
+KINDS = ["rgb png, 0/255 masks", "rgba png, mixed sizes, one smaller than a patch",
+         "uint16, class values 0/1/2", "float32, instance map", "3-channel tif",
+         "anisotropic 3D stack"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_whatever_a_user_brings_is_planned_trained_and_predicted(kind, tmp_path):
+    from napari_unet.engine import load_checkpoint, load_dataset, plan_for_data, predict_array
+
+    images, masks = _kind(kind, np.random.default_rng(0))
+    png = "png" in kind
+    for k, (image, mask) in enumerate(zip(images, masks)):
+        stem = f"aniso{k}" if "3D" in kind else f"i{k}"
+        _write(tmp_path / "data" / "images" / f"{stem}.{'png' if png else 'tif'}", image)
+        _write(tmp_path / "data" / "masks" / f"{stem}.{'png' if png else 'tif'}", mask)
+    dataset = load_dataset(tmp_path / "data", spatial_dims="auto")
+    plan = plan_for_data(dataset, "cpu")
+    assert plan.values["spatial_dims"] == (3 if "3D" in kind else 2)
+    if "3D" in kind:  # spacing from the TIF: a coarse Z
+        assert plan.fingerprint.anisotropy == 4.0 and plan.values["flip_all_axes"] is False
+    narrow = dict(plan.values["model_options"], base_channels=4)
+    config = plan.config(steps=2, amp="off", device="cpu", model_options=narrow)
+    events = list(train(config, dataset, run_dir=tmp_path / "run"))
+    assert isinstance(events[-1], Finished) and np.isfinite(events[-1].step)
+    checkpoint = load_checkpoint(tmp_path / "run")
+    image = images[-1]
+    _, labels = predict_array(checkpoint, image, amp="off", device="cpu")
+    spatial = image.shape[:2] if png else image.shape[-dataset.spatial_dims:]
+    assert labels.shape == tuple(spatial)
+    assert int(labels.max()) < max(2, dataset.num_classes)
+
+
+def test_a_small_data_set_gets_no_batch_bigger_than_itself():
+    plan = plan_run(_fp(samples=1, smallest_size=(64, 64), median_size=(64, 64),
+                        largest_size=(64, 64)))
+    assert plan.values["patch_size"] == [64, 64] and plan.values["batch_size"] == 2
+    assert "twice the data" in plan.reasons["batch_size"]

@@ -45,7 +45,7 @@ def test_every_face_offers_the_one_choice_list():
     from napari_unet.engine.prediction.sliding_window import tta_mode
 
     assert _parser_choices("train", "--preset") == choices.PRESET_CHOICES
-    assert choices.PRESET_CHOICES == ("auto", *PRESETS) and tuple(PRESETS) == choices.PRESET_NAMES
+    assert ("auto", *PRESETS) == choices.PRESET_CHOICES and tuple(PRESETS) == choices.PRESET_NAMES
     assert _parser_choices("benchmark", "--preset") == choices.PRESET_NAMES
     assert _parser_choices("train", "--amp") == choices.AMP_MODES
     assert _parser_choices("predict", "--device") == choices.DEVICES

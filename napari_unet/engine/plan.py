@@ -188,6 +188,10 @@ def _plan_batch(plan: Plan, fp: Fingerprint, kind: str, patch: list[int],
     batch = max(2, min(32, budget // pixels))
     unit = "pixels" if fp.spatial_dims == 2 else "voxels"
     reason = f"{budget:,} {unit} a step on a {kind.upper()}"
+    data = fp.samples * math.prod(fp.median_size)
+    if batch > 2 and batch * pixels > 2 * data:  # no batch bigger than the data, twice over
+        batch = max(2, int(2 * data // pixels))
+        reason += f", no more than twice the data ({fp.samples} image(s))"
     if memory_bytes:
         per_item = activation_bytes(patch, plan.values["model_options"]["base_channels"],
                                     fp.spatial_dims)
