@@ -85,6 +85,7 @@ class TrainWidget(TrainForm):
         layout.addWidget(self.curve)
         layout.addStretch(1)
         self._connect_runner()
+        self._idle_progress()
         stop_on_window_close(self, self.shutdown)
         self._preset_changed(self.preset.currentText())
         self._image_changed()
@@ -104,9 +105,8 @@ class TrainWidget(TrainForm):
             buttons.addWidget(button)
         self.progress = QProgressBar()
         self.progress.setFormat("step %v / %m")
-        self.progress.setRange(0, self.steps.value())  # not Qt's 100 before the first run
-        self.progress.setValue(0)
-        self.steps.valueChanged.connect(self._steps_changed)
+        self.steps.valueChanged.connect(self._idle_progress)
+        self.train_for.by_steps.toggled.connect(self._idle_progress)
         self.status = QLabel("")  # rare messages; per-step figures go into the progress bar
         self.status.setWordWrap(True)
         self.status.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
@@ -119,10 +119,13 @@ class TrainWidget(TrainForm):
         if not self.runner.is_running():
             self.plan_view.clear(preset)
 
-    def _steps_changed(self, steps):
+    def _idle_progress(self, *_):
+        """Before the first run: the steps to go, or, timed to minutes, not known yet."""
         if self.run_dir is None and not self.runner.is_running():  # nothing shown yet
-            self.progress.setRange(0, steps)
+            by_steps = self.train_for.by_steps.isChecked()
+            self.progress.setRange(0, self.steps.value() if by_steps else 1)
             self.progress.setValue(0)
+            self.progress.setFormat("step %v / %m" if by_steps else "steps: timed at the start")
 
     def _connect_runner(self):
         for name in ("planned", "started", "progress", "validation", "checkpoint", "message",

@@ -5,16 +5,16 @@
 - A number field the plan (or a named preset) fills reads "planned" ("preset default" under a
   named preset) at its lowest value: the widget passes only the fields the user set, so the
   plan decides the patch, the batch and the learning rate unless the user gave them.
-- "Train for": (•) N minutes or ( ) N steps. The chosen one counts; editing a number chooses
-  it (as on the command line, where ``--steps`` wins over ``--minutes``). Below it, what
-  Start will cost, in words.
+- "Train for": (•) about N minutes or ( ) exactly N steps. The chosen one counts; editing
+  a number chooses it (as on the command line, where ``--steps`` wins over ``--minutes``).
+  Below it, what Start will cost, in words.
 - The plan the child sends (the ``Planned`` event) in a read-only, collapsible text area.
 
 Imports no torch: the events are read with the engine's JSON reader in the runner.
 """
 from __future__ import annotations
 
-from qtpy.QtCore import Qt
+from qtpy.QtCore import QObject, Qt
 from qtpy.QtGui import QFontDatabase
 from qtpy.QtWidgets import (
     QAbstractSpinBox,
@@ -122,36 +122,36 @@ def field_value(option, field):
     return field.value()
 
 
-class TrainFor(QWidget):
-    """Train for (•) N minutes or ( ) N steps, and the estimate of what Start will cost."""
+class TrainFor(QObject):
+    """Train for (•) about N minutes or ( ) exactly N steps (``rows``, two form rows);
+    ``estimate`` (a label for a row of its own) says what Start will cost."""
 
     def __init__(self, minutes_field, steps_field, parent=None):
         super().__init__(parent)
         self.minutes, self.steps = minutes_field, steps_field
         self.seconds_per_step = None  # the last run's speed, for an estimate in steps
         self.estimate = QLabel("")
-        self.estimate.setWordWrap(True)
-        self.by_minutes, self.by_steps = QRadioButton(), QRadioButton()
+        self.by_minutes, self.by_steps = QRadioButton("about"), QRadioButton("exactly")
         self.by_minutes.setToolTip("train for about this long: the steps come from a timing "
                                    "of the first ones (--minutes)")
         self.by_steps.setToolTip("train exactly this many steps (--steps; wins over minutes)")
-        group = QButtonGroup(self)
-        row = QHBoxLayout()
-        row.setContentsMargins(0, 0, 0, 0)
+        self.group = QButtonGroup(self)
+        self.rows = []  # (label, row) for a form: the minutes, the steps
         for radio, field, unit in ((self.by_minutes, minutes_field, " min"),
                                    (self.by_steps, steps_field, " steps")):
-            group.addButton(radio)
+            self.group.addButton(radio)
             field.setSuffix(unit)
             field.valueChanged.connect(lambda _, radio=radio: radio.setChecked(True))
+            field.valueChanged.connect(self.describe)
             radio.toggled.connect(self.describe)
+            row = QHBoxLayout()
             row.addWidget(radio)
             row.addWidget(field, 1)
-        row.insertWidget(2, QLabel("or"))
+            self.rows.append(("Train for" if not self.rows else "", row))
+        width = max(radio.sizeHint().width() for radio in self.group.buttons())
+        for radio in self.group.buttons():  # the two numbers one above the other
+            radio.setMinimumWidth(width)
         self.by_minutes.setChecked(True)
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
-        layout.addLayout(row)
-        layout.addWidget(self.estimate)
         self.describe()
 
     def counts(self, name: str) -> bool:
@@ -161,13 +161,12 @@ class TrainFor(QWidget):
     def describe(self, *_):
         """Say before Start how long the run will take."""
         if self.by_minutes.isChecked():
-            text = (f"about {self.minutes.value():g} minutes: the steps that fill them come "
-                    f"from a timing of the first ones")
+            text = f"about {self.minutes.value():g} minutes (the steps timed at the start)"
         elif self.seconds_per_step:
             seconds = self.steps.value() * self.seconds_per_step
             text = f"about {minutes_text(seconds)} at the last run's speed"
         else:
-            text = "the time left shows once the first steps are timed"
+            text = "time left: shown once the first steps ran"
         self.estimate.setText(text)
 
 
@@ -185,6 +184,7 @@ class PlanView(QWidget):
         self.text.setReadOnly(True)
         self.text.setLineWrapMode(QPlainTextEdit.WidgetWidth)
         self.text.setFont(QFontDatabase.systemFont(QFontDatabase.FixedFont))
+        self.text.setMinimumHeight(90)
         self.text.setMaximumHeight(170)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)

@@ -161,7 +161,7 @@ class TrainForm(LayerPickers, QWidget):
         self.planned_fields = {o.name: self.option_fields[o.name] for o in SHOWN if plannable(o)}
         for field in self.planned_fields.values():
             allow_planned(field)
-        self.train_for = TrainFor(self.minutes, self.steps)
+        self.train_for = TrainFor(self.minutes, self.steps, self)
         self.base_channels = QComboBox()
         for text, value in MODEL_SIZES:
             self.base_channels.addItem(text, value)
@@ -171,7 +171,8 @@ class TrainForm(LayerPickers, QWidget):
         labelled = [(o.form.label, self.option_fields[o.name]) for o in SHOWN
                     if o.value_type is not bool and o.name not in LENGTH_OPTIONS]
         checks = [self.option_fields[o.name] for o in SHOWN if o.value_type is bool]
-        return group_box("Training", [("Train for", self.train_for), *labelled,
+        return group_box("Training", [*self.train_for.rows, self.train_for.estimate,
+                                      *labelled,
                                       ("Model size", self.base_channels),
                                       ("GPUs", self.gpus), *checks])
 
