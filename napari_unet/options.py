@@ -85,7 +85,8 @@ TRAIN_OPTIONS: tuple[Option, ...] = (
            form=Form("Steps", 1, 10_000_000, value=200)),
     Option("minutes", Optional[float], None,
            "train for about this long: the steps come from a short timing of the first ones "
-           "(--steps wins where given)", flag=True, metavar="M"),
+           "(--steps wins where given)", flag=True, metavar="M",
+           form=Form("Minutes", 0.5, 24 * 60, value=10, decimals=1)),
     Option("batch_size", int, 16, "per process; the global batch is batch_size x world size",
            at_least=1, flag=True, metavar="B", form=Form("Batch size", 1, 4096)),
     Option("optimizer", str, "rmsprop", choices=OPTIMIZERS),

@@ -21,6 +21,7 @@ def gui(test):
 def small_cpu_options(widget, run_dir, steps, patch_size=64):
     """A Train widget set for a quick CPU run: base 8, batch 2, no AMP, `steps` steps."""
     widget.steps.setValue(steps)
+    widget.train_for.by_steps.setChecked(True)  # (editing the steps chooses them too)
     widget.batch_size.setValue(2)
     widget.base_channels.setCurrentIndex(widget.base_channels.findData(8))
     widget.patch_size.setValue(patch_size)

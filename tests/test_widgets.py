@@ -79,10 +79,14 @@ def test_the_three_widgets_dock_from_the_manifest(make_napari_viewer):
     # the pickers follow the layer list
     assert train.image_combo.current_choice == "parts"
     assert train.labels_combo.current_choice == "parts labels"
-    assert train.preset.currentText() == "industrial"
+    assert train.preset.currentText() == "auto"
     viewer.add_image(np.zeros((48, 48, 48), np.float32), name="volume")
     train.image_combo.value = viewer.layers["volume"]
-    assert train.preset.currentText() == "volume3d", "a 3D volume defaults to the 3D preset"
+    assert train.preset.currentText() == "auto", "auto plans for volumes too"
+    train.image_combo.value = viewer.layers["parts"]
+    train.preset.setCurrentText("industrial")
+    train.image_combo.value = viewer.layers["volume"]
+    assert train.preset.currentText() == "volume3d", "under a 2D preset, a volume -> 3D preset"
     assert train.patch_size.value() <= 48
     viewer.layers.remove("parts labels")
     assert "parts labels" not in [layer.name for layer in train.labels_combo.choices]
@@ -449,7 +453,8 @@ def test_a_3d_volume_trains_with_volume3d_and_predicts_3d_layers(make_napari_vie
     train = dock(viewer, "Train")
     train.image_combo.value = channel0
     assert train.labels_combo.value is labels
-    assert train.preset.currentText() == "volume3d"
+    assert train.preset.currentText() == "auto"
+    train.preset.setCurrentText("volume3d")
     small_cpu_options(train, tmp_path / "run", steps=2)
     train.patch_size.setValue(32)
     train.start_button.click()

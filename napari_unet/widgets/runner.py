@@ -39,6 +39,7 @@ from napari_unet.engine.events import (
     Failed,
     Finished,
     Message,
+    Planned,
     Progress,
     Started,
     Validation,
@@ -74,7 +75,8 @@ class TrainingRunner(QObject):
 
     Signals carry the engine's event dataclasses: ``started(Started)``,
     ``progress(Progress)``, ``validation(Validation)``, ``checkpoint(CheckpointSaved)``,
-    ``message(Message)``, ``finished(Finished)``; ``failed(str)`` has a one-line reason,
+    ``message(Message)``, ``planned(Planned)`` (``--preset auto``, ``--minutes``: the plan and
+    the timed steps, before ``started``), ``finished(Finished)``; ``failed(str)`` has a one-line reason,
     ``cancelled(str)`` the run folder, and ``exited(int)`` the exit status, always last.
     """
 
@@ -83,6 +85,7 @@ class TrainingRunner(QObject):
     validation = Signal(object)
     checkpoint = Signal(object)
     message = Signal(object)
+    planned = Signal(object)
     finished = Signal(object)
     failed = Signal(str)
     cancelled = Signal(str)
@@ -166,7 +169,8 @@ class TrainingRunner(QObject):
             self.last_checkpoint = event.path
         for kind, signal_ in ((Started, self.started), (Progress, self.progress),
                               (Validation, self.validation), (CheckpointSaved, self.checkpoint),
-                              (Message, self.message), (Finished, self.finished)):
+                              (Message, self.message), (Planned, self.planned),
+                              (Finished, self.finished)):
             if isinstance(event, kind):
                 signal_.emit(event)
                 return

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_unet import layouts, runs
+from napari_unet.choices import AUTO_PRESET
 from napari_unet.training_set import (
     copy_training_set,
     pair_count,
@@ -47,6 +49,7 @@ from napari_unet.widgets import (
 from napari_unet.widgets.curve import CurveWidget
 from napari_unet.widgets.prediction_job import PredictionJob
 from napari_unet.widgets.runner import RunWatcher, TrainingRunner, run_registry
+from napari_unet.widgets.train_fields import PlanView, minutes_text, remaining_seconds
 from napari_unet.widgets.train_form import TrainForm
 
 
@@ -65,6 +68,8 @@ class TrainWidget(TrainForm):
         # the run shown, its watcher (re-attached runs), its prediction and last events
         self.run_dir = self.watcher = self.prediction = self.finished_event = None
         self._progress = self._first_image = self._latest_progress = None
+        self._timing = None  # (monotonic time, step) of the run's first Progress event
+        self._arrived = 0.0  # when the latest Progress event came
         self._ui_timer = QTimer(self)
         self._ui_timer.setSingleShot(True)
         self._ui_timer.setInterval(200)
@@ -76,9 +81,11 @@ class TrainWidget(TrainForm):
         layout.addLayout(self._controls())
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
+        layout.addWidget(self.plan_view)
         layout.addWidget(self.curve)
         layout.addStretch(1)
         self._connect_runner()
+        self._idle_progress()
         stop_on_window_close(self, self.shutdown)
         self._preset_changed(self.preset.currentText())
         self._image_changed()
@@ -98,30 +105,43 @@ class TrainWidget(TrainForm):
             buttons.addWidget(button)
         self.progress = QProgressBar()
         self.progress.setFormat("step %v / %m")
-        self.progress.setRange(0, self.steps.value())  # not Qt's 100 before the first run
-        self.progress.setValue(0)
-        self.steps.valueChanged.connect(self._steps_changed)
+        self.steps.valueChanged.connect(self._idle_progress)
+        self.train_for.by_steps.toggled.connect(self._idle_progress)
         self.status = QLabel("")  # rare messages; per-step figures go into the progress bar
         self.status.setWordWrap(True)
         self.status.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
         self.curve = CurveWidget()
+        self.plan_view = PlanView()
+        self.preset.currentTextChanged.connect(self._clear_plan)
         return buttons
 
-    def _steps_changed(self, steps):
+    def _clear_plan(self, preset):
+        if not self.runner.is_running():
+            self.plan_view.clear(preset)
+
+    def _idle_progress(self, *_):
+        """Before the first run: the steps to go, or, timed to minutes, not known yet."""
         if self.run_dir is None and not self.runner.is_running():  # nothing shown yet
-            self.progress.setRange(0, steps)
+            by_steps = self.train_for.by_steps.isChecked()
+            self.progress.setRange(0, self.steps.value() if by_steps else 1)
             self.progress.setValue(0)
+            self.progress.setFormat("step %v / %m" if by_steps else "steps: timed at the start")
 
     def _connect_runner(self):
-        for name in ("started", "progress", "validation", "checkpoint", "message", "finished",
-                     "failed", "cancelled", "exited"):
+        for name in ("planned", "started", "progress", "validation", "checkpoint", "message",
+                     "finished", "failed", "cancelled", "exited"):
             getattr(self.runner, name).connect(getattr(self, f"_on_{name}"))
 
     # -- checks before starting ----------------------------------------------------------------------
     def _check_pairs(self, pairs, preset):
-        spatial_dims = self.presets[preset].get("spatial_dims", 2)
+        """The model's spatial dims (the preset's; under auto, the input-layout rule's, as
+        the CLI decides) after checking every pair."""
+        found = set()
         for image, labels in pairs:
             shape, labels_shape = spatial_shape(image), tuple(labels.data.shape)
+            spatial_dims = layouts.guess_spatial_dims(shape) if preset == AUTO_PRESET \
+                else self.presets[preset].get("spatial_dims", 2)
+            found.add(spatial_dims)
             if shape != labels_shape:
                 raise UserError(f"image '{image.name}' is {shape} but labels '{labels.name}' "
                                 f"are {labels_shape}: paint labels on a layer of the image's size")
@@ -132,12 +152,15 @@ class TrainWidget(TrainForm):
                 raise UserError(f"the {preset} preset trains on 3D volumes but '{image.name}' is "
                                 f"{len(shape)}D {shape}: choose industrial or isbi2012")
             if spatial_dims == 2 and len(shape) > 3:
-                raise UserError(f"'{image.name}' is {len(shape)}D {shape}: a 2D preset takes "
+                raise UserError(f"'{image.name}' is {len(shape)}D {shape}: a 2D model takes "
                                 f"2D images or (Z, Y, X) stacks; split the extra axes first")
             if spatial_dims == 2 and layouts.looks_like_volume(shape):
                 show_warning(f"'{image.name}' looks like a 3D volume: the {preset} preset "
                              f"trains on its slices one by one (choose volume3d for a 3D model)")
-        return spatial_dims
+        if len(found) > 1:
+            raise UserError("the pairs mix volumes and 2D images: one model takes one kind; "
+                            "train them apart, or choose a named preset")
+        return found.pop()
 
     def _prepare_run_folder(self) -> Path:
         text = self.run_folder.text().strip()
@@ -195,7 +218,7 @@ class TrainWidget(TrainForm):
             show_info(f"{data_dir} already held {already} training pair(s): "
                       f"they are trained on too")
         samples = pair_count(data_dir)
-        args = self.cli_args(preset, run_dir, samples, init_from)
+        args = self.cli_args(preset, run_dir, samples, init_from, spatial_dims)
         self._first_image = pairs[0][0]
         self._begin(run_dir)
         try:
@@ -222,14 +245,20 @@ class TrainWidget(TrainForm):
         self.run_dir = run_dir
         self.finished_event = None
         self._latest_progress = None
+        self._timing = None
+        by_steps = self.train_for.by_steps.isChecked()
+        total = self.steps.value() if by_steps else 0  # timed runs: known at Started
         self.progress.setFormat("step %v / %m")
-        self.curve.clear(self.steps.value())
+        self.curve.clear(total or 1)
         self.progress.setRange(0, 0)  # busy until the child reports Started
-        self.status.setText(f"starting training in {run_dir}")
+        self.plan_view.clear(self.preset.currentText())
+        planning = "planning from the data, " if self.preset.currentText() == AUTO_PRESET else ""
+        timing = "" if by_steps else "timing the first steps, "
+        self.status.setText(f"{planning}{timing}starting training in {run_dir}")
         self.start_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self._close_progress()
-        self._progress = cancelable_progress(total=self.steps.value(),
+        self._progress = cancelable_progress(total=total,
                                              desc="napari UNet: training")
         run_registry().add(run_dir)
 
@@ -251,7 +280,15 @@ class TrainWidget(TrainForm):
         self._close_progress()
 
     # -- events from the child ------------------------------------------------------------------------
+    def _on_planned(self, event):
+        self.plan_view.show_plan(event)
+        if event.seconds_per_step:
+            self.train_for.seconds_per_step = event.seconds_per_step
+
     def _on_started(self, event):
+        if self._progress is not None:
+            with contextlib.suppress(AttributeError, RuntimeError):
+                self._progress.total = event.total_steps
         self.progress.setRange(0, event.total_steps)
         self.progress.setValue(event.start_step)
         self.curve.total = event.total_steps
@@ -264,6 +301,9 @@ class TrainWidget(TrainForm):
         # small models send dozens of steps a second: keep the data now, repaint a few times
         # a second (repainting per event would keep the GUI thread busy)
         self._latest_progress = event
+        self._arrived = time.monotonic()
+        if self._timing is None:
+            self._timing = (self._arrived, event.step)
         self.curve.add_loss(event.step, event.loss, repaint=False)
         if not self._ui_timer.isActive():
             self._ui_timer.start()
@@ -273,13 +313,23 @@ class TrainWidget(TrainForm):
         if event is None:
             return
         self.progress.setFormat(f"step %v / %m   loss {event.loss:.4f}   "
-                                f"{event.img_s:.1f} img/s")
+                                f"{event.img_s:.1f} img/s{self._time_left(event)}")
         self.progress.setValue(event.step)
         self.curve.update()
         if self._progress is not None:
             self._progress.update(event.step - self._progress.n)
             if self._progress.is_canceled and not self.runner.cancel_requested:
                 self.cancel()  # Cancel pressed in napari's activity dock
+
+    def _time_left(self, event) -> str:
+        """"   ~N min left", from the time between the first step reported and this one
+        (validations included); "" before two steps."""
+        since, first = self._timing
+        left = remaining_seconds(event, first, self._arrived - since)
+        if left is None:
+            return ""
+        self.train_for.seconds_per_step = (self._arrived - since) / (event.step - first)
+        return f"   ~{minutes_text(left)} left" if event.step < event.total else ""
 
     def _on_validation(self, event):
         self.curve.add_dice(event.step, event.dice)
@@ -326,6 +376,7 @@ class TrainWidget(TrainForm):
 
     def _on_exited(self, code):
         self._end_ui()
+        self.train_for.describe()  # an estimate in steps from this run's speed
 
     def _end_ui(self):
         if self._ui_timer.isActive():

@@ -12,10 +12,10 @@ import os
 from pathlib import Path
 
 import numpy as np
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
-    QDoubleSpinBox,
     QFileDialog,
     QHBoxLayout,
     QLabel,
@@ -23,13 +23,12 @@ from qtpy.QtWidgets import (
     QListWidget,
     QListWidgetItem,
     QPushButton,
-    QSpinBox,
     QWidget,
 )
 
 from napari_unet import engine, layouts, runs
 from napari_unet._napari import looks_like_brats
-from napari_unet.choices import PRESETS, REGION_SETS
+from napari_unet.choices import AUTO_PRESET, PRESET_CHOICES, PRESETS, REGION_SETS
 from napari_unet.errors import DataError
 from napari_unet.masks import describe_classes, mask_classes
 from napari_unet.options import SHOWN, option_args
@@ -51,11 +50,24 @@ from napari_unet.widgets import (
     spatial_shape,
     with_browse_button,
 )
+from napari_unet.widgets.train_fields import (
+    LENGTH_OPTIONS,
+    TrainFor,
+    allow_planned,
+    combo_box,
+    field_value,
+    is_planned,
+    leave_to_plan,
+    left_text,
+    option_field,
+    plannable,
+    spin_box,
+)
 
 PRESET_2D = tuple(name for name, values in PRESETS.items() if values["spatial_dims"] == 2)
 PRESET_3D = next(name for name, values in PRESETS.items() if values["spatial_dims"] == 3)
 BRATS_PRESET = "brats"  # the default for a BraTS volume picked whole (where the preset exists)
-MODEL_SIZES = (("preset default", None), ("8 (tiny)", 8), ("16 (small, CPU)", 16), ("32", 32),
+MODEL_SIZES = (("planned", None), ("8 (tiny)", 8), ("16 (small, CPU)", 16), ("32", 32),
                ("64 (full UNet)", 64))
 NONZERO = -1  # the object value spin box's "every non-zero value" (what napari colours)
 
@@ -75,46 +87,6 @@ def _cpu_has_fast_bf16() -> bool:
 def channel_count(image) -> int:
     """The channels a layer or group gives the model (RGB: 3, a group: its layers)."""
     return layouts.channels_of(layer_shape(image), axes_of(image))
-
-
-def _spin(low, high, value=None, step=1, double=False):
-    box = QDoubleSpinBox() if double else QSpinBox()
-    box.setRange(low, high)
-    box.setSingleStep(step)
-    if value is not None:
-        box.setValue(value)
-    return box
-
-
-def _combo(items):
-    box = QComboBox()
-    box.addItems(list(items))
-    return box
-
-
-def option_field(option) -> QWidget:
-    """The widget of an option row: a combo box of its choices, a check box for True/False,
-    else a spin box (a list option, such as the patch size: one value for every axis)."""
-    form = option.form
-    if option.choices is not None:
-        return _combo(option.choices)
-    if option.value_type is bool:
-        box = QCheckBox(form.label)
-        box.setChecked(bool(option.default))
-        return box
-    box = _spin(form.low, form.high, form.value, form.step, double=option.value_type is float)
-    if form.decimals is not None:
-        box.setDecimals(form.decimals)
-    return box
-
-
-def field_value(option, field):
-    """What the field holds, as the option's value (bool, text of a choice, or number)."""
-    if option.choices is not None:
-        return field.currentText()
-    if option.value_type is bool:
-        return field.isChecked()
-    return field.value()
 
 
 class TrainForm(LayerPickers, QWidget):
@@ -147,7 +119,9 @@ class TrainForm(LayerPickers, QWidget):
             button = QPushButton(text)
             button.clicked.connect(slot)
             pair_buttons.addWidget(button)
-        self.preset = _combo(PRESETS)
+        self.preset = combo_box(PRESET_CHOICES)  # auto first: the default
+        self.preset.setItemData(0, "a recipe planned from your data, each choice explained "
+                                   "when training starts", Qt.ToolTipRole)
         self.preset.currentTextChanged.connect(self._preset_changed)
         self.preset.currentTextChanged.connect(self.describe_labels)
         self.holdout = QCheckBox("validate on 1/5 of the samples (Dice curve)")
@@ -157,7 +131,7 @@ class TrainForm(LayerPickers, QWidget):
                                   self.holdout])
 
     def _labels_box(self):
-        self.object_value = _spin(NONZERO, 65535, NONZERO)
+        self.object_value = spin_box(NONZERO, 65535, NONZERO)
         self.object_value.setSpecialValueText("every non-zero value")
         self.object_value.setToolTip("the label value of the object to learn (the CLI's "
                                      "--foreground-value); napari colours the non-zero values")
@@ -183,16 +157,23 @@ class TrainForm(LayerPickers, QWidget):
             setattr(self, option.name, self.option_fields[option.name])
             if option.help:
                 self.option_fields[option.name].setToolTip(option.help)
+        # the fields the plan (or a named preset) fills unless the user sets them
+        self.planned_fields = {o.name: self.option_fields[o.name] for o in SHOWN if plannable(o)}
+        for field in self.planned_fields.values():
+            allow_planned(field)
+        self.train_for = TrainFor(self.minutes, self.steps, self)
         self.base_channels = QComboBox()
         for text, value in MODEL_SIZES:
             self.base_channels.addItem(text, value)
-        self.gpus = _spin(1, max(1, self.cuda_devices))
+        self.gpus = spin_box(1, max(1, self.cuda_devices))
         self.gpus.setEnabled(self.cuda_devices > 1)
         self.gpus.setToolTip("more than one starts DistributedDataParallel (torchrun)")
         labelled = [(o.form.label, self.option_fields[o.name]) for o in SHOWN
-                    if o.value_type is not bool]
+                    if o.value_type is not bool and o.name not in LENGTH_OPTIONS]
         checks = [self.option_fields[o.name] for o in SHOWN if o.value_type is bool]
-        return group_box("Training", [*labelled, ("Model size", self.base_channels),
+        return group_box("Training", [*self.train_for.rows, self.train_for.estimate,
+                                      *labelled,
+                                      ("Model size", self.base_channels),
                                       ("GPUs", self.gpus), *checks])
 
     def _run_box(self):
@@ -255,7 +236,8 @@ class TrainForm(LayerPickers, QWidget):
     # -- defaults that follow the choices ---------------------------------------------------------
     def _image_changed(self, *_):
         """A new image: its labels, a preset that fits it (3D volume -> volume3d, the four
-        channels of a BraTS volume -> brats), a patch size no bigger than it. Other options
+        channels of a BraTS volume -> brats; auto stays, its plan follows the data, but for
+        BraTS, whose regions no plan infers), a patch size no bigger than it. Other options
         the user set stay."""
         image = self.image_combo.value
         if image is None:
@@ -266,6 +248,8 @@ class TrainForm(LayerPickers, QWidget):
         if wanted == PRESET_3D and BRATS_PRESET in self.presets \
                 and looks_like_brats(image.name, channel_count(image)):
             wanted = BRATS_PRESET
+        if current == AUTO_PRESET and wanted != BRATS_PRESET:
+            wanted = AUTO_PRESET
         if current != wanted and not (wanted in PRESET_2D and current in PRESET_2D):
             self.preset.setCurrentText(wanted)  # applies the preset's defaults
         else:
@@ -286,7 +270,12 @@ class TrainForm(LayerPickers, QWidget):
             choose(self.labels_combo, matches[0])
 
     def _spatial_dims(self, preset=None) -> int:
-        return self.presets.get(preset or self.preset.currentText(), {}).get("spatial_dims", 2)
+        """The preset's; under auto, the input-layout rule's for the image (as the CLI's)."""
+        preset = preset or self.preset.currentText()
+        image = self.image_combo.value
+        if preset == AUTO_PRESET:
+            return layouts.guess_spatial_dims(spatial_shape(image)) if image is not None else 2
+        return self.presets.get(preset, {}).get("spatial_dims", 2)
 
     def _largest_patch(self) -> int:
         """The image's smallest extent (over the model's axes), in steps of 16."""
@@ -298,17 +287,26 @@ class TrainForm(LayerPickers, QWidget):
         return max(16, min(shape[-dims:]) // 16 * 16)
 
     def _preset_changed(self, preset: str):
-        """The preset's defaults, made small on a CPU (no CUDA device here)."""
+        """The preset's defaults, made small on a CPU (no CUDA device here); under auto, the
+        fields the plan fills say "planned" (the user may still set them)."""
         values = self.presets.get(preset, {})
         on_gpu = self.cuda_devices > 0
         spatial_dims = self._spatial_dims(preset)
+        for field in self.planned_fields.values():
+            field.setSpecialValueText(left_text(preset))
+        self.base_channels.setItemText(0, left_text(preset))
+        # bf16 where the hardware has it: every GPU of the field, CPUs with AVX512-BF16/AMX
+        self.amp.setCurrentText("bf16" if on_gpu or _cpu_has_fast_bf16() else "off")
+        if preset == AUTO_PRESET:
+            for field in self.planned_fields.values():
+                leave_to_plan(field)
+            self.base_channels.setCurrentIndex(0)
+            return
         self.lr.setValue(float(values.get("lr", 1e-4)))
         self.batch_size.setValue(int(values.get("batch_size", 4)) if on_gpu
                                  else (2 if spatial_dims == 3 else 4))
         small = 8 if spatial_dims == 3 else 16
         self.base_channels.setCurrentIndex(0 if on_gpu else self.base_channels.findData(small))
-        # bf16 where the hardware has it: every GPU of the field, CPUs with AVX512-BF16/AMX
-        self.amp.setCurrentText("bf16" if on_gpu or _cpu_has_fast_bf16() else "off")
         patch = int((values.get("patch_size") or [128])[0])
         if not on_gpu:
             patch = min(patch, 64 if spatial_dims == 3 else 128)
@@ -387,17 +385,22 @@ class TrainForm(LayerPickers, QWidget):
         return pairs
 
     # -- the command line -------------------------------------------------------------------------
-    def cli_args(self, preset, run_dir, samples, init_from=None) -> list[str]:
-        """The CLI options for the current fields (the widget's only link to training)."""
-        every = max(1, self.steps.value() // 10)
-        spatial_dims = self.presets[preset].get("spatial_dims", 2)
+    def cli_args(self, preset, run_dir, samples, init_from=None,
+                 spatial_dims=None) -> list[str]:
+        """The CLI options for the current fields (the widget's only link to training): the
+        fields the user set, not those left to the plan or preset; minutes or steps."""
+        spatial_dims = spatial_dims or self._spatial_dims(preset)
         args = ["--preset", preset, "--data", str(run_dir / runs.DATA), "--out", str(run_dir)]
         for option in SHOWN:
-            value = field_value(option, self.option_fields[option.name])
-            args += option_args(option, value, spatial_dims)
-        # validation and checkpoints ten times a run, whatever its length
-        args += ["--val-every", str(every), "--checkpoint-every", str(every),
-                 "--set", f"log_every={min(10, every)}"]
+            field = self.option_fields[option.name]
+            if self.train_for.counts(option.name) and not is_planned(field):
+                args += option_args(option, field_value(option, field), spatial_dims)
+        if self.train_for.by_steps.isChecked():
+            # validation and checkpoints ten times a run, whatever its length (timed to the
+            # minutes, the CLI sets them itself)
+            every = max(1, self.steps.value() // 10)
+            args += ["--val-every", str(every), "--checkpoint-every", str(every),
+                     "--set", f"log_every={min(10, every)}"]
         if self.base_channels.currentData() is not None:
             args += ["--base-channels", str(self.base_channels.currentData())]
         if self.gpus.value() > 1:
