@@ -1,22 +1,22 @@
 """The CLI end to end on tiny data: train -> evaluate -> predict, events, exit statuses."""
 import json
-import os
 import re
 import signal
 import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
+import process_support
 import pytest
 import tifffile
 import torch
 from process_support import cli, ignoring_sigint, read_events_until, start_cli, wait_for_exit
 
-from napari_unet import cli_commands
 from napari_unet.cli import build_parser, main
 from napari_unet.engine import load_checkpoint
 from napari_unet.engine.checkpoint import read_checkpoint
-from napari_unet.engine.events import Progress, from_json
-from napari_unet.engine.training import loop as loop_module
+from napari_unet.engine.events import from_json
 
 TINY = ["--steps", "6", "--batch-size", "2", "--patch-size", "64", "--base-channels", "8",
         "--amp", "off", "--device", "cpu", "--val-every", "3", "--checkpoint-every", "3"]
@@ -293,65 +293,38 @@ def test_a_signal_saves_a_checkpoint_and_exits_130(tmp_path, signum, preexec_fn)
                                                                         saved.step + 2]
 
 
-def _train_until_sigint(tmp_path, capsys):
-    """`train` in this process, to its SIGINT (a lost one ends the run at step 50, exit 0):
-    (exit status, steps reported, saved state). Fold 0 validates 2 images at step 3."""
+def _train_until_sigint(tmp_path, hook):
+    """`train` in a child process (tests/sigint_child.py) with the SIGINT of `hook`, to its end
+    (a lost one ends the run at step 50, exit 0): (exit status, steps reported, saved state).
+    Fold 0 validates 2 images at step 3."""
     run = tmp_path / "run"
-    capsys.readouterr()
-    code = main([*ENDLESS, "--steps", "50", "--fold", "0", "--out", str(run)])
-    steps = [json.loads(line)["step"] for line in capsys.readouterr().out.splitlines()
+    done = process_support.run([sys.executable, Path(__file__).with_name("sigint_child.py"),
+                                json.dumps(hook), *ENDLESS, "--steps", "50", "--fold", "0",
+                                "--out", run])
+    steps = [json.loads(line)["step"] for line in done.stdout.splitlines()
              if '"Progress"' in line]
-    return code, steps, read_checkpoint(run / "checkpoints" / "last.pt")
+    assert (run / "checkpoints" / "last.pt").exists(), done.stderr[-2000:]
+    return done.returncode, steps, read_checkpoint(run / "checkpoints" / "last.pt")
 
 
-def _sigint_inside(monkeypatch, module, name, call, after):
-    """SIGINT to this process from inside `module.name`, at its `call`-th call, before or
-    after the real work (after a step's: weights updated, schedule and step count not yet)."""
-    real, calls = getattr(module, name), []
-
-    def hooked(*args, **kwargs):
-        calls.append(name)
-        if len(calls) == call and not after:
-            os.kill(os.getpid(), signal.SIGINT)
-        result = real(*args, **kwargs)
-        if len(calls) == call and after:
-            os.kill(os.getpid(), signal.SIGINT)
-        return result
-
-    monkeypatch.setattr(module, name, hooked)
-
-
-@pytest.fixture
-def cancelled_between_steps(tmp_path, capsys, monkeypatch):
+@pytest.fixture(scope="module")
+def cancelled_between_steps(tmp_path_factory):
     """The reference: Ctrl-C in the caller right after step 3 was reported (between steps)."""
-    real = cli_commands.printer
-
-    def printer(mode):
-        emit = real(mode)
-
-        def interrupted_after_step_3(event):
-            emit(event)
-            if isinstance(event, Progress) and event.step == 3:
-                raise KeyboardInterrupt
-        return interrupted_after_step_3
-
-    with monkeypatch.context() as patch:
-        patch.setattr(cli_commands, "printer", printer)
-        code, steps, state = _train_until_sigint(tmp_path / "reference", capsys)
+    code, steps, state = _train_until_sigint(tmp_path_factory.mktemp("reference"),
+                                             {"name": "reference"})
     assert code == 130 and steps == [1, 2, 3] and state["step"] == 3
     return state
 
 
-@pytest.mark.parametrize("moment, module, name, call, after", [
-    ("step", loop_module, "train_step", 3, True),  # the third step
-    ("checkpoint", loop_module, "save_checkpoint", 1, False),  # best.pt of step 3
-    ("validation", loop_module, "validate", 1, False)],  # step 3's validation
+@pytest.mark.parametrize("moment, name, call, after", [
+    ("step", "train_step", 3, True),  # the third step
+    ("checkpoint", "save_checkpoint", 1, False),  # best.pt of step 3
+    ("validation", "validate", 1, False)],  # step 3's validation
     ids=["during a step", "during a checkpoint write", "during a validation"])
-def test_a_sigint_at_any_moment_saves_whole_steps(cancelled_between_steps, tmp_path, capsys,
-                                                  monkeypatch, moment, module, name, call,
-                                                  after):
-    _sigint_inside(monkeypatch, module, name, call, after)
-    code, steps, state = _train_until_sigint(tmp_path, capsys)
+def test_a_sigint_at_any_moment_saves_whole_steps(cancelled_between_steps, tmp_path, moment,
+                                                  name, call, after):
+    hook = {"name": name, "call": call, "after": after}
+    code, steps, state = _train_until_sigint(tmp_path, hook)
     assert code == 130
     assert steps == [1, 2, 3] and state["step"] == 3, moment
     if moment == "checkpoint":  # the write it interrupted was finished, not dropped
