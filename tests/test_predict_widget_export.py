@@ -31,7 +31,10 @@ def test_export_writes_a_package_that_the_widget_predicts_with(predict_widget, q
     qtbot.waitUntil(lambda: not worker.is_running, timeout=10_000)
     with zipfile.ZipFile(tmp_path / "scan_model.zip") as archive:
         assert "rdf.yaml" in archive.namelist()
-    assert any("exported" in str(n.message) for n in notification_manager.records)
+    # the notice comes through a queued signal, after the worker's thread ended: wait for it
+    # (a loaded machine showed it only after the check)
+    qtbot.waitUntil(lambda: any("exported" in str(n.message)
+                                for n in notification_manager.records), timeout=10_000)
 
     widget.set_model(tmp_path / "scan_model.zip")
     widget.backend.setCurrentText("onnxruntime")
