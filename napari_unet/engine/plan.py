@@ -97,7 +97,7 @@ def plan_for_data(dataset, device: str = "auto") -> Plan:
     else:
         memory = float(psutil.virtual_memory().available)
     kind = "cpu" if chosen.type == "cpu" else "gpu"
-    return plan_run(fingerprint(dataset, getattr(dataset, "spacing", None)), kind, memory)
+    return plan_run(fingerprint(dataset, dataset.spacing), kind, memory)
 
 
 def plan_run(fp: Fingerprint, device: str = "cpu", memory_bytes: float | None = None) -> Plan:
@@ -278,14 +278,9 @@ def _plan_optimisation(plan: Plan, fp: Fingerprint, kind: str) -> None:
     plan.choose("weight_decay", 1e-5, "a little weight decay")
     plan.choose("lr_schedule", "cosine", "a cosine decay to the last step")
     plan.choose("warmup_steps", 30, "30 warm-up steps")
-    plan.choose("amp", "bf16" if kind == "gpu" else plan_cpu_amp(),
-                "bf16 mixed precision" if kind == "gpu" else _cpu_amp_reason())
-
-
-def plan_cpu_amp() -> str:
-    return "bf16" if cpu_has_fast_bf16() else "off"
-
-
-def _cpu_amp_reason() -> str:
-    return ("this CPU computes bf16 natively: bf16 mixed precision" if plan_cpu_amp() == "bf16"
-            else "this CPU emulates bf16 (slower): full precision")
+    if kind == "gpu":
+        plan.choose("amp", "bf16", "bf16 mixed precision")
+    elif cpu_has_fast_bf16():
+        plan.choose("amp", "bf16", "this CPU computes bf16 natively: bf16 mixed precision")
+    else:
+        plan.choose("amp", "off", "this CPU emulates bf16 (slower): full precision")
