@@ -54,6 +54,11 @@ SAMPLES = ("dagm", "em", "blobs3d")
 MAX_CHANNELS = 16
 # Labels with more distinct non-zero values than this are instances (one object per value).
 MAX_CLASS_VALUES = 16
+# Sparse labels: the class index of a pixel nobody labelled (nnU-Net's ignore label). Class
+# masks are uint8; a class of 255 is never made by the mask rule otherwise.
+IGNORE_CLASS = 255
+# What pixels a user left at 0 mean: background (dense masks) or unknown (strokes, some slices).
+UNLABELED_CHOICES = ("background", "ignore")
 
 # The reference hyper-parameters of SPEC.md, as data (config.py turns them into TrainConfigs).
 # `network` is what the preset's network sees in its reference data: input channels and label

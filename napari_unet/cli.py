@@ -35,7 +35,8 @@ from napari_unet.errors import ConfigError, NapariUnetError
 from napari_unet.options import FLAGGED, OPTIONS
 
 # training options whose flags every command (or every command that reads data) takes
-SHARED_OPTIONS = ("amp", "device", "foreground_value")
+MASK_RULE_OPTIONS = ("foreground_value", "unlabeled", "background_value", "ignore_value")
+SHARED_OPTIONS = ("amp", "device", *MASK_RULE_OPTIONS)
 
 
 # -- parser --------------------------------------------------------------------------------------
@@ -87,7 +88,7 @@ def _add_data(p, required=True):
                        help="the matching mask file, or the folder of masks named as the images")
     group.add_argument("--sample", choices=SAMPLES,
                        help="built-in synthetic data (no download)")
-    add_option_flags(p, [OPTIONS["foreground_value"]])
+    add_option_flags(p, [OPTIONS[name] for name in MASK_RULE_OPTIONS])
     p.set_defaults(_data_required=required)
 
 

@@ -18,6 +18,7 @@ from napari_unet.choices import AUTO_PRESET, SAMPLES, preset_options
 from napari_unet.cli_progress import drive, is_main_process, printer
 from napari_unet.errors import ConfigError, DataError
 from napari_unet.io import atomic_write, is_glob, read_image, write_tif
+from napari_unet.masks import rule_of
 from napari_unet.options import FLAGGED
 
 EXIT_USER_ERROR = 2
@@ -48,9 +49,7 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     checkpoint = engine.load_checkpoint(args.run)
     config = checkpoint.config
-    foreground = args.foreground_value if args.foreground_value is not None \
-        else config.foreground_value
-    dataset = _load_data(args, config.spatial_dims, foreground)
+    dataset = _load_data(args, config.spatial_dims, {**rule_of(config), **rule_of(args)})
     run_dir = Path(args.run) if Path(args.run).is_dir() else None
     _report_evaluation(args, checkpoint, dataset, args.fold, run_dir)
     return 0
@@ -119,13 +118,13 @@ def _planned_config(args, started: float):
     if args.resume and timed and saved.is_file() and args.config is None:
         args.config = str(saved)
     if args.preset == AUTO_PRESET and args.config is None:
-        dataset = _load_data(args, "auto", args.foreground_value)
+        dataset = _load_data(args, "auto", rule_of(args))
         config = train_config(args, engine.plan_for_data(dataset, args.device or "auto"))
         if config.minutes is None and args.steps is None:
             config = config.replace(minutes=engine.DEFAULT_MINUTES)
     else:
         config = train_config(args)
-        dataset = _load_data(args, config.spatial_dims, config.foreground_value)
+        dataset = _load_data(args, config.spatial_dims, rule_of(config))
     per_step = 0.0
     if config.minutes is not None and args.steps is None and not args.resume:
         config, per_step = engine.fit_to_minutes(config, dataset, started)
@@ -168,7 +167,9 @@ def _parse_set(item):
 
 
 # -- data and the run folder ---------------------------------------------------------------------
-def _load_data(args, spatial_dims, foreground_value):
+def _load_data(args, spatial_dims, rule):
+    """The data of --data / --images --masks / --sample, masks read under `rule` (the mask
+    rule's settings: masks.rule_of)."""
     chosen = [name for name in ("data", "images", "sample") if getattr(args, name)]
     if len(chosen) != 1:
         raise DataError("give exactly one data source: --data DIR, --images P --masks P, "
@@ -178,7 +179,7 @@ def _load_data(args, spatial_dims, foreground_value):
     if args.images and not args.masks:
         raise DataError("--images needs --masks (the labels for those images)")
     return engine.load_dataset(args.data, images=args.images, masks=args.masks,
-                               foreground_value=foreground_value, spatial_dims=spatial_dims)
+                               spatial_dims=spatial_dims, **rule)
 
 
 def _make_run_dir(run_dir: Path):

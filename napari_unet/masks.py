@@ -7,13 +7,28 @@ from __future__ import annotations
 
 import numpy as np
 
-from .choices import MAX_CLASS_VALUES
-from .errors import DataError
+from .choices import IGNORE_CLASS, MAX_CLASS_VALUES, UNLABELED_CHOICES
+from .errors import ConfigError, DataError
+
+RULE_KEYS = ("foreground_value", "unlabeled", "background_value", "ignore_value")
 
 
 def mask_classes(mask, foreground_value=None, *, invert: bool = False,
-                 instances: str = "refuse") -> tuple[np.ndarray, bool]:
+                 instances: str = "refuse", unlabeled: str = "background",
+                 background_value: int = 1,
+                 ignore_value=None) -> tuple[np.ndarray, bool]:
     """(uint8 class mask, whether instance ids were merged into one class).
+
+    Sparse labels: pixels nobody labelled become IGNORE_CLASS (255), which training, validation
+    and evaluation leave out.
+
+    - ``unlabeled="ignore"`` (strokes, some painted slices): 0 is unknown, `background_value`
+      is the painted background (class 0), and the other values are the classes in their order
+      with the background value taken out (background 1: values 2, 3 are classes 1, 2). With
+      `foreground_value`, that value is class 1 and any value but it and the background is
+      unknown.
+    - `ignore_value`, in either mode: pixels of that value are unknown (a mask file that marks
+      its unlabelled pixels; nnU-Net's ignore label, which it puts above every class).
 
     - `foreground_value` given: that value is class 1, everything else 0 (ISBI: 0 = membrane).
     - values within {0, 255}: 255 is class 1 (masks saved as 8-bit pictures).
@@ -25,13 +40,63 @@ def mask_classes(mask, foreground_value=None, *, invert: bool = False,
     - float masks: integral values are class indices, other values probabilities cut at 0.5.
     - `invert` swaps object and background of a binary result (ISBI's 0-valued membranes).
     """
-    classes, merged = _classes(np.asarray(mask), foreground_value, instances)
+    if unlabeled not in UNLABELED_CHOICES:
+        raise ConfigError(f"unlabeled={unlabeled!r}: choose one of {', '.join(UNLABELED_CHOICES)}")
+    mask = np.asarray(mask)
+    unknown = None
+    if ignore_value is not None:
+        unknown = mask == ignore_value
+        mask = np.where(unknown, 0, mask) if unknown.any() else mask
+    if unlabeled == "ignore":
+        classes, merged, sparse_unknown = _sparse_classes(mask, foreground_value, instances,
+                                                          background_value)
+        unknown = sparse_unknown if unknown is None else unknown | sparse_unknown
+    else:
+        classes, merged = _classes(mask, foreground_value, instances)
     if invert:
         if classes.size and classes.max() > 1:
             raise DataError("invert needs a mask of one object class (0/1 after the rule): "
                             "choose the object's value instead")
         classes = (classes == 0).astype(np.uint8)
+    if unknown is not None and unknown.any():
+        classes = np.where(unknown, np.uint8(IGNORE_CLASS), classes).astype(np.uint8)
     return classes, merged
+
+
+def rule_of(source) -> dict:
+    """The mask rule's settings (RULE_KEYS) read off a TrainConfig or the CLI's arguments."""
+    return {key: getattr(source, key, None) for key in RULE_KEYS
+            if getattr(source, key, None) is not None}
+
+
+def _sparse_classes(mask, foreground_value, instances, background_value):
+    """(classes, merged, unknown) of a mask whose 0 means unknown."""
+    if not np.issubdtype(mask.dtype, np.integer) and mask.dtype != bool:
+        if not np.all(mask == np.round(mask)):
+            raise DataError("a mask with unlabelled pixels holds label values, not "
+                            "probabilities: save it as integers")
+        mask = mask.astype(np.int64)
+    if background_value == 0:
+        raise ConfigError("with unlabelled pixels 0 means unknown: paint the background with "
+                          "another value (e.g. --background-value 1)")
+    unknown = mask == 0
+    background = mask == background_value
+    if foreground_value is not None:
+        objects = mask == foreground_value
+        return objects.astype(np.uint8), False, ~(objects | background)
+    values = distinct_values(mask)
+    values = values[(values != 0) & (values != background_value)]
+    if values.size == 0:
+        return np.zeros(mask.shape, np.uint8), False, unknown
+    if instances == "merge" and (len(values) > MAX_CLASS_VALUES or values[-1] > 255
+                                 or values[0] < 0):
+        return (~(unknown | background)).astype(np.uint8), True, unknown
+    if values[0] < 0 or values[-1] > MAX_CLASS_VALUES + 1:
+        raise DataError(f"mask values {values[0]}..{values[-1]}: with unlabelled pixels (0) "
+                        f"and the background painted as {background_value}, paint the "
+                        f"classes with small values (1..{MAX_CLASS_VALUES + 1})")
+    shifted = np.where(mask > background_value, mask - 1, mask)
+    return np.where(background | unknown, 0, shifted).astype(np.uint8), False, unknown
 
 
 def _classes(mask, foreground_value, instances):
@@ -84,15 +149,18 @@ def _share(percent: float) -> str:
     return f"{percent:.2g}%"
 
 
-def describe_classes(labels, foreground_value=None, invert=False) -> str:
-    """One line on what training will learn from `labels` under the rule (for the widget)."""
+def describe_classes(labels, foreground_value=None, invert=False, **rule) -> str:
+    """One line on what training will learn from `labels` under the rule (for the widget);
+    `rule`: unlabeled, background_value, ignore_value (mask_classes)."""
     try:
         classes, merged = mask_classes(labels, foreground_value, invert=invert,
-                                       instances="merge")
-    except DataError as exc:
+                                       instances="merge", **rule)
+    except (DataError, ConfigError) as exc:
         return f"cannot train on these labels: {exc}"
-    counts = np.bincount(classes.ravel(), minlength=2)
-    percent = [(k, 100 * n / max(classes.size, 1)) for k, n in enumerate(counts) if k and n]
+    counts = np.bincount(classes.ravel(), minlength=IGNORE_CLASS + 1)
+    annotated = classes.size - int(counts[IGNORE_CLASS])
+    counts = counts[:IGNORE_CLASS]
+    percent = [(k, 100 * n / max(annotated, 1)) for k, n in enumerate(counts) if k and n]
     if len(percent) == 1 and percent[0][0] == 1:
         shares = f"{_share(percent[0][1])} of the pixels"
     else:
@@ -103,7 +171,17 @@ def describe_classes(labels, foreground_value=None, invert=False) -> str:
         source = "every labelled object (instances merged)"
     else:
         values = distinct_values(np.asarray(labels))
-        shown = ", ".join(str(v) for v in values[values != 0][:8])
+        hidden = {0, rule.get("ignore_value")}
+        if rule.get("unlabeled") == "ignore":
+            hidden.add(rule.get("background_value", 1))
+        shown = ", ".join([str(v) for v in values if v not in hidden][:8])
         source = f"value(s) {shown}" if shown else "nothing"
     source = f"everything but {source}" if invert else source
-    return f"learns {source}: {shares or 'no object pixels'}"
+    line = f"learns {source}: {shares or 'no object pixels'}"
+    if annotated < classes.size:
+        line = line.replace(" of the pixels", " of the labelled pixels")
+        line += (f"; {_share(100 * annotated / max(classes.size, 1))} of the pixels labelled, "
+                 "the rest ignored")
+        if rule.get("unlabeled") == "ignore":
+            line += f" (background painted as {rule.get('background_value', 1)})"
+    return line

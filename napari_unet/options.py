@@ -14,7 +14,14 @@ import copy
 import typing
 from dataclasses import dataclass, field
 
-from .choices import AMP_MODES, DEVICES, NORMALIZATIONS, OPTIMIZERS, SCHEDULES
+from .choices import (
+    AMP_MODES,
+    DEVICES,
+    NORMALIZATIONS,
+    OPTIMIZERS,
+    SCHEDULES,
+    UNLABELED_CHOICES,
+)
 
 Optional = typing.Optional
 
@@ -118,6 +125,15 @@ TRAIN_OPTIONS: tuple[Option, ...] = (
     Option("foreground_value", Optional[int], None,
            "mask value of the object of interest (ISBI's membrane is 0)", flag=True,
            metavar="V"),
+    Option("unlabeled", str, "background",
+           "what mask pixels of 0 mean: background, or unknown (ignore: strokes or some painted "
+           "slices; paint the background with --background-value)",
+           choices=UNLABELED_CHOICES, flag=True),
+    Option("background_value", int, 1, "--unlabeled ignore: the mask value painted on the "
+           "background", flag=True, metavar="V"),
+    Option("ignore_value", Optional[int], None,
+           "mask value of pixels nobody labelled: left out of training and of the scores",
+           flag=True, metavar="V"),
     Option("foreground_oversample", float, 0.0),
     Option("fold", Optional[int], None, "the validation fold", flag=True, metavar="K"),
     Option("folds", int, 5, at_least=1, flag=True, metavar="N"),

@@ -65,10 +65,11 @@ def _samples(name, image, labels, spatial_dims):
 
 
 def write_training_pairs(data_dir, pairs, spatial_dims: int, foreground_value=None,
-                         invert: bool = False) -> dict:
+                         invert: bool = False, **rule) -> dict:
     """Write (name, image array, labels array) pairs as RUN/data/images + masks TIFs.
 
-    Masks are written as classes (:func:`mask_classes`, instances merged). 2D
+    Masks are written as classes (:func:`mask_classes`, instances merged; `rule`: its sparse
+    settings, unlabelled pixels written as IGNORE_CLASS). 2D
     (`spatial_dims` 2): a 2D image is one sample; a (Z, Y, X) stack gives one file per
     painted slice (unpainted slices are not training data). 3D: each volume is one sample.
     Existing files are never replaced: new names are chosen; a pair already saved with the
@@ -84,7 +85,7 @@ def write_training_pairs(data_dir, pairs, spatial_dims: int, foreground_value=No
         report["total"] += total
         for stem, image_part, labels_part in samples:
             classes, merged = mask_classes(np.asarray(labels_part), foreground_value,
-                                           invert=invert, instances="merge")
+                                           invert=invert, instances="merge", **rule)
             if merged and name not in report["merged"]:
                 report["merged"].append(name)
             image_part = np.asarray(image_part)

@@ -76,7 +76,7 @@ def test_dice_does_not_depend_on_the_batch_split(pred, target, split):
 
 def test_labels_outside_the_classes_or_mismatched_shapes_are_user_errors():
     with pytest.raises(DataError, match="foreground value"):
-        dice_per_class(PRED_2X2, TARGET_2X2 * 255, 2)
+        dice_per_class(PRED_2X2, TARGET_2X2 * 254, 2)
     with pytest.raises(DataError, match="shape"):
         dice_per_class(PRED_2X2, TARGET_2X2[:1], 2)
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-from gui_support import PLUGIN, gui
+from gui_support import PLUGIN, gui, small_cpu_options
 
 napari = pytest.importorskip("napari")
 
@@ -70,3 +70,42 @@ def test_invert_learns_isbi_membranes_as_the_cli_does(make_napari_viewer, tmp_pa
     for widget_image, cli_image in zip(from_widget.images, from_cli.images, strict=True):
         np.testing.assert_array_equal(widget_image, cli_image)
     train._end_ui()
+
+
+@gui
+def test_strokes_with_unknown_unpainted_pixels_train_through_the_cli(make_napari_viewer,
+                                                                   tmp_path, monkeypatch):
+    from napari_unet.cli import main
+
+    images, truth = isbi_slices(n=1, size=64)
+    strokes = np.zeros((64, 64), np.uint8)
+    strokes[5, :] = np.where(truth[0, 5] != 0, 1, 2)  # a line across: background 1, object 2
+    strokes[30, 10:40] = np.where(truth[0, 30, 10:40] != 0, 1, 2)
+    viewer = make_napari_viewer()
+    viewer.add_image(images[0], name="em")
+    viewer.add_labels(strokes, name="strokes")
+    _, train = viewer.window.add_plugin_dock_widget(PLUGIN, "Train")
+    assert "tick invert" not in train.learns.text()
+    assert not train.unpainted.background.isEnabled()
+    train.unpainted.meaning.setCurrentText(train.unpainted.UNKNOWN)
+    assert train.unpainted.background.isEnabled()
+    assert train.mask_rule() == {"foreground_value": None, "invert": False,
+                                 "unlabeled": "ignore", "background_value": 1}
+    labelled = 100 * np.count_nonzero(strokes) / strokes.size
+    assert f"{labelled:.2g}% of the pixels labelled, the rest ignored" in train.learns.text()
+
+    started = []
+    monkeypatch.setattr(train.runner, "start", lambda args, run_dir: started.append(args))
+    train.preset.setCurrentText("isbi2012")
+    small_cpu_options(train, tmp_path / "run", steps=4)
+    train.holdout.setChecked(False)
+    train.start_button.click()
+    [args] = started
+    train._end_ui()
+    data = Path(args[args.index("--data") + 1])
+    written = tifffile.imread(next((data / "masks").glob("*.tif")))
+    assert (written == 255).sum() == strokes.size - np.count_nonzero(strokes)
+    # the child's command line trains on the painted pixels only
+    assert main(["train", *args]) == 0
+    config = (tmp_path / "run" / runs.CONFIG).read_text()
+    assert "ignore_value: 255" in config

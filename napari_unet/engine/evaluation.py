@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..choices import IGNORE_CLASS
 from .checkpoint import Checkpoint
 from .data.dataset import Dataset, split_folds
 from .export.loader import load_checkpoint
@@ -39,11 +40,13 @@ def evaluate(checkpoint, dataset: Dataset, *, fold=None, tile_size=None, overlap
                                               backend=backend, batch_size=batch_size,
                                               threshold=threshold)
         accumulator.update(labels, mask)
-        scores = {"name": name, "foreground": bool(np.any(mask))}
+        scored, scored_labels, scored_probs = _labelled_pixels(mask, labels, probabilities,
+                                                               num_classes == 2)
+        scores = {"name": name, "foreground": bool(np.any(scored))}
         if num_classes == 2:
-            image_dice += per_image_dice(labels[None], np.asarray(mask)[None])
-            errors.append(pixel_error(labels, mask))
-            soft.append(_soft_dice(probabilities, mask))
+            image_dice += per_image_dice(scored_labels[None], scored[None])
+            errors.append(pixel_error(scored_labels, scored))
+            soft.append(_soft_dice(scored_probs, scored))
             scores["dice"] = image_dice[-1]
         if head.regions and per_image:
             scores.update(_region_scores(labels, mask, num_classes, head))
@@ -60,6 +63,15 @@ def evaluate(checkpoint, dataset: Dataset, *, fold=None, tile_size=None, overlap
     if per_image or keep_labels:
         metrics["images"] = images
     return metrics
+
+
+def _labelled_pixels(mask, labels, probabilities, binary):
+    """(mask, labels, probabilities) at the labelled pixels only (sparse masks: flattened)."""
+    mask = np.asarray(mask)
+    if not binary or int(mask.max(initial=0)) != IGNORE_CLASS:
+        return mask, np.asarray(labels), probabilities
+    keep = mask != IGNORE_CLASS
+    return mask[keep], np.asarray(labels)[keep], np.asarray(probabilities)[keep]
 
 
 def _region_scores(labels, mask, num_classes, head, accumulator=None) -> dict:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..choices import IGNORE_CLASS
 from ..errors import DataError
 
 __all__ = [
@@ -59,11 +60,12 @@ class DiceAccumulator:
         if pred.shape != true.shape:
             raise DataError(f"prediction {tuple(pred.shape)} and mask {tuple(true.shape)} "
                             "differ in shape; crop or pad the mask to the prediction")
+        pred, true = labelled_only(pred, true)
         k = self.num_classes
         if pred.numel() and (min(int(pred.min()), int(true.min())) < 0
                              or max(int(pred.max()), int(true.max())) >= k):
             raise DataError(f"labels must be class indices 0..{k - 1}; a mask with other values "
-                            "(e.g. 255) needs its foreground value set")
+                            "(e.g. 254) needs its foreground value set")
         counts = torch.bincount((true * k + pred).flatten(), minlength=k * k)
         self.confusion += counts.reshape(k, k).cpu()
 
@@ -102,6 +104,15 @@ class DiceAccumulator:
         return float(np.mean(scores if include_background else scores[1:]))
 
 
+def labelled_only(pred: torch.Tensor, true: torch.Tensor):
+    """The pixels of a mask that someone labelled (not IGNORE_CLASS), flattened, and the
+    prediction's there; the arrays as they are when every pixel is labelled."""
+    if true.numel() and int(true.max()) == IGNORE_CLASS:
+        keep = true != IGNORE_CLASS
+        return pred[keep], true[keep]
+    return pred, true
+
+
 def dice_per_class(pred, target, num_classes: int) -> list[float]:
     """Hard Dice of each class between two label arrays of the same shape."""
     accumulator = DiceAccumulator(num_classes)
@@ -119,7 +130,7 @@ def mean_dice(pred, target, num_classes: int, include_background: bool = True) -
 def region_dice(pred, target, regions) -> list[float]:
     """Dice of each region (BraTS: whole tumour, tumour core, enhancing tumour) between two
     label arrays in the data's label values; an empty region on an empty region scores 1.0."""
-    pred, target = _tensor(pred), _tensor(target)
+    pred, target = labelled_only(_tensor(pred), _tensor(target))
     largest = max([max(region) for region in regions]
                   + [int(t.max()) for t in (pred, target) if t.numel()])
     accumulator = DiceAccumulator(max(2, largest + 1))

@@ -212,3 +212,39 @@ class PlanView(QWidget):
     def _toggled(self, shown: bool) -> None:
         self.toggle.setArrowType(Qt.DownArrow if shown else Qt.RightArrow)
         self.text.setVisible(shown and self.event is not None)
+
+
+class Unpainted(QObject):
+    """What the pixels left at 0 mean (the CLI's ``--unlabeled``): background (the painted
+    layer is the whole truth) or unknown (strokes, some painted slices: training and scores
+    leave them out, and the background is painted with its own value)."""
+
+    BACKGROUND, UNKNOWN = "are background", "are unknown (paint a little)"
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.meaning = combo_box([self.BACKGROUND, self.UNKNOWN])
+        self.meaning.setToolTip("unknown: train on the painted pixels only; paint the "
+                                "background with the value below and the objects with others")
+        self.background = spin_box(1, 65535, 1)
+        self.background.setToolTip("the label value painted on the background "
+                                   "(--background-value)")
+        self.meaning.currentTextChanged.connect(self._sync)
+        self._sync()
+        self.rows = [("Unpainted pixels", self.meaning), ("Background value", self.background)]
+
+    def _sync(self, *_):
+        self.background.setEnabled(self.sparse())
+
+    def sparse(self) -> bool:
+        return self.meaning.currentText() == self.UNKNOWN
+
+    def rule(self) -> dict:
+        """The mask rule's settings (napari_unet.masks.mask_classes) for this choice."""
+        if not self.sparse():
+            return {}
+        return {"unlabeled": "ignore", "background_value": self.background.value()}
+
+    def connect(self, slot) -> None:
+        self.meaning.currentTextChanged.connect(slot)
+        self.background.valueChanged.connect(slot)

@@ -28,7 +28,13 @@ from qtpy.QtWidgets import (
 
 from napari_unet import engine, layouts, runs
 from napari_unet._napari import looks_like_brats
-from napari_unet.choices import AUTO_PRESET, PRESET_CHOICES, PRESETS, REGION_SETS
+from napari_unet.choices import (
+    AUTO_PRESET,
+    IGNORE_CLASS,
+    PRESET_CHOICES,
+    PRESETS,
+    REGION_SETS,
+)
 from napari_unet.errors import DataError
 from napari_unet.masks import describe_classes, mask_classes
 from napari_unet.options import SHOWN, option_args
@@ -53,6 +59,7 @@ from napari_unet.widgets import (
 from napari_unet.widgets.train_fields import (
     LENGTH_OPTIONS,
     TrainFor,
+    Unpainted,
     allow_planned,
     combo_box,
     field_value,
@@ -144,10 +151,13 @@ class TrainForm(LayerPickers, QWidget):
         show.clicked.connect(self.show_learned)
         self.object_value.valueChanged.connect(self.describe_labels)
         self.invert.toggled.connect(self.describe_labels)
+        self.unpainted = Unpainted(self)
+        self.unpainted.connect(self.describe_labels)
         row = QHBoxLayout()
         row.addWidget(self.invert, 1)
         row.addWidget(show)
-        return group_box("Object", [("Value", self.object_value), row, self.learns])
+        return group_box("Object", [("Value", self.object_value), row, *self.unpainted.rows,
+                                    self.learns])
 
     def _options_box(self):
         # a field per option row with a form (self.steps, self.lr, ...), each also an
@@ -191,10 +201,11 @@ class TrainForm(LayerPickers, QWidget):
 
     # -- what the labels mean ---------------------------------------------------------------------
     def mask_rule(self) -> dict:
-        """The foreground value and invert choice, as :func:`mask_classes` takes them."""
+        """The foreground value, invert and unpainted choices, as :func:`mask_classes` takes
+        them."""
         value = self.object_value.value()
         return {"foreground_value": None if value == NONZERO else value,
-                "invert": self.invert.isChecked()}
+                "invert": self.invert.isChecked(), **self.unpainted.rule()}
 
     def describe_labels(self, *_):
         """Say what training will learn from the chosen labels (before Start)."""
@@ -401,6 +412,8 @@ class TrainForm(LayerPickers, QWidget):
             every = max(1, self.steps.value() // 10)
             args += ["--val-every", str(every), "--checkpoint-every", str(every),
                      "--set", f"log_every={min(10, every)}"]
+        # the written masks mark unpainted pixels (unknown mode) with IGNORE_CLASS
+        args += ["--ignore-value", str(IGNORE_CLASS)]
         if self.base_channels.currentData() is not None:
             args += ["--base-channels", str(self.base_channels.currentData())]
         if self.gpus.value() > 1:

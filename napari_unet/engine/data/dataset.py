@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ...choices import IGNORE_CLASS
 from ...errors import ConfigError, DataError
 from ...io import image_files as _image_files
 from ...io import input_files, is_glob, read_image, read_spacing
@@ -62,8 +63,15 @@ class Dataset:
 
     @property
     def num_classes(self) -> int:
-        """Largest class index + 1, at least 2 (a binary problem with no foreground yet)."""
-        return max([2] + [int(mask.max()) + 1 for mask in self.masks])
+        """Largest class index + 1, at least 2 (a binary problem with no foreground yet);
+        unlabelled pixels (IGNORE_CLASS) are no class."""
+        return max([2] + [int(_labelled_max(mask)) + 1 for mask in self.masks])
+
+    @property
+    def sparse(self) -> bool:
+        """Whether some pixels are unlabelled (IGNORE_CLASS): training and scores then
+        leave them out."""
+        return any(int(np.asarray(mask).max(initial=0)) == IGNORE_CLASS for mask in self.masks)
 
     @property
     def in_channels(self) -> int:
@@ -89,7 +97,8 @@ def check_same_shape(image_shape, mask_shape, name) -> None:
 
 
 def load_dataset(
-    data_dir=None, *, images=None, masks=None, foreground_value=None, spatial_dims=None
+    data_dir=None, *, images=None, masks=None, foreground_value=None, spatial_dims=None,
+    **rule,
 ) -> Dataset:
     """Load a training set from a folder of a known layout, or from image and mask paths.
 
@@ -101,6 +110,9 @@ def load_dataset(
     `images` / `masks`: a file each or a folder each (paired by file name). A multi-page
     (Z, Y, X) stack is a stack of 2D samples unless `spatial_dims` is 3; with `spatial_dims`
     None, 4D (C, Z, Y, X) images are 3D volumes and everything else 2D.
+
+    `rule`: the mask rule's settings for sparse labels (unlabeled, background_value,
+    ignore_value: napari_unet.masks.mask_classes); unlabelled pixels become IGNORE_CLASS.
     """
     if spatial_dims not in (None, "auto", 2, 3):
         raise ConfigError(f"spatial_dims must be 2, 3, 'auto' or None, not {spatial_dims!r}")
@@ -116,7 +128,7 @@ def load_dataset(
         pairs = _pair_paths(Path(images), Path(masks))
     if spatial_dims == "auto":
         spatial_dims = data_dims(pairs)
-    return dataset_from_pairs(pairs, foreground_value, spatial_dims)
+    return dataset_from_pairs(pairs, foreground_value, spatial_dims, **rule)
 
 
 def data_dims(pairs) -> int:
@@ -136,15 +148,15 @@ def data_dims(pairs) -> int:
     return 2
 
 
-def dataset_from_pairs(pairs, foreground_value=None, spatial_dims=None) -> Dataset:
+def dataset_from_pairs(pairs, foreground_value=None, spatial_dims=None, **rule) -> Dataset:
     """A Dataset from [(image path, mask path or None)] (None: DAGM's image without a defect)."""
     samples, instances = [], False
     for image_path, mask_path in pairs:
-        loaded, merged = _load_pair(image_path, mask_path, foreground_value, spatial_dims)
+        loaded, merged = _load_pair(image_path, mask_path, foreground_value, spatial_dims, rule)
         samples += loaded
         instances |= merged
     if instances:  # instance maps: every object is foreground, in every mask of the set
-        samples = [(image, (mask > 0).astype(np.uint8), name) for image, mask, name in samples]
+        samples = [(image, _objects(mask), name) for image, mask, name in samples]
     if not samples:
         raise DataError("no samples found: check the image and mask paths")
     dims = {image.ndim - 1 for image, _, _ in samples}
@@ -218,7 +230,21 @@ def _pair_paths(images: Path, masks: Path):
     return [(images, masks)]
 
 
-def _load_pair(image_path: Path, mask_path, foreground_value, spatial_dims):
+def _objects(mask):
+    """Every labelled object as class 1; unlabelled pixels stay unlabelled."""
+    objects = (mask > 0).astype(np.uint8)
+    return np.where(mask == IGNORE_CLASS, np.uint8(IGNORE_CLASS), objects)
+
+
+def _labelled_max(mask) -> int:
+    mask = np.asarray(mask)
+    top = int(mask.max(initial=0))
+    if top != IGNORE_CLASS:
+        return top
+    return int(mask[mask != IGNORE_CLASS].max(initial=0))
+
+
+def _load_pair(image_path: Path, mask_path, foreground_value, spatial_dims, rule):
     """([(image (C, *spatial), mask (*spatial), name)], whether the mask file held instance
     ids) from one image file and its mask file."""
     image = read_image(image_path)
@@ -226,7 +252,8 @@ def _load_pair(image_path: Path, mask_path, foreground_value, spatial_dims):
         channel_first = as_channel_first(image, spatial_dims or 2)
         return [(channel_first, np.zeros(channel_first.shape[1:], np.uint8),
                  image_path.stem)], False
-    mask, merged = mask_classes(read_image(mask_path), foreground_value, instances="merge")
+    mask, merged = mask_classes(read_image(mask_path), foreground_value, instances="merge",
+                                **rule)
     name = image_path.stem.removesuffix("_image")
     return _split_samples(image, mask, spatial_dims, name), merged
 
@@ -266,10 +293,11 @@ def _stack(image, mask, name):
 
 
 # ------------------------------------------------------------------------- conventions
-def masks_to_classes(mask, foreground_value=None) -> np.ndarray:
-    """A mask file's values as class indices (uint8; 0 = background), by the rule that the
-    widgets use too (:func:`napari_unet.masks.mask_classes`; instance ids refused)."""
-    return mask_classes(mask, foreground_value)[0]
+def masks_to_classes(mask, foreground_value=None, **rule) -> np.ndarray:
+    """A mask file's values as class indices (uint8; 0 = background; IGNORE_CLASS:
+    unlabelled), by the rule that the widgets use too
+    (:func:`napari_unet.masks.mask_classes`; instance ids refused)."""
+    return mask_classes(mask, foreground_value, **rule)[0]
 
 
 def split_folds(n_samples: int, fold, folds: int = 5, seed: int = 0):

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import ndimage
 
+from ...choices import IGNORE_CLASS
 from ...errors import ConfigError
 from ...io import strided_sample
 from .dataset import Dataset
@@ -93,13 +94,16 @@ def _channel_statistics(images, channel: int) -> tuple:
 
 def _objects(masks) -> tuple[int, int, list]:
     """(foreground voxels, voxels, extent of each connected foreground object) of the masks,
-    each mask read whole once (masks are small next to the images: one byte a voxel)."""
+    each mask read whole once (masks are small next to the images: one byte a voxel). Sparse
+    masks count their labelled voxels only (the share of objects among what was labelled)."""
     foreground = total = 0
     extents = []
     for mask in masks:
-        inside = np.asarray(mask) > 0
+        mask = np.asarray(mask)
+        labelled = mask != IGNORE_CLASS
+        inside = (mask > 0) & labelled
         foreground += int(inside.sum())
-        total += inside.size
+        total += int(labelled.sum())
         labelled, _ = ndimage.label(inside)
         for box in ndimage.find_objects(labelled):
             extents.append([s.stop - s.start for s in box])

@@ -10,6 +10,7 @@ import itertools
 import numpy as np
 import torch
 
+from ...choices import IGNORE_CLASS
 from ...errors import ConfigError, DataError
 from ...io import sample_step, strided_sample
 from .dataset import check_same_shape
@@ -25,20 +26,24 @@ class PatchSampler:
     smaller than the window) both image and mask are mirrored: a mirrored image with a zero
     mask would teach the network that mirrored structures are background.
     With probability `foreground_oversample` the window is centred on a foreground voxel,
-    which matters when defects cover 2 % of an image.
+    which matters when defects cover 2 % of an image. Sparse masks (some pixels unlabelled,
+    IGNORE_CLASS; `sparse`): the other windows are centred on a labelled pixel, so that a
+    step learns from strokes rather than from windows with nothing labelled in them.
     """
 
     def __init__(self, images, masks, input_size, output_size, batch_size, norm_stats,
-                 seed=0, foreground_oversample=0.0, rank=0, world_size=1):
+                 seed=0, foreground_oversample=0.0, rank=0, world_size=1, sparse=False):
         self.images, self.masks = list(images), list(masks)
         self.input_size = tuple(int(s) for s in input_size)
         self.output_size = tuple(int(s) for s in output_size)
         self.batch_size, self.norm_stats, self.seed = int(batch_size), norm_stats, int(seed)
         self.foreground_oversample = float(foreground_oversample)
         self.rank, self.world_size = int(rank), int(world_size)
+        self.sparse = bool(sparse)
         self._check()
         self.margin = tuple((i - o) // 2 for i, o in zip(self.input_size, self.output_size))
-        self._foreground = {}  # sample index -> strided foreground coordinates, filled lazily
+        self._foreground = {}  # sample index -> foreground coordinates, filled lazily
+        self._labelled = {}  # sample index -> labelled coordinates of a sparse mask, or None
 
     def _check(self) -> None:
         dims = len(self.input_size)
@@ -97,14 +102,33 @@ class PatchSampler:
                 centre = coords[rng.integers(len(coords))]
                 start = np.clip(centre - np.asarray(self.output_size) // 2, lowest, highest)
                 return index, tuple(int(s) for s in start)
+        labelled = self._labelled_coords(index)
+        if labelled is not None and len(labelled):
+            centre = labelled[rng.integers(len(labelled))]
+            start = np.clip(centre - np.asarray(self.output_size) // 2, lowest, highest)
+            return index, tuple(int(s) for s in start)
         return index, tuple(int(rng.integers(lo, hi + 1)) for lo, hi in zip(lowest, highest))
 
     def _foreground_coords(self, index: int) -> np.ndarray:
         if index not in self._foreground:
             mask = self.masks[index]
-            step = sample_step(mask.shape)
-            self._foreground[index] = np.argwhere(strided_sample(mask) > 0) * step
+            if self._labelled_coords(index) is not None:  # strokes: a grid could miss them
+                self._foreground[index] = _coords_of(mask, (mask > 0) & (mask != IGNORE_CLASS))
+            else:
+                step = sample_step(mask.shape)
+                self._foreground[index] = np.argwhere(strided_sample(mask) > 0) * step
         return self._foreground[index]
+
+    def _labelled_coords(self, index: int):
+        """The labelled pixels of a sparse mask (at most MAX_COORDS of them, evenly spaced
+        in reading order), or None for a mask labelled everywhere."""
+        if not self.sparse:
+            return None
+        if index not in self._labelled:
+            mask = np.asarray(self.masks[index])
+            unknown = mask == IGNORE_CLASS
+            self._labelled[index] = _coords_of(mask, ~unknown) if unknown.any() else None
+        return self._labelled[index]
 
     def read_window(self, index: int, start, image_out=None, mask_out=None):
         """The image and mask windows at `start` in their stored dtypes, or written into
@@ -113,6 +137,18 @@ class PatchSampler:
         image = crop_mirrored(self.images[index], image_start, self.input_size, out=image_out)
         mask = crop_mirrored(self.masks[index], start, self.output_size, out=mask_out)
         return image, mask
+
+
+MAX_COORDS = 1_000_000
+
+
+def _coords_of(mask, chosen) -> np.ndarray:
+    """(N, dims) coordinates of the chosen pixels, at most MAX_COORDS, evenly spaced in
+    reading order (every stroke keeps its share)."""
+    flat = np.flatnonzero(chosen)
+    if flat.size > MAX_COORDS:
+        flat = flat[np.linspace(0, flat.size - 1, MAX_COORDS).astype(np.int64)]
+    return np.stack(np.unravel_index(flat, mask.shape), axis=1)
 
 
 def crop_mirrored(array, start, size, out=None) -> np.ndarray:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ...choices import IGNORE_CLASS
 from ..labels import labels_from_regions, region_targets
 
 
@@ -14,10 +15,14 @@ def downsample_labels(mask: np.ndarray, factor: int, regions=None) -> np.ndarray
     """A class-index mask at 1/factor of its size on every axis (edge-padded to a multiple of
     factor first). With regions each region is averaged over the factor^dims block and kept
     where it covers half of it, then written back innermost last, so that thin inner regions
-    survive; without, the most frequent class of each block wins (ties to the larger index)."""
+    survive; without, the most frequent class of each block wins (ties to the larger index).
+    Unlabelled pixels (IGNORE_CLASS) take no part: a block is unlabelled only when all of it
+    is (one painted slice of two keeps its block labelled)."""
     mask = np.asarray(mask)
     if factor == 1:
         return mask
+    if int(mask.max(initial=0)) == IGNORE_CLASS:
+        return _downsample_sparse(mask, factor, regions)
     dims = mask.ndim
     t = torch.from_numpy(_pad_to_multiple(mask, factor, dims).astype(np.int64))[None]
     if regions:
@@ -28,6 +33,24 @@ def downsample_labels(mask: np.ndarray, factor: int, regions=None) -> np.ndarray
     pooled = _avg_pool(onehot, factor, dims)[0]
     flipped = pooled.flip(0)  # argmax takes the first maximum: prefer the larger class
     return (classes - 1 - flipped.argmax(0)).numpy().astype(np.uint8)
+
+
+def _downsample_sparse(mask, factor, regions):
+    dims = mask.ndim
+    padded = _pad_to_multiple(mask, factor, dims)
+    valid = torch.from_numpy(padded != IGNORE_CLASS)[None, None].float()
+    t = torch.from_numpy(np.where(padded == IGNORE_CLASS, 0, padded).astype(np.int64))[None]
+    labelled = _avg_pool(valid, factor, dims)[0, 0]
+    share = labelled.clamp(min=1e-12)
+    if regions:
+        pooled = _avg_pool(region_targets(t, regions) * valid, factor, dims)[0] / share
+        out = labels_from_regions(pooled, regions, 0.5)
+    else:
+        classes = int(t.max()) + 1
+        onehot = torch.nn.functional.one_hot(t[0], classes).movedim(-1, 0)[None].float()
+        pooled = _avg_pool(onehot * valid, factor, dims)[0]
+        out = (classes - 1 - pooled.flip(0).argmax(0)).numpy().astype(np.uint8)
+    return np.where(labelled.numpy() > 0, out, IGNORE_CLASS).astype(np.uint8)
 
 
 def downsample_image(image: np.ndarray, factor: int) -> np.ndarray:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ...choices import IGNORE_CLASS
 from ...errors import OutOfMemory
 from ...runs import BEST, LAST, RunFolder
 from ..checkpoint import read_checkpoint, save_checkpoint
@@ -54,7 +55,7 @@ def train(config: TrainConfig, images=None, masks=None, *, run_dir, resume: bool
     run = _Run(config, images, masks, val_images, val_masks, run_dir, resume)
     run.build_training(resume, init_from)
     yield run.started()
-    if run.dataset.num_classes < 2 or not any(np.any(m) for m in run.train_set.masks):
+    if run.dataset.num_classes < 2 or not any(_has_objects(m) for m in run.train_set.masks):
         yield Message("warning", "every training mask is background only: the model will learn "
                                  "to predict nothing; paint some foreground")
     run.cancel.install()
@@ -73,6 +74,11 @@ def train(config: TrainConfig, images=None, masks=None, *, run_dir, resume: bool
         run.batches.close()
         run.cancel.restore()
     yield _finish(run)
+
+
+def _has_objects(mask) -> bool:
+    mask = np.asarray(mask)
+    return bool(np.any((mask > 0) & (mask != IGNORE_CLASS)))
 
 
 class _Run:
@@ -131,7 +137,8 @@ class _Run:
         self.net = self.dist.wrap(model, device)
         if config.compile:
             self.net = torch.compile(self.net)
-        self.loss_fn = build_loss(config.loss, self.head.outputs, self.head.regions)
+        self.loss_fn = build_loss(config.loss, self.head.outputs, self.head.regions,
+                                  masked=self.train_set.sparse)
         self.augment = make_augmenter(config)
         self._build_sampler()
         self.done = self.start_step  # completed optimizer steps
@@ -149,7 +156,8 @@ class _Run:
                                     self.output_size, config.batch_size, self.window_norm,
                                     seed=config.seed,
                                     foreground_oversample=config.foreground_oversample,
-                                    rank=dist.rank, world_size=dist.world_size)
+                                    rank=dist.rank, world_size=dist.world_size,
+                                    sparse=self.train_set.sparse)
 
     def started(self) -> Started:
         return Started(total_steps=self.config.steps, start_step=self.start_step,

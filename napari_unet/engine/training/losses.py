@@ -9,6 +9,11 @@ for both heads.
 The sums are computed in float32 even under ``torch.autocast``: over a 128^3 crop a bf16
 sum loses the small classes entirely (SPEC's pitfall "compute Dice sums in fp32").
 
+Sparse labels: a loss built with ``masked=True`` (the trainer does so when some mask pixels
+are unlabelled) leaves out the pixels whose target is IGNORE_CLASS: they count in neither the
+Dice sums nor the cross-entropy, whose mean is over the labelled pixels. Built without it, a
+loss is the dense one, operation for operation.
+
 Each loss module keeps ``last_terms``: the parts of the last value it returned, as
 detached 0-d tensors (reading them with ``float()`` is left to the trainer, so that a
 training step does not wait on the GPU just to log).
@@ -19,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...choices import REGION_LOSSES
+from ...choices import IGNORE_CLASS, REGION_LOSSES
 from ...errors import ConfigError
 from ..labels import region_targets
 
@@ -57,9 +62,15 @@ def _probabilities_and_onehot(logits: torch.Tensor, target: torch.Tensor):
     return probs, onehot
 
 
+def labelled(target: torch.Tensor):
+    """(target with unlabelled pixels set to class 0, bool mask of the labelled pixels)."""
+    valid = target != IGNORE_CLASS
+    return target.masked_fill(~valid, 0), valid
+
+
 def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, include_background: bool = True,
                    smooth: float = 1.0, squared: bool = False,
-                   batch_dice: bool = True) -> torch.Tensor:
+                   batch_dice: bool = True, valid: torch.Tensor | None = None) -> torch.Tensor:
     """``1 - mean soft Dice over classes``, a scalar float32 tensor.
 
     ``squared`` uses ``sum(p^2) + sum(t^2)`` in the denominator (the ISBI reference's
@@ -67,9 +78,12 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, include_backgroun
     dividing (NVIDIA's industrial code and nnU-Net do so; it keeps images without any
     foreground from dominating the loss); otherwise one Dice per image and class is
     averaged. ``smooth`` is added to numerator and denominator, so a class absent from both
-    prediction and target scores 1.
+    prediction and target scores 1. `valid` (B, *S): only those pixels count.
     """
     probs, onehot = _probabilities_and_onehot(logits, target)
+    if valid is not None:
+        weight = valid.unsqueeze(1).to(probs.dtype)
+        probs, onehot = probs * weight, onehot * weight
     if not include_background:
         probs, onehot = probs[:, 1:], onehot[:, 1:]
     spatial = tuple(range(2, probs.ndim))
@@ -83,10 +97,20 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, include_backgroun
     return 1.0 - dice.mean()
 
 
-def cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean pixel-wise cross-entropy in float32: binary (sigmoid) for K == 1, else softmax."""
+def cross_entropy(logits: torch.Tensor, target: torch.Tensor,
+                  valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean pixel-wise cross-entropy in float32: binary (sigmoid) for K == 1, else softmax;
+    with `valid` (B, *S) the mean over those pixels (0 when there are none)."""
     _check_shapes(logits, target)
     logits = logits.float()
+    if valid is not None:
+        if logits.shape[1] == 1:
+            each = F.binary_cross_entropy_with_logits(logits[:, 0], target.float(),
+                                                      reduction="none")
+        else:
+            each = F.cross_entropy(logits, target.long(), reduction="none")
+        weight = valid.to(each.dtype)
+        return (each * weight).sum() / weight.sum().clamp(min=1.0)
     if logits.shape[1] == 1:
         return F.binary_cross_entropy_with_logits(logits[:, 0], target.float())
     return F.cross_entropy(logits, target.long())
@@ -100,14 +124,18 @@ class DiceLoss(nn.Module):
     """Soft Dice loss as a module; see :func:`soft_dice_loss` for the options."""
 
     def __init__(self, include_background: bool = True, smooth: float = 1.0,
-                 squared: bool = False, batch_dice: bool = True):
+                 squared: bool = False, batch_dice: bool = True, masked: bool = False):
         super().__init__()
         self.options = dict(include_background=include_background, smooth=smooth,
                             squared=squared, batch_dice=batch_dice)
+        self.masked = masked
         self.last_terms: dict[str, torch.Tensor] = {}
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        dice_loss = soft_dice_loss(logits, target, **self.options)
+    def forward(self, logits: torch.Tensor, target: torch.Tensor,
+                valid: torch.Tensor | None = None) -> torch.Tensor:
+        if self.masked and valid is None:
+            target, valid = labelled(target)
+        dice_loss = soft_dice_loss(logits, target, valid=valid, **self.options)
         self.last_terms = _detached(dice_loss=dice_loss)
         return dice_loss
 
@@ -115,12 +143,16 @@ class DiceLoss(nn.Module):
 class CrossEntropyLoss(nn.Module):
     """Cross-entropy as a module; see :func:`cross_entropy`."""
 
-    def __init__(self):
+    def __init__(self, masked: bool = False):
         super().__init__()
+        self.masked = masked
         self.last_terms: dict[str, torch.Tensor] = {}
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        ce = cross_entropy(logits, target)
+        valid = None
+        if self.masked:
+            target, valid = labelled(target)
+        ce = cross_entropy(logits, target, valid)
         self.last_terms = _detached(ce=ce)
         return ce
 
@@ -135,14 +167,18 @@ class DiceCELoss(nn.Module):
     """
 
     def __init__(self, include_background: bool = True, smooth: float = 1.0,
-                 squared: bool = False, batch_dice: bool = True):
+                 squared: bool = False, batch_dice: bool = True, masked: bool = False):
         super().__init__()
         self.dice = DiceLoss(include_background, smooth, squared, batch_dice)
+        self.masked = masked
         self.last_terms: dict[str, torch.Tensor] = {}
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        dice_loss = self.dice(logits, target)
-        ce = cross_entropy(logits, target)
+        valid = None
+        if self.masked:
+            target, valid = labelled(target)
+        dice_loss = self.dice(logits, target, valid)
+        ce = cross_entropy(logits, target, valid)
         self.last_terms = _detached(dice_loss=dice_loss, ce=ce)
         return dice_loss + ce
 
@@ -171,16 +207,21 @@ class AdaptiveLoss(nn.Module):
     break ``torch.compile``'s graph; gradients flow only through the chosen term.
     """
 
-    def __init__(self, threshold: float = 0.3, smooth: float = 1.0):
+    def __init__(self, threshold: float = 0.3, smooth: float = 1.0, masked: bool = False):
         super().__init__()
         self.threshold = threshold
         self.smooth = smooth
+        self.masked = masked
         self.last_terms: dict[str, torch.Tensor] = {}
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        valid = None
+        if self.masked:
+            target, valid = labelled(target)
         dice_loss = soft_dice_loss(logits, target, include_background=False,
-                                   smooth=self.smooth, squared=False, batch_dice=True)
-        ce = cross_entropy(logits, target)
+                                   smooth=self.smooth, squared=False, batch_dice=True,
+                                   valid=valid)
+        ce = cross_entropy(logits, target, valid)
         use_dice = dice_loss.detach() < self.threshold
         self.last_terms = _detached(dice_loss=dice_loss, ce=ce, uses_dice=use_dice.float())
         return torch.where(use_dice, dice_loss, ce)
@@ -191,10 +232,11 @@ class RegionLoss(nn.Module):
     outputs, each against its region's mask (engine.labels), the Dice summed over the batch.
     ``logits (B, R, *S)``, ``target (B, *S)`` class indices (the file's label values)."""
 
-    def __init__(self, regions, smooth: float = 1.0):
+    def __init__(self, regions, smooth: float = 1.0, masked: bool = False):
         super().__init__()
         self.regions = [list(region) for region in regions]
         self.smooth = smooth
+        self.masked = masked
         self.last_terms: dict[str, torch.Tensor] = {}
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -202,9 +244,17 @@ class RegionLoss(nn.Module):
             raise ValueError(f"{logits.shape[1]} outputs for {len(self.regions)} regions")
         _check_shapes(logits, target)
         logits = logits.float()
-        targets = region_targets(target, self.regions)
-        ce = F.binary_cross_entropy_with_logits(logits, targets)
-        probs = torch.sigmoid(logits)
+        if self.masked:
+            target, valid = labelled(target)
+            targets = region_targets(target, self.regions)
+            weight = valid.unsqueeze(1).to(logits.dtype).expand_as(logits)
+            each = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+            ce = (each * weight).sum() / weight.sum().clamp(min=1.0)
+            probs, targets = torch.sigmoid(logits) * weight, targets * weight
+        else:
+            targets = region_targets(target, self.regions)
+            ce = F.binary_cross_entropy_with_logits(logits, targets)
+            probs = torch.sigmoid(logits)
         dims = (0, *range(2, probs.ndim))
         intersection = (probs * targets).sum(dims)
         denominator = probs.sum(dims) + targets.sum(dims)
@@ -217,11 +267,12 @@ class RegionLoss(nn.Module):
 # name -> factory; the presets in config.py refer to these names.
 _LOSSES = {
     "adaptive": AdaptiveLoss,
-    "dice_ce": lambda: DiceCELoss(include_background=True),
-    "dice_ce_foreground": lambda: DiceCELoss(include_background=False),
+    "dice_ce": lambda masked=False: DiceCELoss(include_background=True, masked=masked),
+    "dice_ce_foreground": lambda masked=False: DiceCELoss(include_background=False,
+                                                          masked=masked),
     "ce": CrossEntropyLoss,
     # A Dice-only loss is chosen for a small foreground; a background term would dilute it.
-    "dice": lambda: DiceLoss(include_background=False),
+    "dice": lambda masked=False: DiceLoss(include_background=False, masked=masked),
 }
 
 
@@ -229,18 +280,19 @@ def available_losses() -> list[str]:
     return list(_LOSSES)
 
 
-def build_loss(name: str, num_classes: int, regions=None) -> nn.Module:
+def build_loss(name: str, num_classes: int, regions=None, masked: bool = False) -> nn.Module:
     """The loss called ``name`` for a network with ``num_classes`` output channels; with
     ``regions`` the region loss (Dice + cross-entropy, the only one region training has). The
-    trainer passes its label head's ``outputs`` and ``regions``."""
+    trainer passes its label head's ``outputs`` and ``regions``, and ``masked`` when some
+    training pixels are unlabelled (IGNORE_CLASS)."""
     if regions:
         if name not in REGION_LOSSES:
             raise ConfigError(f"region training uses Dice + cross-entropy per region, not "
                               f"{name!r}: use --loss dice_ce")
-        return RegionLoss(regions)
+        return RegionLoss(regions, masked=masked)
     if name not in _LOSSES:
         raise ConfigError(f"unknown loss {name!r}; choose one of: {', '.join(_LOSSES)}")
     if num_classes < 1:
         raise ConfigError(
             f"num_classes must be >= 1 (1 = binary with a sigmoid), got {num_classes}")
-    return _LOSSES[name]()
+    return _LOSSES[name](masked=masked)

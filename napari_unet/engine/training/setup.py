@@ -10,6 +10,7 @@ import torch
 
 from ...errors import ConfigError, DataError, NapariUnetError
 from ...layouts import interpret
+from ...masks import rule_of
 from ...models import build_model
 from ..config import TrainConfig
 from ..data.dataset import Dataset, masks_to_classes
@@ -39,7 +40,7 @@ def as_dataset(images, masks, config: TrainConfig) -> Dataset:
     for i, (image, mask) in enumerate(zip(images, masks)):
         image = as_channel_first(np.asarray(image) if not hasattr(image, "shape") else image,
                                  config.spatial_dims)
-        mask = masks_to_classes(np.asarray(mask), config.foreground_value)
+        mask = masks_to_classes(np.asarray(mask), **rule_of(config))
         if tuple(image.shape[1:]) != tuple(mask.shape):
             raise DataError(f"image {i} has shape {tuple(image.shape[1:])} but its mask "
                             f"{tuple(mask.shape)}: image and mask must cover the same pixels")
