@@ -45,6 +45,7 @@ from napari_unet.engine import (  # noqa: E402
     plan_for_data,
     plan_lines,
     preset_config,
+    time_limit,
     train,
 )
 
@@ -104,17 +105,19 @@ def otsu_dice(train_set, test_set) -> float:
 def run_recipe(config, train_set, test_set, folder: Path, fit: bool, started: float):
     """Train `config` (its steps fitted to its minutes where `fit`), score on `test_set`:
     (dice, minutes, steps)."""
+    deadline = None
     if fit:
         config, _ = fit_to_minutes(config, train_set, started)
-    events = train(config, train_set, run_dir=folder)
-    for _ in events:
-        pass
+        deadline = time_limit(config, started)
+    done = config.steps
+    for event in train(config, train_set, run_dir=folder, deadline=deadline):
+        done = getattr(event, "step", done) if type(event).__name__ == "Finished" else done
     minutes = (time.monotonic() - started) / 60
     checkpoint = load_checkpoint(folder)
     metrics = evaluate(checkpoint, test_set, amp=config.amp, device="cpu", per_image=True,
                        keep_labels=True)
     labels = [image["labels"] for image in metrics["images"]]
-    return foreground_dice(labels, test_set.masks), minutes, config.steps
+    return foreground_dice(labels, test_set.masks), minutes, done
 
 
 TINY = dict(steps=2, patch_size=None, batch_size=2, amp="off", device="cpu",

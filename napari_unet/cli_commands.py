@@ -33,8 +33,10 @@ def cmd_train(args) -> int:
     _make_run_dir(run_dir)
     if args.sample and is_main_process():
         _save_sample(dataset, run_dir, args.resume)
+    timed = config.minutes is not None and args.steps is None and not args.resume
     events = engine.train(config, dataset, run_dir=run_dir, resume=args.resume,
-                          init_from=args.init_from)
+                          init_from=args.init_from,
+                          deadline=engine.time_limit(config, started) if timed else None)
     finished = drive(events, printer(args.events))
     if finished is None or not is_main_process():
         return 0

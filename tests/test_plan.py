@@ -160,6 +160,30 @@ def test_a_timed_run_measures_its_steps_and_trains_exactly_them(tmp_path):
     assert isinstance(events[-1], Finished) and events[-1].step == fitted.steps
 
 
+def test_a_timed_run_past_its_time_ends_there_with_a_checkpoint(tmp_path):
+    import time
+
+    from napari_unet.engine import Message, load_checkpoint, time_limit
+
+    dataset = _tiny_dataset()
+    config = plan_run(fingerprint(dataset)).config(
+        minutes=1.0, steps=40, amp="off", device="cpu", batch_size=2, patch_size=[32, 32],
+        model_options={"padding": "same", "base_channels": 4, "depth": 3, "norm": "batch",
+                       "dropout": 0.0})
+    started = time.monotonic()
+    assert time_limit(config, started) == pytest.approx(started + 60 * 0.975)
+    assert time_limit(config.replace(minutes=None), started) is None
+    # a machine far slower than timed: the minutes were up before the first step ended
+    events = list(train(config, dataset, run_dir=tmp_path / "run", deadline=started))
+    [note] = [e for e in events if isinstance(e, Message)]
+    assert "the time is up: training ends at step 1 of 40" in note.text
+    assert isinstance(events[-1], Finished) and events[-1].step == 1
+    assert load_checkpoint(tmp_path / "run").step == 1
+    on_time = list(train(config.replace(steps=3), dataset, run_dir=tmp_path / "r2",
+                         deadline=time.monotonic() + 3600))
+    assert on_time[-1].step == 3 and not any(isinstance(e, Message) for e in on_time)
+
+
 def test_the_cli_plans_by_default_and_prints_why(tmp_path):
     done = cli("train", "--sample", "dagm", "--steps", "2", "--patch-size", "64",
                "--base-channels", "8", "--amp", "off", "--device", "cpu", "--out",

@@ -25,6 +25,7 @@ _EXPORTS = {
     "DEFAULT_MINUTES": "plan", "Plan": "plan", "plan_for_data": "plan",
     "plan_lines": "plan",
     "fit_to_minutes": "training.calibration",
+    "time_limit": "training.calibration",
     "predict_files": "prediction.files",
     "PredictionDone": "prediction.predict", "predict": "prediction.predict",
     "predict_array": "prediction.predict", "predict_file": "prediction.predict",

@@ -68,6 +68,15 @@ def fit_to_minutes(config: TrainConfig, dataset, started: float | None = None,
                           warmup_steps=warmup), per_step
 
 
+def time_limit(config: TrainConfig, started: float) -> float | None:
+    """When a run fitted to ``config.minutes`` from `started` must stop (time.monotonic()),
+    whatever its steps: the trainer's guard for a machine that slows down after the timing.
+    Half the reserve is left for the last checkpoint. None without minutes."""
+    if config.minutes is None:
+        return None
+    return started + config.minutes * 60.0 * (1 - RESERVE_SHARE / 2)
+
+
 def _validation_seconds(config: TrainConfig, dataset, per_step: float) -> float:
     """What one validation costs: the validation fold's pixels (tiles overlap by about half)
     through forward passes, each pixel FORWARD_SHARE of a training step's per-pixel cost."""

@@ -15,6 +15,8 @@ before any checkpoint of a step after it is written.
 """
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 
@@ -50,9 +52,12 @@ from .validation import validate
 
 # -- the loop ------------------------------------------------------------------------------------
 def train(config: TrainConfig, images=None, masks=None, *, run_dir, resume: bool = False,
-          init_from=None, val_images=None, val_masks=None):
-    """Train a model; a generator of events. See the module docstring."""
+          init_from=None, val_images=None, val_masks=None, deadline: float | None = None):
+    """Train a model; a generator of events. See the module docstring. `deadline`
+    (time.monotonic(); one process only): a run still going then ends there, as if its
+    steps were done, with a message (``--minutes`` on a machine that slowed down)."""
     run = _Run(config, images, masks, val_images, val_masks, run_dir, resume)
+    run.deadline = None if run.dist.enabled else deadline
     run.build_training(resume, init_from)
     yield run.started()
     if run.dataset.num_classes < 2 or not any(_has_objects(m) for m in run.train_set.masks):
@@ -230,6 +235,13 @@ def _train_steps(run):
             path = run.save(LAST, done)
             if path:
                 yield CheckpointSaved(str(path), done)
+        if run.deadline is not None and done < config.steps \
+                and time.monotonic() > run.deadline:
+            if losses.pending and losses.read(dist, run.cancel.requested):
+                raise KeyboardInterrupt
+            yield Message("warning", f"the time is up: training ends at step {done} of "
+                                     f"{config.steps} (the machine ran slower than timed)")
+            return
 
 
 def _validate_and_save(run):
