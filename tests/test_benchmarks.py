@@ -11,10 +11,14 @@ import re
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+from napari_unet.choices import IGNORE_CLASS
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
 
 
 def run_script(relative: str, argv: list[str], capsys) -> str:
@@ -113,3 +117,33 @@ def test_any_data_plans_trains_and_scores_a_2d_and_a_3d_set(capsys):
         fields = dict(pair.split("=") for pair in row.split()[1:])
         assert 0.0 <= float(fields["dice"]) <= 1.0 and 0.0 <= float(fields["otsu"]) <= 1.0
         assert int(fields["steps"]) == 2
+
+
+def test_sparse_simulates_strokes_and_slices_and_trains_on_them(capsys):
+    out = run_script("benchmarks/sparse.py", ["--tiny", "--dataset", "dsb2018", "ovules3d",
+                                              "--fraction", "0.05", "--data-root", str(DATA)],
+                     capsys)
+    rows = [dict(pair.split("=") for pair in line.split()[1:])
+            for line in out.splitlines() if line.startswith("sparse:")]
+    assert {row["dataset"] for row in rows} == {"dsb2018", "ovules3d"}, out
+    for row in rows:
+        assert 0 < float(row["annotated_pixels"]) <= 0.07  # ovules: 1 slice in 20 of a crop
+        assert 0.0 <= float(row["dice"]) <= 1.0 and int(row["steps"]) == 2
+
+
+def test_simulated_strokes_follow_the_mask_and_cover_the_fraction():
+    spec = importlib.util.spec_from_file_location("_bench_strokes", ROOT / "benchmarks/sparse.py")
+    sparse = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sparse)
+    mask = np.zeros((128, 128), np.uint8)
+    for y in range(8, 128, 32):
+        for x in range(8, 128, 32):
+            mask[y:y + 16, x:x + 16] = 1
+    drawn = sparse.strokes(mask, 0.05, np.random.default_rng(0))
+    labelled = drawn != IGNORE_CLASS
+    assert abs(labelled.mean() - 0.05) < 0.01
+    assert np.array_equal(drawn[labelled], mask[labelled])  # strokes never cross a boundary
+    assert (drawn == 1).any() and (drawn == 0).any()
+    volume = np.arange(20)[:, None, None] * np.ones((1, 4, 4), np.uint8)
+    slices = sparse.some_slices(volume, 0.2)
+    assert [z for z in range(20) if (slices[z] != IGNORE_CLASS).all()] == [0, 5, 10, 15]
