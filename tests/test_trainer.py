@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from napari_unet.choices import IGNORE_CLASS
 from napari_unet.engine import (
     CheckpointSaved,
     Finished,
@@ -19,6 +20,7 @@ from napari_unet.engine import (
     sample_dataset,
     train,
 )
+from napari_unet.engine.data.dataset import Dataset
 from napari_unet.errors import ConfigError, DataError, TrainingDiverged
 
 
@@ -143,13 +145,28 @@ RESUME_VARIANTS = {
         preset="isbi2012", model_options={"base_channels": 4, "depth": 3, "padding": "same",
                                           "norm": "batch", "dropout": 0.0},
         loss="dice_ce", lr_schedule="cosine", ema=0.8, val_every=3, val_tile_size=[64, 64]),
+    "sparse labels (strokes), validated": dict(sparse=True, loss="dice_ce", val_every=3,
+                                               lr_schedule="cosine", val_tile_size=[64, 64]),
 }
+
+
+def _strokes_only(dataset):
+    """The data set with every pixel off a few lines unlabelled (IGNORE_CLASS)."""
+    masks = []
+    for mask in dataset.masks:
+        sparse = np.full_like(mask, IGNORE_CLASS)
+        sparse[::7] = mask[::7]
+        sparse[:, 20:24] = mask[:, 20:24]
+        masks.append(sparse)
+    return Dataset(list(dataset.images), masks, list(dataset.names), dataset.spatial_dims)
 
 
 @pytest.mark.parametrize("variant", list(RESUME_VARIANTS))
 def test_resume_is_bit_identical_to_an_uninterrupted_run(dagm, tmp_path, monkeypatch, variant):
     options = dict(RESUME_VARIANTS[variant])
     preset = options.pop("preset", "industrial")
+    if options.pop("sparse", False):
+        dagm = _strokes_only(dagm)
     values = dict(steps=12, batch_size=2, patch_size=[32, 32], lr=2e-3, amp="off",
                   model_options={"base_channels": 4}, val_every=1000, checkpoint_every=1000,
                   log_every=1, fold=0, folds=4, lr_decay_steps=1000)
