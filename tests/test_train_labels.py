@@ -89,6 +89,9 @@ def test_strokes_with_unknown_unpainted_pixels_train_through_the_cli(make_napari
     assert not train.unpainted.background.isEnabled()
     train.unpainted.meaning.setCurrentText(train.unpainted.UNKNOWN)
     assert train.unpainted.background.isEnabled()
+    # a first model from strokes: the untouched 10 minutes become 1
+    assert train.minutes.value() == 1 and train.train_for.by_minutes.isChecked()
+    assert train.train_for.estimate.text().startswith("about 1 minute (")
     assert train.mask_rule() == {"foreground_value": None, "invert": False,
                                  "unlabeled": "ignore", "background_value": 1}
     labelled = 100 * np.count_nonzero(strokes) / strokes.size

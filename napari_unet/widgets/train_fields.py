@@ -34,10 +34,12 @@ from qtpy.QtWidgets import (
 
 from napari_unet.choices import AUTO_PRESET
 from napari_unet.cli_progress import planned_text
+from napari_unet.options import OPTIONS
 
 PLANNED = "planned"  # a number field left to the plan
 PRESET_DEFAULT = "preset default"  # ... or to a named preset
 LENGTH_OPTIONS = ("minutes", "steps")  # the run's length: the "Train for" row, never planned
+FIRST_MODEL_MINUTES = 1  # from strokes to a first whole-image prediction
 
 
 def left_text(preset: str) -> str:
@@ -161,7 +163,9 @@ class TrainFor(QObject):
     def describe(self, *_):
         """Say before Start how long the run will take."""
         if self.by_minutes.isChecked():
-            text = f"about {self.minutes.value():g} minutes (the steps timed at the start)"
+            minutes = self.minutes.value()
+            text = (f"about {minutes:g} minute{'' if minutes == 1 else 's'} "
+                    "(the steps timed at the start)")
         elif self.seconds_per_step:
             seconds = self.steps.value() * self.seconds_per_step
             text = f"about {minutes_text(seconds)} at the last run's speed"
@@ -248,3 +252,13 @@ class Unpainted(QObject):
     def connect(self, slot) -> None:
         self.meaning.currentTextChanged.connect(slot)
         self.background.valueChanged.connect(slot)
+
+    def offer_a_first_model(self, train_for) -> None:
+        """Choosing unknown with the minutes untouched shortens them to FIRST_MODEL_MINUTES:
+        a few strokes, a whole-image prediction a minute later, correct, train again."""
+        def shorten(*_):
+            minutes = train_for.minutes
+            if self.sparse() and train_for.by_minutes.isChecked() \
+                    and minutes.value() == OPTIONS["minutes"].form.value:
+                minutes.setValue(FIRST_MODEL_MINUTES)
+        self.meaning.currentTextChanged.connect(shorten)

@@ -172,6 +172,7 @@ class TrainForm(LayerPickers, QWidget):
         for field in self.planned_fields.values():
             allow_planned(field)
         self.train_for = TrainFor(self.minutes, self.steps, self)
+        self.unpainted.offer_a_first_model(self.train_for)
         self.base_channels = QComboBox()
         for text, value in MODEL_SIZES:
             self.base_channels.addItem(text, value)
