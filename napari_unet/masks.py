@@ -36,7 +36,8 @@ def mask_classes(mask, foreground_value=None, *, invert: bool = False,
       with ``instances="merge"`` (napari's painted labels, and files: ``load_dataset`` then
       makes every mask of the set binary) every object is class 1; with "refuse" values over
       255 are an error and up to 255 stay class indices.
-    - other small integer sets are class indices as they are (0/1, BraTS 0..4).
+    - other small integer sets are class indices as they are (0/1, BraTS 0..4); 255 among
+      them is unlabelled (IGNORE_CLASS, Pascal VOC's void border), which the widget says.
     - float masks: integral values are class indices, other values probabilities cut at 0.5.
     - `invert` swaps object and background of a binary result (ISBI's 0-valued membranes).
     """
@@ -172,6 +173,8 @@ def describe_classes(labels, foreground_value=None, invert=False, **rule) -> str
     else:
         values = distinct_values(np.asarray(labels))
         hidden = {0, rule.get("ignore_value")}
+        if annotated < classes.size:  # 255 beside other classes: the unlabelled pixels
+            hidden.add(IGNORE_CLASS)
         if rule.get("unlabeled") == "ignore":
             hidden.add(rule.get("background_value", 1))
         shown = ", ".join([str(v) for v in values if v not in hidden][:8])

@@ -162,7 +162,9 @@ def test_describe_classes_says_what_will_be_learned():
         == "learns everything but value(s) 255: 80% of the pixels"
     assert describe_classes(labels, foreground_value=7) == "learns value 7: no object pixels"
     labels[5:] = 2
-    assert describe_classes(labels) == "learns value(s) 2, 255: class 2 50%, class 255 20%"
+    # beside other classes 255 is the unlabelled value (Pascal VOC's void), said so in words
+    assert describe_classes(labels) \
+        == "learns value(s) 2: class 2 62%; 80% of the pixels labelled, the rest ignored"
     assert "instances merged" in describe_classes(np.arange(100).reshape(10, 10))
     tumour = np.zeros((100, 100), np.uint8)  # BraTS: classes of well under 1 % of a volume
     tumour[0, :43], tumour[1, :5] = 2, 4

@@ -89,7 +89,7 @@ def test_masked_cross_entropy_is_the_mean_over_labelled_pixels():
 
 
 def test_masked_dice_counts_labelled_pixels_only():
-    logits = torch.tensor([[[[0.0, 0.0, 5.0, -5.0]], [[0.0, 0.0, -5.0, 5.0]]]])
+    logits = torch.tensor([[[[0.0, 0.0, 2.0, -5.0]], [[0.0, 0.0, -1.0, 5.0]]]])  # not symmetric
     target = torch.tensor([[[U, U, 0, 1]]])
     probs = torch.softmax(logits, 1)
     p1, p0 = probs[0, 1, 0, 3], probs[0, 0, 0, 2]  # the labelled pixels' right answers
@@ -97,8 +97,9 @@ def test_masked_dice_counts_labelled_pixels_only():
     dice0 = (2 * p0 + 1) / (p0 + probs[0, 0, 0, 3] + 1 + 1)
     by_hand = 1 - (dice0 + dice1) / 2
     valid = target != U
-    assert build_loss("dice", 2, masked=True)(logits, target).item() != \
-        pytest.approx(by_hand.item(), rel=1e-6)  # "dice" leaves the background out
+    # "dice" leaves the background out: the foreground's Dice on the labelled pixels alone
+    assert build_loss("dice", 2, masked=True)(logits, target).item() == \
+        pytest.approx(1 - dice1.item(), rel=1e-6)
     assert soft_dice_loss(logits, target.masked_fill(~valid, 0), valid=valid).item() \
         == pytest.approx(by_hand.item(), rel=1e-6)
 
@@ -253,6 +254,8 @@ def test_a_volume_with_some_painted_slices_trains_a_3d_model(tmp_path):
     events = list(train(config, [volume, volume], [painted, painted], run_dir=tmp_path / "r"))
     losses = [e.loss for e in events if type(e).__name__ == "Progress"]
     assert len(losses) == 4 and all(np.isfinite(losses))
+    said = [e.text for e in events if type(e).__name__ == "Message" and e.level == "info"]
+    assert any(text.startswith("25% of the training pixels are labelled") for text in said)
 
 
 def test_the_cli_trains_and_evaluates_strokes_and_refuses_a_background_of_0(tmp_path, capsys):

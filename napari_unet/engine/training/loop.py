@@ -63,6 +63,9 @@ def train(config: TrainConfig, images=None, masks=None, *, run_dir, resume: bool
     if run.dataset.num_classes < 2 or not any(_has_objects(m) for m in run.train_set.masks):
         yield Message("warning", "every training mask is background only: the model will learn "
                                  "to predict nothing; paint some foreground")
+    if run.train_set.sparse:
+        yield Message("info", f"{_labelled_share(run.train_set.masks)} of the training pixels are "
+                              "labelled: the loss and the windows use those, the rest is ignored")
     run.cancel.install()
     run.batches = DeviceBatches(run.sampler, range(run.start_step, run.config.steps), run.device)
     try:
@@ -84,6 +87,14 @@ def train(config: TrainConfig, images=None, masks=None, *, run_dir, resume: bool
 def _has_objects(mask) -> bool:
     mask = np.asarray(mask)
     return bool(np.any((mask > 0) & (mask != IGNORE_CLASS)))
+
+
+def _labelled_share(masks) -> str:
+    """The share of labelled (not IGNORE_CLASS) pixels of the masks, in words."""
+    total = sum(int(np.asarray(m).size) for m in masks)
+    unknown = sum(int(np.count_nonzero(np.asarray(m) == IGNORE_CLASS)) for m in masks)
+    share = 100 * (total - unknown) / max(total, 1)
+    return f"{share:.0f}%" if share >= 9.5 else f"{share:.2g}%"
 
 
 class _Run:
