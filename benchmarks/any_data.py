@@ -48,6 +48,7 @@ from napari_unet.engine import (  # noqa: E402
     time_limit,
     train,
 )
+from napari_unet.errors import TrainingDiverged  # noqa: E402
 
 DATA_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
 # each set as a user gives it: its folder (a known layout: ISBI's two stacks, DAGM's Label/,
@@ -167,11 +168,18 @@ def bench_set(name: str, args) -> list[str]:
             config = config.replace(minutes=None, **options)
         if recipe == "auto":
             print("\n".join(f"  {line}" for line in plan_lines(config)), flush=True)
+        started = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="any-data-") as folder:
-            dice, minutes, steps = run_recipe(config, train_set, test_set, Path(folder) / "run",
-                                              fit=not args.tiny, started=time.monotonic())
+            try:
+                dice, minutes, steps = run_recipe(config, train_set, test_set,
+                                                  Path(folder) / "run", fit=not args.tiny,
+                                                  started=started)
+                ended = f"steps={steps}"
+            except TrainingDiverged as exc:  # a row of its own: a diverging plan is a finding
+                dice, minutes = float("nan"), (time.monotonic() - started) / 60
+                ended = f"diverged ({exc})".split(":")[0] + ")"
         row = (f"any_data: name={name} recipe={recipe} dice={dice:.3f} otsu={otsu:.3f} "
-               f"minutes={minutes:.1f} steps={steps}")
+               f"minutes={minutes:.1f} {ended}")
         print(row, flush=True)
         rows.append(row)
     return rows
