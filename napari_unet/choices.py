@@ -59,6 +59,15 @@ MAX_CLASS_VALUES = 16
 IGNORE_CLASS = 255
 # What pixels a user left at 0 mean: background (dense masks) or unknown (strokes, some slices).
 UNLABELED_CHOICES = ("background", "ignore")
+# What instance masks (one value per object) train: every object as the foreground (merge), or
+# background / interior / boundary, from which a seeded watershed makes objects (boundary).
+INSTANCE_CHOICES = ("merge", "boundary")
+# The boundary target's classes, in the order of the network's outputs.
+OBJECT_CLASSES = ("background", "interior", "boundary")
+# Objects from a prediction (predict --instances): auto = the watershed of a model of objects,
+# else the connected components of the foreground; membranes = the cells between a membrane
+# model's foreground (EM); off = classes only.
+OBJECT_MODES = ("auto", "membranes", "off")
 
 # The reference hyper-parameters of SPEC.md, as data (config.py turns them into TrainConfigs).
 # `network` is what the preset's network sees in its reference data: input channels and label

@@ -16,6 +16,7 @@ from napari_unet import __version__, engine, runs
 from napari_unet.choices import (
     AUTO_PRESET,
     BACKENDS,
+    OBJECT_MODES,
     PRESET_CHOICES,
     PRESET_NAMES,
     SAMPLES,
@@ -141,9 +142,20 @@ def _add_evaluate(p):
                    help="score only fold K's validation part (the run's split)")
     p.add_argument("--tile-size", type=int, nargs="+", default=None)
     p.add_argument("--overlap", type=float, default=0.25)
+    _add_instances(p, "also score objects (AP at IoU 0.5 and 0.5-0.95, merges, splits, Rand "
+                      "and information scores) against the masks' instance ids, or their "
+                      "connected components: ")
     _add_tta(p)
     _add_backend(p)
     _add_common(p)
+
+
+def _add_instances(p, what):
+    p.add_argument("--instances", nargs="?", const="auto", default=None, choices=OBJECT_MODES,
+                   help=what + "auto (a bare --instances; the default of a model trained with "
+                        "--instances boundary) = its seeded watershed, or the connected "
+                        "components of another model's foreground; membranes = the cells "
+                        "between an EM model's membranes; off = classes only")
 
 
 def _add_model_source(p):
@@ -168,6 +180,7 @@ def _add_predict(p):
     p.add_argument("--batch-size", type=int, default=4, help="tiles per batch")
     _add_tta(p)
     p.add_argument("--threshold", type=float, default=None)
+    _add_instances(p, "write objects (uint32, one id per object) instead of classes: ")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--events", choices=["jsonl"], default=None)
     _add_backend(p)

@@ -61,7 +61,8 @@ def cmd_predict(args) -> int:
     show = printer(args.events)
     options = dict(tile_size=args.tile_size, overlap=args.overlap, batch_size=args.batch_size,
                    tta=args.tta, amp=args.amp or "bf16", device=args.device or "auto",
-                   threshold=args.threshold, overwrite=args.overwrite, backend=args.backend)
+                   threshold=args.threshold, overwrite=args.overwrite, backend=args.backend,
+                   instances=args.instances)
     if Path(args.input).is_dir() or is_glob(args.input):
         return _predict_many(args, engine.predict_files(
             args.run, args.input, args.output, probabilities_folder=args.probabilities,
@@ -214,11 +215,15 @@ def _report_evaluation(args, checkpoint, dataset, fold, run_dir):
         checkpoint, dataset, fold=fold, tile_size=getattr(args, "tile_size", None),
         overlap=getattr(args, "overlap", 0.25), tta=getattr(args, "tta", False),
         amp=args.amp or checkpoint.config.amp, device=args.device or "auto",
-        backend=getattr(args, "backend", "torch"))
-    line = " ".join(f"{k}={_fmt(v)}" for k, v in metrics.items() if not isinstance(v, list))
+        backend=getattr(args, "backend", "torch"), instances=getattr(args, "instances", None))
+    line = " ".join(f"{k}={_fmt(v)}" for k, v in metrics.items()
+                    if not isinstance(v, (list, dict)))
     per_class = " ".join(f"dice_class{i}={_fmt(v)}"
                          for i, v in enumerate(metrics["dice_per_class"]))
     print(f"evaluation: {line} {per_class}")
+    if "objects" in metrics:
+        print("objects: " + " ".join(f"{k}={_fmt(v)}" for k, v in metrics["objects"].items()
+                                     if not isinstance(v, (list, dict))))
     if run_dir is not None:
         with atomic_write(run_dir / runs.EVALUATION, overwrite=True) as tmp:
             Path(tmp).write_text(json.dumps(metrics, indent=2))

@@ -9,8 +9,9 @@ import numpy as np
 
 from .choices import IGNORE_CLASS, MAX_CLASS_VALUES, UNLABELED_CHOICES
 from .errors import ConfigError, DataError
+from .objects import instances_of, object_classes
 
-RULE_KEYS = ("foreground_value", "unlabeled", "background_value", "ignore_value")
+RULE_KEYS = ("foreground_value", "unlabeled", "background_value", "ignore_value", "instances")
 
 
 def mask_classes(mask, foreground_value=None, *, invert: bool = False,
@@ -40,6 +41,8 @@ def mask_classes(mask, foreground_value=None, *, invert: bool = False,
       them is unlabelled (IGNORE_CLASS, Pascal VOC's void border), which the widget says.
     - float masks: integral values are class indices, other values probabilities cut at 0.5.
     - `invert` swaps object and background of a binary result (ISBI's 0-valued membranes).
+    - ``instances="boundary"``: every non-zero value is one object; the classes are background,
+      interior and boundary (:func:`napari_unet.objects.object_classes`), whatever the count.
     """
     if unlabeled not in UNLABELED_CHOICES:
         raise ConfigError(f"unlabeled={unlabeled!r}: choose one of {', '.join(UNLABELED_CHOICES)}")
@@ -48,6 +51,8 @@ def mask_classes(mask, foreground_value=None, *, invert: bool = False,
     if ignore_value is not None:
         unknown = mask == ignore_value
         mask = np.where(unknown, 0, mask) if unknown.any() else mask
+    if instances == "boundary":
+        return _object_classes(mask, foreground_value, invert, unlabeled, unknown), False
     if unlabeled == "ignore":
         classes, merged, sparse_unknown = _sparse_classes(mask, foreground_value, instances,
                                                           background_value)
@@ -65,9 +70,26 @@ def mask_classes(mask, foreground_value=None, *, invert: bool = False,
 
 
 def rule_of(source) -> dict:
-    """The mask rule's settings (RULE_KEYS) read off a TrainConfig or the CLI's arguments."""
-    return {key: getattr(source, key, None) for key in RULE_KEYS
+    """The mask rule's settings (RULE_KEYS) read off a TrainConfig or the CLI's arguments;
+    ``instances`` only when objects are asked for (merging or refusing ids is each caller's
+    own default: files merge, arrays refuse)."""
+    rule = {key: getattr(source, key, None) for key in RULE_KEYS
             if getattr(source, key, None) is not None}
+    if rule.get("instances") != "boundary":
+        rule.pop("instances", None)
+    return rule
+
+
+def _object_classes(mask, foreground_value, invert, unlabeled, unknown):
+    """Background / interior / boundary classes of an instance mask (``instances="boundary"``)."""
+    if foreground_value is not None or invert or unlabeled == "ignore":
+        raise ConfigError("--instances boundary reads every non-zero value as one object: "
+                          "drop --foreground-value / --invert / --unlabeled ignore (mark "
+                          "unlabelled pixels with --ignore-value instead)")
+    if not instances_of(mask):
+        raise DataError("an instance mask holds one non-negative integer per object (0 = "
+                        "background): save it as integers")
+    return object_classes(mask if mask.dtype.kind in "biu" else mask.astype(np.int64), unknown)
 
 
 def _sparse_classes(mask, foreground_value, instances, background_value):
@@ -155,9 +177,16 @@ def describe_classes(labels, foreground_value=None, invert=False, **rule) -> str
     `rule`: unlabeled, background_value, ignore_value (mask_classes)."""
     try:
         classes, merged = mask_classes(labels, foreground_value, invert=invert,
-                                       instances="merge", **rule)
+                                       **{"instances": "merge", **rule})
     except (DataError, ConfigError) as exc:
         return f"cannot train on these labels: {exc}"
+    if rule.get("instances") == "boundary":
+        values = distinct_values(np.asarray(labels))
+        counts = np.bincount(classes.ravel(), minlength=3)
+        return (f"learns {int(np.count_nonzero(values))} object(s) apart: their interiors "
+                f"({_share(100 * counts[1] / max(classes.size, 1))} of the pixels) and "
+                f"outlines ({_share(100 * counts[2] / max(classes.size, 1))}); predictions "
+                "come back as objects")
     counts = np.bincount(classes.ravel(), minlength=IGNORE_CLASS + 1)
     annotated = classes.size - int(counts[IGNORE_CLASS])
     counts = counts[:IGNORE_CLASS]

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from .choices import (
     AMP_MODES,
     DEVICES,
+    INSTANCE_CHOICES,
     NORMALIZATIONS,
     OPTIMIZERS,
     SCHEDULES,
@@ -134,6 +135,10 @@ TRAIN_OPTIONS: tuple[Option, ...] = (
     Option("ignore_value", Optional[int], None,
            "mask value of pixels nobody labelled: left out of training and of the scores",
            flag=True, metavar="V"),
+    Option("instances", str, "merge",
+           "instance masks (one value per object): merge = every object is the foreground; "
+           "boundary = learn background, interior and boundary, and make objects by a seeded "
+           "watershed (touching nuclei come apart)", choices=INSTANCE_CHOICES, flag=True),
     Option("foreground_oversample", float, 0.0),
     Option("fold", Optional[int], None, "the validation fold", flag=True, metavar="K"),
     Option("folds", int, 5, at_least=1, flag=True, metavar="N"),

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import DataError
 from .io import read_image, write_tif
 from .masks import describe_classes, distinct_values, mask_classes  # noqa: F401 - re-exported
 from .runs import DATA
@@ -84,8 +85,11 @@ def write_training_pairs(data_dir, pairs, spatial_dims: int, foreground_value=No
         samples, total = _samples(name, image, np.asarray(labels), spatial_dims)
         report["total"] += total
         for stem, image_part, labels_part in samples:
-            classes, merged = mask_classes(np.asarray(labels_part), foreground_value,
-                                           invert=invert, instances="merge", **rule)
+            if rule.get("instances") == "boundary":  # objects: the ids are the mask
+                classes, merged = _object_ids(labels_part), False
+            else:
+                classes, merged = mask_classes(np.asarray(labels_part), foreground_value,
+                                               invert=invert, **{"instances": "merge", **rule})
             if merged and name not in report["merged"]:
                 report["merged"].append(name)
             image_part = np.asarray(image_part)
@@ -125,3 +129,13 @@ def pair_count(data_dir) -> int:
     folder = Path(data_dir) / IMAGES
     return len([p for p in folder.glob("*.tif*") if not p.name.startswith(".")]) \
         if folder.is_dir() else 0
+
+
+def _object_ids(labels) -> np.ndarray:
+    """An instance mask as saved for a run that learns objects: its ids, in the smallest
+    unsigned type that holds them."""
+    ids = np.asarray(labels)
+    top = int(ids.max(initial=0))
+    if int(ids.min(initial=0)) < 0:
+        raise DataError("object ids are non-negative integers (0 = background)")
+    return ids.astype(np.uint8 if top < 256 else np.uint16 if top < 65536 else np.uint32)

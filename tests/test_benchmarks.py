@@ -131,6 +131,20 @@ def test_sparse_simulates_strokes_and_slices_and_trains_on_them(capsys):
         assert 0.0 <= float(row["dice"]) <= 1.0 and int(row["steps"]) == 2
 
 
+def test_objects_scores_both_arms_of_nuclei_and_both_ways_of_em(capsys):
+    out = run_script("benchmarks/objects.py", ["--tiny", "--data-root", str(DATA)], capsys)
+    rows = [dict(pair.split("=") for pair in line.split()[1:])
+            for line in out.splitlines() if line.startswith("objects:")]
+    arms = {(row["dataset"], row["arm"]) for row in rows}
+    assert arms == {("dsb2018", "boundary"), ("dsb2018", "semantic"), ("ovules3d", "boundary"),
+                    ("ovules3d", "semantic"), ("isbi2012", "membranes"),
+                    ("isbi2012", "components")}, out
+    for row in rows:
+        assert 0.0 <= float(row["rand"]) <= 1.0 and int(row["steps"]) == 2
+        if row["arm"] != "components":
+            assert 0.0 <= float(row["ap50"]) <= 1.0 and int(row["true"]) > 0
+
+
 def test_simulated_strokes_follow_the_mask_and_cover_the_fraction():
     spec = importlib.util.spec_from_file_location("_bench_strokes", ROOT / "benchmarks/sparse.py")
     sparse = importlib.util.module_from_spec(spec)

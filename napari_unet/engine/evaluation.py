@@ -10,19 +10,21 @@ from ..choices import IGNORE_CLASS
 from .checkpoint import Checkpoint
 from .data.dataset import Dataset, split_folds
 from .export.loader import load_checkpoint
+from .instance_metrics import InstanceScores, connected_objects, rand_scores
 from .metrics import DiceAccumulator, per_image_dice, pixel_error, soft_dice_reference
-from .prediction.predict import predict_array
+from .prediction.predict import objects_wanted, predict, run_to_end
 
 
 def evaluate(checkpoint, dataset: Dataset, *, fold=None, tile_size=None, overlap=0.25,
              tta=False, amp="bf16", device="auto", backend="torch", batch_size=4,
-             threshold=None, per_image=False, keep_labels=False) -> dict:
+             threshold=None, per_image=False, keep_labels=False, instances=None) -> dict:
     """Dice per class and mean (and the references' metrics) of a run on labelled data.
 
     ``threshold`` None: the run's own. ``per_image``: also ``metrics["images"]``, one dict per
     image (name, whether its mask has foreground, its own Dice: ``dice`` of a binary model,
     ``<region>_dice`` of a region model), for benchmarks that average over images or cases;
     ``keep_labels`` adds each image's predicted labels there (pictures; not for JSON).
+    ``instances`` (None: the run's own, as ``predict``): ``metrics["objects"]`` (_ObjectScorer).
     """
     if not isinstance(checkpoint, Checkpoint):
         checkpoint = load_checkpoint(checkpoint)
@@ -34,12 +36,18 @@ def evaluate(checkpoint, dataset: Dataset, *, fold=None, tile_size=None, overlap
     head = checkpoint.head
     accumulator = DiceAccumulator(num_classes)
     image_dice, errors, soft, images = [], [], [], []
-    for image, mask, name in zip(dataset.images, dataset.masks, dataset.names):
-        probabilities, labels = predict_array(checkpoint, image, tile_size=tile_size,
-                                              overlap=overlap, tta=tta, amp=amp, device=device,
-                                              backend=backend, batch_size=batch_size,
-                                              threshold=threshold)
+    objects = objects_wanted(head, instances)
+    scorer = _ObjectScorer(objects, dataset) if objects else None
+    for index, (image, mask, name) in enumerate(zip(dataset.images, dataset.masks,
+                                                    dataset.names)):
+        done = run_to_end(predict(checkpoint, image, tile_size=tile_size, overlap=overlap,
+                                  tta=tta, amp=amp, device=device, backend=backend,
+                                  batch_size=batch_size, threshold=threshold,
+                                  instances=objects or "off", spacing=dataset.spacing))
+        probabilities, labels = done.probabilities, done.labels
         accumulator.update(labels, mask)
+        if scorer is not None:
+            scorer.update(index, mask, done.objects)
         scored, scored_labels, scored_probs = _labelled_pixels(mask, labels, probabilities,
                                                                num_classes == 2)
         scores = {"name": name, "foreground": bool(np.any(scored))}
@@ -60,9 +68,45 @@ def evaluate(checkpoint, dataset: Dataset, *, fold=None, tile_size=None, overlap
     if num_classes == 2:
         metrics.update(soft_dice=float(np.mean(soft)), pixel_error=float(np.mean(errors)),
                        per_image_dice=float(np.mean(image_dice)))
+    if scorer is not None:
+        metrics["objects"] = scorer.result()
     if per_image or keep_labels:
         metrics["images"] = images
     return metrics
+
+
+class _ObjectScorer:
+    """The object scores of an evaluation, image by image: the field's scores of the predicted
+    objects against the data's (instance_metrics: AP at IoU 0.5 and its mean over 0.5-0.95
+    per image as the Data Science Bowl, pooled as StarDist, merges, splits) and the
+    foreground-restricted Rand and information scores (means over images). The true objects
+    are the instance ids of the masks where the files held them, else the connected
+    components of the true foreground (for "membranes": of the true cells between the
+    membranes)."""
+
+    def __init__(self, how: str, dataset: Dataset):
+        self.how, self.truth = how, dataset.objects
+        self.scores, self.rand = InstanceScores(), []
+
+    def update(self, index, mask, predicted):
+        mask = np.asarray(mask)
+        unlabelled = mask == IGNORE_CLASS
+        if self.truth is not None:
+            true = np.asarray(self.truth[index])
+        elif self.how == "membranes":  # the cells: the true background between membranes
+            true = connected_objects((mask == 0) & ~unlabelled)
+        else:
+            true = connected_objects((mask > 0) & ~unlabelled)
+        predicted = np.asarray(predicted)
+        self.scores.update(true, predicted, ignore=unlabelled if unlabelled.any() else None)
+        self.rand.append(rand_scores(true, predicted))
+
+    def result(self) -> dict:
+        result = self.scores.result()
+        for key in self.rand[0] if self.rand else ():
+            result[key] = float(np.mean([scores[key] for scores in self.rand]))
+        result["instances"] = self.how
+        return result
 
 
 def _labelled_pixels(mask, labels, probabilities, binary):

@@ -6,7 +6,7 @@ a checkpoint or package from before it is read by deriving it from what they hol
 in ``data_info``, the classes, the network's outputs). Training, validation, prediction, export,
 evaluation and the widgets ask the head; nothing is patched onto the model.
 
-Two kinds:
+Three kinds:
 
 - classes: one output per class under a softmax, or one sigmoid output for a binary problem
   (the adaptive loss). What is blended is the foreground probability for one or two outputs
@@ -21,6 +21,10 @@ Two kinds:
   region's value is the smallest of its values that the next region leaves out (BraTS: whole
   tumour -> 2 (oedema), tumour core -> 1, enhancing -> 4), so 2013's and 2021's label files
   read the same. A region set's names and metric keys are declared in ``choices.REGION_SETS``.
+- objects (``--instances boundary``): three softmax classes made from instance masks,
+  background / interior / boundary (``choices.OBJECT_CLASSES``); ``labels`` is their argmax,
+  and prediction makes the objects from the probabilities with a seeded watershed
+  (``prediction.instances``).
 """
 from __future__ import annotations
 
@@ -29,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..choices import region_keys, region_names
+from ..choices import OBJECT_CLASSES, region_keys, region_names
 from ..errors import ConfigError
 
 
@@ -40,6 +44,7 @@ class LabelHead:
     num_classes: int  # classes of the masks, background included (>= 2)
     outputs: int      # the network's output channels
     regions: tuple[tuple[int, ...], ...] | None = None  # label values of each sigmoid output
+    objects: bool = False  # background / interior / boundary classes of instance masks
 
     # -- made once: from the config, from what a checkpoint or package saved ---------------------
     @classmethod
@@ -48,6 +53,11 @@ class LabelHead:
         (region training), one sigmoid output for the binary adaptive loss, else one output per
         class."""
         num_classes = max(2, int(num_classes))
+        if getattr(config, "instances", "merge") == "boundary":
+            if config.regions or config.loss == "adaptive":
+                raise ConfigError("--instances boundary learns three softmax classes: use "
+                                  "--loss dice_ce (no regions, not the adaptive loss)")
+            return cls(len(OBJECT_CLASSES), len(OBJECT_CLASSES), objects=True)
         if config.regions:
             return cls(num_classes, len(config.regions), _as_regions(config.regions))
         if config.loss == "adaptive":
@@ -78,18 +88,19 @@ class LabelHead:
         return {"kind": self.kind, "activation": self.activation,
                 "num_classes": self.num_classes, "outputs": self.outputs,
                 "regions": [list(region) for region in self.regions] if self.regions else None,
-                "names": self.names, "keys": self.keys, "values": self.values}
+                "names": self.names, "keys": self.keys, "values": self.values,
+                "objects": self.objects}
 
     @classmethod
     def from_dict(cls, values: dict) -> LabelHead:
         regions = values.get("regions")
         return cls(int(values["num_classes"]), int(values["outputs"]),
-                   _as_regions(regions) if regions else None)
+                   _as_regions(regions) if regions else None, bool(values.get("objects")))
 
     # -- what the outputs are --------------------------------------------------------------------
     @property
     def kind(self) -> str:
-        return "regions" if self.regions else "classes"
+        return "regions" if self.regions else "objects" if self.objects else "classes"
 
     @property
     def activation(self) -> str:
@@ -102,6 +113,8 @@ class LabelHead:
         ("whole tumour", ...), "foreground" for a binary model, else each class."""
         if self.regions:
             return region_names(self.regions)
+        if self.objects:
+            return list(OBJECT_CLASSES)
         if self.outputs <= 2:
             return ["foreground"]
         return [f"class {k}" for k in range(self.outputs)]
@@ -111,6 +124,8 @@ class LabelHead:
         """Short names of the network's output channels and of their metrics (wt/tc/et)."""
         if self.regions:
             return region_keys(self.regions)
+        if self.objects:
+            return list(OBJECT_CLASSES)
         if self.outputs == 1:
             return ["foreground"]
         return [f"class{k}" for k in range(self.outputs)]

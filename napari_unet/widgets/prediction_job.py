@@ -3,7 +3,7 @@
 The engine's ``predict`` generator runs in the worker thread: its TilesDone events drive a
 progress bar (and napari's activity dock), Cancel is ``worker.quit()``, and the final
 PredictionDone comes back as a probability Image layer and an editable Labels layer placed
-exactly over the image. The Predict and Train widgets both use it.
+exactly over the image (a model of objects: the objects, one colour each). The Predict and Train widgets both use it.
 """
 from __future__ import annotations
 
@@ -86,7 +86,9 @@ class PredictionJob:
         self._ended = False
         self._on_done, self._on_progress, self._on_end = on_done, on_progress, on_end
         options = {"overlap": overlap, "tta": tta, "device": device, "backend": backend,
-                   "axes": axes_of(image_layer)}
+                   "axes": axes_of(image_layer),  # the layer's scale: the voxel size
+                   "spacing": tuple(float(s) for s in image_layer.scale[-3:])
+                   if len(image_layer.scale) >= 3 else None}
         if tile_size:
             options["tile_size"] = [int(tile_size)]
         self._progress = progress(total=0, desc=f"napari UNet: predicting {image_layer.name}")
@@ -151,6 +153,9 @@ class PredictionJob:
         if head is not None and head.regions:  # overlapping sigmoids, no background channel
             planes = [(probabilities[k], f"{name} probability {region}")
                       for k, region in enumerate(head.names)]
+        elif head is not None and head.objects:  # background / interior / boundary
+            planes = [(probabilities[k], f"{name} probability {head.names[k]}")
+                      for k in range(1, probabilities.shape[0])]
         elif head is not None and head.blended_channels > 1:
             channels = range(1, probabilities.shape[0])  # class 0 is background
             planes = [(probabilities[k], f"{name} probability class {k}") for k in channels]
@@ -160,9 +165,14 @@ class PredictionJob:
             self.probability_layers.append(self.viewer.add_image(
                 data, name=layer_name, colormap="magma", contrast_limits=(0.0, 1.0),
                 blending="additive", opacity=0.6, visible=False, **placement))
-        labels = np.array(done.labels, dtype=np.uint8)  # a copy the user can paint on
-        self.labels_layer = self.viewer.add_labels(labels, name=f"{name} prediction",
-                                                   opacity=0.5, **placement)
+        if done.objects is not None:  # one colour per object, ids the user can edit
+            self.labels_layer = self.viewer.add_labels(
+                np.array(done.objects, dtype=np.uint32), name=f"{name} objects", opacity=0.6,
+                **placement)
+        else:
+            labels = np.array(done.labels, dtype=np.uint8)  # a copy the user can paint on
+            self.labels_layer = self.viewer.add_labels(labels, name=f"{name} prediction",
+                                                       opacity=0.5, **placement)
         if self._on_done:
             self._on_done(self)
 

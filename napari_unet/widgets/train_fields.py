@@ -262,3 +262,28 @@ class Unpainted(QObject):
                     and minutes.value() == OPTIONS["minutes"].form.value:
                 minutes.setValue(FIRST_MODEL_MINUTES)
         self.meaning.currentTextChanged.connect(shorten)
+
+
+class ObjectsChoice(QObject):
+    """What touching objects of an instance layer (one value per object) become: one merged
+    foreground, or objects kept apart by learning their outlines (the CLI's ``--instances
+    boundary``: a seeded watershed then makes the objects of a prediction)."""
+
+    MERGE, APART = "merge into one class", "keep apart (learn outlines)"
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.choice = combo_box([self.MERGE, self.APART])
+        self.choice.setToolTip("keep apart: each value of the labels is one object; the model "
+                               "learns background, interior and outline, and its prediction "
+                               "comes back as objects (nuclei, cells), one colour each")
+        self.rows = [("Objects", self.choice)]
+
+    def apart(self) -> bool:
+        return self.choice.currentText() == self.APART
+
+    def rule(self) -> dict:
+        return {"instances": "boundary"} if self.apart() else {}
+
+    def connect(self, slot) -> None:
+        self.choice.currentTextChanged.connect(slot)

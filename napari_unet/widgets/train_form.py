@@ -58,6 +58,7 @@ from napari_unet.widgets import (
 )
 from napari_unet.widgets.train_fields import (
     LENGTH_OPTIONS,
+    ObjectsChoice,
     TrainFor,
     Unpainted,
     allow_planned,
@@ -153,11 +154,13 @@ class TrainForm(LayerPickers, QWidget):
         self.invert.toggled.connect(self.describe_labels)
         self.unpainted = Unpainted(self)
         self.unpainted.connect(self.describe_labels)
+        self.objects = ObjectsChoice(self)
+        self.objects.connect(self.describe_labels)
         row = QHBoxLayout()
         row.addWidget(self.invert, 1)
         row.addWidget(show)
         return group_box("Object", [("Value", self.object_value), row, *self.unpainted.rows,
-                                    self.learns])
+                                    *self.objects.rows, self.learns])
 
     def _options_box(self):
         # a field per option row with a form (self.steps, self.lr, ...), each also an
@@ -206,7 +209,8 @@ class TrainForm(LayerPickers, QWidget):
         them."""
         value = self.object_value.value()
         return {"foreground_value": None if value == NONZERO else value,
-                "invert": self.invert.isChecked(), **self.unpainted.rule()}
+                "invert": self.invert.isChecked(), **self.unpainted.rule(),
+                **self.objects.rule()}
 
     def describe_labels(self, *_):
         """Say what training will learn from the chosen labels (before Start)."""
@@ -234,8 +238,8 @@ class TrainForm(LayerPickers, QWidget):
         try:
             if labels is None:
                 raise UserError("choose a labels layer first")
-            classes, _ = mask_classes(np.asarray(labels.data), **self.mask_rule(),
-                                      instances="merge")
+            classes, _ = mask_classes(np.asarray(labels.data),
+                                      **{"instances": "merge", **self.mask_rule()})
         except (UserError, DataError) as exc:
             show_error(one_line(exc))
             return
@@ -413,8 +417,10 @@ class TrainForm(LayerPickers, QWidget):
             every = max(1, self.steps.value() // 10)
             args += ["--val-every", str(every), "--checkpoint-every", str(every),
                      "--set", f"log_every={min(10, every)}"]
-        # the written masks mark unpainted pixels (unknown mode) with IGNORE_CLASS
-        args += ["--ignore-value", str(IGNORE_CLASS)]
+        if self.objects.apart():  # the written masks hold the objects' ids
+            args += ["--instances", "boundary"]
+        else:  # the written masks mark unpainted pixels (unknown mode) with IGNORE_CLASS
+            args += ["--ignore-value", str(IGNORE_CLASS)]
         if self.base_channels.currentData() is not None:
             args += ["--base-channels", str(self.base_channels.currentData())]
         if self.gpus.value() > 1:

@@ -38,6 +38,7 @@ class Dataset:
     names: list
     spatial_dims: int
     spacing: tuple | None = None  # voxel size per spatial axis, where the files state it
+    objects: list | None = None  # the instance ids per sample, where the masks held objects
 
     def __post_init__(self):
         if not len(self.images) == len(self.masks) == len(self.names):
@@ -85,6 +86,7 @@ class Dataset:
             [self.names[i] for i in indices],
             self.spatial_dims,
             self.spacing,
+            [self.objects[i] for i in indices] if self.objects is not None else None,
         )
 
 
@@ -156,17 +158,18 @@ def dataset_from_pairs(pairs, foreground_value=None, spatial_dims=None, **rule) 
         samples += loaded
         instances |= merged
     if instances:  # instance maps: every object is foreground, in every mask of the set
-        samples = [(image, _objects(mask), name) for image, mask, name in samples]
+        samples = [(image, _objects(mask), name, ids) for image, mask, name, ids in samples]
     if not samples:
         raise DataError("no samples found: check the image and mask paths")
-    dims = {image.ndim - 1 for image, _, _ in samples}
+    dims = {image.ndim - 1 for image, *_ in samples}
     if len(dims) > 1:
         raise DataError("the data mix 2D images and 3D volumes: pass spatial_dims=2 or 3")
-    images_, masks_, names = (list(column) for column in zip(*samples))
+    images_, masks_, names, ids = (list(column) for column in zip(*samples))
     dims = dims.pop()
     spacing = read_spacing(pairs[0][0])
     spacing = spacing[-dims:] if spacing is not None and len(spacing) >= dims else None
-    return Dataset(images_, masks_, names, dims, spacing)
+    objects = ids if all(sample_ids is not None for sample_ids in ids) else None
+    return Dataset(images_, masks_, names, dims, spacing, objects)
 
 
 def _detect_layout(root: Path):
@@ -245,17 +248,35 @@ def _labelled_max(mask) -> int:
 
 
 def _load_pair(image_path: Path, mask_path, foreground_value, spatial_dims, rule):
-    """([(image (C, *spatial), mask (*spatial), name)], whether the mask file held instance
-    ids) from one image file and its mask file."""
+    """([(image (C, *spatial), mask (*spatial), name, instance ids or None)], whether the
+    mask file held instance ids) from one image file and its mask file. The ids are kept
+    where the file held objects (``instances="boundary"``, or ids merged into one class), so
+    that ``evaluate`` can score objects."""
     image = read_image(image_path)
     if mask_path is None:  # DAGM: no defect, no mask file
         channel_first = as_channel_first(image, spatial_dims or 2)
-        return [(channel_first, np.zeros(channel_first.shape[1:], np.uint8),
-                 image_path.stem)], False
-    mask, merged = mask_classes(read_image(mask_path), foreground_value, instances="merge",
-                                **rule)
+        empty = np.zeros(channel_first.shape[1:], np.uint8)
+        return [(channel_first, empty, image_path.stem, empty)], False
     name = image_path.stem.removesuffix("_image")
-    return _split_samples(image, mask, spatial_dims, name), merged
+    raw = read_image(mask_path)
+    if rule.get("instances") == "boundary":  # outlines in each sample's own dimensions
+        samples = _split_samples(image, raw, spatial_dims, name)
+        return [(sample, mask_classes(np.asarray(ids), foreground_value, **rule)[0],
+                 sample_name, _ids(ids, rule)) for sample, ids, sample_name in samples], False
+    mask, merged = mask_classes(raw, foreground_value, **{"instances": "merge", **rule})
+    samples = _split_samples(image, mask, spatial_dims, name)
+    if not merged:
+        return [(*sample, None) for sample in samples], False
+    kept = [ids for _, ids, _ in _split_samples(image, raw, spatial_dims, name)]
+    return [(*sample, _ids(ids, rule)) for sample, ids in zip(samples, kept)], True
+
+
+def _ids(ids, rule):
+    """Instance ids as scored: unlabelled pixels (``ignore_value``) are 0."""
+    ids = np.asarray(ids)
+    if rule.get("ignore_value") is not None:
+        ids = np.where(ids == rule["ignore_value"], 0, ids)
+    return ids
 
 
 def _split_samples(image, mask, spatial_dims, name):

@@ -200,6 +200,15 @@ def _output_text(head: LabelHead) -> str:
         return ("one sigmoid per region, each the probability of a set of label values: "
                 + "; ".join(parts) + ". Regions overlap: a voxel takes the value of the "
                 "innermost region whose probability passes the threshold.")
+    if head.objects:
+        return ("the probabilities (softmax over the channel axis) of background, object "
+                "interior and object boundary, learnt from instance masks. The objects (one "
+                "id each) are made from them by a seeded watershed, which the bioimage.io "
+                "spec cannot describe: seeds are the connected regions of interior >= 0.5, "
+                "flooded over the boundary probability within interior + boundary >= 0.5. "
+                "`napari_unet predict --model THIS.zip --input IMAGE --output OBJECTS.tif` "
+                "makes them (and napari-unet's Predict widget shows them as a labels layer); "
+                "other consumers get the three probability maps.")
     if head.outputs == 1:
         return "the sigmoid of the logit."
     return "class probabilities (softmax over the channel axis)."
@@ -235,7 +244,8 @@ def export_bioimageio(checkpoint, path, *, image=None, name: str | None = None,
             license=spec.LicenseId("BSD-3-Clause"),
             documentation=spec.FileDescr(source=tmp / "README.md"),
             covers=[spec.FileDescr(source=tmp / "cover.png")],
-            tags=["segmentation", f"{model.spatial_dims}d", "unet", "napari", "pytorch"],
+            tags=["segmentation", f"{model.spatial_dims}d", "unet", "napari", "pytorch"]
+            + (["instance-segmentation", "watershed"] if checkpoint.head.objects else []),
             inputs=inputs, outputs=outputs, weights=_weights(spec, model, tmp),
             config=spec.Config(**{CONFIG_KEY: _ours(checkpoint, window)}),
         )

@@ -12,8 +12,9 @@ import numpy as np
 import torch
 from scipy import ndimage  # a dependency of scikit-image
 
-from ...errors import OutOfMemory, OutputExistsError
-from ...io import TifMemmapWriter, read_image
+from ...choices import OBJECT_MODES
+from ...errors import ConfigError, OutOfMemory, OutputExistsError
+from ...io import TifMemmapWriter, read_image, read_spacing
 from ..checkpoint import Checkpoint
 from ..data.layout import prepare_image
 from ..data.normalization import NormStats, normalize, stats_for_image
@@ -23,15 +24,21 @@ from ..export.loader import load_checkpoint
 from ..labels import LabelHead
 from ..runtime import resolve_device
 from .backends import backend_model
+from .instances import cells_from_membranes, objects_from_probabilities
 from .sliding_window import iter_sliding_window
+
+BLOCK_VOXELS = 1 << 25   # objects of larger images are made block by block
+BLOCK_SIDE, BLOCK_HALO = 256, 32
 
 
 @dataclass(frozen=True)
 class PredictionDone:
-    """The last item `predict` yields: arrays (or memory maps) of the result."""
+    """The last item `predict` yields: arrays (or memory maps) of the result; ``objects``:
+    the instance labels (uint32, one id per object) where objects were made."""
 
     probabilities: np.ndarray
     labels: np.ndarray
+    objects: np.ndarray | None = None
 
 
 def _tile_size(checkpoint: Checkpoint, tile_size):
@@ -44,11 +51,15 @@ def _tile_size(checkpoint: Checkpoint, tile_size):
 
 def predict(checkpoint, image, *, tile_size=None, overlap=0.25, batch_size=4, tta=False,
             amp="bf16", device="auto", threshold=None, out=None, labels_out=None,
-            channels_last=True, backend="torch", keep_largest=None, axes=None):
+            channels_last=True, backend="torch", keep_largest=None, axes=None, instances=None,
+            spacing=None, objects_out=None):
     """Yield TilesDone events, then one PredictionDone. Closing the generator cancels.
     ``threshold`` and ``keep_largest`` None: the run's own. ``axes``: the image's axes
     letters where known (napari_unet.layouts), e.g. "CZYX" for a channel group.
-    ``backend``: torch, onnxruntime, openvino or auto (engine.backends)."""
+    ``backend``: torch, onnxruntime, openvino or auto (engine.backends).
+    ``instances`` (:func:`make_objects`): None = the run's own (objects for a model trained
+    with ``--instances boundary``, none otherwise), "off", "auto" or "membranes"; ``spacing``:
+    the voxel size per spatial axis (anisotropic volumes), ``objects_out``: where they go."""
     if not isinstance(checkpoint, Checkpoint):
         checkpoint = load_checkpoint(checkpoint)
     device = resolve_device(device)
@@ -63,17 +74,33 @@ def predict(checkpoint, image, *, tile_size=None, overlap=0.25, batch_size=4, tt
         threshold=checkpoint.config.threshold if threshold is None else threshold,
         out=out, labels_out=labels_out, resample=checkpoint.config.resample,
         keep_largest=checkpoint.config.keep_largest if keep_largest is None else keep_largest,
-        channels_last=channels_last and checkpoint.model.spatial_dims == 2)
+        channels_last=channels_last and checkpoint.model.spatial_dims == 2,
+        instances=objects_wanted(checkpoint.head, instances), spacing=spacing,
+        objects_out=objects_out)
+
+
+def objects_wanted(head: LabelHead, instances) -> str | None:
+    """The objects a prediction makes: None (none), "auto" or "membranes" (make_objects)."""
+    if instances is None:
+        return "auto" if head.objects else None
+    if instances not in OBJECT_MODES:
+        raise ConfigError(f"instances={instances!r}: choose one of {', '.join(OBJECT_MODES)}")
+    if instances == "membranes" and head.blended_channels != 1:
+        raise ConfigError("--instances membranes needs a model of one foreground (the "
+                          "membrane): this model has several outputs")
+    return None if instances == "off" else instances
 
 
 def predict_with_model(model, image, stats: NormStats, *, head: LabelHead, tile_size,
                        overlap=0.25, batch_size=4, tta=False, amp="bf16", device="cpu",
                        threshold=0.5, out=None, labels_out=None, channels_last=True,
-                       resample: int = 1, keep_largest: bool = False):
+                       resample: int = 1, keep_largest: bool = False, instances=None,
+                       spacing=None, objects_out=None):
     """Sliding-window prediction of a channel-first image, normalised tile by tile (zscore_case:
     with the image's own statistics); ``head`` says what the outputs mean. ``resample`` > 1: the model was trained at 1/resample of
     the resolution; the normalised image is averaged down (in memory), predicted, and the
-    probabilities are interpolated back to the image's grid before the labels are taken."""
+    probabilities are interpolated back to the image's grid before the labels are taken.
+    ``instances`` "auto" or "membranes": objects are made too (:func:`make_objects`)."""
     device = torch.device(device)
     model = model.to(device)
     stats = stats_for_image(image, stats)
@@ -93,7 +120,59 @@ def predict_with_model(model, image, stats: NormStats, *, head: LabelHead, tile_
     labels = labels_out if labels_out is not None else head.labels(probabilities, threshold)
     if keep_largest:
         keep_largest_object(labels)
-    yield PredictionDone(probabilities=probabilities, labels=labels)
+    objects = None
+    if instances:
+        yield Message("info", f"making objects ({instances})")
+        objects = make_objects(probabilities, labels, head, instances, spacing, objects_out,
+                               dims=getattr(model, "spatial_dims", np.ndim(labels)))
+    yield PredictionDone(probabilities=probabilities, labels=labels, objects=objects)
+
+
+def make_objects(probabilities, labels, head: LabelHead, how="auto", spacing=None, out=None,
+                 dims=None):
+    """uint32 instance labels (into ``out`` where given) of a prediction:
+
+    - a model of background / interior / boundary (``--instances boundary``): seeded watershed
+      of its probabilities (prediction.instances.objects_from_probabilities);
+    - "membranes", a model of one foreground that is a membrane (ISBI 2012's EM): the cells
+      between the membranes (prediction.instances.cells_from_membranes);
+    - any other model: the connected components of its foreground (labels > 0; faces only).
+
+    ``dims``: the model's (2 for a 2D model over a stack: each slice's objects on their own,
+    numbered on from the slice before). Images larger than BLOCK_VOXELS are made block by
+    block with halos (objects that cross blocks keep one id): the memory of a few blocks."""
+    shape = tuple(np.shape(labels))
+    dims = dims or len(shape)
+    spacing = tuple(spacing[-dims:]) if spacing is not None and len(spacing) >= dims else None
+    if out is None:
+        out = np.zeros(shape, np.uint32)
+    objects_wanted(head, how)  # a membrane model for "membranes"
+    many = head.blended_channels > 1
+    if len(shape) > dims:  # a stack under a 2D model
+        offset = 0
+        for z in range(shape[0]):
+            probs = probabilities[:, z] if many else probabilities[z]
+            part = _objects_of(probs, labels[z], head, how, spacing)
+            out[z] = np.where(part > 0, part + np.uint32(offset), 0)
+            offset += int(part.max(initial=0))
+        return out
+    return _objects_of(probabilities, labels, head, how, spacing, out)
+
+
+def _objects_of(probabilities, labels, head, how, spacing, out=None):
+    """make_objects of one image or volume of the model's dimensions."""
+    blocks = {}
+    if int(np.prod(np.shape(labels))) > BLOCK_VOXELS:
+        blocks = dict(block_shape=(BLOCK_SIDE,) * np.ndim(labels), halo=BLOCK_HALO)
+    if how == "membranes":
+        return cells_from_membranes(probabilities, spacing=spacing, out=out, **blocks)
+    if head.objects:
+        return objects_from_probabilities(probabilities, spacing=spacing, out=out, **blocks)
+    components, _ = ndimage.label(np.asarray(labels) > 0)
+    if out is None:
+        return components.astype(np.uint32)
+    out[...] = components
+    return out
 
 
 def keep_largest_object(labels) -> None:
@@ -156,7 +235,8 @@ def predict_array(checkpoint, image, **options):
 def predict_file(run, input_path, labels_path, *, probabilities=None, overwrite=False,
                  **options):
     """Predict a TIF from disk into TIF files, streaming through memory maps; yields events.
-    ``run``: a run folder, checkpoint, package or an already loaded :class:`Checkpoint`."""
+    Where objects are made (``instances``, or a model of objects), `labels_path` gets them
+    (uint32, one id per object) instead of the classes. ``run``: a run folder, checkpoint, package or an already loaded :class:`Checkpoint`."""
     checkpoint = run if isinstance(run, Checkpoint) else load_checkpoint(run)
     labels_path = Path(labels_path)
     for path in (labels_path, probabilities):
@@ -167,10 +247,22 @@ def predict_file(run, input_path, labels_path, *, probabilities=None, overwrite=
     k = checkpoint.head.blended_channels
     prob_shape = (k, *spatial) if k > 1 else spatial
     prob_target = probabilities or labels_path.with_name(labels_path.name + ".probabilities.tmp")
-    with TifMemmapWriter(labels_path, spatial, np.uint8, overwrite=overwrite) as labels_out, \
+    objects = objects_wanted(checkpoint.head, options.pop("instances", None))
+    if objects and options.get("spacing") is None:
+        options["spacing"] = _spacing(input_path, len(spatial))
+    with TifMemmapWriter(labels_path, spatial, np.uint32 if objects else np.uint8,
+                         overwrite=overwrite) as labels_out, \
             TifMemmapWriter(prob_target, prob_shape, np.float32, overwrite=True) as prob_out:
-        for event in predict(checkpoint, image, out=prob_out, labels_out=labels_out, **options):
+        outputs = dict(objects_out=labels_out) if objects else dict(labels_out=labels_out)
+        for event in predict(checkpoint, image, out=prob_out, instances=objects or "off",
+                             **outputs, **options):
             if not isinstance(event, PredictionDone):
                 yield event
     if probabilities is None:
         Path(prob_target).unlink(missing_ok=True)
+
+
+def _spacing(path, dims):
+    """The voxel size a file states for its last `dims` axes, else None."""
+    spacing = read_spacing(path)
+    return tuple(spacing[-dims:]) if spacing is not None and len(spacing) >= dims else None

@@ -1,0 +1,94 @@
+"""Objects through the CLI: train --instances boundary, predict (objects written), evaluate
+(the field's scores printed), predict --instances for a model of classes."""
+import json
+
+import numpy as np
+import pytest
+import tifffile
+from test_instances_watershed import balls
+
+from napari_unet.cli import main
+from napari_unet.engine import load_checkpoint
+
+TINY = ["--steps", "4", "--batch-size", "2", "--patch-size", "32", "--base-channels", "4",
+        "--amp", "off", "--device", "cpu", "--val-every", "4", "--checkpoint-every", "4",
+        "--preset", "industrial", "--loss", "dice_ce"]
+
+
+@pytest.fixture(scope="module")
+def nuclei(tmp_path_factory):
+    """Two 48 x 64 images of touching bright discs, their instance ids (> 255 ids)."""
+    root = tmp_path_factory.mktemp("nuclei")
+    (root / "images").mkdir()
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    for k in range(2):
+        centres = [(14, 12 + 20 * k), (14, 30 + 20 * k), (36, 20), (36, 44)]
+        ids = balls((48, 64), centres, 9).astype(np.uint16)
+        ids[ids > 0] += 300
+        image = (ids > 0) * 180 + rng.normal(30, 10, ids.shape)
+        tifffile.imwrite(root / "images" / f"n{k}.tif", image.clip(0, 255).astype(np.uint8))
+        tifffile.imwrite(root / "masks" / f"n{k}.tif", ids)
+    return root
+
+
+@pytest.fixture(scope="module")
+def objects_run(nuclei, tmp_path_factory):
+    run = tmp_path_factory.mktemp("objects") / "run"
+    assert main(["train", "--data", str(nuclei), "--instances", "boundary", "--out", str(run),
+                 *TINY]) == 0
+    return run
+
+
+def test_a_run_of_objects_learns_three_classes_and_predicts_objects(objects_run, nuclei,
+                                                                    tmp_path, capsys):
+    checkpoint = load_checkpoint(objects_run)
+    assert checkpoint.head.kind == "objects" and checkpoint.model.hparams["num_classes"] == 3
+    out = tmp_path / "objects.tif"
+    assert main(["predict", "--run", str(objects_run), "--input",
+                 str(nuclei / "images" / "n0.tif"), "--output", str(out), "--device", "cpu",
+                 "--amp", "off", "--probabilities", str(tmp_path / "p.tif")]) == 0
+    objects = tifffile.imread(out)
+    assert objects.dtype == np.uint32 and objects.shape == (48, 64)
+    assert tifffile.imread(tmp_path / "p.tif").shape == (3, 48, 64)
+    classes = tmp_path / "classes.tif"
+    assert main(["predict", "--run", str(objects_run), "--input",
+                 str(nuclei / "images" / "n0.tif"), "--output", str(classes), "--device",
+                 "cpu", "--amp", "off", "--instances", "off"]) == 0
+    assert tifffile.imread(classes).dtype == np.uint8 and tifffile.imread(classes).max() <= 2
+
+
+def test_evaluate_prints_and_saves_the_object_scores(objects_run, nuclei, capsys):
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(objects_run), "--data", str(nuclei), "--device",
+                 "cpu", "--amp", "off"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith("objects: ap50=") and "rand_score=" in line and "merges=" in line
+    saved = json.loads((objects_run / "evaluation.json").read_text())["objects"]
+    assert saved["true_objects"] == 8 and saved["images"] == 2
+    assert 0.0 <= saved["ap50"] <= 1.0 and len(saved["ap_per_threshold"]) == 10
+
+
+def test_a_model_of_classes_gives_connected_components_when_asked(nuclei, tmp_path, capsys):
+    run = tmp_path / "classes"
+    assert main(["train", "--data", str(nuclei), "--out", str(run), *TINY]) == 0
+    assert load_checkpoint(run).head.kind == "classes"
+    out = tmp_path / "cc.tif"
+    assert main(["predict", "--run", str(run), "--input", str(nuclei / "images" / "n1.tif"),
+                 "--output", str(out), "--device", "cpu", "--amp", "off",
+                 "--instances"]) == 0
+    assert tifffile.imread(out).dtype == np.uint32
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(run), "--data", str(nuclei), "--device", "cpu",
+                 "--amp", "off", "--instances"]) == 0
+    assert "true_objects=8" in capsys.readouterr().out  # the ids kept through the merge
+
+
+def test_membranes_of_a_model_of_objects_is_a_one_line_error(objects_run, nuclei, tmp_path,
+                                                            capsys):
+    capsys.readouterr()
+    code = main(["predict", "--run", str(objects_run), "--input",
+                 str(nuclei / "images" / "n0.tif"), "--output", str(tmp_path / "x.tif"),
+                 "--device", "cpu", "--instances", "membranes"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "one foreground" in err[0]
