@@ -192,9 +192,14 @@ def configured_steps(run_dir):
 
 def read_spatial_dims(run_dir):
     """2 or 3 from the run's config.yaml, or None when it cannot be read."""
+    dims = read_config_value(run_dir, "spatial_dims")
+    return int(dims) if dims in (2, 3) else None
+
+
+def read_config_value(run_dir, key: str):
+    """One value of the run's config.yaml, or None when it cannot be read."""
     try:
-        dims = (yaml.safe_load((Path(run_dir) / CONFIG).read_text()) or {}).get("spatial_dims")
-        return int(dims) if dims in (2, 3) else None
+        return (yaml.safe_load((Path(run_dir) / CONFIG).read_text()) or {}).get(key)
     except Exception:  # noqa: BLE001 - the caller guesses instead
         return None
 

@@ -1,8 +1,9 @@
 """Correct widget: turn a prediction into good labels, then feed it back as training data.
 
 Threshold a probability layer into a new Labels layer; on a Labels layer remove small objects,
-fill holes and copy the neighbouring slice (edits go through ``Labels.data_setitem``, so
-napari's undo, Ctrl+Z, takes them back); "Add to training set" saves (image, labels) into
+fill holes and copy the neighbouring slice; on objects (one id each) delete, merge and split
+them by points (widgets.correct_objects); edits go through ``Labels.data_setitem``, so
+napari's undo, Ctrl+Z, takes them back; "Add to training set" saves (image, labels) into
 ``RUN/data/images`` + ``RUN/data/masks`` under new names, never replacing a file, so the
 next training or fine-tune of that run uses them.
 """
@@ -46,6 +47,7 @@ from napari_unet.widgets import (
     training_array,
     with_browse_button,
 )
+from napari_unet.widgets.correct_objects import ObjectTools
 from napari_unet.widgets.runner import RunCombo, run_registry
 
 CURRENT_SLICE, EVERY_SLICE, WHOLE_VOLUME = "current slice", "every slice (2D)", "whole volume (3D)"
@@ -117,12 +119,14 @@ class CorrectWidget(LayerPickers, QWidget):
         self.viewer = napari_viewer
         threshold_box, edit_box, feed_box = (self._threshold_box(), self._edit_box(),
                                              self._feed_box())
+        self.objects = ObjectTools(self, lambda layer, edit: apply_to_labels(layer, edit, [()]))
         self.pickers = [self.probability_combo, self.labels_combo, self.image_combo]
         self.status = QLabel("")
         self.status.setWordWrap(True)
         layout = QVBoxLayout(self)
         layout.addWidget(threshold_box)
         layout.addWidget(edit_box)
+        layout.addWidget(self.objects.box)
         layout.addWidget(feed_box)
         layout.addWidget(self.status)
         layout.addStretch(1)
@@ -194,7 +198,8 @@ class CorrectWidget(LayerPickers, QWidget):
         try:
             if isinstance(layer, Image) and "probabilit" in layer.name:
                 choose(self.probability_combo, layer)
-            elif isinstance(layer, Labels) and re.search(r"prediction( \[\d+\])?$", layer.name):
+            elif isinstance(layer, Labels) and re.search(r"(prediction|objects)( \[\d+\])?$",
+                                                         layer.name):
                 choose(self.labels_combo, layer)
         except RuntimeError:  # the widget is gone, napari's event is not
             pass
@@ -281,9 +286,11 @@ class CorrectWidget(LayerPickers, QWidget):
             show_error(str(exc))
             return
         try:
+            objects = runs.read_config_value(run_dir, "instances") == "boundary"
             report = write_training_pairs(
                 run_dir / runs.DATA, [(image.name, training_array(image, spatial_dims),
-                                       labels.data)], spatial_dims)
+                                       labels.data)], spatial_dims,
+                **({"instances": "boundary"} if objects else {}))
         except Exception as exc:  # noqa: BLE001 - disk full, permissions: tell, keep the viewer
             show_error(f"cannot add to {run_dir / runs.DATA}: {one_line(exc)}")
             return
