@@ -92,3 +92,26 @@ def test_membranes_of_a_model_of_objects_is_a_one_line_error(objects_run, nuclei
                  "--device", "cpu", "--instances", "membranes"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "one foreground" in err[0]
+
+
+def test_objects_of_a_large_image_are_made_by_blocks_with_the_same_result(
+        objects_run, nuclei, tmp_path, monkeypatch):
+    from test_instances_watershed import same_partition
+
+    from napari_unet.engine.prediction import predict as module
+
+    args = ["predict", "--run", str(objects_run), "--input", str(nuclei / "images" / "n0.tif"),
+            "--device", "cpu", "--amp", "off"]
+    assert main([*args, "--output", str(tmp_path / "whole.tif")]) == 0
+    calls = []
+    original = module.objects_from_probabilities
+    monkeypatch.setattr(module, "BLOCK_VOXELS", 1000)
+    monkeypatch.setattr(module, "BLOCK_SIDE", 20)
+    monkeypatch.setattr(module, "objects_from_probabilities",
+                        lambda *a, **k: calls.append(k) or original(*a, **k))
+    assert main([*args, "--output", str(tmp_path / "blocks.tif")]) == 0
+    assert calls[0]["block_shape"] == (20, 20)
+    whole = tifffile.imread(tmp_path / "whole.tif")
+    assert len(np.unique(whole)) > 2  # several objects (of a barely trained model)
+    assert same_partition(whole, tifffile.imread(tmp_path / "blocks.tif"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocks.tif", "whole.tif"]

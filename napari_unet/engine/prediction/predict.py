@@ -5,6 +5,7 @@ Tiling, blending and TTA live in :mod:`.sliding_window`; this module adds what a
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from ..export.loader import load_checkpoint
 from ..labels import LabelHead
 from ..runtime import resolve_device
 from .backends import backend_model
-from .instances import cells_from_membranes, objects_from_probabilities
+from .instances import cells_from_membranes, label_blocks, objects_from_probabilities
 from .sliding_window import iter_sliding_window
 
 BLOCK_VOXELS = 1 << 25   # objects of larger images are made block by block
@@ -168,11 +169,8 @@ def _objects_of(probabilities, labels, head, how, spacing, out=None):
         return cells_from_membranes(probabilities, spacing=spacing, out=out, **blocks)
     if head.objects:
         return objects_from_probabilities(probabilities, spacing=spacing, out=out, **blocks)
-    components, _ = ndimage.label(np.asarray(labels) > 0)
-    if out is None:
-        return components.astype(np.uint32)
-    out[...] = components
-    return out
+    return label_blocks(lambda core: np.asarray(labels[core]) > 0, np.shape(labels),
+                        blocks.get("block_shape"), out)[0]
 
 
 def keep_largest_object(labels) -> None:
@@ -250,16 +248,21 @@ def predict_file(run, input_path, labels_path, *, probabilities=None, overwrite=
     objects = objects_wanted(checkpoint.head, options.pop("instances", None))
     if objects and options.get("spacing") is None:
         options["spacing"] = _spacing(input_path, len(spatial))
+    # objects: the classes go to a scratch file beside them (streamed as the tiles are)
+    classes_target = labels_path.with_name(labels_path.name + ".classes.tmp")
     with TifMemmapWriter(labels_path, spatial, np.uint32 if objects else np.uint8,
                          overwrite=overwrite) as labels_out, \
-            TifMemmapWriter(prob_target, prob_shape, np.float32, overwrite=True) as prob_out:
-        outputs = dict(objects_out=labels_out) if objects else dict(labels_out=labels_out)
+            TifMemmapWriter(prob_target, prob_shape, np.float32, overwrite=True) as prob_out, \
+            (TifMemmapWriter(classes_target, spatial, np.uint8, overwrite=True) if objects
+             else nullcontext()) as classes_out:
+        outputs = dict(objects_out=labels_out, labels_out=classes_out) if objects else \
+            dict(labels_out=labels_out)
         for event in predict(checkpoint, image, out=prob_out, instances=objects or "off",
                              **outputs, **options):
             if not isinstance(event, PredictionDone):
                 yield event
-    if probabilities is None:
-        Path(prob_target).unlink(missing_ok=True)
+    for scratch in ((prob_target,) if probabilities is None else ()) + (classes_target,):
+        Path(scratch).unlink(missing_ok=True)
 
 
 def _spacing(path, dims):
