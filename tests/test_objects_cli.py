@@ -23,7 +23,7 @@ def nuclei(tmp_path_factory):
     (root / "masks").mkdir()
     rng = np.random.default_rng(0)
     for k in range(2):
-        centres = [(14, 12 + 20 * k), (14, 30 + 20 * k), (36, 20), (36, 44)]
+        centres = [(14, 12 + 20 * k), (14, 28 + 20 * k), (36, 20), (36, 44)]  # 2 touch
         ids = balls((48, 64), centres, 9).astype(np.uint16)
         ids[ids > 0] += 300
         image = (ids > 0) * 180 + rng.normal(30, 10, ids.shape)
