@@ -115,3 +115,30 @@ def test_objects_of_a_large_image_are_made_by_blocks_with_the_same_result(
     assert len(np.unique(whole)) > 2  # several objects (of a barely trained model)
     assert same_partition(whole, tifffile.imread(tmp_path / "blocks.tif"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["blocks.tif", "whole.tif"]
+
+
+def test_a_package_of_objects_says_how_objects_are_made_and_predicts_them(
+        objects_run, nuclei, tmp_path):
+    import zipfile
+
+    import yaml
+
+    package = tmp_path / "objects.zip"
+    assert main(["export", "--run", str(objects_run), "--format", "bioimageio", "--output",
+                 str(package), "--test-image", str(nuclei / "images" / "n0.tif")]) == 0
+    with zipfile.ZipFile(package) as archive:
+        readme = archive.read("README.md").decode()
+        rdf = yaml.safe_load(archive.read("rdf.yaml"))
+    assert "watershed" in readme and "napari_unet predict --model" in readme
+    assert "instance-segmentation" in rdf["tags"]
+    assert [c for c in rdf["outputs"][0]["axes"] if c.get("type") == "channel"][0][
+        "channel_names"] == ["background", "interior", "boundary"]
+    args = ["--input", str(nuclei / "images" / "n1.tif"), "--device", "cpu", "--amp", "off"]
+    assert main(["predict", "--model", str(package), "--output", str(tmp_path / "a.tif"),
+                 *args]) == 0
+    assert main(["predict", "--run", str(objects_run), "--output", str(tmp_path / "b.tif"),
+                 *args]) == 0
+    from test_instances_watershed import same_partition
+
+    assert tifffile.imread(tmp_path / "a.tif").dtype == np.uint32
+    assert same_partition(tifffile.imread(tmp_path / "a.tif"), tifffile.imread(tmp_path / "b.tif"))

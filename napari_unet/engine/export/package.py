@@ -84,5 +84,11 @@ def load_package(path) -> Checkpoint:
     if ours.get("labels"):  # packages from before the head: Checkpoint derives it from data_info
         data_info["labels"] = ours["labels"]
     return Checkpoint(model=model, config=config, norm_stats=ours["norm_stats"],
-                      step=int(ours.get("step", 0)), best_dice=float(ours.get("best_dice", 0.0)),
+                      step=int(ours.get("step", 0)), best_dice=_dice(ours.get("best_dice")),
                       data_info=data_info, path=path, state={})
+
+
+def _dice(value) -> float:
+    """The best Dice a package saved; a run without validation saved NaN, which YAML holds as
+    null."""
+    return float("nan") if value is None else float(value)
