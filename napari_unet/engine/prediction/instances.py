@@ -18,8 +18,10 @@
   as the challenge's foreground-restricted scores expect.
 
 ``spacing`` (the voxel size per axis, e.g. 0.284 / 0.127 / 0.127 um of an anisotropic stack)
-makes distances physical (``seed_distance`` is in the spacing's unit; without spacing in
-voxels) and minimum sizes count voxels as they are.
+makes the membranes' distances physical (``seed_distance`` is in the spacing's unit; without
+spacing in voxels). The three-class flooding needs no distance: anisotropy is in what the
+network learnt (outlines one voxel thick along each axis, the plan's anisotropic patches and
+resampling); it takes ``spacing`` so that both are called alike. Minimum sizes are voxels.
 
 Large images go by blocks (``block_shape``, ``halo``): the seeds (and the foreground regions
 that hold none) are labelled block by block and stitched into one id per connected region
