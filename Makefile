@@ -38,7 +38,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$(TORCH_SPEC)"
-	$(PIP) install -q -e ".[pyqt6,pyqt5,test,export,cpu]"
+	$(PIP) install -q -e ".[pyqt6,pyqt5,test,export,cpu,zarr]"
 	touch $@
 
 venv: $(VENV)/.installed

@@ -20,6 +20,7 @@ from napari_unet.errors import ConfigError, DataError
 from napari_unet.io import atomic_write, is_glob, read_image, write_tif
 from napari_unet.masks import rule_of
 from napari_unet.options import FLAGGED
+from napari_unet.zarr_files import is_zarr
 
 EXIT_USER_ERROR = 2
 EXIT_CANCELLED = 130
@@ -63,7 +64,7 @@ def cmd_predict(args) -> int:
                    tta=args.tta, amp=args.amp or "bf16", device=args.device or "auto",
                    threshold=args.threshold, overwrite=args.overwrite, backend=args.backend,
                    instances=args.instances)
-    if Path(args.input).is_dir() or is_glob(args.input):
+    if (Path(args.input).is_dir() and not is_zarr(args.input)) or is_glob(args.input):
         return _predict_many(args, engine.predict_files(
             args.run, args.input, args.output, probabilities_folder=args.probabilities,
             **options), show)

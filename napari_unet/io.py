@@ -1,5 +1,6 @@
 """Reading and writing images: TIF stacks (memory-mapped when possible), PNG/JPG/BMP,
-atomic writes and memory-mapped TIF outputs bigger than RAM.
+OME-Zarr (lazily, napari_unet.zarr_files), atomic writes and memory-mapped TIF outputs bigger
+than RAM.
 
 numpy, tifffile and imageio only: the napari reader/writer and the engine share this module,
 so it imports neither torch nor Qt.
@@ -20,6 +21,7 @@ import tifffile
 
 from napari_unet.errors import DataError, OutputExistsError
 from napari_unet.layouts import writes_as_rgb
+from napari_unet.zarr_files import is_zarr, open_zarr
 
 TIF_SUFFIXES = (".tif", ".tiff")
 OTHER_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
@@ -35,6 +37,8 @@ def read_image(path, mmap: bool = True) -> np.ndarray:
     Raises DataError with a one-line message for a missing, empty, truncated or unsupported file.
     """
     path = Path(path)
+    if is_zarr(path):  # OME-Zarr: a lazy (dask) array of its first level, read as sliced
+        return open_zarr(path).array
     _check_readable(path)
     try:
         if path.suffix.lower() in TIF_SUFFIXES:
@@ -81,6 +85,8 @@ def read_spacing(path) -> tuple | None:
     nothing: tifffile's own metadata (``spacing``/``spacing_um``), else ImageJ's Z
     ``spacing`` with the X and Y resolution tags (pixels per unit)."""
     path = Path(path)
+    if is_zarr(path):
+        return open_zarr(path).spacing
     if path.suffix.lower() not in TIF_SUFFIXES:
         return None
     with tifffile.TiffFile(path) as tif:
@@ -128,6 +134,8 @@ def input_files(source) -> list[Path]:
                             f"the pattern (quote it so the shell does not expand it)")
         return files
     path = Path(source)
+    if is_zarr(path):
+        return [path]
     if path.is_dir():
         files = image_files(path)
         if not files:

@@ -18,6 +18,7 @@ from ...io import image_files as _image_files
 from ...io import input_files, is_glob, read_image, read_spacing
 from ...layouts import channel_first, interpret, looks_like_volume
 from ...masks import mask_classes
+from ...zarr_files import is_zarr
 from .layout import as_channel_first
 
 LAYOUTS = (
@@ -226,6 +227,8 @@ def _pair_folders(image_source: Path, mask_dir: Path):
 
 
 def _pair_paths(images: Path, masks: Path):
+    if is_zarr(images) and (is_zarr(masks) or masks.is_file()):  # OME-Zarr groups are one file
+        return [(images, masks)]
     if (images.is_dir() or is_glob(images)) and masks.is_dir():
         return _pair_folders(images, masks)
     if images.is_dir() or masks.is_dir():

@@ -5,6 +5,7 @@ Tiling, blending and TTA live in :mod:`.sliding_window`; this module adds what a
 """
 from __future__ import annotations
 
+import os
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from scipy import ndimage  # a dependency of scikit-image
 from ...choices import OBJECT_MODES
 from ...errors import ConfigError, OutOfMemory, OutputExistsError
 from ...io import TifMemmapWriter, read_image, read_spacing
+from ...zarr_files import ZARR_SUFFIX, write_prediction
 from ..checkpoint import Checkpoint
 from ..data.layout import prepare_image
 from ..data.normalization import NormStats, normalize, stats_for_image
@@ -237,6 +239,10 @@ def predict_file(run, input_path, labels_path, *, probabilities=None, overwrite=
     (uint32, one id per object) instead of the classes. ``run``: a run folder, checkpoint, package or an already loaded :class:`Checkpoint`."""
     checkpoint = run if isinstance(run, Checkpoint) else load_checkpoint(run)
     labels_path = Path(labels_path)
+    if labels_path.suffix.lower() == ZARR_SUFFIX:
+        yield from _predict_to_zarr(checkpoint, input_path, labels_path, probabilities,
+                                    overwrite, options)
+        return
     for path in (labels_path, probabilities):
         if path is not None and Path(path).exists() and not overwrite:
             raise OutputExistsError(f"{path} exists: pass --overwrite to replace it")
@@ -269,3 +275,24 @@ def _spacing(path, dims):
     """The voxel size a file states for its last `dims` axes, else None."""
     spacing = read_spacing(path)
     return tuple(spacing[-dims:]) if spacing is not None and len(spacing) >= dims else None
+
+
+def _predict_to_zarr(checkpoint, input_path, target: Path, probabilities, overwrite, options):
+    """predict_file into an OME-Zarr group (napari_unet.zarr_files): through scratch TIFs
+    beside it (streamed as the tiles are), then chunk by chunk into the group."""
+    if probabilities is not None:
+        raise ConfigError(f"{target} (OME-Zarr) holds the probabilities and the labels: drop "
+                          f"--probabilities")
+    if target.exists() and not overwrite:
+        raise OutputExistsError(f"{target} exists: pass --overwrite to replace it")
+    stem = target.with_name(f".{target.name}.{os.getpid()}")
+    labels, probs = Path(f"{stem}.labels.tif"), Path(f"{stem}.probabilities.tif")
+    try:
+        yield from predict_file(checkpoint, input_path, labels, probabilities=probs,
+                                overwrite=True, **options)
+        labels_map = read_image(labels, mmap=True)
+        write_prediction(target, read_image(probs, mmap=True), labels_map,
+                         spacing=_spacing(input_path, labels_map.ndim), overwrite=overwrite)
+    finally:
+        for scratch in (labels, probs):
+            scratch.unlink(missing_ok=True)
