@@ -115,8 +115,10 @@ def row(name, arm, scores, minutes, steps) -> str:
 def bench_nuclei(name: str, args) -> list[str]:
     rows = []
     for arm, objects in (("boundary", True), ("semantic", False)):
+        if arm not in args.arms:
+            continue
         train_set, test_set = parts(load(name, args.data_root, objects), args.tiny)
-        if arm == "boundary":
+        if not rows:
             print(f"\n== {name}: {len(train_set)} train / {len(test_set)} test samples, "
                   f"{train_set.spatial_dims}D, spacing {train_set.spacing}", flush=True)
         with tempfile.TemporaryDirectory(prefix="objects-") as folder:
@@ -158,6 +160,8 @@ def main(argv=None) -> int:
     parser.add_argument("--minutes", type=float, default=10.0,
                         help="training time of each run (calibration included)")
     parser.add_argument("--data-root", type=Path, default=DATA_ROOT)
+    parser.add_argument("--arms", nargs="+", default=["boundary", "semantic"],
+                        choices=["boundary", "semantic"], help="the nuclei arms to run")
     parser.add_argument("--tiny", action="store_true",
                         help="the test suite's mode: 2 steps of tiny networks on crops")
     args = parser.parse_args(argv)

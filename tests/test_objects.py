@@ -98,6 +98,20 @@ def test_many_ids_merged_are_kept_for_the_scores(tmp_path):
     assert data.subset([0]).objects[0] is data.objects[0]
 
 
+def test_a_mask_of_few_objects_in_a_set_of_instances_keeps_its_ids(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    few = two_touching_squares(np.uint8, 30)  # 2 objects: alone, read as classes 7 and 30
+    many = np.zeros((6, 8), np.uint16)
+    many[:, :] = np.arange(48).reshape(6, 8) + 1  # 48 objects: instances
+    for name, ids in (("a", few), ("b", many)):
+        tifffile.imwrite(tmp_path / "images" / f"{name}.tif", ids.astype(np.uint8))
+        tifffile.imwrite(tmp_path / "masks" / f"{name}.tif", ids)
+    data = load_dataset(tmp_path)
+    assert [int(m.max()) for m in data.masks] == [1, 1]
+    assert data.objects[0].tolist() == few.tolist()  # not merged into one by its outline
+
+
 def test_a_run_of_objects_keeps_corrected_ids_in_its_training_set(tmp_path):
     ids = two_touching_squares()
     image = np.zeros(ids.shape, np.uint8)

@@ -158,8 +158,10 @@ def dataset_from_pairs(pairs, foreground_value=None, spatial_dims=None, **rule) 
         loaded, merged = _load_pair(image_path, mask_path, foreground_value, spatial_dims, rule)
         samples += loaded
         instances |= merged
-    if instances:  # instance maps: every object is foreground, in every mask of the set
-        samples = [(image, _objects(mask), name, ids) for image, mask, name, ids in samples]
+    if instances:  # instance maps: every object is foreground, in every mask of the set;
+        # a mask of few objects was read as classes: its values are its ids
+        samples = [(image, _objects(mask), name, mask if ids is None else ids)
+                   for image, mask, name, ids in samples]
     if not samples:
         raise DataError("no samples found: check the image and mask paths")
     dims = {image.ndim - 1 for image, *_ in samples}
