@@ -181,6 +181,17 @@ def _add_predict(p):
     _add_tta(p)
     p.add_argument("--threshold", type=float, default=None)
     _add_instances(p, "write objects (uint32, one id per object) instead of classes: ")
+    big = p.add_argument_group("volumes bigger than a machine (the [zarr] extra; output NAME.zarr)")
+    big.add_argument("--workers", type=int, default=None, metavar="N",
+                     help="predict block by block on N local Dask worker processes")
+    big.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                     help="a running Dask scheduler instead (tcp://host:8786; dask-jobqueue "
+                          "for SLURM); its workers must see the files")
+    big.add_argument("--block", type=int, nargs="+", default=[128], metavar="S",
+                     help="block size (one size: every axis)")
+    big.add_argument("--memory-limit", default="2GiB", help="per local worker")
+    big.add_argument("--resume", action="store_true",
+                     help="keep the blocks a cancelled run wrote; predict the others")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--events", choices=["jsonl"], default=None)
     _add_backend(p)

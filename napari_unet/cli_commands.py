@@ -64,6 +64,8 @@ def cmd_predict(args) -> int:
                    tta=args.tta, amp=args.amp or "bf16", device=args.device or "auto",
                    threshold=args.threshold, overwrite=args.overwrite, backend=args.backend,
                    instances=args.instances)
+    if args.workers is not None or args.scheduler is not None:
+        return _predict_on_workers(args, options, show)
     if (Path(args.input).is_dir() and not is_zarr(args.input)) or is_glob(args.input):
         return _predict_many(args, engine.predict_files(
             args.run, args.input, args.output, probabilities_folder=args.probabilities,
@@ -73,6 +75,24 @@ def cmd_predict(args) -> int:
     drive(events, show)
     print(f"wrote {args.output}" + (f" and {args.probabilities}" if args.probabilities else ""),
           file=sys.stderr)
+    return 0
+
+
+def _predict_on_workers(args, options, show) -> int:
+    """predict --workers / --scheduler: block by block over Dask (engine.predict_volume)."""
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError("--workers takes a number of worker processes >= 1")
+    if args.instances not in (None, "off") or args.backend not in ("auto", "torch"):
+        raise ConfigError("over --workers, predict classes with the torch backend (objects "
+                          "and other backends: without --workers)")
+    events = engine.predict_volume(
+        args.run, args.input, args.output, workers=args.workers or 1, scheduler=args.scheduler,
+        block=args.block, memory_limit=args.memory_limit, resume=args.resume,
+        overwrite=args.overwrite, tile_size=args.tile_size, overlap=args.overlap,
+        tta=args.tta, amp=args.amp or "off", device=args.device or "cpu",
+        batch_size=args.batch_size)
+    drive(events, show)
+    print(f"wrote {args.output}", file=sys.stderr)
     return 0
 
 

@@ -1,6 +1,7 @@
-"""Edits of instance labels (one id per object, 0 = background): delete, merge and split
-objects picked by points, as the Correct widget offers them. numpy / scipy / scikit-image
-only; each function returns a new array and leaves its input alone.
+"""Edits of instance labels (one id per object, 0 = background, 2D or 3D, any integer
+dtype): delete, merge and split objects picked by points (or cut by a drawn line), as the
+Correct widget offers them. numpy / scipy / scikit-image only; each function returns a new
+array (in a wider dtype when new ids need it) and leaves its input alone.
 """
 from __future__ import annotations
 
@@ -48,31 +49,93 @@ def merge_objects(labels, ids) -> np.ndarray:
     return np.where(np.isin(labels, ids), min(ids), labels).astype(labels.dtype)
 
 
-def split_object(labels, points, *, spacing=None) -> np.ndarray:
-    """`labels` with the one object under `points` split into one object per point: a seeded
-    watershed of its distance transform (``spacing``: the voxel size) from the points; the
-    part of the first point keeps the id, the others get new ids above the largest."""
-    labels = np.asarray(labels)
+def _fresh_ids(labels, new_id, count: int) -> int:
+    """The first of `count` unused ids: `new_id`, else one above the largest id."""
+    top = int(labels.max()) if labels.size else 0
+    if new_id is None:
+        return top + 1
+    new_id = int(new_id)
+    if new_id <= 0:
+        raise DataError(f"new_id must be a positive id, not {new_id}")
+    if np.isin(labels, np.arange(new_id, new_id + count)).any():
+        raise DataError(f"ids {new_id}..{new_id + count - 1} are taken: choose another new_id")
+    return new_id
+
+
+def _with_room(labels, largest: int) -> np.ndarray:
+    """A copy of `labels` in a dtype that holds ids up to `largest`."""
+    return labels.astype(np.promote_types(labels.dtype, np.min_scalar_type(largest)), copy=True)
+
+
+def _seeds(labels, points):
+    """(the one object id under the points, their distinct indices); a DataError otherwise."""
     points = np.atleast_2d(np.asarray(points, float))
+    if len(points) < 2 or not points.size:
+        raise DataError("put two or more points on the object to split (one per part)")
     indices = [_index(labels, point) for point in points]
     values = {int(labels[i]) if i is not None else 0 for i in indices}
-    if len(points) < 2:
-        raise DataError("put two or more points on the object to split (one per part)")
-    if values == {0} or 0 in values:
+    if 0 in values:
         raise DataError("every point of a split must lie on the object to split")
     if len(values) > 1:
         raise DataError(f"the points lie on {len(values)} objects: put them all on the one "
                         f"object to split")
-    value = values.pop()
-    obj = labels == value
-    markers = np.zeros(labels.shape, np.int32)
-    for k, index in enumerate(dict.fromkeys(indices), start=1):
-        markers[index] = k
-    distance = ndimage.distance_transform_edt(obj, sampling=spacing)
+    indices = list(dict.fromkeys(indices))
+    if len(indices) < 2:
+        raise DataError("the points of a split fall on one pixel: put them apart, one per part")
+    return values.pop(), indices
+
+
+def split_object(labels, points, *, new_id=None, spacing=None) -> np.ndarray:
+    """`labels` with the one object under `points` split into one object per point: a seeded
+    watershed of its negative distance transform (``spacing``: the voxel size, for
+    anisotropic stacks) from the points, restricted to the object. The part of the first
+    point keeps the id; the others get ids `new_id`, `new_id` + 1, ... (default: above the
+    largest id). Points on two objects, on the background, or fewer than two: DataError."""
+    labels = np.asarray(labels)
+    value, indices = _seeds(labels, points)
+    first = _fresh_ids(labels, new_id, len(indices) - 1)
+    box = ndimage.find_objects((labels == value).astype(np.uint8))[0]
+    obj = labels[box] == value
+    markers = np.zeros(obj.shape, np.int32)
+    for k, index in enumerate(indices, start=1):
+        markers[tuple(i - s.start for i, s in zip(index, box))] = k
+    distance = ndimage.distance_transform_edt(np.pad(obj, 1), sampling=spacing)
+    distance = distance[(slice(1, -1),) * obj.ndim]  # the box's edge counts as outside
     parts = watershed(-distance, markers, mask=obj)
-    dtype = np.promote_types(labels.dtype, np.min_scalar_type(int(labels.max()) + len(points)))
-    result = labels.astype(dtype, copy=True)
-    top = int(labels.max())
-    for k in range(2, int(markers.max()) + 1):
-        result[parts == k] = top + k - 1
+    result = _with_room(labels, first + len(indices) - 2)
+    view = result[box]
+    for k in range(2, len(indices) + 1):
+        view[parts == k] = first + k - 2
+    return result
+
+
+def split_by_line(labels, line_mask) -> np.ndarray:
+    """`labels` with each object that a drawn line (`line_mask`, True on the line's pixels)
+    cuts apart relabelled by the connected parts (face connectivity) of the object less the
+    line: the largest part keeps the id, the others get new ids above the largest. The line's
+    own pixels go to the part nearest inside the object, so no pixel is lost. An object the
+    line crosses without cutting it apart keeps its id; an object already in pieces that the
+    line crosses is relabelled piece by piece too."""
+    labels = np.asarray(labels)
+    line = np.asarray(line_mask, bool)
+    if line.shape != labels.shape:
+        raise DataError(f"the line mask is {line.shape} but the labels are {labels.shape}")
+    crossed = [int(v) for v in np.unique(labels[line]) if v]
+    cuts, top = [], int(labels.max()) if labels.size else 0
+    for value in crossed:
+        box = ndimage.find_objects((labels == value).astype(np.uint8))[0]
+        obj = labels[box] == value
+        pieces, count = ndimage.label(obj & ~line[box])
+        if count < 2:
+            continue
+        parts = watershed(np.zeros(obj.shape, np.uint8), pieces, mask=obj)
+        sizes = np.bincount(parts.ravel(), minlength=count + 1)[1:]
+        order = [k + 1 for k in np.argsort(-sizes, kind="stable")]
+        cuts.append((box, parts, order[1:], range(top + 1, top + count)))
+        top += count - 1
+    result = _with_room(labels, top)
+    for box, parts, others, ids in cuts:
+        view = result[box]
+        for part, new in zip(others, ids):
+            view[parts == part] = new
     return result

@@ -141,8 +141,9 @@ def write_prediction(path, probabilities, labels, *, spacing=None, overwrite=Fal
         raise OutputExistsError(f"{path} exists: pass --overwrite to replace it")
     spatial = np.shape(labels)
     dims = len(spatial)
-    probs = probabilities if np.ndim(probabilities) == dims + 1 else probabilities[None]
-    image = da.from_array(probs, chunks=(1,) + (chunk,) * dims)
+    many = len(np.shape(probabilities)) == dims + 1
+    image = da.from_array(probabilities, chunks=((1,) if many else ()) + (chunk,) * dims)
+    image = image if many else image[None]
     mask = da.from_array(labels, chunks=(chunk,) * dims)
     axes = "c" + SPATIAL[-dims:]
     step = tuple(float(s) for s in (spacing or (1.0,) * dims))
@@ -165,10 +166,11 @@ def _factors(spatial, chunk: int) -> list[dict]:
     """The pyramid's downscaling per level: halve Y and X (and Z while it stays deep) until
     the plane's smaller side would go under a chunk, at most 4 levels below the full one."""
     names = SPATIAL[-len(spatial):]
-    factors, k = [], 1
+    factors, k, z = [], 1, 1
     while min(spatial[-2:]) // 2 ** k >= chunk and k <= 4:
-        factors.append({name: (2 ** k if name != "z" or side // 2 ** k >= chunk else 1)
-                        for name, side in zip(names, spatial)})
+        if len(spatial) == 3 and spatial[0] // (2 * z) >= chunk:
+            z *= 2  # Z halves with the plane while it stays deep; a level never regains it
+        factors.append({name: (z if name == "z" else 2 ** k) for name in names})
         k += 1
     return factors
 

@@ -12,7 +12,7 @@ MAX_FUNCTION_LINES = 60
 # Imported where they are used: optional extras, the GUI toolkit napari loads itself, and
 # modules that cost seconds and are needed by one command only.
 LAZY_ALLOWED = ("onnx", "onnxruntime", "openvino", "bioimageio", "tqdm", "napari", "magicgui",
-                "zarr", "dask", "ome_zarr",  # the [zarr] extra (OME-Zarr in and out)
+                "zarr", "dask", "ome_zarr", "distributed",  # the [zarr] extra
                 "torch.nn.parallel", "torch.optim.swa_utils", "torch.distributed.run",
                 # stops a run's process tree; each use keeps working (less thoroughly) without it
                 "psutil")

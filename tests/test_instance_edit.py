@@ -6,7 +6,13 @@ from gui_support import PLUGIN, gui
 from test_instances_watershed import balls
 
 from napari_unet.errors import DataError
-from napari_unet.instance_edit import delete_objects, ids_at, merge_objects, split_object
+from napari_unet.instance_edit import (
+    delete_objects,
+    ids_at,
+    merge_objects,
+    split_by_line,
+    split_object,
+)
 
 
 def three_squares():
@@ -17,35 +23,109 @@ def three_squares():
     return labels
 
 
+def iou(a, b):
+    return (a & b).sum() / (a | b).sum()
+
+
 def test_points_pick_objects_and_delete_and_merge_edit_only_them():
     labels = three_squares()
-    assert ids_at(labels, [[3, 3], [4.4, 9.6], [0, 0], [50, 50], [3, 4]]) == [4, 9]
+    assert ids_at(labels, [[3, 3], [4.4, 9.6], [0, 0], [50, 50], [-1, 3], [3, 4]]) == [4, 9]
+    assert ids_at(labels, np.zeros((0, 2))) == []
+    assert ids_at(labels, [[7, 3, 3]]) == [4]  # a point of more axes: the last ones count
     deleted = delete_objects(labels, [9])
     assert not (deleted == 9).any() and (deleted[labels != 9] == labels[labels != 9]).all()
+    assert deleted.dtype == labels.dtype
     merged = merge_objects(labels, [9, 4])
-    assert (merged[labels > 0] > 0).all() and set(np.unique(merged)) == {0, 4, 11}
-    assert labels.max() == 11  # the input is left alone
+    assert set(np.unique(merged)) == {0, 4, 11}
+    assert (merged == 4).sum() == (labels == 4).sum() + (labels == 9).sum()
+    assert ((merged > 0) == (labels > 0)).all()  # no pixel added or lost
+    assert labels.max() == 11 and (labels == 9).sum() == 36  # the input is left alone
     with pytest.raises(DataError, match="two or more"):
         merge_objects(labels, [4])
 
 
-def test_a_split_cuts_one_object_into_a_part_per_point():
+def test_a_split_cuts_two_touching_squares_apart_with_a_seed_in_each():
+    labels = np.zeros((20, 40), np.uint16)
+    labels[4:16, 6:30] = 7     # a 12 x 24 rectangle: two touching 12 x 12 squares
+    labels[0:3, 0:3] = 2       # another object, untouched
+    split = split_object(labels, [[10, 12], [10, 24]])
+    assert set(np.unique(split)) == {0, 2, 7, 8}
+    assert ((split > 0) == (labels > 0)).all() and (split[0:3, 0:3] == 2).all()
+    left, right = np.zeros_like(labels, bool), np.zeros_like(labels, bool)
+    left[4:16, 6:18], right[4:16, 18:30] = True, True
+    assert iou(split == 7, left) > 0.9 and iou(split == 8, right) > 0.9
+    # the part of the first point keeps the id; new_id names the others
+    swapped = split_object(labels, [[10, 24], [10, 12]], new_id=100)
+    assert iou(swapped == 7, right) > 0.9 and iou(swapped == 100, left) > 0.9
+    with pytest.raises(DataError, match="taken"):
+        split_object(labels, [[10, 12], [10, 24]], new_id=2)
+    three = split_object(labels, [[10, 8], [10, 18], [10, 28]])
+    assert set(np.unique(three)) == {0, 2, 7, 8, 9}
+
+
+def test_a_split_of_round_objects_and_of_a_volume_in_its_voxel_size():
     two = balls((40, 64), [(20, 18), (20, 44)], 14)
     blob = (two > 0).astype(np.uint16) * 5
     split = split_object(blob, [[20, 18], [20, 44]])
     assert set(np.unique(split)) == {0, 5, 6} and (split > 0).sum() == (blob > 0).sum()
     for part, disc in ((5, 1), (6, 2)):
-        inter = ((split == part) & (two == disc)).sum()
-        assert inter / ((split == part) | (two == disc)).sum() > 0.9
-    volume = np.zeros((6, 10, 30), np.uint8)
-    volume[1:5, 2:8, 2:28] = 3
-    parts = split_object(volume, [[3, 5, 5], [3, 5, 24]], spacing=(2.0, 1.0, 1.0))
-    assert len(np.unique(parts)) == 3 and (parts > 0).sum() == (volume > 0).sum()
-    assert set(np.unique(parts[3, 5, 20:28])) == {4} and set(np.unique(parts[3, 5, 3:8])) == {3}
+        assert iou(split == part, two == disc) > 0.9
+    # two touching balls stacked in z, round in microns: z spacing 3, x and y 1
+    spacing = np.array([3.0, 1.0, 1.0])
+    grid = np.indices((16, 40, 40)).astype(float) * spacing[:, None, None, None]
+
+    def ball(centre, radius):
+        return ((grid - np.array(centre, float)[:, None, None, None]) ** 2).sum(0) <= radius ** 2
+
+    big, small = ball((15, 20, 20), 12), ball((33, 20, 20), 7) & ~ball((15, 20, 20), 12)
+    volume = ((big | small) * 3).astype(np.uint8)
+    seeds = [[5, 20, 20], [11, 20, 20]]  # the centres, in pixels
+    parts = split_object(volume, seeds, spacing=tuple(spacing))
+    assert set(np.unique(parts)) == {0, 3, 4} and ((parts > 0) == (volume > 0)).all()
+    assert iou(parts == 3, big) > 0.95 and iou(parts == 4, small) > 0.85
+    in_pixels = split_object(volume, seeds)  # spacing matters: in pixels the big one wins
+    assert iou(in_pixels == 4, small) < 0.5
+    full = np.zeros((10, 10), np.uint8)  # ids 255 and up do not fit in uint8
+    full[2:8, 2:8] = 255
+    assert split_object(full, [[4, 3], [4, 6]]).max() == 256
+
+
+def test_a_split_refuses_points_that_do_not_name_one_object():
+    labels = three_squares()
     with pytest.raises(DataError, match="2 objects"):
-        split_object(three_squares(), [[3, 3], [15, 22]])
+        split_object(labels, [[3, 3], [15, 22]])
     with pytest.raises(DataError, match="lie on the object"):
-        split_object(three_squares(), [[3, 3], [0, 0]])
+        split_object(labels, [[3, 3], [0, 0]])
+    with pytest.raises(DataError, match="lie on the object"):
+        split_object(labels, [[3, 3], [99, 3]])
+    with pytest.raises(DataError, match="two or more"):
+        split_object(labels, [[3, 3]])
+    with pytest.raises(DataError, match="two or more"):
+        split_object(labels, [])
+    with pytest.raises(ValueError, match="one pixel"):  # DataError is a ValueError
+        split_object(labels, [[3, 3], [3.2, 2.9]])
+
+
+def test_a_drawn_line_cuts_the_objects_it_crosses():
+    from skimage.draw import line
+
+    labels = three_squares()
+    labels[2:8, 8:20] = 9      # 9 is now 6 x 12
+    mask = np.zeros(labels.shape, bool)
+    mask[0:10, 11] = True      # cuts 9 into 3 + 8 columns, misses 4 and 11
+    cut = split_by_line(labels, mask)
+    assert ((cut > 0) == (labels > 0)).all(), "the line's pixels go to a part"
+    assert (cut[2:8, 8:11] == 12).all() and (cut[2:8, 12:20] == 9).all()
+    assert set(np.unique(cut[2:8, 11])) <= {9, 12}
+    assert (cut[labels == 4] == 4).all() and (cut[labels == 11] == 11).all()
+    diagonal = np.zeros(labels.shape, bool)
+    diagonal[line(0, 19, 9, 5)] = True  # a 1-pixel diagonal, 8-connected, still cuts
+    assert len(np.unique(split_by_line(labels, diagonal)[labels == 9])) == 2
+    nick = np.zeros(labels.shape, bool)
+    nick[12:14, 22] = True     # into 11 without cutting it apart
+    assert (split_by_line(labels, nick) == labels).all()
+    with pytest.raises(DataError, match="line mask"):
+        split_by_line(labels, mask[:5])
 
 
 @gui
@@ -54,27 +134,56 @@ def test_the_correct_widget_edits_objects_by_points_and_undo_restores(make_napar
 
     viewer = make_napari_viewer()
     _, correct = viewer.window.add_plugin_dock_widget(PLUGIN, "Correct")
-    layer = viewer.add_labels(three_squares(), name="cells objects")
+    original = three_squares()
+    original[2:8, 8:20] = 9     # 9: two touching 6 x 6 squares
+    layer = viewer.add_labels(original.copy(), name="cells objects", scale=(2.0, 2.0),
+                              translate=(10.0, 0.0))
     assert correct.labels_combo.value is layer  # a layer of objects is what to correct
     tools = correct.objects
+    assert set(tools.buttons) == {"Pick objects", "Delete", "Merge", "Split (one seed per point)"}
     seen = len(notification_manager.records)
     tools.delete()  # no points yet
     assert "Pick objects" in str(errors_since(seen)[-1].message)
     tools.pick()
     picks = tools.picks()
     assert picks.mode == "add" and viewer.layers.selection.active is picks
-    picks.add([[4, 4], [4, 10]])
+    assert tuple(picks.scale) == (2.0, 2.0) and tuple(picks.translate) == (10.0, 0.0)
+
+    def click(*data_points):  # where a click lands on these labels pixels, in world units
+        picks.add([picks.world_to_data(layer.data_to_world(p)) for p in data_points])
+
+    click([4, 4], [4, 10])
     tools.merge()
     assert set(np.unique(layer.data)) == {0, 4, 11} and len(picks.data) == 0
+    assert ((layer.data > 0) == (original > 0)).all()
+    assert "merged 2 objects" in correct.status.text()
     layer.undo()
-    assert (layer.data == three_squares()).all()
-    picks.add([[15, 22]])
+    assert (layer.data == original).all()
+    click([4, 4], [15, 22], [0, 0])
     tools.delete()
-    assert not (layer.data == 11).any() and "deleted 1 object" in correct.status.text()
-    picks.add([[4, 3], [4, 12]])
-    seen = len(notification_manager.records)
+    assert set(np.unique(layer.data)) == {0, 9} and "deleted 2 objects" in correct.status.text()
+    layer.undo()
+    assert (layer.data == original).all()
+    click([4, 10], [4, 17])
     tools.split()
-    assert "2 objects" in str(errors_since(seen)[-1].message)  # the viewer lives on
+    assert (layer.data[2:8, 8:14] == 9).all() and (layer.data[2:8, 14:20] == 12).all()
+    assert "split into 2 objects" in correct.status.text() and len(picks.data) == 0
+    layer.undo()
+    assert (layer.data == original).all()
+
+    for points, message in (([[4, 3], [4, 10]], "2 objects"), ([[0, 0]], "no object"),
+                            ([[4, 3], [0, 0]], "lie on the object")):
+        click(*points)
+        seen = len(notification_manager.records)
+        (tools.delete if message == "no object" else tools.split)()
+        assert message in str(errors_since(seen)[-1].message)  # the viewer lives on
+        assert (layer.data == original).all()
+        picks.data = np.zeros((0, 2))
+    viewer.layers.remove(layer)  # no labels layer left to correct
+    assert correct.labels_combo.value is None
+    seen = len(notification_manager.records)
+    tools.merge()
+    assert "choose the labels layer" in str(errors_since(seen)[-1].message)
 
 
 @gui

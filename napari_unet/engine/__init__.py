@@ -27,7 +27,7 @@ _EXPORTS = {
     "fit_to_minutes": "training.calibration",
     "time_limit": "training.calibration",
     "predict_files": "prediction.files",
-    "PredictionDone": "prediction.predict", "predict": "prediction.predict",
+    "PredictionDone": "prediction.predict", "predict_volume": "prediction.workers", "predict": "prediction.predict",
     "predict_array": "prediction.predict", "predict_file": "prediction.predict",
     "train": "training.loop",
     # what the CLI needs to launch torchrun workers

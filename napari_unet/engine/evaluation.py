@@ -99,7 +99,8 @@ class _ObjectScorer:
             true = connected_objects((mask > 0) & ~unlabelled)
         predicted = np.asarray(predicted)
         self.scores.update(true, predicted, ignore=unlabelled if unlabelled.any() else None)
-        self.rand.append(rand_scores(true, predicted))
+        self.rand.append(rand_scores(true, predicted,
+                                     ignore=unlabelled if unlabelled.any() else None))
 
     def result(self) -> dict:
         result = self.scores.result()

@@ -1,11 +1,13 @@
 """The Correct widget's Objects box: delete, merge and split objects of an instance labels
 layer (a prediction of objects, one id each) by points the user puts on them.
 
-"Pick objects" adds (or selects) a Points layer, "object picks", in add mode; a click puts a
-point. Delete removes the objects under the points, Merge makes them one, Split cuts the one
-object under the points into one object per point (a seeded watershed of its distance
-transform, :mod:`napari_unet.instance_edit`). Edits go through the labels layer's
-``data_setitem``, so Ctrl+Z takes them back; the points are cleared after each edit.
+"Pick objects" adds (or selects) a Points layer, "object picks", in add mode over the labels
+(their scale and translation); a click puts a point. Delete removes the objects under the
+points, Merge makes them one, "Split (one seed per point)" cuts the one object under the
+points into one object per point (a seeded watershed of its distance transform, in the
+layer's voxel size, :mod:`napari_unet.instance_edit`). Edits go through the labels layer's
+``data_setitem`` for the changed pixels only, so Ctrl+Z takes them back; the points are
+cleared after each edit. Bad input is a one-line error; the viewer lives on.
 """
 from __future__ import annotations
 
@@ -28,7 +30,8 @@ class ObjectTools:
         buttons = [("Pick objects", self.pick, "add a points layer: click on objects"),
                    ("Delete", self.delete, "remove the objects under the points"),
                    ("Merge", self.merge, "make the objects under the points one object"),
-                   ("Split", self.split, "cut the object under the points, a part a point")]
+                   ("Split (one seed per point)", self.split,
+                    "cut the one object under the points into a part per point")]
         self.buttons = {}
         rows = [QHBoxLayout(), QHBoxLayout()]
         for k, (text, action, tip) in enumerate(buttons):
@@ -47,13 +50,18 @@ class ObjectTools:
 
     def pick(self):
         """Add (or select) the picks layer in add mode, over the chosen labels."""
-        layer = self.picks()
+        viewer, layer = self.widget.viewer, self.picks()
         labels = self.widget.labels_combo.value
+        ndim = labels.ndim if labels is not None else 2
+        if layer is not None and layer.ndim != ndim:  # picks of another (2D/3D) layer
+            viewer.layers.remove(layer)
+            layer = None
         if layer is None:
-            ndim = labels.data.ndim if labels is not None else 2
-            layer = self.widget.viewer.add_points(
-                np.zeros((0, ndim)), name=PICKS, size=6, face_color="yellow", ndim=ndim)
-        self.widget.viewer.layers.selection.active = layer
+            place = {} if labels is None else {"scale": labels.scale,
+                                               "translate": labels.translate}
+            layer = viewer.add_points(np.zeros((0, ndim)), name=PICKS, size=6,
+                                      face_color="yellow", ndim=ndim, **place)
+        viewer.layers.selection.active = layer
         layer.mode = "add"
 
     def _targets(self):
@@ -61,6 +69,8 @@ class ObjectTools:
         labels = self.widget.labels_combo.value
         if labels is None:
             raise UserError("choose the labels layer of the objects (Edit labels: Labels)")
+        if getattr(labels, "multiscale", False):
+            raise UserError(f"'{labels.name}' is multiscale: edit a single-scale labels layer")
         layer = self.picks()
         if layer is None or not len(layer.data):
             raise UserError("press Pick objects and click on the objects first")
@@ -73,12 +83,14 @@ class ObjectTools:
             labels, points = self._targets()
             data = np.asarray(labels.data)
             result, count = make(data, points)
+            _fits(result, data.dtype, labels.name)
         except (UserError, DataError) as exc:
             show_error(str(exc))
             return
         self.apply(labels, lambda _: result)
         self.picks().data = np.zeros((0, self.picks().data.shape[1]))
-        self.widget._report(f"{what} {count} object(s) in '{labels.name}'")
+        self.widget._report(f"{what} {count} object{'s' if count != 1 else ''} in "
+                            f"'{labels.name}'")
 
     @staticmethod
     def _picked(data, points):
@@ -100,11 +112,18 @@ class ObjectTools:
         self._edit(make, "merged")
 
     def split(self):
-        spacing = None
         labels = self.widget.labels_combo.value
-        if labels is not None and labels.data.ndim >= 2:
-            spacing = tuple(float(s) for s in labels.scale[-labels.data.ndim:])
+        spacing = None if labels is None else tuple(abs(float(s)) for s in labels.scale)
 
         def make(data, points):
-            return instance_edit.split_object(data, points, spacing=spacing), len(points)
+            result = instance_edit.split_object(data, points, spacing=spacing[-data.ndim:])
+            return result, len(np.unique(result[data != result])) + 1
         self._edit(make, "split into")
+
+
+def _fits(result, dtype, name: str) -> None:
+    """A UserError when `result` holds ids the layer's integer dtype cannot."""
+    if np.issubdtype(dtype, np.integer) and result.size and \
+            int(result.max()) > np.iinfo(dtype).max:
+        raise UserError(f"'{name}' is {np.dtype(dtype).name} and has no id left for new "
+                        f"objects: relabel it (or convert it to uint32) first")

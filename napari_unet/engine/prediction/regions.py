@@ -3,21 +3,23 @@ sliding-window prediction: what a worker predicts for one block of a volume (pre
 
 The tiles are those of the whole image (the same starts, windows and mirrored borders,
 ``tiles.plan_axes`` over the image's full shape), restricted to the ones whose output overlaps
-the region; each is read from the whole image with its full context, predicted, weighted by
-the same Gaussian and added in the same order, so every pixel of the region holds the same
-weighted sum as in one process (to rounding: a batch of other tiles may round a convolution
-differently, ~1e-7 in float32).
+the region; each is read from the whole image with its full context, predicted in the same
+batch as in one process (the whole image's batch of ``batch_size`` tiles that holds it: a
+convolution over other tiles could round differently, ~1e-6), weighted by the same Gaussian
+and added in the same order, so every pixel of the region holds the same weighted sum as in
+one process, with the same ``batch_size``. The price: the other tiles of those batches.
 """
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 import torch
 
 from ..labels import LabelHead
 from .sliding_window import _predict_batch, _tta_transforms
-from .tiles import as_float32, gaussian_importance, plan_axes, read_window
+from .tiles import as_float32, gaussian_importance, plan_axes, read_window, tile_origin
 
 
 def region_tiles(axes, region) -> list[tuple[int, ...]]:
@@ -45,13 +47,15 @@ def predict_region(model, image, region, *, head: LabelHead, tile_size, overlap=
     sums = torch.zeros((channels, *shape), device=device)
     weights = torch.zeros(shape, device=device)
     transforms = _tta_transforms(dims, tta, tuple(axis.window for axis in axes))
-    origins = region_tiles(axes, region)
+    total = math.prod(len(axis.starts) for axis in axes)
+    wanted = sorted({_index(axes, origin) // batch_size for origin in region_tiles(axes, region)})
     was_training = model.training
     model.eval()
     model.to(device)
     try:
-        for first in range(0, len(origins), batch_size):
-            batch_origins = origins[first:first + batch_size]
+        for number in wanted:  # the whole image's batches: the same tiles round alike
+            batch_origins = [tile_origin(axes, i) for i in
+                             range(number * batch_size, min((number + 1) * batch_size, total))]
             batch = np.stack([read_window(image, axes, origin, preprocess or as_float32)
                               .reshape((image.shape[0], *(a.window for a in axes[lead:])))
                               for origin in batch_origins])
@@ -67,12 +71,22 @@ def predict_region(model, image, region, *, head: LabelHead, tile_size, overlap=
     return result if channels > 1 else result[0]
 
 
+def _index(axes, origin) -> int:
+    """The row-major number of the tile at `origin` (tiles.tile_origin's inverse)."""
+    index = 0
+    for axis, start in zip(axes, origin):
+        index = index * len(axis.starts) + axis.starts.index(start)
+    return index
+
+
 def _add(sums, weights, probs, origin, axes, region, weight) -> None:
     """One tile's weighted probabilities into the region's sums, cropped to the image and to
     the region (the whole image's ``Slab.add``, restricted)."""
     source, target = [], []
     for axis, start, part in zip(axes, origin, region):
         low, high = max(start, part.start), min(start + axis.tile, axis.size, part.stop)
+        if high <= low:  # a tile of the batch that does not reach the region
+            return
         source.append(slice(low - start, high - start))
         target.append(slice(low - part.start, high - part.start))
     sums[(slice(None), *target)].addcmul_(probs[(slice(None), *source)], weight[tuple(source)])

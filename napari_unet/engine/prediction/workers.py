@@ -1,0 +1,178 @@
+"""Prediction of a volume spread over Dask workers (dask.distributed), block by block.
+
+The volume is cut into blocks (their own chunks of the output); each block is a task that a
+worker runs: the model is loaded once per worker process, the block's probabilities are
+predicted from the whole image's tiles that reach it (``regions.predict_region``: the same
+tiles, weights and order as one process, so the result equals single-process prediction to
+rounding), and written with their labels into a scratch Zarr store beside the target, then
+marked done. Memory per worker is that of a block and its tiles, whatever the volume's size.
+A failed block is retried (``retries``); a cancelled or killed run keeps the blocks it wrote,
+and ``resume`` predicts only the others. When every block is done the store is written once
+more as an OME-Zarr image with its pyramid and labels group (``zarr_files.write_prediction``,
+renamed into place when complete) and the scratch store is removed.
+
+The cluster: a ``LocalCluster`` of ``workers`` single-threaded processes with a memory limit
+each, or any running scheduler by address (``tcp://host:8786``; e.g. dask-jobqueue's
+``SLURMCluster(...).scheduler_address``); its workers must see the same files.
+"""
+from __future__ import annotations
+
+import functools
+import itertools
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ...errors import ConfigError, OutputExistsError
+from ...io import read_image, read_spacing
+from ...zarr_files import write_prediction
+from ..data.layout import prepare_image
+from ..data.normalization import NormStats, normalize, stats_for_image
+from ..events import TilesDone
+from ..export.loader import load_checkpoint
+from . import regions
+from .predict import _tile_size
+
+DONE = "done"
+
+
+@dataclass(frozen=True)
+class VolumeJob:
+    """What every block task needs (small: it travels to the workers)."""
+
+    run: str
+    image: str
+    store: str
+    block: tuple
+    tile_size: tuple
+    overlap: float
+    tta: str
+    amp: str
+    device: str
+    batch_size: int
+    threads: int
+    stats: dict
+
+
+def block_regions(shape, block) -> list[tuple[slice, ...]]:
+    """The blocks of a spatial `shape`, row-major."""
+    starts = [range(0, n, b) for n, b in zip(shape, block)]
+    return [tuple(slice(s, min(s + b, n)) for s, b, n in zip(corner, block, shape))
+            for corner in itertools.product(*starts)]
+
+
+def _name(region) -> str:
+    return "_".join(str(part.start) for part in region)
+
+
+@functools.lru_cache(maxsize=2)
+def _model(run: str, threads: int):
+    """The checkpoint, loaded once per worker process."""
+    torch.set_num_threads(max(1, threads))
+    return load_checkpoint(run)
+
+
+def run_block(job: VolumeJob, region) -> str:
+    """Predict one block and write it (a worker's task); returns its name."""
+    import zarr
+
+    checkpoint = _model(job.run, job.threads)
+    image = prepare_image(read_image(job.image), checkpoint.model.spatial_dims,
+                          checkpoint.model.in_channels)
+    stats = NormStats.from_dict(job.stats)
+    probs = regions.predict_region(checkpoint.model, image, region, head=checkpoint.head,
+                           tile_size=job.tile_size, overlap=job.overlap,
+                           batch_size=job.batch_size, tta=job.tta, amp=job.amp,
+                           device=job.device, preprocess=lambda raw: normalize(raw, stats))
+    store = zarr.open_group(job.store, mode="r+")
+    many = probs.ndim > len(region)
+    store["probabilities"][(slice(None), *region) if many else region] = probs
+    store["labels"][region] = checkpoint.head.labels(probs, checkpoint.config.threshold)
+    (Path(job.store) / DONE / _name(region)).touch()
+    return _name(region)
+
+
+def _prepare(run, input_path, store: Path, block, resume, options):
+    """(job, regions still to do, checkpoint, spatial shape)."""
+    import zarr
+
+    checkpoint = load_checkpoint(run)
+    if checkpoint.config.resample > 1:
+        raise ConfigError("this run predicts at a lower resolution (resample): predict it "
+                          "without --workers")
+    image = prepare_image(read_image(input_path), checkpoint.model.spatial_dims,
+                          checkpoint.model.in_channels)
+    spatial = tuple(image.shape[1:])
+    block = tuple(block) if len(block) == len(spatial) else tuple(block) * len(spatial)
+    stats = stats_for_image(image, NormStats.from_dict(checkpoint.norm_stats))
+    k = checkpoint.head.blended_channels
+    if not (resume and store.exists()):
+        shutil.rmtree(store, ignore_errors=True)
+        group = zarr.open_group(str(store), mode="w")
+        group.create_array("probabilities", shape=((k,) if k > 1 else ()) + spatial,
+                           chunks=((k,) if k > 1 else ()) + block, dtype="float32")
+        group.create_array("labels", shape=spatial, chunks=block, dtype="uint8")
+        (store / DONE).mkdir()
+    done = {path.name for path in (store / DONE).iterdir()}
+    regions = [r for r in block_regions(spatial, block) if _name(r) not in done]
+    tile = _tile_size(checkpoint, options["tile_size"])
+    job = VolumeJob(str(Path(run).resolve()), str(Path(input_path).resolve()), str(store),
+                    block, tuple(tile), options["overlap"], options["tta"], options["amp"],
+                    options["device"], options["batch_size"], options["threads"],
+                    stats.to_dict())
+    return job, regions, len(block_regions(spatial, block))
+
+
+def predict_volume(run, input_path, output, *, workers: int = 2, scheduler=None,
+                   block=(128,), memory_limit="2GiB", resume=False, overwrite=False,
+                   retries: int = 2, tile_size=None, overlap=0.25, tta="off", amp="off",
+                   device="cpu", batch_size=4, threads=1):
+    """Yield TilesDone(blocks done, blocks) as blocks finish; the OME-Zarr `output` (a
+    ``.zarr`` path) is complete when the generator ends (module docstring)."""
+    from distributed import Client, LocalCluster, as_completed
+
+    output = Path(output)
+    if output.suffix.lower() != ".zarr":
+        raise ConfigError(f"{output}: prediction over workers writes OME-Zarr: name the "
+                          f"output NAME.zarr")
+    if output.exists() and not overwrite:
+        raise OutputExistsError(f"{output} exists: pass --overwrite to replace it")
+    store = output.with_name(f".{output.name}.blocks")
+    options = dict(tile_size=tile_size, overlap=overlap, tta=tta, amp=amp, device=device,
+                   batch_size=batch_size, threads=threads)
+    job, regions, total = _prepare(run, input_path, store, block, resume, options)
+    yield TilesDone(total - len(regions), total)
+    cluster = None if scheduler else LocalCluster(
+        n_workers=workers, threads_per_worker=1, memory_limit=memory_limit, processes=True,
+        dashboard_address=None)
+    try:
+        with Client(scheduler or cluster) as client:
+            futures = [client.submit(run_block, job, region, retries=retries, pure=False)
+                       for region in regions]
+            done = total - len(regions)
+            try:
+                for future in as_completed(futures):
+                    future.result()  # a block that failed after its retries raises here
+                    done += 1
+                    yield TilesDone(done, total)
+            finally:
+                client.cancel(futures)
+    finally:
+        if cluster is not None:
+            cluster.close()
+    _finish(store, output, input_path, overwrite)
+
+
+def _finish(store: Path, output: Path, input_path, overwrite) -> None:
+    import zarr
+
+    group = zarr.open_group(str(store), mode="r")
+    labels = group["labels"]
+    spacing = read_spacing(input_path)
+    dims = labels.ndim
+    spacing = tuple(spacing[-dims:]) if spacing is not None and len(spacing) >= dims else None
+    write_prediction(output, group["probabilities"], labels, spacing=spacing,
+                     overwrite=overwrite, chunk=max(16, min(labels.chunks)))
+    shutil.rmtree(store, ignore_errors=True)

@@ -1,0 +1,121 @@
+"""Prediction over Dask workers (engine.prediction.workers): one region predicted as in the
+whole image, blocks on a LocalCluster equal to one process, a retried block, a resumed run."""
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from napari_unet.cli import main
+from napari_unet.engine import preset_config
+from napari_unet.engine.checkpoint import save_checkpoint
+from napari_unet.engine.labels import LabelHead
+from napari_unet.engine.prediction import workers
+from napari_unet.engine.prediction.regions import predict_region
+from napari_unet.engine.prediction.sliding_window import sliding_window_probabilities
+from napari_unet.engine.training.setup import make_model
+from napari_unet.io import read_image
+from napari_unet.zarr_files import open_zarr
+
+SMALL = {"volume3d": {"base_channels": 4, "max_channels": 8}, "industrial": {"base_channels": 4},
+         "isbi2012": {"base_channels": 4}}
+
+
+def model_of(preset, classes=2):
+    config = preset_config(preset, patch_size=[32], model_options=SMALL[preset], amp="off",
+                           device="cpu")
+    torch.manual_seed(0)
+    return config, make_model(config, 1, classes)
+
+
+@pytest.mark.parametrize("preset,shape,classes", [("volume3d", (1, 20, 70, 50), 3),
+                                                   ("industrial", (1, 5, 90, 70), 2)])
+def test_a_region_is_predicted_as_in_the_whole_image(preset, shape, classes):
+    _, model = model_of(preset, classes)
+    head = LabelHead.for_outputs(model.num_classes)
+    image = np.random.default_rng(0).random(shape).astype(np.float32)
+    for tta in ("off", "mirror"):
+        whole = sliding_window_probabilities(model, image, tile_size=32, head=head,
+                                             batch_size=3, tta=tta)
+        region = tuple(slice(n // 3, n // 3 + n // 2) for n in shape[1:])
+        part = predict_region(model, image, region, head=head, tile_size=32, batch_size=3,
+                              tta=tta)
+        np.testing.assert_allclose(part, whole[(Ellipsis, *region)], atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def volume_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("volume")
+    config, model = model_of("volume3d")
+    save_checkpoint(folder / "run" / "checkpoints" / "best.pt", model=model, config=config,
+                    norm_stats=dict(mode="zscore", low=[], high=[], mean=[100.0], std=[50.0]),
+                    step=1, best_dice=0.5, data_info={"num_classes": 2, "in_channels": 1})
+    image = np.random.default_rng(1).integers(0, 255, (24, 72, 64)).astype(np.uint8)
+    tifffile.imwrite(folder / "v.tif", image)
+    assert main(["predict", "--run", str(folder / "run"), "--input", str(folder / "v.tif"),
+                 "--output", str(folder / "l.tif"), "--probabilities", str(folder / "p.tif"),
+                 "--device", "cpu", "--amp", "off", "--tile-size", "32",
+                 "--backend", "torch"]) == 0
+    return folder
+
+
+def _same_as_one_process(folder, output):
+    probabilities = np.asarray(open_zarr(output).array)[0]
+    np.testing.assert_allclose(probabilities, tifffile.imread(folder / "p.tif"), atol=1e-6)
+    labels = np.asarray(read_image(output / "labels" / "prediction"))
+    assert np.array_equal(labels, tifffile.imread(folder / "l.tif"))
+
+
+def test_two_local_workers_equal_one_process(volume_run, tmp_path):
+    output = tmp_path / "out.zarr"
+    assert main(["predict", "--run", str(volume_run / "run"), "--input",
+                 str(volume_run / "v.tif"), "--output", str(output), "--workers", "2",
+                 "--block", "12", "32", "32", "--tile-size", "32", "--device", "cpu",
+                 "--memory-limit", "1GiB"]) == 0
+    _same_as_one_process(volume_run, output)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.zarr"]  # no scratch left
+
+
+@pytest.fixture
+def in_process_cluster():
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                      dashboard_address=None) as cluster:
+        yield cluster.scheduler_address
+
+
+def test_a_failed_block_is_retried_and_a_cancelled_run_resumes(volume_run, tmp_path,
+                                                               monkeypatch, in_process_cluster):
+    from napari_unet.engine.prediction import regions
+
+    failures = []
+    original = regions.predict_region
+
+    def flaky(model, image, region, **options):
+        if not failures:
+            failures.append(region)
+            raise OSError("a worker lost its disk for a moment")
+        return original(model, image, region, **options)
+
+    monkeypatch.setattr(regions, "predict_region", flaky)
+    options = dict(scheduler=in_process_cluster, block=(12, 32, 32), tile_size=[32],
+                   device="cpu")
+    output = tmp_path / "out.zarr"
+    run = workers.predict_volume(volume_run / "run", volume_run / "v.tif", output, **options)
+    assert next(run).done == 0
+    assert next(run).done == 1
+    run.close()  # cancelled after one block
+    assert failures and not output.exists()
+    events = list(workers.predict_volume(volume_run / "run", volume_run / "v.tif", output,
+                                         resume=True, **options))
+    assert events[0].done >= 1 and events[-1].done == events[-1].total == 12
+    _same_as_one_process(volume_run, output)
+
+
+def test_worker_options_that_cannot_work_are_one_line_errors(volume_run, tmp_path, capsys):
+    args = ["predict", "--run", str(volume_run / "run"), "--input", str(volume_run / "v.tif")]
+    assert main([*args, "--output", str(tmp_path / "x.tif"), "--workers", "2"]) == 2
+    assert "NAME.zarr" in capsys.readouterr().err
+    assert main([*args, "--output", str(tmp_path / "x.zarr"), "--workers", "0"]) == 2
+    assert main([*args, "--output", str(tmp_path / "x.zarr"), "--workers", "1",
+                 "--instances"]) == 2
