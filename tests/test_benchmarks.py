@@ -145,6 +145,15 @@ def test_objects_scores_both_arms_of_nuclei_and_both_ways_of_em(capsys):
             assert 0.0 <= float(row["ap50"]) <= 1.0 and int(row["true"]) > 0
 
 
+def test_big_volume_predicts_on_one_and_two_workers(capsys):
+    out = run_script("benchmarks/big_volume.py", ["--tiny"], capsys)
+    rows = [dict(pair.split("=") for pair in line.split()[1:])
+            for line in out.splitlines() if line.startswith("big_volume:")]
+    assert [row["workers"] for row in rows] == ["1", "2", "1", "2"], out
+    for row in rows:
+        assert 0.1 < float(row["peak_rss_gib_per_worker"]) < 2 and float(row["seconds"]) > 0
+
+
 def test_simulated_strokes_follow_the_mask_and_cover_the_fraction():
     spec = importlib.util.spec_from_file_location("_bench_strokes", ROOT / "benchmarks/sparse.py")
     sparse = importlib.util.module_from_spec(spec)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import resource
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -176,3 +177,9 @@ def _finish(store: Path, output: Path, input_path, overwrite) -> None:
     write_prediction(output, group["probabilities"], labels, spacing=spacing,
                      overwrite=overwrite, chunk=max(16, min(labels.chunks)))
     shutil.rmtree(store, ignore_errors=True)
+
+
+def peak_memory_gib() -> float:
+    """This process's peak resident memory in GiB (Linux: ``ru_maxrss`` is in KiB); a worker
+    runs it for the benchmark (``client.run``)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
