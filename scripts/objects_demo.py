@@ -36,7 +36,7 @@ def train(minutes: float, folder: Path) -> Path:
             (data / "images" / path.name).symlink_to(path)
             (data / "masks" / f"{path.stem}.tif").symlink_to(DSB / "instances" / f"{path.stem}.tif")
     run = folder / "run"
-    subprocess.run([sys.executable, "-m", "napari_unet", "train", "--data", str(data),
+    subprocess.run([sys.executable, "-m", "napari_unet.cli", "train", "--data", str(data),
                     "--instances", "boundary", "--minutes", str(minutes), "--out", str(run)],
                    check=True)
     return run

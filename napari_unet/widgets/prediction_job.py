@@ -125,7 +125,7 @@ class PredictionJob:
         elif isinstance(event, engine.PredictionDone):
             self._add_layers(event)
         elif isinstance(event, Message):  # e.g. out of memory: retrying with fewer tiles
-            show_warning(event.text)
+            (show_warning if event.level == "warning" else show_info)(event.text)
 
     def _channel_hint(self) -> str:
         """For a model of several input channels given one channel layer: which channel group
