@@ -161,7 +161,7 @@ def reap_orphans() -> None:
                 os.waitpid(child.pid, os.WNOHANG)
 
 
-def _resource_tracker(process) -> bool:
+def resource_tracker(process) -> bool:
     """Python's own helper that multiprocessing starts once for the test process (a Dask
     LocalCluster's spawned workers need it): it ends with the test process, no test's work."""
     with contextlib.suppress(psutil.Error):
@@ -173,7 +173,7 @@ def kill_left_behind(grace_s: float = 1.0) -> list[str]:
     """Kill every living descendant after `grace_s` (time to finish an exit already under
     way); return their command lines, for the report."""
     reap_orphans()
-    left = [child for child in living_descendants() if not _resource_tracker(child)]
+    left = [child for child in living_descendants() if not resource_tracker(child)]
     _, left = psutil.wait_procs(left, timeout=grace_s)
     names = []
     for child in left:
