@@ -103,9 +103,9 @@ def otsu_dice(train_set, test_set) -> float:
     return foreground_dice(segment(test_set.images, darker), test_set.masks)
 
 
-def run_recipe(config, train_set, test_set, folder: Path, fit: bool, started: float):
-    """Train `config` (its steps fitted to its minutes where `fit`), score on `test_set`:
-    (dice, minutes, steps)."""
+def train_fitted(config, train_set, folder: Path, fit: bool, started: float):
+    """Train `config` (its steps fitted to its minutes where `fit`, stopped by the time guard):
+    (checkpoint, minutes, steps done)."""
     deadline = None
     if fit:
         config, _ = fit_to_minutes(config, train_set, started)
@@ -113,8 +113,12 @@ def run_recipe(config, train_set, test_set, folder: Path, fit: bool, started: fl
     done = config.steps
     for event in train(config, train_set, run_dir=folder, deadline=deadline):
         done = getattr(event, "step", done) if type(event).__name__ == "Finished" else done
-    minutes = (time.monotonic() - started) / 60
-    checkpoint = load_checkpoint(folder)
+    return load_checkpoint(folder), (time.monotonic() - started) / 60, done
+
+
+def run_recipe(config, train_set, test_set, folder: Path, fit: bool, started: float):
+    """Train `config` (train_fitted), score on `test_set`: (dice, minutes, steps)."""
+    checkpoint, minutes, done = train_fitted(config, train_set, folder, fit, started)
     metrics = evaluate(checkpoint, test_set, amp=config.amp, device="cpu", per_image=True,
                        keep_labels=True)
     labels = [image["labels"] for image in metrics["images"]]

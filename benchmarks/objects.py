@@ -38,18 +38,9 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 import numpy as np  # noqa: E402
-from any_data import DATA_ROOT, split, tiny_options  # noqa: E402
+from any_data import DATA_ROOT, split, tiny_options, train_fitted  # noqa: E402
 
-from napari_unet.engine import (  # noqa: E402
-    Dataset,
-    evaluate,
-    fit_to_minutes,
-    load_checkpoint,
-    load_dataset,
-    plan_for_data,
-    time_limit,
-    train,
-)
+from napari_unet.engine import Dataset, evaluate, load_dataset, plan_for_data  # noqa: E402
 from napari_unet.engine.data.dataset import dataset_from_pairs  # noqa: E402
 from napari_unet.engine.instance_metrics import connected_objects, rand_scores  # noqa: E402
 
@@ -92,16 +83,9 @@ def train_run(train_set, args, folder: Path, **options):
     started = time.monotonic()
     config = plan_for_data(train_set, "cpu").config(minutes=args.minutes, device="cpu",
                                                     **options)
-    deadline = None
     if args.tiny:
         config = config.replace(minutes=None, **tiny_options(train_set))
-    else:
-        config, _ = fit_to_minutes(config, train_set, started)
-        deadline = time_limit(config, started)
-    steps = config.steps
-    for event in train(config, train_set, run_dir=folder, deadline=deadline):
-        steps = getattr(event, "step", steps) if type(event).__name__ == "Finished" else steps
-    return load_checkpoint(folder), (time.monotonic() - started) / 60, steps
+    return train_fitted(config, train_set, folder, fit=not args.tiny, started=started)
 
 
 def row(name, arm, scores, minutes, steps) -> str:

@@ -27,14 +27,14 @@ from pathlib import Path
 import torch
 
 from ...errors import ConfigError, OutputExistsError
-from ...io import read_image, read_spacing
+from ...io import read_image
 from ...zarr_files import write_prediction
 from ..data.layout import prepare_image
 from ..data.normalization import NormStats, normalize, stats_for_image
 from ..events import TilesDone
 from ..export.loader import load_checkpoint
 from . import regions
-from .predict import _tile_size
+from .predict import _spacing, _tile_size
 
 DONE = "done"
 
@@ -171,10 +171,8 @@ def _finish(store: Path, output: Path, input_path, overwrite) -> None:
 
     group = zarr.open_group(str(store), mode="r")
     labels = group["labels"]
-    spacing = read_spacing(input_path)
-    dims = labels.ndim
-    spacing = tuple(spacing[-dims:]) if spacing is not None and len(spacing) >= dims else None
-    write_prediction(output, group["probabilities"], labels, spacing=spacing,
+    write_prediction(output, group["probabilities"], labels,
+                     spacing=_spacing(input_path, labels.ndim),
                      overwrite=overwrite, chunk=max(16, min(labels.chunks)))
     shutil.rmtree(store, ignore_errors=True)
 
