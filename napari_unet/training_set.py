@@ -13,10 +13,13 @@ import numpy as np
 
 from .errors import DataError
 from .io import read_image, write_tif
+from .lazy import is_lazy, painted_box
 from .masks import describe_classes, distinct_values, mask_classes  # noqa: F401 - re-exported
 from .runs import DATA
 
 IMAGES, MASKS = "images", "masks"
+# pixels of context kept on each side of the painted part of a lazy (not in memory) image
+CONTEXT = 32
 
 
 # -- the files ----------------------------------------------------------------------------------
@@ -58,11 +61,22 @@ def _make_folders(data_dir: Path) -> None:
 
 
 def _samples(name, image, labels, spatial_dims):
-    """[(file stem, image, labels)] of one pair: painted slices of a 2D stack, or the pair."""
+    """([(file stem, image, labels)], total, box) of one pair: painted slices of a 2D stack,
+    else the pair; of a lazy image (or labels) only its painted box with CONTEXT pixels around
+    (`box`, else None), read from the store without loading the rest."""
     if spatial_dims == 2 and labels.ndim == 3:
         return [(f"{safe_name(name)}_z{z:04d}", image[z], labels[z])
-                for z in range(labels.shape[0]) if np.any(labels[z])], labels.shape[0]
-    return ([(safe_name(name), image, labels)] if np.any(labels) else []), 1
+                for z in range(labels.shape[0]) if np.any(np.asarray(labels[z]))], \
+            labels.shape[0], None
+    if is_lazy(image) or is_lazy(labels):
+        box = painted_box(labels, CONTEXT)
+        if box is None:
+            return [], 1, None
+        spatial = tuple(labels.shape)
+        key = (slice(None),) + box if tuple(image.shape[1:]) == spatial and \
+            image.ndim > labels.ndim else box  # channels first (a group) or last (RGB)
+        return [(safe_name(name), image[key], np.asarray(labels[box]))], 1, box
+    return ([(safe_name(name), image, labels)] if np.any(labels) else []), 1, None
 
 
 def write_training_pairs(data_dir, pairs, spatial_dims: int, foreground_value=None,
@@ -79,11 +93,15 @@ def write_training_pairs(data_dir, pairs, spatial_dims: int, foreground_value=No
     """
     data_dir = Path(data_dir)
     _make_folders(data_dir)
-    report = {"written": [], "kept": 0, "total": 0, "merged": [], "duplicates": 0}
+    report = {"written": [], "kept": 0, "total": 0, "merged": [], "duplicates": 0,
+              "cropped": []}
     for name, image, labels in pairs:
         # "painted" is what napari shows: a slice with any non-zero label
-        samples, total = _samples(name, image, np.asarray(labels), spatial_dims)
+        samples, total, box = _samples(name, image, labels if is_lazy(labels)
+                                       else np.asarray(labels), spatial_dims)
         report["total"] += total
+        if box is not None:
+            report["cropped"].append(f"{name} [{', '.join(f'{s.start}:{s.stop}' for s in box)}]")
         for stem, image_part, labels_part in samples:
             if rule.get("instances") == "boundary":  # objects: the ids are the mask
                 classes, merged = _object_ids(labels_part), False

@@ -28,7 +28,7 @@ _EXPORTS = {
     "time_limit": "training.calibration",
     "predict_files": "prediction.files",
     "PredictionDone": "prediction.predict", "predict_volume": "prediction.workers", "predict": "prediction.predict",
-    "predict_array": "prediction.predict", "predict_file": "prediction.predict",
+    "predict_array": "prediction.predict", "output_shapes": "prediction.predict", "predict_file": "prediction.predict",
     "train": "training.loop",
     # what the CLI needs to launch torchrun workers
     "TIMEOUT_VARIABLE": "training.distributed", "check_process_count": "training.distributed",

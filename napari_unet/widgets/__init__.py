@@ -16,7 +16,7 @@ import numpy as np
 from qtpy.QtCore import QEvent, QObject, QTimer
 from qtpy.QtWidgets import QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QMainWindow, QPushButton
 
-from napari_unet import layouts
+from napari_unet import layouts, lazy
 
 
 def with_browse_button(field, on_browse) -> QHBoxLayout:
@@ -136,8 +136,8 @@ class ChannelGroup:
         return f"{self.name} ({len(self.layers)} channels)"
 
     @property
-    def data(self) -> np.ndarray:
-        return np.stack([np.asarray(layer_data(layer)) for layer in self.layers])
+    def data(self):
+        return lazy.stack(layer_data(layer) for layer in self.layers)  # lazy ones stay so
 
     @property
     def ndim(self) -> int:

@@ -27,7 +27,7 @@ from qtpy.QtWidgets import (
 from scipy import ndimage
 from skimage import morphology
 
-from napari_unet import engine, layouts, runs
+from napari_unet import engine, layouts, lazy, runs
 from napari_unet.training_set import write_training_pairs
 from napari_unet.widgets import (
     LayerPickers,
@@ -226,12 +226,16 @@ class CorrectWidget(LayerPickers, QWidget):
         if layer is None:
             show_error("choose a probability layer (from Predict) to threshold")
             return
-        data = np.asarray(layer_data(layer))
+        data = layer_data(layer)
         if getattr(layer, "rgb", False) or not np.issubdtype(data.dtype, np.floating):
             show_error(f"'{layer.name}' is not a probability map (floats in 0..1): choose the "
                        f"probabilities layer of a prediction")
             return
-        labels = engine.LabelHead.for_outputs(1).labels(data, self.threshold.value())
+        threshold = self.threshold.value()
+        head = engine.LabelHead.for_outputs(1)
+        labels = lazy.map_slabs(lambda part: head.labels(part, threshold), data,
+                                lazy.scratch_array(data.shape, np.uint8, "threshold")) \
+            if lazy.is_lazy(data) else head.labels(np.asarray(data), threshold)
         new = add_labels_over(self.viewer, labels, f"{layer.name} > {self.threshold.value():.2f}",
                               layer)
         choose(self.labels_combo, new)
@@ -312,7 +316,7 @@ class CorrectWidget(LayerPickers, QWidget):
         if spatial_shape(image) != tuple(labels.data.shape):
             raise UserError(f"image '{image.name}' is {spatial_shape(image)} but labels "
                             f"'{labels.name}' are {tuple(labels.data.shape)}: choose matching layers")
-        if not np.any(np.asarray(labels.data)):
+        if not lazy.any_nonzero(labels.data):
             raise UserError(f"labels '{labels.name}' are empty: nothing to learn from")
         run_dir = existing_path(self.run_combo.currentText(),
                                 "the run folder whose training set gets the pair")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_unet import engine
+from napari_unet import engine, lazy
 from napari_unet.engine.events import Failed, Message, TilesDone
 from napari_unet.errors import NapariUnetError
 from napari_unet.widgets import (
@@ -50,6 +50,10 @@ def _predict_events(checkpoint_path, image, options):
         checkpoint = engine.load_checkpoint(checkpoint_path)
         yield ModelLoaded(checkpoint.head, float(checkpoint.config.threshold),
                           int(checkpoint.model.in_channels))
+        if lazy.is_lazy(image):  # read tile by tile: the results go to scratch files too
+            options = {**options, **{
+                key: lazy.scratch_array(shape, dtype, key) for key, (shape, dtype)
+                in engine.output_shapes(checkpoint, image, options.get("axes")).items()}}
         events = engine.predict(checkpoint, image, **options)
         yield from events
     except NapariUnetError as exc:
@@ -92,8 +96,10 @@ class PredictionJob:
         if tile_size:
             options["tile_size"] = [int(tile_size)]
         self._progress = progress(total=0, desc=f"napari UNet: predicting {image_layer.name}")
-        self.worker = create_worker(_predict_events, str(self.checkpoint),
-                                    layer_data(image_layer), options, _start_thread=False)
+        image = layer_data(image_layer)
+        self.lazy = lazy.is_lazy(image)  # results in scratch files, not copied into memory
+        self.worker = create_worker(_predict_events, str(self.checkpoint), image, options,
+                                    _start_thread=False)
         self.worker.yielded.connect(self._on_yielded)
         self.worker.errored.connect(self._on_errored)
         self.worker.finished.connect(self._on_finished)
@@ -166,11 +172,11 @@ class PredictionJob:
                 data, name=layer_name, colormap="magma", contrast_limits=(0.0, 1.0),
                 blending="additive", opacity=0.6, visible=False, **placement))
         if done.objects is not None:  # one colour per object, ids the user can edit
-            self.labels_layer = self.viewer.add_labels(
-                np.array(done.objects, dtype=np.uint32), name=f"{name} objects", opacity=0.6,
-                **placement)
-        else:
-            labels = np.array(done.labels, dtype=np.uint8)  # a copy the user can paint on
+            objects = done.objects if self.lazy else np.array(done.objects, dtype=np.uint32)
+            self.labels_layer = self.viewer.add_labels(objects, name=f"{name} objects",
+                                                       opacity=0.6, **placement)
+        else:  # a copy the user can paint on (of a lazy image: its own scratch file)
+            labels = done.labels if self.lazy else np.array(done.labels, dtype=np.uint8)
             self.labels_layer = self.viewer.add_labels(labels, name=f"{name} prediction",
                                                        opacity=0.5, **placement)
         if self._on_done:
@@ -188,7 +194,13 @@ class PredictionJob:
             return
         self.threshold = threshold
         head = self.head or engine.LabelHead.for_outputs(1)
-        self.labels_layer.data = head.labels(self.probabilities, threshold)
+        if self.lazy:  # slab by slab into the scratch labels, never the whole volume at once
+            labels = self.labels_layer.data
+            lazy.map_slabs(lambda part: head.labels(part, threshold), self.probabilities,
+                           labels, lead=self.probabilities.ndim - labels.ndim)
+            self.labels_layer.refresh()
+        else:
+            self.labels_layer.data = head.labels(self.probabilities, threshold)
 
     def _on_errored(self, exc):
         self.error = one_line(exc)  # napari itself notifies, with the traceback

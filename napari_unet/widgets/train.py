@@ -15,7 +15,6 @@ import math
 import time
 from pathlib import Path
 
-import numpy as np
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QFileDialog,
@@ -27,9 +26,10 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
 )
 
-from napari_unet import layouts, runs
+from napari_unet import layouts, lazy, runs
 from napari_unet.choices import AUTO_PRESET
 from napari_unet.training_set import (
+    CONTEXT,
     copy_training_set,
     pair_count,
     write_training_pairs,
@@ -145,7 +145,7 @@ class TrainWidget(TrainForm):
             if shape != labels_shape:
                 raise UserError(f"image '{image.name}' is {shape} but labels '{labels.name}' "
                                 f"are {labels_shape}: paint labels on a layer of the image's size")
-            if not np.any(np.asarray(labels.data)):
+            if not lazy.any_nonzero(labels.data):
                 raise UserError(f"labels '{labels.name}' are empty: paint some objects with the "
                                 f"brush before training")
             if spatial_dims == 3 and len(shape) != 3:
@@ -231,6 +231,9 @@ class TrainWidget(TrainForm):
         if spatial_dims == 2 and report["kept"] < report["total"]:
             show_info(f"training on the {report['kept']} painted slice(s) of {report['total']}; "
                       f"unpainted slices are left out")
+        if report["cropped"]:
+            show_info(f"saved the painted part (with {CONTEXT} pixels around) of "
+                      f"{', '.join(report['cropped'])}: a lazily read image is not copied whole")
         if report["merged"]:
             show_info(f"labels of {', '.join(report['merged'])} have many values (instances): "
                       f"trained as one foreground class")

@@ -26,7 +26,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_unet import engine, layouts, runs
+from napari_unet import engine, layouts, lazy, runs
 from napari_unet._napari import looks_like_brats
 from napari_unet.choices import (
     AUTO_PRESET,
@@ -218,7 +218,12 @@ class TrainForm(LayerPickers, QWidget):
         if labels is None:
             self.learns.setText("")
             return
-        data = np.asarray(labels.data)
+        data = labels.data
+        if lazy.is_lazy(data):  # its painted part: a lazily read layer is not loaded whole
+            box = lazy.painted_box(data)
+            data = np.asarray(data[box]) if box else np.zeros(0, np.uint8)
+        else:
+            data = np.asarray(data)
         text = describe_classes(data, **self.mask_rule())
         if self.mask_rule() == {"foreground_value": None, "invert": False} \
                 and data.size and np.count_nonzero(data) > 0.5 * data.size:

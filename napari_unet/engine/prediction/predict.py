@@ -82,6 +82,20 @@ def predict(checkpoint, image, *, tile_size=None, overlap=0.25, batch_size=4, tt
         objects_out=objects_out)
 
 
+def output_shapes(checkpoint: Checkpoint, image, axes=None, instances=None) -> dict:
+    """What a prediction of `image` fills, by :func:`predict`'s keywords, each (shape, dtype):
+    ``out`` (the probabilities), ``labels_out`` (the classes) and, where objects are made,
+    ``objects_out``; for callers that give their own arrays (memory maps, scratch files)."""
+    spatial = tuple(prepare_image(image, checkpoint.model.spatial_dims,
+                                  checkpoint.model.in_channels, axes).shape[1:])
+    k = checkpoint.head.blended_channels
+    shapes = {"out": ((k, *spatial) if k > 1 else spatial, np.dtype(np.float32)),
+              "labels_out": (spatial, np.dtype(np.uint8))}
+    if objects_wanted(checkpoint.head, instances):
+        shapes["objects_out"] = (spatial, np.dtype(np.uint32))
+    return shapes
+
+
 def objects_wanted(head: LabelHead, instances) -> str | None:
     """The objects a prediction makes: None (none), "auto" or "membranes" (make_objects)."""
     if instances is None:
@@ -247,11 +261,10 @@ def predict_file(run, input_path, labels_path, *, probabilities=None, overwrite=
         if path is not None and Path(path).exists() and not overwrite:
             raise OutputExistsError(f"{path} exists: pass --overwrite to replace it")
     image = read_image(input_path, mmap=True)
-    spatial = tuple(prepare_image(image, checkpoint.model.spatial_dims, checkpoint.model.in_channels).shape[1:])
-    k = checkpoint.head.blended_channels
-    prob_shape = (k, *spatial) if k > 1 else spatial
-    prob_target = probabilities or labels_path.with_name(labels_path.name + ".probabilities.tmp")
     objects = objects_wanted(checkpoint.head, options.pop("instances", None))
+    shapes = output_shapes(checkpoint, image, instances=objects or "off")
+    spatial, prob_shape = shapes["labels_out"][0], shapes["out"][0]
+    prob_target = probabilities or labels_path.with_name(labels_path.name + ".probabilities.tmp")
     if objects and options.get("spacing") is None:
         options["spacing"] = _spacing(input_path, len(spatial))
     # objects: the classes go to a scratch file beside them (streamed as the tiles are)
