@@ -41,6 +41,7 @@ the data set's own format and prints ``extra: key=value ...``.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import tempfile
@@ -69,7 +70,9 @@ from napari_unet.engine.data.dataset import (  # noqa: E402
     dataset_from_pairs,
     split_folds,
 )
+from napari_unet.engine.labels import region_values  # noqa: E402
 from napari_unet.engine.metrics import region_dice  # noqa: E402
+from napari_unet.engine.prediction.predict import keep_largest_object  # noqa: E402
 from napari_unet.engine.training.calibration import seconds_per_step  # noqa: E402
 
 DATA_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -80,10 +83,12 @@ PRESETS = {"isbi2012": "isbi2012", "dagm2007": "industrial", "brats2013": "brats
 BRATS = ("brats2013", "brats2021")
 FOLDS = {"isbi2012": 5, "dagm2007": 5, "brats2013": 4, "brats2021": 4}
 CPU_MINUTES = {"isbi2012": 25, "dagm2007": 15, "brats2013": 30, "brats2021": 30}
+# the run's own labels, then postprocessed: whole-tumour parts around a core kept, the largest
+BRATS_KEYS = tuple(f"{region}{post}_dice" for post in ("", "_cored", "_largest")
+                   for region in ("wt", "tc", "et"))
 KEYS = {"isbi2012": ("membrane_dice", "mean_dice", "soft_dice", "pixel_error"),
         "dagm2007": ("per_image_dice", "defect_dice"),
-        "brats2013": ("wt_dice", "tc_dice", "et_dice"),
-        "brats2021": ("wt_dice", "tc_dice", "et_dice")}
+        "brats2013": BRATS_KEYS, "brats2021": BRATS_KEYS}
 
 # The CPU recipes (chosen for a 2-core machine; the steps come from the calibration).
 # Minutes of each budget kept back for calibration, validation and the final evaluation.
@@ -184,7 +189,8 @@ def tiny_config(dataset_name: str, config):
                           val_every=config.steps)
 
 
-def make_config(dataset_name: str, budget: str, fold: int, steps=None):
+def make_config(dataset_name: str, budget: str, fold: int, steps=None, extra=None):
+    """The fold's config: the preset, the budget's recipe, then `extra` (``--set``)."""
     preset = PRESETS[dataset_name]
     overrides = dict(fold=fold, folds=FOLDS[dataset_name], split_seed=0, seed=0)
     if dataset_name == "isbi2012":
@@ -197,7 +203,18 @@ def make_config(dataset_name: str, budget: str, fold: int, steps=None):
             overrides["val_every"] = max(1, steps // (3 if dataset_name in BRATS else 5))
             overrides["checkpoint_every"] = overrides["val_every"]
             overrides["log_every"] = max(1, steps // 200)
-    return preset_config(preset, **overrides)
+    return preset_config(preset, **{**overrides, **(extra or {})})
+
+
+def parse_setting(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` of ``--set``: the value read as JSON (numbers, lists, true), else text."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"{text!r}: write KEY=VALUE, e.g. gamma=0.3")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
 
 
 # ------------------------------------------------------------------------------ training
@@ -256,10 +273,16 @@ def evaluate_model(dataset_name: str, checkpoint, data: Dataset, eval_options: d
                     defect_dice=float(np.mean(defective)) if defective else float("nan")), \
             predictions
     brats = REGION_SETS["brats"]  # the BraTS evaluation regions, whatever the model trained
-    regions = {key: [] for key in brats["keys"]}
+    core = region_values(brats["regions"])[1:]  # the labels of the core (1 and 4)
+    regions = {f"{key}{post}": [] for post in ("", "_cored", "_largest") for key in brats["keys"]}
     for image, mask in zip(images, data.masks):
-        case = dict(zip(brats["keys"], region_dice(image["labels"], np.asarray(mask),
-                                                   brats["regions"])))
+        case = {}
+        for post, values in (("", ()), ("_cored", core), ("_largest", None)):
+            labels = np.array(image["labels"])
+            if values is not None:  # postprocessing, scored beside the run's own labels
+                keep_largest_object(labels, values)
+            case.update({f"{k}{post}": v for k, v in zip(brats["keys"], region_dice(
+                labels, np.asarray(mask), brats["regions"]))})
         for region, value in case.items():
             regions[region].append(value)
         print(f"  case={image['name']} " + format_pairs({f"{k}_dice": v for k, v in case.items()}),
@@ -413,6 +436,9 @@ def main(argv=None):
     parser.add_argument("--train-all", action="store_true",
                         help="train on every sample (no validation part) and score the "
                              "--extra-eval data only: a check on data from elsewhere")
+    parser.add_argument("--set", type=parse_setting, action="append", default=[],
+                        metavar="KEY=VALUE", help="change one option of the recipe (repeatable), "
+                        "e.g. --set gamma=0.3: what a recipe change is measured with")
     parser.add_argument("--tiny", action="store_true",
                         help=f"a check that every path runs (the test suite): the first "
                              f"{TINY_SAMPLES} samples, fold 0, {TINY_STEPS} steps of a narrow "
@@ -451,10 +477,11 @@ def main(argv=None):
     for fold in fold_list:
         fold_start = time.monotonic()
         deadline = None
-        config = make_config(name, args.budget, fold)
+        config = make_config(name, args.budget, fold, extra=dict(args.set))
         eval_options = dict(CPU_EVAL[name] if args.budget == "cpu" else REFERENCE_EVAL[name])
         if args.tiny:
-            config = tiny_config(name, make_config(name, args.budget, fold, steps=args.steps))
+            config = tiny_config(name, make_config(name, args.budget, fold, steps=args.steps,
+                                                    extra=dict(args.set)))
             eval_options.update(tile_size=TINY_TILE[name], tta=False)
         elif args.budget == "cpu":
             minutes = args.minutes or CPU_MINUTES[name]
@@ -465,7 +492,7 @@ def main(argv=None):
             if args.steps:
                 print(f"calibration suggests {steps} steps; --steps {args.steps} given", flush=True)
                 steps = args.steps
-            config = make_config(name, args.budget, fold, steps=steps)
+            config = make_config(name, args.budget, fold, steps=steps, extra=dict(args.set))
             deadline = fold_start + (minutes - CPU_RESERVE_MINUTES[name] * 0.6) * 60
             print(f"calibration: {seconds:.3f} s/step -> {steps} steps in "
                   f"{train_seconds / 60:.1f} min of training", flush=True)

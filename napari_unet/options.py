@@ -151,6 +151,10 @@ TRAIN_OPTIONS: tuple[Option, ...] = (
     Option("brightness", float, 0.0),
     Option("contrast", float, 0.0, "scale each channel about its mean by 1 +- contrast"),
     Option("flip_all_axes", bool, False),
+    Option("gamma", float, 0.0, "probability per image channel of a gamma change (0.7-1.5, "
+           "statistics kept): images from other scanners"),
+    Option("low_resolution", float, 0.0, "probability per image channel of simulated low "
+           "resolution (down by up to 2x and back)"),
     Option("elastic", float, 0.0, "probability of an elastic deformation per item"),
     Option("elastic_magnitude", float, 10.0, "pixels, std of the control points' displacement"),
     Option("elastic_grid", int, 3, "control points per axis"),

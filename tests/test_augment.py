@@ -164,3 +164,45 @@ def test_contrast_scales_each_channel_about_its_mean_within_range():
     assert torch.equal(y2, y)
     with pytest.raises(ConfigError, match="contrast"):
         Augmenter(2, contrast=1.0)
+
+
+def test_gamma_keeps_each_channels_statistics_and_order_and_only_where_chosen():
+    from napari_unet.engine.training import intensity
+
+    x = torch.randn(2, 3, 8, 12, 12)
+    chosen = torch.tensor([[True, False, True], [False, False, True]])
+    draws = torch.tensor([[0.1, 0.5, 0.9], [0.3, 0.3, 0.0]])  # gammas below and above 1
+    out = intensity.gamma(x, chosen, draws)
+    dims = (2, 3, 4)
+    assert torch.equal(out[~chosen], x[~chosen])
+    torch.testing.assert_close(out.mean(dims), x.mean(dims), atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.std(dims), x.std(dims), atol=1e-5, rtol=1e-4)
+    for item, channel in chosen.nonzero().tolist():
+        a, b = x[item, channel].flatten(), out[item, channel].flatten()
+        assert torch.equal(a.argsort(), b.argsort())  # monotone: the order of values stays
+        assert not torch.allclose(a, b, atol=1e-3)  # and the values did change
+
+
+def test_low_resolution_coarsens_the_chosen_channels_and_keeps_the_draws_of_the_rest():
+    from napari_unet.engine.training import intensity
+
+    x = torch.randn(1, 2, 16, 16, 16)
+    out = intensity.low_resolution(x, torch.tensor([[True, False]]), torch.tensor([[0.0, 0.0]]))
+    assert torch.equal(out[0, 1], x[0, 1])
+    # at half resolution a voxel's neighbours agree more than in white noise
+    def neighbour_difference(v):
+        return (v[..., 1:] - v[..., :-1]).abs().mean()
+    assert neighbour_difference(out[0, 0]) < 0.6 * neighbour_difference(x[0, 0])
+    blocky = x[:, :, ::2, ::2, ::2].repeat_interleave(2, 2).repeat_interleave(2, 3) \
+        .repeat_interleave(2, 4)
+    assert torch.equal(intensity.low_resolution(blocky, torch.tensor([[False, False]]),
+                                                torch.zeros(1, 2)), blocky)
+    # intensity augmentations switched on leave the spatial ones drawn exactly as before
+    y = torch.randint(0, 3, (2, 16, 16, 16))
+    images = torch.randn(2, 2, 16, 16, 16)
+    plain = Augmenter(3, flip_all_axes=True)(images, y, torch.Generator().manual_seed(3))
+    more = Augmenter(3, flip_all_axes=True, gamma=1.0, low_resolution=1.0)(
+        images, y, torch.Generator().manual_seed(3))
+    assert torch.equal(plain[1], more[1]) and not torch.equal(plain[0], more[0])
+    with pytest.raises(ConfigError, match="gamma is a probability"):
+        Augmenter(3, gamma=1.5)

@@ -58,12 +58,18 @@ def test_pipeline_runs_every_preset_end_to_end(capsys):
 @pytest.mark.parametrize("dataset, keys", [
     ("isbi2012", ("membrane_dice", "mean_dice", "soft_dice", "pixel_error")),
     ("dagm2007", ("per_image_dice", "defect_dice")),
-    ("brats2013", ("wt_dice", "tc_dice", "et_dice")),
+    ("brats2013", ("wt_dice", "tc_dice", "et_dice", "wt_cored_dice", "et_largest_dice")),
 ])
 def test_accuracy_scores_a_fold_through_the_engines_evaluate(dataset, keys, capsys, tmp_path):
+    # BraTS: a recipe change by --set (the scanner augmentations) and the postprocessed scores
+    changes = ["--set", "gamma=0.5", "--set", "low_resolution=0.5"] if dataset == "brats2013" \
+        else []
     out = run_script("benchmarks/accuracy.py",
                      ["--dataset", dataset, "--tiny", "--data-root", str(DATA),
-                      "--out", str(tmp_path)], capsys)
+                      "--out", str(tmp_path), *changes], capsys)
+    if changes:
+        [config] = tmp_path.rglob("config.yaml")
+        assert "gamma: 0.5" in config.read_text() and "low_resolution: 0.5" in config.read_text()
     summary = out.strip().splitlines()[-1]
     assert summary.startswith(f"dataset={dataset} budget=cpu folds=0"), summary
     for key in keys:

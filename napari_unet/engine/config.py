@@ -51,7 +51,7 @@ class _TrainConfigMethods:
             raise ConfigError(f"fold {self.fold} is out of range: use 0..{self.folds - 1} "
                               f"(or change --folds)")
         check_intensity_and_elastic(self.contrast, self.elastic, self.elastic_magnitude,
-                                    self.elastic_grid)
+                                    self.elastic_grid, self.gamma, self.low_resolution)
         self.regions = check_regions(self.regions)
         if self.regions is not None and self.loss not in REGION_LOSSES:
             raise ConfigError(f"region training has its own loss (sigmoid cross-entropy + Dice "
@@ -185,13 +185,16 @@ def check_regions(regions):
 
 
 def check_intensity_and_elastic(contrast: float, elastic: float, elastic_magnitude: float,
-                                elastic_grid: int) -> None:
+                                elastic_grid: int, gamma: float = 0.0,
+                                low_resolution: float = 0.0) -> None:
     """The bounds of the contrast and elastic augmentation options (the config and the
     Augmenter both check them: a bad value fails when the config is read, before training)."""
     if not 0.0 <= contrast < 1.0:
         raise ConfigError(f"contrast must be in [0, 1) (factors 1 +- contrast), not {contrast}")
-    if not 0.0 <= elastic <= 1.0:
-        raise ConfigError(f"elastic is a probability: use a value in [0, 1], not {elastic}")
+    for name, value in (("elastic", elastic), ("gamma", gamma),
+                        ("low_resolution", low_resolution)):
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"{name} is a probability: use a value in [0, 1], not {value}")
     if elastic_magnitude < 0 or int(elastic_grid) < 2:
         raise ConfigError(f"elastic_magnitude {elastic_magnitude} / elastic_grid {elastic_grid}: "
                           f"use a magnitude >= 0 pixels and at least 2 control points per axis")

@@ -189,13 +189,21 @@ def _objects_of(probabilities, labels, head, how, spacing, out=None):
                         blocks.get("block_shape"), out)[0]
 
 
-def keep_largest_object(labels) -> None:
+def keep_largest_object(labels, core_values=()) -> None:
     """Clear, in place, every foreground voxel outside the largest connected object of
-    ``labels > 0`` (full connectivity: 8 in 2D, 26 in 3D)."""
+    ``labels > 0`` (full connectivity: 8 in 2D, 26 in 3D). With `core_values` (a region
+    model's inner labels, e.g. the tumour core's), every object that holds a voxel of them is
+    kept instead (the largest where none does): a whole tumour is the parts around a core."""
     foreground = np.asarray(labels) > 0
     components, count = ndimage.label(foreground, np.ones((3,) * foreground.ndim, bool))
     if count <= 1:
         return
+    if len(core_values):
+        cored = np.unique(components[np.isin(labels, core_values)])
+        cored = cored[cored > 0]
+        if cored.size:
+            labels[foreground & ~np.isin(components, cored)] = 0
+            return
     sizes = np.bincount(components.ravel())
     sizes[0] = 0
     labels[(components != int(sizes.argmax())) & foreground] = 0

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from ...errors import ConfigError
 from ..config import check_intensity_and_elastic
+from . import intensity
 
 
 class Augmenter:
@@ -30,13 +31,15 @@ class Augmenter:
     window (Gaussian, standard deviation `elastic_magnitude` pixels), interpolated smoothly to
     every pixel (bicubic in 2D, trilinear in 3D). contrast: each item's channels scaled about
     their own mean by a factor drawn from [1 - c, 1 + c], one per channel (nnU-Net's contrast
-    augmentation; multi-modal MRI gets a different contrast per modality).
+    augmentation; multi-modal MRI gets a different contrast per modality). gamma /
+    low_resolution: the probability, per item and channel, of nnU-Net's gamma change and
+    simulated low resolution (:mod:`.intensity`; images from other scanners).
     """
 
     def __init__(self, spatial_dims: int, hflip: float = 0.0, vflip: float = 0.0, rot90=(),
                  crop_resize=None, brightness: float = 0.0, flip_all_axes: bool = False,
                  elastic: float = 0.0, elastic_magnitude: float = 10.0, elastic_grid: int = 3,
-                 contrast: float = 0.0):
+                 contrast: float = 0.0, gamma: float = 0.0, low_resolution: float = 0.0):
         if spatial_dims not in (2, 3):
             raise ConfigError(f"spatial_dims must be 2 or 3, not {spatial_dims!r}")
         if any(k not in (0, 1, 2, 3) for k in rot90):
@@ -45,8 +48,10 @@ class Augmenter:
             raise ConfigError(
                 f"crop_resize {tuple(crop_resize)}: use 0 < min_scale <= max_scale <= 1"
             )
-        check_intensity_and_elastic(contrast, elastic, elastic_magnitude, elastic_grid)
+        check_intensity_and_elastic(contrast, elastic, elastic_magnitude, elastic_grid,
+                                    gamma, low_resolution)
         self.spatial_dims = spatial_dims
+        self.gamma, self.low_resolution = float(gamma), float(low_resolution)
         self.contrast = float(contrast)
         self.elastic, self.elastic_magnitude = float(elastic), float(elastic_magnitude)
         self.elastic_grid = int(elastic_grid)
@@ -78,13 +83,17 @@ class Augmenter:
             factor = _to(factor, x).view(*x.shape[:2], *([1] * (x.ndim - 2)))
             mean = x.mean(dim=tuple(range(2, x.ndim)), keepdim=True)
             x = (x - mean) * factor + mean
+        if self.gamma:
+            x = intensity.gamma(x, draws["gamma_on"], draws["gamma"])
+        if self.low_resolution:
+            x = intensity.low_resolution(x, draws["low_resolution_on"], draws["low_resolution"])
         return x, y
 
     def _draw(self, batch: int, generator: torch.Generator, channels: int = 1) -> dict:
         """All random numbers of a batch, always in the same order whatever is switched on,
         so enabling one augmentation does not change the draws of the others."""
         dims = self.spatial_dims
-        return {
+        draws = {
             "hflip": torch.rand(batch, generator=generator) < self.hflip,
             "vflip": torch.rand(batch, generator=generator) < self.vflip,
             "axes": torch.rand(batch, dims, generator=generator) < 0.5,
@@ -97,6 +106,14 @@ class Augmenter:
                                  generator=generator),
             "contrast": torch.rand(batch, channels, generator=generator),
         }
+        if self.gamma or self.low_resolution:  # drawn only then: older recipes draw as before
+            draws.update({
+                "gamma_on": torch.rand(batch, channels, generator=generator) < self.gamma,
+                "gamma": torch.rand(batch, channels, generator=generator),
+                "low_resolution_on": torch.rand(batch, channels, generator=generator)
+                < self.low_resolution,
+                "low_resolution": torch.rand(batch, channels, generator=generator)})
+        return draws
 
     def _flip_and_rotate(self, x, y, draws, i):
         # flips and quarter turns act about each window's centre, so concentric windows of

@@ -156,7 +156,8 @@ def make_augmenter(config: TrainConfig) -> Augmenter:
                      rot90=tuple(config.rot90), crop_resize=config.crop_resize,
                      brightness=config.brightness, flip_all_axes=config.flip_all_axes,
                      elastic=config.elastic, elastic_magnitude=config.elastic_magnitude,
-                     elastic_grid=config.elastic_grid, contrast=config.contrast)
+                     elastic_grid=config.elastic_grid, contrast=config.contrast,
+                     gamma=config.gamma, low_resolution=config.low_resolution)
 
 
 def make_ema(model, decay: float):
