@@ -9,6 +9,9 @@ peak resident memory (``getrusage``). Printed as
 
     big_volume: gib=.. workers=.. peak_rss_gib_per_worker=.. seconds=.. speedup=..
 
+(``--one-process``: first a row of ``workers=0``, the same prediction in this process without
+Dask, single-threaded: what blocks and their halos cost.)
+
     .venv/bin/python benchmarks/big_volume.py --gib 1 --memory-limit 2GiB
     .venv/bin/python benchmarks/big_volume.py --tiny      (the test suite)
 """
@@ -28,7 +31,7 @@ sys.path.insert(0, str(HERE.parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from napari_unet.engine import predict_volume, preset_config  # noqa: E402
+from napari_unet.engine import predict_file, predict_volume, preset_config  # noqa: E402
 from napari_unet.engine.checkpoint import save_checkpoint  # noqa: E402
 from napari_unet.engine.prediction.workers import peak_memory_gib  # noqa: E402
 from napari_unet.engine.training.setup import make_model  # noqa: E402
@@ -89,10 +92,12 @@ def main(argv=None) -> int:
     parser.add_argument("--gib", type=float, default=1.0, help="size of the uint8 volume")
     parser.add_argument("--memory-limit", default="2GiB", help="per worker")
     parser.add_argument("--block", type=int, default=128)
+    parser.add_argument("--one-process", action="store_true",
+                        help="also predict in this process without Dask (one thread)")
     parser.add_argument("--tiny", action="store_true", help="the test suite's mode")
     args = parser.parse_args(argv)
     if args.tiny:
-        args.gib, args.block, args.memory_limit = 0.0005, 32, "2GiB"
+        args.gib, args.block, args.memory_limit, args.one_process = 0.0005, 32, "2GiB", True
     rows = []
     with tempfile.TemporaryDirectory(prefix="big_volume-") as folder:
         folder = Path(folder)
@@ -102,6 +107,17 @@ def main(argv=None) -> int:
               f"worker", flush=True)
         run = make_run(folder)
         one = None
+        if args.one_process:  # what blocks and halos cost: the same prediction without Dask
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)  # as one single-threaded worker
+            started = time.monotonic()
+            for _ in predict_file(run, folder / "volume.zarr", folder / "out0.zarr",
+                                  tile_size=[48], device="cpu", amp="off", backend="torch"):
+                pass
+            torch.set_num_threads(threads)
+            rows.append(f"big_volume: gib={gib:.3f} workers=0 "  # 0: one process, no Dask
+                        f"seconds={time.monotonic() - started:.1f}")
+            print(rows[-1], flush=True)
         for workers in (1, 2):
             seconds, peak = predict(run, folder / "volume.zarr", folder / f"out{workers}.zarr",
                                     workers, args)

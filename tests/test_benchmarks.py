@@ -155,9 +155,11 @@ def test_big_volume_predicts_on_one_and_two_workers(capsys):
     out = run_script("benchmarks/big_volume.py", ["--tiny"], capsys)
     rows = [dict(pair.split("=") for pair in line.split()[1:])
             for line in out.splitlines() if line.startswith("big_volume:")]
-    assert [row["workers"] for row in rows] == ["1", "2", "1", "2"], out
+    assert [row["workers"] for row in rows] == ["0", "1", "2"] * 2, out
     for row in rows:
-        assert 0.1 < float(row["peak_rss_gib_per_worker"]) < 2 and float(row["seconds"]) > 0
+        assert float(row["seconds"]) > 0
+        if row["workers"] != "0":
+            assert 0.1 < float(row["peak_rss_gib_per_worker"]) < 2
 
 
 def test_simulated_strokes_follow_the_mask_and_cover_the_fraction():

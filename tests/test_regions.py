@@ -279,6 +279,24 @@ def test_keep_largest_clears_every_object_but_the_largest():
     assert diagonal.sum() == 2 and diagonal[3, 3] == 0
 
 
+def test_keeping_the_parts_around_a_core_clears_only_coreless_parts():
+    from napari_unet.engine.prediction.predict import keep_largest_object
+
+    labels = np.zeros((6, 16, 16), np.uint8)
+    labels[1:5, 1:5, 1:5] = 2    # a small tumour: oedema around
+    labels[2, 2, 2] = 1          # with a core voxel
+    labels[0:6, 8:16, 8:16] = 2  # bright cortex, larger than the tumour, with no core
+    labels[1:3, 10:12, 1:3] = 2  # and a small coreless part
+    before = labels.copy()
+    keep_largest_object(labels, core_values=(1, 4))
+    np.testing.assert_array_equal(labels[:, :6, :6], before[:, :6, :6])
+    assert labels[:, 6:].sum() == 0 and labels[:, :, 6:].sum() == 0
+    nothing_cored = before.copy()
+    nothing_cored[2, 2, 2] = 2   # no core anywhere: the largest part stays, as keep_largest
+    keep_largest_object(nothing_cored, core_values=(1, 4))
+    assert (nothing_cored[:, 8:, 8:] == 2).all() and nothing_cored[:, :6, :6].sum() == 0
+
+
 def test_a_region_model_with_plain_zscore_reloads_from_its_bioimageio_package(tmp_path):
     """One loader: the package of a region run predicts regions (a sigmoid per region, labels
     in BraTS convention), exactly as the run folder does."""
