@@ -82,15 +82,15 @@ def _predict_on_workers(args, options, show) -> int:
     """predict --workers / --scheduler: block by block over Dask (engine.predict_volume)."""
     if args.workers is not None and args.workers < 1:
         raise ConfigError("--workers takes a number of worker processes >= 1")
-    if args.instances not in (None, "off") or args.backend not in ("auto", "torch"):
-        raise ConfigError("over --workers, predict classes with the torch backend (objects "
-                          "and other backends: without --workers)")
+    if args.backend not in ("auto", "torch"):
+        raise ConfigError("over --workers, predict with the torch backend (other backends: "
+                          "without --workers)")
     events = engine.predict_volume(
         args.run, args.input, args.output, workers=args.workers or 1, scheduler=args.scheduler,
         block=args.block, memory_limit=args.memory_limit, resume=args.resume,
         overwrite=args.overwrite, tile_size=args.tile_size, overlap=args.overlap,
         tta=args.tta, amp=args.amp or "off", device=args.device or "cpu",
-        batch_size=args.batch_size)
+        batch_size=args.batch_size, instances=args.instances)
     drive(events, show)
     print(f"wrote {args.output}", file=sys.stderr)
     return 0

@@ -118,4 +118,31 @@ def test_worker_options_that_cannot_work_are_one_line_errors(volume_run, tmp_pat
     assert "NAME.zarr" in capsys.readouterr().err
     assert main([*args, "--output", str(tmp_path / "x.zarr"), "--workers", "0"]) == 2
     assert main([*args, "--output", str(tmp_path / "x.zarr"), "--workers", "1",
-                 "--instances"]) == 2
+                 "--backend", "onnxruntime"]) == 2
+    assert "torch backend" in capsys.readouterr().err
+
+
+def test_objects_over_workers_equal_those_of_one_process(volume_run, tmp_path,
+                                                         in_process_cluster, monkeypatch):
+    from napari_unet.engine import predict_file
+    from napari_unet.engine.events import Message
+    from napari_unet.engine.prediction import predict
+
+    # objects made block by block here too (from the Zarr store; from memory maps in one
+    # process), blocks smaller than the objects, so ids are stitched across their faces
+    monkeypatch.setattr(predict, "BLOCK_VOXELS", 1000)
+    monkeypatch.setattr(predict, "BLOCK_SIDE", 16)
+    monkeypatch.setattr(predict, "BLOCK_HALO", 4)
+
+    list(predict_file(volume_run / "run", volume_run / "v.tif", tmp_path / "objects.tif",
+                      tile_size=[32], device="cpu", amp="off", backend="torch",
+                      instances="auto"))
+    expected = tifffile.imread(tmp_path / "objects.tif")
+    events = list(workers.predict_volume(
+        volume_run / "run", volume_run / "v.tif", tmp_path / "out.zarr",
+        scheduler=in_process_cluster, block=(12, 32, 32), tile_size=[32], device="cpu",
+        instances="auto"))
+    assert any(isinstance(e, Message) and "objects" in e.text for e in events)
+    objects = np.asarray(read_image(tmp_path / "out.zarr" / "labels" / "prediction"))
+    assert objects.dtype == np.uint32 and expected.max() > 1
+    np.testing.assert_array_equal(objects, expected)  # one id per object across blocks

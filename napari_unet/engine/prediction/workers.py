@@ -31,10 +31,10 @@ from ...io import read_image
 from ...zarr_files import write_prediction
 from ..data.layout import prepare_image
 from ..data.normalization import NormStats, normalize, stats_for_image
-from ..events import TilesDone
+from ..events import Message, TilesDone
 from ..export.loader import load_checkpoint
 from . import regions
-from .predict import _spacing, _tile_size
+from .predict import _spacing, _tile_size, make_objects, objects_wanted
 
 DONE = "done"
 
@@ -96,7 +96,7 @@ def run_block(job: VolumeJob, region) -> str:
 
 
 def _prepare(run, input_path, store: Path, block, resume, options):
-    """(job, regions still to do, checkpoint, spatial shape)."""
+    """(job, regions still to do, number of blocks, the model's label head)."""
     import zarr
 
     checkpoint = load_checkpoint(run)
@@ -123,15 +123,17 @@ def _prepare(run, input_path, store: Path, block, resume, options):
                     block, tuple(tile), options["overlap"], options["tta"], options["amp"],
                     options["device"], options["batch_size"], options["threads"],
                     stats.to_dict())
-    return job, regions, len(block_regions(spatial, block))
+    return job, regions, len(block_regions(spatial, block)), checkpoint.head
 
 
 def predict_volume(run, input_path, output, *, workers: int = 2, scheduler=None,
                    block=(128,), memory_limit="2GiB", resume=False, overwrite=False,
                    retries: int = 2, tile_size=None, overlap=0.25, tta="off", amp="off",
-                   device="cpu", batch_size=4, threads=1):
+                   device="cpu", batch_size=4, threads=1, instances=None):
     """Yield TilesDone(blocks done, blocks) as blocks finish; the OME-Zarr `output` (a
-    ``.zarr`` path) is complete when the generator ends (module docstring)."""
+    ``.zarr`` path) is complete when the generator ends (module docstring). ``instances``
+    (predict.make_objects; None: the run's own): the objects are made from the finished
+    store block by block with halos, in this process, and written as the labels."""
     from distributed import Client, LocalCluster, as_completed
 
     output = Path(output)
@@ -143,7 +145,8 @@ def predict_volume(run, input_path, output, *, workers: int = 2, scheduler=None,
     store = output.with_name(f".{output.name}.blocks")
     options = dict(tile_size=tile_size, overlap=overlap, tta=tta, amp=amp, device=device,
                    batch_size=batch_size, threads=threads)
-    job, regions, total = _prepare(run, input_path, store, block, resume, options)
+    job, regions, total, head = _prepare(run, input_path, store, block, resume, options)
+    how = objects_wanted(head, instances)
     yield TilesDone(total - len(regions), total)
     cluster = None if scheduler else LocalCluster(
         n_workers=workers, threads_per_worker=1, memory_limit=memory_limit, processes=True,
@@ -163,14 +166,21 @@ def predict_volume(run, input_path, output, *, workers: int = 2, scheduler=None,
     finally:
         if cluster is not None:
             cluster.close()
-    _finish(store, output, input_path, overwrite)
+    if how:
+        yield Message("info", f"making objects ({how})")
+    _finish(store, output, input_path, overwrite, head, how)
 
 
-def _finish(store: Path, output: Path, input_path, overwrite) -> None:
+def _finish(store: Path, output: Path, input_path, overwrite, head, how=None) -> None:
     import zarr
 
-    group = zarr.open_group(str(store), mode="r")
+    group = zarr.open_group(str(store), mode="r+")
     labels = group["labels"]
+    if how:  # objects from the whole store, block by block (objects crossing blocks: one id)
+        objects = group.require_array("objects", shape=labels.shape, chunks=labels.chunks,
+                                      dtype="uint32")
+        labels = make_objects(group["probabilities"], labels, head, how,
+                              _spacing(input_path, labels.ndim), out=objects)
     write_prediction(output, group["probabilities"], labels,
                      spacing=_spacing(input_path, labels.ndim),
                      overwrite=overwrite, chunk=max(16, min(labels.chunks)))
