@@ -38,6 +38,10 @@ from napari_unet.options import FLAGGED, OPTIONS
 # training options whose flags every command (or every command that reads data) takes
 MASK_RULE_OPTIONS = ("foreground_value", "unlabeled", "background_value", "ignore_value")
 SHARED_OPTIONS = ("amp", "device", *MASK_RULE_OPTIONS)
+# what a cancelled command leaves (Ctrl-C, SIGTERM)
+CANCELLED = {"train": "the last step's checkpoint is saved (continue with --resume)",
+             "predict": "finished outputs are kept and none is half-written (over --workers, "
+                        "--resume goes on from the blocks done)"}
 
 
 # -- parser --------------------------------------------------------------------------------------
@@ -303,8 +307,8 @@ def main(argv=None) -> int:
         print(f"napari_unet: error: {message}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        print("\nnapari_unet: cancelled; the last step's checkpoint is saved "
-              "(continue with --resume)", file=sys.stderr)
+        print(f"\nnapari_unet: cancelled; {CANCELLED.get(args.command, 'nothing was written')}",
+              file=sys.stderr)
         return EXIT_CANCELLED
 
 

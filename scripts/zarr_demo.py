@@ -70,7 +70,8 @@ def main(argv=None) -> int:
     output = folder / "ovule_1136_prediction.zarr"
     started = time.monotonic()
     subprocess.run(CLI + ["predict", "--run", str(run), "--input", str(stack), "--output",
-                          str(output), "--workers", "2", "--block", "64"], check=True)
+                          str(output), "--workers", "2", "--block", "64",
+                          "--memory-limit", "4GiB"], check=True)
     print(f"predicted over 2 workers in {time.monotonic() - started:.1f} s -> {output}")
 
     import napari

@@ -146,3 +146,35 @@ def test_objects_over_workers_equal_those_of_one_process(volume_run, tmp_path,
     objects = np.asarray(read_image(tmp_path / "out.zarr" / "labels" / "prediction"))
     assert objects.dtype == np.uint32 and expected.max() > 1
     np.testing.assert_array_equal(objects, expected)  # one id per object across blocks
+
+
+def test_workers_killed_on_a_block_are_one_line_about_memory():
+    from distributed.scheduler import KilledWorker
+
+    from napari_unet.errors import OutOfMemory
+
+    class Killed:
+        def result(self):
+            raise KilledWorker("run_block-1", "tcp://127.0.0.1:1", 3)
+
+    job = workers.VolumeJob("run", "in.zarr", "store", (64, 64, 64), (128, 128, 128), 0.25,
+                            "off", "off", "cpu", 4, 1, {})
+    with pytest.raises(OutOfMemory, match=r"block of 64x64x64 with tiles of 128x128x128 .*"
+                                          r"over their limit of 2GiB.*raise --memory-limit"):
+        workers._result(Killed(), "2GiB", job)
+
+
+def test_local_workers_are_never_paused_over_the_models_memory():
+    """Dask pauses a worker at 80 % of its limit until data it manages is freed: torch's
+    memory is not, so a paused worker would wait forever. Off, also after a restart."""
+    import dask
+    from distributed import Client
+
+    def pausing():
+        return dask.config.get("distributed.worker.memory.pause")
+
+    with workers._cluster(None, 1, "1GiB") as address, Client(address) as client:
+        assert list(client.run(pausing).values()) == [False]
+        client.restart()
+        assert list(client.run(pausing).values()) == [False]
+    assert dask.config.get("distributed.worker.memory.pause") == 0.8  # ours only

@@ -17,6 +17,7 @@ each, or any running scheduler by address (``tcp://host:8786``; e.g. dask-jobque
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import resource
@@ -26,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from ...errors import ConfigError, OutputExistsError
+from ...errors import ConfigError, OutOfMemory, OutputExistsError
 from ...io import read_image
 from ...zarr_files import write_prediction
 from ..data.layout import prepare_image
@@ -134,7 +135,7 @@ def predict_volume(run, input_path, output, *, workers: int = 2, scheduler=None,
     ``.zarr`` path) is complete when the generator ends (module docstring). ``instances``
     (predict.make_objects; None: the run's own): the objects are made from the finished
     store block by block with halos, in this process, and written as the labels."""
-    from distributed import Client, LocalCluster, as_completed
+    from distributed import Client, as_completed
 
     output = Path(output)
     if output.suffix.lower() != ".zarr":
@@ -148,27 +149,57 @@ def predict_volume(run, input_path, output, *, workers: int = 2, scheduler=None,
     job, regions, total, head = _prepare(run, input_path, store, block, resume, options)
     how = objects_wanted(head, instances)
     yield TilesDone(total - len(regions), total)
-    cluster = None if scheduler else LocalCluster(
-        n_workers=workers, threads_per_worker=1, memory_limit=memory_limit, processes=True,
-        dashboard_address=None)
-    try:
-        with Client(scheduler or cluster) as client:
-            futures = [client.submit(run_block, job, region, retries=retries, pure=False)
-                       for region in regions]
-            done = total - len(regions)
-            try:
-                for future in as_completed(futures):
-                    future.result()  # a block that failed after its retries raises here
-                    done += 1
-                    yield TilesDone(done, total)
-            finally:
-                client.cancel(futures)
-    finally:
-        if cluster is not None:
-            cluster.close()
+    with _cluster(scheduler, workers, memory_limit) as address, Client(address) as client:
+        futures = [client.submit(run_block, job, region, retries=retries, pure=False)
+                   for region in regions]
+        done = total - len(regions)
+        try:
+            for future in as_completed(futures):
+                _result(future, None if scheduler else memory_limit, job)
+                done += 1
+                yield TilesDone(done, total)
+        finally:
+            client.cancel(futures)
     if how:
         yield Message("info", f"making objects ({how})")
     _finish(store, output, input_path, overwrite, head, how)
+
+
+@contextlib.contextmanager
+def _cluster(scheduler, workers: int, memory_limit):
+    """The scheduler's address: `scheduler`'s, else a LocalCluster's of single-threaded worker
+    processes held to `memory_limit` by being restarted above it (the block is retried
+    elsewhere). Dask's pausing and spilling are for data it manages: a worker paused over a
+    model's memory (torch's, unmanaged) would wait forever, so they are off while it runs
+    (the nanny hands its config to the workers it starts and restarts)."""
+    if scheduler:
+        yield scheduler
+        return
+    import dask
+    from distributed import LocalCluster
+
+    with dask.config.set({"distributed.worker.memory.target": False,
+                          "distributed.worker.memory.spill": False,
+                          "distributed.worker.memory.pause": False}), \
+            LocalCluster(n_workers=workers, threads_per_worker=1, memory_limit=memory_limit,
+                         processes=True, dashboard_address=None) as cluster:
+        yield cluster.scheduler_address
+
+
+def _result(future, memory_limit, job: VolumeJob) -> None:
+    """A block's result; a block that failed after its retries raises here. Workers that die
+    on a block (killed by their nanny, almost always over their memory limit) are one line."""
+    from distributed.scheduler import KilledWorker
+
+    try:
+        future.result()
+    except KilledWorker:
+        limit = f"their limit of {memory_limit}" if memory_limit else "their memory limit"
+        raise OutOfMemory(
+            f"the workers died predicting a block of {'x'.join(map(str, job.block))} with "
+            f"tiles of {'x'.join(map(str, job.tile_size))} and batches of {job.batch_size} "
+            f"(most often over {limit}): raise --memory-limit, or lower --tile-size / "
+            f"--batch-size") from None
 
 
 def _finish(store: Path, output: Path, input_path, overwrite, head, how=None) -> None:
