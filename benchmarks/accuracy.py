@@ -139,7 +139,8 @@ CPU_RECIPES = {
 # the tumour core, and the dim case the softmax recipe above lost (pat0005) is the test of it.
 CPU_RECIPES["brats2021"] = dict(
     CPU_RECIPES["brats2013"], normalization="zscore_case", regions="brats", resample=2,
-    loss="dice_ce", foreground_oversample=0.5, patch_size=[64, 64, 64], val_tile_size=None)
+    loss="dice_ce", foreground_oversample=0.5, patch_size=[64, 64, 64], val_tile_size=None,
+    gamma=0.3, low_resolution=0.25)  # chosen on fold 1 (issue 25), as in the brats preset
 CPU_RECIPES["brats2013"] = CPU_RECIPES["brats2021"]
 # Final evaluation: tile size, overlap and TTA per data set (CPU budget).
 CPU_EVAL = {"isbi2012": dict(tile_size=[512, 512], overlap=0.5, tta="mirror"),

@@ -107,7 +107,9 @@ PRESETS: dict[str, dict] = {
     ),
     # The 3D-UNet trained as the field trains BraTS today (nnU-Net, the BraTS 2020/2021
     # winners): each case z-scored inside the brain, the three tumour regions as overlapping
-    # sigmoid outputs (labels written back in BraTS convention), contrast augmentation.
+    # sigmoid outputs (labels written back in BraTS convention), contrast augmentation, and
+    # nnU-Net's gamma and simulated low resolution for other scanners (issue 25: BraTS 2021
+    # case 00014, whose cerebellum was called tumour, whole tumour 0.625 -> 0.793).
     # Four MRI contrasts in; label values 0-4 (2013's 0-4, 2021's 0/1/2/4).
     "brats": dict(
         network=dict(in_channels=4, classes=5),
@@ -115,8 +117,8 @@ PRESETS: dict[str, dict] = {
         steps=16000, batch_size=2, optimizer="adam", lr=2e-4, weight_decay=0.0,
         lr_schedule="constant", loss="dice_ce", regions="brats", normalization="zscore_case",
         foreground_oversample=0.33, hflip=0.0, vflip=0.0, rot90=[0], crop_resize=None,
-        brightness=0.1, contrast=0.25, flip_all_axes=True, val_every=500,
-        checkpoint_every=500,
+        brightness=0.1, contrast=0.25, gamma=0.3, low_resolution=0.25, flip_all_axes=True,
+        val_every=500, checkpoint_every=500,
     ),
 }
 PRESET_NAMES = tuple(PRESETS)

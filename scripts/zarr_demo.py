@@ -14,6 +14,7 @@ nothing loaded whole); the Predict widget then predicts the lazy stack layer in 
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -61,7 +62,7 @@ def wait(app, condition, timeout_s: float) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, default=None)
-    parser.add_argument("--minutes", type=float, default=3.0)
+    parser.add_argument("--minutes", type=float, default=5.0)
     parser.add_argument("--out", default="zarr.png")
     args = parser.parse_args(argv)
     folder = Path(tempfile.mkdtemp(prefix="napari_unet_zarr_"))
@@ -74,6 +75,7 @@ def main(argv=None) -> int:
                           "--memory-limit", "4GiB"], check=True)
     print(f"predicted over 2 workers in {time.monotonic() - started:.1f} s -> {output}")
 
+    os.environ.setdefault("QT_API", "pyqt6")  # napari's own (its PyQt5 support is ending)
     import napari
     from qtpy.QtWidgets import QApplication
 
@@ -82,10 +84,11 @@ def main(argv=None) -> int:
     [image] = viewer.open(str(stack), plugin="napari-ome-zarr")
     opened = viewer.open(str(output), plugin="napari-ome-zarr")
     for layer in opened:
-        print(f"opened {layer.name}: {type(layer).__name__}, multiscale={layer.multiscale}, "
-              f"{type(layer.data[0]).__module__.split('.')[0]} levels {len(layer.data)}")
-        if type(layer).__name__ == "Image":
-            layer.visible = False
+        levels = len(layer.data) if layer.multiscale else 1
+        array = layer.data[0] if layer.multiscale else layer.data
+        print(f"opened {layer.name}: {type(layer).__name__}, {levels} level(s), "
+              f"{type(array).__module__.split('.')[0]} array")
+        layer.visible = type(layer).__name__ == "Labels"  # the workers' labels over the stack
     predict = viewer.window.add_plugin_dock_widget(PLUGIN, "Predict")[1]
     viewer.window.add_plugin_dock_widget(PLUGIN, "Correct")
     predict.model_combo.setEditText(str(run))
