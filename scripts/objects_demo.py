@@ -15,10 +15,10 @@ import argparse
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+from viewer_support import save_screenshot, settle, wait
 
 ROOT = Path(__file__).resolve().parent.parent
 DSB = ROOT.parent / "shared" / "data" / "dsb2018"
@@ -69,20 +69,14 @@ def main(argv=None) -> int:
     for layer in layers:
         predict.image_combo.value = layer
         predict.predict_button.click()
-        deadline = time.monotonic() + 300
-        while (predict.last_job is None or predict.last_job.running
-               or predict.last_job.image_layer is not layer) and time.monotonic() < deadline:
-            app.processEvents()
-            time.sleep(0.02)
+        wait(app, lambda layer=layer: predict.last_job is not None
+             and not predict.last_job.running and predict.last_job.image_layer is layer, 300)
         objects = predict.last_job.labels_layer
         print(f"{layer.name}: {len(np.unique(objects.data)) - 1} objects "
               f"({objects.name}, {objects.data.dtype})")
-    for _ in range(40):
-        app.processEvents()
-        time.sleep(0.05)
+    settle(app, 2)
     viewer.reset_view()
-    viewer.screenshot(args.out, canvas_only=False)
-    print(f"wrote {args.out}")
+    save_screenshot(viewer, args.out)
     viewer.close()
     return 0
 

@@ -18,8 +18,9 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from viewer_support import close_toasts, save_screenshot, settle, wait
 
 ROOT = Path(__file__).resolve().parent.parent
 PLUGIN = "napari-unet-torch"
@@ -36,25 +37,6 @@ def _under_xvfb() -> None:
     os.environ["NAPARI_UNET_SCREENSHOT_CHILD"] = "1"
     os.execv(xvfb, [xvfb, "-a", "-s", "-screen 0 1920x1200x24", sys.executable,
                     str(Path(__file__).resolve()), *sys.argv[1:]])
-
-
-def _wait(app, condition, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        app.processEvents()
-        time.sleep(0.02)
-    return True
-
-
-def _close_toasts(window) -> None:
-    """Close napari's pop-up notifications (e.g. its own PyQt5 deprecation notice)."""
-    from qtpy.QtWidgets import QWidget
-
-    for widget in window.findChildren(QWidget):
-        if type(widget).__name__ == "NapariQtNotification":
-            widget.close()
 
 
 def main(argv=None) -> int:
@@ -93,7 +75,7 @@ def main(argv=None) -> int:
         if args.run:
             predict.set_model(args.run)
             predict.predict()
-            if not _wait(app, lambda: predict.job is None or not predict.job.running, 900):
+            if not wait(app, lambda: predict.job is None or not predict.job.running, 900):
                 print("prediction did not finish in time; taking the shot anyway",
                       file=sys.stderr)
         elif not args.no_train:
@@ -101,24 +83,19 @@ def main(argv=None) -> int:
             train.device.setCurrentText("cpu")
             train.run_folder.setText(str(run_root / "run"))
             train.start_button.click()
-            if not _wait(app, lambda: train.runner.exit_code is not None, 600):
+            if not wait(app, lambda: train.runner.exit_code is not None, 600):
                 print("training did not finish in time; taking the shot anyway", file=sys.stderr)
             elif train.runner.exit_code != 0:
                 print(train.runner.stderr_text[-2000:], file=sys.stderr)
-            _wait(app, lambda: train.prediction is None or not train.prediction.running, 120)
+            wait(app, lambda: train.prediction is None or not train.prediction.running, 120)
             if "em labels" in viewer.layers:
                 viewer.layers["em labels"].visible = False
             if "em" in viewer.layers:
                 viewer.layers.selection.active = viewer.layers["em"]
         viewer.dims.set_current_step(0, args.slice)
-        _close_toasts(window)
-        for _ in range(20):
-            app.processEvents()
-            time.sleep(0.05)
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        viewer.screenshot(str(out), canvas_only=False)
-        print(f"wrote {out}")
+        close_toasts(window)
+        settle(app, 1)
+        save_screenshot(viewer, args.out)
     finally:
         viewer.close()
         shutil.rmtree(run_root, ignore_errors=True)

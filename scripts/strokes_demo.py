@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from viewer_support import save_screenshot, settle, wait
 
 ROOT = Path(__file__).resolve().parent.parent
 ISBI = ROOT.parent / "shared" / "data" / "isbi2012"
@@ -96,15 +97,9 @@ def main(argv=None) -> int:
         print(f"strokes_gui: seconds={seconds:.1f} p50_ms={np.median(gaps):.1f} "
               f"p99_ms={np.percentile(gaps, 99):.1f} max_ms={gaps.max():.1f} "
               f"new_layers={sorted({layer.name for layer in viewer.layers} - before)}")
-        deadline = time.perf_counter() + 120
-        while train.runner.exit_code is None and time.perf_counter() < deadline:
-            app.processEvents()
-            time.sleep(0.05)
-        for _ in range(40):
-            app.processEvents()
-            time.sleep(0.05)
-        viewer.screenshot(args.out, canvas_only=False)
-        print(f"wrote {args.out}")
+        wait(app, lambda: train.runner.exit_code is not None, 120)
+        settle(app, 2)
+        save_screenshot(viewer, args.out)
     finally:
         timer.stop()
         viewer.close()

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from viewer_support import save_screenshot, settle, wait
 
 ROOT = Path(__file__).resolve().parent.parent
 OVULES = ROOT.parent / "shared" / "data" / "ovules3d"
@@ -50,13 +51,6 @@ def as_ome_zarr(tif: Path, target: Path) -> Path:
                 scale=dict(zip("zyx", spacing)), scale_factors=[{"z": 1, "y": 2, "x": 2}],
                 storage_options={"chunks": (32, 64, 64)})
     return target
-
-
-def wait(app, condition, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition() and time.monotonic() < deadline:
-        app.processEvents()
-        time.sleep(0.02)
 
 
 def main(argv=None) -> int:
@@ -104,10 +98,9 @@ def main(argv=None) -> int:
           f" of the voxels")
     job.labels_layer.visible = False
     viewer.dims.set_current_step(0, image.data[0].shape[0] // 2)
-    wait(app, lambda: False, 2)
+    settle(app, 2)
     viewer.reset_view()
-    viewer.screenshot(args.out, canvas_only=False)
-    print(f"wrote {args.out}")
+    save_screenshot(viewer, args.out)
     viewer.close()
     return 0
 
