@@ -118,13 +118,14 @@ def _prepare(run, input_path, store: Path, block, resume, options):
         group.create_array("labels", shape=spatial, chunks=block, dtype="uint8")
         (store / DONE).mkdir()
     done = {path.name for path in (store / DONE).iterdir()}
-    regions = [r for r in block_regions(spatial, block) if _name(r) not in done]
+    every = block_regions(spatial, block)
+    regions = [r for r in every if _name(r) not in done]
     tile = _tile_size(checkpoint, options["tile_size"])
     job = VolumeJob(str(Path(run).resolve()), str(Path(input_path).resolve()), str(store),
                     block, tuple(tile), options["overlap"], options["tta"], options["amp"],
                     options["device"], options["batch_size"], options["threads"],
                     stats.to_dict())
-    return job, regions, len(block_regions(spatial, block)), checkpoint.head
+    return job, regions, len(every), checkpoint.head
 
 
 def predict_volume(run, input_path, output, *, workers: int = 2, scheduler=None,
