@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy.ndimage import binary_dilation
+from skimage.segmentation import find_boundaries
 
 from napari_unet.choices import IGNORE_CLASS
 
@@ -127,11 +129,13 @@ def test_any_data_plans_trains_and_scores_a_2d_and_a_3d_set(capsys):
 
 def test_sparse_simulates_strokes_and_slices_and_trains_on_them(capsys):
     out = run_script("benchmarks/sparse.py", ["--tiny", "--dataset", "dsb2018", "ovules3d",
-                                              "--fraction", "0.05", "--data-root", str(DATA)],
+                                              "--fraction", "0.05", "--strokes", "skeleton",
+                                              "edges", "--data-root", str(DATA)],
                      capsys)
     rows = [dict(pair.split("=") for pair in line.split()[1:])
             for line in out.splitlines() if line.startswith("sparse:")]
-    assert {row["dataset"] for row in rows} == {"dsb2018", "ovules3d"}, out
+    assert [(row["dataset"], row["strokes"]) for row in rows] == [  # as made, then the table
+        ("dsb2018", "skeleton"), ("dsb2018", "edges"), ("ovules3d", "slices")] * 2, out
     for row in rows:
         assert 0 < float(row["annotated_pixels"]) <= 0.07  # ovules: 1 slice in 20 of a crop
         assert 0.0 <= float(row["dice"]) <= 1.0 and int(row["steps"]) == 2
@@ -175,6 +179,16 @@ def test_simulated_strokes_follow_the_mask_and_cover_the_fraction():
     assert abs(labelled.mean() - 0.05) < 0.01
     assert np.array_equal(drawn[labelled], mask[labelled])  # strokes never cross a boundary
     assert (drawn == 1).any() and (drawn == 0).any()
+    near_edge = binary_dilation(find_boundaries(mask), iterations=3)
+    edges = sparse.strokes(mask, 0.05, np.random.default_rng(0), lines="edges")
+    drawn_edges = edges != IGNORE_CLASS
+    assert abs(drawn_edges.mean() - 0.05) < 0.01
+    assert np.array_equal(edges[drawn_edges], mask[drawn_edges])
+    assert near_edge[drawn_edges].all() and not near_edge[labelled].all()  # edges, not middles
+    assert ((edges == 1) & near_edge).any() and ((edges == 0) & near_edge).any()  # both sides
+    thin = np.zeros((32, 32), np.uint8)
+    thin[10:12, 4:28] = 1  # too thin for a line inside its edge: its skeleton instead
+    assert (sparse.edge_line(thin == 1) & (thin == 1)).sum() > 10
     volume = np.arange(20)[:, None, None] * np.ones((1, 4, 4), np.uint8)
     slices = sparse.some_slices(volume, 0.2)
     assert [z for z in range(20) if (slices[z] != IGNORE_CLASS).all()] == [0, 5, 10, 15]
