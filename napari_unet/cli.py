@@ -164,9 +164,12 @@ def _add_instances(p, what):
 
 def _add_model_source(p):
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--run", metavar="RUN_DIR", help="a run folder or checkpoint")
-    source.add_argument("--model", metavar="PACKAGE.zip", dest="run",
-                        help="a bioimage.io package exported by napari_unet export")
+    source.add_argument("--run", metavar="RUN_DIR", action="append",
+                        help="a run folder or checkpoint; several (--run A --run B, e.g. the "
+                             "folds of one recipe): their averaged probabilities")
+    source.add_argument("--model", metavar="PACKAGE.zip", dest="run", action="append",
+                        help="a bioimage.io package exported by napari_unet export (several: "
+                             "their ensemble, as --run)")
 
 
 def _add_predict(p):

@@ -64,7 +64,12 @@ def cmd_predict(args) -> int:
                    tta=args.tta, amp=args.amp or "bf16", device=args.device or "auto",
                    threshold=args.threshold, overwrite=args.overwrite, backend=args.backend,
                    instances=args.instances)
+    runs = args.run  # several: an ensemble (engine.load_models)
+    args.run = runs[0] if len(runs) == 1 else runs
     if args.workers is not None or args.scheduler is not None:
+        if len(runs) > 1:
+            raise ConfigError("over --workers, predict with one --run (an ensemble of "
+                              f"{len(runs)} runs: without --workers)")
         return _predict_on_workers(args, options, show)
     if (Path(args.input).is_dir() and not is_zarr(args.input)) or is_glob(args.input):
         return _predict_many(args, engine.predict_files(

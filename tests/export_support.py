@@ -26,15 +26,18 @@ FAMILIES = {
 }
 
 
-def make_run(folder: Path, family: str) -> Path:
-    """A run folder with a best.pt of ``family`` (seeded weights)."""
-    preset, options, channels, classes, patch, norm = FAMILIES[family]
+def make_run(folder: Path, family: str, seed: int = 0, classes: int | None = None,
+             name: str | None = None) -> Path:
+    """A run folder (``name``, else the family's) with a best.pt of ``family`` (weights drawn
+    with `seed`; `classes`: other than the family's)."""
+    preset, options, channels, family_classes, patch, norm = FAMILIES[family]
+    classes = classes or family_classes
     config = preset_config(preset, patch_size=patch, model_options=options, amp="off",
                            device="cpu")
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = make_model(config, channels, classes)
     window, output = window_sizes(model, config.patch_size)
-    run = Path(folder) / family
+    run = Path(folder) / (name or family)
     save_checkpoint(run / "checkpoints" / "best.pt", model=model, config=config,
                     norm_stats=norm, step=3, best_dice=0.5,
                     data_info={"num_classes": classes, "in_channels": channels,

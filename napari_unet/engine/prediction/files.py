@@ -13,9 +13,8 @@ from pathlib import Path
 from ...errors import DataError, NapariUnetError, OutputExistsError
 from ...io import input_files
 from ...runs import LABELS_SUFFIX, PROBABILITIES_SUFFIX
-from ..checkpoint import Checkpoint
 from ..events import FileDone
-from ..export.loader import load_checkpoint
+from .ensemble import load_models
 from .predict import predict_file
 
 
@@ -55,7 +54,7 @@ def predict_files(run, source, output_folder, *, probabilities_folder=None,
     probabilities = (output_names(inputs, probabilities_folder, PROBABILITIES_SUFFIX)
                      if probabilities_folder is not None else [None] * len(inputs))
     _check_outputs(labels + [p for p in probabilities if p is not None], overwrite)
-    checkpoint = run if isinstance(run, Checkpoint) else load_checkpoint(run)
+    checkpoint = load_models(run)
     for folder in {Path(output_folder), Path(probabilities_folder or output_folder)}:
         folder.mkdir(parents=True, exist_ok=True)
     yield FileDone(0, len(inputs), "")  # the count, before the first file's tiles

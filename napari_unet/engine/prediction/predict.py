@@ -22,11 +22,11 @@ from ..checkpoint import Checkpoint
 from ..data.layout import prepare_image
 from ..data.normalization import NormStats, normalize, stats_for_image
 from ..data.resolution import downsample_image, upsample_probabilities
-from ..events import Message
-from ..export.loader import load_checkpoint
+from ..events import Message, TilesDone
 from ..labels import LabelHead
 from ..runtime import resolve_device
 from .backends import backend_model
+from .ensemble import Ensemble, load_models
 from .instances import cells_from_membranes, label_blocks, objects_from_probabilities
 from .sliding_window import iter_sliding_window
 
@@ -62,9 +62,20 @@ def predict(checkpoint, image, *, tile_size=None, overlap=0.25, batch_size=4, tt
     ``backend``: torch, onnxruntime, openvino or auto (engine.backends).
     ``instances`` (:func:`make_objects`): None = the run's own (objects for a model trained
     with ``--instances boundary``, none otherwise), "off", "auto" or "membranes"; ``spacing``:
-    the voxel size per spatial axis (anisotropic volumes), ``objects_out``: where they go."""
-    if not isinstance(checkpoint, Checkpoint):
-        checkpoint = load_checkpoint(checkpoint)
+    the voxel size per spatial axis (anisotropic volumes), ``objects_out``: where they go.
+    ``checkpoint``: one model, or several (a list of runs, an :class:`Ensemble`) whose
+    probabilities are averaged."""
+    checkpoint = load_models(checkpoint)
+    if isinstance(checkpoint, Ensemble):
+        yield from _predict_ensemble(
+            checkpoint, image, out=out, labels_out=labels_out, axes=axes,
+            threshold=checkpoint.config.threshold if threshold is None else threshold,
+            keep_largest=checkpoint.config.keep_largest if keep_largest is None else keep_largest,
+            instances=objects_wanted(checkpoint.head, instances), spacing=spacing,
+            objects_out=objects_out, tile_size=tile_size, overlap=overlap,
+            batch_size=batch_size, tta=tta, amp=amp, device=device,
+            channels_last=channels_last, backend=backend)
+        return
     device = resolve_device(device)
     model = backend_model(checkpoint.model, backend, device, amp)
     channels_last = channels_last and model is checkpoint.model
@@ -80,6 +91,40 @@ def predict(checkpoint, image, *, tile_size=None, overlap=0.25, batch_size=4, tt
         channels_last=channels_last and checkpoint.model.spatial_dims == 2,
         instances=objects_wanted(checkpoint.head, instances), spacing=spacing,
         objects_out=objects_out)
+
+
+def _predict_ensemble(ensemble: Ensemble, image, *, out, labels_out, threshold, keep_largest,
+                      instances, spacing, objects_out, axes, **options):
+    """predict() of several models: their probabilities averaged, then the labels, the
+    largest object and the objects, once (the first model's head and settings)."""
+    total, count = None, len(ensemble.members)
+    for index, member in enumerate(ensemble.members):
+        yield Message("info", f"model {index + 1} of {count}: {member.path}")
+        for event in predict(member, image, axes=axes, keep_largest=False, instances="off",
+                             **options):
+            if isinstance(event, PredictionDone):
+                probabilities = np.asarray(event.probabilities, np.float32)
+                total = probabilities.copy() if total is None else total + probabilities
+            elif isinstance(event, TilesDone):  # one bar over all the models
+                yield TilesDone(index * event.total + event.done, count * event.total)
+            else:
+                yield event
+    total /= count
+    if out is not None:
+        out[...] = total
+        total = out
+    labels = ensemble.head.labels(total, threshold)
+    if labels_out is not None:
+        labels_out[...] = labels
+        labels = labels_out
+    if keep_largest:
+        keep_largest_object(labels)
+    objects = None
+    if instances:
+        yield Message("info", f"making objects ({instances})")
+        objects = make_objects(total, labels, ensemble.head, instances, spacing, objects_out,
+                               dims=ensemble.model.spatial_dims)
+    yield PredictionDone(probabilities=total, labels=labels, objects=objects)
 
 
 def output_shapes(checkpoint: Checkpoint, image, axes=None, instances=None) -> dict:
@@ -258,8 +303,9 @@ def predict_file(run, input_path, labels_path, *, probabilities=None, overwrite=
                  **options):
     """Predict a TIF from disk into TIF files, streaming through memory maps; yields events.
     Where objects are made (``instances``, or a model of objects), `labels_path` gets them
-    (uint32, one id per object) instead of the classes. ``run``: a run folder, checkpoint, package or an already loaded :class:`Checkpoint`."""
-    checkpoint = run if isinstance(run, Checkpoint) else load_checkpoint(run)
+    (uint32, one id per object) instead of the classes. ``run``: a run folder, checkpoint,
+    package or an already loaded :class:`Checkpoint`; a list of them: their ensemble."""
+    checkpoint = load_models(run)
     labels_path = Path(labels_path)
     if labels_path.suffix.lower() == ZARR_SUFFIX:
         yield from _predict_to_zarr(checkpoint, input_path, labels_path, probabilities,
