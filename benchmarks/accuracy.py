@@ -61,6 +61,7 @@ from napari_unet.engine import (  # noqa: E402
     evaluate,
     load_checkpoint,
     load_dataset,
+    load_models,
     preset_config,
     train,
 )
@@ -291,6 +292,22 @@ def evaluate_model(dataset_name: str, checkpoint, data: Dataset, eval_options: d
     return {f"{k}_dice": float(np.mean(v)) for k, v in regions.items()}, predictions
 
 
+def score_runs(name: str, args) -> int:
+    """--score: the runs' final checkpoints (several: their ensemble) on the --extra-eval data,
+    with the budget's evaluation settings."""
+    models = load_models([runs.find_checkpoint(run, runs.LAST) if Path(run).is_dir() else run
+                          for run in args.score])
+    eval_options = dict(CPU_EVAL[name] if args.budget == "cpu" else REFERENCE_EVAL[name])
+    if args.tiny:
+        eval_options.update(tile_size=TINY_TILE[name], tta=False)
+    for images, masks in args.extra_eval:
+        data = load_extra(name, Path(images), Path(masks))
+        result, _ = evaluate_model(name, models, data, eval_options)
+        print(f"extra: runs={','.join(map(str, args.score))} images={images} masks={masks} "
+              f"samples={len(data)} {format_pairs(result)}", flush=True)
+    return 0
+
+
 def format_pairs(values: dict) -> str:
     return " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                     for k, v in values.items())
@@ -440,6 +457,10 @@ def main(argv=None):
     parser.add_argument("--set", type=parse_setting, action="append", default=[],
                         metavar="KEY=VALUE", help="change one option of the recipe (repeatable), "
                         "e.g. --set gamma=0.3: what a recipe change is measured with")
+    parser.add_argument("--score", nargs="+", type=Path, default=None, metavar="RUN",
+                        help="train nothing: score these runs' final checkpoints on the "
+                             "--extra-eval data (several: their ensemble, as predict --run A "
+                             "--run B)")
     parser.add_argument("--tiny", action="store_true",
                         help=f"a check that every path runs (the test suite): the first "
                              f"{TINY_SAMPLES} samples, fold 0, {TINY_STEPS} steps of a narrow "
@@ -451,6 +472,10 @@ def main(argv=None):
 
     started = time.monotonic()
     name = args.dataset
+    if args.score:
+        if not args.extra_eval:
+            parser.error("--score scores --extra-eval data: give some")
+        return score_runs(name, args)
     folds = FOLDS[name]
     if args.fold is not None and not 0 <= args.fold < folds:
         parser.error(f"--fold must be in 0..{folds - 1} for {name}")

@@ -78,6 +78,17 @@ def test_accuracy_scores_a_fold_through_the_engines_evaluate(dataset, keys, caps
         assert re.search(rf"\b{key}=(\d\.\d{{4}}|nan)\b", summary), (key, summary)
     if dataset == "brats2013":  # each case's own line, then the mean over the cases
         assert len(re.findall(r"^  case=pat\d+ wt_dice=", out, re.M)) == 1
+        # --score: the run trained nothing more, alone and as an ensemble (here of itself:
+        # the same scores), on other data
+        case = [str(DATA / "brats2013" / f"pat0003_{part}.tif") for part in ("image", "labels")]
+        scores = []
+        for runs in ([tmp_path / "fold0"], [tmp_path / "fold0"] * 2):
+            out = run_script("benchmarks/accuracy.py", [
+                "--dataset", dataset, "--tiny", "--score", *map(str, runs),
+                "--extra-eval", *case], capsys)
+            [line] = [line for line in out.splitlines() if line.startswith("extra: runs=")]
+            scores.append(re.search(r"wt_dice=(\S+) tc_dice=(\S+)", line).groups())
+        assert scores[0] == scores[1], scores
 
 
 def test_cpu_backends_prints_a_row_per_model(capsys):

@@ -7,11 +7,10 @@ import numpy as np
 import torch
 
 from ..choices import IGNORE_CLASS
-from .checkpoint import Checkpoint
 from .data.dataset import Dataset, split_folds
-from .export.loader import load_checkpoint
 from .instance_metrics import InstanceScores, connected_objects, rand_scores
 from .metrics import DiceAccumulator, per_image_dice, pixel_error, soft_dice_reference
+from .prediction.ensemble import load_models
 from .prediction.predict import objects_wanted, predict, run_to_end
 
 
@@ -26,8 +25,7 @@ def evaluate(checkpoint, dataset: Dataset, *, fold=None, tile_size=None, overlap
     ``keep_labels`` adds each image's predicted labels there (pictures; not for JSON).
     ``instances`` (None: the run's own, as ``predict``): ``metrics["objects"]`` (_ObjectScorer).
     """
-    if not isinstance(checkpoint, Checkpoint):
-        checkpoint = load_checkpoint(checkpoint)
+    checkpoint = load_models(checkpoint)  # one model, or several: their ensemble
     config = checkpoint.config
     if fold is not None:
         _, indices = split_folds(len(dataset.images), fold, config.folds, config.split_seed)
