@@ -140,7 +140,8 @@ def _add_backend(p):
 
 
 def _add_evaluate(p):
-    p.add_argument("--run", required=True, metavar="RUN_DIR", help="a run folder or checkpoint")
+    p.add_argument("--run", required=True, metavar="RUN_DIR", action="append",
+                   help="a run folder or checkpoint; several: their ensemble (as predict)")
     _add_data(p)
     p.add_argument("--fold", type=int, default=None, metavar="K",
                    help="score only fold K's validation part (the run's split)")

@@ -50,10 +50,14 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    checkpoint = engine.load_checkpoint(args.run)
+    if len(args.run) > 1 and args.fold is not None:
+        raise ConfigError("--fold scores one run's validation part: an ensemble of runs "
+                          "(several --run) is scored on data none of them trained on, "
+                          "without --fold")
+    checkpoint = engine.load_models(args.run)  # several: their ensemble
     config = checkpoint.config
     dataset = _load_data(args, config.spatial_dims, {**rule_of(config), **rule_of(args)})
-    run_dir = Path(args.run) if Path(args.run).is_dir() else None
+    run_dir = Path(args.run[0]) if len(args.run) == 1 and Path(args.run[0]).is_dir() else None
     _report_evaluation(args, checkpoint, dataset, args.fold, run_dir)
     return 0
 

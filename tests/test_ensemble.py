@@ -1,5 +1,7 @@
 """Several models predicting as one (predict --run A --run B): the probabilities averaged,
 the labels taken once from the average, models of different tasks refused in one line."""
+import re
+
 import numpy as np
 import pytest
 import tifffile
@@ -67,3 +69,21 @@ def test_cli_predicts_with_several_runs(runs, image, tmp_path, capsys):
     assert main(["predict", "--run", str(runs[0]), "--run", str(runs[1]), "--input",
                  str(source), "--output", str(tmp_path / "x.zarr"), "--workers", "1"]) == 2
     assert "over --workers, predict with one --run" in capsys.readouterr().err
+
+
+def test_cli_evaluates_an_ensemble_but_not_on_a_fold(runs, image, tmp_path, capsys):
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir(), masks.mkdir()
+    tifffile.imwrite(images / "scan.tif", image)
+    tifffile.imwrite(masks / "scan.tif", (image > 128).astype(np.uint8))
+    fast = ["--device", "cpu", "--amp", "off", "--tile-size", "256"]
+    dice = []
+    for chosen in ([runs[0]], [runs[1]], runs):
+        capsys.readouterr()
+        assert main(["evaluate", *[f"--run={run}" for run in chosen], "--images",
+                     str(images), "--masks", str(masks), *fast]) == 0
+        dice.append(float(re.search(r"\bmean_dice=(\S+)", capsys.readouterr().out).group(1)))
+    assert len(set(dice)) == 3, dice  # the ensemble is neither model
+    assert main(["evaluate", "--run", str(runs[0]), "--run", str(runs[1]), "--images",
+                 str(images), "--masks", str(masks), "--fold", "0"]) == 2
+    assert "without --fold" in capsys.readouterr().err
