@@ -113,18 +113,10 @@ def _predict_ensemble(ensemble: Ensemble, image, *, out, labels_out, threshold, 
     if out is not None:
         out[...] = total
         total = out
-    labels = ensemble.head.labels(total, threshold)
     if labels_out is not None:
-        labels_out[...] = labels
-        labels = labels_out
-    if keep_largest:
-        keep_largest_object(labels)
-    objects = None
-    if instances:
-        yield Message("info", f"making objects ({instances})")
-        objects = make_objects(total, labels, ensemble.head, instances, spacing, objects_out,
-                               dims=ensemble.model.spatial_dims)
-    yield PredictionDone(probabilities=total, labels=labels, objects=objects)
+        labels_out[...] = ensemble.head.labels(total, threshold)
+    yield from _finish(total, labels_out, ensemble.head, threshold, keep_largest, instances,
+                       spacing, objects_out, ensemble.model.spatial_dims)
 
 
 def output_shapes(checkpoint: Checkpoint, image, axes=None, instances=None) -> dict:
@@ -179,6 +171,14 @@ def predict_with_model(model, image, stats: NormStats, *, head: LabelHead, tile_
         probabilities = yield from _window_with_retries(
             model, image, batch_size, preprocess=lambda region: normalize(region, stats),
             out=out, labels_out=labels_out, **options)
+    yield from _finish(probabilities, labels_out, head, threshold, keep_largest, instances,
+                       spacing, objects_out, getattr(model, "spatial_dims", None))
+
+
+def _finish(probabilities, labels_out, head: LabelHead, threshold, keep_largest, instances,
+            spacing, objects_out, dims):
+    """The end of a prediction (one model's or an ensemble's): the labels (``labels_out``
+    where already filled), the largest object, the objects; then PredictionDone."""
     labels = labels_out if labels_out is not None else head.labels(probabilities, threshold)
     if keep_largest:
         keep_largest_object(labels)
@@ -186,7 +186,7 @@ def predict_with_model(model, image, stats: NormStats, *, head: LabelHead, tile_
     if instances:
         yield Message("info", f"making objects ({instances})")
         objects = make_objects(probabilities, labels, head, instances, spacing, objects_out,
-                               dims=getattr(model, "spatial_dims", np.ndim(labels)))
+                               dims=dims or np.ndim(labels))
     yield PredictionDone(probabilities=probabilities, labels=labels, objects=objects)
 
 
