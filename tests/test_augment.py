@@ -169,7 +169,7 @@ def test_contrast_scales_each_channel_about_its_mean_within_range():
 def test_gamma_keeps_each_channels_statistics_and_order_and_only_where_chosen():
     from napari_unet.engine.training import intensity
 
-    x = torch.randn(2, 3, 8, 12, 12)
+    x = torch.randn(2, 3, 8, 12, 12, generator=torch.Generator().manual_seed(0))
     chosen = torch.tensor([[True, False, True], [False, False, True]])
     draws = torch.tensor([[0.1, 0.5, 0.9], [0.3, 0.3, 0.0]])  # gammas below and above 1
     out = intensity.gamma(x, chosen, draws)
@@ -179,7 +179,8 @@ def test_gamma_keeps_each_channels_statistics_and_order_and_only_where_chosen():
     torch.testing.assert_close(out.std(dims), x.std(dims), atol=1e-5, rtol=1e-4)
     for item, channel in chosen.nonzero().tolist():
         a, b = x[item, channel].flatten(), out[item, channel].flatten()
-        assert torch.equal(a.argsort(), b.argsort())  # monotone: the order of values stays
+        # monotone: the order of values stays (values a float apart may tie, never swap)
+        assert bool((b[a.argsort()].diff() >= -1e-6).all())
         assert not torch.allclose(a, b, atol=1e-3)  # and the values did change
 
 
