@@ -15,7 +15,8 @@ Annotation is simulated the way the literature does it:
 
 For each data set: a fixed split into a train part and a test part (every third sample a
 test sample, as ``any_data.py``), one recipe (the plan made from the dense train part, so the
-two runs differ in their labels only), trained for the same minutes on the dense masks and on
+two runs differ in their labels only), trained for the same minutes (or, with ``--steps``, the
+same steps: figures that hold on a busy machine) on the dense masks and on
 the simulated annotation of each fraction, each scored on the dense masks of the test part
 (pooled foreground Dice; BraTS: the whole tumour). Printed as
 
@@ -45,6 +46,7 @@ from skimage.morphology import disk, skeletonize  # noqa: E402
 
 from napari_unet.choices import IGNORE_CLASS  # noqa: E402
 from napari_unet.engine import Dataset, load_dataset, plan_for_data  # noqa: E402
+from napari_unet.engine.training.calibration import with_steps  # noqa: E402
 
 FOLDERS = {"isbi2012": "isbi2012", "dagm2007": "dagm2007_class1", "dsb2018": "dsb2018",
            "ovules3d": "ovules3d", "brats2021": "brats2021"}
@@ -129,6 +131,8 @@ def bench(name: str, args) -> list[str]:
     config = plan_for_data(train_set, "cpu").config(minutes=args.minutes, device="cpu")
     if args.tiny:
         config = config.replace(minutes=None, **tiny_options(dataset))
+    elif args.steps:
+        config = with_steps(config.replace(minutes=None), args.steps)
     print(f"\n== {name}: {len(train_set)} train / {len(test_set)} test samples, "
           f"{dataset.spatial_dims}D; {config.model}, patch {config.patch_size}, "
           f"batch {config.batch_size}", flush=True)
@@ -151,7 +155,7 @@ def bench(name: str, args) -> list[str]:
 def _train_and_score(config, train_set, test_set, args):
     with tempfile.TemporaryDirectory(prefix="sparse-") as folder:
         return run_recipe(config, train_set, test_set, Path(folder) / "run",
-                          fit=not args.tiny, started=time.monotonic())
+                          fit=not (args.tiny or args.steps), started=time.monotonic())
 
 
 def main(argv=None) -> int:
@@ -164,6 +168,9 @@ def main(argv=None) -> int:
                              "middle of regions (skeleton), along their edges (edges) or both")
     parser.add_argument("--minutes", type=float, default=10.0,
                         help="training time of each run (calibration included)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="train each run this many steps instead of --minutes: equal steps, "
+                             "the same figures on a busy machine (only slower)")
     parser.add_argument("--data-root", type=Path, default=DATA_ROOT)
     parser.add_argument("--tiny", action="store_true",
                         help="the test suite's mode: 2 steps of tiny networks on crops")

@@ -142,6 +142,12 @@ def test_minutes_leave_room_for_the_time_spent_and_the_validations(monkeypatch):
     left = 60 * (1 - calibration.RESERVE_SHARE) - 10.0  # less what was spent already
     assert fitted.steps == pytest.approx(left / 0.5, abs=1)
     assert fitted.val_every == fitted.checkpoint_every == -(-fitted.steps // 4)
+    # a run given the same steps (benchmarks' --steps) gets the fitted run's periods and warm-up
+    same = calibration.with_steps(config.replace(minutes=None), fitted.steps)
+    assert [getattr(same, key) for key in ("steps", "val_every", "checkpoint_every",
+                                           "warmup_steps")] == \
+        [getattr(fitted, key) for key in ("steps", "val_every", "checkpoint_every",
+                                          "warmup_steps")]
     validated, _ = fit_to_minutes(config.replace(fold=0, folds=2), dataset, ten_seconds_ago)
     one = calibration._validation_seconds(config.replace(fold=0, folds=2), dataset, 0.5)
     assert one > 0 and validated.steps == pytest.approx(

@@ -61,11 +61,16 @@ def fit_to_minutes(config: TrainConfig, dataset, started: float | None = None,
     validating = config.fold is not None
     one_validation = _validation_seconds(config, dataset, per_step) if validating else 0.0
     steps = int((left - VALIDATIONS * one_validation) / per_step)
-    steps = max(10, steps)
+    return with_steps(config, max(10, steps)), per_step
+
+
+def with_steps(config: TrainConfig, steps: int) -> TrainConfig:
+    """`config` trained `steps` steps, with the validation and checkpoint periods and the
+    warm-up a fitted run of that many steps gets (fit_to_minutes)."""
     every = max(1, math.ceil(steps / VALIDATIONS))
     warmup = min(config.warmup_steps, max(0, steps // 10))
     return config.replace(steps=steps, val_every=every, checkpoint_every=every,
-                          warmup_steps=warmup), per_step
+                          warmup_steps=warmup)
 
 
 def time_limit(config: TrainConfig, started: float) -> float | None:
