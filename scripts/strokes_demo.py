@@ -1,11 +1,12 @@
 """From strokes to a whole-image prediction in napari, timed, with a screenshot.
 
     xvfb-run -a -s "-screen 0 1920x1200x24" .venv/bin/python scripts/strokes_demo.py \
-        [--fraction 0.03] [--out strokes.png]
+        [--fraction 0.03] [--strokes both] [--out strokes.png]
 
 Opens the first ISBI 2012 slice (512 x 512, from ../shared/data/isbi2012; the EM sample where
 it is absent), paints strokes on it as a user would (benchmarks/sparse.py's simulation: lines
-through the membranes, value 2, and through the cells, value 1, on `fraction` of the pixels),
+through the membranes, value 2, and through the cells, value 1, and with `--strokes both` (the
+default) also along each side of every membrane, on `fraction` of the pixels),
 sets the Train widget's *Unpainted pixels* to *are unknown* (which trains a first model for
 one minute) and presses Start. It prints the seconds from Start to the prediction layers and
 how long the GUI thread's 16 ms timer waited between ticks meanwhile (p50, p99, the longest),
@@ -52,6 +53,8 @@ def _slice():
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fraction", type=float, default=0.03)
+    parser.add_argument("--strokes", default="both", choices=["skeleton", "edges", "both"],
+                        help="where the simulated strokes run (benchmarks/sparse.py --strokes)")
     parser.add_argument("--out", default="strokes.png")
     parser.add_argument("--timeout", type=float, default=600.0)
     args = parser.parse_args(argv)
@@ -62,7 +65,7 @@ def main(argv=None) -> int:
 
     image, membrane = _slice()
     drawn = _simulation().strokes(membrane.astype(np.uint8), args.fraction,
-                                  np.random.default_rng(0))
+                                  np.random.default_rng(0), args.strokes)
     painted = np.where(drawn == 1, 2, np.where(drawn == 0, 1, 0)).astype(np.uint8)
     viewer = napari.Viewer(title="napari UNet: strokes", show=True)
     viewer.window._qt_window.resize(1800, 1100)
