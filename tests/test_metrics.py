@@ -151,3 +151,14 @@ def test_brats_empty_region_on_empty_counts_one_and_renumbered_labels():
     assert region_dice(np.zeros((0,)), np.zeros((0,)), BRATS) == [1.0, 1.0, 1.0]
     with pytest.raises(DataError, match="differ in shape"):
         region_dice(target[:2], target, BRATS)
+
+
+def test_read_only_arrays_are_scored_in_place_without_a_warning():
+    import warnings
+
+    labels = np.zeros((4, 4), np.uint8)
+    labels[1:3, 1:3] = 1
+    labels.flags.writeable = False  # as a memory map or a napari layer's data
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert dice_per_class(labels, labels, 2) == [1.0, 1.0]

@@ -12,6 +12,8 @@ are the label head's (engine.labels).
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
@@ -30,7 +32,13 @@ __all__ = [
 
 
 def _tensor(array) -> torch.Tensor:
-    return array if isinstance(array, torch.Tensor) else torch.as_tensor(np.asarray(array))
+    """`array` as a tensor sharing its memory; a read-only array (a memory map, a napari
+    layer's data) is only read here, so torch's warning about writing to it does not apply."""
+    if isinstance(array, torch.Tensor):
+        return array
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.as_tensor(np.asarray(array))
 
 
 def _dice_from_counts(intersection: float, total: float) -> float:
