@@ -1,4 +1,5 @@
-"""The Predict widget's backend choice, its Export… button and bioimage.io packages as models."""
+"""The Predict widget's backend choice, its Export… button, bioimage.io packages as models and
+averages of several runs (Average with)."""
 import zipfile
 
 import numpy as np
@@ -54,6 +55,41 @@ def test_export_with_a_wrong_name_is_a_notification(predict_widget, tmp_path):
     [message] = [str(n.message) for n in notification_manager.records[seen:]]
     assert ".zip" in message and ".onnx" in message
     assert not (tmp_path / "model.h5").exists()
+
+
+@gui
+def test_the_widget_averages_the_runs_it_is_given_and_refuses_another_task(predict_widget, qtbot,
+                                                                          tmp_path):
+    from napari_unet.engine import predict_array
+
+    viewer, widget = predict_widget
+    first = tmp_path / "tiny_unet"
+    second = make_run(tmp_path, "tiny_unet", seed=1, name="second")
+    widget.backend.setCurrentText("torch")
+    widget.add_average(second)
+    widget.predict_button.click()
+    assert "the average of 2 models" in widget.status.text()
+    qtbot.waitUntil(lambda: widget.last_job is not None and not widget.last_job.running,
+                    timeout=60_000)
+    job = widget.last_job
+    image = viewer.layers["scan"].data
+    options = dict(tile_size=[128], device="cpu", backend="torch")
+    together, _ = predict_array([first, second], image, **options)
+    alone, _ = predict_array(first, image, **options)
+    assert job.error is None
+    np.testing.assert_allclose(job.probabilities, together, atol=1e-5)
+    assert np.abs(job.probabilities - alone).max() > 0.02  # not the first model's alone
+
+    widget.remove_average()
+    widget.add_average(make_run(tmp_path, "unet", classes=3, name="three_classes"))
+    widget.last_job = None
+    seen = len(notification_manager.records)
+    widget.predict_button.click()
+    qtbot.waitUntil(lambda: widget.job is not None and not widget.job.running, timeout=60_000)
+    messages = [str(n.message) for n in notification_manager.records[seen:]]
+    assert any("models of one task" in m for m in messages), messages
+    assert widget.last_job is None and widget.predict_button.isEnabled()
+    assert [layer.name for layer in viewer.layers].count("scan prediction") == 1
 
 
 def test_backend_choices_are_the_engines():

@@ -1,4 +1,5 @@
-"""Predict widget: a trained run (or checkpoint) applied to an Image layer.
+"""Predict widget: a trained run (or checkpoint) applied to an Image layer, alone or averaged
+with more runs of the same task (*Average with*: an ensemble, e.g. the folds of one recipe).
 
 The prediction runs in napari's ``thread_worker`` (:mod:`.prediction_job`): a progress bar,
 Cancel, and the result as probability and labels layers over the image. For binary and region
@@ -17,6 +18,7 @@ from qtpy.QtWidgets import (
     QFormLayout,
     QHBoxLayout,
     QLabel,
+    QListWidget,
     QProgressBar,
     QPushButton,
     QSlider,
@@ -107,9 +109,24 @@ class PredictWidget(LayerPickers, QWidget):
         row.addWidget(browse_file)
         return row
 
+    def _average_row(self) -> QHBoxLayout:
+        self.average_list = QListWidget()
+        self.average_list.setMaximumHeight(56)
+        self.average_list.setToolTip(
+            "more runs of the same task (e.g. the folds of one recipe): each predicts the image "
+            "and their probabilities are averaged with the model's (an ensemble)")
+        buttons = QVBoxLayout()
+        buttons.addWidget(_button("Add…", self._browse_average))
+        buttons.addWidget(_button("Remove", self.remove_average))
+        row = QHBoxLayout()
+        row.addWidget(self.average_list, 1)
+        row.addLayout(buttons)
+        return row
+
     def _options_form(self, napari_viewer) -> QFormLayout:
         form = QFormLayout()
         form.addRow("Model", self._model_row())
+        form.addRow("Average with", self._average_row())
         self.image_combo = image_picker(napari_viewer)
         self.image_combo.tooltip = ("an image layer, or all the channel layers of one image "
                                     "(\"(N channels)\") for a model trained on N channels")
@@ -141,8 +158,8 @@ class PredictWidget(LayerPickers, QWidget):
         self.cancel_button = _button("Cancel", self.cancel)
         self.cancel_button.setEnabled(False)
         self.export_button = _button("Export…", self.export)
-        self.export_button.setToolTip("write the model as a bioimage.io package (.zip), ONNX "
-                                      "or TorchScript")
+        self.export_button.setToolTip("write the Model field's model as a bioimage.io package "
+                                      "(.zip), ONNX or TorchScript (not the average)")
         row = QHBoxLayout()
         for button in (self.predict_button, self.cancel_button, self.export_button):
             row.addWidget(button)
@@ -181,6 +198,21 @@ class PredictWidget(LayerPickers, QWidget):
         if path:
             self.set_model(path)
 
+    def add_average(self, path) -> None:
+        """Average the model's probabilities with those of the run (or checkpoint) at `path`."""
+        self.average_list.addItem(str(path))
+
+    def remove_average(self) -> None:
+        """Drop the selected run from the average (the last one when none is selected)."""
+        row = self.average_list.currentRow()
+        self.average_list.takeItem(row if row >= 0 else self.average_list.count() - 1)
+
+    def _browse_average(self):
+        folder = QFileDialog.getExistingDirectory(self, "Run folder to average with",
+                                                  self.model_combo.currentText())
+        if folder:
+            self.add_average(folder)
+
     # -- actions -------------------------------------------------------------------------------------
     def predict(self):
         """Start predicting the chosen image (a notification explains bad choices)."""
@@ -188,17 +220,20 @@ class PredictWidget(LayerPickers, QWidget):
             show_error("a prediction is running: wait for it or cancel it")
             return
         try:
-            checkpoint, image_layer = self._choices()
+            checkpoints, image_layer = self._choices()
         except UserError as exc:
             show_error(str(exc))
             return
         self.progress.setRange(0, 0)
-        self.status.setText(f"predicting {image_layer.name} with {checkpoint}")
+        self.status.setText(f"predicting {image_layer.name} with " + (
+            str(checkpoints[0]) if len(checkpoints) == 1
+            else f"the average of {len(checkpoints)} models"))
         self.predict_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self.threshold.setEnabled(False)
+        models = checkpoints[0] if len(checkpoints) == 1 else checkpoints
         self.job = PredictionJob(
-            self.viewer, checkpoint, image_layer, tile_size=self.tile_size.value() or None,
+            self.viewer, models, image_layer, tile_size=self.tile_size.value() or None,
             overlap=self.overlap.value(), tta=self.tta.currentText(),
             device=self.device.currentText(), backend=self.backend.currentText(),
             on_done=self._on_done,
@@ -233,8 +268,9 @@ class PredictWidget(LayerPickers, QWidget):
         worker.start()
         return worker
 
-    def _model_path(self):
-        path = existing_path(self.model_combo.currentText(),
+    def _model_path(self, text=None):
+        """The checkpoint of the Model field (or of `text`, a run of the average)."""
+        path = existing_path(self.model_combo.currentText() if text is None else text,
                              "a run folder or a checkpoint file (.pt)")
         checkpoint = runs.find_checkpoint(path, required=False)
         if checkpoint is None:
@@ -243,11 +279,14 @@ class PredictWidget(LayerPickers, QWidget):
         return checkpoint
 
     def _choices(self):
-        checkpoint = self._model_path()
+        """([the model's checkpoint, those it is averaged with ...], the image layer)."""
+        checkpoints = [self._model_path()] + [
+            self._model_path(self.average_list.item(k).text())
+            for k in range(self.average_list.count())]
         image_layer = self.image_combo.value
         if image_layer is None:
             raise UserError("choose an image layer to predict (open or add an image first)")
-        return checkpoint, image_layer
+        return checkpoints, image_layer
 
     def cancel(self):
         if self.job is not None:

@@ -38,6 +38,7 @@ class ModelLoaded:
 
 def _predict_events(checkpoint_path, image, options):
     """The worker's generator (runs in napari's worker thread; torch is imported there).
+    `checkpoint_path`: one model's, or a list of several (an ensemble: their average).
 
     One stream of typed events: ModelLoaded, the engine's TilesDone / Message /
     PredictionDone, and Failed for a mistake the user can fix (one line, no traceback).
@@ -47,7 +48,7 @@ def _predict_events(checkpoint_path, image, options):
     """
     events = None
     try:
-        checkpoint = engine.load_checkpoint(checkpoint_path)
+        checkpoint = engine.load_models(checkpoint_path)
         yield ModelLoaded(checkpoint.head, float(checkpoint.config.threshold),
                           int(checkpoint.model.in_channels))
         if lazy.is_lazy(image):  # read tile by tile: the results go to scratch files too
@@ -66,6 +67,8 @@ def _predict_events(checkpoint_path, image, options):
 class PredictionJob:
     """One prediction in a thread_worker; adds its result layers over `image_layer`.
 
+    `checkpoint`: a checkpoint or run, or a list of several whose probabilities are averaged
+    (engine.load_models: an ensemble of one task's models).
     `on_done(job)` is called with ``job.labels_layer`` / ``job.probability_layers`` set;
     `on_progress(done, total)` per batch of tiles; `on_end(job)` always, last.
     """
@@ -78,7 +81,8 @@ class PredictionJob:
 
         self.viewer = viewer
         self.image_layer = image_layer
-        self.checkpoint = Path(checkpoint)
+        several = isinstance(checkpoint, (list, tuple))
+        self.checkpoint = [Path(c) for c in checkpoint] if several else Path(checkpoint)
         self.head = None  # the model's label head, from the worker's first event
         self.in_channels = None
         self.threshold = 0.5
@@ -98,7 +102,8 @@ class PredictionJob:
         self._progress = progress(total=0, desc=f"napari UNet: predicting {image_layer.name}")
         image = layer_data(image_layer)
         self.lazy = lazy.is_lazy(image)  # results in scratch files, not copied into memory
-        self.worker = create_worker(_predict_events, str(self.checkpoint), image, options,
+        models = [str(c) for c in self.checkpoint] if several else str(self.checkpoint)
+        self.worker = create_worker(_predict_events, models, image, options,
                                     _start_thread=False)
         self.worker.yielded.connect(self._on_yielded)
         self.worker.errored.connect(self._on_errored)
