@@ -92,6 +92,18 @@ def test_the_three_widgets_dock_from_the_manifest(make_napari_viewer):
     assert "parts labels" not in [layer.name for layer in train.labels_combo.choices]
 
 
+@gui
+def test_docked_widgets_scroll_in_a_short_window_instead_of_growing_it(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer(show=True)
+    window = viewer.window._qt_window
+    window.resize(1200, 700)
+    train, _, correct = (dock(viewer, name) for name in ("Train", "Predict", "Correct"))
+    qtbot.waitUntil(lambda: train.scroll_area.verticalScrollBar().maximum() > 0, timeout=10_000)
+    assert window.height() <= 700  # before: the docks' rows forced the window past the screen
+    for row in (train.start_button, train.device, correct.threshold, correct.min_size):
+        assert row.height() >= row.minimumSizeHint().height()  # rows keep their height
+
+
 # -- user mistakes become notifications ---------------------------------------------------------
 @gui
 def test_mistakes_are_notifications_and_the_viewer_lives_on(make_napari_viewer, tmp_path):

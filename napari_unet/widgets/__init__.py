@@ -13,8 +13,19 @@ import weakref
 from pathlib import Path
 
 import numpy as np
-from qtpy.QtCore import QEvent, QObject, QTimer
-from qtpy.QtWidgets import QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QMainWindow, QPushButton
+from qtpy.QtCore import QEvent, QObject, Qt, QTimer
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFormLayout,
+    QFrame,
+    QGroupBox,
+    QHBoxLayout,
+    QMainWindow,
+    QPushButton,
+    QScrollArea,
+    QVBoxLayout,
+    QWidget,
+)
 
 from napari_unet import layouts, lazy
 
@@ -28,6 +39,28 @@ def with_browse_button(field, on_browse) -> QHBoxLayout:
     row.addWidget(field, 1)
     row.addWidget(browse)
     return row
+
+
+def scrolling_layout(widget: QWidget) -> QVBoxLayout:
+    """The layout to fill `widget` with, inside a scroll area: a tall widget in a short dock
+    scrolls instead of squeezing its rows (napari's docks do not scroll)."""
+    content = QWidget()
+    scroll = QScrollArea()
+    scroll.setWidgetResizable(True)
+    scroll.setFrameShape(QFrame.NoFrame)
+    scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+    scroll.setWidget(content)
+    outer = QVBoxLayout(widget)
+    outer.setContentsMargins(0, 0, 0, 0)
+    outer.addWidget(scroll)
+    widget.scroll_area = scroll
+
+    def keep_width():  # the dock stays as wide as the rows need, with room for the bar
+        scroll.setMinimumWidth(content.minimumSizeHint().width()
+                               + scroll.verticalScrollBar().sizeHint().width())
+
+    QTimer.singleShot(0, keep_width)
+    return QVBoxLayout(content)
 
 
 def group_box(title: str, rows) -> QGroupBox:

@@ -21,7 +21,6 @@ from qtpy.QtWidgets import (
     QLabel,
     QPushButton,
     QSpinBox,
-    QVBoxLayout,
     QWidget,
 )
 from scipy import ndimage
@@ -41,6 +40,7 @@ from napari_unet.widgets import (
     layer_data,
     layer_picker,
     one_line,
+    scrolling_layout,
     show_error,
     show_info,
     spatial_shape,
@@ -123,7 +123,7 @@ class CorrectWidget(LayerPickers, QWidget):
         self.pickers = [self.probability_combo, self.labels_combo, self.image_combo]
         self.status = QLabel("")
         self.status.setWordWrap(True)
-        layout = QVBoxLayout(self)
+        layout = scrolling_layout(self)
         layout.addWidget(threshold_box)
         layout.addWidget(edit_box)
         layout.addWidget(self.objects.box)

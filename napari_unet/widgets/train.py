@@ -23,7 +23,6 @@ from qtpy.QtWidgets import (
     QProgressBar,
     QPushButton,
     QSizePolicy,
-    QVBoxLayout,
 )
 
 from napari_unet import layouts, lazy, runs
@@ -39,6 +38,7 @@ from napari_unet.widgets import (
     UserError,
     existing_path,
     one_line,
+    scrolling_layout,
     show_error,
     show_info,
     show_warning,
@@ -75,7 +75,7 @@ class TrainWidget(TrainForm):
         self._ui_timer.setInterval(200)
         self._ui_timer.timeout.connect(self._refresh_progress)
 
-        layout = QVBoxLayout(self)
+        layout = scrolling_layout(self)
         for box in self.boxes:
             layout.addWidget(box)
         layout.addLayout(self._controls())
