@@ -56,8 +56,9 @@ def scrolling_layout(widget: QWidget) -> QVBoxLayout:
     widget.scroll_area = scroll
 
     def keep_width():  # the dock stays as wide as the rows need, with room for the bar
-        scroll.setMinimumWidth(content.minimumSizeHint().width()
-                               + scroll.verticalScrollBar().sizeHint().width())
+        with contextlib.suppress(RuntimeError):  # the widget was closed meanwhile
+            scroll.setMinimumWidth(content.minimumSizeHint().width()
+                                   + scroll.verticalScrollBar().sizeHint().width())
 
     QTimer.singleShot(0, keep_width)
     return QVBoxLayout(content)
