@@ -310,6 +310,24 @@ def start_endless_run(viewer, tmp_path):
     return train, run_dir, recorder, train.runner.pid
 
 
+def _why_not_followed(run_dir, pid, train) -> str:
+    """What the run folder and the runner say when a live run was not followed (seen once,
+    in a full suite beside a long benchmark; not reproduced alone)."""
+    import os
+
+    from napari_unet import runs
+    pid_file = run_dir / runs.PID_FILE
+    try:
+        os.kill(pid, 0)
+        import psutil
+        exists = f"runs, created {psutil.Process(pid).create_time():.2f}"
+    except Exception as exc:  # noqa: BLE001 - a diagnosis, whatever it finds
+        exists = f"gone ({exc!r})"
+    return (f"pid file {pid_file.read_text() if pid_file.exists() else 'missing'}; child "
+            f"{pid} {exists}; runner running {train.runner.is_running()}, exit code "
+            f"{train.runner.exit_code}; alive() {runs.alive(pid)}; now {time.time():.2f}")
+
+
 @gui
 def test_cancel_stops_the_run_without_freezing_the_viewer(make_napari_viewer, qtbot, tmp_path):
     viewer = make_napari_viewer(show=True)  # shown: the widgets really repaint on every event
@@ -343,7 +361,8 @@ def test_cancel_stops_the_run_without_freezing_the_viewer(make_napari_viewer, qt
     # restores the curve from the run folder, follows it, and its Cancel reaches the child
     follower = TrainWidget(viewer)
     follower.attach(run_dir)
-    assert follower.watcher is not None and follower.watcher.pid == pid
+    assert follower.watcher is not None and follower.watcher.pid == pid, _why_not_followed(
+        run_dir, pid, train)
     restored = len(follower.curve.loss)
     assert restored >= 1
     qtbot.waitUntil(lambda: len(follower.curve.loss) > restored, timeout=deadline_ms(60))
