@@ -231,9 +231,8 @@ class PredictWidget(LayerPickers, QWidget):
         self.predict_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self.threshold.setEnabled(False)
-        models = checkpoints[0] if len(checkpoints) == 1 else checkpoints
-        self.job = PredictionJob(
-            self.viewer, models, image_layer, tile_size=self.tile_size.value() or None,
+        self.job = PredictionJob(  # a list of one is that model (engine.load_models)
+            self.viewer, checkpoints, image_layer, tile_size=self.tile_size.value() or None,
             overlap=self.overlap.value(), tta=self.tta.currentText(),
             device=self.device.currentText(), backend=self.backend.currentText(),
             on_done=self._on_done,

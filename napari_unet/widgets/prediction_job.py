@@ -8,7 +8,6 @@ exactly over the image (a model of objects: the objects, one colour each). The P
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -81,8 +80,7 @@ class PredictionJob:
 
         self.viewer = viewer
         self.image_layer = image_layer
-        several = isinstance(checkpoint, (list, tuple))
-        self.checkpoint = [Path(c) for c in checkpoint] if several else Path(checkpoint)
+        self.checkpoint = checkpoint  # one path, or a list of several
         self.head = None  # the model's label head, from the worker's first event
         self.in_channels = None
         self.threshold = 0.5
@@ -102,7 +100,8 @@ class PredictionJob:
         self._progress = progress(total=0, desc=f"napari UNet: predicting {image_layer.name}")
         image = layer_data(image_layer)
         self.lazy = lazy.is_lazy(image)  # results in scratch files, not copied into memory
-        models = [str(c) for c in self.checkpoint] if several else str(self.checkpoint)
+        models = [str(c) for c in checkpoint] if isinstance(checkpoint, (list, tuple)) \
+            else str(checkpoint)
         self.worker = create_worker(_predict_events, models, image, options,
                                     _start_thread=False)
         self.worker.yielded.connect(self._on_yielded)
