@@ -325,7 +325,7 @@ def _why_not_followed(run_dir, pid, train) -> str:
         exists = f"gone ({exc!r})"
     return (f"pid file {pid_file.read_text() if pid_file.exists() else 'missing'}; child "
             f"{pid} {exists}; runner running {train.runner.is_running()}, exit code "
-            f"{train.runner.exit_code}; alive() {runs.alive(pid)}; now {time.time():.2f}")
+            f"{train.runner.exit_code}; live_pid {live_pid(run_dir)}; now {time.time():.2f}")
 
 
 @gui
