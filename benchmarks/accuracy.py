@@ -10,7 +10,8 @@ One command per data set; the last line is a ``key=value`` summary that scripts 
 
 - ``--budget reference`` trains with the presets as they are (the reference schedule, for a GPU).
 - ``--budget cpu`` picks a smaller recipe that fits a 2-core CPU in minutes (25 for isbi2012,
-  15 for dagm2007, 30 for brats2013 and brats2021, per fold, everything included): padded networks, bf16,
+  15 for dagm2007, 30 for brats2013 and brats2021, per fold, everything included): padded networks, bf16
+  where the CPU computes it natively (else full precision, printed in the config line),
   smaller patches, Adam with warm-up and a cosine schedule. The number of steps is set by
   timing a few training steps first (``calibration``), so the run fits the budget on the
   machine at hand, and a wall-clock guard stops training early if it would not.
@@ -74,6 +75,7 @@ from napari_unet.engine.data.dataset import (  # noqa: E402
 from napari_unet.engine.labels import region_values  # noqa: E402
 from napari_unet.engine.metrics import region_dice  # noqa: E402
 from napari_unet.engine.prediction.predict import keep_largest_object  # noqa: E402
+from napari_unet.engine.runtime import amp_reason, resolve_amp, resolve_device  # noqa: E402
 from napari_unet.engine.training.calibration import seconds_per_step  # noqa: E402
 
 DATA_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -104,7 +106,7 @@ CPU_RECIPES = {
         model_options={"padding": "same", "base_channels": 16, "depth": 5, "norm": "batch",
                        "dropout": 0.0},
         patch_size=[256, 256], batch_size=4, optimizer="adam", lr=2e-3, weight_decay=1e-5,
-        lr_schedule="cosine", warmup_steps=50, loss="dice_ce", amp="bf16",
+        lr_schedule="cosine", warmup_steps=50, loss="dice_ce", amp="auto",
         hflip=0.5, vflip=0.5, rot90=[0, 1, 2, 3], crop_resize=[0.8, 1.0], brightness=0.2,
         val_tile_size=[512, 512], val_overlap=0.25,
     ),
@@ -116,7 +118,7 @@ CPU_RECIPES = {
     "dagm2007": dict(
         model_options={"base_channels": 16}, patch_size=[256, 256], batch_size=8,
         optimizer="adam", lr=1e-3, weight_decay=1e-5, lr_schedule="cosine", warmup_steps=30,
-        loss="dice_ce_foreground", amp="bf16", foreground_oversample=0.5,
+        loss="dice_ce_foreground", amp="auto", foreground_oversample=0.5,
         hflip=0.5, vflip=0.5, rot90=[0, 1, 2, 3], brightness=0.0,
         val_tile_size=[512, 512], val_overlap=0.25,
     ),
@@ -127,7 +129,7 @@ CPU_RECIPES = {
     "brats2013": dict(
         model_options={"base_channels": 16, "max_channels": 128, "depth": 5},
         patch_size=[64, 64, 64], batch_size=2, optimizer="adam", lr=1e-3, weight_decay=0.0,
-        lr_schedule="cosine", warmup_steps=30, loss="dice_ce_foreground", amp="bf16",
+        lr_schedule="cosine", warmup_steps=30, loss="dice_ce_foreground", amp="auto",
         foreground_oversample=0.5, flip_all_axes=True, brightness=0.1, contrast=0.25,
         val_overlap=0.25,
     ),
@@ -189,6 +191,16 @@ def tiny_config(dataset_name: str, config):
     return config.replace(patch_size=TINY_PATCH[dataset_name], batch_size=1,
                           model_options=options, val_tile_size=TINY_TILE[dataset_name],
                           val_every=config.steps)
+
+
+def precision(config) -> str:
+    """The precision the recipe runs in on this machine (auto: bf16 only where the CPU or GPU
+    computes it natively), printed with its reason."""
+    device = resolve_device(config.device)
+    amp, _ = resolve_amp(device, config.amp)
+    if config.amp == "auto":
+        print(f"precision: {amp} ({amp_reason(device, amp)})", flush=True)
+    return amp
 
 
 def make_config(dataset_name: str, budget: str, fold: int, steps=None, extra=None):
@@ -258,7 +270,7 @@ def train_fold(config, dataset: Dataset, run_dir: Path, deadline: float | None,
 def evaluate_model(dataset_name: str, checkpoint, data: Dataset, eval_options: dict) -> dict:
     """The data set's metrics of a checkpoint on labelled data, by the engine's ``evaluate``
     (the one the CLI runs), plus the per-image predictions (for the overlay)."""
-    options = dict(amp="bf16" if checkpoint.config.amp != "off" else "off", device="cpu"
+    options = dict(amp="auto" if checkpoint.config.amp != "off" else "off", device="cpu"
                    if not torch.cuda.is_available() else "auto", batch_size=4, **eval_options)
     if dataset_name == "dagm2007":  # the reference metric: per-image Dice at threshold 0.5
         options["threshold"] = 0.5
@@ -526,7 +538,7 @@ def main(argv=None):
             model=config.model, model_options=str(config.model_options).replace(" ", ""),
             patch=config.patch_size, batch=config.batch_size, steps=config.steps,
             optimizer=config.optimizer, lr=config.lr, schedule=config.lr_schedule,
-            warmup=config.warmup_steps, loss=config.loss, amp=config.amp,
+            warmup=config.warmup_steps, loss=config.loss, amp=precision(config),
             foreground_oversample=config.foreground_oversample, regions=config.regions, ema=config.ema,
             normalization=config.normalization, resample=config.resample)).replace(", ", ","), flush=True)
         print(f"fold {fold}: evaluation " + format_pairs(eval_options).replace(", ", ","),

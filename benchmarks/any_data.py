@@ -33,6 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 from skimage.filters import threshold_otsu  # noqa: E402
 
 from napari_unet.choices import preset_options  # noqa: E402
@@ -48,6 +49,7 @@ from napari_unet.engine import (  # noqa: E402
     time_limit,
     train,
 )
+from napari_unet.engine.runtime import resolve_amp  # noqa: E402
 from napari_unet.errors import TrainingDiverged  # noqa: E402
 
 DATA_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -182,8 +184,9 @@ def bench_set(name: str, args) -> list[str]:
             except TrainingDiverged as exc:  # a row of its own: a diverging plan is a finding
                 dice, minutes = float("nan"), (time.monotonic() - started) / 60
                 ended = f"diverged ({exc})".split(":")[0] + ")"
+        amp = resolve_amp(torch.device(config.device), config.amp)[0]  # auto: bf16 if native
         row = (f"any_data: name={name} recipe={recipe} dice={dice:.3f} otsu={otsu:.3f} "
-               f"minutes={minutes:.1f} {ended}")
+               f"minutes={minutes:.1f} {ended} amp={amp}")
         print(row, flush=True)
         rows.append(row)
     return rows

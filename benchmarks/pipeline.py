@@ -40,7 +40,7 @@ from napari_unet.engine import Progress, load_dataset, preset_config, train  # n
 from napari_unet.engine.benchmark import _train_step_fn, time_calls  # noqa: E402
 from napari_unet.engine.data.normalization import compute_norm_stats  # noqa: E402
 from napari_unet.engine.data.patches import PatchSampler  # noqa: E402
-from napari_unet.engine.runtime import memory_format, resolve_device  # noqa: E402
+from napari_unet.engine.runtime import memory_format, resolve_amp, resolve_device  # noqa: E402
 from napari_unet.engine.training.setup import make_augmenter, make_model, window_sizes  # noqa: E402
 
 DATA = {"industrial": "dagm2007_class1", "isbi2012": "isbi2012", "volume3d": "brats2021"}
@@ -143,6 +143,7 @@ def end_to_end(config, dataset, warmup, steps):
 
 def model_only(config, dataset, warmup, steps):
     device = resolve_device(config.device)
+    config = config.replace(amp=resolve_amp(device, config.amp)[0])  # as train() runs it
     num_classes = max(2, dataset.num_classes)
     torch.manual_seed(0)
     model = make_model(config, dataset.in_channels, num_classes)
@@ -209,7 +210,8 @@ def main(argv=None):
             e2e, loss = end_to_end(config, dataset, warmup, steps)
             model = model_only(config, dataset, warmup, steps)
             ratio = e2e / model
-            size, batch, amp = "x".join(map(str, config.patch_size)), config.batch_size, config.amp
+            size, batch = "x".join(map(str, config.patch_size)), config.batch_size
+            amp = resolve_amp(device, config.amp)[0]  # the CPU recipes' auto: bf16 if native
         rows.append((preset, what, f"{host_img_s:.0f}", size, batch, amp, f"{e2e:.2f}",
                      f"{model:.2f}", f"{ratio:.2f}", f"{loss:.6f}"))
         lines.append(f"pipeline: preset={preset} host_img_s={host_img_s:.0f} "

@@ -5,7 +5,9 @@ their combo boxes from them: a new AMP mode or preset is added here and appears 
 """
 from __future__ import annotations
 
-AMP_MODES = ("bf16", "fp16", "off")
+# auto (every default): bf16 where the device computes it natively, else full precision on a
+# CPU (fp16 on a GPU before Ampere): engine.runtime.resolve_amp, the one rule
+AMP_MODES = ("auto", "bf16", "fp16", "off")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 # who runs the network in prediction (engine.backends); auto: the fastest installed on a CPU
 BACKENDS = ("auto", "torch", "onnxruntime", "openvino")

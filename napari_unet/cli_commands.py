@@ -65,7 +65,7 @@ def cmd_evaluate(args) -> int:
 def cmd_predict(args) -> int:
     show = printer(args.events)
     options = dict(tile_size=args.tile_size, overlap=args.overlap, batch_size=args.batch_size,
-                   tta=args.tta, amp=args.amp or "bf16", device=args.device or "auto",
+                   tta=args.tta, amp=args.amp or "auto", device=args.device or "auto",
                    threshold=args.threshold, overwrite=args.overwrite, backend=args.backend,
                    instances=args.instances)
     runs = args.run  # several: an ensemble (engine.load_models)
@@ -98,7 +98,7 @@ def _predict_on_workers(args, options, show) -> int:
         args.run, args.input, args.output, workers=args.workers or 1, scheduler=args.scheduler,
         block=args.block, memory_limit=args.memory_limit, resume=args.resume,
         overwrite=args.overwrite, tile_size=args.tile_size, overlap=args.overlap,
-        tta=args.tta, amp=args.amp or "off", device=args.device or "cpu",
+        tta=args.tta, amp=args.amp or "auto", device=args.device or "cpu",
         batch_size=args.batch_size, instances=args.instances)
     drive(events, show)
     print(f"wrote {args.output}", file=sys.stderr)
@@ -131,10 +131,13 @@ def cmd_export(args) -> int:
 
 
 def cmd_benchmark(args) -> int:
+    note = engine.resolve_amp(engine.resolve_device(args.device or "auto"), args.amp or "auto")[1]
+    if note:
+        print(f"warning: {note}", file=sys.stderr)
     rows = engine.run_benchmark(
         args.preset, mode=args.mode, batch_size=args.batch_size, size=args.size,
         base_channels=args.base_channels, warmup=args.warmup, steps=args.steps,
-        amp=args.amp or "off", compile=args.compile, channels_last=args.channels_last,
+        amp=args.amp or "auto", compile=args.compile, channels_last=args.channels_last,
         device=args.device or "auto")
     print(engine.format_table(rows))
     return 0
@@ -244,7 +247,7 @@ def _report_evaluation(args, checkpoint, dataset, fold, run_dir):
     metrics = engine.evaluate(
         checkpoint, dataset, fold=fold, tile_size=getattr(args, "tile_size", None),
         overlap=getattr(args, "overlap", 0.25), tta=getattr(args, "tta", False),
-        amp=args.amp or checkpoint.config.amp, device=args.device or "auto",
+        amp=args.amp or _inference_amp(checkpoint.config.amp), device=args.device or "auto",
         backend=getattr(args, "backend", "torch"), instances=getattr(args, "instances", None))
     line = " ".join(f"{k}={_fmt(v)}" for k, v in metrics.items()
                     if not isinstance(v, (list, dict)))
@@ -259,11 +262,17 @@ def _report_evaluation(args, checkpoint, dataset, fold, run_dir):
             Path(tmp).write_text(json.dumps(metrics, indent=2))
 
 
+def _inference_amp(trained: str) -> str:
+    """A model trained in full precision is scored so; one trained in mixed precision in what
+    this machine computes natively (auto), not in an emulated bf16."""
+    return "off" if trained == "off" else "auto"
+
+
 def _predict_into_run(args, run_dir: Path):
     labels, probabilities = runs.prediction_paths(run_dir, args.predict)
     events = engine.predict_file(run_dir, Path(args.predict), labels,
                                  probabilities=probabilities, device=args.device or "auto",
-                                 amp=args.amp or "bf16", overwrite=True)
+                                 amp=args.amp or "auto", overwrite=True)
     drive(events, printer(args.events))
     print(f"prediction: {labels} {probabilities}", file=sys.stderr)
 

@@ -170,7 +170,8 @@ TRAIN_OPTIONS: tuple[Option, ...] = (
            "together; a region model's whole tumour) and clears the rest: for data with one "
            "object per image, where a false detection away from it is a pure loss"),
     # -- execution
-    Option("amp", str, "bf16", "mixed precision (bf16 works on CPU too)", choices=AMP_MODES,
+    Option("amp", str, "auto", "mixed precision; auto: bf16 where the GPU or CPU computes it "
+           "natively (CPUs with AVX512-BF16 or AMX), else full precision", choices=AMP_MODES,
            flag=True, form=Form("AMP")),
     Option("compile", bool, False, "torch.compile", flag=True, form=Form("torch.compile")),
     Option("channels_last", bool, True, flag="--no-channels-last"),

@@ -328,11 +328,20 @@ def test_caller_memory_format_is_kept_unless_channels_last_is_asked():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_matches_cpu():
+    """What the GPU's precision allows, from its mantissa (probabilities lie in [0, 1]):
+    - fp32 with TF32 off: the CPU's arithmetic up to the order of the sums (cuDNN's algorithms
+      against oneDNN's): 1e-5;
+    - TF32 (the engine's GPU default): products rounded to a 10-bit mantissa, a relative error
+      of 2^-11 (4.9e-4) each, carried through the network's layers: 8 x 2^-11 (3.9e-3; seen
+      1.4e-4 on an H200);
+    - fp16 autocast (10-bit mantissa, fp16 activations in between): 0.05."""
     model = build_model("tiny_unet", base_channels=4)
     image = rand(1, 3, 70, 90)
     on_cpu = sliding_window_probabilities(model, image, tile_size=32, tta=True)
-    on_gpu = sliding_window_probabilities(model, image, tile_size=32, tta=True, device="cuda",
-                           channels_last=True)
-    np.testing.assert_allclose(on_gpu, on_cpu, atol=1e-4)
+    options = dict(tile_size=32, tta=True, device="cuda", channels_last=True)
+    exact = sliding_window_probabilities(model, image, tf32=False, **options)
+    np.testing.assert_allclose(exact, on_cpu, atol=1e-5)
+    tf32 = sliding_window_probabilities(model, image, tf32=True, **options)
+    np.testing.assert_allclose(tf32, on_cpu, atol=8 * 2.0**-11)
     half = sliding_window_probabilities(model, image, tile_size=32, device="cuda", amp="fp16")
     assert np.abs(half - on_cpu).max() < 0.05

@@ -11,7 +11,7 @@ from importlib import import_module
 _EXPORTS = {
     "Checkpoint": "checkpoint",
     "format_table": "benchmark", "run_benchmark": "benchmark",
-    "cpu_has_fast_bf16": "runtime",
+    "cpu_has_fast_bf16": "runtime", "resolve_amp": "runtime", "resolve_device": "runtime",
     "PRESETS": "config", "TrainConfig": "config", "preset_config": "config",
     "preset_names": "config",
     "Dataset": "data.dataset", "load_dataset": "data.dataset",

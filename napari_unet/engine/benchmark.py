@@ -6,7 +6,7 @@ achieved TFLOP/s is measured throughput x counted cost.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -15,7 +15,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from ..choices import preset_network
 from ..errors import ConfigError
 from .config import preset_config
-from .runtime import autocast, configure_backends, memory_format, resolve_device
+from .runtime import autocast, configure_backends, memory_format, resolve_amp, resolve_device
 from .training.losses import build_loss
 from .training.setup import make_model, make_optimizer, output_channels, window_sizes
 from .training.steps import optimizer_step
@@ -49,6 +49,7 @@ def _setup(preset, batch_size, size, base_channels, amp, compile, channels_last,
         overrides["model_options"] = options
     config = preset_config(preset, **overrides)
     device = resolve_device(config.device)
+    config = replace(config, amp=resolve_amp(device, config.amp)[0])  # the row says what ran
     configure_backends(device, config.tf32)
     in_channels, num_classes = preset_network(preset)  # what the preset's network sees
     torch.manual_seed(0)
@@ -78,7 +79,7 @@ def count_gflop(config, in_channels, num_classes, input_size, train: bool) -> fl
 
 
 def run_benchmark(preset, *, mode="both", batch_size=None, size=None, base_channels=None,
-                  warmup=3, steps=10, amp="off", compile=False, channels_last=True,
+                  warmup=3, steps=10, amp="auto", compile=False, channels_last=True,
                   device="auto") -> list[BenchmarkRow]:
     _check_counts(batch_size=batch_size, size=size, warmup=warmup, steps=steps)
     modes = ["train", "predict"] if mode == "both" else [mode]
@@ -90,7 +91,7 @@ def run_benchmark(preset, *, mode="both", batch_size=None, size=None, base_chann
         gflop = count_gflop(config, cin, k, input_size, train=(m == "train"))
         img_s = batch / float(np.mean(latencies))
         p = np.percentile(np.asarray(latencies) * 1e3, [50, 90, 95, 99])
-        rows.append(BenchmarkRow(preset, m, str(dev), amp, compile, config.channels_last, batch,
+        rows.append(BenchmarkRow(preset, m, str(dev), config.amp, compile, config.channels_last, batch,
                                  input_size, img_s, *p.tolist(), gflop, img_s * gflop / 1e3))
     return rows
 

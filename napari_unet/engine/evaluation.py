@@ -15,7 +15,7 @@ from .prediction.predict import objects_wanted, predict, run_to_end
 
 
 def evaluate(checkpoint, dataset: Dataset, *, fold=None, tile_size=None, overlap=0.25,
-             tta=False, amp="bf16", device="auto", backend="torch", batch_size=4,
+             tta=False, amp="auto", device="auto", backend="torch", batch_size=4,
              threshold=None, per_image=False, keep_labels=False, instances=None) -> dict:
     """Dice per class and mean (and the references' metrics) of a run on labelled data.
 

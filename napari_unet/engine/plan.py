@@ -31,7 +31,7 @@ import torch
 
 from .config import TrainConfig, preset_config
 from .data.fingerprint import Fingerprint, fingerprint
-from .runtime import cpu_has_fast_bf16, resolve_device
+from .runtime import amp_reason, resolve_amp, resolve_device
 
 AUTO = "auto"
 # pixels (2D) or voxels (3D) a CPU step processes, from the CPU recipes: 4 x 256^2 in 2D
@@ -279,8 +279,9 @@ def _plan_optimisation(plan: Plan, fp: Fingerprint, kind: str) -> None:
     plan.choose("lr_schedule", "cosine", "a cosine decay to the last step")
     plan.choose("warmup_steps", 30, "30 warm-up steps")
     if kind == "gpu":
-        plan.choose("amp", "bf16", "bf16 mixed precision")
-    elif cpu_has_fast_bf16():
-        plan.choose("amp", "bf16", "this CPU computes bf16 natively: bf16 mixed precision")
+        plan.choose("amp", "auto", "mixed precision: bf16 on GPUs that compute it natively "
+                    "(Ampere and newer, Apple GPUs on macOS 14+), else fp16 or full precision")
     else:
-        plan.choose("amp", "off", "this CPU emulates bf16 (slower): full precision")
+        cpu = torch.device("cpu")
+        amp, _ = resolve_amp(cpu, "auto")
+        plan.choose("amp", amp, amp_reason(cpu, amp))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 
@@ -56,20 +57,84 @@ def configure_backends(device: torch.device, tf32: bool = True) -> None:
 
 
 def autocast(device: torch.device, amp: str):
-    """A context manager for the chosen precision; "off" is full fp32 (TF32 where enabled)."""
+    """A context manager for the chosen precision; "off" is full fp32 (TF32 where enabled);
+    "auto" is what `resolve_amp` makes of it on `device`."""
+    if amp == "auto":
+        amp, _ = resolve_amp(device, amp)
     if amp == "off":
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=AMP_DTYPES[check_amp(device, amp)])
 
 
+# "0" makes this CPU count as one without native bf16 (to try the rule on any machine: the
+# suite's timings on such CPUs), "1" as one with it; unset: the CPU is asked.
+CPU_BF16_ENV = "NAPARI_UNET_CPU_BF16"
+_FALSE, _TRUE = ("0", "false", "no", "off"), ("1", "true", "yes", "on")
+
+
 def cpu_has_fast_bf16() -> bool:
     """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), where bf16 autocast is
-    1.6-1.9x faster than fp32 (benchmarks/RESULTS.md); elsewhere it is emulated and slower."""
+    1.6-1.9x faster than fp32 (benchmarks/RESULTS.md); elsewhere torch emulates it, about 6x
+    slower than fp32 (an AVX2 AMD EPYC: 0.36 against 2.09 img/s). NAPARI_UNET_CPU_BF16=0/1
+    overrides the answer."""
+    forced = os.environ.get(CPU_BF16_ENV, "").strip().lower()
+    if forced in _FALSE or forced in _TRUE:
+        return forced in _TRUE
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     try:
         return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
     except Exception:  # noqa: BLE001 - a torch without these probes: assume emulated bf16
         return False
+
+
+def _cuda_has_bf16(device: torch.device) -> bool:
+    """Ampere and newer compute bf16; older GPUs emulate it (fp16 is their mixed precision)."""
+    try:
+        return torch.cuda.get_device_capability(device) >= (8, 0)
+    except Exception:  # noqa: BLE001 - no capability to read: trust torch's own answer
+        return bool(torch.cuda.is_bf16_supported())
+
+
+def _mps_has_bf16() -> bool:
+    newer = getattr(getattr(torch.backends, "mps", None), "is_macos_or_newer", None)
+    return bool(newer is not None and newer(14, 0))
+
+
+def resolve_amp(device: torch.device, amp: str) -> tuple[str, str | None]:
+    """The one rule for mixed precision: (the mode to run, a warning or None).
+
+    auto (every default): bf16 where the device computes it natively (GPUs from Ampere on,
+    Apple GPUs on macOS 14+, CPUs with AVX512-BF16 or AMX), fp16 on older CUDA GPUs, else
+    full precision. An explicit bf16 where it is emulated is kept, with a warning of its cost."""
+    if amp == "auto":
+        if device.type == "cuda":
+            return ("bf16" if _cuda_has_bf16(device) else "fp16"), None
+        if device.type == "mps":
+            return ("bf16" if _mps_has_bf16() else "off"), None
+        return ("bf16" if cpu_has_fast_bf16() else "off"), None
+    if amp == "bf16" and device.type == "cpu" and not cpu_has_fast_bf16():
+        return amp, ("--amp bf16: this CPU has no native bf16 (AVX512-BF16 or AMX), torch "
+                     "emulates it, several times slower than full precision: use --amp auto "
+                     "or off")
+    if amp == "bf16" and device.type == "cuda" and not _cuda_has_bf16(device):
+        return amp, ("--amp bf16: this GPU has no native bf16 (it needs compute capability "
+                     "8.0+): use --amp auto (fp16 here) or off")
+    return amp, None
+
+
+def amp_reason(device: torch.device, amp: str) -> str:
+    """Why `resolve_amp` chose `amp` for "auto" on `device` (one phrase, for plans and logs)."""
+    if device.type == "cpu":
+        forced = os.environ.get(CPU_BF16_ENV, "").strip().lower()
+        if forced in _FALSE + _TRUE:
+            return (f"{CPU_BF16_ENV}={forced}: "
+                    + ("bf16 mixed precision" if forced in _TRUE else "full precision"))
+        return ("this CPU computes bf16 natively: bf16 mixed precision" if cpu_has_fast_bf16()
+                else "this CPU emulates bf16 (several times slower): full precision")
+    if device.type == "cuda":
+        return ("bf16 mixed precision" if amp == "bf16"
+                else "this GPU has no native bf16: fp16 mixed precision")
+    return "bf16 mixed precision" if amp == "bf16" else "full precision (no bf16 before macOS 14)"
 
 
 def memory_format(spatial_dims: int, channels_last: bool):

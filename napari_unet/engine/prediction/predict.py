@@ -24,7 +24,7 @@ from ..data.normalization import NormStats, normalize, stats_for_image
 from ..data.resolution import downsample_image, upsample_probabilities
 from ..events import Message, TilesDone
 from ..labels import LabelHead
-from ..runtime import resolve_device
+from ..runtime import resolve_amp, resolve_device
 from .backends import backend_model
 from .ensemble import Ensemble, load_models
 from .instances import cells_from_membranes, label_blocks, objects_from_probabilities
@@ -53,7 +53,7 @@ def _tile_size(checkpoint: Checkpoint, tile_size):
 
 
 def predict(checkpoint, image, *, tile_size=None, overlap=0.25, batch_size=4, tta=False,
-            amp="bf16", device="auto", threshold=None, out=None, labels_out=None,
+            amp="auto", device="auto", threshold=None, out=None, labels_out=None,
             channels_last=True, backend="torch", keep_largest=None, axes=None, instances=None,
             spacing=None, objects_out=None):
     """Yield TilesDone events, then one PredictionDone. Closing the generator cancels.
@@ -66,6 +66,9 @@ def predict(checkpoint, image, *, tile_size=None, overlap=0.25, batch_size=4, tt
     ``checkpoint``: one model, or several (a list of runs, an :class:`Ensemble`) whose
     probabilities are averaged."""
     checkpoint = load_models(checkpoint)
+    amp, note = resolve_amp(resolve_device(device), amp)
+    if note:
+        yield Message("warning", note)
     if isinstance(checkpoint, Ensemble):
         yield from _predict_ensemble(
             checkpoint, image, out=out, labels_out=labels_out, axes=axes,
@@ -146,7 +149,7 @@ def objects_wanted(head: LabelHead, instances) -> str | None:
 
 
 def predict_with_model(model, image, stats: NormStats, *, head: LabelHead, tile_size,
-                       overlap=0.25, batch_size=4, tta=False, amp="bf16", device="cpu",
+                       overlap=0.25, batch_size=4, tta=False, amp="auto", device="cpu",
                        threshold=0.5, out=None, labels_out=None, channels_last=True,
                        resample: int = 1, keep_largest: bool = False, instances=None,
                        spacing=None, objects_out=None):

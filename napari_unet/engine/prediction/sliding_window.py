@@ -135,7 +135,7 @@ def iter_sliding_window(model, image, *, tile_size, overlap: float = 0.25,
                         amp: str = "off", device="cpu", channels_last: bool = False,
                         preprocess: Callable[[np.ndarray], np.ndarray] | None = None,
                         out=None, labels_out=None, threshold: float = 0.5,
-                        head: LabelHead | None = None) -> Iterator[TilesDone]:
+                        head: LabelHead | None = None, tf32: bool = True) -> Iterator[TilesDone]:
     """Predict a channel-first image tile by tile; yield ``TilesDone`` after each batch and
     return the probabilities (the generator's return value).
 
@@ -155,7 +155,8 @@ def iter_sliding_window(model, image, *, tile_size, overlap: float = 0.25,
     ``device`` (and to channels-last when asked) in place. ``batch_size`` None: as many tiles
     as half the free memory of a GPU holds (``default_tile_batch``; 4 on a CPU). On a GPU the
     backends are set as for training (cudnn benchmark, TF32) and tile batches travel from two
-    pinned buffers in turn, so the next batch is read while the last one is copied. Closing the
+    pinned buffers in turn, so the next batch is read while the last one is copied (``tf32``
+    False: exact fp32 convolutions on the GPU). Closing the
     generator stops the work between two batches; what was written stays for the caller's
     writer to discard.
     """
@@ -178,11 +179,12 @@ def iter_sliding_window(model, image, *, tile_size, overlap: float = 0.25,
     return _run(model, head, image, axes, out, labels_out, batch_size=batch_size, blend=blend,
                 sigma_scale=sigma_scale, transforms=transforms, amp=amp, device=device,
                 channels_last=channels_last, preprocess=preprocess or as_float32,
-                threshold=threshold)
+                threshold=threshold, tf32=tf32)
 
 
 def _run(model, head: LabelHead, image, axes: list[Axis], out, labels_out, *, batch_size,
-         blend, sigma_scale, transforms, amp, device, channels_last, preprocess, threshold):
+         blend, sigma_scale, transforms, amp, device, channels_last, preprocess, threshold,
+         tf32):
     """The generator behind ``iter_sliding_window`` (split off so that bad arguments raise at
     the call, not at the first ``next``)."""
     dims = model.spatial_dims
@@ -198,7 +200,7 @@ def _run(model, head: LabelHead, image, axes: list[Axis], out, labels_out, *, ba
     model.to(device)
     if channels_last:  # left as the caller has it otherwise (a trainer may use either)
         model.to(memory_format=memory_format)
-    configure_backends(device)
+    configure_backends(device, tf32)
     if batch_size is None:
         batch_size = default_tile_batch(model, (image.shape[0], *window), device, amp,
                                         memory_format)

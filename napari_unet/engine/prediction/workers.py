@@ -130,7 +130,7 @@ def _prepare(run, input_path, store: Path, block, resume, options):
 
 def predict_volume(run, input_path, output, *, workers: int = 2, scheduler=None,
                    block=(128,), memory_limit="2GiB", resume=False, overwrite=False,
-                   retries: int = 2, tile_size=None, overlap=0.25, tta="off", amp="off",
+                   retries: int = 2, tile_size=None, overlap=0.25, tta="off", amp="auto",
                    device="cpu", batch_size=4, threads=1, instances=None):
     """Yield TilesDone(blocks done, blocks) as blocks finish; the OME-Zarr `output` (a
     ``.zarr`` path) is complete when the generator ends (module docstring). ``instances``

@@ -16,6 +16,7 @@ before any checkpoint of a step after it is written.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -30,7 +31,7 @@ from ..data.normalization import NormStats, compute_norm_stats
 from ..data.patches import PatchSampler
 from ..events import CheckpointSaved, Finished, Message, Progress, Started, Validation
 from ..labels import LabelHead
-from ..runtime import configure_backends, memory_format, resolve_device
+from ..runtime import configure_backends, memory_format, resolve_amp, resolve_device
 from . import distributed
 from .losses import build_loss
 from .pipeline import DeviceBatches
@@ -60,6 +61,8 @@ def train(config: TrainConfig, images=None, masks=None, *, run_dir, resume: bool
     run.deadline = None if run.dist.enabled else deadline
     run.build_training(resume, init_from)
     yield run.started()
+    if run.amp_note:
+        yield Message("warning", run.amp_note)
     if run.dataset.num_classes < 2 or not any(_has_objects(m) for m in run.train_set.masks):
         yield Message("warning", "every training mask is background only: the model will learn "
                                  "to predict nothing; paint some foreground")
@@ -103,8 +106,11 @@ class _Run:
 
     def __init__(self, config, images, masks, val_images, val_masks, run_dir, resume):
         config.validate()
-        self.config, self.dist = config, distributed.context()
+        self.dist = distributed.context()
         self.device = resolve_device(config.device, self.dist.local_rank)
+        # auto -> what this device computes natively; config.yaml records what ran
+        amp, self.amp_note = resolve_amp(self.device, config.amp)
+        self.config = config = replace(config, amp=amp)
         configure_backends(self.device, config.tf32)
         self.dist.setup(self.device)
         self.dataset = as_dataset(images, masks, config)
