@@ -128,8 +128,9 @@ def test_two_processes_take_one_processs_first_step_up_to_float_rounding(runs):
         grad = _recorded(root, "double", rank, 0)["grad"]
         diff = _largest({n: grad[n] - one["grad"][n] for n in grad})
         assert diff < 1e-4 * scale, (rank, diff, scale)
-    # so are the loss and the weights after the step: RMSprop's first update turns a rounding
-    # difference of a near-zero gradient into at most lr/eps times it (seen: moved / 600)
+    # so are the loss and the weights after the step: RMSprop's first update of a gradient near
+    # 0 changes by up to lr / eps = 1e4 times its rounding (were the largest gradient difference
+    # seen, 1.6e-9, on such a weight: moved / 20; seen: moved / 600 and less)
     [first_one] = [e["loss"] for e in single_events if e["event"] == "Progress" and e["step"] == 1]
     [first_two] = [e["loss"] for e in double_events if e["event"] == "Progress" and e["step"] == 1]
     assert first_two == pytest.approx(first_one, rel=1e-5)
@@ -137,7 +138,7 @@ def test_two_processes_take_one_processs_first_step_up_to_float_rounding(runs):
     moved = _largest({n: w - initial[n] for n, w in one["weights"].items()})
     diff = _largest({n: w - one["weights"][n] for n, w in two["weights"].items()})
     assert moved > 1e-4, "the first step did not move the weights: the comparison would be empty"
-    assert diff < moved / 20, (diff, moved)
+    assert diff < moved / 10, (diff, moved)
 
 
 def test_sharded_validation_scores_the_whole_fold(runs):
