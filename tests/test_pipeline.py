@@ -181,6 +181,75 @@ def test_cancel_with_an_unread_nan_keeps_the_last_good_checkpoint(dagm, tmp_path
     assert load_checkpoint(tmp_path / "r").step == 2
 
 
+# -- DDP: each rank's share of one process's batch, whatever the timing --------------------------
+EVERY_AUGMENTATION = dict(hflip=0.5, vflip=0.5, rot90=[0, 1, 2, 3], crop_resize=[0.8, 1.0],
+                          brightness=0.2, contrast=0.2, elastic=0.5, gamma=0.3,
+                          low_resolution=0.3, foreground_oversample=0.3,
+                          normalization="minus_one_one")
+
+
+def stepped_batches(dataset, config, rank, world_size, threads, lag):
+    """What each real training step (`steps.train_step`: the batch thread's windows, the
+    step's normalisation and augmentation) of `rank` hands the optimizer, with torch at
+    `threads` threads and `lag(step, where)` seconds of sleep in the batch thread ("cut") or
+    in the training thread ("step"), to move their timing against each other."""
+    from napari_unet.engine.data.normalization import compute_norm_stats
+    from napari_unet.engine.training import steps as steps_module
+    from napari_unet.engine.training.setup import make_augmenter
+
+    real_cut, seen = pipeline.cut_batch, []
+
+    def cut(sampler, step, *args, **kwargs):
+        time.sleep(lag(step, "cut"))
+        return real_cut(sampler, step, *args, **kwargs)
+
+    def optimizer_step(net, model, x, y, *args):
+        seen.append((x.clone(), y.clone()))
+        time.sleep(lag(len(seen), "step"))
+        return torch.zeros(())
+
+    norm = compute_norm_stats(dataset.images, config.normalization)
+    size = tuple(config.patch_size)
+    sampler = PatchSampler(dataset.images, dataset.masks, size, size, config.batch_size, norm,
+                           seed=config.seed, foreground_oversample=config.foreground_oversample,
+                           rank=rank, world_size=world_size)
+    dist = distributed.DistributedContext(rank=rank, world_size=world_size)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(pipeline, "cut_batch", cut)
+            patch.setattr(steps_module, "optimizer_step", optimizer_step)
+            with pipeline.DeviceBatches(sampler, range(config.steps), torch.device("cpu")) as b:
+                for step in range(config.steps):
+                    steps_module.train_step(torch.nn.Identity(), None, b, make_augmenter(config),
+                                            None, None, None, norm, config, torch.device("cpu"),
+                                            torch.contiguous_format, step, dist)
+                    b.start_next()
+    finally:
+        torch.set_num_threads(before)
+    return seen
+
+
+def test_the_ranks_steps_see_one_processs_batch_bit_for_bit_whatever_the_timing(dagm):
+    """The data half of "N processes with batch B train as one with N x B" holds exactly, on any
+    machine: what can differ is only float summation in the network (tests/test_distributed.py).
+    The batch thread runs ahead or lags the training thread differently in each process, and
+    each rank has half the threads, as under `--nproc 2`."""
+    config = tiny(batch_size=4, **EVERY_AUGMENTATION)
+    one = stepped_batches(dagm, config, 0, 1, threads=2, lag=lambda step, where: 0.0)
+
+    def lag(rank):  # rank 0's batch thread sleeps at even steps, its training thread at odd ones
+        return lambda step, where: 0.02 * ((step + rank) % 2 == (where == "cut"))
+
+    half = tiny(batch_size=2, **EVERY_AUGMENTATION)
+    ranks = [stepped_batches(dagm, half, rank, 2, threads=1, lag=lag(rank)) for rank in (0, 1)]
+    assert len(one) == config.steps
+    for step, (x, y) in enumerate(one):
+        assert torch.equal(torch.cat([r[step][0] for r in ranks]), x), step
+        assert torch.equal(torch.cat([r[step][1] for r in ranks]), y), step
+
+
 # -- processes, threads, DDP options ----------------------------------------------------------------
 def test_threads_per_process_share_the_cores(monkeypatch):
     assert distributed.threads_per_process(2, cores=8) == 4

@@ -4,8 +4,8 @@
 CheckpointSaved, Finished). Closing the generator (or Ctrl-C inside it) saves a checkpoint of
 the last completed step and stops; a SIGINT during a step or a checkpoint write takes effect
 when it is over (distributed.CancelRequest), so that checkpoint always holds whole steps. Batches, augmentation and dropout are pure functions of
-``(seed, step)``, so a resumed run - or a DDP run with the same global batch - reproduces an
-uninterrupted single-process run.
+``(seed, step)``, so a resumed run reproduces an uninterrupted one, and a DDP run with the same
+global batch sees a single-process run's batches bit for bit (its sums differ in the last bits).
 
 Batches are cut one step ahead in a background thread and normalised and augmented on the
 device (engine.pipeline). Losses stay on the device and are read every `log_every` steps and

@@ -26,6 +26,7 @@ def train_step(net, model, batches, augment, loss_fn, optimizer, scaler, norm, c
     x, y = prepare(x, y, norm, augment, generator, offset=dist.rank * config.batch_size,
                    global_batch=config.batch_size * dist.world_size, mem_format=mem_format)
     # dropout masks depend on (seed, step, rank): exact resume; DDP differs only through dropout
+    # and float summation order
     torch.manual_seed(step_seed * 64 + dist.rank)
     net.train()
     return optimizer_step(net, model, x, y, loss_fn, optimizer, scaler, config, device)
