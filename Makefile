@@ -63,7 +63,7 @@ test: system-deps venv
 demo: venv
 	rm -rf $(DEMO_OUT)
 	$(VENV)/bin/napari_unet train --preset industrial --sample dagm --fold 0 --steps 100 \
-		--batch-size 8 --patch-size 128 --val-every 50 --out $(DEMO_OUT) \
+		--batch-size 8 --patch-size 64 --val-every 50 --out $(DEMO_OUT) \
 		--evaluate --predict $(DEMO_OUT)/data/images.tif
 	@echo "demo: run folder $(DEMO_OUT): config.yaml, metrics.jsonl, checkpoints/, data/, predictions/"
 	@echo "demo: open it in napari with 'make gui' (File > Open: $(DEMO_OUT)/predictions/)"
