@@ -1,4 +1,5 @@
-"""The hooks napari.yaml points to: the TIF reader, the TIF writers and the sample data.
+"""The hooks napari.yaml points to: the reader (TIF, PNG, JPEG, BMP, folders of them), the
+TIF writers and the sample data.
 
 They turn files and the synthetic data sets into napari LayerData tuples
 ``(data, kwargs, layer_type)`` and back. numpy, tifffile and :mod:`napari_unet.io` only:
@@ -9,12 +10,15 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
+import imageio.v3 as iio
 import numpy as np
 import tifffile
 
 from napari_unet.errors import NapariUnetError
 from napari_unet.io import (
+    IMAGE_SUFFIXES,
     TIF_SUFFIXES,
+    image_files,
     looks_like_labels,
     read_image,
     strided_sample,
@@ -40,55 +44,113 @@ BACKGROUND_SHARE = 0.1  # at least this share of zeros counts as a background
 
 
 # ------------------------------------------------------------------------------------ reader
+# What the CLI reads, the reader opens: TIF files, PNG/JPEG/BMP files, a folder of them (a
+# stack when they share a shape, else a layer per file) and a training folder with images/
+# and masks/ (or labels/) beside each other. A file or folder it cannot read is declined
+# (None): napari then tries its other readers.
+MASK_FOLDERS = ("masks", "labels")  # the training layout's mask folders (the CLI's --data)
+
+
 def get_reader(path):
-    """The reader for a .tif/.tiff file tifffile can open, else None (other readers try)."""
+    """The reader for TIF/PNG/JPEG/BMP files and folders of them, else None."""
     paths = path if isinstance(path, (list, tuple)) else [path]
-    if not paths or not all(_is_readable_tif(p) for p in paths):
+    if not paths or not all(_is_readable(p) for p in paths):
         return None
-    return read_tifs
+    return read_paths
 
 
-def _is_readable_tif(path) -> bool:
+def _is_readable(path) -> bool:
     path = Path(path)
-    if path.suffix.lower() not in TIF_SUFFIXES or not path.is_file():
+    if path.is_dir():
+        return bool(_folder_parts(path))
+    return _is_readable_file(path)
+
+
+def _is_readable_file(path: Path) -> bool:
+    if path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
         return False
     try:
-        _tif_layout(path)
+        _file_layout(path)
     except Exception:  # noqa: BLE001 - any failure means "not for us": let other readers try
         return False
     return True
 
 
-def _tif_layout(path: Path) -> tuple[str, tuple]:
-    """The axes letters tifffile reads from the file's metadata ('Q' = unknown) and shape."""
-    with tifffile.TiffFile(path) as tif:
-        series = tif.series[0]
-        return series.axes, tuple(series.shape)
+def _file_layout(path: Path) -> tuple[str, tuple]:
+    """The axes letters of the file's metadata ('Q' = unknown; a colour PNG/JPEG: 'YXS') and
+    its shape, from the header only."""
+    if path.suffix.lower() in TIF_SUFFIXES:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            return series.axes, tuple(series.shape)
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path} is empty")
+    props = iio.improps(path)
+    shape = tuple(props.shape)
+    colour = len(shape) == 3 and shape[-1] in (3, 4)
+    return ("Q" * (len(shape) - 1) + "S") if colour else "Q" * len(shape), shape
 
 
-def read_tifs(path) -> list[tuple]:
+def _folder_parts(folder: Path) -> list[tuple[str, list[Path], bool]]:
+    """(layer name, files, masks?) of a folder: its images/ and masks/ (or labels/) of the
+    training layout, else the images directly in it; [] when none is readable."""
+    images = folder / "images"
+    masks = next((folder / name for name in MASK_FOLDERS if (folder / name).is_dir()), None)
+    parts = [(f"{folder.name} images", image_files(images), False),
+             (f"{folder.name} {masks.name}", image_files(masks), True)] \
+        if images.is_dir() and masks is not None else [(folder.name, image_files(folder), False)]
+    parts = [(name, files, is_mask) for name, files, is_mask in parts if files]
+    if not parts or not all(_is_readable_file(path) for _, files, _ in parts for path in files):
+        return []
+    return parts
+
+
+def read_paths(path) -> list[tuple]:
+    """LayerData of the files and folders napari was asked to open."""
     paths = path if isinstance(path, (list, tuple)) else [path]
     layers = []
-    for item in paths:
-        layers += read_tif(item)
+    for item in map(Path, paths):
+        layers += read_folder(item) if item.is_dir() else read_file(item)
     return layers
 
 
-def read_tif(path) -> list[tuple]:
-    """LayerData for one TIF: Labels for masks, Image otherwise (RGB, channels or plain)."""
+
+def read_folder(folder) -> list[tuple]:
+    """One layer per part of the folder (:func:`_folder_parts`): its files stacked when they
+    share a shape and type (an (N, Y, X[, 3]) stack, as the CLI reads a folder of images one
+    by one), else a layer per file."""
+    layers = []
+    for name, files, is_mask in _folder_parts(Path(folder)):
+        arrays = [read_image(path, mmap=True) for path in files]
+        if len(arrays) > 1 and len({(a.shape, a.dtype) for a in arrays}) == 1:
+            axes, _ = _file_layout(files[0])
+            # 'I': a sequence of images (a folder of volumes is no channel axis)
+            layers += _layers(np.stack(arrays), "I" + axes, name, labels=is_mask or None)
+        else:
+            for path in files:
+                layers += read_file(path, labels=is_mask or None)
+    return layers
+
+
+def read_file(path, labels=None) -> list[tuple]:
+    """LayerData for one image file: Labels for masks, Image otherwise (RGB, channels or
+    plain). `labels` True/False decides the kind; None: it is guessed (name and values)."""
     path = Path(path)
-    axes, shape = _tif_layout(path)
+    axes, shape = _file_layout(path)
     data = read_image(path, mmap=True)
-    if tuple(data.shape) != shape:  # tifffile squeezed or reshaped: the metadata no longer fits
+    if tuple(data.shape) != shape:  # the reader squeezed or reshaped: the metadata no longer fits
         axes = "Q" * data.ndim
-    name = path.stem
+    return _layers(data, axes, path.stem, labels)
+
+
+def _layers(data, axes: str, name: str, labels=None) -> list[tuple]:
     rgb, channel_axis = file_channels(axes, data.shape)  # the input-layout rule
-    if rgb:
+    if rgb and not labels:
         return [(_in_memory_if_small(data), {"name": name, "rgb": True}, "image")]
-    if looks_like_labels(data, name):
-        labels = data.astype(np.uint8) if data.dtype == bool else data
+    if labels or (labels is None and looks_like_labels(data, name)):
+        labels_data = data.astype(np.uint8) if data.dtype == bool else data
         # half see-through, as the plugin's other labels: the tissue under them stays readable
-        return [(_in_memory_if_small(labels), {"name": name, "opacity": 0.5}, "labels")]
+        return [(_in_memory_if_small(labels_data), {"name": name, "opacity": 0.5}, "labels")]
     data = _in_memory_if_small(data)
     if channel_axis is None:
         kwargs = {"name": name, "rgb": False}

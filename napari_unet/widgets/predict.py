@@ -36,6 +36,7 @@ from napari_unet.widgets import (
     image_picker,
     layer_data,
     one_line,
+    scrolling_layout,
     show_error,
     show_info,
     stop_on_window_close,
@@ -82,7 +83,7 @@ class PredictWidget(LayerPickers, QWidget):
         self.viewer = napari_viewer
         self.job = None
         self.last_job = None
-        layout = QVBoxLayout(self)
+        layout = scrolling_layout(self)  # a short dock scrolls instead of squeezing rows
         layout.addLayout(self._options_form(napari_viewer))
         layout.addLayout(self._buttons())
         self.progress = QProgressBar()

@@ -19,10 +19,8 @@ from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QFileDialog,
     QHBoxLayout,
-    QLabel,
     QProgressBar,
     QPushButton,
-    QSizePolicy,
 )
 
 from napari_unet import layouts, lazy, runs
@@ -35,8 +33,10 @@ from napari_unet.training_set import (
 )
 from napari_unet.widgets import (
     ChannelGroup,
+    StatusLabel,
     UserError,
     existing_path,
+    fixed_column,
     one_line,
     scrolling_layout,
     show_error,
@@ -75,14 +75,16 @@ class TrainWidget(TrainForm):
         self._ui_timer.setInterval(200)
         self._ui_timer.timeout.connect(self._refresh_progress)
 
-        layout = scrolling_layout(self)
+        # what a newcomer needs stays in view (data, preset, time, Start, progress; the curve
+        # once a run is shown); the plan and the other options scroll below it
+        controls = self._controls()
+        self.essentials = fixed_column(self.data_box, controls, self.progress, self.status,
+                                       self.curve)
+        self.curve.setVisible(False)
+        layout = scrolling_layout(self, fixed=self.essentials)
+        layout.addWidget(self.plan_view)
         for box in self.boxes:
             layout.addWidget(box)
-        layout.addLayout(self._controls())
-        layout.addWidget(self.progress)
-        layout.addWidget(self.status)
-        layout.addWidget(self.plan_view)
-        layout.addWidget(self.curve)
         layout.addStretch(1)
         self._connect_runner()
         self._idle_progress()
@@ -107,9 +109,7 @@ class TrainWidget(TrainForm):
         self.progress.setFormat("step %v / %m")
         self.steps.valueChanged.connect(self._idle_progress)
         self.train_for.by_steps.toggled.connect(self._idle_progress)
-        self.status = QLabel("")  # rare messages; per-step figures go into the progress bar
-        self.status.setWordWrap(True)
-        self.status.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
+        self.status = StatusLabel()  # rare messages; per-step figures go into the progress bar
         self.curve = CurveWidget()
         self.plan_view = PlanView()
         self.preset.currentTextChanged.connect(self._clear_plan)
@@ -253,6 +253,7 @@ class TrainWidget(TrainForm):
         total = self.steps.value() if by_steps else 0  # timed runs: known at Started
         self.progress.setFormat("step %v / %m")
         self.curve.clear(total or 1)
+        self.curve.setVisible(True)
         self.progress.setRange(0, 0)  # busy until the child reports Started
         self.plan_view.clear(self.preset.currentText())
         planning = "planning from the data, " if self.preset.currentText() == AUTO_PRESET else ""
@@ -411,6 +412,7 @@ class TrainWidget(TrainForm):
         self.run_dir = record.run_dir
         total = record.total_steps or record.last_step
         self.curve.clear(total)
+        self.curve.setVisible(True)
         self.curve.loss, self.curve.dice = list(record.loss), list(record.dice)
         self.progress.setRange(0, max(1, total))
         self.progress.setValue(record.last_step)

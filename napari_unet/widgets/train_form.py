@@ -106,8 +106,11 @@ class TrainForm(LayerPickers, QWidget):
         self.presets = PRESETS
         self.cuda_devices = _cuda_devices()
         self.pairs: list[tuple[str, str]] = []
-        self.boxes = [self._data_box(), self._labels_box(), self._options_box(),
-                      self._run_box()]
+        # the first box (data, preset, how long) stays in view above Start; the rest
+        # scrolls below it (built first: the time fields are training options)
+        labels_box, options_box = self._labels_box(), self._options_box()
+        self.data_box = self._data_box()
+        self.boxes = [labels_box, self._pairs_box(), options_box, self._run_box()]
 
     # -- builders (one group box each) -------------------------------------------------------------
     def _data_box(self):
@@ -120,6 +123,17 @@ class TrainForm(LayerPickers, QWidget):
         self.image_combo.changed.connect(self._image_changed)
         self.labels_combo.changed.connect(self.describe_labels)
         self.pickers = [self.image_combo, self.labels_combo]
+        self.preset = combo_box(PRESET_CHOICES)  # auto first: the default
+        self.preset.setItemData(0, "a recipe planned from your data, each choice explained "
+                                   "when training starts", Qt.ToolTipRole)
+        self.preset.currentTextChanged.connect(self._preset_changed)
+        self.preset.currentTextChanged.connect(self.describe_labels)
+        return group_box("Data", [("Image", self.image_combo.native),
+                                  ("Labels", self.labels_combo.native), ("Preset", self.preset),
+                                  *self.train_for.rows, self.train_for.estimate])
+
+    def _pairs_box(self):
+        """More (image, labels) pairs than the two pickers above: one model for them all."""
         self.pair_list = QListWidget()
         self.pair_list.setMaximumHeight(54)
         pair_buttons = QHBoxLayout()
@@ -127,16 +141,7 @@ class TrainForm(LayerPickers, QWidget):
             button = QPushButton(text)
             button.clicked.connect(slot)
             pair_buttons.addWidget(button)
-        self.preset = combo_box(PRESET_CHOICES)  # auto first: the default
-        self.preset.setItemData(0, "a recipe planned from your data, each choice explained "
-                                   "when training starts", Qt.ToolTipRole)
-        self.preset.currentTextChanged.connect(self._preset_changed)
-        self.preset.currentTextChanged.connect(self.describe_labels)
-        self.holdout = QCheckBox("validate on 1/5 of the samples (Dice curve)")
-        self.holdout.setChecked(True)
-        return group_box("Data", [("Image", self.image_combo.native), ("Labels", self.labels_combo.native),
-                                  pair_buttons, self.pair_list, ("Preset", self.preset),
-                                  self.holdout])
+        return group_box("More pairs", [pair_buttons, self.pair_list])
 
     def _labels_box(self):
         self.object_value = spin_box(NONZERO, 65535, NONZERO)
@@ -185,8 +190,9 @@ class TrainForm(LayerPickers, QWidget):
         labelled = [(o.form.label, self.option_fields[o.name]) for o in SHOWN
                     if o.value_type is not bool and o.name not in LENGTH_OPTIONS]
         checks = [self.option_fields[o.name] for o in SHOWN if o.value_type is bool]
-        return group_box("Training", [*self.train_for.rows, self.train_for.estimate,
-                                      *labelled,
+        self.holdout = QCheckBox("validate on 1/5 of the samples (Dice curve)")
+        self.holdout.setChecked(True)
+        return group_box("Training", [self.holdout, *labelled,
                                       ("Model size", self.base_channels),
                                       ("GPUs", self.gpus), *checks])
 
