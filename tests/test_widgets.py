@@ -104,6 +104,56 @@ def test_docked_widgets_scroll_in_a_short_window_instead_of_growing_it(make_napa
         assert row.height() >= row.minimumSizeHint().height()  # rows keep their height
 
 
+def shown_whole(widget, window) -> bool:
+    """Whether all of `widget` is on screen in `window`: shown, its rectangle inside every
+    ancestor's (a scroll area's viewport, the dock, the window), not squeezed (a spin box in
+    a row of the form may come out 2 px under its hint: a squeezed row is a sliver)."""
+    from qtpy.QtCore import QPoint, QRect
+
+    if not widget.isVisible() or widget.height() < 0.75 * widget.minimumSizeHint().height():
+        return False
+    rect = QRect(widget.mapTo(window, QPoint(0, 0)), widget.size())
+    parent = widget.parentWidget()
+    while parent is not None and parent is not window:
+        if not QRect(parent.mapTo(window, QPoint(0, 0)), parent.size()).contains(rect):
+            return False
+        parent = parent.parentWidget()
+    return window.rect().contains(rect)
+
+
+@gui
+@pytest.mark.parametrize("size", [(1280, 800), (1920, 1080)], ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("docking", ["plugins menu", "screenshot script"])
+def test_train_shows_its_data_preset_time_and_start_beside_the_other_two(
+        make_napari_viewer, qtbot, size, docking):
+    """The first screen: the three widgets docked on the right, as the Plugins menu docks them
+    (one under the other, napari shrinking the upper ones to their minimum) or as
+    scripts/screenshot.py does (Correct tabbed with Predict). Train's pickers, preset, time
+    budget and Start are all in view without scrolling, at both window sizes."""
+    viewer = make_napari_viewer(show=True)
+    viewer.add_image(np.full((64, 64, 3), 200, np.uint8), name="tile", rgb=True)
+    window = viewer.window._qt_window
+    window.resize(*size)
+    train = dock(viewer, "Train")
+    viewer.window.add_plugin_dock_widget(PLUGIN, "Predict")
+    viewer.window.add_plugin_dock_widget(PLUGIN, "Correct",
+                                         tabify=docking == "screenshot script")
+    rows = {"image": train.image_combo.native, "labels": train.labels_combo.native,
+            "preset": train.preset, "minutes": train.minutes, "steps": train.steps,
+            "start": train.start_button, "progress": train.progress}
+    settled = lambda: (window.width(), window.height()) == size \
+        and all(shown_whole(row, window) for row in rows.values())  # noqa: E731
+    try:
+        qtbot.waitUntil(settled, timeout=10_000)
+    except qtbot.TimeoutError:
+        hidden = [name for name, row in rows.items() if not shown_whole(row, window)]
+        pytest.fail(f"window {window.width()}x{window.height()} (asked {size}); not in view: "
+                    f"{hidden}")
+    assert train.scroll_area.verticalScrollBar().value() == 0
+    # the rest of Train scrolls below them; the curve shows up once a run does
+    assert not train.curve.isVisible()
+
+
 # -- user mistakes become notifications ---------------------------------------------------------
 @gui
 def test_mistakes_are_notifications_and_the_viewer_lives_on(make_napari_viewer, tmp_path):
@@ -454,6 +504,42 @@ def test_correction_tools(make_napari_viewer, tmp_path):
     assert sorted(p.name for p in (run_dir / "data" / "masks").iterdir()) == [
         "em_z0000.tif", "em_z0000_2.tif", "em_z0001.tif", "em_z0002.tif"]
     assert (run_dir / "data" / "masks" / "em_z0000.tif").read_bytes() == before
+
+
+@gui
+def test_pickers_offer_only_layers_of_their_kind(make_napari_viewer):
+    """Correct's Probabilities picker offers float single-channel maps, never the RGB photo
+    or a uint8 scan (before: it picked the RGB tile itself); each other picker offers its kind
+    (images: any Image layer or channel group; labels: Labels layers)."""
+    viewer = make_napari_viewer()
+    viewer.add_image(np.full((32, 32, 3), 200, np.uint8), name="tile", rgb=True)
+    viewer.add_image(np.zeros((32, 32), np.uint8), name="scan")
+    viewer.add_image(np.zeros((32, 32, 3), np.float32), name="float colour", rgb=True)
+    viewer.add_labels(np.zeros((32, 32), np.uint8), name="mask")
+    train, predict, correct = (dock(viewer, name) for name in ("Train", "Predict", "Correct"))
+    assert correct.probability_combo.choices == ()
+    assert correct.probability_combo.value is None
+    seen = len(notification_manager.records)
+    correct.threshold_to_labels()  # nothing to threshold: a notification, no layer
+    assert "choose a probability layer" in str(errors_since(seen)[-1].message)
+
+    probabilities = np.linspace(0, 1, 32 * 32, dtype=np.float32).reshape(32, 32)
+    viewer.add_image(probabilities, name="tile probabilities")
+    assert [layer.name for layer in correct.probability_combo.choices] == ["tile probabilities"]
+    assert correct.probability_combo.value is viewer.layers["tile probabilities"]
+    viewer.add_image(probabilities * 300, name="float scan")  # floats, but not 0..1
+    correct.probability_combo.value = viewer.layers["float scan"]
+    seen = len(notification_manager.records)
+    layers = len(viewer.layers)
+    correct.threshold_to_labels()
+    assert "not a probability map" in str(errors_since(seen)[-1].message)
+    assert "0..300" in str(errors_since(seen)[-1].message) and len(viewer.layers) == layers
+
+    images = {"tile", "scan", "float colour", "tile probabilities", "float scan"}
+    for picker in (train.image_combo, predict.image_combo, correct.image_combo):
+        assert {layer.name for layer in picker.choices} == images
+    for picker in (train.labels_combo, correct.labels_combo):
+        assert [layer.name for layer in picker.choices] == ["mask"]
 
 
 def test_write_training_pairs_keeps_painted_slices_and_merges_instances(tmp_path):
