@@ -6,6 +6,7 @@ files -> child process -> JSON events -> Qt signals -> layers.
 """
 import os
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -208,6 +209,70 @@ def test_mistakes_are_notifications_and_the_viewer_lives_on(make_napari_viewer, 
     viewer.add_points([[1, 1]], name="still alive")
     assert "still alive" in viewer.layers
     assert not train.runner.is_running()
+
+
+@gui
+@pytest.mark.parametrize("scene", ["no layers", "wrong layers and paths"])
+def test_every_button_with_bad_choices_is_a_notification(make_napari_viewer, qtbot, monkeypatch,
+                                                         tmp_path, scene):
+    """Every enabled button of the three docked widgets pressed with nothing chosen, or with
+    layers of the wrong kind or size and paths that are no run or checkpoint (file dialogs
+    answering the same): each mistake is a one-line error notification, nothing is started
+    or written, and the viewer lives. Before: Export… called export(path=False) (Qt's checked
+    flag) and raised TypeError; a text file as the run to fine-tune from wrote the run folder
+    and started a child that failed on it."""
+    from qtpy.QtWidgets import QFileDialog, QPushButton
+
+    junk = scene != "no layers"
+    not_a_checkpoint = tmp_path / "notes.pt"
+    not_a_checkpoint.write_text("not a checkpoint")
+    missing = tmp_path / "missing"
+    monkeypatch.setattr(QFileDialog, "getExistingDirectory",
+                        lambda *_, **__: str(missing) if junk else "")
+    monkeypatch.setattr(QFileDialog, "getOpenFileName",
+                        lambda *_, **__: (str(not_a_checkpoint) if junk else "", ""))
+    monkeypatch.setattr(QFileDialog, "getSaveFileName",
+                        lambda *_, **__: (str(tmp_path / "model.txt") if junk else "", ""))
+    viewer = make_napari_viewer()
+    if junk:
+        images, masks = SAMPLES["dagm"](n=2, size=64)
+        viewer.add_image(images, name="parts")
+        painted = viewer.add_labels(masks.astype(np.uint8), name="parts labels")
+        painted.data[:, 5:10, 5:10] = 1
+        viewer.add_image(np.full((32, 32, 3), 200, np.uint8), name="tile", rgb=True)
+        viewer.add_labels(np.zeros((8, 8), np.uint8), name="small labels")
+        viewer.add_image(np.zeros((2, 3, 8, 8, 8), np.float32), name="5d")
+    train, predict, correct = (dock(viewer, name) for name in ("Train", "Predict", "Correct"))
+    run_dir = tmp_path / "run"
+    train.run_folder.setText(str(run_dir))
+    if junk:
+        train.set_init_from(not_a_checkpoint)
+        predict.set_model(not_a_checkpoint)
+        correct.run_combo.setEditText(str(not_a_checkpoint))
+    seen = len(notification_manager.records)
+    pressed = []
+    for widget in (train, predict, correct):
+        for button in widget.findChildren(QPushButton):
+            if button.isEnabled() and button.isVisibleTo(widget):
+                pressed.append(button.text())
+                button.click()  # an exception in a slot fails the test (pytest-qt)
+    assert {"Start", "Predict", "Export…", "Threshold → new labels",
+            "Add to training set"} <= set(pressed)
+    if junk:  # a model that passes the first look: Export… reaches its file name
+        zipfile.ZipFile(tmp_path / "model.pt", "w").close()
+        predict.set_model(tmp_path / "model.pt")
+        predict.export_button.click()
+    errors = [str(n.message) for n in errors_since(seen)]
+    assert errors and all("\n" not in message for message in errors)
+    if junk:
+        assert any(f"{not_a_checkpoint} is not a checkpoint" in m and "fine-tune" in m
+                   for m in errors), errors
+        assert any("predict with" in m for m in errors), errors
+        assert any("model.txt: name the file .zip" in m for m in errors), errors
+    assert not train.runner.is_running() and predict.job is None
+    assert not run_dir.exists() and not missing.exists(), "nothing written for a mistake"
+    viewer.add_points([[1, 1]], name="still alive")
+    assert "still alive" in viewer.layers
 
 
 @gui

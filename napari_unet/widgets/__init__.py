@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import weakref
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -132,6 +133,22 @@ def existing_path(text: str, what: str) -> Path:
     if not path.exists():
         raise UserError(f"{path} does not exist: choose {what}")
     return path
+
+
+def checkpoint_file(path: Path, use: str) -> Path:
+    """The checkpoint of a run folder or the file itself (runs.find_checkpoint); a UserError
+    when there is none, or when the file is no checkpoint: torch's checkpoints and bioimage.io
+    packages are zip archives, a cheap check made before anything is written or started."""
+    from napari_unet import runs
+
+    checkpoint = runs.find_checkpoint(path, required=False)
+    if checkpoint is None:
+        raise UserError(f"no checkpoint in {path}: expected {runs.CHECKPOINTS}/{runs.BEST} or "
+                        f"{runs.LAST} (has the run saved one yet?)")
+    if not zipfile.is_zipfile(checkpoint):
+        raise UserError(f"{checkpoint} is not a checkpoint: choose a run folder (or its "
+                        f"{runs.CHECKPOINTS}/{runs.BEST}) to {use}")
+    return checkpoint
 
 
 def add_labels_over(viewer, data, name: str, layer):

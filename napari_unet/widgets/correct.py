@@ -286,9 +286,10 @@ class CorrectWidget(LayerPickers, QWidget):
         self._report(f"copied slice {source} to slice {target}: {changed} pixel(s) changed")
 
     def undo(self):
-        layer = self.labels_combo.value
-        if layer is not None:
-            layer.undo()
+        try:
+            self._labels().undo()
+        except UserError as exc:
+            show_error(str(exc))
 
     def add_to_training_set(self):
         """Save (image, labels) as new pairs in RUN/data/images + RUN/data/masks."""

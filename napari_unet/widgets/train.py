@@ -35,6 +35,7 @@ from napari_unet.widgets import (
     ChannelGroup,
     StatusLabel,
     UserError,
+    checkpoint_file,
     existing_path,
     fixed_column,
     one_line,
@@ -183,8 +184,7 @@ class TrainWidget(TrainForm):
         if not self.init_from.text().strip():
             return None
         path = existing_path(self.init_from.text(), "a run folder to fine-tune from")
-        if runs.find_checkpoint(path, required=False) is None:
-            raise UserError(f"{path} has no checkpoint to fine-tune from: choose a finished run")
+        checkpoint_file(path, "fine-tune from")  # checked here, before the run folder is written
         return path
 
     # -- start / cancel ---------------------------------------------------------------------------------
