@@ -111,6 +111,8 @@ def main(argv=None) -> int:
         viewer.dims.set_current_step(0, args.slice)
         close_toasts(window)
         settle(app, 1)
+        viewer.reset_view()  # the canvas shrank as the widgets docked: fit the image again
+        settle(app, 0.5)
         save_screenshot(viewer, args.out)
     finally:
         viewer.close()

@@ -155,6 +155,25 @@ def test_train_shows_its_data_preset_time_and_start_beside_the_other_two(
     assert not train.curve.isVisible()
 
 
+@gui
+def test_new_adds_empty_labels_over_the_image_to_paint(make_napari_viewer):
+    """The first screen with an image alone: Labels' New adds a labels layer of the image's
+    pixel grid (an RGB tile: without its colour axis), chosen and in paint mode."""
+    viewer = make_napari_viewer()
+    train = dock(viewer, "Train")
+    seen = len(notification_manager.records)
+    train.new_labels()  # no image yet: a notification, no layer
+    assert "choose an image first" in str(errors_since(seen)[-1].message)
+    assert len(viewer.layers) == 0
+    viewer.add_image(np.full((40, 30, 3), 200, np.uint8), name="tile", rgb=True,
+                     scale=(0.5, 0.5))
+    train.new_labels()
+    labels = viewer.layers["tile labels"]
+    assert isinstance(labels, Labels) and labels.data.shape == (40, 30)
+    assert tuple(labels.scale) == (0.5, 0.5) and labels.mode == "paint"
+    assert train.labels_combo.value is labels
+
+
 # -- user mistakes become notifications ---------------------------------------------------------
 @gui
 def test_mistakes_are_notifications_and_the_viewer_lives_on(make_napari_viewer, tmp_path):

@@ -128,9 +128,15 @@ class TrainForm(LayerPickers, QWidget):
                                    "when training starts", Qt.ToolTipRole)
         self.preset.currentTextChanged.connect(self._preset_changed)
         self.preset.currentTextChanged.connect(self.describe_labels)
-        return group_box("Data", [("Image", self.image_combo.native),
-                                  ("Labels", self.labels_combo.native), ("Preset", self.preset),
-                                  *self.train_for.rows, self.train_for.estimate])
+        new_labels = QPushButton("New")
+        new_labels.setToolTip("add an empty labels layer over the image and paint the objects")
+        new_labels.clicked.connect(self.new_labels)
+        labels_row = QHBoxLayout()
+        labels_row.addWidget(self.labels_combo.native, 1)
+        labels_row.addWidget(new_labels)
+        return group_box("Data", [("Image", self.image_combo.native), ("Labels", labels_row),
+                                  ("Preset", self.preset), *self.train_for.rows,
+                                  self.train_for.estimate])
 
     def _pairs_box(self):
         """More (image, labels) pairs than the two pickers above: one model for them all."""
@@ -242,6 +248,19 @@ class TrainForm(LayerPickers, QWidget):
                      in zip(row["names"], row["regions"])]
             text += f"; the {self.preset.currentText()} preset trains {', '.join(parts)}"
         self.learns.setText(text)
+
+    def new_labels(self):
+        """An empty labels layer over the chosen image (its pixel grid), chosen, in paint mode:
+        a first image needs labels before Start."""
+        image = self.image_combo.value
+        if image is None:
+            show_error("choose an image first (open one: File > Open), then add its labels")
+            return
+        layer = add_labels_over(self.viewer, np.zeros(spatial_shape(image), np.uint8),
+                                f"{image.name} labels", image)
+        choose(self.labels_combo, layer)
+        self.viewer.layers.selection.active = layer
+        layer.mode = "paint"
 
     def show_learned(self):
         """A labels layer of the classes training will learn (replaced on each press)."""
