@@ -218,6 +218,15 @@ def test_mistakes_are_notifications_and_the_viewer_lives_on(make_napari_viewer, 
     train.start_button.click()
     assert "cannot create the run folder" in str(errors_since(seen)[-1].message)
 
+    pictures = tmp_path / "pictures"  # a folder of the user's own files picked as the run's
+    pictures.mkdir()
+    (pictures / "holiday.png").write_bytes(b"")
+    train.run_folder.setText(str(pictures))
+    seen = len(notification_manager.records)
+    train.start_button.click()
+    assert "holds other files (holiday.png)" in str(errors_since(seen)[-1].message)
+    assert [p.name for p in pictures.iterdir()] == ["holiday.png"], "nothing written there"
+
     predict = dock(viewer, "Predict")
     predict.set_model(tmp_path / "no_such_run")
     seen = len(notification_manager.records)

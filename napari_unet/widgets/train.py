@@ -172,7 +172,15 @@ class TrainWidget(TrainForm):
             raise UserError(f"{run_dir} already holds a run: choose a new folder (or fine-tune "
                             f"from it)")
         # a folder that holds only data/ (e.g. filled by "Add to training set") is fine: its
-        # pairs are trained on too
+        # pairs are trained on too; one with other files is no run folder (a picked folder of
+        # pictures would get config.yaml, checkpoints/, predictions/ and data/ among them)
+        others = sorted(path.name for path in run_dir.iterdir()
+                        if path.name != runs.DATA and not path.name.startswith(".")) \
+            if run_dir.is_dir() else []
+        if others:
+            listed = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+            raise UserError(f"run folder {run_dir} holds other files ({listed}): choose a new "
+                            f"or empty folder")
         try:
             (run_dir / runs.DATA).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
