@@ -523,6 +523,34 @@ def test_cancel_stops_the_run_without_freezing_the_viewer(make_napari_viewer, qt
 
 
 @gui
+def test_a_result_that_arrives_after_cancel_adds_no_layer(make_napari_viewer, qtbot, monkeypatch):
+    """The worker's last event, already on its way when Cancel is pressed (or the viewer
+    closes, which cancels the end-of-training prediction), adds no layer. Before: the layers
+    were added to the closing viewer and napari's dims slider raised IndexError (seen at the
+    teardown of test_train_then_predict_round_trip on a busy machine)."""
+    import threading
+
+    from napari_unet import engine
+    from napari_unet.widgets import prediction_job
+    from napari_unet.widgets.prediction_job import PredictionJob
+
+    yielded = threading.Event()
+
+    def events(*_):
+        yield engine.PredictionDone(np.zeros((8, 8), np.float32), np.zeros((8, 8), np.uint8))
+        yielded.set()  # the result is queued for the GUI thread, not delivered yet
+
+    monkeypatch.setattr(prediction_job, "_predict_events", events)
+    viewer = make_napari_viewer()
+    image = viewer.add_image(np.zeros((8, 8), np.float32), name="scan")
+    job = PredictionJob(viewer, "model.pt", image)
+    assert yielded.wait(60)
+    job.cancel()
+    qtbot.waitUntil(lambda: not job.running, timeout=60_000)
+    assert [layer.name for layer in viewer.layers] == ["scan"] and job.labels_layer is None
+
+
+@gui
 def test_closing_the_viewer_stops_training(make_napari_viewer, qtbot, tmp_path):
     viewer = make_napari_viewer()
     train, run_dir, recorder, pid = start_endless_run(viewer, tmp_path)
