@@ -20,6 +20,7 @@ from napari_unet.io import (
     TIF_SUFFIXES,
     image_files,
     looks_like_labels,
+    named_like_labels,
     read_image,
     strided_sample,
     write_tif,
@@ -49,6 +50,7 @@ BACKGROUND_SHARE = 0.1  # at least this share of zeros counts as a background
 # and masks/ (or labels/) beside each other. A file or folder it cannot read is declined
 # (None): napari then tries its other readers.
 MASK_FOLDERS = ("masks", "labels")  # the training layout's mask folders (the CLI's --data)
+DAGM_LABELS = "Label"  # DAGM 2007's folder of NNNN_label.PNG masks
 
 
 def get_reader(path):
@@ -91,16 +93,35 @@ def _file_layout(path: Path) -> tuple[str, tuple]:
     return ("Q" * (len(shape) - 1) + "S") if colour else "Q" * len(shape), shape
 
 
-def _folder_parts(folder: Path) -> list[tuple[str, list[Path], bool]]:
-    """(layer name, files, masks?) of a folder: its images/ and masks/ (or labels/) of the
-    training layout, else the images directly in it; [] when none is readable."""
-    images = folder / "images"
+def _folder_parts(folder: Path) -> list[tuple[str, list, bool | None]]:
+    """(layer name, files, kind) of a folder, as the CLI reads its layouts: images/ beside
+    masks/ (or labels/); DAGM's NNNN.PNG beside Label/NNNN_label.PNG (None where an image has
+    no defect); else the images directly in it, those named as labels (label, mask, seg) apart
+    from the others. kind: True for masks, None to guess (names and values). [] when the
+    folder holds no readable image (its files are checked by size, the first by its header:
+    opening a folder of thousands reads no more before napari asks for the layers)."""
+    images, dagm = folder / "images", folder / DAGM_LABELS
     masks = next((folder / name for name in MASK_FOLDERS if (folder / name).is_dir()), None)
-    parts = [(f"{folder.name} images", image_files(images), False),
-             (f"{folder.name} {masks.name}", image_files(masks), True)] \
-        if images.is_dir() and masks is not None else [(folder.name, image_files(folder), False)]
-    parts = [(name, files, is_mask) for name, files, is_mask in parts if files]
-    if not parts or not all(_is_readable_file(path) for _, files, _ in parts for path in files):
+    if images.is_dir() and masks is not None:
+        parts = [(f"{folder.name} images", image_files(images), None),
+                 (f"{folder.name} {masks.name}", image_files(masks), True)]
+    elif dagm.is_dir():
+        files = image_files(folder)
+        labels = {path.stem.lower(): path for path in image_files(dagm)}
+        parts = [(folder.name, files, None),
+                 (f"{folder.name} labels", [labels.get(f"{path.stem.lower()}_label")
+                                            or labels.get(path.stem.lower()) for path in files],
+                  True)]
+    else:
+        files = image_files(folder)
+        named = [path for path in files if named_like_labels(path.stem)]
+        parts = [(folder.name, [path for path in files if path not in named], None),
+                 (f"{folder.name} labels", named, None)]
+    parts = [(name, files, kind) for name, files, kind in parts
+             if any(path is not None for path in files)]
+    present = [path for _, files, _ in parts for path in files if path is not None]
+    if not present or any(path.stat().st_size == 0 for path in present) \
+            or not _is_readable_file(present[0]):
         return []
     return parts
 
@@ -116,19 +137,25 @@ def read_paths(path) -> list[tuple]:
 
 
 def read_folder(folder) -> list[tuple]:
-    """One layer per part of the folder (:func:`_folder_parts`): its files stacked when they
-    share a shape and type (an (N, Y, X[, 3]) stack, as the CLI reads a folder of images one
-    by one), else a layer per file."""
+    """One layer per part of the folder (:func:`_folder_parts`): its 2D images stacked when
+    they share a shape and type (an (N, Y, X[, 3]) stack; a DAGM image without a defect gets
+    an empty mask), else a layer per file (volumes are never stacked)."""
     layers = []
-    for name, files, is_mask in _folder_parts(Path(folder)):
-        arrays = [read_image(path, mmap=True) for path in files]
-        if len(arrays) > 1 and len({(a.shape, a.dtype) for a in arrays}) == 1:
-            axes, _ = _file_layout(files[0])
-            # 'I': a sequence of images (a folder of volumes is no channel axis)
-            layers += _layers(np.stack(arrays), "I" + axes, name, labels=is_mask or None)
+    for name, files, kind in _folder_parts(Path(folder)):
+        present = [path for path in files if path is not None]
+        arrays = {path: read_image(path, mmap=True) for path in present}
+        axes, _ = _file_layout(present[0])
+        first = arrays[present[0]]
+        flat = first.ndim - axes.endswith("S") == 2
+        if len(files) > 1 and flat and \
+                len({(array.shape, array.dtype) for array in arrays.values()}) == 1:
+            stack = np.stack([arrays[path] if path is not None
+                              else np.zeros(first.shape, first.dtype) for path in files])
+            # 'I': a sequence of images, not channels
+            layers += _layers(stack, "I" + axes[-first.ndim:], name, labels=kind)
         else:
-            for path in files:
-                layers += read_file(path, labels=is_mask or None)
+            for path in present:
+                layers += read_file(path, labels=kind)
     return layers
 
 

@@ -197,8 +197,9 @@ def test_reader_opens_what_the_cli_reads(make_napari_viewer, tmp_path):
     through the plugin as napari opens a file with it (before: "Given reader
     'napari-unet-torch' is not a compatible reader" for a PNG), with the CLI's pixels
     (napari_unet.io.read_image): grey or RGB images, masks as Labels; a folder of same-size
-    images as one stack, of different sizes as a layer each; a training folder (images/ and
-    masks/) as the image stack and its Labels."""
+    images as one stack, of different sizes as a layer each; the CLI's data layouts: a training
+    folder (images/ and masks/) or DAGM's (Label/) as the image stack and its Labels, ISBI's
+    volumes as an image and its labels, not one stack of both."""
     import imageio.v3 as iio
 
     from napari_unet.io import read_image
@@ -250,6 +251,40 @@ def test_reader_opens_what_the_cli_reads(make_napari_viewer, tmp_path):
     assert isinstance(masks, Labels) and masks.name == "nuclei masks"
     assert images.data.shape == masks.data.shape == (2, 40, 30)
     np.testing.assert_array_equal(masks.data[1], read_image(data / "masks" / "1.png"))
+
+    dagm = tmp_path / "Class1"  # NNNN.PNG + Label/NNNN_label.PNG; no file: no defect
+    (dagm / "Label").mkdir(parents=True)
+    for k in (1, 2):
+        iio.imwrite(dagm / f"000{k}.PNG", grey)
+    iio.imwrite(dagm / "Label" / "0002_label.PNG", mask)
+    images, labels = _open(viewer, dagm)
+    assert isinstance(images, Image) and images.data.shape == (2, 40, 30)
+    assert isinstance(labels, Labels) and labels.name == "Class1 labels"
+    assert not labels.data[0].any()
+    np.testing.assert_array_equal(labels.data[1], mask)
+
+    isbi = tmp_path / "isbi"  # volumes of one size: an image and its labels, never stacked
+    isbi.mkdir()
+    volume = rng.integers(0, 255, (3, 16, 16), dtype=np.uint8)
+    tifffile.imwrite(isbi / "train-volume.tif", volume)
+    tifffile.imwrite(isbi / "train-labels.tif", (volume > 128).astype(np.uint8) * 255)
+    layers = {layer.name: layer for layer in _open(viewer, isbi)}
+    assert isinstance(layers["train-volume"], Image)
+    assert isinstance(layers["train-labels"], Labels)
+    assert layers["train-volume"].data.shape == layers["train-labels"].data.shape == (3, 16, 16)
+    viewer.layers.clear()
+    tifffile.imwrite(isbi / "test-volume.tif", volume)  # two volumes: two layers, not a 4D one
+    assert sorted(layer.name for layer in _open(viewer, isbi)) == [
+        "test-volume", "train-labels", "train-volume"]
+
+    beside = tmp_path / "beside"  # images and their masks in one folder: two stacks
+    beside.mkdir()
+    for k in range(2):
+        iio.imwrite(beside / f"cell{k}.png", grey)
+        iio.imwrite(beside / f"cell{k}_mask.png", mask)
+    images, masks = _open(viewer, beside)
+    assert isinstance(images, Image) and images.data.shape == (2, 40, 30)
+    assert isinstance(masks, Labels) and masks.name == "beside labels"
 
 
 def _anonymous_memory_kb() -> int:
