@@ -124,21 +124,25 @@ def shown_whole(widget, window) -> bool:
 
 @gui
 @pytest.mark.parametrize("size", [(1280, 800), (1920, 1080)], ids=lambda s: f"{s[0]}x{s[1]}")
-@pytest.mark.parametrize("docking", ["plugins menu", "screenshot script"])
+@pytest.mark.parametrize("docking", ["plugins menu", "screenshot script", "make gui"])
 def test_train_shows_its_data_preset_time_and_start_beside_the_other_two(
         make_napari_viewer, qtbot, size, docking):
     """The first screen: the three widgets docked on the right, as the Plugins menu docks them
-    (one under the other, napari shrinking the upper ones to their minimum) or as
-    scripts/screenshot.py does (Correct tabbed with Predict). Train's pickers, preset, time
+    (one under the other, napari shrinking the upper ones to their minimum), as
+    scripts/screenshot.py does (Correct tabbed with Predict) or as `make gui` (`napari -w
+    napari-unet-torch __all__`: three tabs, Train raised). Train's pickers, preset, time
     budget and Start are all in view without scrolling, at both window sizes."""
     viewer = make_napari_viewer(show=True)
     viewer.add_image(np.full((64, 64, 3), 200, np.uint8), name="tile", rgb=True)
     window = viewer.window._qt_window
     window.resize(*size)
-    train = dock(viewer, "Train")
-    viewer.window.add_plugin_dock_widget(PLUGIN, "Predict")
-    viewer.window.add_plugin_dock_widget(PLUGIN, "Correct",
-                                         tabify=docking == "screenshot script")
+    tabs = docking == "make gui"
+    train_dock, train = viewer.window.add_plugin_dock_widget(PLUGIN, "Train", tabify=tabs)
+    viewer.window.add_plugin_dock_widget(PLUGIN, "Predict", tabify=tabs)
+    viewer.window.add_plugin_dock_widget(PLUGIN, "Correct", tabify=docking != "plugins menu")
+    if tabs:  # what napari's -w does after docking them
+        train_dock.show()
+        train_dock.raise_()
     rows = {"image": train.image_combo.native, "labels": train.labels_combo.native,
             "preset": train.preset, "minutes": train.minutes, "steps": train.steps,
             "start": train.start_button, "progress": train.progress}
