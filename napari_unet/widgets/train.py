@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from pathlib import Path
 
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
@@ -23,7 +22,7 @@ from qtpy.QtWidgets import (
     QPushButton,
 )
 
-from napari_unet import layouts, lazy, runs
+from napari_unet import runs
 from napari_unet.choices import AUTO_PRESET
 from napari_unet.training_set import (
     CONTEXT,
@@ -43,7 +42,6 @@ from napari_unet.widgets import (
     show_error,
     show_info,
     show_warning,
-    spatial_shape,
     stop_on_window_close,
     training_array,
 )
@@ -133,61 +131,7 @@ class TrainWidget(TrainForm):
                      "finished", "failed", "cancelled", "exited"):
             getattr(self.runner, name).connect(getattr(self, f"_on_{name}"))
 
-    # -- checks before starting ----------------------------------------------------------------------
-    def _check_pairs(self, pairs, preset):
-        """The model's spatial dims (the preset's; under auto, the input-layout rule's, as
-        the CLI decides) after checking every pair."""
-        found = set()
-        for image, labels in pairs:
-            shape, labels_shape = spatial_shape(image), tuple(labels.data.shape)
-            spatial_dims = layouts.guess_spatial_dims(shape) if preset == AUTO_PRESET \
-                else self.presets[preset].get("spatial_dims", 2)
-            found.add(spatial_dims)
-            if shape != labels_shape:
-                raise UserError(f"image '{image.name}' is {shape} but labels '{labels.name}' "
-                                f"are {labels_shape}: paint labels on a layer of the image's size")
-            if not lazy.any_nonzero(labels.data):
-                raise UserError(f"labels '{labels.name}' are empty: paint some objects with the "
-                                f"brush before training")
-            if spatial_dims == 3 and len(shape) != 3:
-                raise UserError(f"the {preset} preset trains on 3D volumes but '{image.name}' is "
-                                f"{len(shape)}D {shape}: choose industrial or isbi2012")
-            if spatial_dims == 2 and len(shape) > 3:
-                raise UserError(f"'{image.name}' is {len(shape)}D {shape}: a 2D model takes "
-                                f"2D images or (Z, Y, X) stacks; split the extra axes first")
-            if spatial_dims == 2 and layouts.looks_like_volume(shape):
-                show_warning(f"'{image.name}' looks like a 3D volume: the {preset} preset "
-                             f"trains on its slices one by one (choose volume3d for a 3D model)")
-        if len(found) > 1:
-            raise UserError("the pairs mix volumes and 2D images: one model takes one kind; "
-                            "train them apart, or choose a named preset")
-        return found.pop()
-
-    def _prepare_run_folder(self) -> Path:
-        text = self.run_folder.text().strip()
-        run_dir = Path(text).expanduser() if text else runs.new_run_folder()
-        if run_dir.exists() and not run_dir.is_dir():
-            raise UserError(f"run folder {run_dir} is a file: choose a folder")
-        if runs.is_run(run_dir) or (run_dir / runs.CHECKPOINTS).exists():
-            raise UserError(f"{run_dir} already holds a run: choose a new folder (or fine-tune "
-                            f"from it)")
-        # a folder that holds only data/ (e.g. filled by "Add to training set") is fine: its
-        # pairs are trained on too; one with other files is no run folder (a picked folder of
-        # pictures would get config.yaml, checkpoints/, predictions/ and data/ among them)
-        others = sorted(path.name for path in run_dir.iterdir()
-                        if path.name != runs.DATA and not path.name.startswith(".")) \
-            if run_dir.is_dir() else []
-        if others:
-            listed = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
-            raise UserError(f"run folder {run_dir} holds other files ({listed}): choose a new "
-                            f"or empty folder")
-        try:
-            (run_dir / runs.DATA).mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UserError(f"cannot create the run folder {run_dir} ({exc.strerror}): choose "
-                            f"a writable folder") from None
-        return run_dir
-
+    # -- checks before starting (the pairs and the run folder: train_data) --------------------------
     def _init_from_run(self):
         if not self.init_from.text().strip():
             return None
