@@ -7,6 +7,7 @@ opening a file never imports torch, Qt or the engine.
 """
 from __future__ import annotations
 
+import math
 import uuid
 from pathlib import Path
 
@@ -81,16 +82,23 @@ def _is_readable_file(path: Path) -> bool:
 def _file_layout(path: Path) -> tuple[str, tuple]:
     """The axes letters of the file's metadata ('Q' = unknown; a colour PNG/JPEG: 'YXS') and
     its shape, from the header only."""
+    axes, shape, _ = _file_props(path)
+    return axes, shape
+
+
+def _file_props(path: Path) -> tuple[str, tuple, np.dtype]:
+    """(axes, shape, dtype) from the file's header (:func:`_file_layout`)."""
     if path.suffix.lower() in TIF_SUFFIXES:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
-            return series.axes, tuple(series.shape)
+            return series.axes, tuple(series.shape), np.dtype(series.dtype)
     if path.stat().st_size == 0:
         raise ValueError(f"{path} is empty")
     props = iio.improps(path)
     shape = tuple(props.shape)
     colour = len(shape) == 3 and shape[-1] in (3, 4)
-    return ("Q" * (len(shape) - 1) + "S") if colour else "Q" * len(shape), shape
+    axes = ("Q" * (len(shape) - 1) + "S") if colour else "Q" * len(shape)
+    return axes, shape, np.dtype(props.dtype)
 
 
 def _folder_parts(folder: Path) -> list[tuple[str, list, bool | None]]:
@@ -138,25 +146,35 @@ def read_paths(path) -> list[tuple]:
 
 def read_folder(folder) -> list[tuple]:
     """One layer per part of the folder (:func:`_folder_parts`): its 2D images stacked when
-    they share a shape and type (an (N, Y, X[, 3]) stack; a DAGM image without a defect gets
-    an empty mask), else a layer per file (volumes are never stacked)."""
+    their headers give one shape and type (an (N, Y, X[, 3]) stack; a DAGM image without a
+    defect gets an empty mask; above LAZY_BYTES a dask stack that reads an image when napari
+    shows it), else a layer per file (volumes are never stacked)."""
     layers = []
     for name, files, kind in _folder_parts(Path(folder)):
         present = [path for path in files if path is not None]
-        arrays = {path: read_image(path, mmap=True) for path in present}
-        axes, _ = _file_layout(present[0])
-        first = arrays[present[0]]
-        flat = first.ndim - axes.endswith("S") == 2
-        if len(files) > 1 and flat and \
-                len({(array.shape, array.dtype) for array in arrays.values()}) == 1:
-            stack = np.stack([arrays[path] if path is not None
-                              else np.zeros(first.shape, first.dtype) for path in files])
+        props = {path: _file_props(path) for path in present}
+        axes, shape, dtype = props[present[0]]
+        flat = len(shape) - axes.endswith("S") == 2
+        if len(files) > 1 and flat and len({prop[1:] for prop in props.values()}) == 1:
             # 'I': a sequence of images, not channels
-            layers += _layers(stack, "I" + axes[-first.ndim:], name, labels=kind)
+            layers += _layers(_stack(files, shape, dtype), "I" + axes, name, labels=kind)
         else:
             for path in present:
                 layers += read_file(path, labels=kind)
     return layers
+
+
+def _stack(files, shape, dtype):
+    """The images of `files` (None: zeros) stacked first; lazily (dask, which napari brings)
+    when the stack is bigger than LAZY_BYTES."""
+    if len(files) * math.prod(shape) * dtype.itemsize <= LAZY_BYTES:
+        return np.stack([read_image(path) if path is not None else np.zeros(shape, dtype)
+                         for path in files])
+    import dask
+    import dask.array as da
+
+    return da.stack([da.from_delayed(dask.delayed(read_image)(path, mmap=False), shape, dtype)
+                     if path is not None else da.zeros(shape, dtype=dtype) for path in files])
 
 
 def read_file(path, labels=None) -> list[tuple]:

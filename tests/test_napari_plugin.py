@@ -287,6 +287,29 @@ def test_reader_opens_what_the_cli_reads(make_napari_viewer, tmp_path):
     assert isinstance(masks, Labels) and masks.name == "beside labels"
 
 
+@gui
+def test_a_big_folder_of_images_opens_as_a_lazy_stack(make_napari_viewer, tmp_path,
+                                                      monkeypatch):
+    """A folder of images bigger than the lazy threshold (lowered here) opens as a dask
+    stack (napari reads an image when it shows it), with the files' pixels; a DAGM image
+    without a mask file gets an empty lazy mask."""
+    import imageio.v3 as iio
+
+    from napari_unet import lazy
+
+    monkeypatch.setattr(_napari, "LAZY_BYTES", 1000)
+    (tmp_path / "Label").mkdir()
+    planes = [np.full((20, 30), k, np.uint8) for k in range(5)]
+    for k, plane in enumerate(planes):
+        iio.imwrite(tmp_path / f"{k:04d}.png", plane)
+    iio.imwrite(tmp_path / "Label" / "0003_label.png", (planes[3] > 0).astype(np.uint8))
+    viewer = make_napari_viewer()
+    images, labels = _open(viewer, tmp_path)
+    assert lazy.is_lazy(images.data) and lazy.is_lazy(labels.data)
+    np.testing.assert_array_equal(np.asarray(images.data), np.stack(planes))
+    assert np.asarray(labels.data).sum() == 20 * 30 and np.asarray(labels.data)[3].all()
+
+
 def _anonymous_memory_kb() -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("RssAnon:"):
