@@ -1,4 +1,5 @@
-"""The hooks napari.yaml points to: the TIF reader, the TIF writers and the sample data.
+"""The hooks napari.yaml points to: the reader (TIF, PNG, JPEG, BMP, folders of them), the
+TIF writers and the sample data.
 
 They turn files and the synthetic data sets into napari LayerData tuples
 ``(data, kwargs, layer_type)`` and back. numpy, tifffile and :mod:`napari_unet.io` only:
@@ -6,16 +7,21 @@ opening a file never imports torch, Qt or the engine.
 """
 from __future__ import annotations
 
+import math
 import uuid
 from pathlib import Path
 
+import imageio.v3 as iio
 import numpy as np
 import tifffile
 
 from napari_unet.errors import NapariUnetError
 from napari_unet.io import (
+    IMAGE_SUFFIXES,
     TIF_SUFFIXES,
+    image_files,
     looks_like_labels,
+    named_like_labels,
     read_image,
     strided_sample,
     write_tif,
@@ -40,55 +46,156 @@ BACKGROUND_SHARE = 0.1  # at least this share of zeros counts as a background
 
 
 # ------------------------------------------------------------------------------------ reader
+# What the CLI reads, the reader opens: TIF files, PNG/JPEG/BMP files, a folder of them (a
+# stack when they share a shape, else a layer per file) and a training folder with images/
+# and masks/ (or labels/) beside each other. A file or folder it cannot read is declined
+# (None): napari then tries its other readers.
+MASK_FOLDERS = ("masks", "labels")  # the training layout's mask folders (the CLI's --data)
+DAGM_LABELS = "Label"  # DAGM 2007's folder of NNNN_label.PNG masks
+
+
 def get_reader(path):
-    """The reader for a .tif/.tiff file tifffile can open, else None (other readers try)."""
+    """The reader for TIF/PNG/JPEG/BMP files and folders of them, else None."""
     paths = path if isinstance(path, (list, tuple)) else [path]
-    if not paths or not all(_is_readable_tif(p) for p in paths):
+    if not paths or not all(_is_readable(p) for p in paths):
         return None
-    return read_tifs
+    return read_paths
 
 
-def _is_readable_tif(path) -> bool:
+def _is_readable(path) -> bool:
     path = Path(path)
-    if path.suffix.lower() not in TIF_SUFFIXES or not path.is_file():
+    if path.is_dir():
+        return bool(_folder_parts(path))
+    return _is_readable_file(path)
+
+
+def _is_readable_file(path: Path) -> bool:
+    if path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
         return False
     try:
-        _tif_layout(path)
+        _file_layout(path)
     except Exception:  # noqa: BLE001 - any failure means "not for us": let other readers try
         return False
     return True
 
 
-def _tif_layout(path: Path) -> tuple[str, tuple]:
-    """The axes letters tifffile reads from the file's metadata ('Q' = unknown) and shape."""
-    with tifffile.TiffFile(path) as tif:
-        series = tif.series[0]
-        return series.axes, tuple(series.shape)
+def _file_layout(path: Path) -> tuple[str, tuple]:
+    """The axes letters of the file's metadata ('Q' = unknown; a colour PNG/JPEG: 'YXS') and
+    its shape, from the header only."""
+    axes, shape, _ = _file_props(path)
+    return axes, shape
 
 
-def read_tifs(path) -> list[tuple]:
+def _file_props(path: Path) -> tuple[str, tuple, np.dtype]:
+    """(axes, shape, dtype) from the file's header (:func:`_file_layout`)."""
+    if path.suffix.lower() in TIF_SUFFIXES:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            return series.axes, tuple(series.shape), np.dtype(series.dtype)
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path} is empty")
+    props = iio.improps(path)
+    shape = tuple(props.shape)
+    colour = len(shape) == 3 and shape[-1] in (3, 4)
+    axes = ("Q" * (len(shape) - 1) + "S") if colour else "Q" * len(shape)
+    return axes, shape, np.dtype(props.dtype)
+
+
+def _folder_parts(folder: Path) -> list[tuple[str, list, bool | None]]:
+    """(layer name, files, kind) of a folder, as the CLI reads its layouts: images/ beside
+    masks/ (or labels/); DAGM's NNNN.PNG beside Label/NNNN_label.PNG (None where an image has
+    no defect); else the images directly in it, those named as labels (label, mask, seg) apart
+    from the others. kind: True for masks, None to guess (names and values). [] when the
+    folder holds no readable image (its files are checked by size, the first by its header:
+    opening a folder of thousands reads no more before napari asks for the layers)."""
+    images, dagm = folder / "images", folder / DAGM_LABELS
+    masks = next((folder / name for name in MASK_FOLDERS if (folder / name).is_dir()), None)
+    if images.is_dir() and masks is not None:
+        parts = [(f"{folder.name} images", image_files(images), None),
+                 (f"{folder.name} {masks.name}", image_files(masks), True)]
+    elif dagm.is_dir():
+        files = image_files(folder)
+        labels = {path.stem.lower(): path for path in image_files(dagm)}
+        parts = [(folder.name, files, None),
+                 (f"{folder.name} labels", [labels.get(f"{path.stem.lower()}_label")
+                                            or labels.get(path.stem.lower()) for path in files],
+                  True)]
+    else:
+        files = image_files(folder)
+        named = [path for path in files if named_like_labels(path.stem)]
+        parts = [(folder.name, [path for path in files if path not in named], None),
+                 (f"{folder.name} labels", named, None)]
+    parts = [(name, files, kind) for name, files, kind in parts
+             if any(path is not None for path in files)]
+    present = [path for _, files, _ in parts for path in files if path is not None]
+    if not present or any(path.stat().st_size == 0 for path in present) \
+            or not _is_readable_file(present[0]):
+        return []
+    return parts
+
+
+def read_paths(path) -> list[tuple]:
+    """LayerData of the files and folders napari was asked to open."""
     paths = path if isinstance(path, (list, tuple)) else [path]
     layers = []
-    for item in paths:
-        layers += read_tif(item)
+    for item in map(Path, paths):
+        layers += read_folder(item) if item.is_dir() else read_file(item)
     return layers
 
 
-def read_tif(path) -> list[tuple]:
-    """LayerData for one TIF: Labels for masks, Image otherwise (RGB, channels or plain)."""
+
+def read_folder(folder) -> list[tuple]:
+    """One layer per part of the folder (:func:`_folder_parts`): its 2D images stacked when
+    their headers give one shape and type (an (N, Y, X[, 3]) stack; a DAGM image without a
+    defect gets an empty mask; above LAZY_BYTES a dask stack that reads an image when napari
+    shows it), else a layer per file (volumes are never stacked)."""
+    layers = []
+    for name, files, kind in _folder_parts(Path(folder)):
+        present = [path for path in files if path is not None]
+        props = {path: _file_props(path) for path in present}
+        axes, shape, dtype = props[present[0]]
+        flat = len(shape) - axes.endswith("S") == 2
+        if len(files) > 1 and flat and len({prop[1:] for prop in props.values()}) == 1:
+            # 'I': a sequence of images, not channels
+            layers += _layers(_stack(files, shape, dtype), "I" + axes, name, labels=kind)
+        else:
+            for path in present:
+                layers += read_file(path, labels=kind)
+    return layers
+
+
+def _stack(files, shape, dtype):
+    """The images of `files` (None: zeros) stacked first; lazily (dask, which napari brings)
+    when the stack is bigger than LAZY_BYTES."""
+    if len(files) * math.prod(shape) * dtype.itemsize <= LAZY_BYTES:
+        return np.stack([read_image(path) if path is not None else np.zeros(shape, dtype)
+                         for path in files])
+    import dask
+    import dask.array as da
+
+    return da.stack([da.from_delayed(dask.delayed(read_image)(path, mmap=False), shape, dtype)
+                     if path is not None else da.zeros(shape, dtype=dtype) for path in files])
+
+
+def read_file(path, labels=None) -> list[tuple]:
+    """LayerData for one image file: Labels for masks, Image otherwise (RGB, channels or
+    plain). `labels` True/False decides the kind; None: it is guessed (name and values)."""
     path = Path(path)
-    axes, shape = _tif_layout(path)
+    axes, shape = _file_layout(path)
     data = read_image(path, mmap=True)
-    if tuple(data.shape) != shape:  # tifffile squeezed or reshaped: the metadata no longer fits
+    if tuple(data.shape) != shape:  # the reader squeezed or reshaped: the metadata no longer fits
         axes = "Q" * data.ndim
-    name = path.stem
+    return _layers(data, axes, path.stem, labels)
+
+
+def _layers(data, axes: str, name: str, labels=None) -> list[tuple]:
     rgb, channel_axis = file_channels(axes, data.shape)  # the input-layout rule
-    if rgb:
+    if rgb and not labels:
         return [(_in_memory_if_small(data), {"name": name, "rgb": True}, "image")]
-    if looks_like_labels(data, name):
-        labels = data.astype(np.uint8) if data.dtype == bool else data
+    if labels or (labels is None and looks_like_labels(data, name)):
+        labels_data = data.astype(np.uint8) if data.dtype == bool else data
         # half see-through, as the plugin's other labels: the tissue under them stays readable
-        return [(_in_memory_if_small(labels), {"name": name, "opacity": 0.5}, "labels")]
+        return [(_in_memory_if_small(labels_data), {"name": name, "opacity": 0.5}, "labels")]
     data = _in_memory_if_small(data)
     if channel_axis is None:
         kwargs = {"name": name, "rgb": False}

@@ -27,6 +27,7 @@ TIF_SUFFIXES = (".tif", ".tiff")
 OTHER_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 IMAGE_SUFFIXES = TIF_SUFFIXES + OTHER_IMAGE_SUFFIXES
 MAX_LABEL_VALUES = 64
+LABEL_WORDS = ("label", "mask", "seg")  # a file or layer named so holds a mask
 
 
 # ---------------------------------------------------------------------------------- reading
@@ -161,12 +162,16 @@ def strided_sample(array: np.ndarray, max_items: int = 1_000_000) -> np.ndarray:
     return np.asarray(array[tuple(slice(None, None, step) for _ in range(array.ndim))])
 
 
+def named_like_labels(name: str) -> bool:
+    """Whether a file or layer name says it holds a mask ("scan_labels", "masks", "seg")."""
+    return any(word in name.lower() for word in LABEL_WORDS)
+
+
 def looks_like_labels(array: np.ndarray, name: str = "") -> bool:
     """Whether an array is more likely a mask (napari Labels layer) than an image."""
     if not (np.issubdtype(array.dtype, np.integer) or array.dtype == bool):
         return False
-    lowered = name.lower()
-    if any(word in lowered for word in ("label", "mask", "seg")):
+    if named_like_labels(name):
         return True
     return len(np.unique(strided_sample(array))) <= MAX_LABEL_VALUES
 

@@ -1,7 +1,7 @@
 """Save a screenshot of napari with the EM sample and the Train, Predict and Correct widgets.
 
     python scripts/screenshot.py [--out docs/screenshot.png] [--steps 60] [--no-train]
-                                 [--open FILE ...] [--slice Z]
+                                 [--open FILE ...] [--slice Z] [--size 1280x800]
 
 ``--open`` opens files through the plugin's reader instead of the sample, e.g. a BraTS 2021
 case: ``--open ../shared/data/brats2021/BraTS2021_00000_image.tif
@@ -39,6 +39,18 @@ def _under_xvfb() -> None:
                     str(Path(__file__).resolve()), *sys.argv[1:]])
 
 
+def window_size(text: str) -> tuple[int, int]:
+    """'1280x800' -> (1280, 800)."""
+    try:
+        width, height = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give the size as WIDTHxHEIGHT, "
+                                         f"e.g. 1280x800") from None
+    if width < 1 or height < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: the width and height must be positive")
+    return width, height
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(ROOT / "docs" / "screenshot.png"))
@@ -47,18 +59,22 @@ def main(argv=None) -> int:
     parser.add_argument("--open", nargs="+", metavar="FILE",
                         help="open these files (the plugin's reader) instead of the EM sample")
     parser.add_argument("--slice", type=int, default=3, help="the slice shown (first axis)")
+    parser.add_argument("--size", type=window_size, default=(1800, 1100), metavar="WxH",
+                        help="the window's size in pixels (default 1800x1100)")
     parser.add_argument("--run", metavar="RUN",
                         help="instead of training: predict the first image with this run "
                              "(a run folder or checkpoint) from the Predict widget")
     args = parser.parse_args(argv)
     _under_xvfb()
+    os.environ.setdefault("QT_API", "pyqt6")  # the project's binding (the Makefile's), not
+    # qtpy's first pick, PyQt5, when both are installed
 
     import napari
     from qtpy.QtWidgets import QApplication
 
     viewer = napari.Viewer(title="napari UNet", show=True)
     window = viewer.window._qt_window  # a script, not a plugin: the window's size is ours to set
-    window.resize(1800, 1100)
+    window.resize(*args.size)
     if args.open:
         for path in args.open:
             viewer.open(path, plugin=PLUGIN)
@@ -95,6 +111,8 @@ def main(argv=None) -> int:
         viewer.dims.set_current_step(0, args.slice)
         close_toasts(window)
         settle(app, 1)
+        viewer.reset_view()  # the canvas shrank as the widgets docked: fit the image again
+        settle(app, 0.5)
         save_screenshot(viewer, args.out)
     finally:
         viewer.close()

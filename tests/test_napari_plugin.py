@@ -176,14 +176,138 @@ def test_reader_channel_names_and_ranges_of_other_multichannel_files(make_napari
 
 def test_reader_declines_what_it_cannot_read(tmp_path):
     (tmp_path / "broken.tif").write_bytes(b"this is not a TIF file at all")
+    (tmp_path / "broken.png").write_bytes(b"this is not a PNG file at all")
     (tmp_path / "empty.tif").write_bytes(b"")
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("not an image")
     tifffile.imwrite(tmp_path / "ok.tif", np.zeros((4, 4), np.uint8))
-    assert _napari.get_reader(str(tmp_path / "broken.tif")) is None
-    assert _napari.get_reader(str(tmp_path / "empty.tif")) is None
-    assert _napari.get_reader(str(tmp_path / "missing.tif")) is None
-    assert _napari.get_reader(str(tmp_path / "ok.png")) is None
-    assert _napari.get_reader(str(tmp_path)) is None
+    for name in ("broken.tif", "broken.png", "empty.tif", "empty.jpg", "missing.tif",
+                 "missing.png", "notes.txt"):
+        assert _napari.get_reader(str(tmp_path / name)) is None, name
+    assert _napari.get_reader(str(tmp_path)) is None, "a folder with a damaged image"
+    (tmp_path / "text_only").mkdir()
+    (tmp_path / "text_only" / "notes.txt").write_text("")
+    assert _napari.get_reader(str(tmp_path / "text_only")) is None, "a folder without images"
     assert callable(_napari.get_reader(str(tmp_path / "ok.tif")))
+
+
+@gui
+def test_reader_opens_what_the_cli_reads(make_napari_viewer, tmp_path):
+    """PNG, JPEG (any case of the suffix, as DAGM's .PNG), BMP and folders of them open
+    through the plugin as napari opens a file with it (before: "Given reader
+    'napari-unet-torch' is not a compatible reader" for a PNG), with the CLI's pixels
+    (napari_unet.io.read_image): grey or RGB images, masks as Labels; a folder of same-size
+    images as one stack, of different sizes as a layer each; the CLI's data layouts: a training
+    folder (images/ and masks/) or DAGM's (Label/) as the image stack and its Labels, ISBI's
+    volumes as an image and its labels, not one stack of both."""
+    import imageio.v3 as iio
+
+    from napari_unet.io import read_image
+
+    viewer = make_napari_viewer()
+    rng = np.random.default_rng(2)
+    grey = rng.integers(0, 255, (40, 30), dtype=np.uint8)
+    colour = rng.integers(0, 255, (40, 30, 3), dtype=np.uint8)
+    mask = np.zeros((40, 30), np.uint8)
+    mask[5:15, 5:20] = 255
+    iio.imwrite(tmp_path / "grey.png", grey)
+    iio.imwrite(tmp_path / "PHOTO.PNG", colour)
+    iio.imwrite(tmp_path / "photo.jpg", colour)
+    iio.imwrite(tmp_path / "grey.bmp", grey)
+    iio.imwrite(tmp_path / "cell_mask.png", mask)
+    for name, kind, rgb in (("grey.png", Image, False), ("PHOTO.PNG", Image, True),
+                            ("photo.jpg", Image, True), ("grey.bmp", Image, False),
+                            ("cell_mask.png", Labels, None)):
+        [layer] = _open(viewer, tmp_path / name)
+        assert isinstance(layer, kind) and getattr(layer, "rgb", None) == rgb, name
+        assert layer.name.startswith(Path(name).stem)
+        np.testing.assert_array_equal(layer.data, read_image(tmp_path / name), err_msg=name)
+
+    stack = tmp_path / "scans"
+    stack.mkdir()
+    for k in range(3):
+        iio.imwrite(stack / f"{k:03d}.png", grey + k)
+    [layer] = _open(viewer, stack)
+    assert isinstance(layer, Image) and layer.name == "scans" and layer.data.shape == (3, 40, 30)
+    np.testing.assert_array_equal(layer.data[2], grey + 2)
+
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    iio.imwrite(mixed / "a.png", grey)
+    iio.imwrite(mixed / "b.png", colour)
+    assert [(layer.name, layer.rgb) for layer in _open(viewer, mixed)] == [("a", False),
+                                                                            ("b", True)]
+
+    data = tmp_path / "nuclei"
+    for folder in ("images", "masks"):
+        (data / folder).mkdir(parents=True)
+    for k in range(2):
+        iio.imwrite(data / "images" / f"{k}.png", grey)
+        many = mask.copy()
+        many[20:30, 5:25] = 1 + k  # few values: a mask in any case, here by its folder
+        iio.imwrite(data / "masks" / f"{k}.png", many)
+    images, masks = _open(viewer, data)
+    assert isinstance(images, Image) and images.name == "nuclei images"
+    assert isinstance(masks, Labels) and masks.name == "nuclei masks"
+    assert images.data.shape == masks.data.shape == (2, 40, 30)
+    np.testing.assert_array_equal(masks.data[1], read_image(data / "masks" / "1.png"))
+
+    dagm = tmp_path / "Class1"  # NNNN.PNG + Label/NNNN_label.PNG; no file: no defect
+    (dagm / "Label").mkdir(parents=True)
+    for k in (1, 2):
+        iio.imwrite(dagm / f"000{k}.PNG", grey)
+    iio.imwrite(dagm / "Label" / "0002_label.PNG", mask)
+    images, labels = _open(viewer, dagm)
+    assert isinstance(images, Image) and images.data.shape == (2, 40, 30)
+    assert isinstance(labels, Labels) and labels.name == "Class1 labels"
+    assert not labels.data[0].any()
+    np.testing.assert_array_equal(labels.data[1], mask)
+
+    isbi = tmp_path / "isbi"  # volumes of one size: an image and its labels, never stacked
+    isbi.mkdir()
+    volume = rng.integers(0, 255, (3, 16, 16), dtype=np.uint8)
+    tifffile.imwrite(isbi / "train-volume.tif", volume)
+    tifffile.imwrite(isbi / "train-labels.tif", (volume > 128).astype(np.uint8) * 255)
+    layers = {layer.name: layer for layer in _open(viewer, isbi)}
+    assert isinstance(layers["train-volume"], Image)
+    assert isinstance(layers["train-labels"], Labels)
+    assert layers["train-volume"].data.shape == layers["train-labels"].data.shape == (3, 16, 16)
+    viewer.layers.clear()
+    tifffile.imwrite(isbi / "test-volume.tif", volume)  # two volumes: two layers, not a 4D one
+    assert sorted(layer.name for layer in _open(viewer, isbi)) == [
+        "test-volume", "train-labels", "train-volume"]
+
+    beside = tmp_path / "beside"  # images and their masks in one folder: two stacks
+    beside.mkdir()
+    for k in range(2):
+        iio.imwrite(beside / f"cell{k}.png", grey)
+        iio.imwrite(beside / f"cell{k}_mask.png", mask)
+    images, masks = _open(viewer, beside)
+    assert isinstance(images, Image) and images.data.shape == (2, 40, 30)
+    assert isinstance(masks, Labels) and masks.name == "beside labels"
+
+
+@gui
+def test_a_big_folder_of_images_opens_as_a_lazy_stack(make_napari_viewer, tmp_path,
+                                                      monkeypatch):
+    """A folder of images bigger than the lazy threshold (lowered here) opens as a dask
+    stack (napari reads an image when it shows it), with the files' pixels; a DAGM image
+    without a mask file gets an empty lazy mask."""
+    import imageio.v3 as iio
+
+    from napari_unet import lazy
+
+    monkeypatch.setattr(_napari, "LAZY_BYTES", 1000)
+    (tmp_path / "Label").mkdir()
+    planes = [np.full((20, 30), k, np.uint8) for k in range(5)]
+    for k, plane in enumerate(planes):
+        iio.imwrite(tmp_path / f"{k:04d}.png", plane)
+    iio.imwrite(tmp_path / "Label" / "0003_label.png", (planes[3] > 0).astype(np.uint8))
+    viewer = make_napari_viewer()
+    images, labels = _open(viewer, tmp_path)
+    assert lazy.is_lazy(images.data) and lazy.is_lazy(labels.data)
+    np.testing.assert_array_equal(np.asarray(images.data), np.stack(planes))
+    assert np.asarray(labels.data).sum() == 20 * 30 and np.asarray(labels.data)[3].all()
 
 
 def _anonymous_memory_kb() -> int:

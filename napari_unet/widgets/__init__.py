@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import weakref
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +21,11 @@ from qtpy.QtWidgets import (
     QFrame,
     QGroupBox,
     QHBoxLayout,
+    QLabel,
     QMainWindow,
     QPushButton,
     QScrollArea,
+    QSizePolicy,
     QVBoxLayout,
     QWidget,
 )
@@ -41,9 +44,14 @@ def with_browse_button(field, on_browse) -> QHBoxLayout:
     return row
 
 
-def scrolling_layout(widget: QWidget) -> QVBoxLayout:
+def scrolling_layout(widget: QWidget, fixed: QWidget | None = None) -> QVBoxLayout:
     """The layout to fill `widget` with, inside a scroll area: a tall widget in a short dock
-    scrolls instead of squeezing its rows (napari's docks do not scroll)."""
+    scrolls instead of squeezing its rows (napari's docks do not scroll).
+
+    `fixed`, when given, stays above the scroll area and never scrolls away: the rows a
+    newcomer must see (the Train widget's data, preset, time and Start). The widget's minimum
+    height is then that part's, so a dock beside others is never squeezed below it (napari
+    docks a new widget by shrinking those above it to their minimum)."""
     content = QWidget()
     scroll = QScrollArea()
     scroll.setWidgetResizable(True)
@@ -52,7 +60,10 @@ def scrolling_layout(widget: QWidget) -> QVBoxLayout:
     scroll.setWidget(content)
     outer = QVBoxLayout(widget)
     outer.setContentsMargins(0, 0, 0, 0)
-    outer.addWidget(scroll)
+    outer.setSpacing(0)
+    if fixed is not None:
+        outer.addWidget(fixed)
+    outer.addWidget(scroll, 1)
     widget.scroll_area = scroll
 
     def keep_width():  # the dock stays as wide as the rows need, with room for the bar
@@ -61,7 +72,39 @@ def scrolling_layout(widget: QWidget) -> QVBoxLayout:
                                    + scroll.verticalScrollBar().sizeHint().width())
 
     QTimer.singleShot(0, keep_width)
-    return QVBoxLayout(content)
+    layout = QVBoxLayout(content)
+    if fixed is not None:  # one gap between the fixed rows and the scrolled ones, not two
+        margins = layout.contentsMargins()
+        layout.setContentsMargins(margins.left(), 0, margins.right(), margins.bottom())
+    return layout
+
+
+def fixed_column(*items) -> QWidget:
+    """A widget of widgets and layouts one above the other (the part of a widget kept above
+    its scroll area, see :func:`scrolling_layout`)."""
+    column = QWidget()
+    layout = QVBoxLayout(column)
+    for item in items:
+        if isinstance(item, QWidget):
+            layout.addWidget(item)
+        else:
+            layout.addLayout(item)
+    return column
+
+
+class StatusLabel(QLabel):
+    """A word-wrapped line of rare messages, hidden while it has none (an empty label would
+    keep a blank row among the rows that must fit the first screen)."""
+
+    def __init__(self, text: str = "", parent=None):
+        super().__init__(text, parent)
+        self.setWordWrap(True)
+        self.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
+        self.setVisible(bool(text))
+
+    def setText(self, text: str) -> None:  # noqa: N802 - Qt's name
+        super().setText(text)
+        self.setVisible(bool(text))
 
 
 def group_box(title: str, rows) -> QGroupBox:
@@ -90,6 +133,22 @@ def existing_path(text: str, what: str) -> Path:
     if not path.exists():
         raise UserError(f"{path} does not exist: choose {what}")
     return path
+
+
+def checkpoint_file(path: Path, use: str) -> Path:
+    """The checkpoint of a run folder or the file itself (runs.find_checkpoint); a UserError
+    when there is none, or when the file is no checkpoint: torch's checkpoints and bioimage.io
+    packages are zip archives, a cheap check made before anything is written or started."""
+    from napari_unet import runs
+
+    checkpoint = runs.find_checkpoint(path, required=False)
+    if checkpoint is None:
+        raise UserError(f"no checkpoint in {path}: expected {runs.CHECKPOINTS}/{runs.BEST} or "
+                        f"{runs.LAST} (has the run saved one yet?)")
+    if not zipfile.is_zipfile(checkpoint):
+        raise UserError(f"{checkpoint} is not a checkpoint: choose a run folder (or its "
+                        f"{runs.CHECKPOINTS}/{runs.BEST}) to {use}")
+    return checkpoint
 
 
 def add_labels_over(viewer, data, name: str, layer):
@@ -289,6 +348,22 @@ def layer_picker(viewer, layer_type):
     every insert, removal, move and rename once the widget is docked."""
     return _picker(lambda _: [(layer.name, layer) for layer in viewer.layers
                               if isinstance(layer, layer_type)])
+
+
+def is_probability_map(layer) -> bool:
+    """Whether an Image layer can hold probabilities as Predict makes them: one channel of
+    floats (not RGB, not integers such as a photo or a scan). Its dtype only: cheap enough
+    for a picker refreshed on every change of the layer list."""
+    from napari.layers import Image
+
+    return isinstance(layer, Image) and not layer.rgb \
+        and np.issubdtype(np.dtype(layer_data(layer).dtype), np.floating)
+
+
+def probability_picker(viewer):
+    """A combo box of the viewer's probability maps (:func:`is_probability_map`) only."""
+    return _picker(lambda _: [(layer.name, layer) for layer in viewer.layers
+                              if is_probability_map(layer)])
 
 
 def _picker(choices):

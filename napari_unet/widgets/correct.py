@@ -27,6 +27,7 @@ from scipy import ndimage
 from skimage import morphology
 
 from napari_unet import engine, layouts, lazy, runs
+from napari_unet.io import strided_sample
 from napari_unet.training_set import write_training_pairs
 from napari_unet.widgets import (
     LayerPickers,
@@ -37,9 +38,11 @@ from napari_unet.widgets import (
     existing_path,
     group_box,
     image_picker,
+    is_probability_map,
     layer_data,
     layer_picker,
     one_line,
+    probability_picker,
     scrolling_layout,
     show_error,
     show_info,
@@ -50,6 +53,8 @@ from napari_unet.widgets import (
 from napari_unet.widgets.correct_objects import ObjectTools
 from napari_unet.widgets.runner import RunCombo, run_registry
 
+# probabilities a little outside 0..1 (float rounding of an average) are still probabilities
+PROBABILITY_SLACK = 1e-3
 CURRENT_SLICE, EVERY_SLICE, WHOLE_VOLUME = "current slice", "every slice (2D)", "whole volume (3D)"
 
 
@@ -134,9 +139,7 @@ class CorrectWidget(LayerPickers, QWidget):
 
     def _threshold_box(self):
         """The Threshold box: a probability layer cut into a new labels layer."""
-        from napari.layers import Image
-
-        self.probability_combo = layer_picker(self.viewer, Image)
+        self.probability_combo = probability_picker(self.viewer)  # float maps, never RGB
         self.threshold = QDoubleSpinBox()
         self.threshold.setRange(0.0, 1.0)
         self.threshold.setSingleStep(0.05)
@@ -192,11 +195,11 @@ class CorrectWidget(LayerPickers, QWidget):
 
     def _on_layer_added(self, event):
         """A new prediction becomes the default thing to correct."""
-        from napari.layers import Image, Labels
+        from napari.layers import Labels
 
         layer = event.value
         try:
-            if isinstance(layer, Image) and "probabilit" in layer.name:
+            if is_probability_map(layer) and "probabilit" in layer.name:
                 choose(self.probability_combo, layer)
             elif isinstance(layer, Labels) and re.search(r"(prediction|objects)( \[\d+\])?$",
                                                          layer.name):
@@ -227,9 +230,14 @@ class CorrectWidget(LayerPickers, QWidget):
             show_error("choose a probability layer (from Predict) to threshold")
             return
         data = layer_data(layer)
-        if getattr(layer, "rgb", False) or not np.issubdtype(data.dtype, np.floating):
-            show_error(f"'{layer.name}' is not a probability map (floats in 0..1): choose the "
-                       f"probabilities layer of a prediction")
+        sample = strided_sample(data) if is_probability_map(layer) else None
+        if sample is None or (sample.size and not (
+                np.nanmin(sample) >= -PROBABILITY_SLACK
+                and np.nanmax(sample) <= 1 + PROBABILITY_SLACK)):
+            found = "" if sample is None else \
+                f" (values {np.nanmin(sample):.3g}..{np.nanmax(sample):.3g})"
+            show_error(f"'{layer.name}' is not a probability map (floats in 0..1){found}: "
+                       f"choose the probabilities layer of a prediction")
             return
         threshold = self.threshold.value()
         head = engine.LabelHead.for_outputs(1)
@@ -278,9 +286,10 @@ class CorrectWidget(LayerPickers, QWidget):
         self._report(f"copied slice {source} to slice {target}: {changed} pixel(s) changed")
 
     def undo(self):
-        layer = self.labels_combo.value
-        if layer is not None:
-            layer.undo()
+        try:
+            self._labels().undo()
+        except UserError as exc:
+            show_error(str(exc))
 
     def add_to_training_set(self):
         """Save (image, labels) as new pairs in RUN/data/images + RUN/data/masks."""

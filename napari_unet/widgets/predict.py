@@ -27,15 +27,16 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_unet import runs
 from napari_unet.choices import BACKENDS, DEVICES, TTA_MODES
 from napari_unet.widgets import (
     LayerPickers,
     UserError,
+    checkpoint_file,
     existing_path,
     image_picker,
     layer_data,
     one_line,
+    scrolling_layout,
     show_error,
     show_info,
     stop_on_window_close,
@@ -69,8 +70,10 @@ def _combo(items, tooltip: str = "") -> QComboBox:
 
 
 def _button(text: str, slot) -> QPushButton:
+    """A button that calls `slot()` with no argument (Qt would pass its `checked` flag to a
+    slot with an optional argument: ``export(path=False)``)."""
     button = QPushButton(text)
-    button.clicked.connect(slot)
+    button.clicked.connect(lambda _checked=False: slot())
     return button
 
 
@@ -82,7 +85,7 @@ class PredictWidget(LayerPickers, QWidget):
         self.viewer = napari_viewer
         self.job = None
         self.last_job = None
-        layout = QVBoxLayout(self)
+        layout = scrolling_layout(self)  # a short dock scrolls instead of squeezing rows
         layout.addLayout(self._options_form(napari_viewer))
         layout.addLayout(self._buttons())
         self.progress = QProgressBar()
@@ -271,11 +274,7 @@ class PredictWidget(LayerPickers, QWidget):
         """The checkpoint of the Model field (or of `text`, a run of the average)."""
         path = existing_path(self.model_combo.currentText() if text is None else text,
                              "a run folder or a checkpoint file (.pt)")
-        checkpoint = runs.find_checkpoint(path, required=False)
-        if checkpoint is None:
-            raise UserError(f"no checkpoint in {path}: expected {runs.CHECKPOINTS}/{runs.BEST} "
-                            f"or {runs.LAST} (has the run saved one yet?)")
-        return checkpoint
+        return checkpoint_file(path, "predict with")
 
     def _choices(self):
         """([the model's checkpoint, those it is averaged with ...], the image layer)."""

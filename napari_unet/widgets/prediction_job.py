@@ -133,7 +133,8 @@ class PredictionJob:
             if self._on_progress:
                 self._on_progress(event.done, event.total)
         elif isinstance(event, engine.PredictionDone):
-            self._add_layers(event)
+            if not self.cancelled:  # a result that arrives after Cancel (or the viewer's
+                self._add_layers(event)  # closing) adds nothing: layers to a closing viewer raised
         elif isinstance(event, Message):  # e.g. out of memory: retrying with fewer tiles
             (show_warning if event.level == "warning" else show_info)(event.text)
 

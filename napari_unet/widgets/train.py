@@ -13,19 +13,16 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from pathlib import Path
 
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QFileDialog,
     QHBoxLayout,
-    QLabel,
     QProgressBar,
     QPushButton,
-    QSizePolicy,
 )
 
-from napari_unet import layouts, lazy, runs
+from napari_unet import runs
 from napari_unet.choices import AUTO_PRESET
 from napari_unet.training_set import (
     CONTEXT,
@@ -35,14 +32,16 @@ from napari_unet.training_set import (
 )
 from napari_unet.widgets import (
     ChannelGroup,
+    StatusLabel,
     UserError,
+    checkpoint_file,
     existing_path,
+    fixed_column,
     one_line,
     scrolling_layout,
     show_error,
     show_info,
     show_warning,
-    spatial_shape,
     stop_on_window_close,
     training_array,
 )
@@ -75,14 +74,16 @@ class TrainWidget(TrainForm):
         self._ui_timer.setInterval(200)
         self._ui_timer.timeout.connect(self._refresh_progress)
 
-        layout = scrolling_layout(self)
+        # what a newcomer needs stays in view (data, preset, time, Start, progress; the curve
+        # once a run is shown); the plan and the other options scroll below it
+        controls = self._controls()
+        self.essentials = fixed_column(self.data_box, controls, self.progress, self.status,
+                                       self.curve)
+        self.curve.setVisible(False)
+        layout = scrolling_layout(self, fixed=self.essentials)
+        layout.addWidget(self.plan_view)
         for box in self.boxes:
             layout.addWidget(box)
-        layout.addLayout(self._controls())
-        layout.addWidget(self.progress)
-        layout.addWidget(self.status)
-        layout.addWidget(self.plan_view)
-        layout.addWidget(self.curve)
         layout.addStretch(1)
         self._connect_runner()
         self._idle_progress()
@@ -107,9 +108,7 @@ class TrainWidget(TrainForm):
         self.progress.setFormat("step %v / %m")
         self.steps.valueChanged.connect(self._idle_progress)
         self.train_for.by_steps.toggled.connect(self._idle_progress)
-        self.status = QLabel("")  # rare messages; per-step figures go into the progress bar
-        self.status.setWordWrap(True)
-        self.status.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
+        self.status = StatusLabel()  # rare messages; per-step figures go into the progress bar
         self.curve = CurveWidget()
         self.plan_view = PlanView()
         self.preset.currentTextChanged.connect(self._clear_plan)
@@ -132,59 +131,12 @@ class TrainWidget(TrainForm):
                      "finished", "failed", "cancelled", "exited"):
             getattr(self.runner, name).connect(getattr(self, f"_on_{name}"))
 
-    # -- checks before starting ----------------------------------------------------------------------
-    def _check_pairs(self, pairs, preset):
-        """The model's spatial dims (the preset's; under auto, the input-layout rule's, as
-        the CLI decides) after checking every pair."""
-        found = set()
-        for image, labels in pairs:
-            shape, labels_shape = spatial_shape(image), tuple(labels.data.shape)
-            spatial_dims = layouts.guess_spatial_dims(shape) if preset == AUTO_PRESET \
-                else self.presets[preset].get("spatial_dims", 2)
-            found.add(spatial_dims)
-            if shape != labels_shape:
-                raise UserError(f"image '{image.name}' is {shape} but labels '{labels.name}' "
-                                f"are {labels_shape}: paint labels on a layer of the image's size")
-            if not lazy.any_nonzero(labels.data):
-                raise UserError(f"labels '{labels.name}' are empty: paint some objects with the "
-                                f"brush before training")
-            if spatial_dims == 3 and len(shape) != 3:
-                raise UserError(f"the {preset} preset trains on 3D volumes but '{image.name}' is "
-                                f"{len(shape)}D {shape}: choose industrial or isbi2012")
-            if spatial_dims == 2 and len(shape) > 3:
-                raise UserError(f"'{image.name}' is {len(shape)}D {shape}: a 2D model takes "
-                                f"2D images or (Z, Y, X) stacks; split the extra axes first")
-            if spatial_dims == 2 and layouts.looks_like_volume(shape):
-                show_warning(f"'{image.name}' looks like a 3D volume: the {preset} preset "
-                             f"trains on its slices one by one (choose volume3d for a 3D model)")
-        if len(found) > 1:
-            raise UserError("the pairs mix volumes and 2D images: one model takes one kind; "
-                            "train them apart, or choose a named preset")
-        return found.pop()
-
-    def _prepare_run_folder(self) -> Path:
-        text = self.run_folder.text().strip()
-        run_dir = Path(text).expanduser() if text else runs.new_run_folder()
-        if run_dir.exists() and not run_dir.is_dir():
-            raise UserError(f"run folder {run_dir} is a file: choose a folder")
-        if runs.is_run(run_dir) or (run_dir / runs.CHECKPOINTS).exists():
-            raise UserError(f"{run_dir} already holds a run: choose a new folder (or fine-tune "
-                            f"from it)")
-        # a folder that holds only data/ (e.g. filled by "Add to training set") is fine: its
-        # pairs are trained on too
-        try:
-            (run_dir / runs.DATA).mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UserError(f"cannot create the run folder {run_dir} ({exc.strerror}): choose "
-                            f"a writable folder") from None
-        return run_dir
-
+    # -- checks before starting (the pairs and the run folder: train_data) --------------------------
     def _init_from_run(self):
         if not self.init_from.text().strip():
             return None
         path = existing_path(self.init_from.text(), "a run folder to fine-tune from")
-        if runs.find_checkpoint(path, required=False) is None:
-            raise UserError(f"{path} has no checkpoint to fine-tune from: choose a finished run")
+        checkpoint_file(path, "fine-tune from")  # checked here, before the run folder is written
         return path
 
     # -- start / cancel ---------------------------------------------------------------------------------
@@ -253,6 +205,7 @@ class TrainWidget(TrainForm):
         total = self.steps.value() if by_steps else 0  # timed runs: known at Started
         self.progress.setFormat("step %v / %m")
         self.curve.clear(total or 1)
+        self.curve.setVisible(True)
         self.progress.setRange(0, 0)  # busy until the child reports Started
         self.plan_view.clear(self.preset.currentText())
         planning = "planning from the data, " if self.preset.currentText() == AUTO_PRESET else ""
@@ -411,6 +364,7 @@ class TrainWidget(TrainForm):
         self.run_dir = record.run_dir
         total = record.total_steps or record.last_step
         self.curve.clear(total)
+        self.curve.setVisible(True)
         self.curve.loss, self.curve.dice = list(record.loss), list(record.dice)
         self.progress.setRange(0, max(1, total))
         self.progress.setValue(record.last_step)

@@ -3,16 +3,14 @@
 Every field maps onto one option of ``napari_unet train`` (:meth:`TrainForm.cli_args`); the
 training options' fields are made from the option rows that have a ``form``
 (napari_unet.options), so a new option shows here by its row alone. The defaults follow the
-chosen image and preset. Starting, the events and the curve are in
-:mod:`.train`.
+chosen image and preset. The data rows (pickers, preset, time, more pairs) and the checks
+before Start are in :mod:`.train_data`; starting, the events and the curve in :mod:`.train`.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
-from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -20,8 +18,6 @@ from qtpy.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
-    QListWidget,
-    QListWidgetItem,
     QPushButton,
     QWidget,
 )
@@ -31,7 +27,6 @@ from napari_unet._napari import looks_like_brats
 from napari_unet.choices import (
     AUTO_PRESET,
     IGNORE_CLASS,
-    PRESET_CHOICES,
     PRESETS,
     REGION_SETS,
 )
@@ -39,30 +34,23 @@ from napari_unet.errors import DataError
 from napari_unet.masks import describe_classes, mask_classes
 from napari_unet.options import SHOWN, option_args
 from napari_unet.widgets import (
-    ChannelGroup,
     LayerPickers,
     UserError,
     add_labels_over,
-    axes_of,
-    choose,
     group_box,
-    image_choices,
-    image_picker,
-    layer_picker,
-    layer_shape,
     one_line,
     show_error,
     show_warning,
     spatial_shape,
     with_browse_button,
 )
+from napari_unet.widgets.train_data import TrainData, channel_count
 from napari_unet.widgets.train_fields import (
     LENGTH_OPTIONS,
     ObjectsChoice,
     TrainFor,
     Unpainted,
     allow_planned,
-    combo_box,
     field_value,
     is_planned,
     leave_to_plan,
@@ -92,12 +80,8 @@ def _cpu_has_fast_bf16() -> bool:
     return engine.cpu_has_fast_bf16()
 
 
-def channel_count(image) -> int:
-    """The channels a layer or group gives the model (RGB: 3, a group: its layers)."""
-    return layouts.channels_of(layer_shape(image), axes_of(image))
 
-
-class TrainForm(LayerPickers, QWidget):
+class TrainForm(TrainData, LayerPickers, QWidget):
     """The fields of the Train widget and the defaults that follow them."""
 
     def __init__(self, napari_viewer, parent=None):
@@ -106,38 +90,13 @@ class TrainForm(LayerPickers, QWidget):
         self.presets = PRESETS
         self.cuda_devices = _cuda_devices()
         self.pairs: list[tuple[str, str]] = []
-        self.boxes = [self._data_box(), self._labels_box(), self._options_box(),
-                      self._run_box()]
+        # the first box (data, preset, how long) stays in view above Start; the rest
+        # scrolls below it (built first: the time fields are training options)
+        labels_box, options_box = self._labels_box(), self._options_box()
+        self.data_box = self._data_box()
+        self.boxes = [labels_box, self._pairs_box(), options_box, self._run_box()]
 
     # -- builders (one group box each) -------------------------------------------------------------
-    def _data_box(self):
-        from napari.layers import Labels
-
-        self.image_combo = image_picker(self.viewer)
-        self.image_combo.tooltip = ("an image layer, or all the channel layers of one image "
-                                    "(\"(N channels)\": trained as one N-channel input)")
-        self.labels_combo = layer_picker(self.viewer, Labels)
-        self.image_combo.changed.connect(self._image_changed)
-        self.labels_combo.changed.connect(self.describe_labels)
-        self.pickers = [self.image_combo, self.labels_combo]
-        self.pair_list = QListWidget()
-        self.pair_list.setMaximumHeight(54)
-        pair_buttons = QHBoxLayout()
-        for text, slot in (("Add pair", self.add_current_pair), ("Remove", self._remove_pair)):
-            button = QPushButton(text)
-            button.clicked.connect(slot)
-            pair_buttons.addWidget(button)
-        self.preset = combo_box(PRESET_CHOICES)  # auto first: the default
-        self.preset.setItemData(0, "a recipe planned from your data, each choice explained "
-                                   "when training starts", Qt.ToolTipRole)
-        self.preset.currentTextChanged.connect(self._preset_changed)
-        self.preset.currentTextChanged.connect(self.describe_labels)
-        self.holdout = QCheckBox("validate on 1/5 of the samples (Dice curve)")
-        self.holdout.setChecked(True)
-        return group_box("Data", [("Image", self.image_combo.native), ("Labels", self.labels_combo.native),
-                                  pair_buttons, self.pair_list, ("Preset", self.preset),
-                                  self.holdout])
-
     def _labels_box(self):
         self.object_value = spin_box(NONZERO, 65535, NONZERO)
         self.object_value.setSpecialValueText("every non-zero value")
@@ -185,8 +144,9 @@ class TrainForm(LayerPickers, QWidget):
         labelled = [(o.form.label, self.option_fields[o.name]) for o in SHOWN
                     if o.value_type is not bool and o.name not in LENGTH_OPTIONS]
         checks = [self.option_fields[o.name] for o in SHOWN if o.value_type is bool]
-        return group_box("Training", [*self.train_for.rows, self.train_for.estimate,
-                                      *labelled,
+        self.holdout = QCheckBox("validate on 1/5 of the samples (Dice curve)")
+        self.holdout.setChecked(True)
+        return group_box("Training", [self.holdout, *labelled,
                                       ("Model size", self.base_channels),
                                       ("GPUs", self.gpus), *checks])
 
@@ -276,20 +236,6 @@ class TrainForm(LayerPickers, QWidget):
         else:
             self.patch_size.setValue(min(self.patch_size.value(), self._largest_patch()))
 
-    def _pick_matching_labels(self, image):
-        from napari.layers import Labels
-
-        current = self.labels_combo.value
-        if current is not None and tuple(current.data.shape) == spatial_shape(image):
-            return
-        matches = [layer for layer in self.viewer.layers if isinstance(layer, Labels)
-                   and tuple(layer.data.shape) == spatial_shape(image)]
-        # the labels named most like the image: "scan labels" for "scan", "case_labels" for
-        # "case_image"
-        matches.sort(key=lambda layer: -len(os.path.commonprefix([layer.name, image.name])))
-        if matches:
-            choose(self.labels_combo, matches[0])
-
     def _spatial_dims(self, preset=None) -> int:
         """The preset's; under auto, the input-layout rule's for the image (as the CLI's)."""
         preset = preset or self.preset.currentText()
@@ -357,54 +303,6 @@ class TrainForm(LayerPickers, QWidget):
         self.patch_size.setValue(int(config.patch_size[0]))
 
     # -- pairs ------------------------------------------------------------------------------------
-    def add_current_pair(self):
-        image, labels = self.image_combo.value, self.labels_combo.value
-        if image is None or labels is None:
-            show_error("choose an image layer and a labels layer to pair")
-            return
-        pair = (self.image_combo.current_choice, labels.name)
-        if pair in self.pairs:
-            return
-        self.pairs.append(pair)
-        self.pair_list.addItem(QListWidgetItem(f"{pair[0]}  ←  {labels.name}"))
-
-    def _remove_pair(self):
-        row = self.pair_list.currentRow()
-        if row < 0 and self.pairs:
-            row = len(self.pairs) - 1
-        if row >= 0:
-            self.pairs.pop(row)
-            self.pair_list.takeItem(row)
-
-    def _layer_pairs(self):
-        """[(image layer or channel group, labels layer)] from the list, else from the two
-        combo boxes; every image with the same number of channels."""
-        from napari.layers import Image, Labels
-
-        by_name = {layer.name: layer for layer in self.viewer.layers}
-        images = dict(image_choices(self.viewer))
-        names = self.pairs or [(self.image_combo.current_choice,
-                                self.labels_combo.current_choice)]
-        pairs = []
-        for image_name, labels_name in names:
-            image, labels = images.get(image_name), by_name.get(labels_name)
-            if not isinstance(image, (Image, ChannelGroup)):
-                raise UserError("choose an image layer to train on (open or add an image first)"
-                                if not image_name else f"image layer '{image_name}' is gone")
-            if not isinstance(labels, Labels):
-                raise UserError("choose a labels layer: add one (Layers > New Labels) and paint "
-                                "the objects" if not labels_name
-                                else f"labels layer '{labels_name}' is gone")
-            pairs.append((image, labels))
-        counts = {name: channel_count(image) for name, (image, _) in zip(
-            [name for name, _ in names], pairs)}
-        if len(set(counts.values())) > 1:
-            listed = ", ".join(f"'{name}' {count}" for name, count in counts.items())
-            raise UserError(f"the images have different numbers of channels ({listed}): one "
-                            f"model takes one number; pick each multi-channel image whole "
-                            f"(its \"(N channels)\" entry)")
-        return pairs
-
     # -- the command line -------------------------------------------------------------------------
     def cli_args(self, preset, run_dir, samples, init_from=None,
                  spatial_dims=None) -> list[str]:
