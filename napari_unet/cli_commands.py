@@ -58,6 +58,8 @@ def cmd_evaluate(args) -> int:
     config = checkpoint.config
     dataset = _load_data(args, config.spatial_dims, {**rule_of(config), **rule_of(args)})
     run_dir = Path(args.run[0]) if len(args.run) == 1 and Path(args.run[0]).is_dir() else None
+    for note in dataset.notes:
+        print(f"warning: {note}", file=sys.stderr)
     _report_evaluation(args, checkpoint, dataset, args.fold, run_dir)
     return 0
 
@@ -250,6 +252,8 @@ def _report_evaluation(args, checkpoint, dataset, fold, run_dir):
                     if not isinstance(v, (list, dict)))
     per_class = " ".join(f"dice_class{i}={_fmt(v)}"
                          for i, v in enumerate(metrics["dice_per_class"]))
+    for note in metrics.get("notes", ()):
+        print(f"warning: {note}", file=sys.stderr)
     print(f"evaluation: {line} {per_class}")
     if "objects" in metrics:
         print("objects: " + " ".join(f"{k}={_fmt(v)}" for k, v in metrics["objects"].items()

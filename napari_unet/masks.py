@@ -69,6 +69,78 @@ def mask_classes(mask, foreground_value=None, *, invert: bool = False,
     return classes, merged
 
 
+def check_mask_values(values, foreground_value=None, *, invert: bool = False,
+                      unlabeled: str = "background", background_value: int = 1,
+                      ignore_value=None, instances=None) -> list[str]:
+    """The rule's stated values against `values`, every value the masks of a set hold (their
+    union: a value one mask lacks may be in another). A value the rule names that no mask
+    holds is a mistake (DataError saying what was found), as are masks with no labelled pixel;
+    what is valid but probably not meant comes back as warnings, one line each. Asked once per
+    set, before training or scoring, by the data sets (``dataset_from_pairs``) and the
+    widgets (``check_training_labels``)."""
+    values = np.unique(np.asarray(values))
+    found = f"values found: {value_listing(values)}"
+    warnings = []
+    if unlabeled == "ignore":
+        if foreground_value is not None and foreground_value == background_value:
+            raise ConfigError(f"--foreground-value and --background-value are both "
+                              f"{background_value}: give the object's and the painted "
+                              "background's values")
+        if ignore_value is not None and ignore_value == background_value:
+            raise ConfigError(f"--ignore-value and --background-value are both "
+                              f"{background_value}: the painted background is labelled; "
+                              "give each its own value")
+        labelled = values[(values != 0) & (values != ignore_value)]
+        if foreground_value is not None:
+            labelled = labelled[(labelled == foreground_value) | (labelled == background_value)]
+        if labelled.size == 0:
+            raise DataError(f"no mask holds a labelled pixel ({found}; --unlabeled ignore reads "
+                            "0 as unknown): nothing to learn from; paint the background as "
+                            f"{background_value} and the objects with other values, or, if 0 "
+                            "is the background, use --unlabeled background")
+        if background_value not in values:
+            raise DataError(f"no mask holds the painted background value {background_value} "
+                            f"(--unlabeled ignore; {found}): if 0 is the background (dense "
+                            "masks), use --unlabeled background; else give the painted "
+                            "background's value with --background-value")
+    elif ignore_value is not None and not np.any(values != ignore_value):
+        raise DataError(f"every mask pixel holds --ignore-value {ignore_value} (unlabelled): "
+                        "nothing to learn from; label some pixels, or give the value that "
+                        "marks the unlabelled ones")
+    if foreground_value is not None and foreground_value not in values:
+        raise DataError(f"no mask holds --foreground-value {foreground_value} ({found}): give "
+                        "the value of the objects")
+    if ignore_value is not None and ignore_value not in values and ignore_value != IGNORE_CLASS:
+        # 255 (IGNORE_CLASS) is the unlabelled value of the masks this project writes (the
+        # widgets' training sets): absent, every pixel was labelled
+        extra = ""
+        classes = values[(values > 0) & (values < IGNORE_CLASS)]
+        if unlabeled != "ignore" and foreground_value is None and instances != "boundary" \
+                and 0 < classes.size <= MAX_CLASS_VALUES and classes[-1] > classes.size:
+            extra = (f": {classes[-1]} is learnt as a class of its own (a "
+                     f"{int(classes[-1]) + 1}-class head, classes without a pixel between); if "
+                     f"{classes[-1]} marks the unlabelled pixels, pass --ignore-value "
+                     f"{classes[-1]}")
+        warnings.append(f"no mask holds --ignore-value {ignore_value} ({found}): every pixel "
+                        f"is labelled{extra}")
+    if instances == "boundary":
+        ids = values[(values != 0) & (values != ignore_value)]
+        if ids.size == 1:
+            warnings.append(f"--instances boundary: the masks hold one object value "
+                            f"({found}): binary masks, so each connected region is one object "
+                            "and touching objects merge into one; give each object its own "
+                            "id to keep them apart")
+    return warnings
+
+
+def value_listing(values, limit: int = 8) -> str:
+    """Sorted mask values in words: "0, 1, 9", or the first few and the count."""
+    values = [int(v) if float(v).is_integer() else float(v) for v in np.asarray(values)]
+    if len(values) <= limit:
+        return ", ".join(map(str, values))
+    return f"{', '.join(map(str, values[:limit - 2]))}, ..., {values[-1]} ({len(values)} values)"
+
+
 def rule_of(source) -> dict:
     """The mask rule's settings (RULE_KEYS) read off a TrainConfig or the CLI's arguments;
     ``instances`` only when objects are asked for (merging or refusing ids is each caller's

@@ -30,8 +30,9 @@ def evaluate(checkpoint, dataset: Dataset, *, fold=None, tile_size=None, overlap
     if fold is not None:
         _, indices = split_folds(len(dataset.images), fold, config.folds, config.split_seed)
         dataset = dataset.subset(indices)
-    num_classes = max(2, checkpoint.data_info.get("num_classes", 2), dataset.num_classes)
     head = checkpoint.head
+    dataset, notes = _as_the_run_reads(dataset, head)
+    num_classes = max(2, checkpoint.data_info.get("num_classes", 2), dataset.num_classes)
     accumulator = DiceAccumulator(num_classes)
     image_dice, errors, soft, images = [], [], [], []
     objects = objects_wanted(head, instances)
@@ -70,7 +71,37 @@ def evaluate(checkpoint, dataset: Dataset, *, fold=None, tile_size=None, overlap
         metrics["objects"] = scorer.result()
     if per_image or keep_labels:
         metrics["images"] = images
+    if notes:
+        metrics["notes"] = notes
     return metrics
+
+
+def _as_the_run_reads(dataset: Dataset, head) -> tuple[Dataset, list[str]]:
+    """(the data set as scored, warnings): masks of more classes than a run of one foreground
+    predicts hold object ids (instance masks of few objects are read as class indices): their
+    objects are its foreground, and each id an object to score. A run of several classes
+    scored on masks of classes it never predicts is said."""
+    found = dataset.num_classes
+    if head.regions or head.objects or found <= head.num_classes:
+        return dataset, []
+    if head.num_classes > 2:
+        note = (f"the masks hold classes up to {found - 1} but the run predicts "
+                f"{head.num_classes} (0..{head.num_classes - 1}): the classes above are never "
+                "predicted and score 0")
+        return dataset, [note]
+    masks, ids = [], []
+    for index, mask in enumerate(dataset.masks):
+        mask = np.asarray(mask)
+        unlabelled = mask == IGNORE_CLASS
+        masks.append(np.where(unlabelled, np.uint8(IGNORE_CLASS),
+                              (mask > 0).astype(np.uint8)))
+        ids.append(np.asarray(dataset.objects[index]) if dataset.objects is not None
+                   else np.where(unlabelled, 0, mask))
+    scored = Dataset(dataset.images, masks, dataset.names, dataset.spatial_dims,
+                     dataset.spacing, ids, dataset.notes)
+    note = (f"the masks hold values up to {found - 1} and the run predicts one foreground: "
+            "each value is read as an object id, every object as the foreground")
+    return scored, [note]
 
 
 class _ObjectScorer:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ...choices import IGNORE_CLASS
-from ...errors import OutOfMemory
+from ...errors import DataError, OutOfMemory
 from ...runs import BEST, LAST, RunFolder
 from ..checkpoint import read_checkpoint, save_checkpoint
 from ..config import TrainConfig
@@ -60,6 +60,8 @@ def train(config: TrainConfig, images=None, masks=None, *, run_dir, resume: bool
     run.deadline = None if run.dist.enabled else deadline
     run.build_training(resume, init_from)
     yield run.started()
+    for note in run.dataset.notes:  # what the masks hold that was probably not meant
+        yield Message("warning", note)
     if run.dataset.num_classes < 2 or not any(_has_objects(m) for m in run.train_set.masks):
         yield Message("warning", "every training mask is background only: the model will learn "
                                  "to predict nothing; paint some foreground")
@@ -87,6 +89,10 @@ def train(config: TrainConfig, images=None, masks=None, *, run_dir, resume: bool
 def _has_objects(mask) -> bool:
     mask = np.asarray(mask)
     return bool(np.any((mask > 0) & (mask != IGNORE_CLASS)))
+
+
+def _labelled(mask) -> bool:
+    return bool(np.any(np.asarray(mask) != IGNORE_CLASS))
 
 
 def _labelled_share(masks) -> str:
@@ -117,6 +123,10 @@ class _Run:
                                              config.folds, config.split_seed)
             self.train_set = self.dataset.subset(train_idx)
             self.val_set = self.dataset.subset(val_idx)
+        if not any(_labelled(mask) for mask in self.train_set.masks):
+            raise DataError("no training mask holds a labelled pixel (all unlabelled): "
+                            "nothing to learn from; label some pixels of the training images "
+                            "(or choose another --fold)")
         num_classes = max(2, self.dataset.num_classes)
         self.head = LabelHead.from_config(config, num_classes)  # what the outputs mean, saved
         torch.manual_seed(config.seed)
