@@ -56,7 +56,9 @@ def cmd_evaluate(args) -> int:
                           "without --fold")
     checkpoint = engine.load_models(args.run)  # several: their ensemble
     config = checkpoint.config
-    dataset = _load_data(args, config.spatial_dims, {**rule_of(config), **rule_of(args)})
+    rule = {**rule_of(config), **rule_of(args)}
+    _check_background_flag(args, rule.get("unlabeled"))
+    dataset = _load_data(args, config.spatial_dims, rule)
     run_dir = Path(args.run[0]) if len(args.run) == 1 and Path(args.run[0]).is_dir() else None
     for note in dataset.notes:
         print(f"warning: {note}", file=sys.stderr)
@@ -160,6 +162,7 @@ def _planned_config(args, started: float):
     else:
         config = train_config(args)
         dataset = _load_data(args, config.spatial_dims, rule_of(config))
+    _check_background_flag(args, config.unlabeled)
     per_step = 0.0
     if config.minutes is not None and args.steps is None and not args.resume:
         config, per_step = engine.fit_to_minutes(config, dataset, started)
@@ -189,6 +192,15 @@ def train_config(args, plan=None):
     if plan is not None:
         return plan.config(**overrides)
     return engine.preset_config(args.preset, **overrides)
+
+
+def _check_background_flag(args, unlabeled):
+    """--background-value names the painted background of --unlabeled ignore: alone it would
+    change nothing."""
+    if getattr(args, "background_value", None) is not None and unlabeled != "ignore":
+        raise ConfigError(f"--background-value {args.background_value} is the painted "
+                          "background of masks whose 0 is unknown: add --unlabeled ignore, or "
+                          "drop it (with --unlabeled background, 0 is the background)")
 
 
 def _parse_set(item):

@@ -133,6 +133,16 @@ def check_mask_values(values, foreground_value=None, *, invert: bool = False,
     return warnings
 
 
+def check_labels(labels, foreground_value=None, invert: bool = False, **rule) -> list[str]:
+    """check_mask_values of painted label arrays (a widget's pairs, before anything is
+    written): raises on a mistake, returns the warnings."""
+    del invert  # swaps classes after the rule: no value of its own
+    found = [distinct_values(np.asarray(array)).ravel() for array in labels]
+    if not found:
+        return []
+    return check_mask_values(np.unique(np.concatenate(found)), foreground_value, **rule)
+
+
 def value_listing(values, limit: int = 8) -> str:
     """Sorted mask values in words: "0, 1, 9", or the first few and the count."""
     values = [int(v) if float(v).is_integer() else float(v) for v in np.asarray(values)]
