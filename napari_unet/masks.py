@@ -81,6 +81,9 @@ def check_mask_values(values, foreground_value=None, *, invert: bool = False,
     values = np.unique(np.asarray(values))
     found = f"values found: {value_listing(values)}"
     warnings = []
+    if ignore_value is not None and ignore_value == foreground_value:
+        raise ConfigError(f"--foreground-value and --ignore-value are both {ignore_value}: the "
+                          "objects are labelled; give the unlabelled pixels their own value")
     if unlabeled == "ignore":
         if foreground_value is not None and foreground_value == background_value:
             raise ConfigError(f"--foreground-value and --background-value are both "
