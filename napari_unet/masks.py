@@ -9,7 +9,7 @@ import numpy as np
 
 from .choices import IGNORE_CLASS, MAX_CLASS_VALUES, UNLABELED_CHOICES
 from .errors import ConfigError, DataError
-from .objects import instances_of, object_classes
+from .objects import instances_of, object_classes, object_ids  # noqa: F401 - for data
 
 RULE_KEYS = ("foreground_value", "unlabeled", "background_value", "ignore_value", "instances")
 

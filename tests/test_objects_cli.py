@@ -158,7 +158,8 @@ def test_a_package_of_objects_says_how_objects_are_made_and_predicts_them(
     assert same_partition(tifffile.imread(tmp_path / "a.tif"), tifffile.imread(tmp_path / "b.tif"))
 
 
-def test_binary_masks_for_objects_are_said_to_merge_touching_ones(nuclei, tmp_path):
+def test_binary_masks_for_objects_are_said_to_merge_touching_ones(objects_run, nuclei,
+                                                                  tmp_path, capsys):
     from napari_unet.engine import load_dataset
 
     binary = tmp_path / "binary"
@@ -170,6 +171,13 @@ def test_binary_masks_for_objects_are_said_to_merge_touching_ones(nuclei, tmp_pa
     [note] = load_dataset(binary, instances="boundary").notes
     assert "one object value (values found: 0, 255)" in note and "merge" in note
     assert load_dataset(nuclei, instances="boundary").notes == []
+    # scored against them, the true objects are their connected components (not one id 255)
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(objects_run), "--data", str(binary), "--device",
+                 "cpu", "--amp", "off"]) == 0
+    captured = capsys.readouterr()
+    assert "true_objects=6" in captured.out  # 4 discs an image, 2 of them touching
+    assert "touching objects merge" in captured.err
 
 
 def test_objects_made_in_a_mode_that_does_not_fit_the_model_are_said():

@@ -17,7 +17,7 @@ from ...errors import ConfigError, DataError
 from ...io import image_files as _image_files
 from ...io import input_files, is_glob, read_image, read_spacing
 from ...layouts import channel_first, interpret, looks_like_volume
-from ...masks import check_mask_values, distinct_values, mask_classes
+from ...masks import check_mask_values, distinct_values, mask_classes, object_ids
 from ...zarr_files import is_zarr
 from .layout import as_channel_first
 
@@ -291,11 +291,12 @@ def _load_pair(image_path: Path, raw, foreground_value, spatial_dims, rule):
 
 
 def _ids(ids, rule):
-    """Instance ids as scored: unlabelled pixels (``ignore_value``) are 0."""
+    """Instance ids as scored: unlabelled pixels (``ignore_value``) are 0; a binary mask's
+    objects are its connected components (object_ids)."""
     ids = np.asarray(ids)
     if rule.get("ignore_value") is not None:
         ids = np.where(ids == rule["ignore_value"], 0, ids)
-    return ids
+    return object_ids(ids)
 
 
 def _split_samples(image, mask, spatial_dims, name):
