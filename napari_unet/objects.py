@@ -56,10 +56,12 @@ def instances_of(mask) -> bool:
 
 
 def object_ids(mask) -> np.ndarray:
-    """The objects of a mask as scored: its ids, or, where it holds one non-zero value only (a
-    binary mask: 0/1, 0/255), its connected components (faces only), one id each."""
+    """The objects of a mask as scored: its ids, or, where it holds one non-zero value in
+    several separate regions (a binary mask: 0/1, 0/255), its connected components (faces
+    only), one id each."""
     ids = np.asarray(mask)
-    values = np.unique(ids)
-    if np.count_nonzero(values) == 1:
-        return label(ids != 0, connectivity=1).astype(np.uint32)
+    if np.count_nonzero(np.unique(ids)) == 1:
+        components, count = label(ids != 0, connectivity=1, return_num=True)
+        if count > 1:
+            return components.astype(np.uint32)
     return ids
