@@ -225,8 +225,16 @@ def _load_data(args, spatial_dims, rule):
         return engine.sample_dataset(args.sample)
     if args.images and not args.masks:
         raise DataError("--images needs --masks (the labels for those images)")
-    return engine.load_dataset(args.data, images=args.images, masks=args.masks,
-                               spatial_dims=spatial_dims, **rule)
+    dataset = engine.load_dataset(args.data, images=args.images, masks=args.masks,
+                                  spatial_dims=spatial_dims, **rule)
+    classes = dataset.num_classes
+    if getattr(args, "instances", None) == "merge" and classes > 2:
+        # instance masks of few ids, which the rule reads as classes: merged as asked
+        dataset = dataset.merged()
+        dataset.notes.append(f"--instances merge: the mask values 1..{classes - 1} are read "
+                             "as object ids, every object as the foreground (not as "
+                             f"{classes} classes)")
+    return dataset
 
 
 def _make_run_dir(run_dir: Path):

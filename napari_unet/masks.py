@@ -84,6 +84,13 @@ def check_mask_values(values, foreground_value=None, *, invert: bool = False,
     if ignore_value is not None and ignore_value == foreground_value:
         raise ConfigError(f"--foreground-value and --ignore-value are both {ignore_value}: the "
                           "objects are labelled; give the unlabelled pixels their own value")
+    if unlabeled == "ignore" and foreground_value == 0:
+        raise ConfigError("with --unlabeled ignore, 0 is unknown: it cannot be the "
+                          "--foreground-value; give the objects' painted value")
+    if unlabeled != "ignore" and ignore_value == 0 and foreground_value is None:
+        raise ConfigError("--ignore-value 0 leaves the masks no background (0 is the "
+                          "background of dense masks): for masks whose 0 is unknown, use "
+                          "--unlabeled ignore and paint the background with --background-value")
     if unlabeled == "ignore":
         if foreground_value is not None and foreground_value == background_value:
             raise ConfigError(f"--foreground-value and --background-value are both "

@@ -83,19 +83,33 @@ def test_a_model_of_classes_gives_connected_components_when_asked(nuclei, tmp_pa
                  "--amp", "off", "--instances"]) == 0
     assert "true_objects=8" in capsys.readouterr().out  # the ids kept through the merge
     # the same objects with ids 1..4 (few enough to read as classes): still objects
-    few = tmp_path / "few"
-    (few / "masks").mkdir(parents=True)
-    (few / "images").symlink_to(nuclei / "images", target_is_directory=True)
-    for path in sorted((nuclei / "masks").glob("*.tif")):
-        ids = tifffile.imread(path)
-        tifffile.imwrite(few / "masks" / path.name,
-                         np.where(ids > 0, ids - 300, 0).astype(np.uint8))
+    few = _few_ids(nuclei, tmp_path / "few")
     assert main(["evaluate", "--run", str(run), "--data", str(few), "--device", "cpu",
                  "--amp", "off", "--instances"]) == 0
     captured = capsys.readouterr()
     assert "true_objects=8" in captured.out  # 6 connected components: 2 touch
     assert "dice_class1=" in captured.out and "dice_class2" not in captured.out
     assert "each value is read as an object id" in captured.err
+
+
+def _few_ids(nuclei, folder):
+    """The nuclei with ids 1..4 (few enough for the rule to read them as classes)."""
+    (folder / "masks").mkdir(parents=True)
+    (folder / "images").symlink_to(nuclei / "images", target_is_directory=True)
+    for path in sorted((nuclei / "masks").glob("*.tif")):
+        ids = tifffile.imread(path)
+        tifffile.imwrite(folder / "masks" / path.name,
+                         np.where(ids > 0, ids - 300, 0).astype(np.uint8))
+    return folder
+
+
+def test_instances_merge_merges_masks_of_few_ids_as_asked(nuclei, tmp_path, capsys):
+    few = _few_ids(nuclei, tmp_path / "few")
+    capsys.readouterr()
+    assert main(["train", "--data", str(few), "--out", str(tmp_path / "run"), "--instances",
+                 "merge", *TINY, "--steps", "1"]) == 0
+    assert load_checkpoint(tmp_path / "run").head.num_classes == 2  # not 5 classes
+    assert "the mask values 1..4 are read as object ids" in capsys.readouterr().err
 
 
 def test_membranes_of_a_model_of_objects_is_a_one_line_error(objects_run, nuclei, tmp_path,

@@ -89,16 +89,7 @@ def _as_the_run_reads(dataset: Dataset, head) -> tuple[Dataset, list[str]]:
                 f"{head.num_classes} (0..{head.num_classes - 1}): the classes above are never "
                 "predicted and score 0")
         return dataset, [note]
-    masks, ids = [], []
-    for index, mask in enumerate(dataset.masks):
-        mask = np.asarray(mask)
-        unlabelled = mask == IGNORE_CLASS
-        masks.append(np.where(unlabelled, np.uint8(IGNORE_CLASS),
-                              (mask > 0).astype(np.uint8)))
-        ids.append(np.asarray(dataset.objects[index]) if dataset.objects is not None
-                   else np.where(unlabelled, 0, mask))
-    scored = Dataset(dataset.images, masks, dataset.names, dataset.spatial_dims,
-                     dataset.spacing, ids, dataset.notes)
+    scored = dataset.merged()
     note = (f"the masks hold values up to {found - 1} and the run predicts one foreground: "
             "each value is read as an object id, every object as the foreground")
     return scored, [note]

@@ -80,6 +80,15 @@ class Dataset:
     def in_channels(self) -> int:
         return int(self.images[0].shape[0]) if self.images else 0
 
+    def merged(self) -> Dataset:
+        """The data set with every labelled object as class 1 and its values kept as the object
+        ids to score (``objects``): instance masks of few ids, which the rule reads as class
+        indices, read as instances. Unlabelled pixels stay unlabelled."""
+        ids = self.objects if self.objects is not None else \
+            [np.where(np.asarray(mask) == IGNORE_CLASS, 0, np.asarray(mask)) for mask in self.masks]
+        return Dataset(self.images, [_objects(np.asarray(mask)) for mask in self.masks],
+                       self.names, self.spatial_dims, self.spacing, list(ids), list(self.notes))
+
     def subset(self, indices) -> Dataset:
         indices = [int(i) for i in indices]
         return Dataset(
