@@ -8,10 +8,11 @@ import torch
 
 from ..choices import IGNORE_CLASS
 from .data.dataset import Dataset, split_folds
+from .events import Message
 from .instance_metrics import InstanceScores, connected_objects, rand_scores
 from .metrics import DiceAccumulator, per_image_dice, pixel_error, soft_dice_reference
 from .prediction.ensemble import load_models
-from .prediction.predict import objects_wanted, predict, run_to_end
+from .prediction.predict import PredictionDone, objects_wanted, predict
 
 
 def evaluate(checkpoint, dataset: Dataset, *, fold=None, tile_size=None, overlap=0.25,
@@ -39,10 +40,16 @@ def evaluate(checkpoint, dataset: Dataset, *, fold=None, tile_size=None, overlap
     scorer = _ObjectScorer(objects, dataset) if objects else None
     for index, (image, mask, name) in enumerate(zip(dataset.images, dataset.masks,
                                                     dataset.names)):
-        done = run_to_end(predict(checkpoint, image, tile_size=tile_size, overlap=overlap,
-                                  tta=tta, amp=amp, device=device, backend=backend,
-                                  batch_size=batch_size, threshold=threshold,
-                                  instances=objects or "off", spacing=dataset.spacing))
+        done = None
+        for event in predict(checkpoint, image, tile_size=tile_size, overlap=overlap,
+                             tta=tta, amp=amp, device=device, backend=backend,
+                             batch_size=batch_size, threshold=threshold,
+                             instances=objects or "off", spacing=dataset.spacing):
+            if isinstance(event, PredictionDone):
+                done = event
+            elif isinstance(event, Message) and event.level == "warning" \
+                    and event.text not in notes:  # e.g. objects in a mode that does not fit
+                notes.append(event.text)
         probabilities, labels = done.probabilities, done.labels
         accumulator.update(labels, mask)
         if scorer is not None:
