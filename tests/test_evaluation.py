@@ -175,9 +175,9 @@ def test_instance_masks_of_few_ids_and_objects_that_do_not_fit_are_said():
     metrics = run(stand_in_checkpoint(1), data, instances="auto", tile_size=[48, 48])
     assert len(metrics["dice_per_class"]) == 2 and metrics["foreground_dice"] == 1.0
     assert metrics["objects"]["true_objects"] == 3 and metrics["objects"]["ap50"] == 1.0
-    assert metrics["notes"] == [
+    assert metrics["notes"] == [(
         "the masks hold values up to 3 and the run predicts one foreground: each value is "
-        "read as an object id, every object as the foreground"]
+        "read as an object id, every object as the foreground")]
     # the cells between "membranes" of a nuclei model: said with the scores
     metrics = run(stand_in_checkpoint(1), data, instances="membranes", tile_size=[48, 48])
     assert any("use --instances auto" in note for note in metrics["notes"])
