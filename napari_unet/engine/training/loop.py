@@ -22,6 +22,7 @@ import torch
 
 from ...choices import IGNORE_CLASS
 from ...errors import DataError, OutOfMemory
+from ...masks import distinct_values, value_listing
 from ...runs import BEST, LAST, RunFolder
 from ..checkpoint import read_checkpoint, save_checkpoint
 from ..config import TrainConfig
@@ -60,7 +61,7 @@ def train(config: TrainConfig, images=None, masks=None, *, run_dir, resume: bool
     run.deadline = None if run.dist.enabled else deadline
     run.build_training(resume, init_from)
     yield run.started()
-    for note in run.dataset.notes:  # what the masks hold that was probably not meant
+    for note in run.notes:  # what the masks hold that was probably not meant
         yield Message("warning", note)
     if run.dataset.num_classes < 2 or not any(_has_objects(m) for m in run.train_set.masks):
         yield Message("warning", "every training mask is background only: the model will learn "
@@ -89,6 +90,20 @@ def train(config: TrainConfig, images=None, masks=None, *, run_dir, resume: bool
 def _has_objects(mask) -> bool:
     mask = np.asarray(mask)
     return bool(np.any((mask > 0) & (mask != IGNORE_CLASS)))
+
+
+def _empty_regions(head: LabelHead, masks) -> list[str]:
+    """A warning for each region of a region run that no mask holds a value of (its output
+    would learn nothing but background)."""
+    if not head.regions:
+        return []
+    found = np.unique(np.concatenate([distinct_values(np.asarray(m)).ravel() for m in masks]))
+    found = found[found != IGNORE_CLASS]
+    return [f"region {name} (mask values {', '.join(map(str, region))}) is in no mask "
+            f"(values found: {value_listing(found)}): its output learns nothing; check the "
+            "masks' values or the regions"
+            for name, region in zip(head.names, head.regions) if not set(region) & set(
+                found.tolist())]
 
 
 def _labelled(mask) -> bool:
@@ -129,6 +144,7 @@ class _Run:
                             "(or choose another --fold)")
         num_classes = max(2, self.dataset.num_classes)
         self.head = LabelHead.from_config(config, num_classes)  # what the outputs mean, saved
+        self.notes = list(self.dataset.notes) + _empty_regions(self.head, self.dataset.masks)
         torch.manual_seed(config.seed)
         self.model = make_model(config, self.dataset.in_channels, num_classes)
         self.input_size, self.output_size = window_sizes(self.model, config.patch_size)
