@@ -74,32 +74,16 @@ def check_mask_values(values, foreground_value=None, *, invert: bool = False,
                       ignore_value=None, instances=None) -> list[str]:
     """The rule's stated values against `values`, every value the masks of a set hold (their
     union: a value one mask lacks may be in another). A value the rule names that no mask
-    holds is a mistake (DataError saying what was found), as are masks with no labelled pixel;
-    what is valid but probably not meant comes back as warnings, one line each. Asked once per
-    set, before training or scoring, by the data sets (``dataset_from_pairs``) and the
-    widgets (``check_training_labels``)."""
+    holds is a mistake (DataError saying what was found), as are masks with no labelled pixel
+    and values that contradict (ConfigError); what is valid but probably not meant comes back
+    as warnings, one line each. Asked once per set, before training or scoring, by the data
+    sets (``dataset_from_pairs``, ``as_dataset``) and the Train widget (:func:`check_labels`).
+    """
+    del invert  # swaps classes after the rule: no value of its own
     values = np.unique(np.asarray(values))
     found = f"values found: {value_listing(values)}"
-    warnings = []
-    if ignore_value is not None and ignore_value == foreground_value:
-        raise ConfigError(f"--foreground-value and --ignore-value are both {ignore_value}: the "
-                          "objects are labelled; give the unlabelled pixels their own value")
-    if unlabeled == "ignore" and foreground_value == 0:
-        raise ConfigError("with --unlabeled ignore, 0 is unknown: it cannot be the "
-                          "--foreground-value; give the objects' painted value")
-    if unlabeled != "ignore" and ignore_value == 0 and foreground_value is None:
-        raise ConfigError("--ignore-value 0 leaves the masks no background (0 is the "
-                          "background of dense masks): for masks whose 0 is unknown, use "
-                          "--unlabeled ignore and paint the background with --background-value")
+    _check_contradictions(foreground_value, unlabeled, background_value, ignore_value)
     if unlabeled == "ignore":
-        if foreground_value is not None and foreground_value == background_value:
-            raise ConfigError(f"--foreground-value and --background-value are both "
-                              f"{background_value}: give the object's and the painted "
-                              "background's values")
-        if ignore_value is not None and ignore_value == background_value:
-            raise ConfigError(f"--ignore-value and --background-value are both "
-                              f"{background_value}: the painted background is labelled; "
-                              "give each its own value")
         labelled = values[(values != 0) & (values != ignore_value)]
         if foreground_value is not None:
             labelled = labelled[(labelled == foreground_value) | (labelled == background_value)]
@@ -120,6 +104,32 @@ def check_mask_values(values, foreground_value=None, *, invert: bool = False,
     if foreground_value is not None and foreground_value not in values:
         raise DataError(f"no mask holds --foreground-value {foreground_value} ({found}): give "
                         "the value of the objects")
+    return _value_warnings(values, found, foreground_value, unlabeled, ignore_value, instances)
+
+
+def _check_contradictions(foreground_value, unlabeled, background_value, ignore_value):
+    """ConfigError for values of the rule that cannot hold together, whatever the masks."""
+    if ignore_value is not None and ignore_value == foreground_value:
+        raise ConfigError(f"--foreground-value and --ignore-value are both {ignore_value}: the "
+                          "objects are labelled; give the unlabelled pixels their own value")
+    if unlabeled == "ignore" and foreground_value == 0:
+        raise ConfigError("with --unlabeled ignore, 0 is unknown: it cannot be the "
+                          "--foreground-value; give the objects' painted value")
+    if unlabeled != "ignore" and ignore_value == 0 and foreground_value is None:
+        raise ConfigError("--ignore-value 0 leaves the masks no background (0 is the "
+                          "background of dense masks): for masks whose 0 is unknown, use "
+                          "--unlabeled ignore and paint the background with --background-value")
+    if unlabeled == "ignore" and background_value in (foreground_value, ignore_value):
+        other = "--foreground-value" if background_value == foreground_value else \
+            "--ignore-value"
+        raise ConfigError(f"{other} and --background-value are both {background_value}: "
+                          "the painted background is a value of its own; give each its own")
+
+
+def _value_warnings(values, found, foreground_value, unlabeled, ignore_value, instances):
+    """The warnings of check_mask_values: an ignore value no mask holds (with the value that
+    may be the unlabelled one: the top of a gap in the classes), binary masks for objects."""
+    warnings = []
     if ignore_value is not None and ignore_value not in values and ignore_value != IGNORE_CLASS:
         # 255 (IGNORE_CLASS) is the unlabelled value of the masks this project writes (the
         # widgets' training sets): absent, every pixel was labelled
@@ -133,20 +143,17 @@ def check_mask_values(values, foreground_value=None, *, invert: bool = False,
                      f"{classes[-1]}")
         warnings.append(f"no mask holds --ignore-value {ignore_value} ({found}): every pixel "
                         f"is labelled{extra}")
-    if instances == "boundary":
-        ids = values[(values != 0) & (values != ignore_value)]
-        if ids.size == 1:
-            warnings.append(f"--instances boundary: the masks hold one object value "
-                            f"({found}): binary masks, so each connected region is one object "
-                            "and touching objects merge into one; give each object its own "
-                            "id to keep them apart")
+    if instances == "boundary" and values[(values != 0) & (values != ignore_value)].size == 1:
+        warnings.append(f"--instances boundary: the masks hold one object value ({found}): "
+                        "binary masks, so each connected region is one object and touching "
+                        "objects merge into one; give each object its own id to keep them "
+                        "apart")
     return warnings
 
 
-def check_labels(labels, foreground_value=None, invert: bool = False, **rule) -> list[str]:
+def check_labels(labels, foreground_value=None, **rule) -> list[str]:
     """check_mask_values of painted label arrays (a widget's pairs, before anything is
     written): raises on a mistake, returns the warnings."""
-    del invert  # swaps classes after the rule: no value of its own
     found = [distinct_values(np.asarray(array)).ravel() for array in labels]
     if not found:
         return []

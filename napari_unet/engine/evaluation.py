@@ -40,16 +40,10 @@ def evaluate(checkpoint, dataset: Dataset, *, fold=None, tile_size=None, overlap
     scorer = _ObjectScorer(objects, dataset) if objects else None
     for index, (image, mask, name) in enumerate(zip(dataset.images, dataset.masks,
                                                     dataset.names)):
-        done = None
-        for event in predict(checkpoint, image, tile_size=tile_size, overlap=overlap,
-                             tta=tta, amp=amp, device=device, backend=backend,
-                             batch_size=batch_size, threshold=threshold,
-                             instances=objects or "off", spacing=dataset.spacing):
-            if isinstance(event, PredictionDone):
-                done = event
-            elif isinstance(event, Message) and event.level == "warning" \
-                    and event.text not in notes:  # e.g. objects in a mode that does not fit
-                notes.append(event.text)
+        done = _predicted(predict(checkpoint, image, tile_size=tile_size, overlap=overlap,
+                                  tta=tta, amp=amp, device=device, backend=backend,
+                                  batch_size=batch_size, threshold=threshold,
+                                  instances=objects or "off", spacing=dataset.spacing), notes)
         probabilities, labels = done.probabilities, done.labels
         accumulator.update(labels, mask)
         if scorer is not None:
@@ -81,6 +75,19 @@ def evaluate(checkpoint, dataset: Dataset, *, fold=None, tile_size=None, overlap
     if notes:
         metrics["notes"] = notes
     return metrics
+
+
+def _predicted(events, notes) -> PredictionDone:
+    """A prediction's end; its warnings (e.g. objects made in a mode that does not fit the
+    model) added to `notes`, once each."""
+    done = None
+    for event in events:
+        if isinstance(event, PredictionDone):
+            done = event
+        elif isinstance(event, Message) and event.level == "warning" \
+                and event.text not in notes:
+            notes.append(event.text)
+    return done
 
 
 def _as_the_run_reads(dataset: Dataset, head) -> tuple[Dataset, list[str]]:

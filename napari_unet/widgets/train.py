@@ -27,8 +27,6 @@ from qtpy.QtWidgets import (
 
 from napari_unet import layouts, lazy, runs
 from napari_unet.choices import AUTO_PRESET
-from napari_unet.errors import NapariUnetError
-from napari_unet.masks import check_labels
 from napari_unet.training_set import (
     CONTEXT,
     copy_training_set,
@@ -38,6 +36,7 @@ from napari_unet.training_set import (
 from napari_unet.widgets import (
     ChannelGroup,
     UserError,
+    check_painted,
     existing_path,
     one_line,
     scrolling_layout,
@@ -199,12 +198,11 @@ class TrainWidget(TrainForm):
         try:
             pairs = self._layer_pairs()
             spatial_dims = self._check_pairs(pairs, preset)
-            # the mask rule against what is painted (its warnings come from the run)
-            check_labels([_painted(labels.data) for _, labels in pairs], **self.mask_rule())
+            check_painted([labels.data for _, labels in pairs], self.mask_rule())
             init_from = self._init_from_run()
             run_dir = self._prepare_run_folder()
-        except (UserError, NapariUnetError) as exc:
-            show_error(one_line(exc))
+        except UserError as exc:
+            show_error(str(exc))
             return
         data_dir = run_dir / runs.DATA
         already = pair_count(data_dir)
@@ -450,11 +448,3 @@ class TrainWidget(TrainForm):
                                                   str(runs.default_runs_root()))
         if folder:
             self.attach(folder)
-
-
-def _painted(data):
-    """The labels the mask rule is checked on: a lazily read layer's painted box only."""
-    if lazy.is_lazy(data):
-        box = lazy.painted_box(data)
-        return data[box] if box else data[(slice(0, 1),) * data.ndim]
-    return data
