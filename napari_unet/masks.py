@@ -214,9 +214,11 @@ def _sparse_classes(mask, foreground_value, instances, background_value):
                                  or values[0] < 0):
         return (~(unknown | background)).astype(np.uint8), True, unknown
     if values[0] < 0 or values[-1] > MAX_CLASS_VALUES + 1:
+        one = f"; for one object value, pass --foreground-value {values[0]}" \
+            if values.size == 1 else ""
         raise DataError(f"mask values {values[0]}..{values[-1]}: with unlabelled pixels (0) "
                         f"and the background painted as {background_value}, paint the "
-                        f"classes with small values (1..{MAX_CLASS_VALUES + 1})")
+                        f"classes with small values (1..{MAX_CLASS_VALUES + 1}){one}")
     shifted = np.where(mask > background_value, mask - 1, mask)
     return np.where(background | unknown, 0, shifted).astype(np.uint8), False, unknown
 

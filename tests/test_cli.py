@@ -141,7 +141,7 @@ TRAIN_ERRORS = [
     (["--sample", "dagm", "--nproc", "0"], "--nproc 0"),
     (["--images", "{tmp}/missing.tif", "--masks", "{image}"], "missing.tif"),
     # the mask rule against what the masks hold ({strokes}: 0 unknown, 1 background, 2 object;
-    # {unpainted}: all 0; {dense}: 0/255; {void}: all 255)
+    # {strokes255}: objects 255; {unpainted}: all 0; {dense}: 0/255; {void}: all 255)
     (["--images", "{image}", "--masks", "{unpainted}", "--unlabeled", "ignore"],
      "no mask holds a labelled pixel"),
     (["--images", "{image}", "--masks", "{strokes}", "--unlabeled", "ignore",
@@ -160,6 +160,8 @@ TRAIN_ERRORS = [
       "--foreground-value", "2"], "--foreground-value and --ignore-value are both 2"),
     (["--images", "{image}", "--masks", "{unpainted}", "--ignore-value", "0"],
      "--ignore-value 0 leaves the masks no background"),
+    (["--images", "{image}", "--masks", "{strokes255}", "--unlabeled", "ignore"],
+     "for one object value, pass --foreground-value 255"),
     (["--images", "{image}", "--masks", "{void}", "--ignore-value", "255"],
      "every mask pixel holds --ignore-value 255"),
     (["--images", "{image}", "--masks", "{strokes}", "--unlabeled", "ignore",
@@ -216,6 +218,7 @@ def test_bad_input_exits_2_with_one_line(trained_run, tmp_path, capsys, command,
              "dense": np.zeros((64, 64), np.uint8), "void": np.full((64, 64), 255, np.uint8)}
     masks["strokes"][5:9, 5:30], masks["strokes"][40:44, 5:30] = 1, 2
     masks["dense"][20:40, 20:40] = 255
+    masks["strokes255"] = np.where(masks["strokes"] == 2, 255, masks["strokes"]).astype(np.uint8)
     for name, mask in masks.items():
         tifffile.imwrite(tmp_path / f"{name}.tif", mask)
     filled = [a.format(tmp=tmp_path, image=image, run=trained_run,
