@@ -56,8 +56,12 @@ def cmd_evaluate(args) -> int:
                           "without --fold")
     checkpoint = engine.load_models(args.run)  # several: their ensemble
     config = checkpoint.config
-    dataset = _load_data(args, config.spatial_dims, {**rule_of(config), **rule_of(args)})
+    rule = {**rule_of(config), **rule_of(args)}
+    _check_background_flag(args, rule.get("unlabeled"))
+    dataset = _load_data(args, config.spatial_dims, rule)
     run_dir = Path(args.run[0]) if len(args.run) == 1 and Path(args.run[0]).is_dir() else None
+    for note in dataset.notes:
+        print(f"warning: {note}", file=sys.stderr)
     _report_evaluation(args, checkpoint, dataset, args.fold, run_dir)
     return 0
 
@@ -161,6 +165,7 @@ def _planned_config(args, started: float):
     else:
         config = train_config(args)
         dataset = _load_data(args, config.spatial_dims, rule_of(config))
+    _check_background_flag(args, config.unlabeled)
     per_step = 0.0
     if config.minutes is not None and args.steps is None and not args.resume:
         config, per_step = engine.fit_to_minutes(config, dataset, started)
@@ -192,6 +197,15 @@ def train_config(args, plan=None):
     return engine.preset_config(args.preset, **overrides)
 
 
+def _check_background_flag(args, unlabeled):
+    """--background-value names the painted background of --unlabeled ignore: alone it would
+    change nothing."""
+    if getattr(args, "background_value", None) is not None and unlabeled != "ignore":
+        raise ConfigError(f"--background-value {args.background_value} is the painted "
+                          "background of masks whose 0 is unknown: add --unlabeled ignore, or "
+                          "drop it (with --unlabeled background, 0 is the background)")
+
+
 def _parse_set(item):
     if "=" not in item:
         raise ConfigError(f"--set {item!r} must look like KEY=VALUE, e.g. --set lr=0.001")
@@ -214,8 +228,16 @@ def _load_data(args, spatial_dims, rule):
         return engine.sample_dataset(args.sample)
     if args.images and not args.masks:
         raise DataError("--images needs --masks (the labels for those images)")
-    return engine.load_dataset(args.data, images=args.images, masks=args.masks,
-                               spatial_dims=spatial_dims, **rule)
+    dataset = engine.load_dataset(args.data, images=args.images, masks=args.masks,
+                                  spatial_dims=spatial_dims, **rule)
+    classes = dataset.num_classes
+    if getattr(args, "instances", None) == "merge" and classes > 2:
+        # instance masks of few ids, which the rule reads as classes: merged as asked
+        dataset = dataset.merged()
+        dataset.notes.append(f"--instances merge: the mask values 1..{classes - 1} are read "
+                             "as object ids, every object as the foreground (not as "
+                             f"{classes} classes)")
+    return dataset
 
 
 def _make_run_dir(run_dir: Path):
@@ -253,6 +275,8 @@ def _report_evaluation(args, checkpoint, dataset, fold, run_dir):
                     if not isinstance(v, (list, dict)))
     per_class = " ".join(f"dice_class{i}={_fmt(v)}"
                          for i, v in enumerate(metrics["dice_per_class"]))
+    for note in metrics.get("notes", ()):
+        print(f"warning: {note}", file=sys.stderr)
     print(f"evaluation: {line} {per_class}")
     if "objects" in metrics:
         print("objects: " + " ".join(f"{k}={_fmt(v)}" for k, v in metrics["objects"].items()

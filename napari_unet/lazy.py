@@ -98,3 +98,12 @@ def any_nonzero(array) -> bool:
     """Whether `array` has a non-zero value, read slab by slab (stops at the first)."""
     return any(np.any(np.asarray(array[part]))
                for part in slabs(array.shape, np.dtype(array.dtype).itemsize))
+
+
+def painted_part(labels):
+    """A lazily read labels array's painted box (a corner when nothing is painted); an array
+    in memory as it is."""
+    if not is_lazy(labels):
+        return labels
+    box = painted_box(labels)
+    return np.asarray(labels[box] if box else labels[(slice(0, 1),) * labels.ndim])

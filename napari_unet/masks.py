@@ -9,7 +9,7 @@ import numpy as np
 
 from .choices import IGNORE_CLASS, MAX_CLASS_VALUES, UNLABELED_CHOICES
 from .errors import ConfigError, DataError
-from .objects import instances_of, object_classes
+from .objects import instances_of, object_classes, object_ids  # noqa: F401 - for data
 
 RULE_KEYS = ("foreground_value", "unlabeled", "background_value", "ignore_value", "instances")
 
@@ -69,6 +69,105 @@ def mask_classes(mask, foreground_value=None, *, invert: bool = False,
     return classes, merged
 
 
+def check_mask_values(values, foreground_value=None, *, invert: bool = False,
+                      unlabeled: str = "background", background_value: int = 1,
+                      ignore_value=None, instances=None) -> list[str]:
+    """The rule's stated values against `values`, every value the masks of a set hold (their
+    union: a value one mask lacks may be in another). A value the rule names that no mask
+    holds is a mistake (DataError saying what was found), as are masks with no labelled pixel
+    and values that contradict (ConfigError); what is valid but probably not meant comes back
+    as warnings, one line each. Asked once per set, before training or scoring, by the data
+    sets (``dataset_from_pairs``, ``as_dataset``) and the Train widget (:func:`check_labels`).
+    """
+    del invert  # swaps classes after the rule: no value of its own
+    values = np.unique(np.asarray(values))
+    found = f"values found: {value_listing(values)}"
+    _check_contradictions(foreground_value, unlabeled, background_value, ignore_value)
+    if unlabeled == "ignore":
+        labelled = values[(values != 0) & (values != ignore_value)]
+        if foreground_value is not None:
+            labelled = labelled[(labelled == foreground_value) | (labelled == background_value)]
+        if labelled.size == 0:
+            raise DataError(f"no mask holds a labelled pixel ({found}; --unlabeled ignore reads "
+                            "0 as unknown): nothing to learn from; paint the background as "
+                            f"{background_value} and the objects with other values, or, if 0 "
+                            "is the background, use --unlabeled background")
+        if background_value not in values:
+            raise DataError(f"no mask holds the painted background value {background_value} "
+                            f"(--unlabeled ignore; {found}): if 0 is the background (dense "
+                            "masks), use --unlabeled background; else give the painted "
+                            "background's value with --background-value")
+    elif ignore_value is not None and not np.any(values != ignore_value):
+        raise DataError(f"every mask pixel holds --ignore-value {ignore_value} (unlabelled): "
+                        "nothing to learn from; label some pixels, or give the value that "
+                        "marks the unlabelled ones")
+    if foreground_value is not None and foreground_value not in values:
+        raise DataError(f"no mask holds --foreground-value {foreground_value} ({found}): give "
+                        "the value of the objects")
+    return _value_warnings(values, found, foreground_value, unlabeled, ignore_value, instances)
+
+
+def _check_contradictions(foreground_value, unlabeled, background_value, ignore_value):
+    """ConfigError for values of the rule that cannot hold together, whatever the masks."""
+    if ignore_value is not None and ignore_value == foreground_value:
+        raise ConfigError(f"--foreground-value and --ignore-value are both {ignore_value}: the "
+                          "objects are labelled; give the unlabelled pixels their own value")
+    if unlabeled == "ignore" and foreground_value == 0:
+        raise ConfigError("with --unlabeled ignore, 0 is unknown: it cannot be the "
+                          "--foreground-value; give the objects' painted value")
+    if unlabeled != "ignore" and ignore_value == 0 and foreground_value is None:
+        raise ConfigError("--ignore-value 0 leaves the masks no background (0 is the "
+                          "background of dense masks): for masks whose 0 is unknown, use "
+                          "--unlabeled ignore and paint the background with --background-value")
+    if unlabeled == "ignore" and background_value in (foreground_value, ignore_value):
+        other = "--foreground-value" if background_value == foreground_value else \
+            "--ignore-value"
+        raise ConfigError(f"{other} and --background-value are both {background_value}: "
+                          "the painted background is a value of its own; give each its own")
+
+
+def _value_warnings(values, found, foreground_value, unlabeled, ignore_value, instances):
+    """The warnings of check_mask_values: an ignore value no mask holds (with the value that
+    may be the unlabelled one: the top of a gap in the classes), binary masks for objects."""
+    warnings = []
+    if ignore_value is not None and ignore_value not in values and ignore_value != IGNORE_CLASS:
+        # 255 (IGNORE_CLASS) is the unlabelled value of the masks this project writes (the
+        # widgets' training sets): absent, every pixel was labelled
+        extra = ""
+        classes = values[(values > 0) & (values < IGNORE_CLASS)]
+        if unlabeled != "ignore" and foreground_value is None and instances != "boundary" \
+                and 0 < classes.size <= MAX_CLASS_VALUES and classes[-1] > classes.size:
+            extra = (f": {classes[-1]} is learnt as a class of its own (a "
+                     f"{int(classes[-1]) + 1}-class head, classes without a pixel between); if "
+                     f"{classes[-1]} marks the unlabelled pixels, pass --ignore-value "
+                     f"{classes[-1]}")
+        warnings.append(f"no mask holds --ignore-value {ignore_value} ({found}): every pixel "
+                        f"is labelled{extra}")
+    if instances == "boundary" and values[(values != 0) & (values != ignore_value)].size == 1:
+        warnings.append(f"--instances boundary: the masks hold one object value ({found}): "
+                        "binary masks, so each connected region is one object and touching "
+                        "objects merge into one; give each object its own id to keep them "
+                        "apart")
+    return warnings
+
+
+def check_labels(labels, foreground_value=None, **rule) -> list[str]:
+    """check_mask_values of painted label arrays (a widget's pairs, before anything is
+    written): raises on a mistake, returns the warnings."""
+    found = [distinct_values(np.asarray(array)).ravel() for array in labels]
+    if not found:
+        return []
+    return check_mask_values(np.unique(np.concatenate(found)), foreground_value, **rule)
+
+
+def value_listing(values, limit: int = 8) -> str:
+    """Sorted mask values in words: "0, 1, 9", or the first few and the count."""
+    values = [int(v) if float(v).is_integer() else float(v) for v in np.asarray(values)]
+    if len(values) <= limit:
+        return ", ".join(map(str, values))
+    return f"{', '.join(map(str, values[:limit - 2]))}, ..., {values[-1]} ({len(values)} values)"
+
+
 def rule_of(source) -> dict:
     """The mask rule's settings (RULE_KEYS) read off a TrainConfig or the CLI's arguments;
     ``instances`` only when objects are asked for (merging or refusing ids is each caller's
@@ -115,9 +214,11 @@ def _sparse_classes(mask, foreground_value, instances, background_value):
                                  or values[0] < 0):
         return (~(unknown | background)).astype(np.uint8), True, unknown
     if values[0] < 0 or values[-1] > MAX_CLASS_VALUES + 1:
+        one = f"; for one object value, pass --foreground-value {values[0]}" \
+            if values.size == 1 else ""
         raise DataError(f"mask values {values[0]}..{values[-1]}: with unlabelled pixels (0) "
                         f"and the background painted as {background_value}, paint the "
-                        f"classes with small values (1..{MAX_CLASS_VALUES + 1})")
+                        f"classes with small values (1..{MAX_CLASS_VALUES + 1}){one}")
     shifted = np.where(mask > background_value, mask - 1, mask)
     return np.where(background | unknown, 0, shifted).astype(np.uint8), False, unknown
 

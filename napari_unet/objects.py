@@ -21,6 +21,7 @@ numpy and scikit-image only: the data sets, the training set and the widgets ask
 from __future__ import annotations
 
 import numpy as np
+from skimage.measure import label
 from skimage.segmentation import find_boundaries
 
 from .choices import IGNORE_CLASS, OBJECT_CLASSES
@@ -52,3 +53,15 @@ def instances_of(mask) -> bool:
     if not np.issubdtype(mask.dtype, np.integer):
         return bool(np.all(mask == np.round(mask)) and mask.min(initial=0) >= 0)
     return int(mask.min(initial=0)) >= 0
+
+
+def object_ids(mask) -> np.ndarray:
+    """The objects of a mask as scored: its ids, or, where it holds one non-zero value in
+    several separate regions (a binary mask: 0/1, 0/255), its connected components (faces
+    only), one id each."""
+    ids = np.asarray(mask)
+    if np.count_nonzero(np.unique(ids)) == 1:
+        components, count = label(ids != 0, connectivity=1, return_num=True)
+        if count > 1:
+            return components.astype(np.uint32)
+    return ids

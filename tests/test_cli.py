@@ -140,6 +140,32 @@ TRAIN_ERRORS = [
     (["--sample", "dagm", "--device", "cuda"], "no CUDA GPU"),
     (["--sample", "dagm", "--nproc", "0"], "--nproc 0"),
     (["--images", "{tmp}/missing.tif", "--masks", "{image}"], "missing.tif"),
+    # the mask rule against what the masks hold ({strokes}: 0 unknown, 1 background, 2 object;
+    # {strokes255}: objects 255; {unpainted}: all 0; {dense}: 0/255; {void}: all 255)
+    (["--images", "{image}", "--masks", "{unpainted}", "--unlabeled", "ignore"],
+     "no mask holds a labelled pixel"),
+    (["--images", "{image}", "--masks", "{strokes}", "--unlabeled", "ignore",
+      "--background-value", "7"], "no mask holds the painted background value 7"),
+    (["--images", "{image}", "--masks", "{dense}", "--unlabeled", "ignore"],
+     "use --unlabeled background"),
+    (["--images", "{image}", "--masks", "{strokes}", "--foreground-value", "3"],
+     "no mask holds --foreground-value 3 (values found: 0, 1, 2)"),
+    (["--images", "{image}", "--masks", "{strokes}", "--background-value", "1"],
+     "add --unlabeled ignore"),
+    (["--images", "{image}", "--masks", "{strokes}", "--unlabeled", "ignore",
+      "--foreground-value", "1"], "--foreground-value and --background-value are both 1"),
+    (["--images", "{image}", "--masks", "{strokes}", "--unlabeled", "ignore",
+      "--ignore-value", "1"], "--ignore-value and --background-value are both 1"),
+    (["--images", "{image}", "--masks", "{strokes}", "--ignore-value", "2",
+      "--foreground-value", "2"], "--foreground-value and --ignore-value are both 2"),
+    (["--images", "{image}", "--masks", "{unpainted}", "--ignore-value", "0"],
+     "--ignore-value 0 leaves the masks no background"),
+    (["--images", "{image}", "--masks", "{strokes255}", "--unlabeled", "ignore"],
+     "for one object value, pass --foreground-value 255"),
+    (["--images", "{image}", "--masks", "{void}", "--ignore-value", "255"],
+     "every mask pixel holds --ignore-value 255"),
+    (["--images", "{image}", "--masks", "{strokes}", "--unlabeled", "ignore",
+      "--foreground-value", "0"], "it cannot be the --foreground-value"),
 ]
 EVALUATE_ERRORS = [
     (["--run", "{tmp}/nowhere", "--sample", "em"], "does not exist"),
@@ -151,6 +177,10 @@ EVALUATE_ERRORS = [
     (["--run", "{run}", "--sample", "em", "--tile-size", "0"], "tile_size"),
     (["--run", "{run}", "--sample", "em", "--overlap", "1.5"], "overlap"),
     (["--run", "{run}", "--sample", "blobs3d"], "not a 2D image"),
+    (["--run", "{run}", "--images", "{image}", "--masks", "{dense}", "--unlabeled", "ignore"],
+     "use --unlabeled background"),
+    (["--run", "{run}", "--images", "{image}", "--masks", "{dense}", "--background-value",
+      "1"], "add --unlabeled ignore"),
 ]
 PREDICT_ERRORS = [
     (["--input", "{tmp}/missing.tif", "--output", "{tmp}/o.tif"], "missing.tif does not exist"),
@@ -184,7 +214,15 @@ def test_bad_input_exits_2_with_one_line(trained_run, tmp_path, capsys, command,
     image = tmp_path / "image.tif"
     tifffile.imwrite(image, np.zeros((64, 64), np.uint8))
     image_before = image.read_bytes()
-    filled = [a.format(tmp=tmp_path, image=image, run=trained_run) for a in args]
+    masks = {"unpainted": np.zeros((64, 64), np.uint8), "strokes": np.zeros((64, 64), np.uint8),
+             "dense": np.zeros((64, 64), np.uint8), "void": np.full((64, 64), 255, np.uint8)}
+    masks["strokes"][5:9, 5:30], masks["strokes"][40:44, 5:30] = 1, 2
+    masks["dense"][20:40, 20:40] = 255
+    masks["strokes255"] = np.where(masks["strokes"] == 2, 255, masks["strokes"]).astype(np.uint8)
+    for name, mask in masks.items():
+        tifffile.imwrite(tmp_path / f"{name}.tif", mask)
+    filled = [a.format(tmp=tmp_path, image=image, run=trained_run,
+                       **{name: tmp_path / f"{name}.tif" for name in masks}) for a in args]
     if command == "train":
         filled = ["--preset", "industrial", "--out", str(tmp_path / "run"), *QUICK, *filled]
     elif command == "predict":
@@ -203,6 +241,8 @@ def test_bad_input_exits_2_with_one_line(trained_run, tmp_path, capsys, command,
     assert "Traceback" not in captured.err + captured.out
     assert image.read_bytes() == image_before, "a user's file was overwritten"
     assert not (tmp_path / "o.tif").exists(), "a failed command left an output behind"
+    if "--masks" in args:  # the masks are read before the run folder is made
+        assert not (tmp_path / "run").exists(), "a refused run left its folder behind"
 
 
 def test_user_errors_in_a_real_process_print_no_traceback(tmp_path):

@@ -64,7 +64,7 @@ def dataset(probabilities, masks):
 
 
 def run(checkpoint, data, **kw):
-    return evaluate(checkpoint, data, tile_size=[6, 6], amp="off", device="cpu", **kw)
+    return evaluate(checkpoint, data, **{"tile_size": [6, 6], "amp": "off", "device": "cpu", **kw})
 
 
 # image 1: 5 predicted foreground pixels, 4 true ones, 3 of them shared
@@ -163,3 +163,21 @@ def test_a_fold_scores_only_its_validation_images():
     assert everything["samples"] == 4
     assert everything["foreground_dice"] == pytest.approx(2 * 72 / (144 + 72), abs=1e-12)
     assert math.isclose(everything["pixel_error"], 0.5)
+
+
+def test_instance_masks_of_few_ids_and_objects_that_do_not_fit_are_said():
+    from test_instances_watershed import balls
+
+    # a model of one foreground (the nuclei), masks of 3 ids (read as classes by the rule)
+    ids = balls((48, 48), [(12, 12), (12, 36), (36, 24)], 6).astype(np.uint8)
+    data = dataset([np.where(ids > 0, 0.9, 0.1)], [ids])
+    assert data.num_classes == 4
+    metrics = run(stand_in_checkpoint(1), data, instances="auto", tile_size=[48, 48])
+    assert len(metrics["dice_per_class"]) == 2 and metrics["foreground_dice"] == 1.0
+    assert metrics["objects"]["true_objects"] == 3 and metrics["objects"]["ap50"] == 1.0
+    assert metrics["notes"] == [(
+        "the masks hold values up to 3 and the run predicts one foreground: each value is "
+        "read as an object id, every object as the foreground")]
+    # the cells between "membranes" of a nuclei model: said with the scores
+    metrics = run(stand_in_checkpoint(1), data, instances="membranes", tile_size=[48, 48])
+    assert any("use --instances auto" in note for note in metrics["notes"])

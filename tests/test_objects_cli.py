@@ -82,6 +82,34 @@ def test_a_model_of_classes_gives_connected_components_when_asked(nuclei, tmp_pa
     assert main(["evaluate", "--run", str(run), "--data", str(nuclei), "--device", "cpu",
                  "--amp", "off", "--instances"]) == 0
     assert "true_objects=8" in capsys.readouterr().out  # the ids kept through the merge
+    # the same objects with ids 1..4 (few enough to read as classes): still objects
+    few = _few_ids(nuclei, tmp_path / "few")
+    assert main(["evaluate", "--run", str(run), "--data", str(few), "--device", "cpu",
+                 "--amp", "off", "--instances"]) == 0
+    captured = capsys.readouterr()
+    assert "true_objects=8" in captured.out  # 6 connected components: 2 touch
+    assert "dice_class1=" in captured.out and "dice_class2" not in captured.out
+    assert "each value is read as an object id" in captured.err
+
+
+def _few_ids(nuclei, folder):
+    """The nuclei with ids 1..4 (few enough for the rule to read them as classes)."""
+    (folder / "masks").mkdir(parents=True)
+    (folder / "images").symlink_to(nuclei / "images", target_is_directory=True)
+    for path in sorted((nuclei / "masks").glob("*.tif")):
+        ids = tifffile.imread(path)
+        tifffile.imwrite(folder / "masks" / path.name,
+                         np.where(ids > 0, ids - 300, 0).astype(np.uint8))
+    return folder
+
+
+def test_instances_merge_merges_masks_of_few_ids_as_asked(nuclei, tmp_path, capsys):
+    few = _few_ids(nuclei, tmp_path / "few")
+    capsys.readouterr()
+    assert main(["train", "--data", str(few), "--out", str(tmp_path / "run"), "--instances",
+                 "merge", *TINY, "--steps", "1"]) == 0
+    assert load_checkpoint(tmp_path / "run").head.num_classes == 2  # not 5 classes
+    assert "the mask values 1..4 are read as object ids" in capsys.readouterr().err
 
 
 def test_membranes_of_a_model_of_objects_is_a_one_line_error(objects_run, nuclei, tmp_path,
@@ -142,3 +170,45 @@ def test_a_package_of_objects_says_how_objects_are_made_and_predicts_them(
 
     assert tifffile.imread(tmp_path / "a.tif").dtype == np.uint32
     assert same_partition(tifffile.imread(tmp_path / "a.tif"), tifffile.imread(tmp_path / "b.tif"))
+
+
+def test_binary_masks_for_objects_are_said_to_merge_touching_ones(objects_run, nuclei,
+                                                                  tmp_path, capsys):
+    from napari_unet.engine import load_dataset
+
+    binary = tmp_path / "binary"
+    (binary / "masks").mkdir(parents=True)
+    (binary / "images").symlink_to(nuclei / "images", target_is_directory=True)
+    for path in sorted((nuclei / "masks").glob("*.tif")):
+        tifffile.imwrite(binary / "masks" / path.name,
+                         np.where(tifffile.imread(path) > 0, 255, 0).astype(np.uint8))
+    [note] = load_dataset(binary, instances="boundary").notes
+    assert "one object value (values found: 0, 255)" in note and "merge" in note
+    assert load_dataset(nuclei, instances="boundary").notes == []
+    # scored against them, the true objects are their connected components (not one id 255)
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(objects_run), "--data", str(binary), "--device",
+                 "cpu", "--amp", "off"]) == 0
+    captured = capsys.readouterr()
+    assert "true_objects=6" in captured.out  # 4 discs an image, 2 of them touching
+    assert "touching objects merge" in captured.err
+
+
+def test_objects_made_in_a_mode_that_does_not_fit_the_model_are_said():
+    from test_instances_watershed import balls
+
+    from napari_unet.engine.labels import LabelHead
+    from napari_unet.engine.prediction.predict import make_objects, objects_note
+
+    head = LabelHead.for_outputs(1)
+    nuclei = (balls((64, 64), [(16, 16), (16, 44), (44, 30)], 7) > 0).astype(np.uint8)
+    membranes = np.zeros((64, 64), np.uint8)
+    membranes[::16], membranes[:, ::16] = 1, 1  # a grid: 16 cells
+    for labels, how, warned in [(nuclei, "membranes", True), (membranes, "membranes", False),
+                                (nuclei, "auto", False), (membranes, "auto", True)]:
+        objects = make_objects(labels.astype(np.float32), labels, head, how)
+        note = objects_note(labels, objects, head, how)
+        assert (note is not None) == warned, (how, note)
+    note = objects_note(nuclei, make_objects(nuclei.astype(np.float32), nuclei, head,
+                                             "membranes"), head, "membranes")
+    assert "use --instances auto" in note

@@ -25,6 +25,13 @@ def _fp(**changes) -> Fingerprint:
     return Fingerprint(**values)
 
 
+def test_the_plan_counts_the_classes_of_the_head_it_plans():
+    # background / interior / boundary of --instances boundary: a head of 3, said as 3
+    plan = plan_run(_fp(classes=3))
+    assert plan.values["loss"] == "dice_ce"
+    assert plan.reasons["loss"].startswith("3 classes (background included)")
+
+
 def _3d(**changes):
     values = dict(spatial_dims=3, smallest_size=(120, 120, 120), median_size=(120, 120, 120),
                   largest_size=(120, 120, 120), median_object_extent=(10, 10, 10))

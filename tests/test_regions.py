@@ -207,6 +207,24 @@ def test_region_training_at_half_resolution_end_to_end(tmp_path):
     assert not (tmp_path / "model.zip").exists()
 
 
+def test_a_region_that_no_mask_holds_is_said_before_training(tmp_path):
+    from napari_unet.engine import Message, Progress
+
+    images, masks = brats_like(n=2, size=16)
+    masks = [np.where(m == 4, 1, m).astype(np.uint8) for m in masks]  # no enhancing tumour
+    events = train(region_config(steps=1, fold=None, resample=1, patch_size=[16, 16, 16]),
+                   images, masks, run_dir=tmp_path / "run")
+    said = []
+    for event in events:
+        if isinstance(event, Progress):
+            break
+        if isinstance(event, Message) and event.level == "warning":
+            said.append(event.text)
+    events.close()
+    assert said == [("region enhancing tumour (mask values 4) is in no mask (values found: 0, "
+                    "1, 2): its output learns nothing; check the masks' values or the regions")]
+
+
 def test_the_scale_of_a_case_does_not_change_a_zscore_case_prediction(tmp_path):
     images, masks = brats_like(n=4, size=32, seed=3)
     list(train(region_config(steps=4, resample=1), images, masks, run_dir=tmp_path / "r"))

@@ -275,3 +275,76 @@ def test_the_cli_trains_and_evaluates_strokes_and_refuses_a_background_of_0(tmp_
     assert main(["evaluate", "--run", str(tmp_path / "run"), "--data", str(folder),
                  "--amp", "off", "--device", "cpu"]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("evaluation: ")
+    # dense 0/255 test masks under the run's rule (0 unknown): the flag that reads them
+    dense = tmp_path / "dense"
+    (dense / "masks").mkdir(parents=True)
+    (dense / "images").symlink_to(folder / "images", target_is_directory=True)
+    for path in sorted((folder / "masks").glob("*.tif")):
+        tifffile.imwrite(dense / "masks" / path.name, np.where(
+            tifffile.imread(path) == 2, 255, 0).astype(np.uint8))
+    evaluate_dense = ["evaluate", "--run", str(tmp_path / "run"), "--data", str(dense),
+                      "--amp", "off", "--device", "cpu"]
+    assert main(evaluate_dense) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "values found: 0, 255" in err[0]
+    assert "use --unlabeled background" in err[0]
+    assert main([*evaluate_dense, "--unlabeled", "background"]) == 0
+
+
+# -- what the masks hold against the values the rule names (issue 32) ------------------------------
+def _nines(folder):
+    """Masks whose unlabelled pixels are 9 (0 background, 1 object)."""
+    (folder / "images").mkdir(parents=True)
+    (folder / "masks").mkdir()
+    for i in range(2):
+        mask = np.full((32, 32), 9, np.uint8)
+        mask[:12], mask[20:28, 20:28] = 0, 1
+        tifffile.imwrite(folder / "images" / f"s{i}.tif",
+                         np.random.default_rng(i).normal(size=(32, 32)).astype(np.float32))
+        tifffile.imwrite(folder / "masks" / f"s{i}.tif", mask)
+    return folder
+
+
+def test_an_ignore_value_no_mask_holds_is_said_with_the_values_found(tmp_path):
+    folder = _nines(tmp_path / "data")
+    data = load_dataset(folder, ignore_value=5)
+    [note] = data.notes
+    assert "no mask holds --ignore-value 5 (values found: 0, 1, 9)" in note
+    assert "pass --ignore-value 9" in note and "10-class head" in note
+    assert load_dataset(folder, ignore_value=9).notes == []
+    # the run says it as a warning before its first step
+    events = train(_tiny_2d(steps=1, fold=None, ignore_value=5, val_every=1000,
+                            checkpoint_every=1000), data, run_dir=tmp_path / "run")
+    said = [(e.level, e.text) for e in events if type(e).__name__ == "Message"]
+    assert ("warning", note) in said
+
+
+def test_a_training_part_with_no_labelled_pixel_is_refused_before_the_run_folder(tmp_path):
+    from napari_unet.engine.data.dataset import split_folds
+
+    labelled = np.zeros((32, 32), np.uint8)
+    labelled[8:16, 8:16] = 1
+    unlabelled = np.full((32, 32), 9, np.uint8)
+    train_part, _ = split_folds(2, 0, 2, 0)
+    masks = [unlabelled, labelled] if train_part[0] == 0 else [labelled, unlabelled]
+    images = [np.random.default_rng(i).normal(size=(32, 32)).astype(np.float32)
+              for i in range(2)]
+    config = _tiny_2d(steps=1, fold=0, folds=2, ignore_value=9)
+    with pytest.raises(DataError, match="no training mask holds a labelled pixel"):
+        next(train(config, images, masks, run_dir=tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_mask_rule_checks_are_the_widgets_too():
+    from napari_unet.masks import check_labels, check_mask_values
+
+    strokes = np.zeros((8, 8), np.uint8)
+    strokes[1], strokes[5] = 1, 2
+    assert check_labels([strokes], unlabeled="ignore", background_value=1) == []
+    with pytest.raises(DataError, match="painted background value 3 .*values found: 0, 1, 2"):
+        check_labels([strokes], unlabeled="ignore", background_value=3)
+    with pytest.raises(DataError, match="no mask holds a labelled pixel"):
+        check_mask_values([0], unlabeled="ignore")
+    binary = check_mask_values([0, 255], instances="boundary")
+    assert len(binary) == 1 and "touching objects merge" in binary[0]
+    assert check_mask_values([0, 1, 2, 3], instances="boundary") == []

@@ -112,3 +112,27 @@ def test_strokes_with_unknown_unpainted_pixels_train_through_the_cli(make_napari
     assert main(["train", *args]) == 0
     config = (tmp_path / "run" / runs.CONFIG).read_text()
     assert "ignore_value: 255" in config
+
+
+@gui
+def test_strokes_without_the_painted_background_value_are_refused_before_writing(
+        make_napari_viewer, tmp_path, monkeypatch):
+    import napari_unet.widgets.train as train_module
+
+    strokes = np.zeros((64, 64), np.uint8)
+    strokes[5, :], strokes[30, 10:40] = 1, 2
+    viewer = make_napari_viewer()
+    viewer.add_image(np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8),
+                     name="em")
+    viewer.add_labels(strokes, name="strokes")
+    _, train = viewer.window.add_plugin_dock_widget(PLUGIN, "Train")
+    train.unpainted.meaning.setCurrentText(train.unpainted.UNKNOWN)
+    train.unpainted.background.setValue(7)
+    errors, started = [], []
+    monkeypatch.setattr(train_module, "show_error", errors.append)
+    monkeypatch.setattr(train.runner, "start", lambda args, run_dir: started.append(args))
+    small_cpu_options(train, tmp_path / "run", steps=2)
+    train.start_button.click()
+    assert not started and not (tmp_path / "run").exists()
+    assert len(errors) == 1 and "painted background value 7" in errors[0]
+    assert "values found: 0, 1, 2" in errors[0]

@@ -8,10 +8,11 @@ import torch
 
 from ..choices import IGNORE_CLASS
 from .data.dataset import Dataset, split_folds
+from .events import Message
 from .instance_metrics import InstanceScores, connected_objects, rand_scores
 from .metrics import DiceAccumulator, per_image_dice, pixel_error, soft_dice_reference
 from .prediction.ensemble import load_models
-from .prediction.predict import objects_wanted, predict, run_to_end
+from .prediction.predict import PredictionDone, objects_wanted, predict
 
 
 def evaluate(checkpoint, dataset: Dataset, *, fold=None, tile_size=None, overlap=0.25,
@@ -30,18 +31,19 @@ def evaluate(checkpoint, dataset: Dataset, *, fold=None, tile_size=None, overlap
     if fold is not None:
         _, indices = split_folds(len(dataset.images), fold, config.folds, config.split_seed)
         dataset = dataset.subset(indices)
-    num_classes = max(2, checkpoint.data_info.get("num_classes", 2), dataset.num_classes)
     head = checkpoint.head
+    dataset, notes = _as_the_run_reads(dataset, head)
+    num_classes = max(2, checkpoint.data_info.get("num_classes", 2), dataset.num_classes)
     accumulator = DiceAccumulator(num_classes)
     image_dice, errors, soft, images = [], [], [], []
     objects = objects_wanted(head, instances)
     scorer = _ObjectScorer(objects, dataset) if objects else None
     for index, (image, mask, name) in enumerate(zip(dataset.images, dataset.masks,
                                                     dataset.names)):
-        done = run_to_end(predict(checkpoint, image, tile_size=tile_size, overlap=overlap,
+        done = _predicted(predict(checkpoint, image, tile_size=tile_size, overlap=overlap,
                                   tta=tta, amp=amp, device=device, backend=backend,
                                   batch_size=batch_size, threshold=threshold,
-                                  instances=objects or "off", spacing=dataset.spacing))
+                                  instances=objects or "off", spacing=dataset.spacing), notes)
         probabilities, labels = done.probabilities, done.labels
         accumulator.update(labels, mask)
         if scorer is not None:
@@ -70,7 +72,41 @@ def evaluate(checkpoint, dataset: Dataset, *, fold=None, tile_size=None, overlap
         metrics["objects"] = scorer.result()
     if per_image or keep_labels:
         metrics["images"] = images
+    if notes:
+        metrics["notes"] = notes
     return metrics
+
+
+def _predicted(events, notes) -> PredictionDone:
+    """A prediction's end; its warnings (e.g. objects made in a mode that does not fit the
+    model) added to `notes`, once each."""
+    done = None
+    for event in events:
+        if isinstance(event, PredictionDone):
+            done = event
+        elif isinstance(event, Message) and event.level == "warning" \
+                and event.text not in notes:
+            notes.append(event.text)
+    return done
+
+
+def _as_the_run_reads(dataset: Dataset, head) -> tuple[Dataset, list[str]]:
+    """(the data set as scored, warnings): masks of more classes than a run of one foreground
+    predicts hold object ids (instance masks of few objects are read as class indices): their
+    objects are its foreground, and each id an object to score. A run of several classes
+    scored on masks of classes it never predicts is said."""
+    found = dataset.num_classes
+    if head.regions or head.objects or found <= head.num_classes:
+        return dataset, []
+    if head.num_classes > 2:
+        note = (f"the masks hold classes up to {found - 1} but the run predicts "
+                f"{head.num_classes} (0..{head.num_classes - 1}): the classes above are never "
+                "predicted and score 0")
+        return dataset, [note]
+    scored = dataset.merged()
+    note = (f"the masks hold values up to {found - 1} and the run predicts one foreground: "
+            "each value is read as an object id, every object as the foreground")
+    return scored, [note]
 
 
 class _ObjectScorer:

@@ -237,7 +237,8 @@ def _plan_normalization(plan: Plan, fp: Fingerprint) -> None:
 def _plan_loss(plan: Plan, fp: Fingerprint) -> None:
     share = fp.foreground_fraction
     if fp.classes > 2:
-        plan.choose("loss", "dice_ce", f"{fp.classes - 1} classes: Dice + cross-entropy")
+        plan.choose("loss", "dice_ce", f"{fp.classes} classes (background included): Dice + "
+                    "cross-entropy")
         plan.choose("foreground_oversample", 0.33,
                     "a third of the patches centred on an object, as nnU-Net")
         return

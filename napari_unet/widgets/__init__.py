@@ -31,6 +31,8 @@ from qtpy.QtWidgets import (
 )
 
 from napari_unet import layouts, lazy
+from napari_unet.errors import NapariUnetError
+from napari_unet.masks import check_labels
 
 
 def with_browse_button(field, on_browse) -> QHBoxLayout:
@@ -175,6 +177,16 @@ def show_info(message: str) -> None:
 def one_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def check_painted(labels, rule: dict) -> None:
+    """The mask rule (``rule``: the Train form's ``mask_rule``) against painted labels arrays,
+    as the CLI checks mask files, before anything is written: a UserError says what is wrong
+    (warnings come from the run)."""
+    try:
+        check_labels([lazy.painted_part(data) for data in labels], **rule)
+    except NapariUnetError as exc:
+        raise UserError(one_line(exc)) from None
 
 
 # -- layers ----------------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from napari_unet.widgets import (
     ChannelGroup,
     StatusLabel,
     UserError,
+    check_painted,
     checkpoint_file,
     existing_path,
     fixed_column,
@@ -149,6 +150,7 @@ class TrainWidget(TrainForm):
         try:
             pairs = self._layer_pairs()
             spatial_dims = self._check_pairs(pairs, preset)
+            check_painted([labels.data for _, labels in pairs], self.mask_rule())
             init_from = self._init_from_run()
             run_dir = self._prepare_run_folder()
         except UserError as exc:

@@ -7,7 +7,7 @@ DDP rank draw exactly what a single uninterrupted process would.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +17,7 @@ from ...errors import ConfigError, DataError
 from ...io import image_files as _image_files
 from ...io import input_files, is_glob, read_image, read_spacing
 from ...layouts import channel_first, interpret, looks_like_volume
-from ...masks import mask_classes
+from ...masks import check_mask_values, distinct_values, mask_classes, object_ids
 from ...zarr_files import is_zarr
 from .layout import as_channel_first
 
@@ -40,6 +40,7 @@ class Dataset:
     spatial_dims: int
     spacing: tuple | None = None  # voxel size per spatial axis, where the files state it
     objects: list | None = None  # the instance ids per sample, where the masks held objects
+    notes: list = field(default_factory=list)  # warnings about the masks, said when used
 
     def __post_init__(self):
         if not len(self.images) == len(self.masks) == len(self.names):
@@ -79,6 +80,15 @@ class Dataset:
     def in_channels(self) -> int:
         return int(self.images[0].shape[0]) if self.images else 0
 
+    def merged(self) -> Dataset:
+        """The data set with every labelled object as class 1 and its values kept as the object
+        ids to score (``objects``): instance masks of few ids, which the rule reads as class
+        indices, read as instances. Unlabelled pixels stay unlabelled."""
+        ids = self.objects if self.objects is not None else \
+            [np.where(np.asarray(mask) == IGNORE_CLASS, 0, np.asarray(mask)) for mask in self.masks]
+        return Dataset(self.images, [_objects(np.asarray(mask)) for mask in self.masks],
+                       self.names, self.spatial_dims, self.spacing, list(ids), list(self.notes))
+
     def subset(self, indices) -> Dataset:
         indices = [int(i) for i in indices]
         return Dataset(
@@ -88,6 +98,7 @@ class Dataset:
             self.spatial_dims,
             self.spacing,
             [self.objects[i] for i in indices] if self.objects is not None else None,
+            self.notes,
         )
 
 
@@ -153,11 +164,23 @@ def data_dims(pairs) -> int:
 
 def dataset_from_pairs(pairs, foreground_value=None, spatial_dims=None, **rule) -> Dataset:
     """A Dataset from [(image path, mask path or None)] (None: DAGM's image without a defect)."""
-    samples, instances = [], False
+    samples, instances, found, failed = [], False, [], None
     for image_path, mask_path in pairs:
-        loaded, merged = _load_pair(image_path, mask_path, foreground_value, spatial_dims, rule)
+        raw = read_image(mask_path) if mask_path is not None else None
+        found.append(distinct_values(raw) if raw is not None else np.zeros(1, np.uint8))
+        if failed is not None:  # the values of the rest, for check_mask_values
+            continue
+        try:
+            loaded, merged = _load_pair(image_path, raw, foreground_value, spatial_dims, rule)
+        except DataError as exc:  # the whole set's values may tell what was meant
+            failed = exc
+            continue
         samples += loaded
         instances |= merged
+    notes = check_mask_values(np.unique(np.concatenate(found)) if found else [],
+                              foreground_value, **rule) if pairs else []
+    if failed is not None:
+        raise failed
     if instances:  # instance maps: every object is foreground, in every mask of the set;
         # a mask of few objects was read as classes: its values are its ids
         samples = [(image, _objects(mask), name, mask if ids is None else ids)
@@ -172,7 +195,7 @@ def dataset_from_pairs(pairs, foreground_value=None, spatial_dims=None, **rule) 
     spacing = read_spacing(pairs[0][0])
     spacing = spacing[-dims:] if spacing is not None and len(spacing) >= dims else None
     objects = ids if all(sample_ids is not None for sample_ids in ids) else None
-    return Dataset(images_, masks_, names, dims, spacing, objects)
+    return Dataset(images_, masks_, names, dims, spacing, objects, notes)
 
 
 def _detect_layout(root: Path):
@@ -252,18 +275,18 @@ def _labelled_max(mask) -> int:
     return int(mask[mask != IGNORE_CLASS].max(initial=0))
 
 
-def _load_pair(image_path: Path, mask_path, foreground_value, spatial_dims, rule):
+def _load_pair(image_path: Path, raw, foreground_value, spatial_dims, rule):
     """([(image (C, *spatial), mask (*spatial), name, instance ids or None)], whether the
-    mask file held instance ids) from one image file and its mask file. The ids are kept
+    mask file held instance ids) from one image file and its mask file's array `raw` (None:
+    no mask file). The ids are kept
     where the file held objects (``instances="boundary"``, or ids merged into one class), so
     that ``evaluate`` can score objects."""
     image = read_image(image_path)
-    if mask_path is None:  # DAGM: no defect, no mask file
+    if raw is None:  # DAGM: no defect, no mask file
         channel_first = as_channel_first(image, spatial_dims or 2)
         empty = np.zeros(channel_first.shape[1:], np.uint8)
         return [(channel_first, empty, image_path.stem, empty)], False
     name = image_path.stem.removesuffix("_image")
-    raw = read_image(mask_path)
     if rule.get("instances") == "boundary":  # outlines in each sample's own dimensions
         samples = _split_samples(image, raw, spatial_dims, name)
         return [(sample, mask_classes(np.asarray(ids), foreground_value, **rule)[0],
@@ -277,11 +300,12 @@ def _load_pair(image_path: Path, mask_path, foreground_value, spatial_dims, rule
 
 
 def _ids(ids, rule):
-    """Instance ids as scored: unlabelled pixels (``ignore_value``) are 0."""
+    """Instance ids as scored: unlabelled pixels (``ignore_value``) are 0; a binary mask's
+    objects are its connected components (object_ids)."""
     ids = np.asarray(ids)
     if rule.get("ignore_value") is not None:
         ids = np.where(ids == rule["ignore_value"], 0, ids)
-    return ids
+    return object_ids(ids)
 
 
 def _split_samples(image, mask, spatial_dims, name):

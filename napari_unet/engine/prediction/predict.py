@@ -190,6 +190,9 @@ def _finish(probabilities, labels_out, head: LabelHead, threshold, keep_largest,
         yield Message("info", f"making objects ({instances})")
         objects = make_objects(probabilities, labels, head, instances, spacing, objects_out,
                                dims=dims or np.ndim(labels))
+        note = objects_note(labels, objects, head, instances)
+        if note:
+            yield Message("warning", note)
     yield PredictionDone(probabilities=probabilities, labels=labels, objects=objects)
 
 
@@ -222,6 +225,32 @@ def make_objects(probabilities, labels, head: LabelHead, how="auto", spacing=Non
             offset += int(part.max(initial=0))
         return out
     return _objects_of(probabilities, labels, head, how, spacing, out)
+
+
+def objects_note(labels, objects, head: LabelHead, how) -> str | None:
+    """A warning when the objects show that the mode does not fit the model: "membranes" of
+    a model whose foreground is objects (no cell, or more foreground regions than cells:
+    membranes are a network that divides the image into cells), or the connected components
+    of a membrane model (one object, a network around many regions). Images of up to
+    BLOCK_VOXELS only (a look at the whole costs a labelling of it)."""
+    if head.objects or int(np.prod(np.shape(labels))) > BLOCK_VOXELS:
+        return None
+    foreground = np.asarray(labels) > 0
+    count = len(np.unique(np.asarray(objects))) - int(np.any(np.asarray(objects) == 0))
+    if how == "membranes":
+        regions = ndimage.label(foreground)[1]
+        if count == 0 or (count <= 1 < regions) or regions > count:
+            return (f"--instances membranes found {count} cell(s) between {regions} separate "
+                    "foreground region(s): this model's foreground looks like objects, not "
+                    "membranes (a membrane network divides the image into cells); for objects "
+                    "of the foreground, use --instances auto")
+    elif count == 1:
+        enclosed = ndimage.label(~foreground)[1]
+        if enclosed >= 3:
+            return (f"--instances auto found one object, a network around {enclosed} regions: "
+                    "if the model's foreground is membranes (EM), use --instances membranes "
+                    "for the cells between them")
+    return None
 
 
 def _objects_of(probabilities, labels, head, how, spacing, out=None):

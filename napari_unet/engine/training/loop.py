@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from ...choices import IGNORE_CLASS
-from ...errors import OutOfMemory
+from ...errors import DataError, OutOfMemory
+from ...masks import distinct_values, value_listing
 from ...runs import BEST, LAST, RunFolder
 from ..checkpoint import read_checkpoint, save_checkpoint
 from ..config import TrainConfig
@@ -63,6 +64,8 @@ def train(config: TrainConfig, images=None, masks=None, *, run_dir, resume: bool
     yield run.started()
     if run.amp_note:
         yield Message("warning", run.amp_note)
+    for note in run.notes:  # what the masks hold that was probably not meant
+        yield Message("warning", note)
     if run.dataset.num_classes < 2 or not any(_has_objects(m) for m in run.train_set.masks):
         yield Message("warning", "every training mask is background only: the model will learn "
                                  "to predict nothing; paint some foreground")
@@ -90,6 +93,24 @@ def train(config: TrainConfig, images=None, masks=None, *, run_dir, resume: bool
 def _has_objects(mask) -> bool:
     mask = np.asarray(mask)
     return bool(np.any((mask > 0) & (mask != IGNORE_CLASS)))
+
+
+def _empty_regions(head: LabelHead, masks) -> list[str]:
+    """A warning for each region of a region run that no mask holds a value of (its output
+    would learn nothing but background)."""
+    if not head.regions:
+        return []
+    found = np.unique(np.concatenate([distinct_values(np.asarray(m)).ravel() for m in masks]))
+    found = found[found != IGNORE_CLASS]
+    return [f"region {name} (mask values {', '.join(map(str, region))}) is in no mask "
+            f"(values found: {value_listing(found)}): its output learns nothing; check the "
+            "masks' values or the regions"
+            for name, region in zip(head.names, head.regions) if not set(region) & set(
+                found.tolist())]
+
+
+def _labelled(mask) -> bool:
+    return bool(np.any(np.asarray(mask) != IGNORE_CLASS))
 
 
 def _labelled_share(masks) -> str:
@@ -123,8 +144,13 @@ class _Run:
                                              config.folds, config.split_seed)
             self.train_set = self.dataset.subset(train_idx)
             self.val_set = self.dataset.subset(val_idx)
+        if not any(_labelled(mask) for mask in self.train_set.masks):
+            raise DataError("no training mask holds a labelled pixel (all unlabelled): "
+                            "nothing to learn from; label some pixels of the training images "
+                            "(or choose another --fold)")
         num_classes = max(2, self.dataset.num_classes)
         self.head = LabelHead.from_config(config, num_classes)  # what the outputs mean, saved
+        self.notes = list(self.dataset.notes) + _empty_regions(self.head, self.dataset.masks)
         torch.manual_seed(config.seed)
         self.model = make_model(config, self.dataset.in_channels, num_classes)
         self.input_size, self.output_size = window_sizes(self.model, config.patch_size)

@@ -10,7 +10,7 @@ import torch
 
 from ...errors import ConfigError, DataError, NapariUnetError
 from ...layouts import interpret
-from ...masks import rule_of
+from ...masks import check_mask_values, distinct_values, rule_of
 from ...models import build_model
 from ..config import TrainConfig
 from ..data.dataset import Dataset, masks_to_classes
@@ -36,18 +36,21 @@ def as_dataset(images, masks, config: TrainConfig) -> Dataset:
         masks = list(masks[0])
     if len(images) != len(masks):
         raise DataError(f"{len(images)} images but {len(masks)} masks: give one mask per image")
+    rule = rule_of(config)
+    notes = check_mask_values(np.unique(np.concatenate(
+        [distinct_values(np.asarray(mask)).ravel() for mask in masks])), **rule) if masks else []
     samples, classes = [], []
     for i, (image, mask) in enumerate(zip(images, masks)):
         image = as_channel_first(np.asarray(image) if not hasattr(image, "shape") else image,
                                  config.spatial_dims)
-        mask = masks_to_classes(np.asarray(mask), **rule_of(config))
+        mask = masks_to_classes(np.asarray(mask), **rule)
         if tuple(image.shape[1:]) != tuple(mask.shape):
             raise DataError(f"image {i} has shape {tuple(image.shape[1:])} but its mask "
                             f"{tuple(mask.shape)}: image and mask must cover the same pixels")
         samples.append(image)
         classes.append(mask)
     return Dataset(images=samples, masks=classes, names=[f"sample{i}" for i in range(len(samples))],
-                   spatial_dims=config.spatial_dims)
+                   spatial_dims=config.spatial_dims, notes=notes)
 
 
 def _as_sample_list(images, spatial_dims):
