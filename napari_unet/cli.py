@@ -23,7 +23,9 @@ from napari_unet.choices import (
     TTA_MODES,
 )
 from napari_unet.cli_commands import (
+    BLOCK,
     EXIT_CANCELLED,
+    MEMORY_LIMIT,
     EXIT_USER_ERROR,
     cmd_benchmark,
     cmd_evaluate,
@@ -195,9 +197,10 @@ def _add_predict(p):
     big.add_argument("--scheduler", default=None, metavar="ADDRESS",
                      help="a running Dask scheduler instead (tcp://host:8786; dask-jobqueue "
                           "for SLURM); its workers must see the files")
-    big.add_argument("--block", type=int, nargs="+", default=[128], metavar="S",
-                     help="block size (one size: every axis)")
-    big.add_argument("--memory-limit", default="2GiB", help="per local worker")
+    big.add_argument("--block", type=int, nargs="+", default=None, metavar="S",
+                     help=f"block size (one size: every axis; default {BLOCK[0]})")
+    big.add_argument("--memory-limit", default=None,
+                     help=f"per local worker (default {MEMORY_LIMIT}; auto: Dask's share)")
     big.add_argument("--resume", action="store_true",
                      help="keep the blocks a cancelled run wrote; predict the others")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")

@@ -24,6 +24,7 @@ from napari_unet.zarr_files import is_zarr
 
 EXIT_USER_ERROR = 2
 EXIT_CANCELLED = 130
+BLOCK, MEMORY_LIMIT = [128], "2GiB"  # predict --workers' defaults
 
 
 def cmd_train(args) -> int:
@@ -75,6 +76,7 @@ def cmd_predict(args) -> int:
             raise ConfigError("over --workers, predict with one --run (an ensemble of "
                               f"{len(runs)} runs: without --workers)")
         return _predict_on_workers(args, options, show)
+    _check_no_worker_options(args)
     if (Path(args.input).is_dir() and not is_zarr(args.input)) or is_glob(args.input):
         return _predict_many(args, engine.predict_files(
             args.run, args.input, args.output, probabilities_folder=args.probabilities,
@@ -87,16 +89,39 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def _check_no_worker_options(args) -> None:
+    """--resume, --block and --memory-limit only mean something over --workers."""
+    if args.resume:
+        raise ConfigError("--resume goes on with the blocks a cancelled --workers (or "
+                          "--scheduler) prediction kept; without them a prediction starts "
+                          "from scratch (nothing is ever half-written): leave out --resume, "
+                          "or add --workers N")
+    for flag, value in (("--block", args.block), ("--memory-limit", args.memory_limit)):
+        if value is not None:
+            raise ConfigError(f"{flag} is for prediction over --workers (block by block): "
+                              f"add --workers N, or leave out {flag}")
+
+
 def _predict_on_workers(args, options, show) -> int:
     """predict --workers / --scheduler: block by block over Dask (engine.predict_volume)."""
     if args.workers is not None and args.workers < 1:
         raise ConfigError("--workers takes a number of worker processes >= 1")
+    if args.workers is not None and args.scheduler is not None:
+        raise ConfigError("--workers starts local workers, --scheduler uses those of a running "
+                          "scheduler: give one of them")
+    if args.scheduler is not None and args.memory_limit is not None:
+        raise ConfigError("--memory-limit holds local workers (--workers); a --scheduler's "
+                          "workers have the limits they were started with: leave it out")
+    if args.probabilities is not None:
+        raise ConfigError("over --workers, NAME.zarr holds the probabilities with the labels: "
+                          "leave out --probabilities")
     if args.backend not in ("auto", "torch"):
         raise ConfigError("over --workers, predict with the torch backend (other backends: "
                           "without --workers)")
     events = engine.predict_volume(
         args.run, args.input, args.output, workers=args.workers or 1, scheduler=args.scheduler,
-        block=args.block, memory_limit=args.memory_limit, resume=args.resume,
+        block=args.block or BLOCK, memory_limit=args.memory_limit or MEMORY_LIMIT,
+        resume=args.resume,
         overwrite=args.overwrite, tile_size=args.tile_size, overlap=args.overlap,
         tta=args.tta, amp=args.amp or "off", device=args.device or "cpu",
         batch_size=args.batch_size, instances=args.instances)

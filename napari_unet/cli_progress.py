@@ -73,9 +73,9 @@ class HumanPrinter:
                 self.files = event.done < event.total
                 self._advance("files", event.done, event.total)
             case engine.TilesDone() if self.files:
-                self.bar.set_postfix_str(f"tiles {event.done}/{event.total}")
+                self.bar.set_postfix_str(f"{event.unit} {event.done}/{event.total}")
             case engine.TilesDone():
-                self._advance("tiles", event.done, event.total)
+                self._advance(event.unit, event.done, event.total)
             case engine.Started():
                 self._write(f"training on {event.device}: {event.train_samples} training and "
                             f"{event.val_samples} validation samples, global batch "
