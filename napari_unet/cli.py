@@ -25,8 +25,9 @@ from napari_unet.choices import (
 from napari_unet.cli_commands import (
     BLOCK,
     EXIT_CANCELLED,
-    MEMORY_LIMIT,
     EXIT_USER_ERROR,
+    MEMORY_LIMIT,
+    check_train_args,
     cmd_benchmark,
     cmd_evaluate,
     cmd_export,
@@ -238,6 +239,7 @@ def _add_benchmark(p):
 # -- commands ------------------------------------------------------------------------------------
 def _train_or_launch(args) -> int:
     """Train here, or start torchrun, whose workers each run this same command."""
+    check_train_args(args)
     if args.nproc < 1:
         raise ConfigError(f"--nproc {args.nproc}: use 1 process or more (one per GPU)")
     if args.ddp_timeout is not None:  # read by each worker (engine.training.distributed)

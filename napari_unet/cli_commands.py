@@ -6,6 +6,7 @@ so reading the arguments costs no torch); run-file names come from runs.py.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ from napari_unet import engine, runs
 from napari_unet.choices import AUTO_PRESET, SAMPLES, preset_options
 from napari_unet.cli_progress import drive, is_main_process, printer
 from napari_unet.errors import ConfigError, DataError
-from napari_unet.io import atomic_write, is_glob, read_image, write_tif
+from napari_unet.io import atomic_write, input_files, is_glob, read_image, write_tif
 from napari_unet.masks import rule_of
 from napari_unet.options import FLAGGED
 from napari_unet.zarr_files import is_zarr
@@ -27,19 +28,67 @@ EXIT_CANCELLED = 130
 BLOCK, MEMORY_LIMIT = [128], "2GiB"  # predict --workers' defaults
 
 
+def check_train_args(args) -> None:
+    """What `train`'s arguments ask that cannot work, one line each, before any data is read
+    or anything written (and before torchrun starts its workers)."""
+    run = runs.RunFolder(args.out, writer=False)
+    if run.path.exists() and not run.path.is_dir():
+        raise ConfigError(f"--out {run.path} is a file: give a folder for the run")
+    if args.resume and args.init_from:
+        raise ConfigError("--resume continues the run in --out with its own weights, "
+                          "--init-from starts a new run from another's: give one of them")
+    if args.resume and not run.last.is_file():
+        raise ConfigError(f"--resume: {run.path} holds no checkpoint to continue "
+                          f"({runs.CHECKPOINTS}/{runs.LAST}): leave out --resume to start "
+                          f"a new run there")
+    if not args.resume and run.last.exists():
+        raise ConfigError(f"{run.path} already holds a run: pass --resume to continue it, "
+                          f"or choose another --out folder")
+    if args.predict:
+        if is_glob(args.predict) or (Path(args.predict).is_dir() and not is_zarr(args.predict)):
+            raise DataError(f"--predict {args.predict}: give one image (folders and globs: "
+                            f"napari_unet predict after training)")
+        try:
+            input_files(args.predict)
+        except DataError as exc:
+            raise DataError(f"--predict: {str(exc).splitlines()[0]}") from None
+    if args.evaluate and args.fold is None and not _fold_in_config(args):
+        raise ConfigError("--evaluate scores the validation fold, and this run has none: add "
+                          "--fold K (e.g. --fold 0), or score other data later with "
+                          "napari_unet evaluate")
+
+
+def _fold_in_config(args) -> bool:
+    """Whether --set or --config gives a validation fold."""
+    given = dict(_parse_set(item) for item in args.set)
+    if "fold" in given:
+        return given["fold"] is not None
+    saved = Path(args.out) / runs.CONFIG
+    source = args.config or (str(saved) if args.resume and saved.is_file() else None)
+    return source is not None and engine.TrainConfig.from_yaml(Path(source)).fold is not None
+
+
 def cmd_train(args) -> int:
-    """Train in this process (one of a torchrun group, or alone), then evaluate and predict."""
+    """Train in this process (one of a torchrun group, or alone), then evaluate and predict.
+    A run folder this command made is removed again when it fails or is cancelled before
+    its first checkpoint: nothing is left behind that --resume could not use."""
     started = time.monotonic()
-    config, dataset = _planned_config(args, started)
     run_dir = Path(args.out)
-    _make_run_dir(run_dir)
-    if args.sample and is_main_process():
-        _save_sample(dataset, run_dir, args.resume)
-    timed = config.minutes is not None and args.steps is None and not args.resume
-    events = engine.train(config, dataset, run_dir=run_dir, resume=args.resume,
-                          init_from=args.init_from,
-                          deadline=engine.time_limit(config, started) if timed else None)
-    finished = drive(events, printer(args.events))
+    made = not run_dir.exists()
+    try:
+        config, dataset = _planned_config(args, started)
+        _make_run_dir(run_dir)
+        if args.sample and is_main_process():
+            _save_sample(dataset, run_dir, args.resume)
+        timed = config.minutes is not None and args.steps is None and not args.resume
+        events = engine.train(config, dataset, run_dir=run_dir, resume=args.resume,
+                              init_from=args.init_from,
+                              deadline=engine.time_limit(config, started) if timed else None)
+        finished = drive(events, printer(args.events))
+    except BaseException:
+        if made and is_main_process() and not runs.RunFolder(run_dir).last.exists():
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     if finished is None or not is_main_process():
         return 0
     if args.evaluate:
@@ -176,7 +225,9 @@ def _planned_config(args, started: float):
     if args.resume and timed and saved.is_file() and args.config is None:
         args.config = str(saved)
     if args.preset == AUTO_PRESET and args.config is None:
-        dataset = _load_data(args, "auto", rule_of(args))
+        # the plan follows the data's dimensions, unless --set spatial_dims=N says them
+        dims = dict(_parse_set(item) for item in args.set).get("spatial_dims", "auto")
+        dataset = _load_data(args, dims, rule_of(args))
         config = train_config(args, engine.plan_for_data(dataset, args.device or "auto"))
         if config.minutes is None and args.steps is None:
             config = config.replace(minutes=engine.DEFAULT_MINUTES)

@@ -8,6 +8,7 @@ CLI's flags and the Train widget's fields. Importing this module costs no torch.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from pathlib import Path
 
@@ -43,8 +44,22 @@ class _TrainConfigMethods:
         if self.spatial_dims not in (2, 3):
             raise ConfigError(f"spatial_dims must be 2 or 3, not {self.spatial_dims}")
         self.patch_size = _check_patch_size(self.patch_size, self.spatial_dims)
-        if self.lr <= 0:
+        for option in TRAIN_OPTIONS:  # nan and inf pass every comparison below: none here
+            value = getattr(self, option.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{option.name} must be a finite number, not {value}")
+        if not self.lr > 0:
             raise ConfigError(f"lr must be positive, not {self.lr}")
+        for name in ("weight_decay", "grad_clip", "brightness", "lr_decay_rate"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be 0 or more, not {getattr(self, name)}")
+        for name in ("hflip", "vflip", "foreground_oversample", "threshold", "momentum",
+                     "rmsprop_alpha"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"{name} must be in [0, 1], not {getattr(self, name)}")
+        if self.fold is not None and self.folds < 2:
+            raise ConfigError(f"--fold {self.fold} needs 2 folds or more to cut a validation "
+                              f"part: raise --folds, or leave out --fold")
         if self.minutes is not None and not self.minutes > 0:
             raise ConfigError(f"minutes must be above 0 (the time to train), not {self.minutes}")
         if self.fold is not None and not 0 <= self.fold < self.folds:

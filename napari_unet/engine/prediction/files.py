@@ -12,8 +12,8 @@ from pathlib import Path
 
 from ...errors import DataError, NapariUnetError, OutputExistsError
 from ...io import IMAGE_SUFFIXES, input_files
-from ...zarr_files import ZARR_SUFFIX
 from ...runs import LABELS_SUFFIX, PROBABILITIES_SUFFIX
+from ...zarr_files import ZARR_SUFFIX
 from ..events import FileDone
 from .ensemble import load_models
 from .predict import predict_file

@@ -106,7 +106,9 @@ def make_model(config: TrainConfig, in_channels: int, num_classes: int) -> torch
     model = build_model(config.model, **options)
     if model.spatial_dims != config.spatial_dims:
         raise ConfigError(f"the {config.model} model is {model.spatial_dims}D but the run is "
-                          f"{config.spatial_dims}D: set spatial_dims or choose another model")
+                          f"{config.spatial_dims}D: use --set model=unet3d for volumes (or "
+                          f"--preset auto, or a 3D preset), or --set spatial_dims="
+                          f"{model.spatial_dims} to train {model.spatial_dims}D samples")
     return model
 
 
