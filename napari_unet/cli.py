@@ -45,6 +45,7 @@ SHARED_OPTIONS = ("amp", "device", *MASK_RULE_OPTIONS)
 CANCELLED = {"train": "the last step's checkpoint is saved (continue with --resume)",
              "predict": "finished outputs are kept and none is half-written (over --workers, "
                         "--resume goes on from the blocks done)"}
+TRAIN_UNSAVED = "no checkpoint was written, nothing is kept: start the run again"
 
 
 # -- parser --------------------------------------------------------------------------------------
@@ -316,9 +317,16 @@ def main(argv=None) -> int:
         print(f"napari_unet: error: {message}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        print(f"\nnapari_unet: cancelled; {CANCELLED.get(args.command, 'nothing was written')}",
-              file=sys.stderr)
+        print(f"\nnapari_unet: cancelled; {_cancelled_text(args)}", file=sys.stderr)
         return EXIT_CANCELLED
+
+
+def _cancelled_text(args) -> str:
+    """What a cancelled command leaves, as it is: a run cancelled before its first checkpoint
+    (while its steps were timed, say) has none, and its folder is gone (cmd_train)."""
+    if args.command == "train" and not runs.RunFolder(args.out, writer=False).last.exists():
+        return TRAIN_UNSAVED
+    return CANCELLED.get(args.command, "nothing was written")
 
 
 if __name__ == "__main__":

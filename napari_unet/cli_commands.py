@@ -44,6 +44,8 @@ def check_train_args(args) -> None:
     if not args.resume and run.last.exists():
         raise ConfigError(f"{run.path} already holds a run: pass --resume to continue it, "
                           f"or choose another --out folder")
+    if args.minutes is not None and args.steps is None and not args.resume:
+        engine.check_budget(args.minutes)  # what the timing of the first steps takes
     if args.predict:
         if is_glob(args.predict) or (Path(args.predict).is_dir() and not is_zarr(args.predict)):
             raise DataError(f"--predict {args.predict}: give one image (folders and globs: "

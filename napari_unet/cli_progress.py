@@ -2,6 +2,7 @@
 bars on stderr (tqdm, an optional dependency, imported when a bar is first drawn)."""
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -42,6 +43,13 @@ def print_failure(message: str) -> None:
     """A user error as the Failed event a parent reading JSON lines waits for."""
     if is_main_process():
         print(engine.to_json(engine.Failed(error=message)), flush=True)
+
+
+def finished_score(event) -> str:
+    """A finished run's best Dice, or that it had no validation (NaN: no --fold)."""
+    if math.isnan(event.best_dice):
+        return "no validation (no --fold: nothing was held out to score)"
+    return f"best dice {event.best_dice:.4f}"
 
 
 def planned_text(event) -> str:
@@ -91,7 +99,7 @@ class HumanPrinter:
                 self._write(f"{event.level}: {event.text}")
             case engine.Finished():
                 self._close()
-                self._write(f"finished at step {event.step}: best dice {event.best_dice:.4f}, "
+                self._write(f"finished at step {event.step}: {finished_score(event)}, "
                             f"checkpoint {event.path}")
 
     def _advance(self, unit, done, total, postfix=""):

@@ -277,7 +277,7 @@ def _plan_optimisation(plan: Plan, fp: Fingerprint, kind: str) -> None:
                 "high for batch norm (2e-3)" if batch_norm else "1e-3 for instance norm")
     plan.choose("weight_decay", 1e-5, "a little weight decay")
     plan.choose("lr_schedule", "cosine", "a cosine decay to the last step")
-    plan.choose("warmup_steps", 30, "30 warm-up steps")
+    plan.choose("warmup_steps", 30, "the learning rate ramps up over the first steps")
     if kind == "gpu":
         plan.choose("amp", "bf16", "bf16 mixed precision")
     elif cpu_has_fast_bf16():
