@@ -249,7 +249,7 @@ def _planned_config(args, started: float):
 def train_config(args, plan=None):
     """The preset (or the plan), then --config's file, then the option flags, then each
     --set KEY=VALUE."""
-    overrides = engine.TrainConfig.from_yaml(args.config).to_dict() if args.config else {}
+    overrides = engine.TrainConfig.from_yaml(Path(args.config)).to_dict() if args.config else {}
     overrides.pop("preset", None)
     overrides.update({option.name: getattr(args, option.name) for option in FLAGGED
                       if getattr(args, option.name) is not None})

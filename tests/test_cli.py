@@ -13,6 +13,7 @@ import tifffile
 import torch
 from process_support import cli, ignoring_sigint, read_events_until, start_cli, wait_for_exit
 
+from napari_unet import engine
 from napari_unet.cli import build_parser, main
 from napari_unet.engine import load_checkpoint
 from napari_unet.engine.checkpoint import read_checkpoint
@@ -140,6 +141,25 @@ TRAIN_ERRORS = [
     (["--sample", "dagm", "--device", "cuda"], "no CUDA GPU"),
     (["--sample", "dagm", "--nproc", "0"], "--nproc 0"),
     (["--images", "{tmp}/missing.tif", "--masks", "{image}"], "missing.tif"),
+    # issue 32: checked before any data is read or any folder made
+    (["--sample", "dagm", "--minutes", "0.05"], "--minutes 0.05 (3 s) is too short to plan"),
+    (["--sample", "dagm", "--resume"], "holds no checkpoint to continue"),
+    (["--sample", "dagm", "--out", "{run}", "--resume", "--init-from", "{run}"],
+     "give one of them"),
+    (["--sample", "em", "--out", "{run}"], "already holds a run: pass --resume"),
+    (["--sample", "dagm", "--out", "{image}"], "is a file: give a folder"),
+    (["--sample", "dagm", "--predict", "{tmp}/missing.tif"], "--predict: "),
+    (["--sample", "dagm", "--predict", "{tmp}"], "give one image"),
+    (["--sample", "dagm", "--evaluate"], "add --fold K"),
+    (["--sample", "dagm", "--lr", "nan"], "lr must be a finite number"),
+    (["--sample", "dagm", "--seed", "-1"], "seed must be at least 0"),
+    (["--sample", "dagm", "--set", "loss=nonsense"], "loss must be one of"),
+    (["--sample", "dagm", "--set", "hflip=2"], "hflip must be in [0, 1]"),
+    (["--sample", "dagm", "--folds", "1", "--fold", "0"], "needs 2 folds or more"),
+    (["--sample", "dagm", "--config", "{image}"], "not a YAML file"),
+    # found by the engine once the run folder exists: the folder is removed again
+    (["--sample", "dagm", "--set", "spatial_dims=3"], "--set model=unet3d"),
+    (["--sample", "dagm", "--base-channels", "0"], "base_channels=0"),
 ]
 EVALUATE_ERRORS = [
     (["--run", "{tmp}/nowhere", "--sample", "em"], "does not exist"),
@@ -164,6 +184,40 @@ PREDICT_ERRORS = [
     (["--input", "{image}", "--output", "{tmp}/o.tif", "--overlap", "1"], "overlap"),
     (["--input", "{image}", "--output", "{tmp}/o.tif", "--batch-size", "0"], "batch_size"),
     (["--input", "{image}", "--output", "{tmp}/o.tif", "--threshold", "2"], "threshold"),
+    # issue 32
+    (["--input", "{image}", "--output", "{tmp}/o.tif", "--resume"], "without them a prediction"),
+    (["--input", "{image}", "--output", "{tmp}/o.tif", "--block", "64"], "add --workers N"),
+    (["--input", "{image}", "--output", "{tmp}/o.tif", "--memory-limit", "1GiB"],
+     "add --workers N"),
+    (["--input", "{image}", "--output", "{tmp}/o.png"], "written as TIF or OME-Zarr"),
+    (["--input", "{image}", "--output", "{tmp}/o.tif", "--probabilities", "{tmp}/o.jpg"],
+     "written as TIF"),
+    (["--input", "{image}", "--output", "{image}", "--overwrite"], "is the input image"),
+    (["--input", "{image}", "--output", "{tmp}/o.tif", "--probabilities", "{tmp}/o.tif"],
+     "would both be"),
+    (["--input", "{tmp}", "--output", "{tmp}/o.tif"], "looks like a file name"),
+    (["--input", "{image}", "--output", "{tmp}/o.zarr", "--workers", "2", "--memory-limit",
+      "nonsense"], "--memory-limit nonsense: give a size"),
+    (["--input", "{image}", "--output", "{tmp}/o.zarr", "--workers", "1", "--block", "0"],
+     "--block 0"),
+    (["--input", "{image}", "--output", "{tmp}/o.zarr", "--workers", "1", "--block", "8", "8",
+      "8"], "one per axis of the 2D image"),
+    (["--input", "{image}", "--output", "{tmp}/o.zarr", "--workers", "1", "--scheduler",
+      "tcp://127.0.0.1:1"], "give one of them"),
+    (["--input", "{image}", "--output", "{tmp}/o.zarr", "--scheduler", "nowhere"],
+     "with its port"),
+    (["--input", "{image}", "--output", "{tmp}/o.zarr", "--scheduler", "tcp://127.0.0.1:1",
+      "--memory-limit", "1GiB"], "leave it out"),
+    (["--input", "{image}", "--output", "{tmp}/o.zarr", "--workers", "1", "--probabilities",
+      "{tmp}/p.tif"], "leave out --probabilities"),
+]
+EXPORT_ERRORS = [
+    (["--format", "onnx", "--output", "{tmp}/m.zip"], "name the onnx file m.onnx"),
+    (["--format", "torchscript", "--output", "{run}/checkpoints/best.pt", "--overwrite"],
+     "would replace the run's checkpoint"),
+    (["--format", "bioimageio", "--output", "{tmp}/m.onnx"], "a .zip file"),
+    (["--format", "onnx", "--output", "{tmp}/m.onnx", "--test-image", "{tmp}/no.tif"],
+     "no.tif does not exist"),
 ]
 BENCHMARK_ERRORS = [
     (["--steps", "0"], "--steps 0"),
@@ -171,11 +225,13 @@ BENCHMARK_ERRORS = [
     (["--size", "0"], "--size 0"),
     (["--batch-size", "0"], "--batch-size 0"),
     (["--device", "cuda"], "no CUDA GPU"),
+    (["--base-channels", "0"], "base_channels=0"),
 ]
 MATRIX = ([("train", a, w) for a, w in TRAIN_ERRORS]
           + [("evaluate", a, w) for a, w in EVALUATE_ERRORS]
           + [("predict", a, w) for a, w in PREDICT_ERRORS]
-          + [("benchmark", a, w) for a, w in BENCHMARK_ERRORS])
+          + [("benchmark", a, w) for a, w in BENCHMARK_ERRORS]
+          + [("export", a, w) for a, w in EXPORT_ERRORS])
 
 
 @pytest.mark.parametrize("command, args, words", MATRIX,
@@ -189,6 +245,8 @@ def test_bad_input_exits_2_with_one_line(trained_run, tmp_path, capsys, command,
         filled = ["--preset", "industrial", "--out", str(tmp_path / "run"), *QUICK, *filled]
     elif command == "predict":
         filled = ["--run", str(trained_run), "--amp", "off", "--device", "cpu", *filled]
+    elif command == "export":
+        filled = ["--run", str(trained_run), *filled]
     elif command == "benchmark":
         filled = ["--preset", "industrial", "--size", "32", "--base-channels", "4",
                   "--batch-size", "1", "--steps", "1", "--warmup", "0", "--device", "cpu",
@@ -202,7 +260,77 @@ def test_bad_input_exits_2_with_one_line(trained_run, tmp_path, capsys, command,
     assert words in lines[0]
     assert "Traceback" not in captured.err + captured.out
     assert image.read_bytes() == image_before, "a user's file was overwritten"
-    assert not (tmp_path / "o.tif").exists(), "a failed command left an output behind"
+    left = sorted(path.name for path in tmp_path.iterdir())
+    assert left == ["image.tif"], f"a failed command left {left} behind"
+
+
+def test_a_cancel_while_the_steps_are_timed_says_nothing_was_kept(tmp_path, capsys,
+                                                                  monkeypatch):
+    """Issue 32: SIGTERM during --minutes' timing steps: no run folder, no checkpoint."""
+    from napari_unet.engine.training import calibration
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # what the CLI's SIGTERM handler raises
+
+    monkeypatch.setattr(calibration, "seconds_per_step", interrupted)
+    code = main(["train", "--preset", "industrial", "--sample", "dagm", "--minutes", "1",
+                 "--out", str(tmp_path / "run"), *QUICK[2:]])
+    err = capsys.readouterr().err
+    assert code == 130
+    assert "no checkpoint was written, nothing is kept: start the run again" in err
+    assert "--resume" not in err and not (tmp_path / "run").exists()
+
+
+def test_a_cancel_after_a_checkpoint_says_it_is_kept(tmp_path, capsys, monkeypatch):
+    from napari_unet import cli_commands
+
+    def cancelled(events, show):
+        for event in events:
+            show(event)
+            if isinstance(event, engine.CheckpointSaved):
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_commands, "drive", cancelled)
+    code = main(["train", "--preset", "industrial", "--sample", "dagm", "--out",
+                 str(tmp_path / "run"), *QUICK[2:], "--steps", "4", "--checkpoint-every", "2"])
+    assert code == 130 and "checkpoint is saved (continue with --resume)" in \
+        capsys.readouterr().err
+    assert (tmp_path / "run" / "checkpoints" / "last.pt").exists()
+
+
+def test_a_run_without_validation_says_so_instead_of_a_nan_dice(tmp_path, capsys):
+    assert main(["train", "--preset", "industrial", "--sample", "dagm", "--out",
+                 str(tmp_path / "run"), *QUICK]) == 0
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("finished at step 1: no validation (no --fold") and "nan" not in last
+
+
+def test_masks_of_other_dimensions_name_an_option_that_exists(tmp_path, capsys):
+    """Issue 32: a 4D mask said "pass spatial_dims=2 or 3", an option nowhere; --set
+    spatial_dims=3 (the option that exists) is honoured by --preset auto."""
+    rng = np.random.default_rng(0)
+    for name, shape in (("four", (2, 8, 32, 32)), ("flat", (40, 40)), ("volume", (6, 40, 40))):
+        tifffile.imwrite(tmp_path / f"{name}.tif", rng.integers(0, 255, shape, np.uint8))
+        tifffile.imwrite(tmp_path / f"{name}_mask.tif", (rng.random(shape) > 0.5).astype(np.uint8))
+
+    def train(name, *flags):
+        code = main(["train", "--images", str(tmp_path / f"{name}.tif"), "--masks",
+                     str(tmp_path / f"{name}_mask.tif"), "--out", str(tmp_path / name / "run"),
+                     "--steps", "1", "--patch-size", "16", "--base-channels", "4", "--amp",
+                     "off", "--device", "cpu", *flags])
+        return code, capsys.readouterr().err
+
+    for flags in ([], ["--set", "spatial_dims=3"]):
+        code, err = train("four", *flags)
+        assert code == 2 and "a 4D mask (2, 8, 32, 32)" in err and "--masks DIR" in err
+        assert "pass spatial_dims" not in err
+    code, err = train("flat", "--set", "spatial_dims=3")
+    assert code == 2 and "cannot label a 3D volume: train 2D images with --set spatial_dims=2" \
+        in err
+    code, err = train("volume", "--set", "spatial_dims=3")  # alone: a stack of 6 2D slices
+    assert code == 0 and "spatial_dims = 3: given by the user" in err
+    assert load_checkpoint(tmp_path / "volume" / "run").config.spatial_dims == 3
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["volume"]
 
 
 def test_user_errors_in_a_real_process_print_no_traceback(tmp_path):

@@ -98,19 +98,24 @@ class _TrainConfigMethods:
 
     @classmethod
     def from_yaml(cls, text_or_path) -> TrainConfig:
-        text = text_or_path
+        text, source = text_or_path, "config"
         if isinstance(text_or_path, Path) or (isinstance(text_or_path, str)
                                               and text_or_path.endswith((".yaml", ".yml"))):
+            source = f"config {text_or_path}"
             try:
                 text = Path(text_or_path).read_text()
             except OSError as exc:
                 raise ConfigError(f"cannot read config {text_or_path}: {exc.strerror}") from None
+            except UnicodeDecodeError:
+                raise ConfigError(f"{text_or_path} is not a YAML file: give a run's config.yaml "
+                                  f"(or a file of option: value lines)") from None
         try:
             values = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:
-            raise ConfigError(f"config is not valid YAML: {str(exc).splitlines()[0]}") from None
+            raise ConfigError(f"{source} is not valid YAML: "
+                              f"{str(exc).splitlines()[0]}") from None
         if not isinstance(values, dict):
-            raise ConfigError("config YAML must be a mapping of option: value")
+            raise ConfigError(f"{source}: the YAML must be a mapping of option: value")
         return cls.from_dict(values)
 
     def replace(self, **overrides) -> TrainConfig:

@@ -54,8 +54,8 @@ def seconds_per_step(config: TrainConfig, dataset, seconds: float = CALIBRATION_
 def check_budget(minutes: float, seconds: float = CALIBRATION_SECONDS) -> None:
     """One line, before anything runs, for a budget that the timing of the first steps would
     take (nearly) whole: it must be at least twice `seconds` (the timed steps; the warm-up
-    steps come on top)."""
-    if minutes * 60.0 < 2 * seconds:
+    steps come on top). Zero and less: the config's own check."""
+    if 0 < minutes * 60.0 < 2 * seconds:
         least = math.ceil(2 * seconds / 6.0) / 10.0  # minutes, rounded up to a tenth
         raise ConfigError(
             f"--minutes {minutes:g} ({minutes * 60:.0f} s) is too short to plan: timing the "
