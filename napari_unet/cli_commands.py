@@ -46,7 +46,8 @@ def check_train_args(args) -> None:
                           f"or choose another --out folder")
     if args.minutes is not None and args.steps is None and not args.resume:
         engine.check_budget(args.minutes)  # what the timing of the first steps takes
-    if args.predict:
+    sample = run.path / runs.DATA / runs.SAMPLE_IMAGES  # --sample writes it: predict it after
+    if args.predict and not (args.sample and Path(args.predict).resolve() == sample.resolve()):
         if is_glob(args.predict) or (Path(args.predict).is_dir() and not is_zarr(args.predict)):
             raise DataError(f"--predict {args.predict}: give one image (folders and globs: "
                             f"napari_unet predict after training)")
@@ -237,6 +238,10 @@ def _planned_config(args, started: float):
         config = train_config(args)
         dataset = _load_data(args, config.spatial_dims, rule_of(config))
     per_step = 0.0
+    if args.minutes is not None and args.steps is not None:
+        printer(args.events)(engine.Message(
+            "warning", f"--steps {args.steps} and --minutes {args.minutes:g} given: the run "
+                       f"trains {args.steps} steps, however long they take"))
     if config.minutes is not None and args.steps is None and not args.resume:
         config, per_step = engine.fit_to_minutes(config, dataset, started)
     if per_step or (config.plan and not args.resume):

@@ -142,7 +142,6 @@ TRAIN_ERRORS = [
     (["--sample", "dagm", "--nproc", "0"], "--nproc 0"),
     (["--images", "{tmp}/missing.tif", "--masks", "{image}"], "missing.tif"),
     # issue 32: checked before any data is read or any folder made
-    (["--sample", "dagm", "--minutes", "0.05"], "--minutes 0.05 (3 s) is too short to plan"),
     (["--sample", "dagm", "--resume"], "holds no checkpoint to continue"),
     (["--sample", "dagm", "--out", "{run}", "--resume", "--init-from", "{run}"],
      "give one of them"),
@@ -158,7 +157,7 @@ TRAIN_ERRORS = [
     (["--sample", "dagm", "--folds", "1", "--fold", "0"], "needs 2 folds or more"),
     (["--sample", "dagm", "--config", "{image}"], "not a YAML file"),
     # found by the engine once the run folder exists: the folder is removed again
-    (["--sample", "dagm", "--set", "spatial_dims=3"], "--set model=unet3d"),
+    (["--sample", "dagm", "--set", "spatial_dims=3"], "train with --set spatial_dims=2"),
     (["--sample", "dagm", "--base-channels", "0"], "base_channels=0"),
 ]
 EVALUATE_ERRORS = [
@@ -175,8 +174,8 @@ EVALUATE_ERRORS = [
 PREDICT_ERRORS = [
     (["--input", "{tmp}/missing.tif", "--output", "{tmp}/o.tif"], "missing.tif does not exist"),
     (["--input", "{image}", "--output", "{tmp}/o.tif", "--probabilities", "{image}"],
-     "--overwrite"),
-    (["--input", "{image}", "--output", "{image}"], "--overwrite"),
+     "is the input image: write the probabilities to another file"),
+    (["--input", "{image}", "--output", "{image}"], "is the input image"),
     (["--input", "{image}", "--output", "{tmp}/o.tif", "--tile-size", "0"], "tile_size"),
     (["--input", "{image}", "--output", "{tmp}/o.tif", "--tile-size", "-5"], "tile_size"),
     (["--input", "{image}", "--output", "{tmp}/o.tif", "--tile-size", "32", "32", "32"],

@@ -252,6 +252,7 @@ def test_the_cli_plans_by_default_and_prints_why(tmp_path):
 
 @pytest.mark.parametrize("flags, message", [
     (["--minutes", "0"], "minutes must be above 0"),
+    (["--minutes", "0.05"], "--minutes 0.05 (3 s) is too short to plan"),  # issue 32
     (["--nproc", "2"], "--nproc 2 needs --steps"),
 ])
 def test_bad_time_budgets_are_one_line_errors(tmp_path, flags, message):

@@ -203,7 +203,8 @@ def test_a_run_that_fails_before_a_block_is_done_leaves_no_scratch_store(volume_
     monkeypatch.setattr(workers, "_cluster", no_cluster)
     run = workers.predict_volume(volume_run / "run", volume_run / "v.tif", tmp_path / "o.zarr",
                                  block=(12, 32, 32), tile_size=[32], device="cpu")
-    assert next(run).done == 0  # the store is made: the first event says what is to do
+    first = next(run)  # the store is made: the first event says what is to do
+    assert (first.done, first.total, first.unit) == (0, 12, "blocks")
     assert (tmp_path / ".o.zarr.blocks").is_dir()
     with pytest.raises(OSError, match="would not start"):
         next(run)

@@ -73,8 +73,8 @@ def _is_stack(image, spatial_dims) -> bool:
 def check_data_fits_model(dataset: Dataset, config: TrainConfig):
     if dataset.spatial_dims != config.spatial_dims:
         raise DataError(
-            f"the data is {dataset.spatial_dims}D but the {config.model} model is "
-            f"{config.spatial_dims}D: use the "
+            f"the data is {dataset.spatial_dims}D but the run is {config.spatial_dims}D: "
+            f"train with --set spatial_dims={dataset.spatial_dims}, or --preset auto, or the "
             f"{'volume3d' if dataset.spatial_dims == 3 else 'industrial or isbi2012'} preset")
     if len(dataset.images) == 0:
         raise DataError("the data set is empty: give at least one image with its mask")
