@@ -176,7 +176,7 @@ def _predict_on_workers(args, options, show) -> int:
         resume=args.resume,
         overwrite=args.overwrite, tile_size=args.tile_size, overlap=args.overlap,
         tta=args.tta, amp=args.amp or "off", device=args.device or "cpu",
-        batch_size=args.batch_size, instances=args.instances)
+        batch_size=args.batch_size, instances=args.instances, threshold=args.threshold)
     drive(events, show)
     print(f"wrote {args.output}", file=sys.stderr)
     return 0
@@ -196,6 +196,9 @@ def _predict_many(args, events, show) -> int:
 
 
 def cmd_export(args) -> int:
+    if args.test_image is not None and args.format != "bioimageio":
+        raise ConfigError(f"--test-image is the test input of a bioimage.io package: drop it "
+                          f"for --format {args.format}, or use --format bioimageio")
     test_image = args.test_image
     sample = Path(args.run) / runs.DATA / runs.SAMPLE_IMAGES
     if test_image is None and sample.is_file():

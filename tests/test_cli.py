@@ -209,14 +209,22 @@ PREDICT_ERRORS = [
       "--memory-limit", "1GiB"], "leave it out"),
     (["--input", "{image}", "--output", "{tmp}/o.zarr", "--workers", "1", "--probabilities",
       "{tmp}/p.tif"], "leave out --probabilities"),
+    (["--input", "{image}", "--output", "{tmp}/o.zarr", "--workers", "1", "--batch-size", "0"],
+     "batch_size=0"),
+    (["--input", "{image}", "--output", "{tmp}/o.zarr", "--workers", "1", "--tile-size", "0"],
+     "tile_size=[0, 0]"),
+    (["--input", "{image}", "--output", "{tmp}/o.zarr", "--workers", "1", "--threshold", "2"],
+     "threshold=2.0"),
 ]
 EXPORT_ERRORS = [
     (["--format", "onnx", "--output", "{tmp}/m.zip"], "name the onnx file m.onnx"),
     (["--format", "torchscript", "--output", "{run}/checkpoints/best.pt", "--overwrite"],
      "would replace the run's checkpoint"),
     (["--format", "bioimageio", "--output", "{tmp}/m.onnx"], "a .zip file"),
-    (["--format", "onnx", "--output", "{tmp}/m.onnx", "--test-image", "{tmp}/no.tif"],
+    (["--format", "bioimageio", "--output", "{tmp}/m.zip", "--test-image", "{tmp}/no.tif"],
      "no.tif does not exist"),
+    (["--format", "onnx", "--output", "{tmp}/m.onnx", "--test-image", "{image}"],
+     "--test-image is the test input of a bioimage.io package"),
 ]
 BENCHMARK_ERRORS = [
     (["--steps", "0"], "--steps 0"),

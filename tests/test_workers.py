@@ -237,3 +237,12 @@ def test_the_progress_of_workers_counts_blocks(capsys):
         show(TilesDone(done, 4, workers.BLOCKS))
     err = capsys.readouterr().err
     assert "4/4" in err and "blocks" in err and "tiles" not in err
+
+
+def test_the_threshold_reaches_the_workers(volume_run, tmp_path, in_process_cluster):
+    """Issue 32's kind: `predict --workers --threshold` was dropped (the run's own was used)."""
+    list(workers.predict_volume(volume_run / "run", volume_run / "v.tif", tmp_path / "o.zarr",
+                                scheduler=in_process_cluster, block=(24, 72, 64),
+                                tile_size=[32], device="cpu", threshold=0.0))
+    labels = np.asarray(read_image(tmp_path / "o.zarr" / "labels" / "prediction"))
+    assert labels.shape == (24, 72, 64) and labels.min() == 1  # every voxel >= 0

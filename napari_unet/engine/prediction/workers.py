@@ -36,6 +36,8 @@ from ..events import Message, TilesDone
 from ..export.loader import load_checkpoint
 from . import regions
 from .predict import _spacing, _tile_size, make_objects, objects_wanted
+from .sliding_window import BLENDS, _check_options
+from .tiles import plan_axes
 
 DONE = "done"
 
@@ -56,6 +58,7 @@ class VolumeJob:
     batch_size: int
     threads: int
     stats: dict
+    threshold: float | None = None  # None: the run's own
 
 
 def block_regions(shape, block) -> list[tuple[slice, ...]]:
@@ -91,7 +94,8 @@ def run_block(job: VolumeJob, region) -> str:
     store = zarr.open_group(job.store, mode="r+")
     many = probs.ndim > len(region)
     store["probabilities"][(slice(None), *region) if many else region] = probs
-    store["labels"][region] = checkpoint.head.labels(probs, checkpoint.config.threshold)
+    threshold = checkpoint.config.threshold if job.threshold is None else job.threshold
+    store["labels"][region] = checkpoint.head.labels(probs, threshold)
     (Path(job.store) / DONE / _name(region)).touch()
     return _name(region)
 
@@ -114,6 +118,7 @@ def _prepare(run, input_path, store: Path, block, resume, options):
     stats = stats_for_image(image, NormStats.from_dict(checkpoint.norm_stats))
     k = checkpoint.head.blended_channels
     tile = _tile_size(checkpoint, options["tile_size"])
+    plan_axes(checkpoint.model, tuple(image.shape), tile, options["overlap"])  # checks them
     if resume and store.exists():
         kept = tuple(zarr.open_group(str(store), mode="r")["labels"].chunks)
         if kept != block:
@@ -132,14 +137,14 @@ def _prepare(run, input_path, store: Path, block, resume, options):
     job = VolumeJob(str(Path(run).resolve()), str(Path(input_path).resolve()), str(store),
                     block, tuple(tile), options["overlap"], options["tta"], options["amp"],
                     options["device"], options["batch_size"], options["threads"],
-                    stats.to_dict())
+                    stats.to_dict(), options["threshold"])
     return job, regions, len(every), checkpoint.head
 
 
 def predict_volume(run, input_path, output, *, workers: int = 2, scheduler=None,
                    block=(128,), memory_limit="2GiB", resume=False, overwrite=False,
                    retries: int = 2, tile_size=None, overlap=0.25, tta="off", amp="off",
-                   device="cpu", batch_size=4, threads=1, instances=None):
+                   device="cpu", batch_size=4, threads=1, instances=None, threshold=None):
     """Yield TilesDone(blocks done, blocks, unit "blocks") as blocks finish; the OME-Zarr
     `output` (a ``.zarr`` path) is complete when the generator ends (module docstring).
     ``instances`` (predict.make_objects; None: the run's own): the objects are made from the
@@ -156,9 +161,10 @@ def predict_volume(run, input_path, output, *, workers: int = 2, scheduler=None,
     if output.exists() and not overwrite:
         raise OutputExistsError(f"{output} exists: pass --overwrite to replace it")
     check_worker_options(workers, scheduler, block, memory_limit)
+    _check_options(overlap, batch_size, BLENDS[0], amp, 0.5 if threshold is None else threshold)
     store = blocks_store(output)
     options = dict(tile_size=tile_size, overlap=overlap, tta=tta, amp=amp, device=device,
-                   batch_size=batch_size, threads=threads)
+                   batch_size=batch_size, threads=threads, threshold=threshold)
     resumed = resume and store.exists()
     try:
         job, regions, total, head = _prepare(run, input_path, store, block, resume, options)
