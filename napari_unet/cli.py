@@ -246,11 +246,19 @@ def _train_or_launch(args) -> int:
     if args.ddp_timeout is not None:  # read by each worker (engine.training.distributed)
         os.environ[engine.TIMEOUT_VARIABLE] = str(args.ddp_timeout)
         engine.collective_timeout()  # a bad value: one line now, not one per worker
+    several = args.nproc > 1 or args.nnodes is not None
+    if args.nnodes is not None and args.rdzv_endpoint is None:
+        raise ConfigError(f"--nnodes {args.nnodes} needs --rdzv-endpoint HOST:PORT (the "
+                          f"machine that every node meets at)")
+    for flag, value in (("--node-rank", args.node_rank), ("--rdzv-endpoint", args.rdzv_endpoint)):
+        if value is not None and args.nnodes is None:
+            raise ConfigError(f"{flag} is for training on several machines: add --nnodes N, "
+                              f"or leave out {flag}")
     timed = args.minutes is not None or args.preset == AUTO_PRESET
-    if args.nproc > 1 and args.steps is None and timed:
+    if several and args.steps is None and timed:
         raise ConfigError(f"--nproc {args.nproc} needs --steps: the time budget (--minutes, or "
                           f"--preset auto's default) is timed in one process")
-    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+    if several and "WORLD_SIZE" not in os.environ:
         return _launch_torchrun(args)
     return cmd_train(args)
 

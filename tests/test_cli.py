@@ -159,6 +159,10 @@ TRAIN_ERRORS = [
     # found by the engine once the run folder exists: the folder is removed again
     (["--sample", "dagm", "--set", "spatial_dims=3"], "train with --set spatial_dims=2"),
     (["--sample", "dagm", "--base-channels", "0"], "base_channels=0"),
+    (["--sample", "dagm", "--init-from", "{image}"], "image.tif is not a napari_unet checkpoint"),
+    (["--sample", "dagm", "--nnodes", "2"], "needs --rdzv-endpoint"),
+    (["--sample", "dagm", "--node-rank", "1"], "add --nnodes N"),
+    (["--sample", "dagm", "--rdzv-endpoint", "localhost:29400"], "add --nnodes N"),
 ]
 EVALUATE_ERRORS = [
     (["--run", "{tmp}/nowhere", "--sample", "em"], "does not exist"),
@@ -307,9 +311,13 @@ def test_a_cancel_after_a_checkpoint_says_it_is_kept(tmp_path, capsys, monkeypat
 
 def test_a_run_without_validation_says_so_instead_of_a_nan_dice(tmp_path, capsys):
     assert main(["train", "--preset", "industrial", "--sample", "dagm", "--out",
-                 str(tmp_path / "run"), *QUICK]) == 0
-    last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert last.startswith("finished at step 1: no validation (no --fold") and "nan" not in last
+                 str(tmp_path / "run"), *QUICK, "--val-every", "1", "--minutes", "5"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("finished at step 1: no validation (no --fold") and "nan" not in \
+        err[-1]
+    # what was asked but cannot be: said before training
+    assert "warning: --steps 1 and --minutes 5 given: the run trains 1 steps" in err[0]
+    assert "warning: --val-every 1: without --fold nothing is held out" in err[1]
 
 
 def test_masks_of_other_dimensions_name_an_option_that_exists(tmp_path, capsys):
