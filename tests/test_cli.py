@@ -174,6 +174,8 @@ EVALUATE_ERRORS = [
     (["--run", "{run}", "--sample", "em", "--tile-size", "0"], "tile_size"),
     (["--run", "{run}", "--sample", "em", "--overlap", "1.5"], "overlap"),
     (["--run", "{run}", "--sample", "blobs3d"], "not a 2D image"),
+    (["--run", "{run}", "--images", "{image}", "--masks", "{image}", "--fold", "0"],
+     "fewer than the run's 5 folds"),
 ]
 PREDICT_ERRORS = [
     (["--input", "{tmp}/missing.tif", "--output", "{tmp}/o.tif"], "missing.tif does not exist"),
@@ -199,6 +201,7 @@ PREDICT_ERRORS = [
     (["--input", "{image}", "--output", "{tmp}/o.tif", "--probabilities", "{tmp}/o.tif"],
      "would both be"),
     (["--input", "{tmp}", "--output", "{tmp}/o.tif"], "looks like a file name"),
+    (["--input", "{image}", "--output", "{tmp}", "--overwrite"], "is a folder: for one input"),
     (["--input", "{image}", "--output", "{tmp}/o.zarr", "--workers", "2", "--memory-limit",
       "nonsense"], "--memory-limit nonsense: give a size"),
     (["--input", "{image}", "--output", "{tmp}/o.zarr", "--workers", "1", "--block", "0"],

@@ -324,19 +324,21 @@ def predict_file(run, input_path, labels_path, *, probabilities=None, overwrite=
         options["spacing"] = _spacing(input_path, len(spatial))
     # objects: the classes go to a scratch file beside them (streamed as the tiles are)
     classes_target = labels_path.with_name(labels_path.name + ".classes.tmp")
-    with TifMemmapWriter(labels_path, spatial, np.uint32 if objects else np.uint8,
-                         overwrite=overwrite) as labels_out, \
-            TifMemmapWriter(prob_target, prob_shape, np.float32, overwrite=True) as prob_out, \
-            (TifMemmapWriter(classes_target, spatial, np.uint8, overwrite=True) if objects
-             else nullcontext()) as classes_out:
-        outputs = dict(objects_out=labels_out, labels_out=classes_out) if objects else \
-            dict(labels_out=labels_out)
-        for event in predict(checkpoint, image, out=prob_out, instances=objects or "off",
-                             **outputs, **options):
-            if not isinstance(event, PredictionDone):
-                yield event
-    for scratch in ((prob_target,) if probabilities is None else ()) + (classes_target,):
-        Path(scratch).unlink(missing_ok=True)
+    try:
+        with TifMemmapWriter(labels_path, spatial, np.uint32 if objects else np.uint8,
+                             overwrite=overwrite) as labels_out, \
+                TifMemmapWriter(prob_target, prob_shape, np.float32, overwrite=True) as prob_out, \
+                (TifMemmapWriter(classes_target, spatial, np.uint8, overwrite=True) if objects
+                 else nullcontext()) as classes_out:
+            outputs = dict(objects_out=labels_out, labels_out=classes_out) if objects else \
+                dict(labels_out=labels_out)
+            for event in predict(checkpoint, image, out=prob_out, instances=objects or "off",
+                                 **outputs, **options):
+                if not isinstance(event, PredictionDone):
+                    yield event
+    finally:  # the scratch files, also when a write failed
+        for scratch in ((prob_target,) if probabilities is None else ()) + (classes_target,):
+            Path(scratch).unlink(missing_ok=True)
 
 
 def check_output_paths(input_path, labels_path, probabilities=None) -> None:
@@ -349,6 +351,9 @@ def check_output_paths(input_path, labels_path, probabilities=None) -> None:
         if path is None:
             continue
         path = Path(path)
+        if path.is_dir() and path.suffix.lower() != ZARR_SUFFIX:
+            raise ConfigError(f"{path} is a folder: for one input image, name the {what} "
+                              f"file, e.g. {path / ('image' + TIF_SUFFIXES[0])}")
         if path.suffix.lower() not in allowed[what]:
             raise ConfigError(f"{path}: the {what} are written as "
                               f"{'TIF or OME-Zarr' if what == 'labels' else 'TIF'}: "
