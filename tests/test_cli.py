@@ -154,6 +154,7 @@ TRAIN_ERRORS = [
     (["--sample", "dagm", "--seed", "-1"], "seed must be at least 0"),
     (["--sample", "dagm", "--set", "loss=nonsense"], "loss must be one of"),
     (["--sample", "dagm", "--set", "hflip=2"], "hflip must be in [0, 1]"),
+    (["--sample", "dagm", "--set", "adam_betas=[2, 3]"], "adam_betas are two decays"),
     (["--sample", "dagm", "--folds", "1", "--fold", "0"], "needs 2 folds or more"),
     (["--sample", "dagm", "--config", "{image}"], "not a YAML file"),
     # found by the engine once the run folder exists: the folder is removed again

@@ -57,6 +57,10 @@ class _TrainConfigMethods:
                      "rmsprop_alpha"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name} must be in [0, 1], not {getattr(self, name)}")
+        if len(self.adam_betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1
+                                                 for b in self.adam_betas):
+            raise ConfigError(f"adam_betas are two decays in [0, 1) (e.g. [0.9, 0.999]), "
+                              f"not {self.adam_betas}")
         if self.fold is not None and self.folds < 2:
             raise ConfigError(f"--fold {self.fold} needs 2 folds or more to cut a validation "
                               f"part: raise --folds, or leave out --fold")
