@@ -34,6 +34,12 @@ def check_train_args(args) -> None:
     run = runs.RunFolder(args.out, writer=False)
     if run.path.exists() and not run.path.is_dir():
         raise ConfigError(f"--out {run.path} is a file: give a folder for the run")
+    for flag in ("data", "images", "masks"):
+        source = getattr(args, flag)
+        if source and not is_glob(source) and Path(source).is_dir() \
+                and Path(source).resolve() == run.path.resolve():
+            raise ConfigError(f"--out {args.out} is the --{flag} folder: the run's files would "
+                              f"mix with the data; choose another --out folder")
     if args.resume and args.init_from:
         raise ConfigError("--resume continues the run in --out with its own weights, "
                           "--init-from starts a new run from another's: give one of them")

@@ -56,6 +56,11 @@ def predict_files(run, source, output_folder, *, probabilities_folder=None,
             raise DataError(f"{folder} looks like a file name: for a folder or glob of "
                             f"inputs, --output (and --probabilities) name a folder, e.g. "
                             f"{Path(folder).with_suffix('')}")
+    for folder, flag in ((output_folder, "--output"), (probabilities_folder, "--probabilities")):
+        if folder is not None and any(path.parent.resolve() == Path(folder).resolve()
+                                      for path in inputs):
+            raise DataError(f"{flag} {folder} holds the input images: the outputs would be read "
+                            f"as images by the next run; write them to another folder")
     labels = output_names(inputs, output_folder, LABELS_SUFFIX)
     probabilities = (output_names(inputs, probabilities_folder, PROBABILITIES_SUFFIX)
                      if probabilities_folder is not None else [None] * len(inputs))
