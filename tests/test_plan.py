@@ -197,8 +197,10 @@ def test_the_printed_plan_is_what_config_yaml_holds(monkeypatch):
 
 def test_a_timed_run_measures_its_steps_and_trains_exactly_them(tmp_path):
     dataset = _tiny_dataset()
+    # 18 s: at least 10 steps after the timing unless a step takes over a second (a budget
+    # that leaves fewer is refused: test_a_budget_too_short_for_its_fixed_costs_is_said...)
     config = plan_run(fingerprint(dataset)).config(
-        minutes=0.1, amp="off", device="cpu", batch_size=2, patch_size=[32, 32],
+        minutes=0.3, amp="off", device="cpu", batch_size=2, patch_size=[32, 32],
         model_options={"padding": "same", "base_channels": 4, "depth": 3, "norm": "batch",
                        "dropout": 0.0})
     fitted, per_step = fit_to_minutes(config, dataset, seconds=0.5)
