@@ -416,13 +416,12 @@ class TrainForm(LayerPickers, QWidget):
             field = self.option_fields[option.name]
             if self.train_for.counts(option.name) and not is_planned(field):
                 args += option_args(option, field_value(option, field), spatial_dims)
-        validating = self.holdout.isChecked() and samples >= 2
         if self.train_for.by_steps.isChecked():
             # validation and checkpoints ten times a run, whatever its length (timed to the
-            # minutes, the CLI sets them itself); no validation without a held-out fold
+            # minutes, the CLI sets them itself)
             every = max(1, self.steps.value() // 10)
-            args += (["--val-every", str(every)] if validating else []) + [
-                "--checkpoint-every", str(every), "--set", f"log_every={min(10, every)}"]
+            args += ["--val-every", str(every), "--checkpoint-every", str(every),
+                     "--set", f"log_every={min(10, every)}"]
         if self.objects.apart():  # the written masks hold the objects' ids
             args += ["--instances", "boundary"]
         else:  # the written masks mark unpainted pixels (unknown mode) with IGNORE_CLASS
@@ -433,7 +432,7 @@ class TrainForm(LayerPickers, QWidget):
             args += ["--nproc", str(self.gpus.value())]
         if init_from is not None:
             args += ["--init-from", str(init_from)]
-        if validating:
+        if self.holdout.isChecked() and samples >= 2:
             args += ["--fold", "0", "--folds", str(min(5, samples))]
         return args
 
