@@ -86,10 +86,6 @@ def cmd_train(args) -> int:
     made = not run_dir.exists()
     try:
         config, dataset = _planned_config(args, started)
-        if config.fold is None and args.val_every is not None:
-            printer(args.events)(engine.Message(
-                "warning", f"--val-every {config.val_every}: without --fold nothing is held "
-                           f"out, so there is no validation"))
         _make_run_dir(run_dir)
         if args.sample and is_main_process():
             _save_sample(dataset, run_dir, args.resume)
