@@ -26,6 +26,7 @@ REGION_SETS: dict[str, dict] = {
               "keys": ("wt", "tc", "et")},
 }
 # the losses region training takes (Dice + cross-entropy per region, engine.losses.RegionLoss)
+LOSSES = ("adaptive", "dice_ce", "dice_ce_foreground", "ce", "dice")  # engine.training.losses
 REGION_LOSSES = ("dice_ce", "dice_ce_foreground")
 
 

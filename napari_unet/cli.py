@@ -23,8 +23,11 @@ from napari_unet.choices import (
     TTA_MODES,
 )
 from napari_unet.cli_commands import (
+    BLOCK,
     EXIT_CANCELLED,
     EXIT_USER_ERROR,
+    MEMORY_LIMIT,
+    check_train_args,
     cmd_benchmark,
     cmd_evaluate,
     cmd_export,
@@ -42,6 +45,7 @@ SHARED_OPTIONS = ("amp", "device", *MASK_RULE_OPTIONS)
 CANCELLED = {"train": "the last step's checkpoint is saved (continue with --resume)",
              "predict": "finished outputs are kept and none is half-written (over --workers, "
                         "--resume goes on from the blocks done)"}
+TRAIN_UNSAVED = "no checkpoint was written, nothing is kept: start the run again"
 
 
 # -- parser --------------------------------------------------------------------------------------
@@ -195,9 +199,10 @@ def _add_predict(p):
     big.add_argument("--scheduler", default=None, metavar="ADDRESS",
                      help="a running Dask scheduler instead (tcp://host:8786; dask-jobqueue "
                           "for SLURM); its workers must see the files")
-    big.add_argument("--block", type=int, nargs="+", default=[128], metavar="S",
-                     help="block size (one size: every axis)")
-    big.add_argument("--memory-limit", default="2GiB", help="per local worker")
+    big.add_argument("--block", type=int, nargs="+", default=None, metavar="S",
+                     help=f"block size (one size: every axis; default {BLOCK[0]})")
+    big.add_argument("--memory-limit", default=None,
+                     help=f"per local worker (default {MEMORY_LIMIT}; auto: Dask's share)")
     big.add_argument("--resume", action="store_true",
                      help="keep the blocks a cancelled run wrote; predict the others")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
@@ -235,16 +240,25 @@ def _add_benchmark(p):
 # -- commands ------------------------------------------------------------------------------------
 def _train_or_launch(args) -> int:
     """Train here, or start torchrun, whose workers each run this same command."""
+    check_train_args(args)
     if args.nproc < 1:
         raise ConfigError(f"--nproc {args.nproc}: use 1 process or more (one per GPU)")
     if args.ddp_timeout is not None:  # read by each worker (engine.training.distributed)
         os.environ[engine.TIMEOUT_VARIABLE] = str(args.ddp_timeout)
         engine.collective_timeout()  # a bad value: one line now, not one per worker
+    several = args.nproc > 1 or args.nnodes is not None
+    if args.nnodes is not None and args.rdzv_endpoint is None:
+        raise ConfigError(f"--nnodes {args.nnodes} needs --rdzv-endpoint HOST:PORT (the "
+                          f"machine that every node meets at)")
+    for flag, value in (("--node-rank", args.node_rank), ("--rdzv-endpoint", args.rdzv_endpoint)):
+        if value is not None and args.nnodes is None:
+            raise ConfigError(f"{flag} is for training on several machines: add --nnodes N, "
+                              f"or leave out {flag}")
     timed = args.minutes is not None or args.preset == AUTO_PRESET
-    if args.nproc > 1 and args.steps is None and timed:
+    if several and args.steps is None and timed:
         raise ConfigError(f"--nproc {args.nproc} needs --steps: the time budget (--minutes, or "
                           f"--preset auto's default) is timed in one process")
-    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+    if several and "WORLD_SIZE" not in os.environ:
         return _launch_torchrun(args)
     return cmd_train(args)
 
@@ -311,9 +325,16 @@ def main(argv=None) -> int:
         print(f"napari_unet: error: {message}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        print(f"\nnapari_unet: cancelled; {CANCELLED.get(args.command, 'nothing was written')}",
-              file=sys.stderr)
+        print(f"\nnapari_unet: cancelled; {_cancelled_text(args)}", file=sys.stderr)
         return EXIT_CANCELLED
+
+
+def _cancelled_text(args) -> str:
+    """What a cancelled command leaves, as it is: a run cancelled before its first checkpoint
+    (while its steps were timed, say) has none, and its folder is gone (cmd_train)."""
+    if args.command == "train" and not runs.RunFolder(args.out, writer=False).last.exists():
+        return TRAIN_UNSAVED
+    return CANCELLED.get(args.command, "nothing was written")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ so reading the arguments costs no torch); run-file names come from runs.py.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -17,28 +18,86 @@ from napari_unet import engine, runs
 from napari_unet.choices import AUTO_PRESET, SAMPLES, preset_options
 from napari_unet.cli_progress import drive, is_main_process, printer
 from napari_unet.errors import ConfigError, DataError
-from napari_unet.io import atomic_write, is_glob, read_image, write_tif
+from napari_unet.io import atomic_write, input_files, is_glob, read_image, write_tif
 from napari_unet.masks import rule_of
 from napari_unet.options import FLAGGED
 from napari_unet.zarr_files import is_zarr
 
 EXIT_USER_ERROR = 2
 EXIT_CANCELLED = 130
+BLOCK, MEMORY_LIMIT = [128], "2GiB"  # predict --workers' defaults
+
+
+def check_train_args(args) -> None:
+    """What `train`'s arguments ask that cannot work, one line each, before any data is read
+    or anything written (and before torchrun starts its workers)."""
+    run = runs.RunFolder(args.out, writer=False)
+    if run.path.exists() and not run.path.is_dir():
+        raise ConfigError(f"--out {run.path} is a file: give a folder for the run")
+    for flag in ("data", "images", "masks"):
+        source = getattr(args, flag)
+        if source and not is_glob(source) and Path(source).is_dir() \
+                and Path(source).resolve() == run.path.resolve():
+            raise ConfigError(f"--out {args.out} is the --{flag} folder: the run's files would "
+                              f"mix with the data; choose another --out folder")
+    if args.resume and args.init_from:
+        raise ConfigError("--resume continues the run in --out with its own weights, "
+                          "--init-from starts a new run from another's: give one of them")
+    if args.resume and not run.last.is_file():
+        raise ConfigError(f"--resume: {run.path} holds no checkpoint to continue "
+                          f"({runs.CHECKPOINTS}/{runs.LAST}): leave out --resume to start "
+                          f"a new run there")
+    if not args.resume and run.last.exists():
+        raise ConfigError(f"{run.path} already holds a run: pass --resume to continue it, "
+                          f"or choose another --out folder")
+    if args.minutes is not None and args.steps is None and not args.resume:
+        engine.check_budget(args.minutes)  # what the timing of the first steps takes
+    sample = run.path / runs.DATA / runs.SAMPLE_IMAGES  # --sample writes it: predict it after
+    if args.predict and not (args.sample and Path(args.predict).resolve() == sample.resolve()):
+        if is_glob(args.predict) or (Path(args.predict).is_dir() and not is_zarr(args.predict)):
+            raise DataError(f"--predict {args.predict}: give one image (folders and globs: "
+                            f"napari_unet predict after training)")
+        try:
+            input_files(args.predict)
+        except DataError as exc:
+            raise DataError(f"--predict: {str(exc).splitlines()[0]}") from None
+    if args.evaluate and args.fold is None and not _fold_in_config(args):
+        raise ConfigError("--evaluate scores the validation fold, and this run has none: add "
+                          "--fold K (e.g. --fold 0), or score other data later with "
+                          "napari_unet evaluate")
+
+
+def _fold_in_config(args) -> bool:
+    """Whether --set or --config gives a validation fold."""
+    given = dict(_parse_set(item) for item in args.set)
+    if "fold" in given:
+        return given["fold"] is not None
+    saved = Path(args.out) / runs.CONFIG
+    source = args.config or (str(saved) if args.resume and saved.is_file() else None)
+    return source is not None and engine.TrainConfig.from_yaml(Path(source)).fold is not None
 
 
 def cmd_train(args) -> int:
-    """Train in this process (one of a torchrun group, or alone), then evaluate and predict."""
+    """Train in this process (one of a torchrun group, or alone), then evaluate and predict.
+    A run folder this command made is removed again when it fails or is cancelled before
+    its first checkpoint: nothing is left behind that --resume could not use."""
     started = time.monotonic()
-    config, dataset = _planned_config(args, started)
     run_dir = Path(args.out)
-    _make_run_dir(run_dir)
-    if args.sample and is_main_process():
-        _save_sample(dataset, run_dir, args.resume)
-    timed = config.minutes is not None and args.steps is None and not args.resume
-    events = engine.train(config, dataset, run_dir=run_dir, resume=args.resume,
-                          init_from=args.init_from,
-                          deadline=engine.time_limit(config, started) if timed else None)
-    finished = drive(events, printer(args.events))
+    made = not run_dir.exists()
+    try:
+        config, dataset = _planned_config(args, started)
+        _make_run_dir(run_dir)
+        if args.sample and is_main_process():
+            _save_sample(dataset, run_dir, args.resume)
+        timed = config.minutes is not None and args.steps is None and not args.resume
+        events = engine.train(config, dataset, run_dir=run_dir, resume=args.resume,
+                              init_from=args.init_from,
+                              deadline=engine.time_limit(config, started) if timed else None)
+        finished = drive(events, printer(args.events))
+    except BaseException:
+        if made and is_main_process() and not runs.RunFolder(run_dir).last.exists():
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     if finished is None or not is_main_process():
         return 0
     if args.evaluate:
@@ -79,6 +138,7 @@ def cmd_predict(args) -> int:
             raise ConfigError("over --workers, predict with one --run (an ensemble of "
                               f"{len(runs)} runs: without --workers)")
         return _predict_on_workers(args, options, show)
+    _check_no_worker_options(args)
     if (Path(args.input).is_dir() and not is_zarr(args.input)) or is_glob(args.input):
         return _predict_many(args, engine.predict_files(
             args.run, args.input, args.output, probabilities_folder=args.probabilities,
@@ -91,19 +151,42 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def _check_no_worker_options(args) -> None:
+    """--resume, --block and --memory-limit only mean something over --workers."""
+    if args.resume:
+        raise ConfigError("--resume goes on with the blocks a cancelled --workers (or "
+                          "--scheduler) prediction kept; without them a prediction starts "
+                          "from scratch (nothing is ever half-written): leave out --resume, "
+                          "or add --workers N")
+    for flag, value in (("--block", args.block), ("--memory-limit", args.memory_limit)):
+        if value is not None:
+            raise ConfigError(f"{flag} is for prediction over --workers (block by block): "
+                              f"add --workers N, or leave out {flag}")
+
+
 def _predict_on_workers(args, options, show) -> int:
     """predict --workers / --scheduler: block by block over Dask (engine.predict_volume)."""
     if args.workers is not None and args.workers < 1:
         raise ConfigError("--workers takes a number of worker processes >= 1")
+    if args.workers is not None and args.scheduler is not None:
+        raise ConfigError("--workers starts local workers, --scheduler uses those of a running "
+                          "scheduler: give one of them")
+    if args.scheduler is not None and args.memory_limit is not None:
+        raise ConfigError("--memory-limit holds local workers (--workers); a --scheduler's "
+                          "workers have the limits they were started with: leave it out")
+    if args.probabilities is not None:
+        raise ConfigError("over --workers, NAME.zarr holds the probabilities with the labels: "
+                          "leave out --probabilities")
     if args.backend not in ("auto", "torch"):
         raise ConfigError("over --workers, predict with the torch backend (other backends: "
                           "without --workers)")
     events = engine.predict_volume(
         args.run, args.input, args.output, workers=args.workers or 1, scheduler=args.scheduler,
-        block=args.block, memory_limit=args.memory_limit, resume=args.resume,
+        block=args.block or BLOCK, memory_limit=args.memory_limit or MEMORY_LIMIT,
+        resume=args.resume,
         overwrite=args.overwrite, tile_size=args.tile_size, overlap=args.overlap,
         tta=args.tta, amp=args.amp or "auto", device=args.device or "cpu",
-        batch_size=args.batch_size, instances=args.instances)
+        batch_size=args.batch_size, instances=args.instances, threshold=args.threshold)
     drive(events, show)
     print(f"wrote {args.output}", file=sys.stderr)
     return 0
@@ -123,6 +206,9 @@ def _predict_many(args, events, show) -> int:
 
 
 def cmd_export(args) -> int:
+    if args.test_image is not None and args.format != "bioimageio":
+        raise ConfigError(f"--test-image is the test input of a bioimage.io package: drop it "
+                          f"for --format {args.format}, or use --format bioimageio")
     test_image = args.test_image
     sample = Path(args.run) / runs.DATA / runs.SAMPLE_IMAGES
     if test_image is None and sample.is_file():
@@ -158,7 +244,9 @@ def _planned_config(args, started: float):
     if args.resume and timed and saved.is_file() and args.config is None:
         args.config = str(saved)
     if args.preset == AUTO_PRESET and args.config is None:
-        dataset = _load_data(args, "auto", rule_of(args))
+        # the plan follows the data's dimensions, unless --set spatial_dims=N says them
+        dims = dict(_parse_set(item) for item in args.set).get("spatial_dims", "auto")
+        dataset = _load_data(args, dims, rule_of(args))
         config = train_config(args, engine.plan_for_data(dataset, args.device or "auto"))
         if config.minutes is None and args.steps is None:
             config = config.replace(minutes=engine.DEFAULT_MINUTES)
@@ -167,6 +255,10 @@ def _planned_config(args, started: float):
         dataset = _load_data(args, config.spatial_dims, rule_of(config))
     _check_background_flag(args, config.unlabeled)
     per_step = 0.0
+    if args.minutes is not None and args.steps is not None:
+        printer(args.events)(engine.Message(
+            "warning", f"--steps {args.steps} and --minutes {args.minutes:g} given: the run "
+                       f"trains {args.steps} steps, however long they take"))
     if config.minutes is not None and args.steps is None and not args.resume:
         config, per_step = engine.fit_to_minutes(config, dataset, started)
     if per_step or (config.plan and not args.resume):
@@ -179,7 +271,7 @@ def _planned_config(args, started: float):
 def train_config(args, plan=None):
     """The preset (or the plan), then --config's file, then the option flags, then each
     --set KEY=VALUE."""
-    overrides = engine.TrainConfig.from_yaml(args.config).to_dict() if args.config else {}
+    overrides = engine.TrainConfig.from_yaml(Path(args.config)).to_dict() if args.config else {}
     overrides.pop("preset", None)
     overrides.update({option.name: getattr(args, option.name) for option in FLAGGED
                       if getattr(args, option.name) is not None})

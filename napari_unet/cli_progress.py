@@ -2,6 +2,7 @@
 bars on stderr (tqdm, an optional dependency, imported when a bar is first drawn)."""
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -44,6 +45,13 @@ def print_failure(message: str) -> None:
         print(engine.to_json(engine.Failed(error=message)), flush=True)
 
 
+def finished_score(event) -> str:
+    """A finished run's best Dice, or that it had no validation (NaN: no --fold)."""
+    if math.isnan(event.best_dice):
+        return "no validation (no --fold: nothing was held out to score)"
+    return f"best dice {event.best_dice:.4f}"
+
+
 def planned_text(event) -> str:
     """The plan as a user reads it (the CLI prints it; the Train widget shows it)."""
     lines = ["plan, from the data (each value and why):" if event.lines else "plan:"]
@@ -73,9 +81,9 @@ class HumanPrinter:
                 self.files = event.done < event.total
                 self._advance("files", event.done, event.total)
             case engine.TilesDone() if self.files:
-                self.bar.set_postfix_str(f"tiles {event.done}/{event.total}")
+                self.bar.set_postfix_str(f"{event.unit} {event.done}/{event.total}")
             case engine.TilesDone():
-                self._advance("tiles", event.done, event.total)
+                self._advance(event.unit, event.done, event.total)
             case engine.Started():
                 self._write(f"training on {event.device}: {event.train_samples} training and "
                             f"{event.val_samples} validation samples, global batch "
@@ -91,7 +99,7 @@ class HumanPrinter:
                 self._write(f"{event.level}: {event.text}")
             case engine.Finished():
                 self._close()
-                self._write(f"finished at step {event.step}: best dice {event.best_dice:.4f}, "
+                self._write(f"finished at step {event.step}: {finished_score(event)}, "
                             f"checkpoint {event.path}")
 
     def _advance(self, unit, done, total, postfix=""):

@@ -235,7 +235,7 @@ def _checked(layout: Layout) -> Layout:
 
 def _too_many_channels(shape, spatial_dims, channels=None) -> DataError:
     channels = shape[0] if channels is None else channels
-    hint = "pass spatial_dims=3 if it is a volume" if spatial_dims == 2 else \
+    hint = "if it is a volume, train it with --set spatial_dims=3" if spatial_dims == 2 else \
         "split the extra axis (time, positions) into one file each"
     return DataError(f"an image of shape {shape} has {channels} channels, more than "
                      f"{MAX_CHANNELS}: expected {_expected(spatial_dims)} with C <= "
@@ -245,9 +245,9 @@ def _too_many_channels(shape, spatial_dims, channels=None) -> DataError:
 def _wrong_dims(shape, spatial_dims, axes=None) -> DataError:
     named = f" (axes {axes})" if axes else ""
     if len(shape) < spatial_dims:
-        hint = "pass spatial_dims=2 if it is a 2D image"
+        hint = "if it is a 2D image, train it with --set spatial_dims=2"
     elif spatial_dims == 2 and len(shape) == 4:
-        hint = "pass spatial_dims=3 if it is a volume with channels"
+        hint = "if it is a volume with channels, train it with --set spatial_dims=3"
     else:
         hint = f"split the extra axes first (spatial_dims={spatial_dims} takes {spatial_dims}D)"
     return DataError(f"an image of shape {shape}{named} is not a {spatial_dims}D image: "

@@ -18,6 +18,7 @@ from .choices import (
     AMP_MODES,
     DEVICES,
     INSTANCE_CHOICES,
+    LOSSES,
     NORMALIZATIONS,
     OPTIMIZERS,
     SCHEDULES,
@@ -107,13 +108,13 @@ TRAIN_OPTIONS: tuple[Option, ...] = (
     Option("adam_betas", list[float], [0.9, 0.999]),
     Option("lr_schedule", str, "exponential_step", choices=SCHEDULES),
     Option("lr_decay_rate", float, 0.8),
-    Option("lr_decay_steps", int, 500),
-    Option("warmup_steps", int, 0),
+    Option("lr_decay_steps", int, 500, at_least=1),
+    Option("warmup_steps", int, 0, at_least=0),
     Option("grad_clip", float, 0.0, "the gradient's largest norm (0 = off)"),
     Option("ema", float, 0.0,
            "exponential moving average of the weights (decay per step, e.g. 0.999; 0 = off): "
            "the averaged weights are validated, saved for prediction and exported"),
-    Option("loss", str, "adaptive", flag=True),
+    Option("loss", str, "adaptive", choices=LOSSES, flag=True),
     Option("regions", Optional[list], None,
            "region training: one sigmoid output per region, each a list of mask values, nested "
            "from the largest to the smallest (\"brats\" = whole tumour, tumour core, enhancing "
@@ -142,7 +143,7 @@ TRAIN_OPTIONS: tuple[Option, ...] = (
     Option("foreground_oversample", float, 0.0),
     Option("fold", Optional[int], None, "the validation fold", flag=True, metavar="K"),
     Option("folds", int, 5, at_least=1, flag=True, metavar="N"),
-    Option("split_seed", int, 0),
+    Option("split_seed", int, 0, at_least=0),
     # -- augmentation
     Option("hflip", float, 0.5),
     Option("vflip", float, 0.0),
@@ -178,7 +179,7 @@ TRAIN_OPTIONS: tuple[Option, ...] = (
     Option("tf32", bool, True),
     Option("device", str, "auto", "auto: a CUDA GPU, else an Apple GPU (mps), else the CPU",
            choices=DEVICES, flag=True, form=Form("Device")),
-    Option("seed", int, 0, flag=True),
+    Option("seed", int, 0, at_least=0, flag=True),
 )
 
 OPTIONS: dict[str, Option] = {option.name: option for option in TRAIN_OPTIONS}

@@ -27,6 +27,14 @@ ZARR_SUFFIX = ".zarr"
 SPATIAL = "zyx"
 
 
+def blocks_store(output) -> Path:
+    """The scratch store of a prediction of `output` over workers (its finished blocks, kept
+    for ``--resume``): ``.NAME.zarr.blocks`` beside it. Any finished write of `output`
+    removes it (write_prediction): its blocks are stale then."""
+    output = Path(output)
+    return output.with_name(f".{output.name}.blocks")
+
+
 def is_zarr(path) -> bool:
     """Whether `path` names a Zarr group: a ``.zarr`` folder, or a folder with Zarr metadata."""
     path = Path(path)
@@ -159,6 +167,7 @@ def write_prediction(path, probabilities, labels, *, spacing=None, overwrite=Fal
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
+    shutil.rmtree(blocks_store(path), ignore_errors=True)  # a cancelled run's, now stale
     return path
 
 

@@ -13,6 +13,7 @@ import tifffile
 import torch
 from process_support import cli, ignoring_sigint, read_events_until, start_cli, wait_for_exit
 
+from napari_unet import engine
 from napari_unet.cli import build_parser, main
 from napari_unet.engine import load_checkpoint
 from napari_unet.engine.checkpoint import read_checkpoint
@@ -166,6 +167,30 @@ TRAIN_ERRORS = [
      "every mask pixel holds --ignore-value 255"),
     (["--images", "{image}", "--masks", "{strokes}", "--unlabeled", "ignore",
       "--foreground-value", "0"], "it cannot be the --foreground-value"),
+    # issue 32: checked before any data is read or any folder made
+    (["--sample", "dagm", "--resume"], "holds no checkpoint to continue"),
+    (["--sample", "dagm", "--out", "{run}", "--resume", "--init-from", "{run}"],
+     "give one of them"),
+    (["--sample", "em", "--out", "{run}"], "already holds a run: pass --resume"),
+    (["--sample", "dagm", "--out", "{image}"], "is a file: give a folder"),
+    (["--data", "{tmp}", "--out", "{tmp}"], "is the --data folder"),
+    (["--sample", "dagm", "--predict", "{tmp}/missing.tif"], "--predict: "),
+    (["--sample", "dagm", "--predict", "{tmp}"], "give one image"),
+    (["--sample", "dagm", "--evaluate"], "add --fold K"),
+    (["--sample", "dagm", "--lr", "nan"], "lr must be a finite number"),
+    (["--sample", "dagm", "--seed", "-1"], "seed must be at least 0"),
+    (["--sample", "dagm", "--set", "loss=nonsense"], "loss must be one of"),
+    (["--sample", "dagm", "--set", "hflip=2"], "hflip must be in [0, 1]"),
+    (["--sample", "dagm", "--set", "adam_betas=[2, 3]"], "adam_betas are two decays"),
+    (["--sample", "dagm", "--folds", "1", "--fold", "0"], "needs 2 folds or more"),
+    (["--sample", "dagm", "--config", "{image}"], "not a YAML file"),
+    # found by the engine once the run folder exists: the folder is removed again
+    (["--sample", "dagm", "--set", "spatial_dims=3"], "train with --set spatial_dims=2"),
+    (["--sample", "dagm", "--base-channels", "0"], "base_channels=0"),
+    (["--sample", "dagm", "--init-from", "{image}"], "image.tif is not a napari_unet checkpoint"),
+    (["--sample", "dagm", "--nnodes", "2"], "needs --rdzv-endpoint"),
+    (["--sample", "dagm", "--node-rank", "1"], "add --nnodes N"),
+    (["--sample", "dagm", "--rdzv-endpoint", "localhost:29400"], "add --nnodes N"),
 ]
 EVALUATE_ERRORS = [
     (["--run", "{tmp}/nowhere", "--sample", "em"], "does not exist"),
@@ -181,12 +206,14 @@ EVALUATE_ERRORS = [
      "use --unlabeled background"),
     (["--run", "{run}", "--images", "{image}", "--masks", "{dense}", "--background-value",
       "1"], "add --unlabeled ignore"),
+    (["--run", "{run}", "--images", "{image}", "--masks", "{image}", "--fold", "0"],
+     "fewer than the run's 5 folds"),
 ]
 PREDICT_ERRORS = [
     (["--input", "{tmp}/missing.tif", "--output", "{tmp}/o.tif"], "missing.tif does not exist"),
     (["--input", "{image}", "--output", "{tmp}/o.tif", "--probabilities", "{image}"],
-     "--overwrite"),
-    (["--input", "{image}", "--output", "{image}"], "--overwrite"),
+     "is the input image: write the probabilities to another file"),
+    (["--input", "{image}", "--output", "{image}"], "is the input image"),
     (["--input", "{image}", "--output", "{tmp}/o.tif", "--tile-size", "0"], "tile_size"),
     (["--input", "{image}", "--output", "{tmp}/o.tif", "--tile-size", "-5"], "tile_size"),
     (["--input", "{image}", "--output", "{tmp}/o.tif", "--tile-size", "32", "32", "32"],
@@ -194,6 +221,50 @@ PREDICT_ERRORS = [
     (["--input", "{image}", "--output", "{tmp}/o.tif", "--overlap", "1"], "overlap"),
     (["--input", "{image}", "--output", "{tmp}/o.tif", "--batch-size", "0"], "batch_size"),
     (["--input", "{image}", "--output", "{tmp}/o.tif", "--threshold", "2"], "threshold"),
+    # issue 32
+    (["--input", "{image}", "--output", "{tmp}/o.tif", "--resume"], "without them a prediction"),
+    (["--input", "{image}", "--output", "{tmp}/o.tif", "--block", "64"], "add --workers N"),
+    (["--input", "{image}", "--output", "{tmp}/o.tif", "--memory-limit", "1GiB"],
+     "add --workers N"),
+    (["--input", "{image}", "--output", "{tmp}/o.png"], "written as TIF or OME-Zarr"),
+    (["--input", "{image}", "--output", "{tmp}/o.tif", "--probabilities", "{tmp}/o.jpg"],
+     "written as TIF"),
+    (["--input", "{image}", "--output", "{image}", "--overwrite"], "is the input image"),
+    (["--input", "{image}", "--output", "{tmp}/o.tif", "--probabilities", "{tmp}/o.tif"],
+     "would both be"),
+    (["--input", "{tmp}", "--output", "{tmp}/o.tif"], "looks like a file name"),
+    (["--input", "{tmp}", "--output", "{tmp}"], "holds the input images"),
+    (["--input", "{image}", "--output", "{tmp}", "--overwrite"], "is a folder: for one input"),
+    (["--input", "{image}", "--output", "{tmp}/o.zarr", "--workers", "2", "--memory-limit",
+      "nonsense"], "--memory-limit nonsense: give a size"),
+    (["--input", "{image}", "--output", "{tmp}/o.zarr", "--workers", "1", "--block", "0"],
+     "--block 0"),
+    (["--input", "{image}", "--output", "{tmp}/o.zarr", "--workers", "1", "--block", "8", "8",
+      "8"], "one per axis of the 2D image"),
+    (["--input", "{image}", "--output", "{tmp}/o.zarr", "--workers", "1", "--scheduler",
+      "tcp://127.0.0.1:1"], "give one of them"),
+    (["--input", "{image}", "--output", "{tmp}/o.zarr", "--scheduler", "nowhere"],
+     "with its port"),
+    (["--input", "{image}", "--output", "{tmp}/o.zarr", "--scheduler", "tcp://127.0.0.1:1",
+      "--memory-limit", "1GiB"], "leave it out"),
+    (["--input", "{image}", "--output", "{tmp}/o.zarr", "--workers", "1", "--probabilities",
+      "{tmp}/p.tif"], "leave out --probabilities"),
+    (["--input", "{image}", "--output", "{tmp}/o.zarr", "--workers", "1", "--batch-size", "0"],
+     "batch_size=0"),
+    (["--input", "{image}", "--output", "{tmp}/o.zarr", "--workers", "1", "--tile-size", "0"],
+     "tile_size=[0, 0]"),
+    (["--input", "{image}", "--output", "{tmp}/o.zarr", "--workers", "1", "--threshold", "2"],
+     "threshold=2.0"),
+]
+EXPORT_ERRORS = [
+    (["--format", "onnx", "--output", "{tmp}/m.zip"], "name the onnx file m.onnx"),
+    (["--format", "torchscript", "--output", "{run}/checkpoints/best.pt", "--overwrite"],
+     "would replace the run's checkpoint"),
+    (["--format", "bioimageio", "--output", "{tmp}/m.onnx"], "a .zip file"),
+    (["--format", "bioimageio", "--output", "{tmp}/m.zip", "--test-image", "{tmp}/no.tif"],
+     "no.tif does not exist"),
+    (["--format", "onnx", "--output", "{tmp}/m.onnx", "--test-image", "{image}"],
+     "--test-image is the test input of a bioimage.io package"),
 ]
 BENCHMARK_ERRORS = [
     (["--steps", "0"], "--steps 0"),
@@ -201,11 +272,13 @@ BENCHMARK_ERRORS = [
     (["--size", "0"], "--size 0"),
     (["--batch-size", "0"], "--batch-size 0"),
     (["--device", "cuda"], "no CUDA GPU"),
+    (["--base-channels", "0"], "base_channels=0"),
 ]
 MATRIX = ([("train", a, w) for a, w in TRAIN_ERRORS]
           + [("evaluate", a, w) for a, w in EVALUATE_ERRORS]
           + [("predict", a, w) for a, w in PREDICT_ERRORS]
-          + [("benchmark", a, w) for a, w in BENCHMARK_ERRORS])
+          + [("benchmark", a, w) for a, w in BENCHMARK_ERRORS]
+          + [("export", a, w) for a, w in EXPORT_ERRORS])
 
 
 @pytest.mark.parametrize("command, args, words", MATRIX,
@@ -227,6 +300,8 @@ def test_bad_input_exits_2_with_one_line(trained_run, tmp_path, capsys, command,
         filled = ["--preset", "industrial", "--out", str(tmp_path / "run"), *QUICK, *filled]
     elif command == "predict":
         filled = ["--run", str(trained_run), "--amp", "off", "--device", "cpu", *filled]
+    elif command == "export":
+        filled = ["--run", str(trained_run), *filled]
     elif command == "benchmark":
         filled = ["--preset", "industrial", "--size", "32", "--base-channels", "4",
                   "--batch-size", "1", "--steps", "1", "--warmup", "0", "--device", "cpu",
@@ -240,9 +315,81 @@ def test_bad_input_exits_2_with_one_line(trained_run, tmp_path, capsys, command,
     assert words in lines[0]
     assert "Traceback" not in captured.err + captured.out
     assert image.read_bytes() == image_before, "a user's file was overwritten"
-    assert not (tmp_path / "o.tif").exists(), "a failed command left an output behind"
-    if "--masks" in args:  # the masks are read before the run folder is made
-        assert not (tmp_path / "run").exists(), "a refused run left its folder behind"
+    left = sorted(path.name for path in tmp_path.iterdir())
+    expected = sorted(["image.tif", *(f"{name}.tif" for name in masks)])
+    assert left == expected, f"a failed command left {sorted(set(left) - set(expected))} behind"
+
+
+def test_a_cancel_while_the_steps_are_timed_says_nothing_was_kept(tmp_path, capsys,
+                                                                  monkeypatch):
+    """Issue 32: SIGTERM during --minutes' timing steps: no run folder, no checkpoint."""
+    from napari_unet.engine.training import calibration
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # what the CLI's SIGTERM handler raises
+
+    monkeypatch.setattr(calibration, "seconds_per_step", interrupted)
+    code = main(["train", "--preset", "industrial", "--sample", "dagm", "--minutes", "1",
+                 "--out", str(tmp_path / "run"), *QUICK[2:]])
+    err = capsys.readouterr().err
+    assert code == 130
+    assert "no checkpoint was written, nothing is kept: start the run again" in err
+    assert "--resume" not in err and not (tmp_path / "run").exists()
+
+
+def test_a_cancel_after_a_checkpoint_says_it_is_kept(tmp_path, capsys, monkeypatch):
+    from napari_unet import cli_commands
+
+    def cancelled(events, show):
+        for event in events:
+            show(event)
+            if isinstance(event, engine.CheckpointSaved):
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_commands, "drive", cancelled)
+    code = main(["train", "--preset", "industrial", "--sample", "dagm", "--out",
+                 str(tmp_path / "run"), *QUICK[2:], "--steps", "4", "--checkpoint-every", "2"])
+    assert code == 130 and "checkpoint is saved (continue with --resume)" in \
+        capsys.readouterr().err
+    assert (tmp_path / "run" / "checkpoints" / "last.pt").exists()
+
+
+def test_a_run_without_validation_says_so_instead_of_a_nan_dice(tmp_path, capsys):
+    assert main(["train", "--preset", "industrial", "--sample", "dagm", "--out",
+                 str(tmp_path / "run"), *QUICK, "--val-every", "1", "--minutes", "5"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("finished at step 1: no validation (no --fold") and "nan" not in \
+        err[-1]
+    # both given: said before training which one counts
+    assert "warning: --steps 1 and --minutes 5 given: the run trains 1 steps" in err[0]
+
+
+def test_masks_of_other_dimensions_name_an_option_that_exists(tmp_path, capsys):
+    """Issue 32: a 4D mask said "pass spatial_dims=2 or 3", an option nowhere; --set
+    spatial_dims=3 (the option that exists) is honoured by --preset auto."""
+    rng = np.random.default_rng(0)
+    for name, shape in (("four", (2, 8, 32, 32)), ("flat", (40, 40)), ("volume", (6, 40, 40))):
+        tifffile.imwrite(tmp_path / f"{name}.tif", rng.integers(0, 255, shape, np.uint8))
+        tifffile.imwrite(tmp_path / f"{name}_mask.tif", (rng.random(shape) > 0.5).astype(np.uint8))
+
+    def train(name, *flags):
+        code = main(["train", "--images", str(tmp_path / f"{name}.tif"), "--masks",
+                     str(tmp_path / f"{name}_mask.tif"), "--out", str(tmp_path / name / "run"),
+                     "--steps", "1", "--patch-size", "16", "--base-channels", "4", "--amp",
+                     "off", "--device", "cpu", *flags])
+        return code, capsys.readouterr().err
+
+    for flags in ([], ["--set", "spatial_dims=3"]):
+        code, err = train("four", *flags)
+        assert code == 2 and "a 4D mask (2, 8, 32, 32)" in err and "--masks DIR" in err
+        assert "pass spatial_dims" not in err
+    code, err = train("flat", "--set", "spatial_dims=3")
+    assert code == 2 and "cannot label a 3D volume: train 2D images with --set spatial_dims=2" \
+        in err
+    code, err = train("volume", "--set", "spatial_dims=3")  # alone: a stack of 6 2D slices
+    assert code == 0 and "spatial_dims = 3: given by the user" in err
+    assert load_checkpoint(tmp_path / "volume" / "run").config.spatial_dims == 3
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["volume"]
 
 
 def test_user_errors_in_a_real_process_print_no_traceback(tmp_path):

@@ -64,3 +64,24 @@ def test_a_cancelled_overwrite_keeps_the_old_files(folder):
     assert {name: (folder / name).read_bytes() for name in before} == before
     assert sorted(p.name for p in folder.iterdir()) == ["input.tif", "labels.tif",
                                                         "probabilities.tif"]
+
+
+def test_a_failed_last_rename_leaves_no_scratch_file(folder, monkeypatch):
+    """Issue 32's kind (found with an --output that was a folder): the probabilities' scratch
+    file, renamed into place before the labels, stayed when the labels' rename failed."""
+    from napari_unet import io
+
+    original = io.TifMemmapWriter.__exit__
+
+    def failing_rename(self, exc_type, exc, traceback):
+        result = original(self, exc_type, exc, traceback)
+        if self.path.name == "labels.tif" and exc_type is None:
+            self.path.unlink()
+            raise OSError("the disk went away at the rename")
+        return result
+
+    monkeypatch.setattr(io.TifMemmapWriter, "__exit__", failing_rename)
+    with pytest.raises(OSError, match="went away"):
+        list(predict_file(stand_in_checkpoint(1), folder / "input.tif", folder / "labels.tif",
+                          tile_size=[16, 16], batch_size=1, amp="off", device="cpu"))
+    assert sorted(p.name for p in folder.iterdir()) == ["input.tif"]

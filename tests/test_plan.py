@@ -8,7 +8,7 @@ from napari_unet.cli_progress import planned_text
 from napari_unet.engine import Finished, Planned, Started, from_json, train
 from napari_unet.engine.data.dataset import Dataset
 from napari_unet.engine.data.fingerprint import Fingerprint, fingerprint
-from napari_unet.engine.plan import activation_bytes, plan_run
+from napari_unet.engine.plan import activation_bytes, plan_lines, plan_run
 from napari_unet.engine.training.calibration import fit_to_minutes
 
 
@@ -161,10 +161,53 @@ def test_minutes_leave_room_for_the_time_spent_and_the_validations(monkeypatch):
         (left - calibration.VALIDATIONS * one) / 0.5, abs=1)
 
 
+def test_a_budget_too_short_for_its_fixed_costs_is_said_up_front(monkeypatch):
+    """Issue 32: --minutes 0.05 planned 10 steps, ran 21 s and blamed the machine."""
+    from napari_unet.engine.training import calibration
+    from napari_unet.errors import ConfigError
+
+    def untimed(*args, **kwargs):
+        raise AssertionError("a budget shorter than the timing must not be timed")
+
+    monkeypatch.setattr(calibration, "seconds_per_step", untimed)
+    dataset = _tiny_dataset()
+    config = plan_run(fingerprint(dataset)).config(minutes=0.05, batch_size=2,
+                                                   patch_size=[32, 32])
+    with pytest.raises(ConfigError, match=r"--minutes 0.05 \(3 s\) is too short to plan: "
+                                          r"timing the first steps alone .* --minutes 0.4 or"):
+        fit_to_minutes(config, dataset)
+    # timed, then too short for 10 steps: what the start took, a step, and what would do
+    monkeypatch.setattr(calibration, "seconds_per_step", lambda *a, **k: 5.0)
+    with pytest.raises(ConfigError, match=r"--minutes 0.5 leaves room for 5 steps: .* a step "
+                                          r"takes 5.00 s; give --minutes 0.9 or more for 10"):
+        fit_to_minutes(config.replace(minutes=0.5), dataset)
+
+
+def test_the_printed_plan_is_what_config_yaml_holds(monkeypatch):
+    """Issue 32: the plan printed `warmup_steps = 1: 30 warm-up steps` (the reason of the
+    planned 30, the value cut to fit the steps)."""
+    from napari_unet.engine.training import calibration
+
+    monkeypatch.setattr(calibration, "seconds_per_step", lambda *a, **k: 1.0)
+    dataset = _tiny_dataset()
+    config = plan_run(fingerprint(dataset)).config(minutes=0.5, batch_size=2,
+                                                   patch_size=[32, 32])
+    assert config.warmup_steps == 30
+    fitted, _ = fit_to_minutes(config, dataset)
+    assert 10 <= fitted.steps < 30 and fitted.warmup_steps == fitted.steps // 10
+    [line] = [line for line in plan_lines(fitted) if line.startswith("warmup_steps")]
+    assert line == (f"warmup_steps = {fitted.warmup_steps}: a tenth of the {fitted.steps} "
+                    f"steps (the plan's 30, cut to fit)")
+    saved = type(fitted).from_yaml(fitted.to_yaml())
+    assert saved.warmup_steps == fitted.warmup_steps and saved.plan == fitted.plan
+
+
 def test_a_timed_run_measures_its_steps_and_trains_exactly_them(tmp_path):
     dataset = _tiny_dataset()
+    # 18 s: at least 10 steps after the timing unless a step takes over a second (a budget
+    # that leaves fewer is refused: test_a_budget_too_short_for_its_fixed_costs_is_said...)
     config = plan_run(fingerprint(dataset)).config(
-        minutes=0.1, amp="off", device="cpu", batch_size=2, patch_size=[32, 32],
+        minutes=0.3, amp="off", device="cpu", batch_size=2, patch_size=[32, 32],
         model_options={"padding": "same", "base_channels": 4, "depth": 3, "norm": "batch",
                        "dropout": 0.0})
     fitted, per_step = fit_to_minutes(config, dataset, seconds=0.5)
@@ -190,6 +233,8 @@ def test_a_timed_run_past_its_time_ends_there_with_a_checkpoint(tmp_path):
     events = list(train(config, dataset, run_dir=tmp_path / "run", deadline=started))
     [note] = [e for e in events if isinstance(e, Message)]
     assert "the time is up: training ends at step 1 of 40" in note.text
+    # issue 32: it says what the steps took, and blames nothing it cannot know
+    assert "machine" not in note.text and "s a step with the validations" in note.text
     assert isinstance(events[-1], Finished) and events[-1].step == 1
     assert load_checkpoint(tmp_path / "run").step == 1
     on_time = list(train(config.replace(steps=3), dataset, run_dir=tmp_path / "r2",
@@ -216,6 +261,7 @@ def test_the_cli_plans_by_default_and_prints_why(tmp_path):
 
 @pytest.mark.parametrize("flags, message", [
     (["--minutes", "0"], "minutes must be above 0"),
+    (["--minutes", "0.05"], "--minutes 0.05 (3 s) is too short to plan"),  # issue 32
     (["--nproc", "2"], "--nproc 2 needs --steps"),
 ])
 def test_bad_time_budgets_are_one_line_errors(tmp_path, flags, message):

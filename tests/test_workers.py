@@ -120,6 +120,16 @@ def test_worker_options_that_cannot_work_are_one_line_errors(volume_run, tmp_pat
     assert main([*args, "--output", str(tmp_path / "x.zarr"), "--workers", "1",
                  "--backend", "onnxruntime"]) == 2
     assert "torch backend" in capsys.readouterr().err
+    # issue 32: checked before the scratch store (.x.zarr.blocks) is made
+    assert main([*args, "--output", str(tmp_path / "x.zarr"), "--workers", "2",
+                 "--memory-limit", "nonsense"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        ("napari_unet: error: --memory-limit nonsense: give a size per worker such as 2GiB or "
+         "500MB (or auto: a share of this machine's memory)")]
+    assert main([*args, "--output", str(tmp_path / "x.zarr"), "--workers", "1",
+                 "--block", "12", "32"]) == 2
+    assert "one per axis of the 3D image" in capsys.readouterr().err
+    assert sorted(tmp_path.iterdir()) == []
 
 
 def test_objects_over_workers_equal_those_of_one_process(volume_run, tmp_path,
@@ -178,3 +188,61 @@ def test_local_workers_are_never_paused_over_the_models_memory():
         client.restart()
         assert list(client.run(pausing).values()) == [False]
     assert dask.config.get("distributed.worker.memory.pause") == 0.8  # ours only
+
+
+# -- issue 32: nothing left behind, blocks called blocks ----------------------------------------
+def test_a_run_that_fails_before_a_block_is_done_leaves_no_scratch_store(volume_run, tmp_path,
+                                                                        monkeypatch):
+    import contextlib
+
+    @contextlib.contextmanager
+    def no_cluster(*args):
+        raise OSError("the cluster would not start")
+        yield
+
+    monkeypatch.setattr(workers, "_cluster", no_cluster)
+    run = workers.predict_volume(volume_run / "run", volume_run / "v.tif", tmp_path / "o.zarr",
+                                 block=(12, 32, 32), tile_size=[32], device="cpu")
+    first = next(run)  # the store is made: the first event says what is to do
+    assert (first.done, first.total, first.unit) == (0, 12, "blocks")
+    assert (tmp_path / ".o.zarr.blocks").is_dir()
+    with pytest.raises(OSError, match="would not start"):
+        next(run)
+    assert sorted(tmp_path.iterdir()) == []  # no block was done: nothing to --resume
+
+
+def test_a_finished_write_removes_the_stale_blocks_of_its_output(volume_run, tmp_path):
+    """A cancelled run's blocks (kept for --resume) are stale once the output is written,
+    by workers or by one process."""
+    from napari_unet.engine import predict_file
+    from napari_unet.zarr_files import blocks_store
+
+    output = tmp_path / "out.zarr"
+    stale = blocks_store(output)
+    (stale / workers.DONE).mkdir(parents=True)
+    (stale / workers.DONE / "0_0_0").touch()
+    list(predict_file(volume_run / "run", volume_run / "v.tif", output, tile_size=[32],
+                      device="cpu", amp="off", backend="torch"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.zarr"]
+
+
+def test_the_progress_of_workers_counts_blocks(capsys):
+    from napari_unet.cli_progress import HumanPrinter
+    from napari_unet.engine.events import TilesDone, from_json, to_json
+
+    event = TilesDone(2, 4, workers.BLOCKS)
+    assert from_json(to_json(event)) == event
+    show = HumanPrinter()
+    for done in range(5):
+        show(TilesDone(done, 4, workers.BLOCKS))
+    err = capsys.readouterr().err
+    assert "4/4" in err and "blocks" in err and "tiles" not in err
+
+
+def test_the_threshold_reaches_the_workers(volume_run, tmp_path, in_process_cluster):
+    """Issue 32's kind: `predict --workers --threshold` was dropped (the run's own was used)."""
+    list(workers.predict_volume(volume_run / "run", volume_run / "v.tif", tmp_path / "o.zarr",
+                                scheduler=in_process_cluster, block=(24, 72, 64),
+                                tile_size=[32], device="cpu", threshold=0.0))
+    labels = np.asarray(read_image(tmp_path / "o.zarr" / "labels" / "prediction"))
+    assert labels.shape == (24, 72, 64) and labels.min() == 1  # every voxel >= 0

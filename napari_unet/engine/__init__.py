@@ -24,7 +24,7 @@ _EXPORTS = {
     "LabelHead": "labels",
     "DEFAULT_MINUTES": "plan", "Plan": "plan", "plan_for_data": "plan",
     "plan_lines": "plan",
-    "fit_to_minutes": "training.calibration",
+    "fit_to_minutes": "training.calibration", "check_budget": "training.calibration",
     "time_limit": "training.calibration",
     "predict_files": "prediction.files", "Ensemble": "prediction.ensemble",
     "load_models": "prediction.ensemble",

@@ -44,7 +44,7 @@ class BenchmarkRow:
 
 def _setup(preset, batch_size, size, base_channels, amp, compile, channels_last, device, mode):
     overrides = {"amp": amp, "compile": compile, "channels_last": channels_last, "device": device}
-    if base_channels:
+    if base_channels is not None:
         options = dict(preset_config(preset).model_options, base_channels=base_channels)
         overrides["model_options"] = options
     config = preset_config(preset, **overrides)

@@ -81,11 +81,21 @@ def save_checkpoint(path, *, model, config, norm_stats, step, best_dice, data_in
     return path
 
 
+def _starts_as_zip(path: Path) -> bool:
+    """Whether the file begins as torch.save's zip archives do (a damaged one still does)."""
+    with open(path, "rb") as file:
+        return file.read(2) == b"PK"
+
+
 def read_checkpoint(path) -> dict:
     path = Path(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError) as exc:
+        if path.is_file() and not _starts_as_zip(path):  # a picture, a YAML file, ...
+            raise CheckpointError(f"{path} is not a napari_unet checkpoint (a run's "
+                                  f"checkpoints/best.pt or last.pt): give a run folder or one "
+                                  f"of its checkpoints") from None
         reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
         raise CheckpointError(f"checkpoint {path} is corrupted or not a napari_unet checkpoint "
                               f"({reason}); use another checkpoint or retrain") from None

@@ -8,6 +8,7 @@ CLI's flags and the Train widget's fields. Importing this module costs no torch.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from pathlib import Path
 
@@ -43,8 +44,26 @@ class _TrainConfigMethods:
         if self.spatial_dims not in (2, 3):
             raise ConfigError(f"spatial_dims must be 2 or 3, not {self.spatial_dims}")
         self.patch_size = _check_patch_size(self.patch_size, self.spatial_dims)
-        if self.lr <= 0:
+        for option in TRAIN_OPTIONS:  # nan and inf pass every comparison below: none here
+            value = getattr(self, option.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{option.name} must be a finite number, not {value}")
+        if not self.lr > 0:
             raise ConfigError(f"lr must be positive, not {self.lr}")
+        for name in ("weight_decay", "grad_clip", "brightness", "lr_decay_rate"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be 0 or more, not {getattr(self, name)}")
+        for name in ("hflip", "vflip", "foreground_oversample", "threshold", "momentum",
+                     "rmsprop_alpha"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"{name} must be in [0, 1], not {getattr(self, name)}")
+        if len(self.adam_betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1
+                                                 for b in self.adam_betas):
+            raise ConfigError(f"adam_betas are two decays in [0, 1) (e.g. [0.9, 0.999]), "
+                              f"not {self.adam_betas}")
+        if self.fold is not None and self.folds < 2:
+            raise ConfigError(f"--fold {self.fold} needs 2 folds or more to cut a validation "
+                              f"part: raise --folds, or leave out --fold")
         if self.minutes is not None and not self.minutes > 0:
             raise ConfigError(f"minutes must be above 0 (the time to train), not {self.minutes}")
         if self.fold is not None and not 0 <= self.fold < self.folds:
@@ -83,19 +102,24 @@ class _TrainConfigMethods:
 
     @classmethod
     def from_yaml(cls, text_or_path) -> TrainConfig:
-        text = text_or_path
+        text, source = text_or_path, "config"
         if isinstance(text_or_path, Path) or (isinstance(text_or_path, str)
                                               and text_or_path.endswith((".yaml", ".yml"))):
+            source = f"config {text_or_path}"
             try:
                 text = Path(text_or_path).read_text()
             except OSError as exc:
                 raise ConfigError(f"cannot read config {text_or_path}: {exc.strerror}") from None
+            except UnicodeDecodeError:
+                raise ConfigError(f"{text_or_path} is not a YAML file: give a run's config.yaml "
+                                  f"(or a file of option: value lines)") from None
         try:
             values = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:
-            raise ConfigError(f"config is not valid YAML: {str(exc).splitlines()[0]}") from None
+            raise ConfigError(f"{source} is not valid YAML: "
+                              f"{str(exc).splitlines()[0]}") from None
         if not isinstance(values, dict):
-            raise ConfigError("config YAML must be a mapping of option: value")
+            raise ConfigError(f"{source}: the YAML must be a mapping of option: value")
         return cls.from_dict(values)
 
     def replace(self, **overrides) -> TrainConfig:

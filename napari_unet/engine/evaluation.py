@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from ..choices import IGNORE_CLASS
+from ..errors import ConfigError
 from .data.dataset import Dataset, split_folds
 from .events import Message
 from .instance_metrics import InstanceScores, connected_objects, rand_scores
@@ -29,6 +30,14 @@ def evaluate(checkpoint, dataset: Dataset, *, fold=None, tile_size=None, overlap
     checkpoint = load_models(checkpoint)  # one model, or several: their ensemble
     config = checkpoint.config
     if fold is not None:
+        if not 0 <= fold < config.folds:
+            raise ConfigError(f"--fold {fold} does not exist: the run has folds "
+                              f"0..{config.folds - 1}")
+        if len(dataset.images) < config.folds:
+            raise ConfigError(
+                f"--fold {fold}: these data have {len(dataset.images)} sample(s), fewer than "
+                f"the run's {config.folds} folds: score the data the run trained on with "
+                f"--fold, or these data without --fold")
         _, indices = split_folds(len(dataset.images), fold, config.folds, config.split_seed)
         dataset = dataset.subset(indices)
     head = checkpoint.head

@@ -49,8 +49,11 @@ class CheckpointSaved:
 
 @dataclass(frozen=True)
 class TilesDone:
+    """Progress of a prediction: tiles done of all, or blocks over workers (`unit`)."""
+
     done: int
     total: int
+    unit: str = "tiles"
 
 
 @dataclass(frozen=True)

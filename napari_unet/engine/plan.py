@@ -278,7 +278,7 @@ def _plan_optimisation(plan: Plan, fp: Fingerprint, kind: str) -> None:
                 "high for batch norm (2e-3)" if batch_norm else "1e-3 for instance norm")
     plan.choose("weight_decay", 1e-5, "a little weight decay")
     plan.choose("lr_schedule", "cosine", "a cosine decay to the last step")
-    plan.choose("warmup_steps", 30, "30 warm-up steps")
+    plan.choose("warmup_steps", 30, "the learning rate ramps up over the first steps")
     if kind == "gpu":
         plan.choose("amp", "auto", "mixed precision: bf16 on GPUs that compute it natively "
                     "(Ampere and newer, Apple GPUs on macOS 14+), else fp16 or full precision")

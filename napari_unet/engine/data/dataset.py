@@ -189,7 +189,8 @@ def dataset_from_pairs(pairs, foreground_value=None, spatial_dims=None, **rule) 
         raise DataError("no samples found: check the image and mask paths")
     dims = {image.ndim - 1 for image, *_ in samples}
     if len(dims) > 1:
-        raise DataError("the data mix 2D images and 3D volumes: pass spatial_dims=2 or 3")
+        raise DataError("the data mix 2D images and 3D volumes: train the volumes as stacks "
+                        "of 2D slices with --set spatial_dims=2, or keep the 2D images out")
     images_, masks_, names, ids = (list(column) for column in zip(*samples))
     dims = dims.pop()
     spacing = read_spacing(pairs[0][0])
@@ -322,9 +323,13 @@ def _split_samples(image, mask, spatial_dims, name):
             check_same_shape(stack.shape[2:], mask[z].shape, name)
             samples.append((stack[:, z], mask[z], f"{name}[{z}]"))
         return samples
+    if mask.ndim == 2:  # dims == 3: a 3D model asked for 2D data
+        raise DataError(f"{name}: a 2D mask {mask.shape} cannot label a 3D volume: train "
+                        f"2D images with --set spatial_dims=2 (or a 2D --preset)")
     raise DataError(
-        f"{name}: a {mask.ndim}D mask cannot label {dims}D samples (image {image.shape}, "
-        f"mask {mask.shape}): pass spatial_dims=2 or 3 to match the mask"
+        f"{name}: a {mask.ndim}D mask {mask.shape} (image {image.shape}): a mask is 2D (an "
+        f"image) or 3D (a volume, or a stack of 2D masks); save each volume and its mask as "
+        f"3D files in images/ and masks/ folders and give --images DIR --masks DIR"
     )
 
 

@@ -11,8 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ...errors import DataError, NapariUnetError, OutputExistsError
-from ...io import input_files
+from ...io import IMAGE_SUFFIXES, input_files
 from ...runs import LABELS_SUFFIX, PROBABILITIES_SUFFIX
+from ...zarr_files import ZARR_SUFFIX
 from ..events import FileDone
 from .ensemble import load_models
 from .predict import predict_file
@@ -50,6 +51,16 @@ def predict_files(run, source, output_folder, *, probabilities_folder=None,
         if folder is not None and Path(folder).exists() and not Path(folder).is_dir():
             raise DataError(f"{folder} is a file: for a folder or glob of inputs, --output "
                             f"(and --probabilities) name a folder")
+        if folder is not None and not Path(folder).exists() \
+                and Path(folder).suffix.lower() in IMAGE_SUFFIXES + (ZARR_SUFFIX,):
+            raise DataError(f"{folder} looks like a file name: for a folder or glob of "
+                            f"inputs, --output (and --probabilities) name a folder, e.g. "
+                            f"{Path(folder).with_suffix('')}")
+    for folder, flag in ((output_folder, "--output"), (probabilities_folder, "--probabilities")):
+        if folder is not None and any(path.parent.resolve() == Path(folder).resolve()
+                                      for path in inputs):
+            raise DataError(f"{flag} {folder} holds the input images: the outputs would be read "
+                            f"as images by the next run; write them to another folder")
     labels = output_names(inputs, output_folder, LABELS_SUFFIX)
     probabilities = (output_names(inputs, probabilities_folder, PROBABILITIES_SUFFIX)
                      if probabilities_folder is not None else [None] * len(inputs))

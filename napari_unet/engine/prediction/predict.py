@@ -16,7 +16,7 @@ from scipy import ndimage  # a dependency of scikit-image
 
 from ...choices import OBJECT_MODES
 from ...errors import ConfigError, OutOfMemory, OutputExistsError
-from ...io import TifMemmapWriter, read_image, read_spacing
+from ...io import TIF_SUFFIXES, TifMemmapWriter, read_image, read_spacing
 from ...zarr_files import ZARR_SUFFIX, write_prediction
 from ..checkpoint import Checkpoint
 from ..data.layout import prepare_image
@@ -337,8 +337,9 @@ def predict_file(run, input_path, labels_path, *, probabilities=None, overwrite=
     Where objects are made (``instances``, or a model of objects), `labels_path` gets them
     (uint32, one id per object) instead of the classes. ``run``: a run folder, checkpoint,
     package or an already loaded :class:`Checkpoint`; a list of them: their ensemble."""
-    checkpoint = load_models(run)
     labels_path = Path(labels_path)
+    check_output_paths(input_path, labels_path, probabilities)
+    checkpoint = load_models(run)
     if labels_path.suffix.lower() == ZARR_SUFFIX:
         yield from _predict_to_zarr(checkpoint, input_path, labels_path, probabilities,
                                     overwrite, options)
@@ -355,19 +356,54 @@ def predict_file(run, input_path, labels_path, *, probabilities=None, overwrite=
         options["spacing"] = _spacing(input_path, len(spatial))
     # objects: the classes go to a scratch file beside them (streamed as the tiles are)
     classes_target = labels_path.with_name(labels_path.name + ".classes.tmp")
-    with TifMemmapWriter(labels_path, spatial, np.uint32 if objects else np.uint8,
-                         overwrite=overwrite) as labels_out, \
-            TifMemmapWriter(prob_target, prob_shape, np.float32, overwrite=True) as prob_out, \
-            (TifMemmapWriter(classes_target, spatial, np.uint8, overwrite=True) if objects
-             else nullcontext()) as classes_out:
-        outputs = dict(objects_out=labels_out, labels_out=classes_out) if objects else \
-            dict(labels_out=labels_out)
-        for event in predict(checkpoint, image, out=prob_out, instances=objects or "off",
-                             **outputs, **options):
-            if not isinstance(event, PredictionDone):
-                yield event
-    for scratch in ((prob_target,) if probabilities is None else ()) + (classes_target,):
-        Path(scratch).unlink(missing_ok=True)
+    try:
+        with TifMemmapWriter(labels_path, spatial, np.uint32 if objects else np.uint8,
+                             overwrite=overwrite) as labels_out, \
+                TifMemmapWriter(prob_target, prob_shape, np.float32, overwrite=True) as prob_out, \
+                (TifMemmapWriter(classes_target, spatial, np.uint8, overwrite=True) if objects
+                 else nullcontext()) as classes_out:
+            outputs = dict(objects_out=labels_out, labels_out=classes_out) if objects else \
+                dict(labels_out=labels_out)
+            for event in predict(checkpoint, image, out=prob_out, instances=objects or "off",
+                                 **outputs, **options):
+                if not isinstance(event, PredictionDone):
+                    yield event
+    finally:  # the scratch files, also when a write failed
+        for scratch in ((prob_target,) if probabilities is None else ()) + (classes_target,):
+            Path(scratch).unlink(missing_ok=True)
+
+
+def check_output_paths(input_path, labels_path, probabilities=None) -> None:
+    """One line, before anything is read or written, for outputs that cannot be what was
+    meant: a file type other than TIF (or OME-Zarr for the labels), the input image itself,
+    or the labels and the probabilities in one file."""
+    labels_path = Path(labels_path)
+    allowed = {"labels": TIF_SUFFIXES + (ZARR_SUFFIX,), "probabilities": TIF_SUFFIXES}
+    for what, path in (("labels", labels_path), ("probabilities", probabilities)):
+        if path is None:
+            continue
+        path = Path(path)
+        if path.is_dir() and path.suffix.lower() != ZARR_SUFFIX:
+            raise ConfigError(f"{path} is a folder: for one input image, name the {what} "
+                              f"file, e.g. {path / ('image' + TIF_SUFFIXES[0])}")
+        if path.suffix.lower() not in allowed[what]:
+            raise ConfigError(f"{path}: the {what} are written as "
+                              f"{'TIF or OME-Zarr' if what == 'labels' else 'TIF'}: "
+                              f"name the file {path.stem}{allowed[what][0]}"
+                              + (" (or .zarr)" if what == "labels" else ""))
+        if _same_file(path, input_path):
+            raise ConfigError(f"{path} is the input image: write the {what} to another file")
+    if probabilities is not None and _same_file(labels_path, probabilities):
+        raise ConfigError(f"the labels and the probabilities would both be {labels_path}: give "
+                          f"--probabilities another file")
+
+
+def _same_file(a, b) -> bool:
+    a, b = Path(a), Path(b)
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and a.samefile(b))
+    except OSError:
+        return False
 
 
 def _spacing(path, dims):

@@ -29,13 +29,15 @@ import torch
 
 from ...errors import ConfigError, OutOfMemory, OutputExistsError
 from ...io import read_image
-from ...zarr_files import write_prediction
+from ...zarr_files import blocks_store, write_prediction
 from ..data.layout import prepare_image
 from ..data.normalization import NormStats, normalize, stats_for_image
 from ..events import Message, TilesDone
 from ..export.loader import load_checkpoint
 from . import regions
 from .predict import _spacing, _tile_size, make_objects, objects_wanted
+from .sliding_window import BLENDS, _check_options
+from .tiles import plan_axes
 
 DONE = "done"
 
@@ -56,6 +58,7 @@ class VolumeJob:
     batch_size: int
     threads: int
     stats: dict
+    threshold: float | None = None  # None: the run's own
 
 
 def block_regions(shape, block) -> list[tuple[slice, ...]]:
@@ -91,7 +94,8 @@ def run_block(job: VolumeJob, region) -> str:
     store = zarr.open_group(job.store, mode="r+")
     many = probs.ndim > len(region)
     store["probabilities"][(slice(None), *region) if many else region] = probs
-    store["labels"][region] = checkpoint.head.labels(probs, checkpoint.config.threshold)
+    threshold = checkpoint.config.threshold if job.threshold is None else job.threshold
+    store["labels"][region] = checkpoint.head.labels(probs, threshold)
     (Path(job.store) / DONE / _name(region)).touch()
     return _name(region)
 
@@ -107,10 +111,20 @@ def _prepare(run, input_path, store: Path, block, resume, options):
     image = prepare_image(read_image(input_path), checkpoint.model.spatial_dims,
                           checkpoint.model.in_channels)
     spatial = tuple(image.shape[1:])
+    if len(block) not in (1, len(spatial)):
+        raise ConfigError(f"--block {' '.join(map(str, block))}: give one size (every axis) or "
+                          f"{len(spatial)}, one per axis of the {len(spatial)}D image")
     block = tuple(block) if len(block) == len(spatial) else tuple(block) * len(spatial)
     stats = stats_for_image(image, NormStats.from_dict(checkpoint.norm_stats))
     k = checkpoint.head.blended_channels
-    if not (resume and store.exists()):
+    tile = _tile_size(checkpoint, options["tile_size"])
+    plan_axes(checkpoint.model, tuple(image.shape), tile, options["overlap"])  # checks them
+    if resume and store.exists():
+        kept = tuple(zarr.open_group(str(store), mode="r")["labels"].chunks)
+        if kept != block:
+            raise ConfigError(f"the blocks kept in {store} are {'x'.join(map(str, kept))}: "
+                              f"resume with --block {' '.join(map(str, kept))}")
+    else:
         shutil.rmtree(store, ignore_errors=True)
         group = zarr.open_group(str(store), mode="w")
         group.create_array("probabilities", shape=((k,) if k > 1 else ()) + spatial,
@@ -120,23 +134,25 @@ def _prepare(run, input_path, store: Path, block, resume, options):
     done = {path.name for path in (store / DONE).iterdir()}
     every = block_regions(spatial, block)
     regions = [r for r in every if _name(r) not in done]
-    tile = _tile_size(checkpoint, options["tile_size"])
     job = VolumeJob(str(Path(run).resolve()), str(Path(input_path).resolve()), str(store),
                     block, tuple(tile), options["overlap"], options["tta"], options["amp"],
                     options["device"], options["batch_size"], options["threads"],
-                    stats.to_dict())
+                    stats.to_dict(), options["threshold"])
     return job, regions, len(every), checkpoint.head
 
 
 def predict_volume(run, input_path, output, *, workers: int = 2, scheduler=None,
                    block=(128,), memory_limit="2GiB", resume=False, overwrite=False,
                    retries: int = 2, tile_size=None, overlap=0.25, tta="off", amp="auto",
-                   device="cpu", batch_size=4, threads=1, instances=None):
-    """Yield TilesDone(blocks done, blocks) as blocks finish; the OME-Zarr `output` (a
-    ``.zarr`` path) is complete when the generator ends (module docstring). ``instances``
-    (predict.make_objects; None: the run's own): the objects are made from the finished
-    store block by block with halos, in this process, and written as the labels."""
-    from distributed import Client, as_completed
+                   device="cpu", batch_size=4, threads=1, instances=None, threshold=None):
+    """Yield TilesDone(blocks done, blocks, unit "blocks") as blocks finish; the OME-Zarr
+    `output` (a ``.zarr`` path) is complete when the generator ends (module docstring).
+    ``instances`` (predict.make_objects; None: the run's own): the objects are made from the
+    finished store block by block with halos, in this process, and written as the labels.
+    Every option is checked before the scratch store is made; a run that fails or is
+    cancelled before a block is done leaves nothing (one with blocks done keeps them, for
+    ``resume``)."""
+    from distributed import as_completed
 
     output = Path(output)
     if output.suffix.lower() != ".zarr":
@@ -144,26 +160,83 @@ def predict_volume(run, input_path, output, *, workers: int = 2, scheduler=None,
                           f"output NAME.zarr")
     if output.exists() and not overwrite:
         raise OutputExistsError(f"{output} exists: pass --overwrite to replace it")
-    store = output.with_name(f".{output.name}.blocks")
+    check_worker_options(workers, scheduler, block, memory_limit)
+    _check_options(overlap, batch_size, BLENDS[0], amp, 0.5 if threshold is None else threshold)
+    store = blocks_store(output)
     options = dict(tile_size=tile_size, overlap=overlap, tta=tta, amp=amp, device=device,
-                   batch_size=batch_size, threads=threads)
-    job, regions, total, head = _prepare(run, input_path, store, block, resume, options)
-    how = objects_wanted(head, instances)
-    yield TilesDone(total - len(regions), total)
-    with _cluster(scheduler, workers, memory_limit) as address, Client(address) as client:
-        futures = [client.submit(run_block, job, region, retries=retries, pure=False)
-                   for region in regions]
+                   batch_size=batch_size, threads=threads, threshold=threshold)
+    resumed = resume and store.exists()
+    try:
+        job, regions, total, head = _prepare(run, input_path, store, block, resume, options)
+        how = objects_wanted(head, instances)
         done = total - len(regions)
-        try:
-            for future in as_completed(futures):
-                _result(future, None if scheduler else memory_limit, job)
-                done += 1
-                yield TilesDone(done, total)
-        finally:
-            client.cancel(futures)
+        yield TilesDone(done, total, BLOCKS)
+        with _cluster(scheduler, workers, memory_limit) as address, _client(address) as client:
+            futures = [client.submit(run_block, job, region, retries=retries, pure=False)
+                       for region in regions]
+            try:
+                for future in as_completed(futures):
+                    _result(future, None if scheduler else memory_limit, job)
+                    done += 1
+                    yield TilesDone(done, total, BLOCKS)
+            finally:
+                client.cancel(futures)
+    except BaseException:
+        if not resumed and not any((store / DONE).glob("*")):
+            shutil.rmtree(store, ignore_errors=True)  # nothing to resume: nothing left
+        raise
     if how:
         yield Message("info", f"making objects ({how})")
     _finish(store, output, input_path, overwrite, head, how)
+
+
+BLOCKS = "blocks"  # the unit of the progress events (TilesDone.unit)
+
+
+def check_worker_options(workers, scheduler, block, memory_limit) -> None:
+    """One line for each option of the workers that cannot work, before anything is made."""
+    if scheduler is None and (not isinstance(workers, int) or workers < 1):
+        raise ConfigError(f"--workers {workers}: give a number of worker processes >= 1")
+    if any(int(size) < 1 for size in block) or not block:
+        raise ConfigError(f"--block {' '.join(map(str, block))}: give block sizes of 1 voxel "
+                          f"or more (e.g. --block 128)")
+    if scheduler is None:
+        parse_memory_limit(memory_limit)
+    elif "://" not in str(scheduler) and ":" not in str(scheduler):
+        raise ConfigError(f"--scheduler {scheduler}: give the scheduler's address with its "
+                          f"port, e.g. tcp://host:8786")
+
+
+def parse_memory_limit(memory_limit):
+    """The bytes of a worker's --memory-limit ("2GiB", "500MB", a number of bytes), or
+    "auto" (Dask's share of the machine); one line for anything else."""
+    from dask.utils import parse_bytes
+
+    if str(memory_limit).strip().lower() == "auto":
+        return "auto"
+    try:
+        size = parse_bytes(memory_limit)
+    except (ValueError, TypeError):
+        size = None
+    if size is None or size <= 0:
+        raise ConfigError(f"--memory-limit {memory_limit}: give a size per worker such as "
+                          f"2GiB or 500MB (or auto: a share of this machine's memory)")
+    return size
+
+
+@contextlib.contextmanager
+def _client(address):
+    """A dask Client of the scheduler at `address`; one line when it cannot be reached."""
+    from distributed import Client
+
+    try:
+        client = Client(address)
+    except (OSError, ValueError, TimeoutError) as exc:
+        raise ConfigError(f"cannot reach the Dask scheduler at {address} "
+                          f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}): "
+                          f"check the address and that the scheduler runs") from None
+    with client:
+        yield client
 
 
 @contextlib.contextmanager
@@ -204,6 +277,7 @@ def _result(future, memory_limit, job: VolumeJob) -> None:
 
 
 def _finish(store: Path, output: Path, input_path, overwrite, head, how=None) -> None:
+    """The store as the OME-Zarr `output` (write_prediction removes the store then)."""
     import zarr
 
     group = zarr.open_group(str(store), mode="r+")
@@ -216,7 +290,6 @@ def _finish(store: Path, output: Path, input_path, overwrite, head, how=None) ->
     write_prediction(output, group["probabilities"], labels,
                      spacing=_spacing(input_path, labels.ndim),
                      overwrite=overwrite, chunk=max(16, min(labels.chunks)))
-    shutil.rmtree(store, ignore_errors=True)
 
 
 def peak_memory_gib() -> float:

@@ -253,6 +253,7 @@ def _train_steps(run):
     Validation and CheckpointSaved when due. Cancel: KeyboardInterrupt, between steps."""
     config, dist, losses = run.config, run.dist, run.losses
     window = ThroughputWindow()
+    started = time.monotonic()
     for step in range(run.start_step, config.steps):
         if run.cancel.stop_now:  # noted during the last checkpoint write
             raise KeyboardInterrupt
@@ -282,8 +283,11 @@ def _train_steps(run):
                 and time.monotonic() > run.deadline:
             if losses.pending and losses.read(dist, run.cancel.requested):
                 raise KeyboardInterrupt
+            took = time.monotonic() - started
             yield Message("warning", f"the time is up: training ends at step {done} of "
-                                     f"{config.steps} (the machine ran slower than timed)")
+                                     f"{config.steps} (the {done - run.start_step} steps took "
+                                     f"{took:.0f} s here, {took / (done - run.start_step):.2f} s "
+                                     f"a step with the validations and checkpoint writes)")
             return
 
 

@@ -76,8 +76,8 @@ def _is_stack(image, spatial_dims) -> bool:
 def check_data_fits_model(dataset: Dataset, config: TrainConfig):
     if dataset.spatial_dims != config.spatial_dims:
         raise DataError(
-            f"the data is {dataset.spatial_dims}D but the {config.model} model is "
-            f"{config.spatial_dims}D: use the "
+            f"the data is {dataset.spatial_dims}D but the run is {config.spatial_dims}D: "
+            f"train with --set spatial_dims={dataset.spatial_dims}, or --preset auto, or the "
             f"{'volume3d' if dataset.spatial_dims == 3 else 'industrial or isbi2012'} preset")
     if len(dataset.images) == 0:
         raise DataError("the data set is empty: give at least one image with its mask")
@@ -109,7 +109,9 @@ def make_model(config: TrainConfig, in_channels: int, num_classes: int) -> torch
     model = build_model(config.model, **options)
     if model.spatial_dims != config.spatial_dims:
         raise ConfigError(f"the {config.model} model is {model.spatial_dims}D but the run is "
-                          f"{config.spatial_dims}D: set spatial_dims or choose another model")
+                          f"{config.spatial_dims}D: use --set model=unet3d for volumes (or "
+                          f"--preset auto, or a 3D preset), or --set spatial_dims="
+                          f"{model.spatial_dims} to train {model.spatial_dims}D samples")
     return model
 
 
