@@ -28,18 +28,8 @@ def evaluate(checkpoint, dataset: Dataset, *, fold=None, tile_size=None, overlap
     ``instances`` (None: the run's own, as ``predict``): ``metrics["objects"]`` (_ObjectScorer).
     """
     checkpoint = load_models(checkpoint)  # one model, or several: their ensemble
-    config = checkpoint.config
     if fold is not None:
-        if not 0 <= fold < config.folds:
-            raise ConfigError(f"--fold {fold} does not exist: the run has folds "
-                              f"0..{config.folds - 1}")
-        if len(dataset.images) < config.folds:
-            raise ConfigError(
-                f"--fold {fold}: these data have {len(dataset.images)} sample(s), fewer than "
-                f"the run's {config.folds} folds: score the data the run trained on with "
-                f"--fold, or these data without --fold")
-        _, indices = split_folds(len(dataset.images), fold, config.folds, config.split_seed)
-        dataset = dataset.subset(indices)
+        dataset = _fold_of(dataset, fold, checkpoint.config)
     head = checkpoint.head
     dataset, notes = _as_the_run_reads(dataset, head)
     num_classes = max(2, checkpoint.data_info.get("num_classes", 2), dataset.num_classes)
@@ -84,6 +74,20 @@ def evaluate(checkpoint, dataset: Dataset, *, fold=None, tile_size=None, overlap
     if notes:
         metrics["notes"] = notes
     return metrics
+
+
+def _fold_of(dataset: Dataset, fold: int, config) -> Dataset:
+    """The validation part of fold `fold` of the run's split, or a one-line error."""
+    if not 0 <= fold < config.folds:
+        raise ConfigError(f"--fold {fold} does not exist: the run has folds "
+                          f"0..{config.folds - 1}")
+    if len(dataset.images) < config.folds:
+        raise ConfigError(
+            f"--fold {fold}: these data have {len(dataset.images)} sample(s), fewer than "
+            f"the run's {config.folds} folds: score the data the run trained on with "
+            f"--fold, or these data without --fold")
+    _, indices = split_folds(len(dataset.images), fold, config.folds, config.split_seed)
+    return dataset.subset(indices)
 
 
 def _predicted(events, notes) -> PredictionDone:
