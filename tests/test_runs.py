@@ -55,7 +55,7 @@ def test_every_face_offers_the_one_choice_list():
         assert tta_mode(mode) == mode
     for amp in choices.AMP_MODES:
         TrainConfig(amp=amp)
-    with pytest.raises(ConfigError, match="amp must be one of bf16, fp16, off"):
+    with pytest.raises(ConfigError, match="amp must be one of auto, bf16, fp16, off"):
         TrainConfig(amp="fp8")
     for normalization in choices.NORMALIZATIONS:
         TrainConfig(normalization=normalization)
