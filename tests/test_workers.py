@@ -70,7 +70,7 @@ def test_two_local_workers_equal_one_process(volume_run, tmp_path):
     assert main(["predict", "--run", str(volume_run / "run"), "--input",
                  str(volume_run / "v.tif"), "--output", str(output), "--workers", "2",
                  "--block", "12", "32", "32", "--tile-size", "32", "--device", "cpu",
-                 "--memory-limit", "1GiB"]) == 0
+                 "--amp", "off", "--memory-limit", "1GiB"]) == 0
     _same_as_one_process(volume_run, output)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.zarr"]  # no scratch left
 
@@ -99,7 +99,7 @@ def test_a_failed_block_is_retried_and_a_cancelled_run_resumes(volume_run, tmp_p
 
     monkeypatch.setattr(regions, "predict_region", flaky)
     options = dict(scheduler=in_process_cluster, block=(12, 32, 32), tile_size=[32],
-                   device="cpu")
+                   device="cpu", amp="off")  # compared with the fp32 prediction
     output = tmp_path / "out.zarr"
     run = workers.predict_volume(volume_run / "run", volume_run / "v.tif", output, **options)
     assert next(run).done == 0
@@ -151,7 +151,7 @@ def test_objects_over_workers_equal_those_of_one_process(volume_run, tmp_path,
     events = list(workers.predict_volume(
         volume_run / "run", volume_run / "v.tif", tmp_path / "out.zarr",
         scheduler=in_process_cluster, block=(12, 32, 32), tile_size=[32], device="cpu",
-        instances="auto"))
+        amp="off", instances="auto"))
     assert any(isinstance(e, Message) and "objects" in e.text for e in events)
     objects = np.asarray(read_image(tmp_path / "out.zarr" / "labels" / "prediction"))
     assert objects.dtype == np.uint32 and expected.max() > 1
