@@ -13,8 +13,12 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
 # zscore: one mean/std per channel from the training set (saved with the model);
 # zscore_case: each image (case) by its own mean/std per channel inside the object (BraTS MRI,
-# whose raw scales differ several-fold between scanners and cases)
-NORMALIZATIONS = ("minus_one_one", "zscore", "zscore_case", "none")
+# whose raw scales differ several-fold between scanners and cases);
+# percentile_case: each image's own 1 and 99.8 percentiles per channel to -1..1 (as Cellpose and
+# StarDist do: holds on images of any brightness, the built-in models' rule)
+NORMALIZATIONS = ("minus_one_one", "zscore", "zscore_case", "percentile_case", "none")
+PER_IMAGE_NORMALIZATIONS = ("zscore_case", "percentile_case")
+PERCENTILES = (1.0, 99.8)
 # Region training: overlapping sigmoid outputs, each the union of some label values, nested from
 # the largest to the smallest. A region set is declared here once, one row: its regions, their
 # readable names and their metric keys (engine.labels.LabelHead reads the row).

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import yaml
 
+from . import builtin
 from .errors import CheckpointError, ConfigError
 
 CONFIG = "config.yaml"
@@ -94,12 +95,13 @@ def is_run(folder) -> bool:
 
 
 def find_checkpoint(run_or_file, prefer: str = BEST, required: bool = True):
-    """A checkpoint file as given, else the run's best (else last) checkpoint.
+    """A checkpoint file as given, else the run's best (else last) checkpoint; a built-in
+    model's name gives its weights (napari_unet.builtin).
 
     Looks in RUN/checkpoints/, then in the folder itself. Without one: CheckpointError, or
     None when `required` is False.
     """
-    path = Path(run_or_file)
+    path = Path(builtin.resolve(run_or_file))
     if path.is_file():
         return path
     if path.is_dir():

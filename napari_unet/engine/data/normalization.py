@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ...choices import NORMALIZATIONS
+from ...choices import NORMALIZATIONS, PER_IMAGE_NORMALIZATIONS, PERCENTILES
 from ...errors import ConfigError, DataError
 from ...io import strided_sample
 
@@ -47,8 +47,8 @@ def compute_norm_stats(images, mode: str) -> NormStats:
     if mode not in NORMALIZATIONS:
         raise ConfigError(f"normalisation {mode!r} is unknown: use one of {NORMALIZATIONS}")
     stats = NormStats(mode, [], [], [], [])
-    if mode in ("none", "zscore_case") or not images:
-        return stats  # zscore_case: each image brings its own (stats_for_image)
+    if mode in ("none", *PER_IMAGE_NORMALIZATIONS) or not images:
+        return stats  # each image brings its own (stats_for_image)
     budget = max(10_000, 2_000_000 // len(images))
     # zscore: each volume has its own background value (BraTS: a different floor per case)
     select = _without_background if mode == "zscore" else (lambda values: values)
@@ -70,9 +70,21 @@ def compute_norm_stats(images, mode: str) -> NormStats:
 def stats_for_image(image, stats: NormStats) -> NormStats:
     """The statistics that normalise `image`: `stats` itself, or for zscore_case the image's
     own mean and std per channel without its constant background (zscore over one case)."""
+    if stats.mode == "percentile_case":
+        return _percentiles_of(image)
     if stats.mode != "zscore_case":
         return stats
     return compute_norm_stats([image], "zscore")
+
+
+def _percentiles_of(image) -> NormStats:
+    stats = NormStats("minus_one_one", [], [], [], [])
+    for channel in image:
+        values = _finite_sample(channel, 2_000_000)
+        low, high = (float(v) for v in np.percentile(values, PERCENTILES)) if values.size else (0, 1)
+        stats.low.append(low)
+        stats.high.append(high if high > low else low + 1.0)
+    return stats
 
 
 def _finite_sample(array, budget: int) -> np.ndarray:
@@ -113,8 +125,8 @@ def normalize_tensor(x: torch.Tensor, stats: NormStats, channel_dim: int = 1) ->
     a batch by default): float32, bit for bit what `normalize` gives on the CPU. A float32
     input is scaled in place. No step reads a value back, so a GPU never waits for the host."""
     x = x.to(torch.float32)
-    if stats.mode == "zscore_case":
-        raise DataError("zscore_case statistics belong to one image: normalise with "
+    if stats.mode in PER_IMAGE_NORMALIZATIONS:
+        raise DataError(f"{stats.mode} statistics belong to one image: normalise with "
                         "stats_for_image(image, stats)")
     if stats.mode == "minus_one_one":
         low, high = _per_channel(stats.low, x, channel_dim), _per_channel(stats.high, x, channel_dim)

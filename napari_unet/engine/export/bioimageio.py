@@ -28,10 +28,11 @@ import imageio.v3 as iio
 import numpy as np
 import torch
 
+from ...choices import PERCENTILES
 from ...errors import ConfigError, OutputExistsError
 from ..checkpoint import Checkpoint
 from ..data.layout import prepare_image
-from ..data.normalization import NormStats, normalize
+from ..data.normalization import NormStats, normalize, stats_for_image
 from ..labels import LabelHead
 from .loader import load_checkpoint
 from .onnx import AXIS_NAMES, ONNX_OPSET, export_onnx, export_torchscript, require
@@ -77,9 +78,14 @@ def _axis_sizes(model) -> tuple[int, int, int]:
     return smallest, step, smallest - model._axis_output(smallest)
 
 
-def _preprocessing(spec, stats: NormStats, channel_axis):
+def _preprocessing(spec, stats: NormStats, channel_axis, spatial_axes):
     steps = [spec.EnsureDtypeDescr(kwargs=spec.EnsureDtypeKwargs(dtype="float32"))]
-    if stats.mode == "minus_one_one":
+    if stats.mode == "percentile_case":  # each image's percentiles per channel, then to -1..1
+        steps.append(spec.ScaleRangeDescr(kwargs=spec.ScaleRangeKwargs(
+            axes=spatial_axes, min_percentile=PERCENTILES[0], max_percentile=PERCENTILES[1])))
+        steps.append(spec.ScaleLinearDescr(kwargs=spec.ScaleLinearKwargs(gain=2.0, offset=-1.0)))
+        steps.append(spec.ClipDescr(kwargs=spec.ClipKwargs(min=-1.5, max=1.5)))
+    elif stats.mode == "minus_one_one":
         low, high = np.asarray(stats.low, float), np.asarray(stats.high, float)
         gain = 2.0 / (high - low)
         offset = -low * gain - 1.0
@@ -132,7 +138,7 @@ def _test_image(checkpoint: Checkpoint, image, window) -> np.ndarray:
 def _model_output(checkpoint: Checkpoint, test_input: np.ndarray) -> np.ndarray:
     """The package's expected output: ours, computed the way the package describes it."""
     stats = NormStats.from_dict(checkpoint.norm_stats)
-    x = torch.from_numpy(normalize(test_input[0], stats)[None])
+    x = torch.from_numpy(normalize(test_input[0], stats_for_image(test_input[0], stats))[None])
     with torch.no_grad():
         logits = checkpoint.model.eval().float()(x)
     if checkpoint.head.activation == "sigmoid":
@@ -310,7 +316,7 @@ def _tensors(spec, checkpoint: Checkpoint, tmp: Path):
         test_tensor=spec.FileDescr(source=tmp / "test_input.npy"),
         data=spec.IntervalOrRatioDataDescr(type="float32"),
         preprocessing=_preprocessing(spec, NormStats.from_dict(checkpoint.norm_stats),
-                                     channel_axis))]
+                                     channel_axis, [spec.AxisId(n) for n in names]))]
     outputs = [spec.OutputTensorDescr(
         id=spec.TensorId(OUTPUT_ID), axes=output_axes,
         test_tensor=spec.FileDescr(source=tmp / "test_output.npy"),

@@ -21,7 +21,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from ...choices import IGNORE_CLASS
+from ...choices import IGNORE_CLASS, PER_IMAGE_NORMALIZATIONS
 from ...errors import DataError, OutOfMemory
 from ...masks import distinct_values, value_listing
 from ...runs import BEST, LAST, RunFolder
@@ -197,7 +197,7 @@ class _Run:
     def _build_sampler(self):
         config, dist = self.config, self.dist
         windows, self.window_norm = self.train_set, self.norm
-        if config.normalization == "zscore_case" or config.resample > 1:
+        if config.normalization in PER_IMAGE_NORMALIZATIONS or config.resample > 1:
             windows = normalized_copy(self.train_set, self.norm, config)
             self.window_norm = compute_norm_stats(windows.images, "none")  # normalised already
         self.sampler = PatchSampler(windows.images, windows.masks, self.input_size,
