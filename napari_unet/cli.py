@@ -12,7 +12,7 @@ import subprocess
 import sys
 import typing
 
-from napari_unet import __version__, engine, runs
+from napari_unet import __version__, builtin, engine, runs
 from napari_unet.choices import (
     AUTO_PRESET,
     BACKENDS,
@@ -114,7 +114,10 @@ def _add_train(p):
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config field, e.g. --set lr_decay_steps=200")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    p.add_argument("--init-from", metavar="RUN", help="fine-tune from another run's weights")
+    p.add_argument("--init-from", metavar="RUN|MODEL",
+                   help="fine-tune from a run's weights or a built-in model "
+                        f"({', '.join(builtin.names()) or 'none shipped'}); none: start from "
+                        "nothing (auto proposes a built-in model when the data look like its)")
     p.add_argument("--evaluate", action="store_true", help="score the validation fold at the end")
     p.add_argument("--predict", metavar="PATH",
                    help=f"segment PATH at the end ({runs.PREDICTIONS}/)")
@@ -172,9 +175,11 @@ def _add_model_source(p):
     source.add_argument("--run", metavar="RUN_DIR", action="append",
                         help="a run folder or checkpoint; several (--run A --run B, e.g. the "
                              "folds of one recipe): their averaged probabilities")
-    source.add_argument("--model", metavar="PACKAGE.zip", dest="run", action="append",
-                        help="a bioimage.io package exported by napari_unet export (several: "
-                             "their ensemble, as --run)")
+    source.add_argument("--model", metavar="MODEL", dest="run", action="append",
+                        help="a built-in model ("
+                             f"{', '.join(builtin.names()) or 'none shipped'}) or a bioimage.io "
+                             "package exported by napari_unet export (several: their "
+                             "ensemble, as --run)")
 
 
 def _add_predict(p):

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from napari_unet import engine, runs
+from napari_unet import builtin, engine, runs
 from napari_unet.choices import AUTO_PRESET, SAMPLES, preset_options
 from napari_unet.cli_progress import drive, is_main_process, printer
 from napari_unet.errors import ConfigError, DataError
@@ -43,6 +43,11 @@ def check_train_args(args) -> None:
     if args.resume and args.init_from:
         raise ConfigError("--resume continues the run in --out with its own weights, "
                           "--init-from starts a new run from another's: give one of them")
+    if args.init_from and args.init_from != "none" and not Path(args.init_from).exists() \
+            and not builtin.builtin_name(args.init_from):
+        raise ConfigError(f"--init-from {args.init_from}: no such run folder, checkpoint or "
+                          f"built-in model (built-in: {', '.join(builtin.names()) or 'none'}; "
+                          f"none: start from nothing)")
     if args.resume and not run.last.is_file():
         raise ConfigError(f"--resume: {run.path} holds no checkpoint to continue "
                           f"({runs.CHECKPOINTS}/{runs.LAST}): leave out --resume to start "
@@ -91,7 +96,6 @@ def cmd_train(args) -> int:
             _save_sample(dataset, run_dir, args.resume)
         timed = config.minutes is not None and args.steps is None and not args.resume
         events = engine.train(config, dataset, run_dir=run_dir, resume=args.resume,
-                              init_from=args.init_from,
                               deadline=engine.time_limit(config, started) if timed else None)
         finished = drive(events, printer(args.events))
     except BaseException:
@@ -247,7 +251,8 @@ def _planned_config(args, started: float):
         # the plan follows the data's dimensions, unless --set spatial_dims=N says them
         dims = dict(_parse_set(item) for item in args.set).get("spatial_dims", "auto")
         dataset = _load_data(args, dims, rule_of(args))
-        config = train_config(args, engine.plan_for_data(dataset, args.device or "auto"))
+        config = train_config(args, engine.plan_for_data(dataset, args.device or "auto",
+                                                         init_from=args.init_from))
         if config.minutes is None and args.steps is None:
             config = config.replace(minutes=engine.DEFAULT_MINUTES)
     else:
@@ -286,6 +291,8 @@ def train_config(args, plan=None):
         overrides["model_options"] = options
     if plan is not None:
         return plan.config(**overrides)
+    if args.init_from is not None:  # a named preset fine-tunes as it is
+        overrides["init_from"] = engine.start_name(args.init_from)
     return engine.preset_config(args.preset, **overrides)
 
 

@@ -19,7 +19,7 @@ The rule, in order:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -27,6 +27,7 @@ from .choices import MAX_CHANNELS
 from .errors import ConfigError, DataError
 
 COLOUR = (3, 4)  # RGB, RGBA
+LUMINANCE = np.array([0.2125, 0.7154, 0.0721], np.float32)
 MAX_LAST_CHANNELS = 4  # a last axis this short is colour or modalities, never pixels
 VOLUME_DEPTH = 16  # a layer at least this deep (and not too thin) is a volume
 SPATIAL_LETTERS = "ZYX"
@@ -102,6 +103,7 @@ class Layout:
     channel_axis: int | None = None  # None: one channel, added in front
     stack_axis: int | None = None  # None: one image or one volume
     rgb: bool = False  # the channel axis is colour: the last, of 3 or 4 (alpha is dropped)
+    gray: bool = False  # colour seen by a one-channel model: its luminance (built-in models)
 
     @property
     def kind(self) -> str:
@@ -113,7 +115,7 @@ class Layout:
     @property
     def channels(self) -> int:
         """The channels the model sees (RGBA: 3)."""
-        if self.channel_axis is None:
+        if self.channel_axis is None or self.gray:
             return 1
         return 3 if self.rgb else self.shape[self.channel_axis]
 
@@ -133,6 +135,8 @@ class Layout:
             return array[None]
         if self.rgb and array.shape[-1] == 4:
             array = array[..., :3]  # RGBA: the alpha channel is not signal
+        if self.gray:  # a copy: ITU-R 709 luminance, as scikit-image's rgb2gray
+            return np.tensordot(np.asarray(array, np.float32), LUMINANCE, axes=([-1], [0]))[None]
         return np.moveaxis(array, self.channel_axis, 0)
 
     def stack_first(self, array):
@@ -159,6 +163,8 @@ def interpret(shape, spatial_dims: int, in_channels: int | None = None, *, axes:
     layout = _from_axes(shape, spatial_dims, axes, stack) if _is_hint(axes, shape) else None
     if layout is None:
         layout = _from_shape(shape, spatial_dims, in_channels, stack, depth)
+    if in_channels == 1 and layout.rgb:
+        layout = replace(layout, gray=True)
     if in_channels is not None and layout.channels != in_channels:
         raise DataError(f"the image has {layout.channels} channel(s) but the model expects "
                         f"{in_channels}: give an image like the training images")

@@ -82,6 +82,8 @@ class Option:
 TRAIN_OPTIONS: tuple[Option, ...] = (
     Option("preset", str, "industrial", "the preset the other values started from"),
     Option("plan", dict, {}, "--preset auto: why each planned value was chosen"),
+    Option("init_from", Optional[str], None,
+           "the run or built-in model whose weights this run started from (fine-tuning)"),
     # -- model
     Option("model", str, "tiny_unet", "the network (models.available_models())"),
     Option("model_options", dict, {}, "the network's own options, e.g. base_channels"),

@@ -126,7 +126,7 @@ def test_objects_of_a_large_image_are_made_by_blocks_with_the_same_result(
         objects_run, nuclei, tmp_path, monkeypatch):
     from test_instances_watershed import same_partition
 
-    from napari_unet.engine.prediction import predict as module
+    from napari_unet.engine.prediction import objects as module
 
     args = ["predict", "--run", str(objects_run), "--input", str(nuclei / "images" / "n0.tif"),
             "--device", "cpu", "--amp", "off"]

@@ -136,7 +136,7 @@ def test_objects_over_workers_equal_those_of_one_process(volume_run, tmp_path,
                                                          in_process_cluster, monkeypatch):
     from napari_unet.engine import predict_file
     from napari_unet.engine.events import Message
-    from napari_unet.engine.prediction import predict
+    from napari_unet.engine.prediction import objects as predict
 
     # objects made block by block here too (from the Zarr store; from memory maps in one
     # process), blocks smaller than the objects, so ids are stitched across their faces

@@ -23,7 +23,7 @@ _EXPORTS = {
     "export_model": "export.formats", "load_checkpoint": "export.loader",
     "LabelHead": "labels",
     "DEFAULT_MINUTES": "plan", "Plan": "plan", "plan_for_data": "plan",
-    "plan_lines": "plan",
+    "plan_lines": "plan", "start_name": "start",
     "fit_to_minutes": "training.calibration", "check_budget": "training.calibration",
     "time_limit": "training.calibration",
     "predict_files": "prediction.files", "Ensemble": "prediction.ensemble",

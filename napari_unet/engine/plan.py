@@ -32,6 +32,7 @@ import torch
 from .config import TrainConfig, preset_config
 from .data.fingerprint import Fingerprint, fingerprint
 from .runtime import amp_reason, resolve_amp, resolve_device
+from .start import plan_start
 
 AUTO = "auto"
 # pixels (2D) or voxels (3D) a CPU step processes, from the CPU recipes: 4 x 256^2 in 2D
@@ -88,16 +89,20 @@ def show_value(name: str, value) -> str:
     return str(value)
 
 
-def plan_for_data(dataset, device: str = "auto") -> Plan:
+def plan_for_data(dataset, device: str = "auto", init_from=None) -> Plan:
     """The plan for `dataset` (its fingerprint, with the voxel spacing its files gave) on
-    `device` ("auto": the one training would use), capped by that device's free memory."""
+    `device` ("auto": the one training would use), capped by that device's free memory;
+    fine-tuned from `init_from` (a run or a built-in model), or from a built-in model that
+    the data look like unless `init_from` is 'none' (engine.start)."""
     chosen = resolve_device(device)
     if chosen.type == "cuda":
         memory = float(torch.cuda.mem_get_info(chosen)[0])
     else:
         memory = float(psutil.virtual_memory().available)
     kind = "cpu" if chosen.type == "cpu" else "gpu"
-    return plan_run(fingerprint(dataset, dataset.spacing), kind, memory)
+    plan = plan_run(fingerprint(dataset, dataset.spacing), kind, memory)
+    plan_start(plan, init_from)
+    return plan
 
 
 def plan_run(fp: Fingerprint, device: str = "cpu", memory_bytes: float | None = None) -> Plan:

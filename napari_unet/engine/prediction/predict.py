@@ -12,9 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import ndimage  # a dependency of scikit-image
 
-from ...choices import OBJECT_MODES
 from ...errors import ConfigError, OutOfMemory, OutputExistsError
 from ...io import TIF_SUFFIXES, TifMemmapWriter, read_image, read_spacing
 from ...zarr_files import ZARR_SUFFIX, write_prediction
@@ -27,11 +25,18 @@ from ..labels import LabelHead
 from ..runtime import resolve_amp, resolve_device
 from .backends import backend_model
 from .ensemble import Ensemble, load_models
-from .instances import cells_from_membranes, label_blocks, objects_from_probabilities
+from .objects import keep_largest_object, make_objects, objects_note, objects_wanted  # noqa: F401 (public here too)
+from .scale import (
+    back_to,
+    check_diameter,
+    median_diameter,
+    objects_of,
+    preview,
+    resized,
+    scale_for,
+    trained_diameter,
+)
 from .sliding_window import iter_sliding_window
-
-BLOCK_VOXELS = 1 << 25   # objects of larger images are made block by block
-BLOCK_SIDE, BLOCK_HALO = 256, 32
 
 
 @dataclass(frozen=True)
@@ -55,7 +60,7 @@ def _tile_size(checkpoint: Checkpoint, tile_size):
 def predict(checkpoint, image, *, tile_size=None, overlap=0.25, batch_size=4, tta=False,
             amp="auto", device="auto", threshold=None, out=None, labels_out=None,
             channels_last=True, backend="torch", keep_largest=None, axes=None, instances=None,
-            spacing=None, objects_out=None):
+            spacing=None, objects_out=None, diameter=None):
     """Yield TilesDone events, then one PredictionDone. Closing the generator cancels.
     ``threshold`` and ``keep_largest`` None: the run's own. ``axes``: the image's axes
     letters where known (napari_unet.layouts), e.g. "CZYX" for a channel group.
@@ -64,8 +69,11 @@ def predict(checkpoint, image, *, tile_size=None, overlap=0.25, batch_size=4, tt
     with ``--instances boundary``, none otherwise), "off", "auto" or "membranes"; ``spacing``:
     the voxel size per spatial axis (anisotropic volumes), ``objects_out``: where they go.
     ``checkpoint``: one model, or several (a list of runs, an :class:`Ensemble`) whose
-    probabilities are averaged."""
+    probabilities are averaged. ``diameter`` (a model that knows its objects' size, the
+    built-in ones): None or "auto" measures the image's objects and predicts at the scale
+    that matches them (:mod:`.scale`), pixels give their size, "off" keeps the image's scale."""
     checkpoint = load_models(checkpoint)
+    diameter = check_diameter(diameter)
     amp, note = resolve_amp(resolve_device(device), amp)
     if note:
         yield Message("warning", note)
@@ -82,18 +90,38 @@ def predict(checkpoint, image, *, tile_size=None, overlap=0.25, batch_size=4, tt
     device = resolve_device(device)
     model = backend_model(checkpoint.model, backend, device, amp)
     channels_last = channels_last and model is checkpoint.model
+    image = prepare_image(image, checkpoint.model.spatial_dims, checkpoint.model.in_channels,
+                          axes)
+    stats = NormStats.from_dict(checkpoint.norm_stats)
+    common = dict(head=checkpoint.head, tile_size=_tile_size(checkpoint, tile_size),
+                  overlap=overlap, batch_size=batch_size, tta=tta, amp=amp, device=device,
+                  threshold=checkpoint.config.threshold if threshold is None else threshold,
+                  channels_last=channels_last and checkpoint.model.spatial_dims == 2)
+    scale = 1.0
+    if trained_diameter(checkpoint) and diameter != "off":
+        scale = yield from _choose_scale(model, image, stats, trained_diameter(checkpoint),
+                                         diameter, common)
     yield from predict_with_model(
-        model, prepare_image(image, checkpoint.model.spatial_dims, checkpoint.model.in_channels,
-                             axes),
-        NormStats.from_dict(checkpoint.norm_stats), head=checkpoint.head,
-        tile_size=_tile_size(checkpoint, tile_size),
-        overlap=overlap, batch_size=batch_size, tta=tta, amp=amp, device=device,
-        threshold=checkpoint.config.threshold if threshold is None else threshold,
-        out=out, labels_out=labels_out, resample=checkpoint.config.resample,
+        model, image, stats, **common,
+        out=out, labels_out=labels_out, resample=checkpoint.config.resample, scale=scale,
         keep_largest=checkpoint.config.keep_largest if keep_largest is None else keep_largest,
-        channels_last=channels_last and checkpoint.model.spatial_dims == 2,
         instances=objects_wanted(checkpoint.head, instances), spacing=spacing,
         objects_out=objects_out)
+
+
+def _choose_scale(model, image, stats, trained: float, diameter, common):
+    """The scale to predict `image` at (a generator: yields the line that says why): from the
+    given `diameter`, else from the objects of a first pass over the image's middle."""
+    if isinstance(diameter, float):
+        scale, note = scale_for(diameter, trained, given=True)
+    else:
+        head = common["head"]
+        done = run_to_end(predict_with_model(model, preview(image), stats, **common,
+                                             instances="auto" if head.objects else None))
+        measured = median_diameter(objects_of(done.labels, done.objects))
+        scale, note = scale_for(measured, trained, given=False)
+    yield Message("info", note)
+    return scale
 
 
 def _predict_ensemble(ensemble: Ensemble, image, *, out, labels_out, threshold, keep_largest,
@@ -136,28 +164,18 @@ def output_shapes(checkpoint: Checkpoint, image, axes=None, instances=None) -> d
     return shapes
 
 
-def objects_wanted(head: LabelHead, instances) -> str | None:
-    """The objects a prediction makes: None (none), "auto" or "membranes" (make_objects)."""
-    if instances is None:
-        return "auto" if head.objects else None
-    if instances not in OBJECT_MODES:
-        raise ConfigError(f"instances={instances!r}: choose one of {', '.join(OBJECT_MODES)}")
-    if instances == "membranes" and head.blended_channels != 1:
-        raise ConfigError("--instances membranes needs a model of one foreground (the "
-                          "membrane): this model has several outputs")
-    return None if instances == "off" else instances
-
-
 def predict_with_model(model, image, stats: NormStats, *, head: LabelHead, tile_size,
                        overlap=0.25, batch_size=4, tta=False, amp="auto", device="cpu",
                        threshold=0.5, out=None, labels_out=None, channels_last=True,
                        resample: int = 1, keep_largest: bool = False, instances=None,
-                       spacing=None, objects_out=None):
+                       spacing=None, objects_out=None, scale: float = 1.0):
     """Sliding-window prediction of a channel-first image, normalised tile by tile (zscore_case:
     with the image's own statistics); ``head`` says what the outputs mean. ``resample`` > 1: the model was trained at 1/resample of
     the resolution; the normalised image is averaged down (in memory), predicted, and the
     probabilities are interpolated back to the image's grid before the labels are taken.
-    ``instances`` "auto" or "membranes": objects are made too (:func:`make_objects`)."""
+    ``instances`` "auto" or "membranes": objects are made too (:func:`make_objects`).
+    ``scale`` (not with ``resample``): the normalised image is resized by it across the image
+    plane, predicted, and the probabilities resized back (objects of another size)."""
     device = torch.device(device)
     model = model.to(device)
     stats = stats_for_image(image, stats)
@@ -168,6 +186,13 @@ def predict_with_model(model, image, stats: NormStats, *, head: LabelHead, tile_
         probabilities = yield from _window_with_retries(
             model, small, batch_size, preprocess=None, out=None, labels_out=None, **options)
         probabilities = _upsampled(probabilities, head, resample, image.shape[1:], out)
+        if labels_out is not None:
+            labels_out[...] = head.labels(probabilities, threshold)
+    elif scale != 1.0:
+        scaled = resized(normalize(image, stats), scale)
+        probabilities = yield from _window_with_retries(
+            model, scaled, batch_size, preprocess=None, out=None, labels_out=None, **options)
+        probabilities = _into(back_to(probabilities, image.shape[1:]), out)
         if labels_out is not None:
             labels_out[...] = head.labels(probabilities, threshold)
     else:
@@ -196,96 +221,6 @@ def _finish(probabilities, labels_out, head: LabelHead, threshold, keep_largest,
     yield PredictionDone(probabilities=probabilities, labels=labels, objects=objects)
 
 
-def make_objects(probabilities, labels, head: LabelHead, how="auto", spacing=None, out=None,
-                 dims=None):
-    """uint32 instance labels (into ``out`` where given) of a prediction:
-
-    - a model of background / interior / boundary (``--instances boundary``): seeded watershed
-      of its probabilities (prediction.instances.objects_from_probabilities);
-    - "membranes", a model of one foreground that is a membrane (ISBI 2012's EM): the cells
-      between the membranes (prediction.instances.cells_from_membranes);
-    - any other model: the connected components of its foreground (labels > 0; faces only).
-
-    ``dims``: the model's (2 for a 2D model over a stack: each slice's objects on their own,
-    numbered on from the slice before). Images larger than BLOCK_VOXELS are made block by
-    block with halos (objects that cross blocks keep one id): the memory of a few blocks."""
-    shape = tuple(np.shape(labels))
-    dims = dims or len(shape)
-    spacing = tuple(spacing[-dims:]) if spacing is not None and len(spacing) >= dims else None
-    if out is None:
-        out = np.zeros(shape, np.uint32)
-    objects_wanted(head, how)  # a membrane model for "membranes"
-    many = head.blended_channels > 1
-    if len(shape) > dims:  # a stack under a 2D model
-        offset = 0
-        for z in range(shape[0]):
-            probs = probabilities[:, z] if many else probabilities[z]
-            part = _objects_of(probs, labels[z], head, how, spacing)
-            out[z] = np.where(part > 0, part + np.uint32(offset), 0)
-            offset += int(part.max(initial=0))
-        return out
-    return _objects_of(probabilities, labels, head, how, spacing, out)
-
-
-def objects_note(labels, objects, head: LabelHead, how) -> str | None:
-    """A warning when the objects show that the mode does not fit the model: "membranes" of
-    a model whose foreground is objects (no cell, or more foreground regions than cells:
-    membranes are a network that divides the image into cells), or the connected components
-    of a membrane model (one object, a network around many regions). Images of up to
-    BLOCK_VOXELS only (a look at the whole costs a labelling of it)."""
-    if head.objects or int(np.prod(np.shape(labels))) > BLOCK_VOXELS:
-        return None
-    foreground = np.asarray(labels) > 0
-    count = len(np.unique(np.asarray(objects))) - int(np.any(np.asarray(objects) == 0))
-    if how == "membranes":
-        regions = ndimage.label(foreground)[1]
-        if count == 0 or (count <= 1 < regions) or regions > count:
-            return (f"--instances membranes found {count} cell(s) between {regions} separate "
-                    "foreground region(s): this model's foreground looks like objects, not "
-                    "membranes (a membrane network divides the image into cells); for objects "
-                    "of the foreground, use --instances auto")
-    elif count == 1:
-        enclosed = ndimage.label(~foreground)[1]
-        if enclosed >= 3:
-            return (f"--instances auto found one object, a network around {enclosed} regions: "
-                    "if the model's foreground is membranes (EM), use --instances membranes "
-                    "for the cells between them")
-    return None
-
-
-def _objects_of(probabilities, labels, head, how, spacing, out=None):
-    """make_objects of one image or volume of the model's dimensions."""
-    blocks = {}
-    if int(np.prod(np.shape(labels))) > BLOCK_VOXELS:
-        blocks = dict(block_shape=(BLOCK_SIDE,) * np.ndim(labels), halo=BLOCK_HALO)
-    if how == "membranes":
-        return cells_from_membranes(probabilities, spacing=spacing, out=out, **blocks)
-    if head.objects:
-        return objects_from_probabilities(probabilities, spacing=spacing, out=out, **blocks)
-    return label_blocks(lambda core: np.asarray(labels[core]) > 0, np.shape(labels),
-                        blocks.get("block_shape"), out)[0]
-
-
-def keep_largest_object(labels, core_values=()) -> None:
-    """Clear, in place, every foreground voxel outside the largest connected object of
-    ``labels > 0`` (full connectivity: 8 in 2D, 26 in 3D). With `core_values` (a region
-    model's inner labels, e.g. the tumour core's), every object that holds a voxel of them is
-    kept instead (the largest where none does): a whole tumour is the parts around a core."""
-    foreground = np.asarray(labels) > 0
-    components, count = ndimage.label(foreground, np.ones((3,) * foreground.ndim, bool))
-    if count <= 1:
-        return
-    if len(core_values):
-        cored = np.unique(components[np.isin(labels, core_values)])
-        cored = cored[cored > 0]
-        if cored.size:
-            labels[foreground & ~np.isin(components, cored)] = 0
-            return
-    sizes = np.bincount(components.ravel())
-    sizes[0] = 0
-    labels[(components != int(sizes.argmax())) & foreground] = 0
-
-
 def _window_with_retries(model, image, batch_size, *, tile_size, device, **options):
     while True:
         try:
@@ -310,10 +245,13 @@ def _upsampled(probabilities, head: LabelHead, factor, shape, out):
     many = head.blended_channels > 1
     probs = torch.from_numpy(np.asarray(probabilities))
     full = upsample_probabilities(probs if many else probs[None], factor, shape).numpy()
-    full = full if many else full[0]
+    return _into(full if many else full[0], out)
+
+
+def _into(array, out):
     if out is None:
-        return full
-    out[...] = full
+        return array
+    out[...] = array
     return out
 
 

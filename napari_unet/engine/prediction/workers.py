@@ -35,7 +35,8 @@ from ..data.normalization import NormStats, normalize, stats_for_image
 from ..events import Message, TilesDone
 from ..export.loader import load_checkpoint
 from . import regions
-from .predict import _spacing, _tile_size, make_objects, objects_wanted
+from .objects import make_objects, objects_wanted
+from .predict import _spacing, _tile_size
 from .sliding_window import BLENDS, _check_options
 from .tiles import plan_axes
 

@@ -60,10 +60,12 @@ def train(config: TrainConfig, images=None, masks=None, *, run_dir, resume: bool
     steps were done, with a message (``--minutes`` on a machine that slowed down)."""
     run = _Run(config, images, masks, val_images, val_masks, run_dir, resume)
     run.deadline = None if run.dist.enabled else deadline
-    run.build_training(resume, init_from)
+    run.build_training(resume, init_from if init_from is not None else config.init_from)
     yield run.started()
     if run.amp_note:
         yield Message("warning", run.amp_note)
+    if run.head_note:
+        yield Message("info", run.head_note)
     for note in run.notes:  # what the masks hold that was probably not meant
         yield Message("warning", note)
     if run.dataset.num_classes < 2 or not any(_has_objects(m) for m in run.train_set.masks):
@@ -164,6 +166,7 @@ class _Run:
         self.folder = RunFolder(run_dir, writer=self.dist.is_main)
         self.folder.prepare(config, resume)
         self.start_step, self.best_dice = 0, float("-inf")
+        self.head_note = None
 
     def build_training(self, resume, init_from):
         """Optimizer, schedule, scaler, EMA (restored on resume), the loss and the batches."""
@@ -181,7 +184,7 @@ class _Run:
                 self.folder.checkpoints / LAST, model, self.optimizer, self.scheduler,
                 self.scaler, self.ema)
         elif init_from is not None:
-            init_weights(init_from, model)
+            self.head_note = init_weights(init_from, model)
         self.net = self.dist.wrap(model, device)
         if config.compile:
             self.net = torch.compile(self.net)

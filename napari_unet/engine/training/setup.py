@@ -175,12 +175,24 @@ def make_ema(model, decay: float):
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
-def init_weights(init_from, model):
-    """Fine-tune: start from another run's weights (same model and classes)."""
+HEAD_PREFIX = "head."  # every model's last layer (models/)
+
+
+def init_weights(init_from, model) -> str | None:
+    """Fine-tune: start from another run's or a built-in model's weights. A different number
+    of outputs (classes, regions, the boundary head) gets a new head, initialised afresh;
+    returns a note saying so, else None. Anything else that differs is a one-line error."""
     source = load_checkpoint(init_from)
-    try:
-        model.load_state_dict(source.model.state_dict())
-    except RuntimeError:
+    theirs, ours = source.model.state_dict(), model.state_dict()
+    differ = sorted(k for k in ours if k not in theirs or theirs[k].shape != ours[k].shape)
+    if any(not key.startswith(HEAD_PREFIX) for key in differ) or set(theirs) - set(ours):
         raise NapariUnetError(
-            f"cannot fine-tune from {source.path}: its {source.model.hparams['name']} model "
-            f"differs from this run's (classes, channels or size); choose a matching run") from None
+            f"cannot fine-tune from {init_from}: its {source.model.hparams['name']} model "
+            f"differs from this run's (model, size or image channels: it takes "
+            f"{source.model.in_channels} channel(s)); choose a matching run, or let the plan "
+            f"take the model from it (--preset auto)")
+    model.load_state_dict({k: v for k, v in theirs.items() if k not in differ}, strict=False)
+    if differ:
+        return (f"{init_from} has {source.model.num_classes} outputs and this run "
+                f"{model.num_classes}: a new head is trained on its features")
+    return None
