@@ -56,8 +56,8 @@ def test_predict_segments_with_a_builtin_model_before_anything_is_painted(
     assert combo.itemData(combo.findText("nuclei"), Qt.ToolTipRole) \
         == builtin.describe("nuclei") == "nuclei: 2D nuclei (a test model)"
     choose_item(combo, "nuclei")
-    assert predict.model_note.text() == ("nuclei: 2D nuclei (a test model) (2D, 1 channel(s), "
-                                         "objects ~17 px across)")
+    assert predict.model_note.text() == ("built-in model: 2D nuclei (a test model) (2D, 1 "
+                                         "channel, objects ~17 px across)")
     assert predict.model_note.isVisibleTo(predict) and "2D nuclei" in combo.toolTip()
 
     layer = viewer.add_image(np.random.default_rng(0).random((128, 128), np.float32) * 255,
@@ -111,7 +111,7 @@ def test_train_starts_from_nothing_a_builtin_model_or_a_run_in_one_field(
     choose_item(combo, "nuclei")
     # the plan takes the model's network and size: its weights fit only those
     assert train.preset.currentText() == "auto" and train.base_channels.currentData() is None
-    assert train.start_from.note.text().startswith("nuclei: 2D nuclei (a test model)")
+    assert train.start_from.note.text().startswith("built-in model: 2D nuclei (a test model)")
     command = start("from_nuclei")
     assert command[command.index("--init-from") + 1] == "nuclei"
     args = build_parser().parse_args(command[command.index("train"):])

@@ -80,15 +80,16 @@ def builtin_dims(name: str) -> int | None:
 
 
 def builtin_text(name: str) -> str:
-    """A built-in model in a line: its description, then its kind, channels and object size
-    as its card gives them."""
+    """What a built-in model is, in a line under its field (the name is in the field): its
+    card's summary, then its kind, channels and object size as the card gives them."""
     card = builtin.card(name)
     facts = [str(card["kind"]).upper()] if "kind" in card else []
     if "channels" in card:
-        facts.append(f"{card['channels']} channel(s)")
+        facts.append(f"{card['channels']} channel" + ("" if card["channels"] == 1 else "s"))
     if "diameter" in card:
         facts.append(f"objects ~{card['diameter']} px across")
-    return builtin.describe(name) + (f" ({', '.join(facts)})" if facts else "")
+    return f"built-in model: {card.get('summary', name)}" + (
+        f" ({', '.join(facts)})" if facts else "")
 
 
 def refuse_builtin_folder(path, what: str) -> None:
