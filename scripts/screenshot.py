@@ -62,8 +62,9 @@ def main(argv=None) -> int:
     parser.add_argument("--size", type=window_size, default=(1800, 1100), metavar="WxH",
                         help="the window's size in pixels (default 1800x1100)")
     parser.add_argument("--run", metavar="RUN",
-                        help="instead of training: predict the first image with this run "
-                             "(a run folder or checkpoint) from the Predict widget")
+                        help="instead of training: predict the first image with this model "
+                             "(a built-in model's name, a run folder or a checkpoint) from "
+                             "the Predict widget")
     args = parser.parse_args(argv)
     _under_xvfb()
     os.environ.setdefault("QT_API", "pyqt6")  # the project's binding (the Makefile's), not

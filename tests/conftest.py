@@ -5,6 +5,7 @@ display or data folder stops the run at once with a message, and any skip other 
 CUDA GPU" is a failure: a green run has tested the widgets, the reader, the writers and the
 real data sets. A developer running plain `pytest` keeps the skips (with their reasons).
 """
+import json
 import os
 from pathlib import Path
 
@@ -68,3 +69,33 @@ def no_process_survives_its_test():
     if left:
         pytest.fail(f"the test left {len(left)} process(es) running (killed now): {left}",
                     pytrace=False)
+
+
+# -- built-in models for tests ---------------------------------------------------------------------
+# name: (model family of export_support, card); weights drawn, not trained
+FAKE_BUILTINS = {
+    "nuclei": ("tiny_unet", {"title": "Nuclei", "summary": "2D nuclei (a test model)",
+                             "kind": "2d", "channels": 1, "diameter": 17}),
+    "nuclei3d": ("unet3d", {"title": "Nuclei 3D", "summary": "3D nuclei (a test model)",
+                            "kind": "3d", "channels": 4, "diameter": 12}),
+}
+
+
+@pytest.fixture
+def builtin_models(tmp_path_factory, monkeypatch):
+    """napari_unet.builtin pointed at a folder of small fake built-in models (FAKE_BUILTINS:
+    NAME/best.pt of seeded weights and NAME/card.json); returns that folder. The child
+    processes a test starts do not see them (they import the package's own folder)."""
+    from export_support import make_run
+
+    from napari_unet import builtin
+
+    here = tmp_path_factory.mktemp("builtin")
+    for name, (family, card) in FAKE_BUILTINS.items():
+        make_run(here, family, name=name, weights=builtin.WEIGHTS)
+        (here / name / builtin.CARD_JSON).write_text(json.dumps({"name": name, **card}))
+    monkeypatch.setattr(builtin, "HERE", here)
+    builtin.card.cache_clear()
+    yield here
+    builtin.card.cache_clear()
+

@@ -27,9 +27,10 @@ FAMILIES = {
 
 
 def make_run(folder: Path, family: str, seed: int = 0, classes: int | None = None,
-             name: str | None = None) -> Path:
+             name: str | None = None, weights: str = "checkpoints/best.pt") -> Path:
     """A run folder (``name``, else the family's) with a best.pt of ``family`` (weights drawn
-    with `seed`; `classes`: other than the family's)."""
+    with `seed`; `classes`: other than the family's) at `weights` in it (a built-in model's
+    folder holds it as best.pt)."""
     preset, options, channels, family_classes, patch, norm = FAMILIES[family]
     classes = classes or family_classes
     config = preset_config(preset, patch_size=patch, model_options=options, amp="off",
@@ -38,7 +39,7 @@ def make_run(folder: Path, family: str, seed: int = 0, classes: int | None = Non
     model = make_model(config, channels, classes)
     window, output = window_sizes(model, config.patch_size)
     run = Path(folder) / (name or family)
-    save_checkpoint(run / "checkpoints" / "best.pt", model=model, config=config,
+    save_checkpoint(run / weights, model=model, config=config,
                     norm_stats=norm, step=3, best_dice=0.5,
                     data_info={"num_classes": classes, "in_channels": channels,
                                "spatial_dims": config.spatial_dims, "input_size": list(window),

@@ -1,6 +1,7 @@
 """Shared by the GUI test modules: the `gui` marker and the plugin's name."""
 import os
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -28,3 +29,11 @@ def small_cpu_options(widget, run_dir, steps, patch_size=64):
     widget.amp.setCurrentText("off")
     widget.device.setCurrentText("cpu")
     widget.run_folder.setText(str(run_dir))
+
+
+def folder_state(folder) -> dict:
+    """{relative path: (size, mtime)} of every file under `folder`: equal before and after
+    when nothing was written there."""
+    folder = Path(folder)
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*"))}

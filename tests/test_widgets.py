@@ -144,7 +144,8 @@ def test_train_shows_its_data_preset_time_and_start_beside_the_other_two(
         train_dock.show()
         train_dock.raise_()
     rows = {"image": train.image_combo.native, "labels": train.labels_combo.native,
-            "preset": train.preset, "minutes": train.minutes, "steps": train.steps,
+            "preset": train.preset, "start from": train.start_from.combo,
+            "minutes": train.minutes, "steps": train.steps,
             "start": train.start_button, "progress": train.progress}
     settled = lambda: (window.width(), window.height()) == size \
         and all(shown_whole(row, window) for row in rows.values())  # noqa: E731

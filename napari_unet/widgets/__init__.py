@@ -20,7 +20,7 @@ from qtpy.QtWidgets import (
     QMainWindow,
 )
 
-from napari_unet import layouts, lazy
+from napari_unet import builtin, layouts, lazy
 from napari_unet.errors import NapariUnetError
 from napari_unet.masks import check_labels
 from napari_unet.widgets.layout import (  # noqa: F401 - the widgets import them from here
@@ -61,6 +61,46 @@ def checkpoint_file(path: Path, use: str) -> Path:
         raise UserError(f"{checkpoint} is not a checkpoint: choose a run folder (or its "
                         f"{runs.CHECKPOINTS}/{runs.BEST}) to {use}")
     return checkpoint
+
+
+# -- built-in models (napari_unet.builtin): chosen by name where a run folder is chosen --------
+def model_choice(text: str, what: str, use: str):
+    """A built-in model's name as it is (the engine resolves it), else the checkpoint of the
+    run folder or file at `text` (:func:`checkpoint_file`)."""
+    name = builtin.builtin_name(text.strip())
+    if name is not None:
+        return name
+    return checkpoint_file(existing_path(text, what), use)
+
+
+def builtin_dims(name: str) -> int | None:
+    """2 or 3: the images a built-in model segments (its card's kind), None when unsaid."""
+    kind = str(builtin.card(name).get("kind", "")).lower()
+    return {"2d": 2, "3d": 3}.get(kind)
+
+
+def builtin_text(name: str) -> str:
+    """What a built-in model is, in a line under its field (the name is in the field): its
+    card's summary, then its kind, channels and object size as the card gives them."""
+    card = builtin.card(name)
+    facts = [str(card["kind"]).upper()] if "kind" in card else []
+    if "channels" in card:
+        facts.append(f"{card['channels']} channel" + ("" if card["channels"] == 1 else "s"))
+    if "diameter" in card:
+        facts.append(f"objects ~{card['diameter']} px across")
+    return f"built-in model: {card.get('summary', name)}" + (
+        f" ({', '.join(facts)})" if facts else "")
+
+
+def refuse_builtin_folder(path, what: str) -> None:
+    """A UserError when `path` names a built-in model or lies in the built-in models' folder:
+    that is part of the installed package, never written (`what`: where to write instead)."""
+    text = str(path).strip()
+    if builtin.builtin_name(text):
+        raise UserError(f"{text} is a built-in model, part of the installed package: {what}")
+    if text and Path(text).expanduser().resolve().is_relative_to(builtin.HERE.resolve()):
+        raise UserError(f"{text} is inside the built-in models (part of the installed "
+                        f"package): {what}")
 
 
 def add_labels_over(viewer, data, name: str, layer):

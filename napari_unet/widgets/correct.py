@@ -43,6 +43,7 @@ from napari_unet.widgets import (
     layer_picker,
     one_line,
     probability_picker,
+    refuse_builtin_folder,
     scrolling_layout,
     show_error,
     show_info,
@@ -327,6 +328,8 @@ class CorrectWidget(LayerPickers, QWidget):
                             f"'{labels.name}' are {tuple(labels.data.shape)}: choose matching layers")
         if not lazy.any_nonzero(labels.data):
             raise UserError(f"labels '{labels.name}' are empty: nothing to learn from")
+        refuse_builtin_folder(self.run_combo.currentText(), "add the pairs to a run of yours "
+                              "(start one from it in the Train widget)")
         run_dir = existing_path(self.run_combo.currentText(),
                                 "the run folder whose training set gets the pair")
         if not run_dir.is_dir():

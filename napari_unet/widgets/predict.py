@@ -1,5 +1,6 @@
-"""Predict widget: a trained run (or checkpoint) applied to an Image layer, alone or averaged
-with more runs of the same task (*Average with*: an ensemble, e.g. the folds of one recipe).
+"""Predict widget: a built-in model (by name: it segments before anything is painted), a
+trained run or a checkpoint applied to an Image layer, alone or averaged with more runs of
+the same task (*Average with*: an ensemble, e.g. the folds of one recipe).
 
 The prediction runs in napari's ``thread_worker`` (:mod:`.prediction_job`): a progress bar,
 Cancel, and the result as probability and labels layers over the image. For binary and region
@@ -27,15 +28,18 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_unet import builtin
 from napari_unet.choices import BACKENDS, DEVICES, TTA_MODES
 from napari_unet.widgets import (
     LayerPickers,
+    StatusLabel,
     UserError,
-    checkpoint_file,
-    existing_path,
+    builtin_text,
     image_picker,
     layer_data,
+    model_choice,
     one_line,
+    refuse_builtin_folder,
     scrolling_layout,
     show_error,
     show_info,
@@ -100,8 +104,8 @@ class PredictWidget(LayerPickers, QWidget):
 
     # -- building ------------------------------------------------------------------------------------
     def _model_row(self) -> QHBoxLayout:
-        self.model_combo = RunCombo("run folder or checkpoint .pt")
-        self.model_combo.setToolTip("a run folder (its best checkpoint is used) or a .pt file")
+        self.model_combo = RunCombo("a built-in model, a run folder or a .pt", builtins=True)
+        self.model_combo.currentTextChanged.connect(self._model_changed)
         browse_run = QPushButton("Run…")
         browse_run.clicked.connect(self._browse_run)
         browse_file = QPushButton(".pt…")
@@ -129,6 +133,9 @@ class PredictWidget(LayerPickers, QWidget):
     def _options_form(self, napari_viewer) -> QFormLayout:
         form = QFormLayout()
         form.addRow("Model", self._model_row())
+        self.model_note = StatusLabel()  # what a built-in model is for (its card)
+        form.addRow(self.model_note)
+        self._model_changed(self.model_combo.currentText())
         form.addRow("Average with", self._average_row())
         self.image_combo = image_picker(napari_viewer)
         self.image_combo.tooltip = ("an image layer, or all the channel layers of one image "
@@ -188,7 +195,17 @@ class PredictWidget(LayerPickers, QWidget):
 
     # -- choices -----------------------------------------------------------------------------------
     def set_model(self, path) -> None:
+        """Predict with a built-in model (its name), a run folder or a checkpoint file."""
         self.model_combo.setEditText(str(path))
+
+    def _model_changed(self, text: str) -> None:
+        """A built-in model: what it segments, under the field and as its tooltip."""
+        name = builtin.builtin_name(text.strip())
+        note = builtin_text(name) if name else ""
+        self.model_note.setText(note)
+        self.model_combo.setToolTip(note or "a built-in model (segments before anything is "
+                                            "painted), a run folder (its best checkpoint) "
+                                            "or a .pt file")
 
     def _browse_run(self):
         folder = QFileDialog.getExistingDirectory(self, "Run folder", self.model_combo.currentText())
@@ -260,6 +277,11 @@ class PredictWidget(LayerPickers, QWidget):
             show_error(f"{Path(path).name}: name the file .zip (bioimage.io), .onnx or .pt "
                        f"(TorchScript)")
             return None
+        try:
+            refuse_builtin_folder(Path(path).parent, "export the model to another folder")
+        except UserError as exc:
+            show_error(str(exc))
+            return None
         layer = self.image_combo.value  # the package's test image, when one is chosen
         image = layer_data(layer) if layer is not None else None
         worker = create_worker(_export, checkpoint, EXPORT_FORMATS[suffix], path, image,
@@ -271,10 +293,11 @@ class PredictWidget(LayerPickers, QWidget):
         return worker
 
     def _model_path(self, text=None):
-        """The checkpoint of the Model field (or of `text`, a run of the average)."""
-        path = existing_path(self.model_combo.currentText() if text is None else text,
-                             "a run folder or a checkpoint file (.pt)")
-        return checkpoint_file(path, "predict with")
+        """The checkpoint of the Model field (or of `text`, a run of the average); a built-in
+        model's name as it is."""
+        return model_choice(self.model_combo.currentText() if text is None else text,
+                            "a built-in model, a run folder or a checkpoint file (.pt)",
+                            "predict with")
 
     def _choices(self):
         """([the model's checkpoint, those it is averaged with ...], the image layer)."""

@@ -29,10 +29,10 @@ import time
 import weakref
 from pathlib import Path
 
-from qtpy.QtCore import QObject, QTimer, Signal
+from qtpy.QtCore import QObject, Qt, QTimer, Signal
 from qtpy.QtWidgets import QApplication, QComboBox
 
-from napari_unet import processes, runs
+from napari_unet import builtin, processes, runs
 from napari_unet.engine import from_json
 from napari_unet.engine.events import (
     CheckpointSaved,
@@ -359,23 +359,42 @@ def known_runs() -> list[str]:
 
 
 class RunCombo(QComboBox):
-    """An editable list of the known runs (newest first) that follows the registry."""
+    """An editable list of the known runs (newest first) that follows the registry.
 
-    def __init__(self, placeholder: str, parent=None):
+    With `builtins`, the built-in models come before them, by name (their one-line
+    description as their tooltip). `firsts` ({text: tooltip}): items above them all, the
+    first of which is the default (else the newest run is). A line parts each group."""
+
+    def __init__(self, placeholder: str, parent=None, builtins: bool = False,
+                 firsts: dict[str, str] | None = None):
         super().__init__(parent)
+        self.builtins, self.firsts = builtins, dict(firsts or {})
         self.setEditable(True)
         self.lineEdit().setPlaceholderText(placeholder)
         self.refresh()
         run_registry().changed.connect(self.refresh)
 
+    def _groups(self) -> list[dict[str, str]]:
+        """The items, {text: tooltip} a group."""
+        models = {name: builtin.describe(name) for name in builtin.names()} \
+            if self.builtins else {}
+        return [self.firsts, models, dict.fromkeys(known_runs(), "")]
+
     def refresh(self):
         try:
             current = self.currentText()
-            known = known_runs()
+            groups = self._groups()
+            default = next(iter(groups[0]), None) or next(iter(groups[-1]), "")
             self.blockSignals(True)
             self.clear()
-            self.addItems(known)
-            self.setEditText(current or (known[0] if known else ""))
+            for group in filter(None, groups):
+                if self.count():
+                    self.insertSeparator(self.count())
+                for text, tooltip in group.items():
+                    self.addItem(text)
+                    if tooltip:
+                        self.setItemData(self.count() - 1, tooltip, Qt.ToolTipRole)
+            self.setEditText(current or default)
             self.blockSignals(False)
         except RuntimeError:  # the Qt side is gone; the registry lives on
             pass

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from pathlib import Path
 
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
@@ -35,8 +36,6 @@ from napari_unet.widgets import (
     StatusLabel,
     UserError,
     check_painted,
-    checkpoint_file,
-    existing_path,
     fixed_column,
     one_line,
     scrolling_layout,
@@ -132,14 +131,6 @@ class TrainWidget(TrainForm):
                      "finished", "failed", "cancelled", "exited"):
             getattr(self.runner, name).connect(getattr(self, f"_on_{name}"))
 
-    # -- checks before starting (the pairs and the run folder: train_data) --------------------------
-    def _init_from_run(self):
-        if not self.init_from.text().strip():
-            return None
-        path = existing_path(self.init_from.text(), "a run folder to fine-tune from")
-        checkpoint_file(path, "fine-tune from")  # checked here, before the run folder is written
-        return path
-
     # -- start / cancel ---------------------------------------------------------------------------------
     def start(self):
         """Check the choices, write the training data, start the child process."""
@@ -151,7 +142,7 @@ class TrainWidget(TrainForm):
             pairs = self._layer_pairs()
             spatial_dims = self._check_pairs(pairs, preset)
             check_painted([labels.data for _, labels in pairs], self.mask_rule())
-            init_from = self._init_from_run()
+            init_from = self.start_from.init_from(preset, spatial_dims)
             run_dir = self._prepare_run_folder()
         except UserError as exc:
             show_error(str(exc))
@@ -159,7 +150,8 @@ class TrainWidget(TrainForm):
         data_dir = run_dir / runs.DATA
         already = pair_count(data_dir)
         try:
-            copied = copy_training_set(init_from, data_dir) if init_from else 0
+            # a run's training set is trained on too (a built-in model's name is no Path)
+            copied = copy_training_set(init_from, data_dir) if isinstance(init_from, Path) else 0
             report = write_training_pairs(
                 data_dir, [(image.name, training_array(image, spatial_dims), labels.data)
                            for image, labels in pairs],

@@ -27,6 +27,7 @@ from napari_unet.widgets import (
     image_picker,
     layer_picker,
     layer_shape,
+    refuse_builtin_folder,
     show_error,
     show_warning,
     spatial_shape,
@@ -64,7 +65,8 @@ class TrainData:
         labels_row.addWidget(self.labels_combo.native, 1)
         labels_row.addWidget(new_labels)
         return group_box("Data", [("Image", self.image_combo.native), ("Labels", labels_row),
-                                  ("Preset", self.preset), *self.train_for.rows,
+                                  ("Preset", self.preset), *self.start_from.rows,
+                                  *self.train_for.rows,
                                   self.train_for.estimate])
 
     def _pairs_box(self):
@@ -184,6 +186,7 @@ class TrainData:
 
     def _prepare_run_folder(self) -> Path:
         text = self.run_folder.text().strip()
+        refuse_builtin_folder(text, "choose a new folder for the run")
         run_dir = Path(text).expanduser() if text else runs.new_run_folder()
         if run_dir.exists() and not run_dir.is_dir():
             raise UserError(f"run folder {run_dir} is a file: choose a folder")

@@ -44,6 +44,7 @@ from napari_unet.widgets import (
     spatial_shape,
     with_browse_button,
 )
+from napari_unet.widgets.start_from import StartFrom
 from napari_unet.widgets.train_data import TrainData, channel_count
 from napari_unet.widgets.train_fields import (
     LENGTH_OPTIONS,
@@ -93,7 +94,10 @@ class TrainForm(TrainData, LayerPickers, QWidget):
         # the first box (data, preset, how long) stays in view above Start; the rest
         # scrolls below it (built first: the time fields are training options)
         labels_box, options_box = self._labels_box(), self._options_box()
+        self.start_from = StartFrom(self._start_from_run, self._start_from_builtin, self)
         self.data_box = self._data_box()
+        self.start_from.combo.currentTextChanged.connect(self.describe_start)
+        self.preset.currentTextChanged.connect(self.describe_start)
         self.boxes = [labels_box, self._pairs_box(), options_box, self._run_box()]
 
     # -- builders (one group box each) -------------------------------------------------------------
@@ -153,14 +157,10 @@ class TrainForm(TrainData, LayerPickers, QWidget):
     def _run_box(self):
         self.run_folder = QLineEdit()
         self.run_folder.setPlaceholderText(f"new folder in {runs.default_runs_root()}")
-        self.init_from = QLineEdit()
-        self.init_from.setPlaceholderText("optional: a run to fine-tune")
-        self.init_from.editingFinished.connect(self._init_from_changed)
         self.predict_at_end = QCheckBox("predict the image when training ends")
         self.predict_at_end.setChecked(True)
         return group_box("Run", [
             ("Run folder", with_browse_button(self.run_folder, self._browse_run_folder)),
-            ("Fine-tune", with_browse_button(self.init_from, self._browse_init_from)),
             self.predict_at_end])
 
     # -- what the labels mean ---------------------------------------------------------------------
@@ -235,6 +235,7 @@ class TrainForm(TrainData, LayerPickers, QWidget):
             self.preset.setCurrentText(wanted)  # applies the preset's defaults
         else:
             self.patch_size.setValue(min(self.patch_size.value(), self._largest_patch()))
+        self.describe_start()
 
     def _spatial_dims(self, preset=None) -> int:
         """The preset's; under auto, the input-layout rule's for the image (as the CLI's)."""
@@ -279,16 +280,26 @@ class TrainForm(TrainData, LayerPickers, QWidget):
             patch = min(patch, 64 if spatial_dims == 3 else 128)
         self.patch_size.setValue(min(patch, self._largest_patch()))
 
-    def set_init_from(self, run_dir) -> None:
-        """Fine-tune from `run_dir` (its weights and its training set) with its settings."""
-        self.init_from.setText(str(run_dir))
-        self._init_from_changed()
+    def set_init_from(self, run_or_name) -> None:
+        """Start from a built-in model (its name) or fine-tune from a run (its weights and
+        its training set, with its settings)."""
+        self.start_from.set(run_or_name)
 
-    def _init_from_changed(self):
+    def describe_start(self, *_):
+        """Say under *Start from* what the built-in model is, or why it does not fit."""
+        self.start_from.describe(self._spatial_dims())
+
+    def _start_from_builtin(self, _name: str) -> None:
+        """A built-in model: the auto preset, whose plan takes the model's network, size and
+        normalisation (its weights fit only those) and a fine-tuning learning rate."""
+        if self.preset.currentText() != AUTO_PRESET:
+            self.preset.setCurrentText(AUTO_PRESET)
+        self.base_channels.setCurrentIndex(0)  # planned
+
+    def _start_from_run(self, run_dir: Path) -> None:
         """Fine-tuning: take the source run's preset, model size and patch size."""
-        text = self.init_from.text().strip()
-        config_path = Path(text).expanduser() / runs.CONFIG
-        if not text or not config_path.is_file():
+        config_path = run_dir / runs.CONFIG
+        if not config_path.is_file():
             return
         try:
             config = engine.TrainConfig.from_yaml(config_path)
@@ -340,9 +351,3 @@ class TrainForm(TrainData, LayerPickers, QWidget):
                                                   str(runs.default_runs_root()))
         if folder:
             self.run_folder.setText(folder)
-
-    def _browse_init_from(self):
-        folder = QFileDialog.getExistingDirectory(self, "Run to fine-tune",
-                                                  str(runs.default_runs_root()))
-        if folder:
-            self.set_init_from(folder)
