@@ -197,6 +197,10 @@ def _add_predict(p):
     p.add_argument("--batch-size", type=int, default=4, help="tiles per batch")
     _add_tta(p)
     p.add_argument("--threshold", type=float, default=None)
+    p.add_argument("--diameter", default=None, metavar="PX|auto|off",
+                   help="the objects' size in pixels, for a model that knows its own (the "
+                        "built-in ones): the image is predicted at the scale that matches; "
+                        "auto (their default): measured from a first pass; off: as it is")
     _add_instances(p, "write objects (uint32, one id per object) instead of classes: ")
     big = p.add_argument_group("volumes bigger than a machine (the [zarr] extra; output NAME.zarr)")
     big.add_argument("--workers", type=int, default=None, metavar="N",

@@ -122,7 +122,8 @@ def cmd_evaluate(args) -> int:
     rule = {**rule_of(config), **rule_of(args)}
     _check_background_flag(args, rule.get("unlabeled"))
     dataset = _load_data(args, config.spatial_dims, rule)
-    run_dir = Path(args.run[0]) if len(args.run) == 1 and Path(args.run[0]).is_dir() else None
+    run_dir = Path(args.run[0]) if len(args.run) == 1 and Path(args.run[0]).is_dir() \
+        and not builtin.is_inside(args.run[0]) else None  # a built-in model is not written
     for note in dataset.notes:
         print(f"warning: {note}", file=sys.stderr)
     _report_evaluation(args, checkpoint, dataset, args.fold, run_dir)
@@ -135,6 +136,11 @@ def cmd_predict(args) -> int:
                    tta=args.tta, amp=args.amp or "auto", device=args.device or "auto",
                    threshold=args.threshold, overwrite=args.overwrite, backend=args.backend,
                    instances=args.instances)
+    if args.diameter is not None:
+        if args.workers is not None or args.scheduler is not None:
+            raise ConfigError("--diameter: predict without --workers (the workers predict "
+                              "at the image's own scale)")
+        options["diameter"] = engine.check_diameter(args.diameter)
     runs = args.run  # several: an ensemble (engine.load_models)
     args.run = runs[0] if len(runs) == 1 else runs
     if args.workers is not None or args.scheduler is not None:
@@ -252,7 +258,7 @@ def _planned_config(args, started: float):
         dims = dict(_parse_set(item) for item in args.set).get("spatial_dims", "auto")
         dataset = _load_data(args, dims, rule_of(args))
         config = train_config(args, engine.plan_for_data(dataset, args.device or "auto",
-                                                         init_from=args.init_from))
+                                                         init_from=_start_of(args)))
         if config.minutes is None and args.steps is None:
             config = config.replace(minutes=engine.DEFAULT_MINUTES)
     else:
@@ -271,6 +277,16 @@ def _planned_config(args, started: float):
             lines=tuple(engine.plan_lines(config)), steps=config.steps if per_step else 0,
             seconds_per_step=per_step, minutes=config.minutes or 0.0))
     return config, dataset
+
+
+def _start_of(args):
+    """--init-from; where the user sizes the network (--base-channels, --set model...), no
+    built-in start is proposed: its network is fixed."""
+    given = dict(_parse_set(item) for item in args.set)
+    if args.init_from is None and (args.base_channels is not None or
+                                   {"model", "model_options"} & set(given)):
+        return "none"
+    return args.init_from
 
 
 def train_config(args, plan=None):

@@ -127,6 +127,7 @@ QUICK = ["--steps", "1", "--batch-size", "1", "--patch-size", "32", "--base-chan
          "--amp", "off", "--device", "cpu"]
 TRAIN_ERRORS = [
     ([], "exactly one data source"),
+    (["--sample", "dagm", "--init-from", "nucleii"], "no such run folder, checkpoint or built-in"),
     (["--sample", "dagm", "--data", "{tmp}"], "exactly one data source"),
     (["--images", "{image}"], "--images needs --masks"),
     (["--sample", "dagm", "--set", "lr"], "KEY=VALUE"),
@@ -210,6 +211,10 @@ EVALUATE_ERRORS = [
      "fewer than the run's 5 folds"),
 ]
 PREDICT_ERRORS = [
+    (["--input", "{image}", "--output", "{tmp}/o.tif", "--diameter", "-3"],
+     "give the objects' diameter in pixels"),
+    (["--input", "{image}", "--output", "{tmp}/o.tif", "--diameter", "big"],
+     "give the objects' diameter in pixels"),
     (["--input", "{tmp}/missing.tif", "--output", "{tmp}/o.tif"], "missing.tif does not exist"),
     (["--input", "{image}", "--output", "{tmp}/o.tif", "--probabilities", "{image}"],
      "is the input image: write the probabilities to another file"),

@@ -43,6 +43,13 @@ def builtin_name(run_or_name) -> str | None:
     return text
 
 
+def is_inside(path) -> bool:
+    """Whether `path` lies in the built-in models' folder (the installed package: never
+    written)."""
+    text = str(path).strip()
+    return bool(text) and Path(text).expanduser().resolve().is_relative_to(HERE.resolve())
+
+
 def resolve(run_or_name):
     """The folder of a built-in model for its name; anything else unchanged."""
     name = builtin_name(run_or_name)

@@ -27,7 +27,7 @@ _EXPORTS = {
     "fit_to_minutes": "training.calibration", "check_budget": "training.calibration",
     "time_limit": "training.calibration",
     "predict_files": "prediction.files", "Ensemble": "prediction.ensemble",
-    "load_models": "prediction.ensemble",
+    "load_models": "prediction.ensemble", "check_diameter": "prediction.scale",
     "PredictionDone": "prediction.predict", "predict_volume": "prediction.workers", "predict": "prediction.predict",
     "predict_array": "prediction.predict", "output_shapes": "prediction.predict", "predict_file": "prediction.predict",
     "train": "training.loop",

@@ -19,7 +19,9 @@ from .export.loader import load_checkpoint
 NO_START = "none"
 FINE_TUNE_LR = 0.25  # of the from-scratch rate
 FINE_TUNE_WARMUP = 10
-SIZE_RANGE = 2.0  # objects this much smaller or larger than the start's still match
+SIZE_RANGE = 2.0
+MANY = 3  # objects per image where a generalist of many objects (nuclei) fits
+COMPACT = 0.5  # objects that fill at least this share of their box are blobs (nuclei)  # objects this much smaller or larger than the start's still match
 
 
 def start_name(init_from) -> str | None:
@@ -44,6 +46,10 @@ def proposed_start(fp: Fingerprint) -> tuple[str, str] | None:
 def _fits(fp: Fingerprint, rule: dict) -> str | None:
     if fp.spatial_dims != rule["spatial_dims"] or fp.objects == 0:
         return None
+    if fp.median_object_fill < rule.get("min_fill", COMPACT):  # thin or branching objects
+        return None
+    if fp.objects < rule.get("objects_per_image", MANY) * fp.samples:  # a defect, one organ
+        return None
     if not (fp.channels == 1 or (fp.rgb and rule.get("rgb", False))):
         return None
     extent = _in_plane_extent(fp)
@@ -51,8 +57,9 @@ def _fits(fp: Fingerprint, rule: dict) -> str | None:
     if not diameter / SIZE_RANGE <= extent <= diameter * SIZE_RANGE:
         return None
     kind = "colour" if fp.rgb else "one-channel"
-    return (f"the data look like its training data ({fp.spatial_dims}D, {kind}, objects of "
-            f"{extent:.0f} px against its {diameter:g})")
+    return (f"the data look like its training data ({fp.spatial_dims}D, {kind}, "
+            f"{fp.objects / fp.samples:.0f} compact objects an image, {extent:.0f} px across "
+            f"against its {diameter:g})")
 
 
 def _in_plane_extent(fp: Fingerprint) -> float:

@@ -98,7 +98,7 @@ def refuse_builtin_folder(path, what: str) -> None:
     text = str(path).strip()
     if builtin.builtin_name(text):
         raise UserError(f"{text} is a built-in model, part of the installed package: {what}")
-    if text and Path(text).expanduser().resolve().is_relative_to(builtin.HERE.resolve()):
+    if builtin.is_inside(text):
         raise UserError(f"{text} is inside the built-in models (part of the installed "
                         f"package): {what}")
 

@@ -63,12 +63,37 @@ def score(folder: Path, images: Path, masks: Path) -> dict:
     return dict(part.split("=") for part in out.split() if "=" in part)
 
 
+def card_markdown(card: dict) -> str:
+    """The card for people, from the card's data."""
+    lines = [f"# {card['title']} (`{card['name']}`)", "", card["summary"] + ".", "",
+             f"- images: {card['kind'].upper()}, {card['channels']} channel"
+             + (f" ({card['colour']})" if card.get("colour") else ""),
+             (f"- objects it was trained on: {card['diameter']} px across (median); other sizes "
+             f"are predicted at the matching scale (`--diameter`)"), "", "## Data", ""]
+    for source in card["sources"]:
+        lines += [(f"- [{source['name']}]({source['url']}) (commit {source['commit'][:8]}), "
+                  f"license {source['license']}: {source['taken']}")]
+    training = card["training"]
+    lines += ["", "## Training", "", (f"{training['recipe']}; {card['steps']} steps, "
+              f"{training['minutes']} minutes on a {training['device']}:"), "",
+              f"    {training['command']}", "",
+              "Rebuilt from the public sources by the scripts in `scripts/builtin/`.", ""]
+    scores = card.get("heldout_scores")
+    if scores:
+        lines += ["## Scores on data held out of training", "", f"{card['heldout']}:", "",
+                  "| " + " | ".join(SHOWN) + " |", "|" + " --- |" * len(SHOWN),
+                  "| " + " | ".join(str(scores.get(k, "")) for k in SHOWN) + " |", ""]
+    return "\n".join(lines)
+
+
+SHOWN = ("samples", "foreground_dice", "ap50", "mean_ap", "precision50", "recall50")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path)
     parser.add_argument("name")
     parser.add_argument("--card", type=Path, required=True, help="the card's fixed part (JSON)")
-    parser.add_argument("--card-text", type=Path, help="the card for people (Markdown)")
     parser.add_argument("--train-masks", type=Path, required=True)
     parser.add_argument("--heldout-images", type=Path)
     parser.add_argument("--heldout-masks", type=Path)
@@ -80,11 +105,12 @@ def main(argv=None) -> int:
     torch.save(stripped(state, diameter), folder / builtin.WEIGHTS)
     card = json.loads(args.card.read_text())
     card.update(name=args.name, diameter=round(diameter, 1), steps=state["step"])
+    if "propose" in card:  # the object size its data must have for the plan to propose it
+        card["propose"]["diameter"] = round(diameter, 1)
     if args.heldout_images:
         card["heldout_scores"] = score(folder, args.heldout_images, args.heldout_masks)
     (folder / builtin.CARD_JSON).write_text(json.dumps(card, indent=2) + "\n")
-    if args.card_text:
-        (folder / builtin.CARD).write_text(args.card_text.read_text())
+    (folder / builtin.CARD).write_text(card_markdown(card))
     size = (folder / builtin.WEIGHTS).stat().st_size / 1e6
     print(f"{args.name}: {size:.1f} MB, diameter {diameter:.1f} px, card {card}")
     return 0

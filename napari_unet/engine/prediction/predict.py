@@ -115,10 +115,10 @@ def _choose_scale(model, image, stats, trained: float, diameter, common):
     if isinstance(diameter, float):
         scale, note = scale_for(diameter, trained, given=True)
     else:
-        head = common["head"]
-        done = run_to_end(predict_with_model(model, preview(image), stats, **common,
-                                             instances="auto" if head.objects else None))
-        measured = median_diameter(objects_of(done.labels, done.objects))
+        # the foreground's connected parts: a model splits objects larger than its own into
+        # pieces, but not their foreground
+        done = run_to_end(predict_with_model(model, preview(image), stats, **common))
+        measured = median_diameter(objects_of(done.labels, None))
         scale, note = scale_for(measured, trained, given=False)
     yield Message("info", note)
     return scale

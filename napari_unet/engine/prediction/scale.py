@@ -16,7 +16,7 @@ from scipy import ndimage
 
 from ...errors import ConfigError
 
-MATCH = 1.3
+MATCH = 2.0
 SCALES = (0.25, 4.0)
 PREVIEW = 512  # the measuring pass sees at most this much of the image per axis (Z: 32)
 PREVIEW_DEPTH = 32
@@ -52,7 +52,7 @@ def preview(image: np.ndarray) -> np.ndarray:
 
 
 def median_diameter(objects: np.ndarray) -> float | None:
-    """Median equivalent diameter of labelled objects across the image plane (a volume's:
+    """Equivalent diameter of the median object by area across the image plane (a volume's:
     each object's widest slice); None without objects."""
     objects = np.asarray(objects)
     if objects.ndim == 2:
@@ -61,10 +61,12 @@ def median_diameter(objects: np.ndarray) -> float | None:
         per_slice = [np.bincount(plane.ravel(), minlength=int(objects.max()) + 1)[1:]
                      for plane in objects]
         areas = np.max(per_slice, axis=0)
-    areas = areas[areas > 0]
+    areas = np.sort(areas[areas > 0])
     if areas.size == 0:
         return None
-    return float(2 * np.sqrt(np.median(areas) / np.pi))
+    # weighted by area: the object the median foreground pixel lies in (specks weigh nothing)
+    middle = areas[np.searchsorted(np.cumsum(areas), areas.sum() / 2)]
+    return float(2 * np.sqrt(middle / np.pi))
 
 
 def objects_of(labels, objects) -> np.ndarray:
