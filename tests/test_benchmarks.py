@@ -203,3 +203,15 @@ def test_simulated_strokes_follow_the_mask_and_cover_the_fraction():
     volume = np.arange(20)[:, None, None] * np.ones((1, 4, 4), np.uint8)
     slices = sparse.some_slices(volume, 0.2)
     assert [z for z in range(20) if (slices[z] != IGNORE_CLASS).all()] == [0, 5, 10, 15]
+
+
+def test_builtin_prints_zero_shot_and_fine_tune_rows(capsys):
+    out = run_script("benchmarks/builtin.py", ["--tiny", "--fine-tune", "--data-root", str(DATA)],
+                     capsys)
+    rows = [dict(part.split("=", 1) for part in line.split()[1:] if "=" in part)
+            for line in out.splitlines() if line.startswith("builtin:")]
+    models = [r["model"] for r in rows]
+    assert {"nuclei", "nuclei+strokes", "scratch+strokes"} <= set(models)
+    zero_shot = next(r for r in rows if r["model"] == "nuclei" and r["data"] == "dsb2018")
+    assert float(zero_shot["dice"]) > 0.8 and float(zero_shot["ap50"]) > 0.5  # no training
+    assert all(0 <= float(r["dice"]) <= 1 and float(r["seconds"]) > 0 for r in rows)
