@@ -148,7 +148,8 @@ class Layout:
 
 
 def interpret(shape, spatial_dims: int, in_channels: int | None = None, *, axes: str | None = None,
-              rgb: bool | None = None, stack: bool = False, depth: int | None = None) -> Layout:
+              rgb: bool | None = None, stack: bool = False, depth: int | None = None,
+              luminance: bool = False) -> Layout:
     """The :class:`Layout` of an array of `shape` for a model of `spatial_dims` (and
     `in_channels`, checked when given), or a one-line DataError that says what to do.
 
@@ -163,7 +164,7 @@ def interpret(shape, spatial_dims: int, in_channels: int | None = None, *, axes:
     layout = _from_axes(shape, spatial_dims, axes, stack) if _is_hint(axes, shape) else None
     if layout is None:
         layout = _from_shape(shape, spatial_dims, in_channels, stack, depth)
-    if in_channels == 1 and layout.rgb:
+    if luminance and in_channels == 1 and layout.rgb:  # a model that reads colour so
         layout = replace(layout, gray=True)
     if in_channels is not None and layout.channels != in_channels:
         raise DataError(f"the image has {layout.channels} channel(s) but the model expects "

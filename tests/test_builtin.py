@@ -18,6 +18,7 @@ from napari_unet.engine.data.normalization import NormStats, normalize, stats_fo
 from napari_unet.engine.instance_metrics import matching
 from napari_unet.engine.prediction import scale
 from napari_unet.engine.training.setup import init_weights, make_model
+from napari_unet.errors import DataError
 from napari_unet.layouts import channel_first
 
 DSB = SHARED_DATA / "dsb2018"
@@ -174,7 +175,10 @@ def test_percentile_case_ignores_the_brightness_of_each_image():
 
 def test_a_colour_image_reaches_a_one_channel_model_as_its_luminance():
     rgb = np.random.default_rng(0).integers(0, 255, (20, 30, 3)).astype(np.uint8)
-    gray = channel_first(rgb, 2, 1)
+    with pytest.raises(DataError, match="3 channel"):  # a user's grey model: told, not guessed
+        channel_first(rgb, 2, 1)
+    assert load_checkpoint("nuclei").data_info["colour"] == "luminance"
+    gray = channel_first(rgb, 2, 1, luminance=True)
     assert gray.shape == (1, 20, 30)
     np.testing.assert_allclose(gray[0], rgb @ np.array([0.2125, 0.7154, 0.0721]), atol=1e-3)
     assert channel_first(rgb, 2, 3).shape == (3, 20, 30)

@@ -138,7 +138,7 @@ TRAIN_ERRORS = [
     (["--sample", "dagm", "--fold", "7", "--folds", "5"], "fold 7 is out of range"),
     (["--sample", "dagm", "--lr", "-1"], "lr must be positive"),
     (["--sample", "dagm", "--config", "{tmp}/missing.yaml"], "cannot read config"),
-    (["--sample", "dagm", "--init-from", "{tmp}/nowhere"], "does not exist"),
+    (["--sample", "dagm", "--init-from", "{tmp}/nowhere"], "no such run folder"),
     (["--sample", "dagm", "--device", "cuda"], "no CUDA GPU"),
     (["--sample", "dagm", "--nproc", "0"], "--nproc 0"),
     (["--images", "{tmp}/missing.tif", "--masks", "{image}"], "missing.tif"),

@@ -51,6 +51,8 @@ def stripped(state: dict, diameter: float) -> dict:
     result = {k: state[k] for k in KEEP}
     result["model_state"] = small
     result["data_info"] = {**state["data_info"], "object_diameter": round(diameter, 1)}
+    if state["data_info"].get("in_channels") == 1:  # trained on colour images' luminance
+        result["data_info"]["colour"] = "luminance"
     result["extra"] = {}
     return result
 
@@ -86,7 +88,7 @@ def card_markdown(card: dict) -> str:
     return "\n".join(lines)
 
 
-SHOWN = ("samples", "foreground_dice", "ap50", "mean_ap", "precision50", "recall50")
+SHOWN = ("samples", "foreground_dice", "ap50", "seconds_per_image")
 
 
 def main(argv=None) -> int:

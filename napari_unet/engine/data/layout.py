@@ -17,9 +17,12 @@ def as_channel_first(image, spatial_dims: int) -> np.ndarray:
     return channel_first(np.asarray(image), spatial_dims)
 
 
-def prepare_image(image, spatial_dims: int, in_channels: int, axes: str | None = None):
+def prepare_image(image, spatial_dims: int, in_channels: int, axes: str | None = None,
+                  luminance: bool = False):
     """A channel-first view of a user's image for a model of `spatial_dims` and `in_channels`
     (a 2D model also takes a stack: (Z, Y, X), (Z, C, Y, X), or by `axes` a (C, Z, Y, X)
-    channel group), or a clear error."""
+    channel group), or a clear error. `luminance`: a one-channel model that reads a colour
+    image by its luminance (data_info["colour"] == "luminance": the built-in models)."""
     image = np.asarray(image) if not hasattr(image, "ndim") else image
-    return channel_first(image, spatial_dims, in_channels, axes=axes, stack=True)
+    return channel_first(image, spatial_dims, in_channels, axes=axes, stack=True,
+                         luminance=luminance)

@@ -91,7 +91,7 @@ def predict(checkpoint, image, *, tile_size=None, overlap=0.25, batch_size=4, tt
     model = backend_model(checkpoint.model, backend, device, amp)
     channels_last = channels_last and model is checkpoint.model
     image = prepare_image(image, checkpoint.model.spatial_dims, checkpoint.model.in_channels,
-                          axes)
+                          axes, luminance=checkpoint.data_info.get("colour") == "luminance")
     stats = NormStats.from_dict(checkpoint.norm_stats)
     common = dict(head=checkpoint.head, tile_size=_tile_size(checkpoint, tile_size),
                   overlap=overlap, batch_size=batch_size, tta=tta, amp=amp, device=device,
