@@ -31,15 +31,17 @@ def _dsb(name):
 
 
 def test_the_shipped_models_are_small_and_carry_cards_with_licenses():
-    assert "nuclei" in builtin.names()
+    assert {"nuclei", "membranes"} <= set(builtin.names())
     for name in builtin.names():
         folder = builtin.folder(name)
         assert (folder / builtin.WEIGHTS).stat().st_size <= 10e6
         card = json.loads((folder / builtin.CARD_JSON).read_text())
         assert card["sources"] and all(source["license"] for source in card["sources"])
-        assert card["diameter"] > 0 and card["training"]["command"]
+        assert card["training"]["command"] and card["heldout_scores"]
         assert (folder / builtin.CARD).read_text().startswith("#")
-        assert load_checkpoint(name).data_info["object_diameter"] == card["diameter"]
+        # objects of one size: rescaled to it; membranes ("rescale": false): their own scale
+        assert load_checkpoint(name).data_info.get("object_diameter") == card.get("diameter")
+        assert (card.get("diameter", 0) > 0) == card.get("rescale", True)
 
 
 def test_nuclei_segments_held_out_images_with_no_training(tmp_path, capsys):
@@ -57,6 +59,26 @@ def test_nuclei_segments_held_out_images_with_no_training(tmp_path, capsys):
     dice, ap50 = np.mean(scores, axis=0)
     assert dice > 0.85 and ap50 > 0.6, scores
     assert not (builtin.folder("nuclei") / "evaluation.json").exists()
+
+
+def test_membranes_segment_held_out_em_with_the_cells_as_objects(tmp_path, capsys):
+    em = tifffile.imread(SHARED_DATA / "isbi2012" / "train-volume.tif")[22, :256, :256]
+    truth = tifffile.imread(SHARED_DATA / "isbi2012" / "train-labels.tif")[22, :256, :256]
+    tifffile.imwrite(tmp_path / "em.tif", em)  # slice 22: held out of its training
+    assert main(["predict", "--model", "membranes", "--input", str(tmp_path / "em.tif"),
+                 "--output", str(tmp_path / "cells.tif"), "--probabilities",
+                 str(tmp_path / "membranes.tif"), "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "making objects (membranes)" in err and "measured at" not in err  # no rescaling
+    membrane = tifffile.imread(tmp_path / "membranes.tif") > 0.5
+    dice = 2 * np.sum(membrane & (truth == 0)) / (membrane.sum() + np.sum(truth == 0))
+    assert dice > 0.75, dice
+    cells = tifffile.imread(tmp_path / "cells.tif")
+    assert cells.shape == em.shape and len(np.unique(cells)) > 20  # the cells, one id each
+    assert main(["predict", "--model", "membranes", "--input", str(tmp_path / "em.tif"),
+                 "--output", str(tmp_path / "map.tif"), "--instances", "off",
+                 "--device", "cpu"]) == 0
+    assert set(np.unique(tifffile.imread(tmp_path / "map.tif"))) <= {0, 1}
 
 
 def test_an_existing_folder_wins_over_a_built_in_name(tmp_path, monkeypatch):
@@ -182,3 +204,13 @@ def test_a_colour_image_reaches_a_one_channel_model_as_its_luminance():
     assert gray.shape == (1, 20, 30)
     np.testing.assert_allclose(gray[0], rgb @ np.array([0.2125, 0.7154, 0.0721]), atol=1e-3)
     assert channel_first(rgb, 2, 3).shape == (3, 20, 30)
+
+
+def test_the_cli_predicts_a_colour_image_with_the_nuclei_model(tmp_path):
+    image = _dsb("003")[0]
+    rgb = np.stack([image, image, image // 2], axis=-1)  # colour: not three equal channels
+    tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb")
+    assert main(["predict", "--model", "nuclei", "--input", str(tmp_path / "rgb.tif"),
+                 "--output", str(tmp_path / "objects.tif"), "--device", "cpu"]) == 0
+    objects = tifffile.imread(tmp_path / "objects.tif")
+    assert objects.shape == image.shape and objects.max() > 5

@@ -8,6 +8,9 @@ what prediction rescales other images to) and the scores on the held-out data.
 
     python scripts/builtin/ship.py RUN NAME --card CARD.json --train-masks DIR
         [--heldout-images DIR --heldout-masks DIR]
+
+A card whose "rescale" is false (membranes) ships no object size: its images are predicted at
+their own scale.
 """
 from __future__ import annotations
 
@@ -45,23 +48,30 @@ def object_diameter(mask_folder: Path) -> float:
     return float(np.median(diameters))
 
 
-def stripped(state: dict, diameter: float) -> dict:
+def stripped(state: dict, diameter: float | None, objects=None) -> dict:
+    """The checkpoint to ship; `diameter` None: a model whose images are not rescaled to its
+    objects' size (membranes: no objects of one size)."""
     weights = state.get("ema_state") or state["model_state"]
     small = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
     result = {k: state[k] for k in KEEP}
     result["model_state"] = small
-    result["data_info"] = {**state["data_info"], "object_diameter": round(diameter, 1)}
+    result["data_info"] = dict(state["data_info"])
+    if diameter is not None:
+        result["data_info"]["object_diameter"] = round(diameter, 1)
+    if objects == "membranes":  # its predictions come with the cells between the membranes
+        result["data_info"]["objects"] = "membranes"
     if state["data_info"].get("in_channels") == 1:  # trained on colour images' luminance
         result["data_info"]["colour"] = "luminance"
     result["extra"] = {}
     return result
 
 
-def score(folder: Path, images: Path, masks: Path) -> dict:
-    """Foreground Dice and AP@0.5 on held-out data, by `napari_unet evaluate`."""
-    out = subprocess.run([sys.executable, "-m", "napari_unet.cli", "evaluate", "--run",
-                          str(folder), "--images", str(images), "--masks", str(masks),
-                          "--instances"], capture_output=True, text=True, check=True).stdout
+def score(folder: Path, images: Path, masks: Path, objects: bool = True) -> dict:
+    """Foreground Dice (and AP@0.5 for a model of objects) on held-out data, by
+    `napari_unet evaluate`."""
+    command = [sys.executable, "-m", "napari_unet.cli", "evaluate", "--run", str(folder),
+               "--images", str(images), "--masks", str(masks)] + ["--instances"] * objects
+    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     return dict(part.split("=") for part in out.split() if "=" in part)
 
 
@@ -71,7 +81,10 @@ def card_markdown(card: dict) -> str:
              f"- images: {card['kind'].upper()}, {card['channels']} channel"
              + (f" ({card['colour']})" if card.get("colour") else ""),
              (f"- objects it was trained on: {card['diameter']} px across (median); other sizes "
-             f"are predicted at the matching scale (`--diameter`)"), "", "## Data", ""]
+              f"are predicted at the matching scale (`--diameter`)" if card.get("diameter")
+              else "- images are predicted at their own scale (no object size to match)")]
+    lines += [f"- {card['use']}"] if card.get("use") else []
+    lines += ["", "## Data", ""]
     for source in card["sources"]:
         lines += [(f"- [{source['name']}]({source['url']}) (commit {source['commit'][:8]}), "
                   f"license {source['license']}: {source['taken']}")]
@@ -82,9 +95,10 @@ def card_markdown(card: dict) -> str:
               "Rebuilt from the public sources by the scripts in `scripts/builtin/`.", ""]
     scores = card.get("heldout_scores")
     if scores:
+        shown = [k for k in SHOWN if k in scores]
         lines += ["## Scores on data held out of training", "", f"{card['heldout']}:", "",
-                  "| " + " | ".join(SHOWN) + " |", "|" + " --- |" * len(SHOWN),
-                  "| " + " | ".join(str(scores.get(k, "")) for k in SHOWN) + " |", ""]
+                  "| " + " | ".join(shown) + " |", "|" + " --- |" * len(shown),
+                  "| " + " | ".join(str(scores[k]) for k in shown) + " |", ""]
     return "\n".join(lines)
 
 
@@ -103,18 +117,22 @@ def main(argv=None) -> int:
     folder = builtin.folder(args.name)
     folder.mkdir(parents=True, exist_ok=True)
     state = read_checkpoint(find_checkpoint(args.run))
-    diameter = object_diameter(args.train_masks)
-    torch.save(stripped(state, diameter), folder / builtin.WEIGHTS)
     card = json.loads(args.card.read_text())
-    card.update(name=args.name, diameter=round(diameter, 1), steps=state["step"])
-    if "propose" in card:  # the object size its data must have for the plan to propose it
+    # the card's "rescale": false: no object size to match (membranes)
+    diameter = object_diameter(args.train_masks) if card.get("rescale", True) else None
+    torch.save(stripped(state, diameter, card.get("objects")), folder / builtin.WEIGHTS)
+    card.update(name=args.name, steps=state["step"])
+    if diameter is not None:
+        card["diameter"] = round(diameter, 1)
+    if "propose" in card and diameter is not None:  # the object size its data must have for the plan to propose it
         card["propose"]["diameter"] = round(diameter, 1)
     if args.heldout_images:
-        card["heldout_scores"] = score(folder, args.heldout_images, args.heldout_masks)
+        card["heldout_scores"] = score(folder, args.heldout_images, args.heldout_masks,
+                                       objects=card.get("objects") is True)
     (folder / builtin.CARD_JSON).write_text(json.dumps(card, indent=2) + "\n")
     (folder / builtin.CARD).write_text(card_markdown(card))
     size = (folder / builtin.WEIGHTS).stat().st_size / 1e6
-    print(f"{args.name}: {size:.1f} MB, diameter {diameter:.1f} px, card {card}")
+    print(f"{args.name}: {size:.1f} MB, diameter {diameter} px, card {card}")
     return 0
 
 

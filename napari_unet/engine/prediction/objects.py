@@ -16,10 +16,11 @@ BLOCK_VOXELS = 1 << 25   # objects of larger images are made block by block
 BLOCK_SIDE, BLOCK_HALO = 256, 32
 
 
-def objects_wanted(head: LabelHead, instances) -> str | None:
-    """The objects a prediction makes: None (none), "auto" or "membranes" (make_objects)."""
+def objects_wanted(head: LabelHead, instances, own: str | None = None) -> str | None:
+    """The objects a prediction makes: None (none), "auto" or "membranes" (make_objects).
+    `instances` None: the model's `own` where it names them, else objects for a boundary head."""
     if instances is None:
-        return "auto" if head.objects else None
+        instances = own or ("auto" if head.objects else "off")
     if instances not in OBJECT_MODES:
         raise ConfigError(f"instances={instances!r}: choose one of {', '.join(OBJECT_MODES)}")
     if instances == "membranes" and head.blended_channels != 1:

@@ -66,7 +66,8 @@ def predict(checkpoint, image, *, tile_size=None, overlap=0.25, batch_size=4, tt
     letters where known (napari_unet.layouts), e.g. "CZYX" for a channel group.
     ``backend``: torch, onnxruntime, openvino or auto (engine.backends).
     ``instances`` (:func:`make_objects`): None = the run's own (objects for a model trained
-    with ``--instances boundary``, none otherwise), "off", "auto" or "membranes"; ``spacing``:
+    with ``--instances boundary``, the cells for a model whose data_info says objects:
+    membranes, none otherwise), "off", "auto" or "membranes"; ``spacing``:
     the voxel size per spatial axis (anisotropic volumes), ``objects_out``: where they go.
     ``checkpoint``: one model, or several (a list of runs, an :class:`Ensemble`) whose
     probabilities are averaged. ``diameter`` (a model that knows its objects' size, the
@@ -91,7 +92,7 @@ def predict(checkpoint, image, *, tile_size=None, overlap=0.25, batch_size=4, tt
     model = backend_model(checkpoint.model, backend, device, amp)
     channels_last = channels_last and model is checkpoint.model
     image = prepare_image(image, checkpoint.model.spatial_dims, checkpoint.model.in_channels,
-                          axes, luminance=checkpoint.data_info.get("colour") == "luminance")
+                          axes, luminance=reads_luminance(checkpoint))
     stats = NormStats.from_dict(checkpoint.norm_stats)
     common = dict(head=checkpoint.head, tile_size=_tile_size(checkpoint, tile_size),
                   overlap=overlap, batch_size=batch_size, tta=tta, amp=amp, device=device,
@@ -105,8 +106,20 @@ def predict(checkpoint, image, *, tile_size=None, overlap=0.25, batch_size=4, tt
         model, image, stats, **common,
         out=out, labels_out=labels_out, resample=checkpoint.config.resample, scale=scale,
         keep_largest=checkpoint.config.keep_largest if keep_largest is None else keep_largest,
-        instances=objects_wanted(checkpoint.head, instances), spacing=spacing,
-        objects_out=objects_out)
+        instances=objects_wanted(checkpoint.head, instances, own_objects(checkpoint)),
+        spacing=spacing, objects_out=objects_out)
+
+
+def reads_luminance(checkpoint) -> bool:
+    """Whether a one-channel model reads colour images by their luminance (its data_info says
+    so: the built-in nuclei)."""
+    return getattr(checkpoint, "data_info", {}).get("colour") == "luminance"
+
+
+def own_objects(checkpoint) -> str | None:
+    """The objects a model makes unless asked otherwise, where its data_info names them (the
+    built-in membranes: the cells between the membranes)."""
+    return getattr(checkpoint, "data_info", {}).get("objects")
 
 
 def _choose_scale(model, image, stats, trained: float, diameter, common):
@@ -155,11 +168,12 @@ def output_shapes(checkpoint: Checkpoint, image, axes=None, instances=None) -> d
     ``out`` (the probabilities), ``labels_out`` (the classes) and, where objects are made,
     ``objects_out``; for callers that give their own arrays (memory maps, scratch files)."""
     spatial = tuple(prepare_image(image, checkpoint.model.spatial_dims,
-                                  checkpoint.model.in_channels, axes).shape[1:])
+                                  checkpoint.model.in_channels, axes,
+                                  luminance=reads_luminance(checkpoint)).shape[1:])
     k = checkpoint.head.blended_channels
     shapes = {"out": ((k, *spatial) if k > 1 else spatial, np.dtype(np.float32)),
               "labels_out": (spatial, np.dtype(np.uint8))}
-    if objects_wanted(checkpoint.head, instances):
+    if objects_wanted(checkpoint.head, instances, own_objects(checkpoint)):
         shapes["objects_out"] = (spatial, np.dtype(np.uint32))
     return shapes
 
@@ -286,7 +300,8 @@ def predict_file(run, input_path, labels_path, *, probabilities=None, overwrite=
         if path is not None and Path(path).exists() and not overwrite:
             raise OutputExistsError(f"{path} exists: pass --overwrite to replace it")
     image = read_image(input_path, mmap=True)
-    objects = objects_wanted(checkpoint.head, options.pop("instances", None))
+    objects = objects_wanted(checkpoint.head, options.pop("instances", None),
+                             own_objects(checkpoint))
     shapes = output_shapes(checkpoint, image, instances=objects or "off")
     spatial, prob_shape = shapes["labels_out"][0], shapes["out"][0]
     prob_target = probabilities or labels_path.with_name(labels_path.name + ".probabilities.tmp")
