@@ -1,13 +1,16 @@
 """Built-in models (issue 33): the shipped `nuclei` model segments held-out images before any
 training, names resolve where runs are expected, fine-tuning from it (a new head, strokes),
 the plan's proposal, the scale of the objects, per-image percentiles, colour into one channel."""
+import dataclasses
 import json
+import zipfile
 
 import imageio.v3 as iio
 import numpy as np
 import pytest
 import tifffile
 import torch
+import yaml
 from conftest import SHARED_DATA
 
 from napari_unet import builtin
@@ -15,6 +18,7 @@ from napari_unet.cli import main
 from napari_unet.engine import load_checkpoint, plan_for_data
 from napari_unet.engine.data.dataset import Dataset
 from napari_unet.engine.data.normalization import NormStats, normalize, stats_for_image
+from napari_unet.engine.export.bioimageio import export_bioimageio, started_from
 from napari_unet.engine.instance_metrics import matching
 from napari_unet.engine.prediction import scale
 from napari_unet.engine.training.setup import init_weights, make_model
@@ -123,6 +127,28 @@ def test_fine_tuning_from_nuclei_on_strokes(tmp_path, capsys):
     assert "init_from: nuclei" in config and "percentile_case" in config
     assert main(["predict", "--run", str(run), "--input", str(tmp_path / "image.png"),
                  "--output", str(tmp_path / "labels.tif"), "--device", "cpu"]) == 0
+    # its bioimage.io package names the built-in model it came from, with the data's licenses
+    package = export_bioimageio(run, tmp_path / "tuned.zip", image=image[:64, :64])
+    with zipfile.ZipFile(package) as zipped:
+        rdf = yaml.safe_load(zipped.read("rdf.yaml"))
+        readme = zipped.read("README.md").decode()
+    assert "built-in napari-unet model `nuclei`" in rdf["description"]
+    start = rdf["config"]["napari_unet"]["started_from"]
+    assert start[0]["builtin"] == "nuclei" and start[0]["sources"][0]["license"].startswith("CC0")
+    assert "## Started from" in readme and "kaggle-dsbowl-2018" in readme
+
+
+def test_a_run_tuned_from_a_tuned_run_names_the_whole_chain(tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    for folder, start in ((first, "nuclei"), (second, str(first))):
+        folder.mkdir()
+        (folder / "config.yaml").write_text(yaml.safe_dump({"init_from": start}))
+    checkpoint = load_checkpoint("nuclei")
+    tuned = dataclasses.replace(checkpoint, config=checkpoint.config.replace(init_from=str(second)))
+    chain = started_from(tuned)
+    assert [link.get("run") or link.get("builtin") for link in chain] == [
+        str(second), str(first), "nuclei"]
+    assert not started_from(checkpoint)  # the built-in itself started from nothing
 
 
 def _dataset(names, masks):

@@ -27,7 +27,9 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 import torch
+import yaml
 
+from ... import builtin
 from ...choices import PERCENTILES
 from ...errors import ConfigError, OutputExistsError
 from ..checkpoint import Checkpoint
@@ -181,6 +183,9 @@ def _readme(checkpoint: Checkpoint, run_dir: Path | None, axes_text: str) -> str
                  f"loss {config.loss}, optimizer {config.optimizer}, lr {config.lr}). "
                  f"The run's full configuration: `config.yaml` of the run"
                  + (f" ({source.name} in {run_dir.name})." if source else "."))
+    chain = started_from(checkpoint)
+    if chain:
+        lines += ["", "## Started from", "", _started_text(chain)]
     lines += ["", "## Figures", "",
               f"Best validation Dice during training: {checkpoint.best_dice:.4f}."]
     evaluation = run_dir / "evaluation.json" if run_dir else None
@@ -197,6 +202,40 @@ def _readme(checkpoint: Checkpoint, run_dir: Path | None, axes_text: str) -> str
               "", ("Predicting big images: napari-unet tiles them with overlapping windows and "
               "Gaussian blending; `napari_unet predict --model THIS.zip` does the same."), ""]
     return "\n".join(lines)
+
+
+def started_from(checkpoint: Checkpoint) -> list[dict]:
+    """Where the weights started (``--init-from``), nearest first: a built-in model (its title
+    and data sources with their licenses, from its card) or a run folder, followed through the
+    runs' own starts while their folders exist."""
+    chain, start, seen = [], checkpoint.config.init_from, set()
+    while start and str(start) not in seen and len(chain) < 8:
+        seen.add(str(start))
+        name = builtin.builtin_name(start)
+        if name:
+            card = builtin.card(name)
+            chain.append({"builtin": name, "title": card.get("title", name), "sources": [
+                {k: source.get(k) for k in ("name", "url", "commit", "license")}
+                for source in card.get("sources", ())]})
+            break
+        chain.append({"run": str(start)})
+        config = Path(start) / "config.yaml"
+        start = (yaml.safe_load(config.read_text()) or {}).get("init_from") \
+            if config.is_file() else None
+    return chain
+
+
+def _started_text(chain: list[dict]) -> str:
+    parts = []
+    for link in chain:
+        if "builtin" in link:
+            sources = "; ".join(f"{s['name']} ({s['url']}, license {s['license']})"
+                                for s in link["sources"])
+            parts.append(f"the built-in napari-unet model `{link['builtin']}` "
+                         f"({link['title']}; trained on {sources})")
+        else:
+            parts.append(f"the run `{link['run']}`")
+    return "Fine-tuned from " + ", itself fine-tuned from ".join(parts) + "."
 
 
 def _output_text(head: LabelHead) -> str:
@@ -236,6 +275,7 @@ def export_bioimageio(checkpoint, path, *, image=None, name: str | None = None,
                    model.valid_input_size(checkpoint.config.patch_size))
     test_input = _test_image(checkpoint, image, window)
     test_output = _model_output(checkpoint, test_input)
+    chain = started_from(checkpoint)
     with tempfile.TemporaryDirectory(prefix="napari_unet_export_") as tmp:
         tmp = Path(tmp)
         _write_files(tmp, model, test_input, test_output)
@@ -244,7 +284,8 @@ def export_bioimageio(checkpoint, path, *, image=None, name: str | None = None,
         description = spec.ModelDescr(
             name=name or f"napari-unet {model.description} ({checkpoint.config.preset})",
             description=f"{model.description} segmentation trained with napari-unet-torch "
-                        f"(preset {checkpoint.config.preset}).",
+                        f"(preset {checkpoint.config.preset})."
+                        + (" " + _started_text(chain) if chain else ""),
             authors=[spec.Author(name=a) for a in authors],
             cite=_citations(spec, model.name),
             license=spec.LicenseId("BSD-3-Clause"),
@@ -351,7 +392,7 @@ def _ours(checkpoint: Checkpoint, window) -> dict:
             "threshold": checkpoint.config.threshold, "input_size": list(window),
             "labels": checkpoint.head.to_dict(), "data_info": checkpoint.data_info,
             "config": checkpoint.config.to_dict(), "best_dice": checkpoint.best_dice,
-            "step": checkpoint.step}
+            "step": checkpoint.step, "started_from": started_from(checkpoint)}
 
 
 def _citations(spec, model_name: str):
