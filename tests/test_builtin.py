@@ -240,3 +240,14 @@ def test_the_cli_predicts_a_colour_image_with_the_nuclei_model(tmp_path):
                  "--output", str(tmp_path / "objects.tif"), "--device", "cpu"]) == 0
     objects = tifffile.imread(tmp_path / "objects.tif")
     assert objects.shape == image.shape and objects.max() > 5
+
+
+def test_the_plan_proposes_nuclei3d_for_anisotropic_nuclei_volumes():
+    folder = SHARED_DATA / "ovules3d"
+    image = tifffile.imread(folder / "1135_mini_image.tif")
+    mask = tifffile.imread(folder / "1135_mini_instances.tif")
+    plan = plan_for_data(Dataset([image[None]], [(mask > 0).astype(np.uint8)], ["1135"], 3),
+                         "cpu")
+    assert plan.values["init_from"] == "nuclei3d", plan.reasons
+    assert "3D" in plan.reasons["init_from"]
+    assert plan.values["model"] == "unet3d"

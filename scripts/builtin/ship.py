@@ -84,6 +84,7 @@ def card_markdown(card: dict) -> str:
               f"are predicted at the matching scale (`--diameter`)" if card.get("diameter")
               else "- images are predicted at their own scale (no object size to match)")]
     lines += [f"- {card['use']}"] if card.get("use") else []
+    lines += [f"- limits: {card['limits']}"] if card.get("limits") else []
     lines += ["", "## Data", ""]
     for source in card["sources"]:
         lines += [(f"- [{source['name']}]({source['url']}) (commit {source['commit'][:8]}), "
@@ -113,6 +114,11 @@ def main(argv=None) -> int:
     parser.add_argument("--train-masks", type=Path, required=True)
     parser.add_argument("--heldout-images", type=Path)
     parser.add_argument("--heldout-masks", type=Path)
+    parser.add_argument("--scores", nargs="+", metavar="KEY=VALUE",
+                        help="held-out scores measured elsewhere (benchmarks/builtin.py's row), "
+                             "e.g. samples=1 foreground_dice=0.813 ap50=0.327")
+    parser.add_argument("--measured-by", default="python benchmarks/builtin.py",
+                        help="the command that measured --scores")
     args = parser.parse_args(argv)
     folder = builtin.folder(args.name)
     folder.mkdir(parents=True, exist_ok=True)
@@ -129,6 +135,9 @@ def main(argv=None) -> int:
     if args.heldout_images:
         card["heldout_scores"] = score(folder, args.heldout_images, args.heldout_masks,
                                        objects=card.get("objects") is True)
+    if args.scores:
+        card["heldout_scores"] = {**dict(item.split("=", 1) for item in args.scores),
+                                  "measured_by": args.measured_by}
     (folder / builtin.CARD_JSON).write_text(json.dumps(card, indent=2) + "\n")
     (folder / builtin.CARD).write_text(card_markdown(card))
     size = (folder / builtin.WEIGHTS).stat().st_size / 1e6
