@@ -145,3 +145,29 @@ def test_engine_rooms_import_only_downwards(room):
                             f"napari_unet.engine.{other}."):
                         wrong.append(f"{name} -> {target}")
     assert not wrong, f"{room} imports a room above it: {wrong}"
+
+
+# import name -> the distribution pyproject.toml must list (where they differ)
+DISTRIBUTIONS = {"skimage": "scikit-image", "yaml": "pyyaml", "PIL": "pillow"}
+# installed by the extras or by napari itself, whose plugin this is
+NOT_REQUIRED = {"napari", "onnx", "onnxruntime", "openvino", "bioimageio", "zarr", "dask",
+                "ome_zarr", "distributed", "napari_unet"}
+
+
+def test_every_module_the_package_needs_is_a_declared_dependency():
+    """A fresh `pip install .` runs the CLI (a missing tqdm once broke every command there)."""
+    import re
+    import sys
+
+    text = (PACKAGE.parent / "pyproject.toml").read_text()
+    block = text.split("\ndependencies = [", 1)[1].split("\n]", 1)[0]
+    declared = {re.match(r'\s*"([A-Za-z0-9_.-]+)', line).group(1).lower()
+                for line in block.splitlines() if line.strip().startswith('"')}
+    needed = set()
+    for name, path, tree in _modules():
+        for top_level in (True, False):
+            for target, _ in _imports(name, path, tree, top_level=top_level):
+                root = target.split(".")[0]
+                if root and root not in sys.stdlib_module_names and root not in NOT_REQUIRED:
+                    needed.add(DISTRIBUTIONS.get(root, root).lower())
+    assert needed - declared == set(), f"imported, not in pyproject's dependencies: {needed - declared}"
