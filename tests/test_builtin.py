@@ -15,7 +15,8 @@ from conftest import SHARED_DATA
 
 from napari_unet import builtin
 from napari_unet.cli import main
-from napari_unet.engine import load_checkpoint, plan_for_data
+from napari_unet.engine import evaluate, load_checkpoint, plan_for_data, predict
+from napari_unet.engine.prediction.predict import run_to_end
 from napari_unet.engine.data.dataset import Dataset
 from napari_unet.engine.data.normalization import NormStats, normalize, stats_for_image
 from napari_unet.engine.export.bioimageio import export_bioimageio, started_from
@@ -251,3 +252,17 @@ def test_the_plan_proposes_nuclei3d_for_anisotropic_nuclei_volumes():
     assert plan.values["init_from"] == "nuclei3d", plan.reasons
     assert "3D" in plan.reasons["init_from"]
     assert plan.values["model"] == "unet3d"
+
+
+def test_evaluate_scores_a_boundary_models_foreground_as_the_objects_area():
+    names = ["003", "050"]
+    dataset = Dataset([channel_first(_dsb(n)[0], 2) for n in names],
+                      [_dsb(n)[1].astype(np.int32) for n in names], names, 2)
+    metrics = evaluate("nuclei", dataset, device="cpu", instances="off")
+    inside = total = 0
+    for name in names:
+        done = run_to_end(predict("nuclei", _dsb(name)[0], device="cpu", instances="off"))
+        found, true = np.asarray(done.labels) > 0, _dsb(name)[1] > 0
+        inside, total = inside + np.sum(found & true), total + found.sum() + true.sum()
+    assert metrics["foreground_dice"] == pytest.approx(2 * inside / total, abs=1e-3)
+    assert metrics["foreground_dice"] > 0.85  # not the mean of interior and boundary (~0.66)

@@ -61,6 +61,9 @@ def evaluate(checkpoint, dataset: Dataset, *, fold=None, tile_size=None, overlap
     metrics = {"samples": len(dataset.images), "mean_dice": accumulator.mean_dice(),
                "foreground_dice": accumulator.mean_dice(include_background=False),
                "dice_per_class": accumulator.dice_per_class()}
+    if head.objects:  # background / interior / boundary: the objects' whole area, as the
+        # masks' objects (not the mean of interior and boundary Dice: 0.66 for a 0.89 model)
+        metrics["foreground_dice"] = accumulator.region_dice([range(1, num_classes)])[0]
     if head.regions:  # region models: the Dice of each region (BraTS WT, TC, ET)
         metrics["region_dice"] = accumulator.region_dice(head.regions)
         metrics.update(_region_scores(None, None, num_classes, head, accumulator))
