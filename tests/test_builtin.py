@@ -16,12 +16,12 @@ from conftest import SHARED_DATA
 from napari_unet import builtin
 from napari_unet.cli import main
 from napari_unet.engine import evaluate, load_checkpoint, plan_for_data, predict
-from napari_unet.engine.prediction.predict import run_to_end
 from napari_unet.engine.data.dataset import Dataset
 from napari_unet.engine.data.normalization import NormStats, normalize, stats_for_image
 from napari_unet.engine.export.bioimageio import export_bioimageio, started_from
 from napari_unet.engine.instance_metrics import matching
 from napari_unet.engine.prediction import scale
+from napari_unet.engine.prediction.predict import run_to_end
 from napari_unet.engine.training.setup import init_weights, make_model
 from napari_unet.errors import DataError
 from napari_unet.layouts import channel_first
