@@ -84,6 +84,9 @@ TRAIN_OPTIONS: tuple[Option, ...] = (
     Option("plan", dict, {}, "--preset auto: why each planned value was chosen"),
     Option("init_from", Optional[str], None,
            "the run or built-in model whose weights this run started from (fine-tuning)"),
+    Option("colour", Optional[str], None,
+           "luminance: colour images are trained and predicted as their luminance (one "
+           "channel), as the built-in model this run starts from reads them"),
     # -- model
     Option("model", str, "tiny_unet", "the network (models.available_models())"),
     Option("model_options", dict, {}, "the network's own options, e.g. base_channels"),

@@ -266,3 +266,25 @@ def test_evaluate_scores_a_boundary_models_foreground_as_the_objects_area():
         inside, total = inside + np.sum(found & true), total + found.sum() + true.sum()
     assert metrics["foreground_dice"] == pytest.approx(2 * inside / total, abs=1e-3)
     assert metrics["foreground_dice"] > 0.85  # not the mean of interior and boundary (~0.66)
+
+
+def test_colour_images_fine_tune_the_one_channel_nuclei_model_by_their_luminance(tmp_path, capsys):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    for name in ("003", "050"):
+        image, truth = _dsb(name)
+        iio.imwrite(tmp_path / "images" / f"{name}.png",
+                    np.stack([image, image // 2, 255 - image], axis=-1)[:96, :96])
+        tifffile.imwrite(tmp_path / "masks" / f"{name}.tif", truth[:96, :96])
+    run = tmp_path / "run"
+    assert main(["train", "--images", str(tmp_path / "images"), "--masks",
+                 str(tmp_path / "masks"), "--instances", "boundary", "--init-from", "nuclei",
+                 "--steps", "2", "--batch-size", "1", "--patch-size", "64", "--amp", "off",
+                 "--device", "cpu", "--out", str(run)]) == 0
+    assert "colour = luminance: nuclei reads colour images by their luminance" in \
+        capsys.readouterr().err
+    assert load_checkpoint(run).data_info["colour"] == "luminance"
+    assert load_checkpoint(run).model.in_channels == 1
+    assert main(["predict", "--run", str(run), "--input", str(tmp_path / "images" / "003.png"),
+                 "--output", str(tmp_path / "objects.tif"), "--device", "cpu"]) == 0
+    assert tifffile.imread(tmp_path / "objects.tif").shape == (96, 96)

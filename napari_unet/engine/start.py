@@ -77,6 +77,10 @@ def plan_from_start(plan, init_from, why: str) -> None:
                           f"these data are {fp.spatial_dims}D: choose a start of their kind "
                           f"(built-in models: {', '.join(builtin.names()) or 'none'})")
     plan.choose("init_from", start_name(init_from), why)
+    if fp is not None and fp.channels == 3 and start.model.in_channels == 1 \
+            and start.data_info.get("colour") == "luminance":
+        plan.choose("colour", "luminance", f"{init_from} reads colour images by their "
+                                           f"luminance: so are these trained and predicted")
     plan.choose("model", start.config.model, f"the network of {init_from}")
     plan.choose("model_options", dict(start.config.model_options),
                 "its size, so that its weights fit")

@@ -38,6 +38,7 @@ from .losses import build_loss
 from .pipeline import DeviceBatches
 from .setup import (
     as_dataset,
+    as_luminance,
     check_data_fits_model,
     init_weights,
     lr_factor,
@@ -136,11 +137,11 @@ class _Run:
         self.config = config = replace(config, amp=amp)
         configure_backends(self.device, config.tf32)
         self.dist.setup(self.device)
-        self.dataset = as_dataset(images, masks, config)
+        self.dataset = self._colour(as_dataset(images, masks, config))
         check_data_fits_model(self.dataset, config)
         if val_images is not None:
             self.train_set = self.dataset
-            self.val_set = as_dataset(val_images, val_masks, config)
+            self.val_set = self._colour(as_dataset(val_images, val_masks, config))
         else:
             train_idx, val_idx = split_folds(len(self.dataset.images), config.fold,
                                              config.folds, config.split_seed)
@@ -163,10 +164,15 @@ class _Run:
                           "output_size": list(self.output_size),
                           "foreground_value": config.foreground_value,
                           "labels": self.head.to_dict()}
+        if config.colour == "luminance":  # prediction reads colour images so too
+            self.data_info["colour"] = "luminance"
         self.folder = RunFolder(run_dir, writer=self.dist.is_main)
         self.folder.prepare(config, resume)
         self.start_step, self.best_dice = 0, float("-inf")
         self.head_note = None
+
+    def _colour(self, dataset):
+        return as_luminance(dataset) if self.config.colour == "luminance" else dataset
 
     def build_training(self, resume, init_from):
         """Optimizer, schedule, scaler, EMA (restored on resume), the loss and the batches."""

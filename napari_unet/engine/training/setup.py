@@ -4,12 +4,13 @@ and its windows, the optimizer and its schedule, the augmentation, the weight av
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import torch
 
 from ...errors import ConfigError, DataError, NapariUnetError
-from ...layouts import interpret
+from ...layouts import LUMINANCE, interpret
 from ...masks import check_mask_values, distinct_values, rule_of
 from ...models import build_model
 from ..config import TrainConfig
@@ -71,6 +72,14 @@ def _is_stack(image, spatial_dims) -> bool:
     """A (Z, Y, X) stack of 2D samples (not an RGB picture) under a 2D model."""
     return spatial_dims == 2 and np.ndim(image) == 3 \
         and interpret(np.shape(image), 2, stack=True).kind == "stack"
+
+
+def as_luminance(dataset: Dataset) -> Dataset:
+    """Colour samples (3 channels) as their luminance (ITU-R 709, one channel): a run that
+    starts from a one-channel model that reads colour so (config colour: luminance)."""
+    images = [np.tensordot(LUMINANCE, np.asarray(image, np.float32), axes=([0], [0]))[None]
+              if image.shape[0] == 3 else image for image in dataset.images]
+    return replace(dataset, images=images)
 
 
 def check_data_fits_model(dataset: Dataset, config: TrainConfig):
