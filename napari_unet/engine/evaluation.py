@@ -58,12 +58,7 @@ def evaluate(checkpoint, dataset: Dataset, *, fold=None, tile_size=None, overlap
         if head.regions and per_image:
             scores.update(_region_scores(labels, mask, num_classes, head))
         images.append(dict(scores, labels=labels) if keep_labels else scores)
-    metrics = {"samples": len(dataset.images), "mean_dice": accumulator.mean_dice(),
-               "foreground_dice": accumulator.mean_dice(include_background=False),
-               "dice_per_class": accumulator.dice_per_class()}
-    if head.objects:  # background / interior / boundary: the objects' whole area, as the
-        # masks' objects (not the mean of interior and boundary Dice: 0.66 for a 0.89 model)
-        metrics["foreground_dice"] = accumulator.region_dice([range(1, num_classes)])[0]
+    metrics = _dice_summary(accumulator, head, num_classes, len(dataset.images))
     if head.regions:  # region models: the Dice of each region (BraTS WT, TC, ET)
         metrics["region_dice"] = accumulator.region_dice(head.regions)
         metrics.update(_region_scores(None, None, num_classes, head, accumulator))
@@ -77,6 +72,15 @@ def evaluate(checkpoint, dataset: Dataset, *, fold=None, tile_size=None, overlap
     if notes:
         metrics["notes"] = notes
     return metrics
+
+
+def _dice_summary(accumulator, head, num_classes: int, samples: int) -> dict:
+    foreground = accumulator.mean_dice(include_background=False)
+    if head.objects:  # background / interior / boundary: the objects' whole area, as the
+        # masks' objects (not the mean of interior and boundary Dice: 0.66 for a 0.89 model)
+        foreground = accumulator.region_dice([range(1, num_classes)])[0]
+    return {"samples": samples, "mean_dice": accumulator.mean_dice(),
+            "foreground_dice": foreground, "dice_per_class": accumulator.dice_per_class()}
 
 
 def _fold_of(dataset: Dataset, fold: int, config) -> Dataset:
