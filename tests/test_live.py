@@ -1,0 +1,173 @@
+"""A live run (engine.training.live): new paint reaches the sampler while the run goes on,
+erased paint is gone, the optimiser keeps its state, the view is predicted, and a stopped run
+is a normal run folder."""
+import numpy as np
+import pytest
+import tifffile
+
+from napari_unet.choices import IGNORE_CLASS
+from napari_unet.engine import (
+    Finished,
+    LiveControl,
+    MasksUpdated,
+    Progress,
+    ViewPredicted,
+    load_checkpoint,
+    predict_array,
+    preset_config,
+    train_live,
+)
+from napari_unet.engine.data.patches import PatchSampler
+from napari_unet.engine.data.normalization import compute_norm_stats
+from napari_unet.engine.training import live
+from napari_unet.errors import ConfigError
+
+U = IGNORE_CLASS
+SIZE = 64
+
+
+def live_config(**overrides):
+    values = dict(batch_size=2, patch_size=[32, 32], lr=2e-3, amp="off", device="cpu",
+                  model_options={"base_channels": 4}, checkpoint_every=1000, log_every=1,
+                  unlabeled="ignore")
+    values.update(overrides)
+    return preset_config("industrial", **values)
+
+
+def image_and_paint():
+    """A bright square on dark, and strokes: background (1) on the left, object (2) inside."""
+    rng = np.random.default_rng(0)
+    image = rng.normal(0.2, 0.05, (SIZE, SIZE)).astype(np.float32)
+    image[20:44, 20:44] += 0.6
+    paint = np.zeros((SIZE, SIZE), np.uint8)
+    paint[5, 2:15] = 1
+    paint[30, 25:35] = 2
+    return image, paint
+
+
+# -- the sampler ---------------------------------------------------------------------------------
+def test_a_mask_update_reaches_the_next_batch_and_erasing_removes_it():
+    mask = np.full((SIZE, SIZE), U, np.uint8)
+    mask[:4, :4] = 0
+    image = np.zeros((1, SIZE, SIZE), np.float32)
+    sampler = PatchSampler([image], [mask], (16, 16), (16, 16), 8,
+                           compute_norm_stats([image], "none"), sparse=True)
+    before = sampler.plan(0)
+    assert all(start == (0, 0) for _, start in before)  # only the corner is painted
+    stroke = np.full((4, 4), 1, np.uint8)
+    sampler.update_mask(0, stroke, offset=(50, 50))  # a region travels, not the mask
+    assert sampler.labelled_pixels(0) == 32
+    starts = {start for _, start in sampler.plan(1)}
+    assert any(start != (0, 0) for start in starts), starts  # drawn from the new paint
+    sampler.update_mask(0, np.full((4, 4), U, np.uint8), offset=(50, 50))  # erased
+    assert sampler.labelled_pixels(0) == 16
+    assert all(start == (0, 0) for _, start in sampler.plan(2))
+
+
+def test_an_unpainted_sample_of_sparse_masks_gives_no_window():
+    painted = np.full((SIZE, SIZE), U, np.uint8)
+    painted[10, 10] = 1
+    unpainted = np.full((SIZE, SIZE), U, np.uint8)
+    image = np.zeros((1, SIZE, SIZE), np.float32)
+    sampler = PatchSampler([image, image], [unpainted, painted], (16, 16), (16, 16), 16,
+                           compute_norm_stats([image], "none"), sparse=True)
+    assert {index for index, _ in sampler.plan(0)} == {1}
+
+
+# -- the run -------------------------------------------------------------------------------------
+@pytest.fixture
+def states(monkeypatch):
+    """The _LiveState of each live run started meanwhile (its run, sampler, optimiser)."""
+    seen = []
+    original = live._LiveState.__init__
+
+    def keep(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        seen.append(self)
+
+    monkeypatch.setattr(live._LiveState, "__init__", keep)
+    return seen
+
+
+def _adam_steps(run):
+    return [int(state["step"]) for state in run.optimizer.state.values()]
+
+
+def test_a_live_run_takes_new_paint_keeps_its_optimiser_and_stops_as_a_run(tmp_path, states):
+    image, paint = image_and_paint()
+    control = LiveControl()
+    control.set_view(image, region=(slice(8, 56), slice(16, 48)))
+    events = train_live(live_config(), [image], [paint], run_dir=tmp_path / "run",
+                        control=control, every=0.01)
+    seen, phase, steps_before = [], "start", None
+    for event in events:
+        seen.append(event)
+        state = states[0] if states else None
+        if isinstance(event, Progress) and phase == "start" and event.step >= 3:
+            steps_before = _adam_steps(state.run)
+            more = paint.copy()
+            more[50:53, 40:50] = 2  # a new object stroke
+            control.update_mask(0, more)
+            phase = "painted"
+        elif isinstance(event, MasksUpdated) and phase == "painted":
+            assert event.labelled == 13 + 10 + 30 and event.samples == (0,)
+            coords = state.run.sampler._labelled_coords(0)
+            assert {(51, 45), (30, 30)} <= {tuple(c) for c in coords}
+            assert _adam_steps(state.run) == steps_before  # the same optimiser, its state
+            erased = paint.copy()
+            erased[30, 25:35] = 0  # the first object stroke erased
+            control.update_mask(0, erased[28:32, 20:40], offset=(28, 20))
+            phase = "erased"
+        elif isinstance(event, MasksUpdated) and phase == "erased":
+            assert event.labelled == 13 + 30  # only the region changed
+            coords = {tuple(c) for c in state.run.sampler._labelled_coords(0)}
+            assert (30, 30) not in coords and (51, 45) in coords
+            phase = "trained"
+        elif isinstance(event, Progress) and phase == "trained":
+            assert min(_adam_steps(state.run)) > max(steps_before)  # it went on stepping
+            phase = "viewing"
+        elif isinstance(event, ViewPredicted) and phase == "viewing":
+            latest, done, region = control.latest()
+            assert latest == event and done.probabilities.shape[-2:] == (48, 32)
+            assert done.labels.shape == (48, 32) and event.period >= 0.01
+            control.stop()
+            phase = "stopping"
+    assert phase == "stopping" and isinstance(seen[-1], Finished)
+    run_dir = tmp_path / "run"
+    checkpoint = load_checkpoint(run_dir)
+    assert checkpoint.config.steps == seen[-1].step  # a run of the steps it took
+    kept = tifffile.imread(run_dir / "data" / "masks" / "sample0.tif")
+    assert (kept != U).sum() == 43 and kept[5, 2] == 0 and kept[51, 45] == 1
+    assert tifffile.imread(run_dir / "data" / "images" / "sample0.tif").shape == (SIZE, SIZE)
+    probabilities, labels = predict_array(checkpoint, image[None], device="cpu")
+    assert labels.shape == (SIZE, SIZE)
+
+
+def test_a_live_run_waits_for_paint_and_warns_of_a_class_it_cannot_learn(tmp_path, states):
+    image, _ = image_and_paint()
+    control = LiveControl()
+    events = train_live(live_config(), [image], [np.zeros((SIZE, SIZE), np.uint8)],
+                        run_dir=tmp_path / "run", control=control, every=60)
+    texts = []
+    for event in events:
+        texts.append(getattr(event, "text", ""))
+        if "waits for paint" in texts[-1]:
+            paint = np.zeros((SIZE, SIZE), np.uint8)
+            paint[0, :10], paint[30, 30:40], paint[40, 40:45] = 1, 2, 3  # 3: a third class
+            control.update_mask(0, paint)
+        if isinstance(event, MasksUpdated):
+            assert event.labelled == 20  # class 2 (value 3) is left out
+        if isinstance(event, Progress):
+            control.stop()
+    assert any("class 2 is left out" in text for text in texts), texts
+    assert isinstance(event, Finished)
+
+
+def test_bad_live_settings_are_one_line_errors(tmp_path):
+    image, paint = image_and_paint()
+    with pytest.raises(ConfigError, match="leave out --fold"):
+        next(train_live(live_config(fold=0), [image], [paint], run_dir=tmp_path / "a",
+                        control=LiveControl()))
+    with pytest.raises(ConfigError, match="seconds > 0"):
+        next(train_live(live_config(), [image], [paint], run_dir=tmp_path / "b",
+                        control=LiveControl(), every=0))
