@@ -17,8 +17,8 @@ from napari_unet.engine import (
     preset_config,
     train_live,
 )
-from napari_unet.engine.data.patches import PatchSampler
 from napari_unet.engine.data.normalization import compute_norm_stats
+from napari_unet.engine.data.patches import PatchSampler
 from napari_unet.engine.training import live
 from napari_unet.errors import ConfigError
 
