@@ -1,11 +1,17 @@
 """A live run (engine.training.live): new paint reaches the sampler while the run goes on,
 erased paint is gone, the optimiser keeps its state, the view is predicted, and a stopped run
 is a normal run folder."""
+import os
+import signal
+
 import numpy as np
 import pytest
 import tifffile
+from process_support import deadline, read_events_until, start_cli, wait_for_exit
 
 from napari_unet.choices import IGNORE_CLASS
+from napari_unet.cli import main
+from napari_unet.cli_live import MaskWatcher
 from napari_unet.engine import (
     Finished,
     LiveControl,
@@ -171,3 +177,93 @@ def test_bad_live_settings_are_one_line_errors(tmp_path):
     with pytest.raises(ConfigError, match="seconds > 0"):
         next(train_live(live_config(), [image], [paint], run_dir=tmp_path / "b",
                         control=LiveControl(), every=0))
+
+
+# -- the command line ----------------------------------------------------------------------------
+LIVE = ["--preset", "industrial", "--patch-size", "32", "--base-channels", "4", "--batch-size",
+        "2", "--amp", "off", "--device", "cpu"]
+
+
+def test_train_live_refuses_a_view_the_model_cannot_read(tmp_path, capsys):
+    image, paint = image_and_paint()
+    tifffile.imwrite(tmp_path / "image.tif", image)
+    tifffile.imwrite(tmp_path / "paint.tif", paint)
+    tifffile.imwrite(tmp_path / "rgb.tif", np.zeros((SIZE, SIZE, 3), np.uint8))
+    code = main(["train", "--live", *LIVE, "--images", str(tmp_path / "image.tif"), "--masks",
+                 str(tmp_path / "paint.tif"), "--predict", str(tmp_path / "rgb.tif"),
+                 "--out", str(tmp_path / "run")])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("napari_unet: error: --predict")
+    assert not (tmp_path / "run").exists()
+
+
+class _Control:
+    def __init__(self):
+        self.updates = []
+
+    def update_mask(self, index, values, offset=None):
+        self.updates.append((index, np.asarray(values)))
+
+
+def test_the_mask_watcher_waits_for_a_file_to_hold_still_and_survives_a_half_written_one(
+        tmp_path):
+    path = tmp_path / "paint.tif"
+    _, paint = image_and_paint()
+    tifffile.imwrite(path, paint)
+    watcher, control = MaskWatcher(path, ["image"]), _Control()  # a file: all its samples
+    watcher.poll(control)
+    assert control.updates == []  # unchanged since it was read
+    whole = path.read_bytes()
+    path.write_bytes(whole[:100])  # a tool writing in place, caught halfway
+    for _ in range(3):
+        watcher.poll(control)  # seen, held still, unreadable: no update, no crash
+    assert control.updates == []
+    painted = paint.copy()
+    painted[60, :] = 2
+    tifffile.imwrite(path, painted)
+    os.utime(path, ns=(1, 1))  # a signature of its own, whatever the clock's resolution
+    watcher.poll(control)
+    assert control.updates == []  # changed: read once it holds still (debounce)
+    watcher.poll(control)
+    assert len(control.updates) == 1 and control.updates[0][0] == 0
+    assert (control.updates[0][1] == painted).all()
+    watcher.poll(control)
+    assert len(control.updates) == 1  # read once
+
+
+def _fraction_painted_as_object(path):
+    return float((tifffile.imread(path) == 1).mean())
+
+
+def test_train_live_follows_a_mask_file_changed_while_it_runs(tmp_path):
+    """The CLI test of issue 34: a mask file changed during `train --live`; the next
+    predictions follow it. Every wait ends on an event (deadlines are ceilings)."""
+    image, _ = image_and_paint()
+    tifffile.imwrite(tmp_path / "image.tif", image)
+    mask = tmp_path / "paint.tif"
+    tifffile.imwrite(mask, np.ones((SIZE, SIZE), np.uint8))  # all painted background
+    run = tmp_path / "run"
+    labels = run / "predictions" / "image_labels.tif"
+    with start_cli("train", "--live", *LIVE, "--lr", "0.01", "--images", tmp_path / "image.tif",
+                   "--masks", mask, "--out", run, "--predict", tmp_path / "image.tif",
+                   "--predict-every", "0.5", "--events", "jsonl") as process:
+        read_events_until(process, lambda e: e["event"] == "ViewPredicted"
+                          and _fraction_painted_as_object(labels) < 0.05, timeout=deadline(120))
+        scratch = tmp_path / "scratch.tif"
+        tifffile.imwrite(scratch, np.full((SIZE, SIZE), 2, np.uint8))  # now all object
+        os.replace(scratch, mask)
+        updated = read_events_until(process, lambda e: e["event"] == "MasksUpdated",
+                                    timeout=deadline(60))[-1]
+        assert updated["labelled"] == SIZE * SIZE and updated["seconds"] < deadline(60)
+        view = read_events_until(process, lambda e: e["event"] == "ViewPredicted"
+                                 and e["step"] > updated["step"]
+                                 and _fraction_painted_as_object(labels) > 0.95,
+                                 timeout=deadline(120))[-1]
+        assert view["path"] == str(run / "predictions" / "image_probabilities.tif")
+        process.send_signal(signal.SIGINT)  # Stop: a normal end
+        rest = read_events_until(process, None)
+        assert wait_for_exit(process) == 0
+    assert any(event["event"] == "Finished" for event in rest)
+    assert load_checkpoint(run).config.steps >= view["step"]
+    kept = tifffile.imread(run / "data" / "masks" / "image.tif")  # named as the image
+    assert (kept == 1).all()  # the strokes as they were at the stop, as classes

@@ -32,6 +32,7 @@ _EXPORTS = {
     "predict_array": "prediction.predict", "output_shapes": "prediction.predict", "predict_file": "prediction.predict",
     "train": "training.loop",
     "LiveControl": "training.live", "LiveView": "training.live", "train_live": "training.live",
+    "view_image": "training.live",
     "MasksUpdated": "events", "ViewPredicted": "events",
     # what the CLI needs to launch torchrun workers
     "TIMEOUT_VARIABLE": "training.distributed", "check_process_count": "training.distributed",

@@ -158,9 +158,8 @@ def train_live(config, images=None, masks=None, *, run_dir, control: LiveControl
     yield run.started()
     for note in filter(None, [run.amp_note, run.head_note, *run.notes]):
         yield Message("warning" if note != run.head_note else "info", note)
-    run.cancel.install()
-    try:
-        yield from state.steps()
+    try:  # no SIGINT handler of its own: a face stops it with control.stop() (the CLI on
+        yield from state.steps()  # SIGINT), so that a step is never cut
     except (GeneratorExit, KeyboardInterrupt):
         if run.losses.pending_are_finite():
             state.keep_run()
@@ -168,7 +167,6 @@ def train_live(config, images=None, masks=None, *, run_dir, control: LiveControl
     finally:
         if run.batches is not None:
             run.batches.close()
-        run.cancel.restore()
     state.keep_run(save=False)
     yield _finish(run)
 
@@ -315,7 +313,7 @@ class _LiveState:
         """The view's region predicted with the weights as they are (EMA's, if any), with
         some context around it."""
         run, config = self.run, self.run.config
-        image = prepare_image(view.image, config.spatial_dims, run.dataset.in_channels)
+        image = view_image(view.image, config.spatial_dims, run.dataset.in_channels)
         crop, inner = _with_context(image.shape[1:], view.region, run.input_size)
         model = run.model if run.ema is None else run.ema.module
         try:
@@ -352,6 +350,17 @@ class _LiveState:
             write_tif(data / MASKS / f"{stem}.tif", mask, overwrite=True)
         if save and run.done > run.start_step:
             run.save(LAST, run.done)
+
+
+def view_image(image, spatial_dims: int, in_channels: int):
+    """The channel-first view of what a live run predicts, or a one-line DataError: an image
+    as the training images (a 2D model: one 2D image, not a stack)."""
+    prepared = prepare_image(image, spatial_dims, in_channels)
+    if prepared.ndim != spatial_dims + 1:
+        raise DataError(f"a live view of shape {tuple(np.shape(image))} is a stack: a "
+                        f"{spatial_dims}D model's view is one {spatial_dims}D image (give one "
+                        "slice)")
+    return prepared
 
 
 def _safe(name: str) -> str:
