@@ -110,9 +110,7 @@ def play(config, image, truth, sequence, args, reveal_every: float) -> list:
                     _, done, _ = control.latest()
                     rows.append((event.time, event.step, shown,
                                  foreground_dice([done.labels], [truth])))
-                    if elapsed >= args.seconds and rows[-1][2] == len(sequence):
-                        control.stop()
-                    elif elapsed >= args.seconds and args.tiny:
+                    if elapsed >= args.seconds and (args.tiny or shown == len(sequence)):
                         control.stop()
         finally:
             events.close()
