@@ -204,6 +204,7 @@ class _LiveState:
                 run.batches = DeviceBatches(run.sampler, range(step, LIVE_STEPS), run.device)
             yield from self.one_step(step, window)
             step += 1
+            yield from self.apply_updates()  # paint that came during the step: before a view
             view = self.refresh()
             if view is not None:
                 yield view
