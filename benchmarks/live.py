@@ -141,20 +141,21 @@ def bench(name: str, args) -> list[str]:
 
 
 def draw(lines: list[str], path: Path) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print(f"matplotlib is not installed: no {path}", file=sys.stderr)
-        return
+    """The Dice curves, one panel per data set: matplotlib where installed, else Pillow."""
     curves: dict = {}
     for line in lines:
         mode, rest = line.split(": ", 1)
         fields = dict(item.split("=") for item in rest.split())
         curves.setdefault(fields["dataset"], {}).setdefault(mode, []).append(
             (float(fields["seconds"]), float(fields["dice"])))
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        _draw_with_pillow(curves, path)
+        return
     figure, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 3.6), squeeze=False)
     for axis, (name, modes) in zip(axes[0], curves.items()):
         for mode, points in modes.items():
@@ -165,6 +166,34 @@ def draw(lines: list[str], path: Path) -> None:
         axis.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=110)
+    print(f"wrote {path}", file=sys.stderr)
+
+
+def _draw_with_pillow(curves: dict, path: Path) -> None:
+    from PIL import Image, ImageDraw
+
+    width, height, margin = 420, 300, 40
+    image = Image.new("RGB", (width * len(curves), height), "white")
+    pen = ImageDraw.Draw(image)
+    colours = {"live": (31, 119, 180), "batch": (255, 127, 14)}
+    end = max(t for modes in curves.values() for points in modes.values() for t, _ in points)
+    for k, (name, modes) in enumerate(curves.items()):
+        left, right, top, bottom = k * width + margin, (k + 1) * width - 10, 25, height - margin
+        pen.rectangle([left, top, right, bottom], outline="black")
+        for tick in (0.25, 0.5, 0.75):
+            y = bottom - tick * (bottom - top)
+            pen.line([left, y, right, y], fill=(220, 220, 220))
+            pen.text((left - 30, y - 6), f"{tick:.2f}", fill="black")
+        pen.text((left, 5), f"{name}: foreground Dice over seconds (0-{end:.0f} s)",
+                 fill="black")
+        for row, (mode, points) in enumerate(modes.items()):
+            xy = [(left + t / end * (right - left), bottom - d * (bottom - top))
+                  for t, d in points]
+            pen.line(xy, fill=colours.get(mode, "black"), width=2) if len(xy) > 1 else None
+            for x, y in xy:
+                pen.ellipse([x - 2, y - 2, x + 2, y + 2], fill=colours.get(mode, "black"))
+            pen.text((left + 8, top + 6 + 14 * row), mode, fill=colours.get(mode, "black"))
+    image.save(path)
     print(f"wrote {path}", file=sys.stderr)
 
 

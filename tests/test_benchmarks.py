@@ -217,8 +217,10 @@ def test_builtin_prints_zero_shot_and_fine_tune_rows(capsys):
     assert all(0 <= float(r["dice"]) <= 1 and float(r["seconds"]) > 0 for r in rows)
 
 
-def test_live_plays_an_annotator_and_the_batch_way_beside_it(capsys):
-    out = run_script("benchmarks/live.py", ["--tiny", "--data-root", str(DATA)], capsys)
+def test_live_plays_an_annotator_and_the_batch_way_beside_it(capsys, tmp_path):
+    out = run_script("benchmarks/live.py", ["--tiny", "--data-root", str(DATA), "--png",
+                                            str(tmp_path / "live.png")], capsys)
+    assert (tmp_path / "live.png").stat().st_size > 0  # matplotlib's, or Pillow's
     for name in ("isbi2012", "dsb2018"):
         for mode in ("live", "batch"):
             rows = [line for line in out.splitlines()
