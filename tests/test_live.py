@@ -7,7 +7,7 @@ import signal
 import numpy as np
 import pytest
 import tifffile
-from process_support import deadline, read_events_until, start_cli, wait_for_exit
+from process_support import cli, deadline, read_events_until, start_cli, wait_for_exit
 
 from napari_unet.choices import IGNORE_CLASS
 from napari_unet.cli import main
@@ -142,6 +142,7 @@ def test_a_live_run_takes_new_paint_keeps_its_optimiser_and_stops_as_a_run(tmp_p
     run_dir = tmp_path / "run"
     checkpoint = load_checkpoint(run_dir)
     assert checkpoint.config.steps == seen[-1].step  # a run of the steps it took
+    assert (checkpoint.config.unlabeled, checkpoint.config.ignore_value) == ("background", U)
     kept = tifffile.imread(run_dir / "data" / "masks" / "sample0.tif")
     assert (kept != U).sum() == 43 and kept[5, 2] == 0 and kept[51, 45] == 1
     assert tifffile.imread(run_dir / "data" / "images" / "sample0.tif").shape == (SIZE, SIZE)
@@ -265,5 +266,9 @@ def test_train_live_follows_a_mask_file_changed_while_it_runs(tmp_path):
         assert wait_for_exit(process) == 0
     assert any(event["event"] == "Finished" for event in rest)
     assert load_checkpoint(run).config.steps >= view["step"]
+    # a normal run: it goes on from its own training set as any run does
+    resumed = cli("train", "--resume", "--data", run / "data", "--out", run, "--steps",
+                  str(load_checkpoint(run).config.steps + 1), "--device", "cpu")
+    assert resumed.returncode == 0, resumed.stderr
     kept = tifffile.imread(run / "data" / "masks" / "image.tif")  # named as the image
     assert (kept == 1).all()  # the strokes as they were at the stop, as classes

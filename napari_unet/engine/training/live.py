@@ -335,7 +335,10 @@ class _LiveState:
         """The run as a finished one: its config with the steps done, the masks painted and
         (`save`) the last checkpoint (else _finish writes it)."""
         run = self.run
-        run.config = replace(run.config, steps=max(1, run.done))
+        # the rule of the masks kept in data/masks (classes, IGNORE_CLASS unknown), as the
+        # Train widget's training sets: --resume --data RUN/data reads them as they are
+        run.config = replace(run.config, steps=max(1, run.done), unlabeled="background",
+                             ignore_value=IGNORE_CLASS, foreground_value=None)
         if not run.dist.is_main:
             return
         (run.folder.path / CONFIG).write_text(run.config.to_yaml())
