@@ -9,7 +9,8 @@ of the time) into the run's latest files, RUN/predictions/NAME_labels.tif (class
 NAME_probabilities.tif, replaced atomically each time; each refresh prints a ViewPredicted
 event (JSON with --events jsonl) with the step, the time and the path. Ctrl-C (SIGINT) or
 SIGTERM stops the run as the Stop button does: the run folder is a normal one and the exit
-status 0; a second one cancels at once (130).
+status 0; a second one cancels at once (130). Another process (the Train widget) may also send
+mask regions and views through RUN/live_inbox/ (napari_unet.live_inbox), read at each poll.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import threading
 import time
 from pathlib import Path
 
-from napari_unet import engine, runs
+from napari_unet import engine, live_inbox, runs
 from napari_unet.cli_progress import printer
 from napari_unet.errors import ConfigError, DataError
 from napari_unet.io import input_files, read_image, write_tif
@@ -71,7 +72,7 @@ def cmd_train_live(args, planned_config, make_run_dir, predict_into_run) -> int:
     made = not run_dir.exists()
     config, dataset = planned_config(args, started)
     view = _view(args, dataset, config)
-    watcher = MaskWatcher(args.masks, dataset.names)
+    watcher = MaskWatcher(args.masks, dataset.names, run_dir)
     control = engine.LiveControl()
     if view is not None:
         control.set_view(view)
@@ -144,7 +145,8 @@ class MaskWatcher:
     ``messages()``: the warnings meanwhile (a file that does not fit its samples), as
     engine Message events."""
 
-    def __init__(self, masks, names):
+    def __init__(self, masks, names, run_dir=None):
+        self.run_dir = run_dir  # its live_inbox: what another process sends (live_inbox.py)
         masks = Path(masks)
         # mask file -> [sample index]: one, or a stack's slices; folders pair by name
         self.samples = {} if masks.is_dir() else {masks: list(range(len(names)))}
@@ -181,8 +183,15 @@ class MaskWatcher:
             self.poll(control)
 
     def poll(self, control) -> None:
-        """Send every file changed and then unchanged for one poll; keep trying one that
-        cannot be read yet."""
+        """Send every file changed and then unchanged for one poll (keep trying one that
+        cannot be read yet), and what came in the run's inbox."""
+        if self.run_dir is not None:
+            for kind, message in live_inbox.read_messages(self.run_dir):
+                if kind == live_inbox.VIEW:
+                    control.set_view(message["image"], live_inbox.region_of(message["region"]))
+                else:
+                    control.update_mask(int(message["index"]), message["values"],
+                                        tuple(int(o) for o in message["offset"]))
         for path, indices in self.samples.items():
             signature = _signature(path)
             if signature == self.seen[path] or signature is None:

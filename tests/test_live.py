@@ -9,6 +9,7 @@ import pytest
 import tifffile
 from process_support import cli, deadline, read_events_until, start_cli, wait_for_exit
 
+from napari_unet import live_inbox
 from napari_unet.choices import IGNORE_CLASS
 from napari_unet.cli import main
 from napari_unet.cli_live import MaskWatcher
@@ -200,10 +201,36 @@ def test_train_live_refuses_a_view_the_model_cannot_read(tmp_path, capsys):
 
 class _Control:
     def __init__(self):
-        self.updates = []
+        self.updates, self.views = [], []
 
     def update_mask(self, index, values, offset=None):
-        self.updates.append((index, np.asarray(values)))
+        self.updates.append((index, np.asarray(values)) + ((offset,) if offset else ()))
+
+    def set_view(self, image, region=None):
+        self.views.append((np.asarray(image), region))
+
+
+def test_another_process_sends_regions_and_views_through_the_inbox_in_order(tmp_path):
+    """What the Train widget will use: only the changed region travels, read in the order
+    sent, each message once; a message caught half-written waits for the next poll."""
+    path = tmp_path / "paint.tif"
+    tifffile.imwrite(path, np.zeros((SIZE, SIZE), np.uint8))
+    run = tmp_path / "run"
+    watcher, control = MaskWatcher(path, ["image"], run), _Control()
+    live_inbox.send_mask(run, 0, np.full((2, 3), 2, np.uint8), offset=(10, 20))
+    live_inbox.send_view(run, np.ones((SIZE, SIZE), np.float32), (slice(0, 32), slice(8, None)))
+    live_inbox.send_mask(run, 0, np.full((1, 1), 1, np.uint8), offset=(5, 5))
+    whole = live_inbox.send_mask(tmp_path / "other", 0, np.zeros((40, 40), np.uint8)).read_bytes()
+    (live_inbox.inbox(run) / "99999999999999999999-half-mask.npz").write_bytes(whole[:200])
+    watcher.poll(control)
+    assert [(index, values.shape, offset) for index, values, offset in control.updates] == \
+        [(0, (2, 3), (10, 20)), (0, (1, 1), (5, 5))]
+    assert control.views[0][1] == (slice(0, 32), slice(8, None))
+    assert control.views[0][0].shape == (SIZE, SIZE)
+    watcher.poll(control)
+    assert len(control.updates) == 2 and len(control.views) == 1  # each read once
+    assert [p.name for p in live_inbox.inbox(run).iterdir()] == [
+        "99999999999999999999-half-mask.npz"]  # left for the next poll
 
 
 def test_the_mask_watcher_waits_for_a_file_to_hold_still_and_survives_a_half_written_one(
