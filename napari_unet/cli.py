@@ -33,7 +33,11 @@ from napari_unet.cli_commands import (
     cmd_export,
     cmd_predict,
     cmd_train,
+    make_run_dir,
+    planned_config,
+    predict_into_run,
 )
+from napari_unet.cli_live import cmd_train_live
 from napari_unet.cli_progress import print_failure
 from napari_unet.errors import ConfigError, NapariUnetError
 from napari_unet.options import FLAGGED, OPTIONS
@@ -120,7 +124,18 @@ def _add_train(p):
                         "nothing (auto proposes a built-in model when the data look like its)")
     p.add_argument("--evaluate", action="store_true", help="score the validation fold at the end")
     p.add_argument("--predict", metavar="PATH",
-                   help=f"segment PATH at the end ({runs.PREDICTIONS}/)")
+                   help=f"segment PATH at the end ({runs.PREDICTIONS}/); with --live also "
+                        "every --predict-every seconds")
+    p.add_argument("--live", action="store_true",
+                   help="a live run: train until Ctrl-C (a normal end) or --minutes, re-reading "
+                        "each --masks file when it changes on disk (unpainted pixels unknown: "
+                        "--unlabeled ignore unless given)")
+    p.add_argument("--predict-every", type=float, default=None, metavar="S",
+                   help="--live: predict --predict every S seconds (default 5; longer where a "
+                        "prediction takes over a third of the time) into the latest files "
+                        f"{runs.PREDICTIONS}/NAME{runs.LABELS_SUFFIX} and "
+                        f"NAME{runs.PROBABILITIES_SUFFIX}, replaced atomically, with a "
+                        "ViewPredicted event (step, time, path) each time")
     p.add_argument("--events", choices=["jsonl"], default=None,
                    help="print machine-readable JSON events instead of a progress bar")
     p.add_argument("--nproc", type=int, default=1, help="processes (GPUs) via torchrun")
@@ -250,6 +265,8 @@ def _add_benchmark(p):
 def _train_or_launch(args) -> int:
     """Train here, or start torchrun, whose workers each run this same command."""
     check_train_args(args)
+    if args.live:
+        return cmd_train_live(args, planned_config, make_run_dir, predict_into_run)
     if args.nproc < 1:
         raise ConfigError(f"--nproc {args.nproc}: use 1 process or more (one per GPU)")
     if args.ddp_timeout is not None:  # read by each worker (engine.training.distributed)

@@ -16,6 +16,7 @@ import yaml
 
 from napari_unet import builtin, engine, runs
 from napari_unet.choices import AUTO_PRESET, SAMPLES, preset_options
+from napari_unet.cli_live import check_live_args
 from napari_unet.cli_progress import drive, is_main_process, printer
 from napari_unet.errors import ConfigError, DataError
 from napari_unet.io import atomic_write, input_files, is_glob, read_image, write_tif
@@ -55,7 +56,8 @@ def check_train_args(args) -> None:
     if not args.resume and run.last.exists():
         raise ConfigError(f"{run.path} already holds a run: pass --resume to continue it, "
                           f"or choose another --out folder")
-    if args.minutes is not None and args.steps is None and not args.resume:
+    check_live_args(args)
+    if args.minutes is not None and args.steps is None and not args.resume and not args.live:
         engine.check_budget(args.minutes)  # what the timing of the first steps takes
     sample = run.path / runs.DATA / runs.SAMPLE_IMAGES  # --sample writes it: predict it after
     if args.predict and not (args.sample and Path(args.predict).resolve() == sample.resolve()):
@@ -90,8 +92,8 @@ def cmd_train(args) -> int:
     run_dir = Path(args.out)
     made = not run_dir.exists()
     try:
-        config, dataset = _planned_config(args, started)
-        _make_run_dir(run_dir)
+        config, dataset = planned_config(args, started)
+        make_run_dir(run_dir)
         if args.sample and is_main_process():
             _save_sample(dataset, run_dir, args.resume)
         timed = config.minutes is not None and args.steps is None and not args.resume
@@ -108,7 +110,7 @@ def cmd_train(args) -> int:
         checkpoint = engine.load_checkpoint(run_dir)
         _report_evaluation(args, checkpoint, dataset, config.fold, run_dir)
     if args.predict:
-        _predict_into_run(args, run_dir)
+        predict_into_run(args, run_dir)
     return 0
 
 
@@ -244,7 +246,7 @@ def cmd_benchmark(args) -> int:
 
 
 # -- the training config -------------------------------------------------------------------------
-def _planned_config(args, started: float):
+def planned_config(args, started: float):
     """The config and the data. --preset auto: the data first, then the plan made from them
     (printed with its reasons); --minutes (auto's default: DEFAULT_MINUTES) then sets the
     steps from a timing of the first ones, unless --steps is given. A resumed auto or timed
@@ -270,7 +272,8 @@ def _planned_config(args, started: float):
         printer(args.events)(engine.Message(
             "warning", f"--steps {args.steps} and --minutes {args.minutes:g} given: the run "
                        f"trains {args.steps} steps, however long they take"))
-    if config.minutes is not None and args.steps is None and not args.resume:
+    if config.minutes is not None and args.steps is None and not args.resume \
+            and not getattr(args, "live", False):  # a live run's --minutes is its budget
         config, per_step = engine.fit_to_minutes(config, dataset, started)
     if per_step or (config.plan and not args.resume):
         printer(args.events)(engine.Planned(
@@ -355,7 +358,7 @@ def _load_data(args, spatial_dims, rule):
     return dataset
 
 
-def _make_run_dir(run_dir: Path):
+def make_run_dir(run_dir: Path):
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -407,7 +410,7 @@ def _inference_amp(trained: str) -> str:
     return "off" if trained == "off" else "auto"
 
 
-def _predict_into_run(args, run_dir: Path):
+def predict_into_run(args, run_dir: Path):
     labels, probabilities = runs.prediction_paths(run_dir, args.predict)
     events = engine.predict_file(run_dir, Path(args.predict), labels,
                                  probabilities=probabilities, device=args.device or "auto",

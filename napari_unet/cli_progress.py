@@ -9,6 +9,8 @@ import time
 
 from napari_unet import engine
 
+LIVE_LINE_S = 10.0  # a live run's progress: a line this often
+
 
 def is_main_process() -> bool:
     """Whether this is the process that prints (rank 0 of a torchrun group, or alone)."""
@@ -74,6 +76,18 @@ class HumanPrinter:
         if not is_main_process():
             return
         match event:
+            case engine.Progress() if not event.total:  # a live run: no end known
+                if time.monotonic() - getattr(self, "live_line", 0.0) >= LIVE_LINE_S:
+                    self.live_line = time.monotonic()
+                    self._write(f"step {event.step}: loss {event.loss:.4f} "
+                                f"{event.img_s:.1f} img/s")
+            case engine.MasksUpdated():
+                self._write(f"paint: {event.labelled} labelled pixels in training from step "
+                            f"{event.step} ({event.seconds:.1f} s after the change)")
+            case engine.ViewPredicted():
+                self._write(f"view: step {event.step} at {event.time:.1f} s (predicted in "
+                            f"{event.seconds:.1f} s, next in {event.period:.1f} s)"
+                            + (f" {event.path}" if event.path else ""))
             case engine.Progress():
                 self._advance("steps", event.step, event.total,
                               f"loss {event.loss:.4f} lr {event.lr:.2e} {event.img_s:.1f} img/s")

@@ -8,6 +8,7 @@
     RUN/data/images.tif, masks.tif   the synthetic data of a --sample run
     RUN/evaluation.json      what --evaluate measured
     RUN/.napari_unet_train.json   the pid of a training child while it runs
+    RUN/live_inbox/          a live run's mask regions and views sent by another process
 
 File names and metric keys are spelled here only; the trainer, the runner, the widgets and
 the CLI use these names. No numpy, torch or Qt.
@@ -35,6 +36,7 @@ PREDICTIONS = "predictions"
 DATA = "data"
 EVALUATION = "evaluation.json"
 PID_FILE = ".napari_unet_train.json"
+LIVE_INBOX = "live_inbox"  # a live run's updates from another process (napari_unet.live_inbox)
 BEST = "best.pt"
 LAST = "last.pt"
 SAMPLE_IMAGES, SAMPLE_MASKS = "images.tif", "masks.tif"  # in RUN/data/

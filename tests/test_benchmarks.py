@@ -215,3 +215,19 @@ def test_builtin_prints_zero_shot_and_fine_tune_rows(capsys):
     zero_shot = next(r for r in rows if r["model"] == "nuclei" and r["data"] == "dsb2018")
     assert float(zero_shot["dice"]) > 0.8 and float(zero_shot["ap50"]) > 0.5  # no training
     assert all(0 <= float(r["dice"]) <= 1 and float(r["seconds"]) > 0 for r in rows)
+
+
+def test_live_plays_an_annotator_and_the_batch_way_beside_it(capsys, tmp_path):
+    out = run_script("benchmarks/live.py", ["--tiny", "--data-root", str(DATA), "--png",
+                                            str(tmp_path / "live.png")], capsys)
+    assert (tmp_path / "live.png").stat().st_size > 0  # matplotlib's, or Pillow's
+    for name in ("isbi2012", "dsb2018"):
+        for mode in ("live", "batch"):
+            rows = [line for line in out.splitlines()
+                    if line.startswith(f"{mode}: dataset={name} ")]
+            assert rows, (name, mode, out)
+            for row in rows:
+                dice = float(re.search(r"dice=([\d.]+)", row).group(1))
+                assert 0.0 <= dice <= 1.0, row
+    live_rows = [line for line in out.splitlines() if line.startswith("live: dataset=isbi2012")]
+    assert int(re.search(r"strokes=(\d+)", live_rows[-1]).group(1)) >= 1

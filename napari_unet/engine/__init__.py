@@ -31,6 +31,9 @@ _EXPORTS = {
     "PredictionDone": "prediction.predict", "predict_volume": "prediction.workers", "predict": "prediction.predict",
     "predict_array": "prediction.predict", "output_shapes": "prediction.predict", "predict_file": "prediction.predict",
     "train": "training.loop",
+    "LiveControl": "training.live", "LiveView": "training.live", "train_live": "training.live",
+    "view_image": "training.live",
+    "MasksUpdated": "events", "ViewPredicted": "events",
     # what the CLI needs to launch torchrun workers
     "TIMEOUT_VARIABLE": "training.distributed", "check_process_count": "training.distributed",
     "collective_timeout": "training.distributed", "threads_per_process": "training.distributed",

@@ -93,6 +93,34 @@ class Finished:
 
 
 @dataclass(frozen=True)
+class MasksUpdated:
+    """A live run: new paint is in the sampler from step `step` on. `samples`: the sample
+    indices changed; `labelled`: the labelled pixels of all masks now; `seconds`: from the
+    update's arrival (``LiveControl.update_mask``) to the sampler."""
+
+    step: int
+    samples: tuple
+    labelled: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class ViewPredicted:
+    """A live run predicted its view with the weights of step `step`. `time`: seconds since
+    the run started; `seconds`: what the prediction took; `period`: seconds to the next one
+    (at least the asked period, and at least 3 x `seconds`: a prediction takes at most a
+    third of the time); `path`: where a face wrote it (the probabilities), or empty. The
+    arrays themselves: ``LiveControl.latest()`` in the process that trains."""
+
+    step: int
+    time: float
+    seconds: float
+    period: float
+    labelled: int = 0
+    path: str = ""
+
+
+@dataclass(frozen=True)
 class Failed:
     """Only in JSON streams: the child process ended with an error the user can fix."""
 
@@ -101,7 +129,7 @@ class Failed:
 
 EVENT_TYPES = {cls.__name__: cls for cls in
                (Started, Progress, Validation, CheckpointSaved, TilesDone, FileDone, Planned,
-                Message, Finished, Failed)}
+                Message, Finished, Failed, MasksUpdated, ViewPredicted)}
 
 
 def to_json(event) -> str:

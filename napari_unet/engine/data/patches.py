@@ -6,6 +6,7 @@ the 388 region it labels); where a window leaves the image both are mirrored.
 from __future__ import annotations
 
 import itertools
+import threading
 
 import numpy as np
 import torch
@@ -44,6 +45,8 @@ class PatchSampler:
         self.margin = tuple((i - o) // 2 for i, o in zip(self.input_size, self.output_size))
         self._foreground = {}  # sample index -> foreground coordinates, filled lazily
         self._labelled = {}  # sample index -> labelled coordinates of a sparse mask, or None
+        # held while a batch is planned and cut, and while a live run changes a mask
+        self.lock = threading.RLock()
 
     def _check(self) -> None:
         dims = len(self.input_size)
@@ -93,6 +96,10 @@ class PatchSampler:
     def _draw_window(self, rng: np.random.Generator):
         """(sample index, start of the output window in the sample; may be negative)."""
         index = int(rng.integers(len(self.images)))
+        if self.sparse and self._unpainted(index):  # a window of nothing labelled teaches
+            painted = [i for i in range(len(self.masks)) if not self._unpainted(i)]  # nothing
+            if painted:
+                index = painted[int(rng.integers(len(painted)))]
         shape = self.masks[index].shape
         lowest = [min(0, s - o) for s, o in zip(shape, self.output_size)]
         highest = [max(0, s - o) for s, o in zip(shape, self.output_size)]
@@ -108,6 +115,12 @@ class PatchSampler:
             start = np.clip(centre - np.asarray(self.output_size) // 2, lowest, highest)
             return index, tuple(int(s) for s in start)
         return index, tuple(int(rng.integers(lo, hi + 1)) for lo, hi in zip(lowest, highest))
+
+    def _unpainted(self, index: int) -> bool:
+        """Whether sample `index` of sparse masks has no labelled pixel (a slice of a stack
+        nobody painted yet)."""
+        labelled = self._labelled_coords(index)
+        return labelled is not None and not len(labelled)
 
     def _foreground_coords(self, index: int) -> np.ndarray:
         if index not in self._foreground:
@@ -129,6 +142,31 @@ class PatchSampler:
             unknown = mask == IGNORE_CLASS
             self._labelled[index] = _coords_of(mask, ~unknown) if unknown.any() else None
         return self._labelled[index]
+
+    def update_mask(self, index: int, classes, offset=None) -> None:
+        """Replace sample `index`'s mask (class indices, IGNORE_CLASS unknown), whole or the
+        region of `classes`' shape at `offset` (a live run's new paint): the next batch
+        planned draws from the new labelled pixels, erased ones are gone."""
+        classes = np.asarray(classes)
+        with self.lock:
+            mask = self.masks[index]
+            offset = (0,) * mask.ndim if offset is None else tuple(int(o) for o in offset)
+            region = tuple(slice(o, o + s) for o, s in zip(offset, classes.shape))
+            if len(offset) != mask.ndim or classes.ndim != mask.ndim or any(
+                    o < 0 or o + s > m for o, s, m in zip(offset, classes.shape, mask.shape)):
+                raise DataError(f"a mask update of shape {classes.shape} at {offset} does not "
+                                f"fit sample {index}'s mask {mask.shape}: send a region inside it")
+            if not mask.flags.writeable:
+                mask = self.masks[index] = np.array(mask)
+            mask[region] = classes
+            self._foreground.pop(index, None)
+            self._labelled.pop(index, None)
+
+    def labelled_pixels(self, index: int) -> int:
+        """How many pixels of sample `index`'s mask are labelled (not IGNORE_CLASS)."""
+        with self.lock:
+            mask = np.asarray(self.masks[index])
+            return int(mask.size - np.count_nonzero(mask == IGNORE_CLASS))
 
     def read_window(self, index: int, start, image_out=None, mask_out=None):
         """The image and mask windows at `start` in their stored dtypes, or written into

@@ -128,8 +128,10 @@ class _Run:
     """What one training run builds once: data, model, optimisation, batches, run folder; and
     where it stands (``done``: completed optimizer steps, ``best_dice``)."""
 
-    def __init__(self, config, images, masks, val_images, val_masks, run_dir, resume):
+    def __init__(self, config, images, masks, val_images, val_masks, run_dir, resume,
+                 live=False):
         config.validate()
+        self.live = live  # a live run (training.live): masks change, nothing painted is fine
         self.dist = distributed.context()
         self.device = resolve_device(config.device, self.dist.local_rank)
         # auto -> what this device computes natively; config.yaml records what ran
@@ -147,7 +149,7 @@ class _Run:
                                              config.folds, config.split_seed)
             self.train_set = self.dataset.subset(train_idx)
             self.val_set = self.dataset.subset(val_idx)
-        if not any(_labelled(mask) for mask in self.train_set.masks):
+        if not live and not any(_labelled(mask) for mask in self.train_set.masks):
             raise DataError("no training mask holds a labelled pixel (all unlabelled): "
                             "nothing to learn from; label some pixels of the training images "
                             "(or choose another --fold)")
@@ -195,7 +197,7 @@ class _Run:
         if config.compile:
             self.net = torch.compile(self.net)
         self.loss_fn = build_loss(config.loss, self.head.outputs, self.head.regions,
-                                  masked=self.train_set.sparse)
+                                  masked=self.train_set.sparse or self.live)
         self.augment = make_augmenter(config)
         self._build_sampler()
         self.done = self.start_step  # completed optimizer steps
@@ -214,7 +216,7 @@ class _Run:
                                     seed=config.seed,
                                     foreground_oversample=config.foreground_oversample,
                                     rank=dist.rank, world_size=dist.world_size,
-                                    sparse=self.train_set.sparse)
+                                    sparse=self.train_set.sparse or self.live)
 
     def started(self) -> Started:
         return Started(total_steps=self.config.steps, start_step=self.start_step,

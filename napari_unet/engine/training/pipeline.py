@@ -46,18 +46,18 @@ def cut_batch(sampler: PatchSampler, step: int, pin: bool = False, out=None):
     cut straight into (pinned) tensors: the whole of the host's work for a batch. `out`, a
     former batch (x, y) that nothing uses any more, is filled instead of new memory: fresh
     pages cost more than the copy (a 128^3 x 4 volume: 15 ms of page faults, 3 ms of copy)."""
-    plan = sampler.plan(step)
     dtype = torch.from_numpy(np.zeros(0, transfer_dtype(im.dtype for im in sampler.images))).dtype
-    x_shape = (len(plan), sampler.images[0].shape[0], *sampler.input_size)
-    y_shape = (len(plan), *sampler.output_size)
+    x_shape = (sampler.batch_size, sampler.images[0].shape[0], *sampler.input_size)
+    y_shape = (sampler.batch_size, *sampler.output_size)
     if out is not None and out[0].shape == x_shape and out[0].dtype == dtype:
         x, y = out
     else:
         x = torch.empty(x_shape, dtype=dtype, pin_memory=pin)
         y = torch.empty(y_shape, dtype=torch.uint8, pin_memory=pin)
     x_host, y_host = x.numpy(), y.numpy()
-    for i, (index, start) in enumerate(plan):
-        sampler.read_window(index, start, x_host[i], y_host[i])
+    with sampler.lock:  # a live run's mask update waits for the batch, and the batch for it
+        for i, (index, start) in enumerate(sampler.plan(step)):
+            sampler.read_window(index, start, x_host[i], y_host[i])
     return x, y
 
 
@@ -72,7 +72,7 @@ class HostBatches:
         self._queue = queue.Queue(maxsize=max(1, depth))
         self._stop = threading.Event()
         self._free = queue.SimpleQueue()  # batches handed back for reuse
-        self._thread = threading.Thread(target=self._run, args=(sampler, list(steps), pin),
+        self._thread = threading.Thread(target=self._run, args=(sampler, steps, pin),
                                          name=THREAD_NAME, daemon=True)
         self._thread.start()
 

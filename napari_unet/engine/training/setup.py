@@ -24,8 +24,10 @@ from .augment import Augmenter
 
 
 # -- data --------------------------------------------------------------------------------------
-def as_dataset(images, masks, config: TrainConfig) -> Dataset:
-    """A Dataset from a Dataset, or from lists/stacks of raw arrays and masks."""
+def as_dataset(images, masks, config: TrainConfig, checked: bool = True) -> Dataset:
+    """A Dataset from a Dataset, or from lists/stacks of raw arrays and masks. `checked`
+    False (a live run, whose masks may hold no paint yet): the set's values are not checked
+    against the mask rule (check_mask_values), each mask is still read by it."""
     if isinstance(images, Dataset):
         return images
     if masks is None:
@@ -39,7 +41,8 @@ def as_dataset(images, masks, config: TrainConfig) -> Dataset:
         raise DataError(f"{len(images)} images but {len(masks)} masks: give one mask per image")
     rule = rule_of(config)
     notes = check_mask_values(np.unique(np.concatenate(
-        [distinct_values(np.asarray(mask)).ravel() for mask in masks])), **rule) if masks else []
+        [distinct_values(np.asarray(mask)).ravel() for mask in masks])), **rule) \
+        if masks and checked else []
     samples, classes = [], []
     for i, (image, mask) in enumerate(zip(images, masks)):
         image = as_channel_first(np.asarray(image) if not hasattr(image, "shape") else image,
