@@ -176,7 +176,7 @@ OVERHEAD_SIZE, OVERHEAD_BATCH = 64, 2
 
 def overhead_config(device: str, amp: str, steps: int):
     return preset_config(
-        "isbi2012", model="unet",
+        "industrial", model="unet",
         model_options={"padding": "same", "base_channels": 8, "depth": 3, "norm": "batch",
                        "dropout": 0.0},
         patch_size=[OVERHEAD_SIZE] * 2, batch_size=OVERHEAD_BATCH, steps=steps,

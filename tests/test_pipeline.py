@@ -391,3 +391,50 @@ def test_gpu_check_report_lists_every_step_and_skips_ddp_on_one_gpu():
          "output": "2 passed"}])
     assert "| gpu | H100 |" in text and "| CUDA tests | passed | 3 |" in text
     assert "| 2-process NCCL run with a resume | skipped | 0 |" in text
+
+
+# -- a small step's overhead (issue 35) ------------------------------------------------------------
+def test_a_step_formats_no_stack_trace_and_seeds_like_torch_manual_seed(dagm, tmp_path,
+                                                                       monkeypatch):
+    # torch.manual_seed queues the seed of every accelerator torch has but did not start (CUDA
+    # on a CPU, XPU, MTIA) with traceback.format_stack(): three stack traces every step
+    import traceback
+
+    from napari_unet.engine.training.steps import seed_step
+
+    formatted, real = [], traceback.format_stack
+    monkeypatch.setattr(traceback, "format_stack", lambda *a, **k: formatted.append(1) or
+                        real(*a, **k))
+    for event in train(tiny(steps=8), dagm, run_dir=tmp_path / "r"):
+        if isinstance(event, Progress) and event.step == 3:
+            formatted.clear()
+        if isinstance(event, Progress) and event.step == 7:
+            assert formatted == [], "a training step formatted stack traces"
+    seed_step(torch.device("cpu"), 1234)
+    ours = torch.rand(4)
+    torch.manual_seed(1234)
+    assert torch.equal(ours, torch.rand(4))  # dropout draws what it drew before
+
+
+@pytest.mark.parametrize("optimizer, kernel", [("adam", "fused"), ("adamw", "fused"),
+                                               ("sgd", "fused"), ("rmsprop", "foreach")])
+def test_the_optimizer_updates_all_parameters_in_one_kernel_where_torch_has_one(optimizer,
+                                                                                kernel):
+    from napari_unet.engine.training.setup import make_optimizer
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
+    made = make_optimizer(tiny(optimizer=optimizer), model.parameters())
+    assert made.defaults[kernel] is True
+    model(torch.randn(2, 1, 8, 8)).sum().backward()
+    made.step()  # and it steps on a CPU
+
+
+def test_integer_windows_skip_the_finite_check_only_where_nothing_can_be_infinite():
+    x = torch.tensor([[[[0, 7, 255]]]], dtype=torch.uint8)
+    flat = NormStats("minus_one_one", [7.0], [7.0], [], [])  # a constant image's range
+    assert torch.isfinite(normalize_tensor(x, flat)).all()
+    still = NormStats("zscore", [], [], [7.0], [0.0])
+    assert torch.isfinite(normalize_tensor(x, still)).all()
+    usual = NormStats("minus_one_one", [0.0], [255.0], [], [])
+    image = np.array([[[0, 7, 255]]], np.uint8)
+    assert np.array_equal(normalize_tensor(x, usual)[0].numpy(), normalize(image, usual))
