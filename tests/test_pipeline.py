@@ -119,6 +119,37 @@ def test_an_error_while_preparing_a_batch_stops_training_with_its_message(dagm, 
     assert not batch_threads()
 
 
+def memory_mapped(dataset, folder):
+    """`dataset` with its images memory-mapped from .npy files in `folder`."""
+    from napari_unet.engine.data.dataset import Dataset
+
+    images = []
+    for i, image in enumerate(dataset.images):
+        np.save(folder / f"image{i}.npy", image)
+        images.append(np.load(folder / f"image{i}.npy", mmap_mode="r"))
+    return Dataset(images, dataset.masks, dataset.names, dataset.spatial_dims)
+
+
+def test_a_cpu_cuts_in_memory_windows_in_the_step_and_read_ones_ahead(dagm, tmp_path):
+    # issue 35: the thread's hand-over of the GIL cost a small CPU step more than cutting
+    cpu = torch.device("cpu")
+    in_memory = PatchSampler(dagm.images, dagm.masks, (32, 32), (32, 32), 2, NONE, seed=3)
+    mapped = memory_mapped(dagm, tmp_path)
+    from_disk = PatchSampler(mapped.images, mapped.masks, (32, 32), (32, 32), 2, NONE, seed=3)
+    assert not pipeline.cut_ahead(in_memory, cpu) and pipeline.cut_ahead(from_disk, cpu)
+    assert pipeline.cut_ahead(in_memory, torch.device("cuda", 0))
+    with pipeline.DeviceBatches(in_memory, range(3), cpu) as inline, \
+            pipeline.DeviceBatches(from_disk, range(3), cpu) as ahead:
+        assert isinstance(inline.host, pipeline.InlineBatches)
+        assert isinstance(ahead.host, pipeline.HostBatches) and batch_threads()
+        for step in range(3):
+            (a, xa, ya), (b, xb, yb) = inline.next(), ahead.next()
+            assert a == b == step and torch.equal(xa, xb) and torch.equal(ya, yb)
+        with pytest.raises(StopIteration):
+            inline.next()
+    assert not batch_threads()
+
+
 def test_cancel_while_the_next_batch_is_being_cut_leaves_no_thread(dagm, tmp_path, monkeypatch):
     real = PatchSampler.read_window
 
@@ -127,7 +158,8 @@ def test_cancel_while_the_next_batch_is_being_cut_leaves_no_thread(dagm, tmp_pat
         return real(self, *args)
 
     monkeypatch.setattr(PatchSampler, "read_window", slow)
-    events = train(tiny(steps=1000), dagm, run_dir=tmp_path / "r")
+    # images read from disk: a CPU run cuts ahead in the thread (in-memory ones need none)
+    events = train(tiny(steps=1000), memory_mapped(dagm, tmp_path), run_dir=tmp_path / "r")
     for event in events:
         if isinstance(event, Progress) and event.step == 2:
             assert batch_threads()  # cutting ahead
