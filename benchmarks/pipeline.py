@@ -309,9 +309,10 @@ def main(argv=None):
     parser.add_argument("--overhead-only", action="store_true",
                         help="only the step-overhead row (tiny model, train() vs a bare loop)")
     parser.add_argument("--overhead-chunk", type=int, default=None,
-                        help="steps per turn of the overhead row (default 20 on CPU, 50 on GPU)")
+                        help="steps per turn of the overhead row (default 20)")
     parser.add_argument("--overhead-rounds", type=int, default=None,
-                        help="turns of each loop in the overhead row (default 15)")
+                        help="turns of each loop in the overhead row (default 15 on a CPU, "
+                             "10 on a GPU)")
     parser.add_argument("--tiny", action="store_true",
                         help="a check that every row runs (the test suite): one batch, one "
                              "step, small windows and narrow networks end to end")
@@ -344,9 +345,9 @@ def main(argv=None):
                      f"end_to_end_img_s={e2e:.2f} model_only_img_s={model:.2f} "
                      f"ratio={ratio:.2f}")
         print(f"{preset} done", file=sys.stderr, flush=True)
-    chunk = args.overhead_chunk or (20 if on_cpu else 50)
+    chunk = args.overhead_chunk or 20  # on a GPU a multiple of log_every: a loss read
     overhead = step_overhead(device.type, "off" if on_cpu else args.amp, warmup=chunk,
-                             chunk=chunk, rounds=args.overhead_rounds or 15)
+                             chunk=chunk, rounds=args.overhead_rounds or (15 if on_cpu else 10))
     print(f"device={device} torch={torch.__version__} threads={torch.get_num_threads()}")
     if rows:
         print(format_rows(rows))
