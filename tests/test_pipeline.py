@@ -470,3 +470,16 @@ def test_integer_windows_skip_the_finite_check_only_where_nothing_can_be_infinit
     usual = NormStats("minus_one_one", [0.0], [255.0], [], [])
     image = np.array([[[0, 7, 255]]], np.uint8)
     assert np.array_equal(normalize_tensor(x, usual)[0].numpy(), normalize(image, usual))
+
+
+def test_the_statistics_reach_the_device_once():
+    # issue 35: every step made the statistics' tensors anew and copied them to the device
+    from napari_unet.engine.data import normalization
+
+    stats = NormStats("zscore", [], [], [3.0], [2.0])
+    x = torch.ones(2, 1, 4, 4, dtype=torch.uint8)
+    first = normalize_tensor(x, stats)
+    made = normalization._stats_on.cache_info().misses
+    again = normalize_tensor(x, stats)
+    assert normalization._stats_on.cache_info().misses == made and torch.equal(first, again)
+    assert torch.equal(first, torch.full_like(first, -1.0))

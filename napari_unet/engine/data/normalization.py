@@ -4,6 +4,7 @@ model, so prediction matches), applied on the host (numpy) or on the device (tor
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 
@@ -162,6 +163,13 @@ def _per_channel(values, x: torch.Tensor, channel_dim: int) -> torch.Tensor:
             f"the image has {x.shape[channel_dim]} channels but the normalisation has "
             f"{len(values)}: use images with the channels the model was trained on"
         )
-    shape = [1] * x.ndim
+    return _stats_on(tuple(float(v) for v in values), x.ndim, channel_dim, x.device)
+
+
+@functools.lru_cache(maxsize=64)
+def _stats_on(values: tuple, ndim: int, channel_dim: int, device: torch.device) -> torch.Tensor:
+    """The statistics as a tensor on `device`, made once (issue 35: every training step made
+    and copied them anew; a copy to a GPU from pageable memory waits for the GPU's queue)."""
+    shape = [1] * ndim
     shape[channel_dim] = -1
-    return torch.tensor(values, dtype=torch.float32).view(shape).to(x.device, non_blocking=True)
+    return torch.tensor(values, dtype=torch.float32).view(shape).to(device)

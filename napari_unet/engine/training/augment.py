@@ -187,7 +187,11 @@ class Augmenter:
 
 def _to(draws: torch.Tensor, like: torch.Tensor, dtype=None) -> torch.Tensor:
     """Random draws (made on the CPU) moved to `like`'s device without waiting for it: a
-    blocking copy to a GPU would stop the host until every queued kernel has run."""
+    blocking copy to a GPU would stop the host until every queued kernel has run, and so
+    does a copy from pageable memory (CUDA's API synchronization behavior), hence the pinned
+    memory (torch's caching host allocator: no new pinning after the first steps)."""
+    if like.is_cuda:
+        draws = draws.pin_memory()
     return draws.to(like.device, dtype or like.dtype, non_blocking=True)
 
 
