@@ -6,7 +6,8 @@ In order, each with a time limit (180 + 120 + 120 + 90 + 60 s) so that the whole
 10 minutes:
 1. the CUDA tests (every test file that has a CUDA-only test, run on the GPU);
 2. benchmarks/speed.py on the device (bf16, eager and compiled, train and predict);
-3. benchmarks/pipeline.py on the device (host capacity, end to end against model only);
+3. benchmarks/pipeline.py on the device (host capacity, end to end against model only, and
+   the step overhead: a tiny UNet through train() against a bare loop, in steps/s);
 4. with two GPUs or more: a 2-process NCCL training run through ``--nproc 2``, then its
    resume, checking that the resumed run starts where the first one stopped.
 The report (default ``gpu-check.md``) has the machine, every command, its status, time and

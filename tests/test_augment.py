@@ -207,3 +207,16 @@ def test_low_resolution_coarsens_the_chosen_channels_and_keeps_the_draws_of_the_
     assert torch.equal(plain[1], more[1]) and not torch.equal(plain[0], more[0])
     with pytest.raises(ConfigError, match="gamma is a probability"):
         Augmenter(3, gamma=1.5)
+
+
+@pytest.mark.parametrize("option, value", [
+    ("hflip", 0.5), ("vflip", 0.5), ("rot90", (0, 1)), ("crop_resize", (0.5, 1.0)),
+    ("brightness", 0.1), ("flip_all_axes", True), ("elastic", 0.5), ("contrast", 0.1),
+    ("gamma", 0.3), ("low_resolution", 0.3)])
+def test_an_augmenter_with_everything_off_passes_batches_as_they_are(option, value):
+    # issue 35: no draws, no per-item loop where nothing is on; any one option is something
+    off = Augmenter(2, rot90=(0,))
+    x, y = torch.randn(2, 1, 16, 16), torch.randint(0, 2, (2, 16, 16))
+    out = off(x, y, torch.Generator().manual_seed(0))
+    assert off.does_nothing and out[0] is x and out[1] is y
+    assert not Augmenter(2, **{option: value}).does_nothing

@@ -55,6 +55,12 @@ def test_pipeline_runs_every_preset_end_to_end(capsys):
     for preset in ("industrial", "isbi2012", "volume3d"):
         line = next(line for line in out.splitlines() if line.startswith(f"pipeline: preset={preset}"))
         assert "nan" not in line, line
+    # issue 35: train() of a tiny model against a bare loop, in steps/s (no timing asserted)
+    overhead = dict(pair.split("=") for pair in next(
+        line for line in out.splitlines() if line.startswith("overhead:")).split()[1:])
+    assert overhead["device"] == "cpu" and overhead["amp"] == "off", overhead
+    assert float(overhead["train_steps_s"]) > 0 and float(overhead["bare_steps_s"]) > 0
+    assert re.search(r"^ +train\(\) +[\d.]+ +[\d.]+ +[\d.]+ ", out, re.M), out
 
 
 @pytest.mark.parametrize("dataset, keys", [

@@ -119,6 +119,37 @@ def test_an_error_while_preparing_a_batch_stops_training_with_its_message(dagm, 
     assert not batch_threads()
 
 
+def memory_mapped(dataset, folder):
+    """`dataset` with its images memory-mapped from .npy files in `folder`."""
+    from napari_unet.engine.data.dataset import Dataset
+
+    images = []
+    for i, image in enumerate(dataset.images):
+        np.save(folder / f"image{i}.npy", image)
+        images.append(np.load(folder / f"image{i}.npy", mmap_mode="r"))
+    return Dataset(images, dataset.masks, dataset.names, dataset.spatial_dims)
+
+
+def test_a_cpu_cuts_in_memory_windows_in_the_step_and_read_ones_ahead(dagm, tmp_path):
+    # issue 35: the thread's hand-over of the GIL cost a small CPU step more than cutting
+    cpu = torch.device("cpu")
+    in_memory = PatchSampler(dagm.images, dagm.masks, (32, 32), (32, 32), 2, NONE, seed=3)
+    mapped = memory_mapped(dagm, tmp_path)
+    from_disk = PatchSampler(mapped.images, mapped.masks, (32, 32), (32, 32), 2, NONE, seed=3)
+    assert not pipeline.cut_ahead(in_memory, cpu) and pipeline.cut_ahead(from_disk, cpu)
+    assert pipeline.cut_ahead(in_memory, torch.device("cuda", 0))
+    with pipeline.DeviceBatches(in_memory, range(3), cpu) as inline, \
+            pipeline.DeviceBatches(from_disk, range(3), cpu) as ahead:
+        assert isinstance(inline.host, pipeline.InlineBatches)
+        assert isinstance(ahead.host, pipeline.HostBatches) and batch_threads()
+        for step in range(3):
+            (a, xa, ya), (b, xb, yb) = inline.next(), ahead.next()
+            assert a == b == step and torch.equal(xa, xb) and torch.equal(ya, yb)
+        with pytest.raises(StopIteration):
+            inline.next()
+    assert not batch_threads()
+
+
 def test_cancel_while_the_next_batch_is_being_cut_leaves_no_thread(dagm, tmp_path, monkeypatch):
     real = PatchSampler.read_window
 
@@ -127,7 +158,8 @@ def test_cancel_while_the_next_batch_is_being_cut_leaves_no_thread(dagm, tmp_pat
         return real(self, *args)
 
     monkeypatch.setattr(PatchSampler, "read_window", slow)
-    events = train(tiny(steps=1000), dagm, run_dir=tmp_path / "r")
+    # images read from disk: a CPU run cuts ahead in the thread (in-memory ones need none)
+    events = train(tiny(steps=1000), memory_mapped(dagm, tmp_path), run_dir=tmp_path / "r")
     for event in events:
         if isinstance(event, Progress) and event.step == 2:
             assert batch_threads()  # cutting ahead
@@ -391,3 +423,63 @@ def test_gpu_check_report_lists_every_step_and_skips_ddp_on_one_gpu():
          "output": "2 passed"}])
     assert "| gpu | H100 |" in text and "| CUDA tests | passed | 3 |" in text
     assert "| 2-process NCCL run with a resume | skipped | 0 |" in text
+
+
+# -- a small step's overhead (issue 35) ------------------------------------------------------------
+def test_a_step_formats_no_stack_trace_and_seeds_like_torch_manual_seed(dagm, tmp_path,
+                                                                       monkeypatch):
+    # torch.manual_seed queues the seed of every accelerator torch has but did not start (CUDA
+    # on a CPU, XPU, MTIA) with traceback.format_stack(): three stack traces every step
+    import traceback
+
+    from napari_unet.engine.training.steps import seed_step
+
+    formatted, real = [], traceback.format_stack
+    monkeypatch.setattr(traceback, "format_stack", lambda *a, **k: formatted.append(1) or
+                        real(*a, **k))
+    for event in train(tiny(steps=8), dagm, run_dir=tmp_path / "r"):
+        if isinstance(event, Progress) and event.step == 3:
+            formatted.clear()
+        if isinstance(event, Progress) and event.step == 7:
+            assert formatted == [], "a training step formatted stack traces"
+    seed_step(torch.device("cpu"), 1234)
+    ours = torch.rand(4)
+    torch.manual_seed(1234)
+    assert torch.equal(ours, torch.rand(4))  # dropout draws what it drew before
+
+
+@pytest.mark.parametrize("optimizer, kernel", [("adam", "fused"), ("adamw", "fused"),
+                                               ("sgd", "fused"), ("rmsprop", "foreach")])
+def test_the_optimizer_updates_all_parameters_in_one_kernel_where_torch_has_one(optimizer,
+                                                                                kernel):
+    from napari_unet.engine.training.setup import make_optimizer
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
+    made = make_optimizer(tiny(optimizer=optimizer), model.parameters())
+    assert made.defaults[kernel] is True
+    model(torch.randn(2, 1, 8, 8)).sum().backward()
+    made.step()  # and it steps on a CPU
+
+
+def test_integer_windows_skip_the_finite_check_only_where_nothing_can_be_infinite():
+    x = torch.tensor([[[[0, 7, 255]]]], dtype=torch.uint8)
+    flat = NormStats("minus_one_one", [7.0], [7.0], [], [])  # a constant image's range
+    assert torch.isfinite(normalize_tensor(x, flat)).all()
+    still = NormStats("zscore", [], [], [7.0], [0.0])
+    assert torch.isfinite(normalize_tensor(x, still)).all()
+    usual = NormStats("minus_one_one", [0.0], [255.0], [], [])
+    image = np.array([[[0, 7, 255]]], np.uint8)
+    assert np.array_equal(normalize_tensor(x, usual)[0].numpy(), normalize(image, usual))
+
+
+def test_the_statistics_reach_the_device_once():
+    # issue 35: every step made the statistics' tensors anew and copied them to the device
+    from napari_unet.engine.data import normalization
+
+    stats = NormStats("zscore", [], [], [3.0], [2.0])
+    x = torch.ones(2, 1, 4, 4, dtype=torch.uint8)
+    first = normalize_tensor(x, stats)
+    made = normalization._stats_on.cache_info().misses
+    again = normalize_tensor(x, stats)
+    assert normalization._stats_on.cache_info().misses == made and torch.equal(first, again)
+    assert torch.equal(first, torch.full_like(first, -1.0))

@@ -202,6 +202,67 @@ def test_the_printed_plan_is_what_config_yaml_holds(monkeypatch):
     assert saved.warmup_steps == fitted.warmup_steps and saved.plan == fitted.plan
 
 
+@pytest.mark.parametrize("minutes, eager, compiled, compiling, expected", [
+    (10.0, 0.05, 0.03, 60.0, True),  # 570 s: 17,000 steps compiled against 11,400 eager
+    (10.0, 0.05, 0.045, 60.0, False),  # 11,333 against 11,400: a 10 % faster step is not
+    (3.0, 0.05, 0.03, 90.0, False),  # 171 s: 2,700 against 3,420, the compile eats the gain
+    (2.0, 0.05, 0.01, 1.0, False),  # 114 s: too short even to time a compiled step
+])
+def test_the_plan_compiles_on_a_gpu_only_where_the_budget_repays_it(
+        monkeypatch, minutes, eager, compiled, compiling, expected):
+    """Issue 35: torch.compile from a timing (here injected: eager and compiled seconds per
+    step, seconds of compiling), and the steps still fit the minutes, the compile included."""
+    from napari_unet.engine.training import calibration
+
+    timed = []
+    monkeypatch.setattr(calibration, "seconds_per_step", lambda *a, **k: eager)
+
+    def time_compiled(config, *args, **kwargs):
+        timed.append(config.compile)
+        return compiled, compiling
+    monkeypatch.setattr(calibration, "time_compiled", time_compiled)
+    dataset = _tiny_dataset()
+    config = plan_run(fingerprint(dataset), device="gpu").config(
+        minutes=minutes, batch_size=2, patch_size=[32, 32], device="cpu")
+    assert config.compile is False and config.plan["compile"] == calibration.COMPILE_TIMED
+    fitted, per_step = fit_to_minutes(config, dataset)
+    assert fitted.compile is expected
+    reason = fitted.plan["compile"]
+    assert reason.startswith("on:" if expected else "off:"), reason
+    assert timed == ([] if minutes == 2.0 else [False])  # time_compiled compiles itself
+    if minutes == 2.0:
+        assert "too short to time a compiled step" in reason
+    else:
+        assert f"{1e3 * compiled:.3g} ms against {1e3 * eager:.3g} ms eager" in reason
+        assert f"compiling took {compiling:.0f} s" in reason
+    assert per_step == (compiled if expected else eager)
+    budget = minutes * 60 * (1 - calibration.RESERVE_SHARE)
+    spent = fitted.steps * per_step + (compiling if expected else 0.0)
+    assert budget - 2 * per_step - 1 < spent <= budget  # fills the minutes, compile included
+    assert any(line.startswith(f"compile = {expected}: ") for line in plan_lines(fitted))
+
+
+@pytest.mark.parametrize("device, words", [("cpu", "off on a CPU"),
+                                           ("mps", "off on an Apple GPU")])
+def test_the_plan_never_compiles_on_a_cpu_and_says_why(monkeypatch, device, words):
+    from napari_unet.engine.training import calibration
+
+    def untimed(*args, **kwargs):
+        raise AssertionError("no compiled step is timed here")
+    monkeypatch.setattr(calibration, "seconds_per_step", lambda *a, **k: 0.05)
+    monkeypatch.setattr(calibration, "time_compiled", untimed)
+    dataset = _tiny_dataset()
+    config = plan_run(fingerprint(dataset), device=device).config(
+        minutes=10.0, batch_size=2, patch_size=[32, 32], device="cpu")
+    fitted, _ = fit_to_minutes(config, dataset)
+    assert fitted.compile is False and fitted.plan["compile"].startswith(words)
+    # the user's --compile wins, and is not timed against eager either
+    given = plan_run(fingerprint(dataset), device="gpu").config(
+        minutes=10.0, batch_size=2, patch_size=[32, 32], device="cpu", compile=True)
+    fitted, _ = fit_to_minutes(given, dataset)
+    assert fitted.compile is True and fitted.plan["compile"] == "given by the user"
+
+
 def test_a_timed_run_measures_its_steps_and_trains_exactly_them(tmp_path):
     dataset = _tiny_dataset()
     # 18 s: at least 10 steps after the timing unless a step takes over a second (a budget

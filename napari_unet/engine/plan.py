@@ -45,6 +45,10 @@ RARE_FOREGROUND = 0.05  # below this share of the pixels, objects are rare
 ANISOTROPIC = 1.5  # coarsest / finest spacing above which an axis counts as coarse
 MEMORY_SHARE = 0.5  # of the free memory, what a batch's activations may take
 DEFAULT_MINUTES = 10.0  # what --preset auto trains for when neither --steps nor --minutes
+# a CUDA GPU's plan leaves torch.compile to the timing of --minutes (training.calibration),
+# which replaces this reason with what it measured
+COMPILE_TIMED = ("off unless timing a compiled step before training shows that it trains "
+                 "more steps in the minutes, its compile time included (with --steps: off)")
 
 
 @dataclass
@@ -99,15 +103,14 @@ def plan_for_data(dataset, device: str = "auto", init_from=None) -> Plan:
         memory = float(torch.cuda.mem_get_info(chosen)[0])
     else:
         memory = float(psutil.virtual_memory().available)
-    kind = "cpu" if chosen.type == "cpu" else "gpu"
-    plan = plan_run(fingerprint(dataset, dataset.spacing), kind, memory)
+    plan = plan_run(fingerprint(dataset, dataset.spacing), chosen.type, memory)
     plan_start(plan, init_from)
     return plan
 
 
 def plan_run(fp: Fingerprint, device: str = "cpu", memory_bytes: float | None = None) -> Plan:
-    """The plan for data of fingerprint `fp` on a `device` kind ("cpu" or "gpu") whose free
-    memory is `memory_bytes` (None: not known, no cap)."""
+    """The plan for data of fingerprint `fp` on a `device` ("cpu", "cuda", "mps"; "gpu": a
+    CUDA GPU) whose free memory is `memory_bytes` (None: not known, no cap)."""
     kind = "gpu" if device in ("cuda", "gpu", "mps") else "cpu"
     plan = Plan(values={}, fingerprint=fp)
     dims = fp.spatial_dims
@@ -120,7 +123,21 @@ def plan_run(fp: Fingerprint, device: str = "cpu", memory_bytes: float | None = 
     _plan_loss(plan, fp)
     _plan_augmentation(plan, fp)
     _plan_optimisation(plan, fp, kind)
+    _plan_compile(plan, device)
     return plan
+
+
+def _plan_compile(plan: Plan, device: str) -> None:
+    """torch.compile: timed on a CUDA GPU (COMPILE_TIMED), never on a CPU or an Apple GPU."""
+    if device in ("cuda", "gpu"):
+        plan.choose("compile", False, COMPILE_TIMED)
+    elif device == "mps":
+        plan.choose("compile", False, "off on an Apple GPU: the plan compiles only on a CUDA "
+                                      "GPU, where a timing shows that it pays")
+    else:
+        plan.choose("compile", False, "off on a CPU: compiling takes tens of seconds for a "
+                                      "small gain here; the plan compiles only on a CUDA GPU, "
+                                      "where a timing shows that it pays")
 
 
 # -- the patch and the network -------------------------------------------------------------------

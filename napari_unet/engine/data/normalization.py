@@ -4,6 +4,8 @@ model, so prediction matches), applied on the host (numpy) or on the device (tor
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -124,6 +126,7 @@ def normalize_tensor(x: torch.Tensor, stats: NormStats, channel_dim: int = 1) ->
     """`normalize` for a tensor on any device in any stored dtype (channels on `channel_dim`;
     a batch by default): float32, bit for bit what `normalize` gives on the CPU. A float32
     input is scaled in place. No step reads a value back, so a GPU never waits for the host."""
+    stored_integers = not (x.is_floating_point() or x.is_complex())
     x = x.to(torch.float32)
     if stats.mode in PER_IMAGE_NORMALIZATIONS:
         raise DataError(f"{stats.mode} statistics belong to one image: normalise with "
@@ -136,10 +139,22 @@ def normalize_tensor(x: torch.Tensor, stats: NormStats, channel_dim: int = 1) ->
     elif stats.mode == "zscore":
         x -= _per_channel(stats.mean, x, channel_dim)
         x /= _per_channel(stats.std, x, channel_dim)
-    x = torch.where(torch.isfinite(x), x, 0.0)
+    if not (stored_integers and _finite_scaling(stats)):  # else nothing can be inf or NaN
+        x = torch.where(torch.isfinite(x), x, 0.0)
     if stats.mode == "minus_one_one":
         x.clamp_(-1.5, 1.5)
     return x
+
+
+def _finite_scaling(stats: NormStats) -> bool:
+    """Whether `stats` map every finite value to a finite one (no zero range or spread)."""
+    if stats.mode == "minus_one_one":
+        return all(math.isfinite(low) and math.isfinite(high) and high != low
+                   for low, high in zip(stats.low, stats.high))
+    if stats.mode == "zscore":
+        return all(math.isfinite(mean) and math.isfinite(std) and std != 0
+                   for mean, std in zip(stats.mean, stats.std))
+    return True
 
 
 def _per_channel(values, x: torch.Tensor, channel_dim: int) -> torch.Tensor:
@@ -148,6 +163,13 @@ def _per_channel(values, x: torch.Tensor, channel_dim: int) -> torch.Tensor:
             f"the image has {x.shape[channel_dim]} channels but the normalisation has "
             f"{len(values)}: use images with the channels the model was trained on"
         )
-    shape = [1] * x.ndim
+    return _stats_on(tuple(float(v) for v in values), x.ndim, channel_dim, x.device)
+
+
+@functools.lru_cache(maxsize=64)
+def _stats_on(values: tuple, ndim: int, channel_dim: int, device: torch.device) -> torch.Tensor:
+    """The statistics as a tensor on `device`, made once (issue 35: every training step made
+    and copied them anew; a copy to a GPU from pageable memory waits for the GPU's queue)."""
+    shape = [1] * ndim
     shape[channel_dim] = -1
-    return torch.tensor(values, dtype=torch.float32).view(shape).to(x.device, non_blocking=True)
+    return torch.tensor(values, dtype=torch.float32).view(shape).to(device)

@@ -65,6 +65,8 @@ class Augmenter:
         """Augment a batch. Under DDP each rank holds items ``offset..offset+B`` of a global
         batch: the draws are made for the whole global batch and sliced, so the items get the
         same augmentation whatever the number of processes."""
+        if self.does_nothing:  # no draws needed: the step's generator serves nothing else
+            return x, y
         total = global_batch or x.shape[0]
         draws = {k: v[offset:offset + x.shape[0]]
                  for k, v in self._draw(total, generator, x.shape[1]).items()}
@@ -88,6 +90,14 @@ class Augmenter:
         if self.low_resolution:
             x = intensity.low_resolution(x, draws["low_resolution_on"], draws["low_resolution"])
         return x, y
+
+    @property
+    def does_nothing(self) -> bool:
+        """Whether every augmentation is off (no flip, no turn but 0, ...): batches pass as
+        they are, without the per-item loop (issue 35: a small step's overhead)."""
+        return not (self.hflip or self.vflip or self.flip_all_axes or any(self.rot90)
+                    or (self.elastic and self.elastic_magnitude) or self.crop_resize
+                    or self.brightness or self.contrast or self.gamma or self.low_resolution)
 
     def _draw(self, batch: int, generator: torch.Generator, channels: int = 1) -> dict:
         """All random numbers of a batch, always in the same order whatever is switched on,
@@ -177,7 +187,11 @@ class Augmenter:
 
 def _to(draws: torch.Tensor, like: torch.Tensor, dtype=None) -> torch.Tensor:
     """Random draws (made on the CPU) moved to `like`'s device without waiting for it: a
-    blocking copy to a GPU would stop the host until every queued kernel has run."""
+    blocking copy to a GPU would stop the host until every queued kernel has run, and so
+    does a copy from pageable memory (CUDA's API synchronization behavior), hence the pinned
+    memory (torch's caching host allocator: no new pinning after the first steps)."""
+    if like.is_cuda:
+        draws = draws.pin_memory()
     return draws.to(like.device, dtype or like.dtype, non_blocking=True)
 
 

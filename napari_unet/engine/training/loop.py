@@ -7,8 +7,8 @@ when it is over (distributed.CancelRequest), so that checkpoint always holds who
 ``(seed, step)``, so a resumed run reproduces an uninterrupted one, and a DDP run with the same
 global batch sees a single-process run's batches bit for bit (its sums differ in the last bits).
 
-Batches are cut one step ahead in a background thread and normalised and augmented on the
-device (engine.pipeline). Losses stay on the device and are read every `log_every` steps and
+Batches are cut one step ahead in a background thread (on a CPU with images in memory, in
+the step itself) and normalised and augmented on the device (engine.pipeline). Losses stay on the device and are read every `log_every` steps and
 before validation, checkpoints and the end (on a CPU, where a read costs nothing, after every
 step), so a GPU never waits for the host; a non-finite loss stops the run at the next read,
 before any checkpoint of a step after it is written.

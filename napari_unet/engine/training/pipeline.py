@@ -8,6 +8,11 @@ normalises and augments on the device. Random draws stay on a CPU generator per 
 so a run is the same on CPU whether or not the work moved, resumes exactly, and N processes
 equal one process with N times the batch.
 
+On a CPU, windows of images held in memory are cut in the training thread when the step asks
+for them (cut_ahead): there is no copy to overlap, the CPU's cores run the step, and a thread
+made each step wait for the GIL while it cut the next batch. Images read from disk (memory
+maps, lazy arrays) keep the thread on a CPU too, so that the reads overlap the step.
+
 Why a thread and not a ``DataLoader`` with worker processes: one thread cutting windows is
 already more than twice what an H100 consumes (benchmarks/pipeline.py), numpy copies release
 the GIL, and a thread shares the memory maps, starts in no time, needs no pickling, costs no
@@ -133,6 +138,37 @@ class HostBatches:
         self.close()
 
 
+def cut_ahead(sampler: PatchSampler, device: torch.device) -> bool:
+    """Whether the batches are cut ahead in a thread: for a GPU (the copies overlap the
+    step) and for images read from disk (memory maps, lazy arrays: the reads overlap the
+    step). Not for a CPU's in-memory images: nothing to overlap, and the thread's hand-over
+    of the GIL cost each step more than cutting (issue 35: 0.45-0.65 ms against 0.15 ms for
+    the 64x64 batch of 2 of benchmarks/pipeline.py's overhead row)."""
+    return device.type != "cpu" or not all(type(image) is np.ndarray
+                                           for image in sampler.images)
+
+
+class InlineBatches:
+    """HostBatches' interface without a thread: ``get()`` cuts the next step's batch then
+    and there, into the memory of the batch handed back by ``recycle``."""
+
+    def __init__(self, sampler: PatchSampler, steps, pin: bool = False):
+        self._sampler, self._steps, self._pin = sampler, iter(list(steps)), pin
+        self._free = None
+
+    def get(self):
+        """(step, x, y) of the next step; StopIteration after the last."""
+        step = next(self._steps)
+        out, self._free = self._free, None
+        return (step, *cut_batch(self._sampler, step, self._pin, out))
+
+    def recycle(self, x, y):
+        self._free = (x, y)
+
+    def close(self):
+        self._steps = iter(())
+
+
 class DeviceBatches:
     """The batches of `steps` on `device`, each copy started one step ahead.
 
@@ -143,7 +179,8 @@ class DeviceBatches:
     def __init__(self, sampler: PatchSampler, steps, device: torch.device, depth: int = 2):
         self.device = device
         cuda = device.type == "cuda"
-        self.host = HostBatches(sampler, steps, pin=cuda, depth=depth)
+        self.host = HostBatches(sampler, steps, pin=cuda, depth=depth) \
+            if cut_ahead(sampler, device) else InlineBatches(sampler, steps)
         self._stream = torch.cuda.Stream(device) if cuda else None
         self._ahead = None
         self._used = None  # on a CPU: the batch handed out last, reused once the next is asked

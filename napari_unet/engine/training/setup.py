@@ -139,19 +139,31 @@ def window_sizes(model, patch_size) -> tuple[tuple, tuple]:
     raise ConfigError(f"no valid input size found for patch {patch_size}")
 
 
+FUSED_DEVICES = ("cpu", "cuda")  # where the fused Adam, AdamW and SGD kernels are used
+
+
 def make_optimizer(config: TrainConfig, params):
-    if config.optimizer == "rmsprop":
+    """The config's optimizer over `params` (already on the training device), in one kernel
+    for all parameters where torch has one (``fused``: Adam, AdamW, SGD on a CPU or a CUDA
+    GPU), else a loop in C++ (``foreach``): a small model's step is otherwise mostly Python
+    (issue 35: Adam over the 36 tensors of a 29k-parameter UNet took 3.3 ms a step one
+    tensor at a time, 1.2 ms foreach, 0.3 ms fused on the 2-core development CPU)."""
+    params = list(params)
+    device = params[0].device.type if params else "cpu"
+    fast = {"fused": True} if device in FUSED_DEVICES else {}
+    if config.optimizer == "rmsprop":  # no fused kernel
         return torch.optim.RMSprop(params, lr=config.lr, alpha=config.rmsprop_alpha,
                                    momentum=config.momentum, centered=config.rmsprop_centered,
-                                   weight_decay=config.weight_decay, eps=1e-8)
+                                   weight_decay=config.weight_decay, eps=1e-8,
+                                   foreach=True if fast else None)
     if config.optimizer == "adam":
         return torch.optim.Adam(params, lr=config.lr, betas=tuple(config.adam_betas),
-                                weight_decay=config.weight_decay)
+                                weight_decay=config.weight_decay, **fast)
     if config.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=config.lr, betas=tuple(config.adam_betas),
-                                 weight_decay=config.weight_decay)
+                                 weight_decay=config.weight_decay, **fast)
     return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, nesterov=True,
-                           weight_decay=config.weight_decay)
+                           weight_decay=config.weight_decay, **fast)
 
 
 def lr_factor(config: TrainConfig, step: int) -> float:

@@ -27,9 +27,24 @@ def train_step(net, model, batches, augment, loss_fn, optimizer, scaler, norm, c
                    global_batch=config.batch_size * dist.world_size, mem_format=mem_format)
     # dropout masks depend on (seed, step, rank): exact resume; DDP differs only through dropout
     # and float summation order
-    torch.manual_seed(step_seed * 64 + dist.rank)
-    net.train()
+    seed_step(device, step_seed * 64 + dist.rank)
+    if not net.training:  # a walk over every module: only after a validation set eval()
+        net.train()
     return optimizer_step(net, model, x, y, loss_fn, optimizer, scaler, config, device)
+
+
+def seed_step(device: torch.device, seed: int) -> None:
+    """Seed the generators a step draws from (dropout): the CPU's and the training device's,
+    as ``torch.manual_seed`` does for these two. Not ``torch.manual_seed`` itself: for every
+    accelerator type torch has but did not start (CUDA on a CPU run, XPU, MTIA) it queues the
+    seed with a formatted stack trace, about a millisecond a step (issue 35)."""
+    torch.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        torch.cuda.default_generators[
+            device.index if device.index is not None else torch.cuda.current_device()
+        ].manual_seed(seed)
+    elif device.type != "cpu":
+        getattr(torch, device.type).manual_seed(seed)
 
 
 def optimizer_step(net, model, x, y, loss_fn, optimizer, scaler, config, device) -> torch.Tensor:
@@ -74,18 +89,23 @@ class LossReader:
     def read(self, dist, stop_requested: bool = False) -> bool:
         """Read (and under DDP average) the pending losses; True if any rank asked to stop."""
         steps = [step for step, _ in self.pending]
-        values = [loss.float().reshape(1) for _, loss in self.pending]
-        flag = torch.tensor([1.0 if stop_requested else 0.0]).to(values[0].device)
-        combined = torch.cat(values + [flag])
-        if dist.enabled:
+        if dist.enabled:  # the stop request travels with the losses: one all-reduce
+            values = [loss.float().reshape(1) for _, loss in self.pending]
+            flag = torch.tensor([1.0 if stop_requested else 0.0]).to(values[0].device)
+            combined = torch.cat(values + [flag])
             dist.sum_(combined)
-        read = combined.tolist()  # the one host sync
+            read = combined.tolist()  # the one host sync
+            stop_requested = read.pop() > 0
+        elif len(self.pending) == 1:  # a CPU reads every step: no new tensors for it
+            read = [self.pending[0][1].item()]
+        else:
+            read = torch.stack([loss.float() for _, loss in self.pending]).tolist()
         self.pending = []
-        for step, value in zip(steps, read[:-1]):
+        for step, value in zip(steps, read):
             value /= dist.world_size
             self._check(step, value)
             self.last = value
-        return read[-1] > 0
+        return stop_requested
 
     def pending_are_finite(self) -> bool:
         """Whether the unread losses of this process are finite (no collective: for a run
