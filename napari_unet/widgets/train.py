@@ -17,6 +17,7 @@ from pathlib import Path
 
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
+    QDoubleSpinBox,
     QFileDialog,
     QHBoxLayout,
     QProgressBar,
@@ -50,6 +51,7 @@ from napari_unet.widgets.prediction_job import PredictionJob
 from napari_unet.widgets.runner import RunWatcher, TrainingRunner, run_registry
 from napari_unet.widgets.train_fields import PlanView, minutes_text, remaining_seconds
 from napari_unet.widgets.train_form import TrainForm
+from napari_unet.widgets.train_live import LiveSession, live_args
 
 
 def present(image, viewer) -> bool:
@@ -68,6 +70,7 @@ class TrainWidget(TrainForm):
         self.run_dir = self.watcher = self.prediction = self.finished_event = None
         self._progress = self._first_image = self._latest_progress = None
         self._timing = None  # (monotonic time, step) of the run's first Progress event
+        self.live = None  # the LiveSession while a live run goes
         self._arrived = 0.0  # when the latest Progress event came
         self._ui_timer = QTimer(self)
         self._ui_timer.setSingleShot(True)
@@ -98,11 +101,22 @@ class TrainWidget(TrainForm):
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
         self.cancel_button.clicked.connect(self.cancel)
+        self.live_button = QPushButton("Live")
+        self.live_button.setToolTip("train while you paint: the view is predicted every few "
+                                    "seconds; press again (Stop) to end")
+        self.live_button.clicked.connect(self.toggle_live)
+        self.live_every = QDoubleSpinBox()
+        self.live_every.setRange(1.0, 600.0)
+        self.live_every.setValue(5.0)
+        self.live_every.setSuffix(" s")
+        self.live_every.setToolTip("Live: seconds between refreshed views (longer where a "
+                                   "prediction takes more than a third of the time)")
         attach_button = QPushButton("Re-attach…")
         attach_button.setToolTip("show the curves of a run folder; follow it if it still runs")
         attach_button.clicked.connect(self._browse_attach)
         buttons = QHBoxLayout()
-        for button in (self.start_button, self.cancel_button, attach_button):
+        for button in (self.start_button, self.live_button, self.live_every,
+                       self.cancel_button, attach_button):
             buttons.addWidget(button)
         self.progress = QProgressBar()
         self.progress.setFormat("step %v / %m")
@@ -128,7 +142,7 @@ class TrainWidget(TrainForm):
 
     def _connect_runner(self):
         for name in ("planned", "started", "progress", "validation", "checkpoint", "message",
-                     "finished", "failed", "cancelled", "exited"):
+                     "finished", "failed", "cancelled", "exited", "view_predicted"):
             getattr(self.runner, name).connect(getattr(self, f"_on_{name}"))
 
     # -- start / cancel ---------------------------------------------------------------------------------
@@ -173,6 +187,56 @@ class TrainWidget(TrainForm):
             self._end_ui()
             show_error(f"cannot start training: {one_line(exc)}")
 
+    def toggle_live(self):
+        """Live: start a live run on the chosen image and labels; pressed again: Stop."""
+        if self.live is not None:
+            self.status.setText("stopping the live run: saving it…")
+            self.live.stop()
+            return
+        if self.runner.is_running():
+            show_error("a training run is already going: cancel it first")
+            return
+        preset = self.preset.currentText()
+        try:
+            pairs = self._layer_pairs()
+            if len(pairs) != 1 or isinstance(pairs[0][0], ChannelGroup):
+                raise UserError("Live trains on one image layer and its labels: choose one "
+                                "pair (the list of pairs is for Start)")
+            spatial_dims = self._check_pairs(pairs, preset)
+            if spatial_dims != 2:
+                raise UserError("Live trains a 2D model (slice by slice): choose a 2D preset")
+            init_from = self.start_from.init_from(preset, spatial_dims)
+            run_dir = self._prepare_run_folder()
+            image, labels = pairs[0]
+            session = LiveSession(self, image, labels, run_dir)
+        except UserError as exc:
+            show_error(str(exc))
+            return
+        except OSError as exc:
+            show_error(f"cannot write the live run's files: {one_line(exc)}")
+            return
+        args = live_args(self.cli_args(preset, run_dir, 1, init_from, spatial_dims))
+        args += session.args(self.live_every.value())
+        self.live = session
+        self._first_image = image
+        self._begin(run_dir)
+        self.live_button.setText("Stop")
+        self.live_button.setEnabled(True)
+        self.status.setText(f"live: starting in {run_dir}; paint, the view refreshes every "
+                            f"{self.live_every.value():g} s")
+        try:
+            self.runner.start(args, run_dir)
+        except OSError as exc:
+            self._end_ui()
+            show_error(f"cannot start training: {one_line(exc)}")
+
+    def _on_view_predicted(self, event):
+        if self.live is not None:
+            try:
+                self.live.show_view(event)
+            except Exception as exc:  # noqa: BLE001 - a layer gone mid-update: the viewer lives
+                show_warning(f"cannot show the live view: {one_line(exc)}")
+
     def _report_written(self, report, copied, spatial_dims):
         if spatial_dims == 2 and report["kept"] < report["total"]:
             show_info(f"training on the {report['kept']} painted slice(s) of {report['total']}; "
@@ -206,6 +270,7 @@ class TrainWidget(TrainForm):
         timing = "" if by_steps else "timing the first steps, "
         self.status.setText(f"{planning}{timing}starting training in {run_dir}")
         self.start_button.setEnabled(False)
+        self.live_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self._close_progress()
         self._progress = cancelable_progress(total=total,
@@ -214,7 +279,9 @@ class TrainWidget(TrainForm):
 
     def cancel(self):
         """Stop the run: the child saves a checkpoint (the run can be fine-tuned/resumed)."""
-        if self.runner.is_running():
+        if self.live is not None:  # a live run's Stop: it ends normally
+            self.toggle_live()
+        elif self.runner.is_running():
             self.status.setText("cancelling: saving a checkpoint…")
             self.runner.cancel()
         elif self.watcher is not None:
@@ -302,6 +369,8 @@ class TrainWidget(TrainForm):
         self.progress.setValue(self.progress.maximum())
         run_registry().add(self.run_dir)
         image = self._first_image
+        if self.live is not None:  # its view is shown; the run predicts as any run
+            return
         if self.predict_at_end.isChecked() and image is not None and present(image, self.viewer):
             self.prediction = PredictionJob(self.viewer, event.path, image,
                                             device=self.device.currentText(),
@@ -332,7 +401,12 @@ class TrainWidget(TrainForm):
         if self._ui_timer.isActive():
             self._ui_timer.stop()
             self._refresh_progress()
+        if self.live is not None:
+            self.live.close()
+            self.live = None
+        self.live_button.setText("Live")
         self.start_button.setEnabled(True)
+        self.live_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
         if self.progress.maximum() == 0:
             self.progress.setRange(0, 1)

@@ -1,0 +1,219 @@
+"""The Train widget's Live: a ``napari_unet train --live`` child that learns while the user paints.
+
+Live writes the chosen image and the labels as they are into a scratch folder and starts the
+child on them (``--images IMG --masks MASK --live``, unpainted pixels unknown, the widget's
+other options as Start gives them) with ``--predict VIEW --predict-every S``, VIEW being the
+slice in view. Then:
+
+- paint (the labels layer's paint / data events) is debounced (``DEBOUNCE_MS``); the slice in
+  view is compared with what was last sent and only the changed box travels, by
+  :func:`napari_unet.live_inbox.send_mask` (erased paint too);
+- moving to another slice sends that slice as the view (:func:`~napari_unet.live_inbox.send_view`);
+- each ViewPredicted event reads RUN/predictions/VIEW_{probabilities,labels}.tif into ONE
+  probability layer and ONE labels layer, updated in place (the user's layer is never written);
+- Stop is the runner's cancel (SIGINT): the child ends normally and leaves a normal run folder;
+- the image or labels layer deleted (or reshaped) during the run: a warning, and the run stops.
+"""
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from qtpy.QtCore import QObject, QTimer
+
+from napari_unet import live_inbox, runs
+from napari_unet.io import read_image, write_tif
+from napari_unet.widgets import UserError, one_line, show_warning
+
+DEBOUNCE_MS = 1000  # paint is sent this long after the last stroke event
+VIEW_NAME = "live_view.tif"
+# options of Start's command line a live run does not take (option -> it has a value)
+LEFT_OUT = {"--data": True, "--steps": True, "--val-every": True, "--checkpoint-every": True,
+            "--fold": True, "--folds": True, "--ignore-value": True, "--instances": True,
+            "--nproc": True}
+
+
+def live_args(args) -> list[str]:
+    """Start's command line without what a live run refuses or sets itself."""
+    out, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg in LEFT_OUT:
+            skip = LEFT_OUT[arg]
+        else:
+            out.append(arg)
+    return out
+
+
+class LiveSession(QObject):
+    """One live run of a Train widget: the files it starts from, paint out, views back."""
+
+    def __init__(self, widget, image, labels, run_dir: Path):
+        super().__init__(widget)
+        self.widget, self.viewer = widget, widget.viewer
+        self.image, self.labels, self.run_dir = image, labels, Path(run_dir)
+        data = np.asarray(image.data)
+        if data.ndim not in (2, 3) or image.rgb:
+            raise UserError(f"Live trains on a grey 2D image or a stack of 2D slices; "
+                            f"'{image.name}' is {data.shape}: use Start")
+        self.stack = data.ndim == 3
+        self.sent = np.array(labels.data, copy=True)  # the paint the child has
+        self.shape = self.sent.shape
+        self.scratch = Path(tempfile.mkdtemp(prefix="napari_unet_live_"))
+        try:
+            for folder in ("images", "masks"):
+                (self.scratch / folder).mkdir()
+            self.image_path = write_tif(self.scratch / "images" / "live.tif", data)
+            self.mask_path = write_tif(self.scratch / "masks" / "live.tif", self.sent)
+            self.view_path = self.scratch / VIEW_NAME
+            self.slice = self.current_slice()
+            write_tif(self.view_path, self._view_image(self.slice))
+        except BaseException:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+            raise
+        self.probabilities_layer = self.labels_layer = None
+        self.refreshes = 0  # views shown
+        self.ended = False
+        self.timer = QTimer(self)
+        self.timer.setSingleShot(True)
+        self.timer.setInterval(DEBOUNCE_MS)
+        self.timer.timeout.connect(self.flush)
+        self._connections = [(labels.events.paint, self._changed),
+                             (labels.events.data, self._changed),
+                             (self.viewer.dims.events.current_step, self._changed),
+                             (self.viewer.layers.events.removed, self._removed)]
+        for emitter, slot in self._connections:
+            emitter.connect(slot)
+
+    def args(self, every: float) -> list[str]:
+        rule = self.widget.mask_rule()
+        args = ["--images", str(self.image_path), "--masks", str(self.mask_path), "--live",
+                "--predict", str(self.view_path), "--predict-every", f"{every:g}",
+                "--unlabeled", "ignore",
+                "--background-value", str(self.widget.unpainted.background.value())]
+        if rule.get("foreground_value") is not None:
+            args += ["--foreground-value", str(rule["foreground_value"])]
+        return args
+
+    # -- the slice in view ------------------------------------------------------------------
+    def current_slice(self) -> int:
+        if not self.stack:
+            return 0
+        step = self.viewer.dims.current_step
+        return int(np.clip(step[len(step) - 3] if len(step) >= 3 else 0, 0, self.shape[0] - 1))
+
+    def _view_image(self, index):
+        data = self.image.data
+        return np.asarray(data[index] if self.stack else data)
+
+    # -- paint and views out ----------------------------------------------------------------
+    def _changed(self, *_):
+        if not self.ended:
+            self.timer.start()  # (re)start: sent a second after the last event
+
+    def flush(self):
+        """Send the changed box of the slice in view, and the view if it moved. A labels
+        layer reshaped stops the run."""
+        if self.ended:
+            return
+        try:
+            data = self.labels.data
+            if tuple(data.shape) != self.shape:
+                self.stop(f"labels '{self.labels.name}' changed shape to {tuple(data.shape)}: "
+                          f"the live run stopped")
+                return
+            index = self.current_slice()
+            self._send_paint(index, np.asarray(data[index] if self.stack else data))
+            if index != self.slice:
+                self.slice = index
+                live_inbox.send_view(self.run_dir, self._view_image(index))
+        except OSError as exc:  # disk full, the run folder gone: say so, the viewer lives
+            self.stop(f"cannot send the paint to the live run: {one_line(exc)}")
+
+    def _send_paint(self, index, now):
+        before = self.sent[index] if self.stack else self.sent
+        changed = np.nonzero(now != before)
+        if not changed[0].size:
+            return
+        low = [int(axis.min()) for axis in changed]
+        box = tuple(slice(lo, int(axis.max()) + 1) for lo, axis in zip(low, changed))
+        region = np.array(now[box], copy=True)
+        live_inbox.send_mask(self.run_dir, index if self.stack else 0, region, low)
+        before[box] = region
+
+    # -- views back -------------------------------------------------------------------------
+    def show_view(self, event):
+        """A ViewPredicted event: the latest files into the two live layers."""
+        if self.ended:
+            return
+        labels_path, probabilities_path = runs.prediction_paths(self.run_dir, self.view_path)
+        try:
+            probabilities = np.asarray(read_image(probabilities_path, mmap=False))
+            labels = np.asarray(read_image(labels_path, mmap=False))
+        except Exception as exc:  # noqa: BLE001 - a file gone: the next refresh
+            show_warning(f"cannot read the live view: {one_line(exc)}")
+            return
+        if probabilities.ndim == labels.ndim + 1:  # (classes, ...): all but background
+            probabilities = 1.0 - probabilities[0]
+        index = self.slice
+        self.probabilities_layer = self._put(self.probabilities_layer, probabilities, index,
+                                             f"{self.image.name} live probabilities", "image")
+        self.labels_layer = self._put(self.labels_layer, labels.astype(np.uint8), index,
+                                      f"{self.image.name} live prediction", "labels")
+        self.refreshes += 1
+        self.widget.status.setText(f"live: view {self.refreshes} predicted at step "
+                                   f"{event.step} ({event.time:.0f} s), next in "
+                                   f"{event.period:.0f} s; paint where it is wrong")
+
+    def _put(self, layer, plane, index, name, kind):
+        shape = self.shape[:1] + plane.shape if self.stack else plane.shape
+        if layer is not None and layer in self.viewer.layers and layer.data.shape == shape:
+            data = np.array(layer.data, copy=True)
+        else:
+            data = np.zeros(shape, plane.dtype)
+            layer = None
+        if self.stack:
+            data[index] = plane
+        else:
+            data = plane
+        if layer is None:  # once (again only if the user deleted it)
+            meta = {"name": name, "scale": self.image.scale, "translate": self.image.translate}
+            if kind == "image":
+                layer = self.viewer.add_image(data, colormap="magma", opacity=0.5,
+                                              contrast_limits=(0.0, 1.0), **meta)
+            else:
+                layer = self.viewer.add_labels(data, opacity=0.4, **meta)
+            self.viewer.layers.selection.active = self.labels  # the brush stays on
+        else:
+            layer.data = data
+        return layer
+
+    # -- the end --------------------------------------------------------------------------
+    def _removed(self, event):
+        if event.value is self.labels or event.value is self.image:
+            self.stop(f"layer '{event.value.name}' was deleted: the live run stopped "
+                      f"(its run folder is kept)")
+
+    def stop(self, warning: str | None = None):
+        """Send the paint not sent yet, then SIGINT the child (a normal end)."""
+        if not self.ended and warning is None:
+            self.timer.stop()
+            self.flush()
+        self.ended = True
+        self.timer.stop()
+        if warning:
+            show_warning(warning)
+        self.widget.runner.cancel()
+
+    def close(self):
+        """The child ended: let go of the layers' events and the scratch files."""
+        self.ended = True
+        self.timer.stop()
+        for emitter, slot in self._connections:
+            with contextlib.suppress(Exception):
+                emitter.disconnect(slot)
+        shutil.rmtree(self.scratch, ignore_errors=True)

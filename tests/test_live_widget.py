@@ -1,0 +1,133 @@
+"""The Train widget's Live (issue 34), driven as a user drives it: a real `train --live` child
+on a 64x64 image, simulated strokes, the refreshed layers, Stop. Waits are on events, with
+generous ceilings (never a guess of speed); the child is stopped whatever happens."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from gui_support import gui, small_cpu_options  # noqa: E402
+from process_support import deadline_ms  # noqa: E402
+
+napari = pytest.importorskip("napari")
+
+from napari.layers import Image, Labels  # noqa: E402
+from napari.utils.notifications import notification_manager  # noqa: E402
+
+from napari_unet.io import read_image  # noqa: E402
+from napari_unet.widgets.train import TrainWidget  # noqa: E402
+
+TIMEOUT_MS = deadline_ms(120)
+
+
+def disc_image(size=64):
+    yy, xx = np.mgrid[:size, :size]
+    disc = (yy - 32) ** 2 + (xx - 28) ** 2 < 14 ** 2
+    rng = np.random.default_rng(0)
+    return (disc * 0.8 + rng.normal(0, 0.05, (size, size))).astype(np.float32), disc
+
+
+def live_widget(viewer, tmp_path):
+    image, _ = disc_image()
+    image_layer = viewer.add_image(image, name="cells")
+    labels = viewer.add_labels(np.zeros(image.shape, np.uint8), name="cells labels")
+    labels.data[2:6, 2:60] = 1   # a background stroke (1: background, unpainted: unknown)
+    labels.data[30:34, 22:34] = 2  # an object stroke
+    train = TrainWidget(viewer)
+    viewer.window.add_dock_widget(train, name="Train")
+    train.image_combo.value, train.labels_combo.value = image_layer, labels
+    small_cpu_options(train, tmp_path / "run", steps=10)
+    train.live_every.setValue(1.0)
+    return train, image_layer, labels
+
+
+def live_layers(viewer):
+    return [layer for layer in viewer.layers if " live " in layer.name]
+
+
+@gui
+def test_live_refreshes_the_view_as_strokes_come_and_stop_leaves_a_run(
+        make_napari_viewer, qtbot, tmp_path):
+    viewer = make_napari_viewer()
+    train, image, labels = live_widget(viewer, tmp_path)
+    run_dir = tmp_path / "run"
+    updates, views = [], []
+    train.runner.masks_updated.connect(updates.append)
+    train.runner.view_predicted.connect(views.append)
+    try:
+        train.live_button.click()
+        assert train.runner.is_running(), train.runner.stderr_text[-2000:]
+        assert train.live_button.text() == "Stop" and not train.start_button.isEnabled()
+        qtbot.waitUntil(lambda: train.live is not None and train.live.refreshes >= 1
+                        or not train.runner.is_running(), timeout=TIMEOUT_MS)
+        assert train.live.refreshes >= 1, train.runner.stderr_text[-2000:]
+        probabilities = viewer.layers["cells live probabilities"]
+        prediction = viewer.layers["cells live prediction"]
+        assert isinstance(probabilities, Image) and isinstance(prediction, Labels)
+        assert probabilities.data.shape == prediction.data.shape == image.data.shape
+        before = np.array(probabilities.data, copy=True)
+        painted = np.count_nonzero(labels.data)
+
+        # a stroke with the brush (a paint event), another by setting the data (a data event)
+        labels.brush_size = 5
+        labels.paint((50, 50), 1)
+        new = np.array(labels.data, copy=True)
+        new[40:44, 20:30] = 2
+        labels.data = new
+        stroke = np.count_nonzero(labels.data) - painted
+        assert stroke > 0
+        # it reaches the child (debounced, only the changed box), then a view follows it
+        qtbot.waitUntil(lambda: any(u.labelled >= painted + stroke for u in updates)
+                        or not train.runner.is_running(), timeout=TIMEOUT_MS)
+        assert any(u.labelled == painted + stroke for u in updates), (
+            [u.labelled for u in updates], painted, stroke, train.runner.stderr_text[-2000:])
+        after_update = len(views)
+        qtbot.waitUntil(lambda: len(views) > after_update + 1
+                        or not train.runner.is_running(), timeout=TIMEOUT_MS)
+        assert len(views) > after_update + 1
+        assert not np.array_equal(probabilities.data, before), "the view was not refreshed"
+        # the same two layers, updated in place; the user's labels were not written
+        assert live_layers(viewer) == [probabilities, prediction]
+        assert np.array_equal(labels.data, new) and labels.data[50, 50] == 1
+
+        train.live_button.click()  # Stop: SIGINT, a normal end
+        qtbot.waitUntil(lambda: train.runner.exit_code is not None, timeout=TIMEOUT_MS)
+    finally:
+        train.runner.stop(grace_s=10)
+    assert train.runner.exit_code == 0, train.runner.stderr_text[-2000:]
+    assert train.live is None and train.live_button.text() == "Live"
+    assert train.start_button.isEnabled() and train.live_button.isEnabled()
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "checkpoints" / "last.pt").is_file()
+    saved = np.asarray(read_image(run_dir / "data" / "masks" / "live.tif"))
+    assert saved[42, 25] == 1 and saved[50, 50] == 0, "the strokes painted live are in the run"
+    # the run folder predicts as any run
+    out = tmp_path / "predicted.tif"
+    done = subprocess.run([sys.executable, "-m", "napari_unet.cli", "predict", "--run",
+                           str(run_dir), "--input", str(run_dir / "data" / "images" / "live.tif"),
+                           "--output", str(out), "--device", "cpu"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert read_image(out).shape == image.data.shape
+
+
+@gui
+def test_deleting_the_labels_during_live_stops_the_run_with_a_warning(
+        make_napari_viewer, qtbot, tmp_path):
+    viewer = make_napari_viewer()
+    train, _, labels = live_widget(viewer, tmp_path)
+    count = len(notification_manager.records)
+    try:
+        train.live_button.click()
+        qtbot.waitUntil(lambda: train.live is not None and train.live.refreshes >= 1
+                        or not train.runner.is_running(), timeout=TIMEOUT_MS)
+        assert train.live.refreshes >= 1, train.runner.stderr_text[-2000:]
+        viewer.layers.remove(labels)
+        qtbot.waitUntil(lambda: train.runner.exit_code is not None, timeout=TIMEOUT_MS)
+    finally:
+        train.runner.stop(grace_s=10)
+    warnings = [str(n.message) for n in notification_manager.records[count:]
+                if str(n.severity) == "warning"]
+    assert any("was deleted" in w for w in warnings), warnings
+    assert train.runner.exit_code == 0, train.runner.stderr_text[-2000:]
+    assert train.live is None and train.start_button.isEnabled()
+    assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
