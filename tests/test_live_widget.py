@@ -131,3 +131,48 @@ def test_deleting_the_labels_during_live_stops_the_run_with_a_warning(
     assert train.runner.exit_code == 0, train.runner.stderr_text[-2000:]
     assert train.live is None and train.start_button.isEnabled()
     assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
+
+
+@gui
+def test_live_sends_only_the_changed_box_of_the_slice_in_view_and_the_new_view(
+        make_napari_viewer, tmp_path):
+    """No child: what a stroke on a stack's slice and a move to another slice put in the
+    run's inbox."""
+    from napari_unet import live_inbox
+    from napari_unet.widgets.train_live import LiveSession
+
+    viewer = make_napari_viewer()
+    stack = np.random.default_rng(1).random((3, 32, 32)).astype(np.float32)
+    image = viewer.add_image(stack, name="stack")
+    labels = viewer.add_labels(np.zeros(stack.shape, np.uint8), name="stack labels")
+    labels.data[0, 1:3, 1:3] = 1
+    train = TrainWidget(viewer)
+    viewer.dims.set_current_step(0, 0)
+    session = LiveSession(train, image, labels, tmp_path / "run")
+    try:
+        assert session.slice == 0
+        viewer.dims.set_current_step(0, 2)
+        new = np.array(labels.data, copy=True)
+        new[2, 10:12, 20:25] = 2
+        new[2, 14, 21] = 1
+        new[1, 5, 5] = 2  # another slice than the one in view: sent when it is in view
+        labels.data = new
+        session.flush()
+        messages = live_inbox.read_messages(tmp_path / "run")
+        assert [kind for kind, _ in messages] == ["mask", "view"]
+        mask = messages[0][1]
+        assert int(mask["index"]) == 2 and list(mask["offset"]) == [10, 20]
+        np.testing.assert_array_equal(mask["values"], new[2, 10:15, 20:25])
+        np.testing.assert_array_equal(messages[1][1]["image"], stack[2])
+        session.flush()  # nothing changed since: nothing sent
+        assert live_inbox.read_messages(tmp_path / "run") == []
+        new = np.array(labels.data, copy=True)
+        new[2, 10, 20] = 0  # erased paint travels too
+        labels.data = new
+        session.flush()
+        (kind, erased), = live_inbox.read_messages(tmp_path / "run")
+        assert kind == "mask" and erased["values"].tolist() == [[0]]
+        assert list(erased["offset"]) == [10, 20]
+    finally:
+        session.close()
+    assert not session.scratch.exists()

@@ -333,9 +333,10 @@ class TrainWidget(TrainForm):
                                 f"{event.img_s:.1f} img/s{self._time_left(event)}")
         self.progress.setValue(event.step)
         self.curve.update()
-        if self._progress is not None:
-            self._progress.update(event.step - self._progress.n)
-            if self._progress.is_canceled and not self.runner.cancel_requested:
+        progress = self._progress  # (its update may run the end's events, which drop it)
+        if progress is not None:
+            progress.update(event.step - progress.n)
+            if progress.is_canceled and not self.runner.cancel_requested:
                 self.cancel()  # Cancel pressed in napari's activity dock
 
     def _time_left(self, event) -> str:
