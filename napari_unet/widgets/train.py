@@ -11,6 +11,7 @@ dock), a live loss and Dice curve, notifications; at the end it can predict the 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 from pathlib import Path
@@ -303,6 +304,8 @@ class TrainWidget(TrainForm):
             self.train_for.seconds_per_step = event.seconds_per_step
 
     def _on_started(self, event):
+        if self.live is not None:  # no end known: the curve's axis follows the steps
+            event = dataclasses.replace(event, total_steps=0)
         if self._progress is not None:
             with contextlib.suppress(AttributeError, RuntimeError):
                 self._progress.total = event.total_steps
@@ -329,8 +332,13 @@ class TrainWidget(TrainForm):
         event = self._latest_progress
         if event is None:
             return
-        self.progress.setFormat(f"step %v / %m   loss {event.loss:.4f}   "
-                                f"{event.img_s:.1f} img/s{self._time_left(event)}")
+        if self.live is not None:  # no end known: a full bar, the step and the loss
+            self.progress.setRange(0, max(1, event.step))
+            self.progress.setFormat(f"live: step %v   loss {event.loss:.4f}   "
+                                    f"{event.img_s:.1f} img/s")
+        else:
+            self.progress.setFormat(f"step %v / %m   loss {event.loss:.4f}   "
+                                    f"{event.img_s:.1f} img/s{self._time_left(event)}")
         self.progress.setValue(event.step)
         self.curve.update()
         progress = self._progress  # (its update may run the end's events, which drop it)

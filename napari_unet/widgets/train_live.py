@@ -165,9 +165,8 @@ class LiveSession(QObject):
         self.labels_layer = self._put(self.labels_layer, labels.astype(np.uint8), index,
                                       f"{self.image.name} live prediction", "labels")
         self.refreshes += 1
-        self.widget.status.setText(f"live: view {self.refreshes} predicted at step "
-                                   f"{event.step} ({event.time:.0f} s), next in "
-                                   f"{event.period:.0f} s; paint where it is wrong")
+        self.widget.status.setText(f"live: view {self.refreshes} at step {event.step} "
+                                   f"({event.time:.0f} s), next in {event.period:.0f} s")
 
     def _put(self, layer, plane, index, name, kind):
         shape = self.shape[:1] + plane.shape if self.stack else plane.shape
@@ -187,7 +186,10 @@ class LiveSession(QObject):
                                               contrast_limits=(0.0, 1.0), **meta)
             else:
                 layer = self.viewer.add_labels(data, opacity=0.4, **meta)
-            self.viewer.layers.selection.active = self.labels  # the brush stays on
+            layers = self.viewer.layers  # under the user's labels: the strokes stay in view
+            with contextlib.suppress(ValueError):
+                layers.move(layers.index(layer), layers.index(self.labels))
+            layers.selection.active = self.labels  # the brush stays on
         else:
             layer.data = data
         return layer
