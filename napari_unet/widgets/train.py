@@ -18,7 +18,6 @@ from pathlib import Path
 
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
-    QDoubleSpinBox,
     QFileDialog,
     QHBoxLayout,
     QProgressBar,
@@ -52,7 +51,7 @@ from napari_unet.widgets.prediction_job import PredictionJob
 from napari_unet.widgets.runner import RunWatcher, TrainingRunner, run_registry
 from napari_unet.widgets.train_fields import PlanView, minutes_text, remaining_seconds
 from napari_unet.widgets.train_form import TrainForm
-from napari_unet.widgets.train_live import LiveSession, live_args
+from napari_unet.widgets.train_live import LiveButtons
 
 
 def present(image, viewer) -> bool:
@@ -61,7 +60,7 @@ def present(image, viewer) -> bool:
         else image in viewer.layers
 
 
-class TrainWidget(TrainForm):
+class TrainWidget(LiveButtons, TrainForm):
     """Pick (image, labels) pairs and options, press Start; Cancel stops the child cleanly."""
 
     def __init__(self, napari_viewer, parent=None):
@@ -102,16 +101,7 @@ class TrainWidget(TrainForm):
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
         self.cancel_button.clicked.connect(self.cancel)
-        self.live_button = QPushButton("Live")
-        self.live_button.setToolTip("train while you paint: the view is predicted every few "
-                                    "seconds; press again (Stop) to end")
-        self.live_button.clicked.connect(self.toggle_live)
-        self.live_every = QDoubleSpinBox()
-        self.live_every.setRange(1.0, 600.0)
-        self.live_every.setValue(5.0)
-        self.live_every.setSuffix(" s")
-        self.live_every.setToolTip("Live: seconds between refreshed views (longer where a "
-                                   "prediction takes more than a third of the time)")
+        self._live_controls()
         attach_button = QPushButton("Re-attach…")
         attach_button.setToolTip("show the curves of a run folder; follow it if it still runs")
         attach_button.clicked.connect(self._browse_attach)
@@ -187,56 +177,6 @@ class TrainWidget(TrainForm):
         except OSError as exc:
             self._end_ui()
             show_error(f"cannot start training: {one_line(exc)}")
-
-    def toggle_live(self):
-        """Live: start a live run on the chosen image and labels; pressed again: Stop."""
-        if self.live is not None:
-            self.status.setText("stopping the live run: saving it…")
-            self.live.stop()
-            return
-        if self.runner.is_running():
-            show_error("a training run is already going: cancel it first")
-            return
-        preset = self.preset.currentText()
-        try:
-            pairs = self._layer_pairs()
-            if len(pairs) != 1 or isinstance(pairs[0][0], ChannelGroup):
-                raise UserError("Live trains on one image layer and its labels: choose one "
-                                "pair (the list of pairs is for Start)")
-            spatial_dims = self._check_pairs(pairs, preset)
-            if spatial_dims != 2:
-                raise UserError("Live trains a 2D model (slice by slice): choose a 2D preset")
-            init_from = self.start_from.init_from(preset, spatial_dims)
-            run_dir = self._prepare_run_folder()
-            image, labels = pairs[0]
-            session = LiveSession(self, image, labels, run_dir)
-        except UserError as exc:
-            show_error(str(exc))
-            return
-        except OSError as exc:
-            show_error(f"cannot write the live run's files: {one_line(exc)}")
-            return
-        args = live_args(self.cli_args(preset, run_dir, 1, init_from, spatial_dims))
-        args += session.args(self.live_every.value())
-        self.live = session
-        self._first_image = image
-        self._begin(run_dir)
-        self.live_button.setText("Stop")
-        self.live_button.setEnabled(True)
-        self.status.setText(f"live: starting in {run_dir}; paint, the view refreshes every "
-                            f"{self.live_every.value():g} s")
-        try:
-            self.runner.start(args, run_dir)
-        except OSError as exc:
-            self._end_ui()
-            show_error(f"cannot start training: {one_line(exc)}")
-
-    def _on_view_predicted(self, event):
-        if self.live is not None:
-            try:
-                self.live.show_view(event)
-            except Exception as exc:  # noqa: BLE001 - a layer gone mid-update: the viewer lives
-                show_warning(f"cannot show the live view: {one_line(exc)}")
 
     def _report_written(self, report, copied, spatial_dims):
         if spatial_dims == 2 and report["kept"] < report["total"]:

@@ -13,6 +13,9 @@ slice in view. Then:
   probability layer and ONE labels layer, updated in place (the user's layer is never written);
 - Stop is the runner's cancel (SIGINT): the child ends normally and leaves a normal run folder;
 - the image or labels layer deleted (or reshaped) during the run: a warning, and the run stops.
+
+:class:`LiveButtons` (a mixin of the Train widget) holds the button and the refresh period;
+:class:`LiveSession` one run's layers, paint and views.
 """
 from __future__ import annotations
 
@@ -23,10 +26,11 @@ from pathlib import Path
 
 import numpy as np
 from qtpy.QtCore import QObject, QTimer
+from qtpy.QtWidgets import QDoubleSpinBox, QPushButton
 
 from napari_unet import live_inbox, runs
 from napari_unet.io import read_image, write_tif
-from napari_unet.widgets import UserError, one_line, show_warning
+from napari_unet.widgets import ChannelGroup, UserError, one_line, show_error, show_warning
 
 DEBOUNCE_MS = 1000  # paint is sent this long after the last stroke event
 VIEW_NAME = "live_view.tif"
@@ -219,3 +223,70 @@ class LiveSession(QObject):
             with contextlib.suppress(Exception):
                 emitter.disconnect(slot)
         shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+class LiveButtons:
+    """The Train widget's Live button and refresh period (a mixin of TrainWidget: its runner,
+    its fields, ``_begin`` and ``_end_ui``)."""
+
+    def _live_controls(self):
+        self.live_button = QPushButton("Live")
+        self.live_button.setToolTip("train while you paint: the view is predicted every few "
+                                    "seconds; press again (Stop) to end")
+        self.live_button.clicked.connect(self.toggle_live)
+        self.live_every = QDoubleSpinBox()
+        self.live_every.setRange(1.0, 600.0)
+        self.live_every.setValue(5.0)
+        self.live_every.setSuffix(" s")
+        self.live_every.setToolTip("Live: seconds between refreshed views (longer where a "
+                                   "prediction takes more than a third of the time)")
+
+    def toggle_live(self):
+        """Live: start a live run on the chosen image and labels; pressed again: Stop."""
+        if self.live is not None:
+            self.status.setText("stopping the live run: saving it…")
+            self.live.stop()
+            return
+        if self.runner.is_running():
+            show_error("a training run is already going: cancel it first")
+            return
+        preset = self.preset.currentText()
+        try:
+            pairs = self._layer_pairs()
+            if len(pairs) != 1 or isinstance(pairs[0][0], ChannelGroup):
+                raise UserError("Live trains on one image layer and its labels: choose one "
+                                "pair (the list of pairs is for Start)")
+            spatial_dims = self._check_pairs(pairs, preset)
+            if spatial_dims != 2:
+                raise UserError("Live trains a 2D model (slice by slice): choose a 2D preset")
+            init_from = self.start_from.init_from(preset, spatial_dims)
+            run_dir = self._prepare_run_folder()
+            image, labels = pairs[0]
+            session = LiveSession(self, image, labels, run_dir)
+        except UserError as exc:
+            show_error(str(exc))
+            return
+        except OSError as exc:
+            show_error(f"cannot write the live run's files: {one_line(exc)}")
+            return
+        args = live_args(self.cli_args(preset, run_dir, 1, init_from, spatial_dims))
+        args += session.args(self.live_every.value())
+        self.live = session
+        self._first_image = image
+        self._begin(run_dir)
+        self.live_button.setText("Stop")
+        self.live_button.setEnabled(True)
+        self.status.setText(f"live: starting in {run_dir}; paint, the view refreshes every "
+                            f"{self.live_every.value():g} s")
+        try:
+            self.runner.start(args, run_dir)
+        except OSError as exc:
+            self._end_ui()
+            show_error(f"cannot start training: {one_line(exc)}")
+
+    def _on_view_predicted(self, event):
+        if self.live is not None:
+            try:
+                self.live.show_view(event)
+            except Exception as exc:  # noqa: BLE001 - a layer gone mid-update: the viewer lives
+                show_warning(f"cannot show the live view: {one_line(exc)}")
