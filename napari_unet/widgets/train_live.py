@@ -32,7 +32,8 @@ from napari_unet import live_inbox, runs
 from napari_unet.io import read_image, write_tif
 from napari_unet.widgets import ChannelGroup, UserError, one_line, show_error, show_warning
 
-DEBOUNCE_MS = 1000  # paint is sent this long after the last stroke event
+DEBOUNCE_MS = 1000  # paint is sent this long after the first stroke event not sent yet
+STOP_WAIT_MS = 10_000  # Stop waits this long at most for the child to take the last paint
 VIEW_NAME = "live_view.tif"
 # options of Start's command line a live run does not take (option -> it has a value)
 LEFT_OUT = {"--data": True, "--steps": True, "--val-every": True, "--checkpoint-every": True,
@@ -86,6 +87,10 @@ class LiveSession(QObject):
         self.timer.setSingleShot(True)
         self.timer.setInterval(DEBOUNCE_MS)
         self.timer.timeout.connect(self.flush)
+        self.stop_timer = QTimer(self)
+        self.stop_timer.setSingleShot(True)
+        self.stop_timer.setInterval(STOP_WAIT_MS)
+        self.stop_timer.timeout.connect(self._interrupt)
         self._connections = [(labels.events.paint, self._changed),
                              (labels.events.data, self._changed),
                              (self.viewer.dims.events.current_step, self._changed),
@@ -116,38 +121,42 @@ class LiveSession(QObject):
 
     # -- paint and views out ----------------------------------------------------------------
     def _changed(self, *_):
-        if not self.ended:
-            self.timer.start()  # (re)start: sent a second after the last event
+        if not self.ended and not self.timer.isActive():
+            self.timer.start()  # a second after the first change: a user who keeps
+            # painting still has the paint in the run every second
 
-    def flush(self):
-        """Send the changed box of the slice in view, and the view if it moved. A labels
-        layer reshaped stops the run."""
+    def flush(self) -> bool:
+        """Send the changed box of the slice in view, and the view if it moved (whether
+        paint was sent). A labels layer reshaped stops the run."""
         if self.ended:
-            return
+            return False
+        sent = False
         try:
             data = self.labels.data
             if tuple(data.shape) != self.shape:
                 self.stop(f"labels '{self.labels.name}' changed shape to {tuple(data.shape)}: "
                           f"the live run stopped")
-                return
+                return False
             index = self.current_slice()
-            self._send_paint(index, np.asarray(data[index] if self.stack else data))
+            sent = self._send_paint(index, np.asarray(data[index] if self.stack else data))
             if index != self.slice:
                 self.slice = index
                 live_inbox.send_view(self.run_dir, self._view_image(index))
         except OSError as exc:  # disk full, the run folder gone: say so, the viewer lives
             self.stop(f"cannot send the paint to the live run: {one_line(exc)}")
+        return sent
 
     def _send_paint(self, index, now):
         before = self.sent[index] if self.stack else self.sent
         changed = np.nonzero(now != before)
         if not changed[0].size:
-            return
+            return False
         low = [int(axis.min()) for axis in changed]
         box = tuple(slice(lo, int(axis.max()) + 1) for lo, axis in zip(low, changed))
         region = np.array(now[box], copy=True)
         live_inbox.send_mask(self.run_dir, index if self.stack else 0, region, low)
         before[box] = region
+        return True
 
     # -- views back -------------------------------------------------------------------------
     def show_view(self, event):
@@ -205,20 +214,35 @@ class LiveSession(QObject):
                       f"(its run folder is kept)")
 
     def stop(self, warning: str | None = None):
-        """Send the paint not sent yet, then SIGINT the child (a normal end)."""
+        """Send the paint not sent yet and, once the child has it (its next MasksUpdated, at
+        most STOP_WAIT_MS), SIGINT the child (a normal end). Again: SIGINT now."""
+        sent = False
         if not self.ended and warning is None:
             self.timer.stop()
-            self.flush()
+            sent = self.flush()
         self.ended = True
         self.timer.stop()
         if warning:
             show_warning(warning)
+        if sent:  # the run saves the paint it has: let it take the last strokes first
+            self.widget.runner.masks_updated.connect(self._interrupt)
+            self.stop_timer.start()
+        else:
+            self._interrupt()
+
+    def _interrupt(self, *_):
+        self.stop_timer.stop()
+        with contextlib.suppress(TypeError, RuntimeError):
+            self.widget.runner.masks_updated.disconnect(self._interrupt)
         self.widget.runner.cancel()
 
     def close(self):
         """The child ended: let go of the layers' events and the scratch files."""
         self.ended = True
         self.timer.stop()
+        self.stop_timer.stop()
+        with contextlib.suppress(TypeError, RuntimeError):
+            self.widget.runner.masks_updated.disconnect(self._interrupt)
         for emitter, slot in self._connections:
             with contextlib.suppress(Exception):
                 emitter.disconnect(slot)
