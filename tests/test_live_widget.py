@@ -206,6 +206,16 @@ def test_live_sends_only_the_changed_box_of_the_slice_in_view_and_the_new_view(
         (kind, erased), = live_inbox.read_messages(tmp_path / "run")
         assert kind == "mask" and erased["values"].tolist() == [[0]]
         assert list(erased["offset"]) == [10, 20]
+        # paint, then another slice before it was sent: the paint goes with the new view
+        new = np.array(labels.data, copy=True)
+        new[2, 0, 0] = 1
+        labels.data = new
+        viewer.dims.set_current_step(0, 1)
+        session.flush()
+        messages = live_inbox.read_messages(tmp_path / "run")
+        assert [(kind, int(m["index"]) if kind == "mask" else None) for kind, m in messages] \
+            == [("mask", 2), ("mask", 1), ("view", None)]
+        np.testing.assert_array_equal(messages[1][1]["values"], [[2]])
     finally:
         session.close()
     assert not session.scratch.exists()

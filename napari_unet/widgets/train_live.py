@@ -138,7 +138,10 @@ class LiveSession(QObject):
                           f"the live run stopped")
                 return False
             index = self.current_slice()
-            sent = self._send_paint(index, np.asarray(data[index] if self.stack else data))
+            if index != self.slice:  # paint on the slice left before it was sent
+                sent = self._send_paint(self.slice, np.asarray(data[self.slice]))
+            sent = self._send_paint(index, np.asarray(data[index] if self.stack else data)) \
+                or sent
             if index != self.slice:
                 self.slice = index
                 live_inbox.send_view(self.run_dir, self._view_image(index))
