@@ -38,11 +38,13 @@ from napari_unet.engine.events import (
     CheckpointSaved,
     Failed,
     Finished,
+    MasksUpdated,
     Message,
     Planned,
     Progress,
     Started,
     Validation,
+    ViewPredicted,
 )
 
 # After SIGINT, how long the child may stay silent before its tree is killed: every line it
@@ -78,6 +80,8 @@ class TrainingRunner(QObject):
     ``message(Message)``, ``planned(Planned)`` (``--preset auto``, ``--minutes``: the plan and
     the timed steps, before ``started``), ``finished(Finished)``; ``failed(str)`` has a one-line reason,
     ``cancelled(str)`` the run folder, and ``exited(int)`` the exit status, always last.
+    A live child (``train --live``) also sends ``masks_updated(MasksUpdated)`` and
+    ``view_predicted(ViewPredicted)``.
     """
 
     started = Signal(object)
@@ -87,6 +91,8 @@ class TrainingRunner(QObject):
     message = Signal(object)
     planned = Signal(object)
     finished = Signal(object)
+    masks_updated = Signal(object)
+    view_predicted = Signal(object)
     failed = Signal(str)
     cancelled = Signal(str)
     exited = Signal(int)
@@ -170,7 +176,8 @@ class TrainingRunner(QObject):
         for kind, signal_ in ((Started, self.started), (Progress, self.progress),
                               (Validation, self.validation), (CheckpointSaved, self.checkpoint),
                               (Message, self.message), (Planned, self.planned),
-                              (Finished, self.finished)):
+                              (Finished, self.finished), (MasksUpdated, self.masks_updated),
+                              (ViewPredicted, self.view_predicted)):
             if isinstance(event, kind):
                 signal_.emit(event)
                 return

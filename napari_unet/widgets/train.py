@@ -11,6 +11,7 @@ dock), a live loss and Dice curve, notifications; at the end it can predict the 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 from pathlib import Path
@@ -50,6 +51,7 @@ from napari_unet.widgets.prediction_job import PredictionJob
 from napari_unet.widgets.runner import RunWatcher, TrainingRunner, run_registry
 from napari_unet.widgets.train_fields import PlanView, minutes_text, remaining_seconds
 from napari_unet.widgets.train_form import TrainForm
+from napari_unet.widgets.train_live import LiveButtons
 
 
 def present(image, viewer) -> bool:
@@ -58,7 +60,7 @@ def present(image, viewer) -> bool:
         else image in viewer.layers
 
 
-class TrainWidget(TrainForm):
+class TrainWidget(LiveButtons, TrainForm):
     """Pick (image, labels) pairs and options, press Start; Cancel stops the child cleanly."""
 
     def __init__(self, napari_viewer, parent=None):
@@ -68,6 +70,7 @@ class TrainWidget(TrainForm):
         self.run_dir = self.watcher = self.prediction = self.finished_event = None
         self._progress = self._first_image = self._latest_progress = None
         self._timing = None  # (monotonic time, step) of the run's first Progress event
+        self.live = None  # the LiveSession while a live run goes
         self._arrived = 0.0  # when the latest Progress event came
         self._ui_timer = QTimer(self)
         self._ui_timer.setSingleShot(True)
@@ -98,11 +101,13 @@ class TrainWidget(TrainForm):
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
         self.cancel_button.clicked.connect(self.cancel)
+        self._live_controls()
         attach_button = QPushButton("Re-attach…")
         attach_button.setToolTip("show the curves of a run folder; follow it if it still runs")
         attach_button.clicked.connect(self._browse_attach)
         buttons = QHBoxLayout()
-        for button in (self.start_button, self.cancel_button, attach_button):
+        for button in (self.start_button, self.live_button, self.live_every,
+                       self.cancel_button, attach_button):
             buttons.addWidget(button)
         self.progress = QProgressBar()
         self.progress.setFormat("step %v / %m")
@@ -128,7 +133,7 @@ class TrainWidget(TrainForm):
 
     def _connect_runner(self):
         for name in ("planned", "started", "progress", "validation", "checkpoint", "message",
-                     "finished", "failed", "cancelled", "exited"):
+                     "finished", "failed", "cancelled", "exited", "view_predicted"):
             getattr(self.runner, name).connect(getattr(self, f"_on_{name}"))
 
     # -- start / cancel ---------------------------------------------------------------------------------
@@ -206,6 +211,7 @@ class TrainWidget(TrainForm):
         timing = "" if by_steps else "timing the first steps, "
         self.status.setText(f"{planning}{timing}starting training in {run_dir}")
         self.start_button.setEnabled(False)
+        self.live_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self._close_progress()
         self._progress = cancelable_progress(total=total,
@@ -214,7 +220,9 @@ class TrainWidget(TrainForm):
 
     def cancel(self):
         """Stop the run: the child saves a checkpoint (the run can be fine-tuned/resumed)."""
-        if self.runner.is_running():
+        if self.live is not None:  # a live run's Stop: it ends normally
+            self.toggle_live()
+        elif self.runner.is_running():
             self.status.setText("cancelling: saving a checkpoint…")
             self.runner.cancel()
         elif self.watcher is not None:
@@ -236,6 +244,8 @@ class TrainWidget(TrainForm):
             self.train_for.seconds_per_step = event.seconds_per_step
 
     def _on_started(self, event):
+        if self.live is not None:  # no end known: the curve's axis follows the steps
+            event = dataclasses.replace(event, total_steps=0)
         if self._progress is not None:
             with contextlib.suppress(AttributeError, RuntimeError):
                 self._progress.total = event.total_steps
@@ -262,13 +272,19 @@ class TrainWidget(TrainForm):
         event = self._latest_progress
         if event is None:
             return
-        self.progress.setFormat(f"step %v / %m   loss {event.loss:.4f}   "
-                                f"{event.img_s:.1f} img/s{self._time_left(event)}")
+        if self.live is not None:  # no end known: a full bar, the step and the loss
+            self.progress.setRange(0, max(1, event.step))
+            self.progress.setFormat(f"live: step %v   loss {event.loss:.4f}   "
+                                    f"{event.img_s:.1f} img/s")
+        else:
+            self.progress.setFormat(f"step %v / %m   loss {event.loss:.4f}   "
+                                    f"{event.img_s:.1f} img/s{self._time_left(event)}")
         self.progress.setValue(event.step)
         self.curve.update()
-        if self._progress is not None:
-            self._progress.update(event.step - self._progress.n)
-            if self._progress.is_canceled and not self.runner.cancel_requested:
+        progress = self._progress  # (its update may run the end's events, which drop it)
+        if progress is not None:
+            progress.update(event.step - progress.n)
+            if progress.is_canceled and not self.runner.cancel_requested:
                 self.cancel()  # Cancel pressed in napari's activity dock
 
     def _time_left(self, event) -> str:
@@ -302,6 +318,8 @@ class TrainWidget(TrainForm):
         self.progress.setValue(self.progress.maximum())
         run_registry().add(self.run_dir)
         image = self._first_image
+        if self.live is not None:  # its view is shown; the run predicts as any run
+            return
         if self.predict_at_end.isChecked() and image is not None and present(image, self.viewer):
             self.prediction = PredictionJob(self.viewer, event.path, image,
                                             device=self.device.currentText(),
@@ -332,7 +350,12 @@ class TrainWidget(TrainForm):
         if self._ui_timer.isActive():
             self._ui_timer.stop()
             self._refresh_progress()
+        if self.live is not None:
+            self.live.close()
+            self.live = None
+        self.live_button.setText("Live")
         self.start_button.setEnabled(True)
+        self.live_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
         if self.progress.maximum() == 0:
             self.progress.setRange(0, 1)
