@@ -122,8 +122,9 @@ def fine_tune(args) -> list[str]:
             minutes=args.minutes, device="cpu")
         if args.tiny:
             small = tiny_options(dataset)
-            if start == "nuclei":  # its network, not the tiny one
-                small = {k: v for k, v in small.items() if k != "model_options"}
+            if start == "nuclei":  # its network and weights, not the tiny ones
+                small = {k: v for k, v in small.items() if k not in ("model_options",
+                                                                     "init_from")}
             config = config.replace(**{**small, "minutes": None, "patch_size": [64, 64]})
         started = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="builtin-") as folder:

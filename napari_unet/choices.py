@@ -67,8 +67,10 @@ IGNORE_CLASS = 255
 # What pixels a user left at 0 mean: background (dense masks) or unknown (strokes, some slices).
 UNLABELED_CHOICES = ("background", "ignore")
 # What instance masks (one value per object) train: every object as the foreground (merge), or
-# background / interior / boundary, from which a seeded watershed makes objects (boundary).
-INSTANCE_CHOICES = ("merge", "boundary")
+# background / interior / boundary, from which a seeded watershed makes objects (boundary); or
+# (foreground) the masks mark the objects' area alone (strokes, a class mask) and a model of
+# objects fine-tuned from them keeps its own interior / boundary split (training.losses).
+INSTANCE_CHOICES = ("merge", "boundary", "foreground")
 # The boundary target's classes, in the order of the network's outputs.
 OBJECT_CLASSES = ("background", "interior", "boundary")
 # Objects from a prediction (predict --instances): auto = the watershed of a model of objects,

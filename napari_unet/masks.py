@@ -53,6 +53,8 @@ def mask_classes(mask, foreground_value=None, *, invert: bool = False,
         mask = np.where(unknown, 0, mask) if unknown.any() else mask
     if instances == "boundary":
         return _object_classes(mask, foreground_value, invert, unlabeled, unknown), False
+    if instances == "foreground":  # the objects' area: read as merged ids (training.losses)
+        instances = "merge"
     if unlabeled == "ignore":
         classes, merged, sparse_unknown = _sparse_classes(mask, foreground_value, instances,
                                                           background_value)

@@ -144,7 +144,9 @@ TRAIN_OPTIONS: tuple[Option, ...] = (
     Option("instances", str, "merge",
            "instance masks (one value per object): merge = every object is the foreground; "
            "boundary = learn background, interior and boundary, and make objects by a seeded "
-           "watershed (touching nuclei come apart)", choices=INSTANCE_CHOICES, flag=True),
+           "watershed (touching nuclei come apart); foreground = the masks mark the objects' area "
+           "alone (strokes, a class mask) and a model of objects it starts from (--init-from "
+           "nuclei) keeps its own interior / boundary split", choices=INSTANCE_CHOICES, flag=True),
     Option("foreground_oversample", float, 0.0),
     Option("fold", Optional[int], None, "the validation fold", flag=True, metavar="K"),
     Option("folds", int, 5, at_least=1, flag=True, metavar="N"),

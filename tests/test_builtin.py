@@ -123,11 +123,19 @@ def test_fine_tuning_from_nuclei_on_strokes(tmp_path, capsys):
                  str(run)]) == 0
     err = capsys.readouterr().err
     assert "init_from = nuclei: given by the user" in err
-    assert "lr = 0.0005: fine-tuning" in err and "new head" in err
+    assert "lr = 0.0005: fine-tuning" in err and "new head" not in err
+    assert "instances = foreground: nuclei makes objects" in err
     config = (run / "config.yaml").read_text()
     assert "init_from: nuclei" in config and "percentile_case" in config
+    # the strokes tuned the model of objects itself: its head, trained, makes objects
+    tuned, start = load_checkpoint(run), load_checkpoint("nuclei")
+    assert tuned.head.objects and tuned.model.num_classes == 3
+    assert not torch.equal(tuned.model.state_dict()["head.weight"],
+                           start.model.state_dict()["head.weight"])
     assert main(["predict", "--run", str(run), "--input", str(tmp_path / "image.png"),
                  "--output", str(tmp_path / "labels.tif"), "--device", "cpu"]) == 0
+    objects = tifffile.imread(tmp_path / "labels.tif")
+    assert len(np.unique(objects)) > 10  # one id per nucleus (the watershed), not classes
     # its bioimage.io package names the built-in model it came from, with the data's licenses
     package = export_bioimageio(run, tmp_path / "tuned.zip", image=image[:64, :64])
     with zipfile.ZipFile(package) as zipped:

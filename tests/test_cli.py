@@ -198,6 +198,9 @@ TRAIN_ERRORS = [
     (["--sample", "dagm", "--base-channels", "0"], "base_channels=0"),
     (["--sample", "dagm", "--init-from", "{image}"], "image.tif is not a napari_unet checkpoint"),
     (["--sample", "dagm", "--nnodes", "2"], "needs --rdzv-endpoint"),
+    (["--sample", "dagm", "--instances", "foreground"], "give --init-from a model of objects"),
+    (["--sample", "dagm", "--instances", "foreground", "--init-from", "{run}"],
+     "is no model of objects"),
     (["--sample", "dagm", "--node-rank", "1"], "add --nnodes N"),
     (["--sample", "dagm", "--rdzv-endpoint", "localhost:29400"], "add --nnodes N"),
 ]

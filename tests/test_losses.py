@@ -3,6 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from napari_unet.choices import IGNORE_CLASS
 from napari_unet.engine.training.losses import (
     AdaptiveLoss,
     DiceCELoss,
@@ -205,3 +206,29 @@ def test_build_loss_rejects_unknown_names_listing_the_choices():
 def test_mismatched_shapes_are_reported():
     with pytest.raises(ValueError, match="crop the mask"):
         soft_dice_loss(torch.zeros(1, 2, 388, 388), torch.zeros(1, 572, 572, dtype=torch.long))
+
+
+def test_a_model_of_objects_learns_their_area_and_keeps_its_own_boundaries():
+    """--instances foreground: background / interior / boundary logits scored on a mask of the
+    objects' area (1) and unlabelled pixels (IGNORE_CLASS): the loss is the 2-class loss of
+    background against interior + boundary, and an object pixel's gradient raises interior
+    and boundary in the proportion the model gives them (their split is kept)."""
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 8, 8, requires_grad=True)
+    target = torch.randint(0, 2, (2, 8, 8))
+    target[:, :2] = IGNORE_CLASS
+    loss = build_loss("dice_ce", 3, masked=True, objects_area=True)
+    value = loss(logits, target)
+    merged = torch.stack([logits[:, 0], torch.logsumexp(logits[:, 1:], 1)], 1)
+    assert torch.allclose(value, build_loss("dice_ce", 2, masked=True)(merged, target))
+    assert set(loss.last_terms) == {"dice_loss", "ce"}
+    value.backward()
+    grad, p = logits.grad, torch.softmax(logits.detach(), 1)
+    assert torch.all(grad[:, :, :2] == 0)  # unlabelled rows: no gradient at all
+    inside = target == 1
+    # interior and boundary gradients are in proportion to their probabilities: the split
+    # between them gets no push of its own
+    ratio_grad = grad[:, 1][inside] / grad[:, 2][inside]
+    ratio_p = p[:, 1][inside] / p[:, 2][inside]
+    assert torch.allclose(ratio_grad, ratio_p, rtol=1e-3)
+    assert torch.all(grad[:, 1][inside] < 0) and torch.all(grad[:, 2][inside] < 0)

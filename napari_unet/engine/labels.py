@@ -53,7 +53,7 @@ class LabelHead:
         (region training), one sigmoid output for the binary adaptive loss, else one output per
         class."""
         num_classes = max(2, int(num_classes))
-        if getattr(config, "instances", "merge") == "boundary":
+        if getattr(config, "instances", "merge") in ("boundary", "foreground"):
             if config.regions or config.loss == "adaptive":
                 raise ConfigError("--instances boundary learns three softmax classes: use "
                                   "--loss dice_ce (no regions, not the adaptive loss)")

@@ -81,6 +81,11 @@ def plan_from_start(plan, init_from, why: str) -> None:
             and start.data_info.get("colour") == "luminance":
         plan.choose("colour", "luminance", f"{init_from} reads colour images by their "
                                            f"luminance: so are these trained and predicted")
+    if start.head.objects and (fp is None or fp.classes <= 2):
+        plan.choose("instances", "foreground",
+                    f"{init_from} makes objects (interior and boundary, then a watershed): the "
+                    f"masks teach it where objects are and it keeps its own boundaries, so "
+                    f"touching objects still come apart (--instances merge: a new 2-class head)")
     plan.choose("model", start.config.model, f"the network of {init_from}")
     plan.choose("model_options", dict(start.config.model_options),
                 "its size, so that its weights fit")

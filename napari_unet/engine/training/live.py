@@ -45,7 +45,7 @@ from ..events import CheckpointSaved, MasksUpdated, Message, Progress, ViewPredi
 from ..prediction.predict import PredictionDone, predict_with_model, run_to_end
 from .loop import _finish, _Run
 from .pipeline import DeviceBatches
-from .setup import as_dataset
+from .setup import as_dataset, check_objects_start
 from .steps import ThroughputWindow
 
 LIVE_STEPS = 10_000_000  # a live run's steps while it runs: it ends on stop or its budget
@@ -148,11 +148,13 @@ def train_live(config, images=None, masks=None, *, run_dir, control: LiveControl
     if not every > 0:
         raise ConfigError(f"a live run's view period is {every} s: give seconds > 0")
     config = live_config(config)
+    start = init_from if init_from is not None else config.init_from
+    check_objects_start(config, start, resume)
     run = _Run(config, live_dataset(images, masks, config), None, None, None, run_dir, resume,
                live=True)
     if run.dist.enabled:
         raise ConfigError("a live run trains in one process: leave out --nproc")
-    run.build_training(resume, init_from if init_from is not None else config.init_from)
+    run.build_training(resume, start)
     run.batches = None
     state = _LiveState(run, control, every, deadline)
     yield run.started()

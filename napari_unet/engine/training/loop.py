@@ -40,6 +40,7 @@ from .setup import (
     as_dataset,
     as_luminance,
     check_data_fits_model,
+    check_objects_start,
     init_weights,
     lr_factor,
     make_augmenter,
@@ -59,9 +60,11 @@ def train(config: TrainConfig, images=None, masks=None, *, run_dir, resume: bool
     """Train a model; a generator of events. See the module docstring. `deadline`
     (time.monotonic(); one process only): a run still going then ends there, as if its
     steps were done, with a message (``--minutes`` on a machine that slowed down)."""
+    start = init_from if init_from is not None else config.init_from
+    check_objects_start(config, start, resume)
     run = _Run(config, images, masks, val_images, val_masks, run_dir, resume)
     run.deadline = None if run.dist.enabled else deadline
-    run.build_training(resume, init_from if init_from is not None else config.init_from)
+    run.build_training(resume, start)
     yield run.started()
     if run.amp_note:
         yield Message("warning", run.amp_note)
@@ -197,7 +200,8 @@ class _Run:
         if config.compile:
             self.net = torch.compile(self.net)
         self.loss_fn = build_loss(config.loss, self.head.outputs, self.head.regions,
-                                  masked=self.train_set.sparse or self.live)
+                                  masked=self.train_set.sparse or self.live,
+                                  objects_area=config.instances == "foreground")
         self.augment = make_augmenter(config)
         self._build_sampler()
         self.done = self.start_step  # completed optimizer steps

@@ -36,6 +36,7 @@ __all__ = [
     "DiceCELoss",
     "AdaptiveLoss",
     "RegionLoss",
+    "ObjectsAreaLoss",
     "build_loss",
     "available_losses",
 ]
@@ -183,6 +184,27 @@ class DiceCELoss(nn.Module):
         return dice_loss + ce
 
 
+class ObjectsAreaLoss(nn.Module):
+    """A model of objects (background / interior / boundary logits) taught by masks of the
+    objects' area alone (background 0, object 1: strokes, a class mask): the loss `inner` scores
+    the two classes background and object, the object's logit being the log-sum-exp of the
+    interior's and the boundary's (its probability is theirs summed). Where an object lies the
+    gradient raises interior and boundary in proportion to what the model gives each, so the
+    split between them stays the one the model started with (``--instances foreground``)."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+        self.last_terms: dict[str, torch.Tensor] = {}
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()
+        area = torch.cat([logits[:, :1], torch.logsumexp(logits[:, 1:], 1, keepdim=True)], 1)
+        loss = self.inner(area, target)
+        self.last_terms = self.inner.last_terms
+        return loss
+
+
 class AdaptiveLoss(nn.Module):
     """The industrial (TinyUNet / DAGM2007) loss: cross-entropy first, Dice once it fits.
 
@@ -280,11 +302,13 @@ def available_losses() -> list[str]:
     return list(_LOSSES)
 
 
-def build_loss(name: str, num_classes: int, regions=None, masked: bool = False) -> nn.Module:
+def build_loss(name: str, num_classes: int, regions=None, masked: bool = False,
+               objects_area: bool = False) -> nn.Module:
     """The loss called ``name`` for a network with ``num_classes`` output channels; with
     ``regions`` the region loss (Dice + cross-entropy, the only one region training has). The
     trainer passes its label head's ``outputs`` and ``regions``, and ``masked`` when some
-    training pixels are unlabelled (IGNORE_CLASS)."""
+    training pixels are unlabelled (IGNORE_CLASS); ``objects_area``: a model of objects (3
+    outputs) scored on masks of the objects' area (ObjectsAreaLoss)."""
     if regions:
         if name not in REGION_LOSSES:
             raise ConfigError(f"region training uses Dice + cross-entropy per region, not "
@@ -295,4 +319,5 @@ def build_loss(name: str, num_classes: int, regions=None, masked: bool = False) 
     if num_classes < 1:
         raise ConfigError(
             f"num_classes must be >= 1 (1 = binary with a sigmoid), got {num_classes}")
-    return _LOSSES[name](masked=masked)
+    loss = _LOSSES[name](masked=masked)
+    return ObjectsAreaLoss(loss) if objects_area else loss

@@ -202,6 +202,24 @@ def make_ema(model, decay: float):
 HEAD_PREFIX = "head."  # every model's last layer (models/)
 
 
+def check_objects_start(config, init_from, resume: bool) -> None:
+    """``--instances foreground`` keeps the interior / boundary split of the model it starts
+    from: a one-line error unless that is a model of objects (checked before anything is
+    written)."""
+    if config.instances != "foreground" or resume:
+        return
+    if init_from is None or str(init_from) == "none":
+        raise ConfigError("--instances foreground keeps the interior / boundary split of the "
+                          "model it starts from: give --init-from a model of objects (e.g. "
+                          "nuclei), or use --instances merge")
+    source = load_checkpoint(init_from)
+    if not source.head.objects:
+        raise ConfigError(f"--instances foreground keeps the interior / boundary split of the "
+                          f"model it starts from, and {init_from} is no model of objects (its "
+                          f"outputs are {source.head.kind}): start from one (e.g. nuclei), or "
+                          f"use --instances merge")
+
+
 def init_weights(init_from, model) -> str | None:
     """Fine-tune: start from another run's or a built-in model's weights. A different number
     of outputs (classes, regions, the boundary head) gets a new head, initialised afresh;

@@ -12,8 +12,10 @@ from ..prediction.predict import predict_with_model, run_to_end
 
 def validate(model, val_set, norm, config, input_size, device, dist, head: LabelHead) -> dict:
     """``dice``: the mean foreground Dice (region models: the mean Dice of the regions, which
-    ``head`` says)."""
-    num_classes = max(2, val_set.num_classes, head.outputs)
+    ``head`` says; a model of objects taught by their area, ``--instances foreground``: the
+    Dice of that area)."""
+    area = head.objects and config.instances == "foreground"
+    num_classes = 2 if area else max(2, val_set.num_classes, head.outputs)
     accumulator = DiceAccumulator(num_classes)
     tile_size = config.val_tile_size or list(input_size)
     was_training = model.training
@@ -26,7 +28,8 @@ def validate(model, val_set, norm, config, input_size, device, dist, head: Label
             threshold=config.threshold, resample=config.resample,
             keep_largest=config.keep_largest,
             channels_last=config.channels_last and model.spatial_dims == 2))
-        accumulator.update(done.labels, val_set.masks[index])
+        labels = (done.labels > 0).astype("uint8") if area else done.labels
+        accumulator.update(labels, val_set.masks[index])
     confusion = accumulator.confusion.to(device)
     accumulator.confusion = dist.sum_(confusion).cpu()
     model.train(was_training)
