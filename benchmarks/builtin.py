@@ -9,8 +9,10 @@ image four times enlarged: nuclei of 60-80 px) with objects.
 
 Fine-tuned: dsb2018 split as any_data.py (every third image a test image), the train part
 annotated with strokes (benchmarks/sparse.py: `--fraction` of the pixels), trained for
-`--minutes` from `nuclei` and from nothing (the same plan otherwise), scored on the test
-part (objects: connected components of the foreground, as a 2-class model gives them).
+`--minutes` (or `--steps`) from `nuclei` and from nothing (the same plan otherwise), scored
+on the test part. From `nuclei` the strokes tune its model of objects (`--instances
+foreground`, as the plan chooses) and the objects are its watershed's; from nothing they are
+the connected components of the 2-class foreground.
 
     builtin: model=nuclei data=dsb2018 dice=0.xxx ap50=0.xxx seconds=0.xx
     builtin: model=nuclei+strokes data=dsb2018 fraction=0.024 minutes=2 dice=.. ap50=..
@@ -18,6 +20,7 @@ part (objects: connected components of the foreground, as a 2-class model gives 
 
     .venv/bin/python benchmarks/builtin.py                      # zero-shot rows
     .venv/bin/python benchmarks/builtin.py --fine-tune --minutes 2 --fraction 0.024
+    .venv/bin/python benchmarks/builtin.py --fine-tune --steps 150 --no-zero-shot  # busy machine
 ``--tiny`` (the test suite): two images, two steps.
 """
 from __future__ import annotations
@@ -41,6 +44,7 @@ from napari_unet import builtin  # noqa: E402
 from napari_unet.engine import load_checkpoint, load_dataset, plan_for_data, predict  # noqa: E402
 from napari_unet.engine.instance_metrics import matching  # noqa: E402
 from napari_unet.engine.prediction.predict import run_to_end  # noqa: E402
+from napari_unet.engine.training.calibration import with_steps  # noqa: E402
 from napari_unet.io import read_image  # noqa: E402
 
 
@@ -126,10 +130,13 @@ def fine_tune(args) -> list[str]:
                 small = {k: v for k, v in small.items() if k not in ("model_options",
                                                                      "init_from")}
             config = config.replace(**{**small, "minutes": None, "patch_size": [64, 64]})
+        elif args.steps:  # the same steps for both starts, however busy the machine
+            config = with_steps(config.replace(minutes=None), args.steps)
         started = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="builtin-") as folder:
             run = Path(folder) / "run"
-            _, minutes, steps = train_fitted(config, strokes, run, not args.tiny, started)
+            _, minutes, steps = train_fitted(config, strokes, run,
+                                             not (args.tiny or args.steps), started)
             dice, ap50, seconds = score(load_checkpoint(run), pairs, True, diameter="off")
         label = "nuclei+strokes" if start == "nuclei" else "scratch+strokes"
         rows.append(row(label, "dsb2018", dice, ap50, seconds,
@@ -144,12 +151,16 @@ def main(argv=None) -> int:
     parser.add_argument("--fine-tune", action="store_true",
                         help="also fine-tune from nuclei and from nothing on strokes")
     parser.add_argument("--minutes", type=float, default=2.0)
+    parser.add_argument("--steps", type=int, default=None,
+                        help="fine-tune this many steps instead of --minutes (a busy machine)")
+    parser.add_argument("--zero-shot", action=argparse.BooleanOptionalAction, default=True,
+                        help="the zero-shot rows (--no-zero-shot: the fine-tune rows alone)")
     parser.add_argument("--fraction", type=float, default=0.024,
                         help="share of the train part's pixels painted as strokes")
     parser.add_argument("--data-root", type=Path, default=DATA_ROOT)
     parser.add_argument("--tiny", action="store_true", help="the test suite's mode")
     args = parser.parse_args(argv)
-    rows = zero_shot(args)
+    rows = zero_shot(args) if args.zero_shot else []
     if args.fine_tune:
         rows += fine_tune(args)
     print("\n" + "\n".join(rows))
