@@ -263,16 +263,22 @@ def test_the_plan_never_compiles_on_a_cpu_and_says_why(monkeypatch, device, word
     assert fitted.compile is True and fitted.plan["compile"] == "given by the user"
 
 
-def test_a_timed_run_measures_its_steps_and_trains_exactly_them(tmp_path):
+def test_a_timed_run_measures_its_steps_and_trains_exactly_them(tmp_path, monkeypatch):
+    from napari_unet.engine.training import calibration
+
     dataset = _tiny_dataset()
-    # 18 s: at least 10 steps after the timing unless a step takes over a second (a budget
-    # that leaves fewer is refused: test_a_budget_too_short_for_its_fixed_costs_is_said...)
     config = plan_run(fingerprint(dataset)).config(
         minutes=0.3, amp="off", device="cpu", batch_size=2, patch_size=[32, 32],
         model_options={"padding": "same", "base_channels": 4, "depth": 3, "norm": "batch",
                        "dropout": 0.0})
+    assert calibration.seconds_per_step(config, dataset, 0.5) > 0  # a real timing
+    # the fit from a timing of 1 s a step, whatever this machine's load: 18 s leave 17 steps
+    measured = []
+    monkeypatch.setattr(calibration, "seconds_per_step",
+                        lambda *args, **kwargs: measured.append(1) or 1.0)
     fitted, per_step = fit_to_minutes(config, dataset, seconds=0.5)
-    assert per_step > 0 and fitted.steps >= 10 and fitted.warmup_steps <= fitted.steps // 10
+    assert measured and per_step == 1.0
+    assert 15 <= fitted.steps <= 17 and fitted.warmup_steps <= fitted.steps // 10
     events = list(train(fitted, dataset, run_dir=tmp_path / "run"))
     assert isinstance(events[-1], Finished) and events[-1].step == fitted.steps
 
