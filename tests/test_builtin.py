@@ -130,6 +130,7 @@ def test_fine_tuning_from_nuclei_on_strokes(tmp_path, capsys):
     # the strokes tuned the model of objects itself: its head, trained, makes objects
     tuned, start = load_checkpoint(run), load_checkpoint("nuclei")
     assert tuned.head.objects and tuned.model.num_classes == 3
+    assert tuned.head.seed_threshold == start.head.seed_threshold == 0.95  # its seeds kept
     assert not torch.equal(tuned.model.state_dict()["head.weight"],
                            start.model.state_dict()["head.weight"])
     assert main(["predict", "--run", str(run), "--input", str(tmp_path / "image.png"),

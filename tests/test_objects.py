@@ -131,3 +131,31 @@ def test_the_head_of_objects_is_three_softmax_classes_and_survives_a_round_trip(
     assert LabelHead.from_dict({**head.to_dict(), "objects": False}).kind == "classes"
     with pytest.raises(ConfigError, match="dice_ce"):
         LabelHead.from_config(TrainConfig(instances="boundary", loss="adaptive"), 3)
+
+
+def test_a_model_of_objects_carries_its_watershed_seed_threshold():
+    """Two nuclei that touch, joined by a neck where the model is less sure of the interior
+    (0.8): seeds at the default 0.5 join them into one object, a head whose seed threshold is
+    0.95 (the built-in nuclei's) keeps them apart; the threshold survives the round trip."""
+    from dataclasses import replace
+
+    from napari_unet.engine.prediction.objects import make_objects
+
+    probabilities = np.zeros((3, 20, 40), np.float32)
+    probabilities[0] = 1.0
+    interior = np.zeros((20, 40), np.float32)
+    interior[5:15, 5:19], interior[5:15, 21:35] = 0.99, 0.99
+    interior[8:12, 19:21] = 0.8  # the neck
+    probabilities[1] = interior
+    probabilities[2] = np.where(interior > 0, 1.0 - interior, 0.0)
+    probabilities[0] = np.where(interior > 0, 0.0, 1.0)
+    head = LabelHead.from_config(TrainConfig(instances="boundary", loss="dice_ce"), 3)
+    labels = probabilities.argmax(0)
+    joined = make_objects(probabilities, labels, head)
+    assert len(np.unique(joined[joined > 0])) == 1
+    sure = replace(head, seed_threshold=0.95)
+    apart = make_objects(probabilities, labels, sure)
+    assert len(np.unique(apart[apart > 0])) == 2
+    assert LabelHead.from_dict(sure.to_dict()).seed_threshold == 0.95
+    older = {k: v for k, v in head.to_dict().items() if k != "seed_threshold"}
+    assert LabelHead.from_dict(older).seed_threshold == 0.5  # a head saved before it

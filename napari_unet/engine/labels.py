@@ -45,6 +45,9 @@ class LabelHead:
     outputs: int      # the network's output channels
     regions: tuple[tuple[int, ...], ...] | None = None  # label values of each sigmoid output
     objects: bool = False  # background / interior / boundary classes of instance masks
+    # objects: the watershed's seeds are where P(interior) >= this (prediction.instances); a
+    # model may carry its own, chosen on data held out of its training (the built-in nuclei)
+    seed_threshold: float = 0.5
 
     # -- made once: from the config, from what a checkpoint or package saved ---------------------
     @classmethod
@@ -89,13 +92,14 @@ class LabelHead:
                 "num_classes": self.num_classes, "outputs": self.outputs,
                 "regions": [list(region) for region in self.regions] if self.regions else None,
                 "names": self.names, "keys": self.keys, "values": self.values,
-                "objects": self.objects}
+                "objects": self.objects, "seed_threshold": self.seed_threshold}
 
     @classmethod
     def from_dict(cls, values: dict) -> LabelHead:
         regions = values.get("regions")
         return cls(int(values["num_classes"]), int(values["outputs"]),
-                   _as_regions(regions) if regions else None, bool(values.get("objects")))
+                   _as_regions(regions) if regions else None, bool(values.get("objects")),
+                   float(values.get("seed_threshold", 0.5)))
 
     # -- what the outputs are --------------------------------------------------------------------
     @property

@@ -7,7 +7,7 @@ here: the object diameter of the training masks (median equivalent diameter of t
 what prediction rescales other images to) and the scores on the held-out data.
 
     python scripts/builtin/ship.py RUN NAME --card CARD.json --train-masks DIR
-        [--heldout-images DIR --heldout-masks DIR]
+        [--heldout-images DIR --heldout-masks DIR] [--seed-threshold T]
 
 A card whose "rescale" is false (membranes) ships no object size: its images are predicted at
 their own scale.
@@ -48,9 +48,11 @@ def object_diameter(mask_folder: Path) -> float:
     return float(np.median(diameters))
 
 
-def stripped(state: dict, diameter: float | None, objects=None) -> dict:
+def stripped(state: dict, diameter: float | None, objects=None,
+             seed_threshold: float | None = None) -> dict:
     """The checkpoint to ship; `diameter` None: a model whose images are not rescaled to its
-    objects' size (membranes: no objects of one size)."""
+    objects' size (membranes: no objects of one size); `seed_threshold`: its watershed's seed
+    threshold (a model of objects), kept in its label head."""
     weights = state.get("ema_state") or state["model_state"]
     small = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
     result = {k: state[k] for k in KEEP}
@@ -58,6 +60,11 @@ def stripped(state: dict, diameter: float | None, objects=None) -> dict:
     result["data_info"] = dict(state["data_info"])
     if diameter is not None:
         result["data_info"]["object_diameter"] = round(diameter, 1)
+    if seed_threshold is not None:
+        labels = dict(result["data_info"]["labels"])
+        if not labels.get("objects"):
+            raise SystemExit("--seed-threshold is for a model of objects (--instances boundary)")
+        result["data_info"]["labels"] = dict(labels, seed_threshold=seed_threshold)
     if objects == "membranes":  # its predictions come with the cells between the membranes
         result["data_info"]["objects"] = "membranes"
     if state["data_info"].get("in_channels") == 1:  # trained on colour images' luminance
@@ -75,6 +82,16 @@ def score(folder: Path, images: Path, masks: Path, objects: bool = True) -> dict
     return dict(part.split("=") for part in out.split() if "=" in part)
 
 
+def _number(text: str):
+    """An int or float where `text` reads as one, else the text."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 def card_markdown(card: dict) -> str:
     """The card for people, from the card's data."""
     lines = [f"# {card['title']} (`{card['name']}`)", "", card["summary"] + ".", "",
@@ -83,6 +100,9 @@ def card_markdown(card: dict) -> str:
              (f"- objects it was trained on: {card['diameter']} px across (median); other sizes "
               f"are predicted at the matching scale (`--diameter`)" if card.get("diameter")
               else "- images are predicted at their own scale (no object size to match)")]
+    if card.get("seed_threshold") is not None:
+        lines += [(f"- objects: the watershed's seeds are where P(interior) >= "
+                  f"{card['seed_threshold']} ({card.get('seed_threshold_chosen', 'chosen')})")]
     lines += [f"- {card['use']}"] if card.get("use") else []
     lines += [f"- limits: {card['limits']}"] if card.get("limits") else []
     lines += ["", "## Data", ""]
@@ -117,6 +137,9 @@ def main(argv=None) -> int:
     parser.add_argument("--scores", nargs="+", metavar="KEY=VALUE",
                         help="held-out scores measured elsewhere (benchmarks/builtin.py's row), "
                              "e.g. samples=1 foreground_dice=0.813 ap50=0.327")
+    parser.add_argument("--seed-threshold", type=float,
+                        help="the watershed's seed threshold on P(interior), chosen on data "
+                             "that are not the held-out ones (the card says how)")
     parser.add_argument("--measured-by", default="python benchmarks/builtin.py",
                         help="the command that measured --scores")
     args = parser.parse_args(argv)
@@ -126,7 +149,10 @@ def main(argv=None) -> int:
     card = json.loads(args.card.read_text())
     # the card's "rescale": false: no object size to match (membranes)
     diameter = object_diameter(args.train_masks) if card.get("rescale", True) else None
-    torch.save(stripped(state, diameter, card.get("objects")), folder / builtin.WEIGHTS)
+    torch.save(stripped(state, diameter, card.get("objects"), args.seed_threshold),
+               folder / builtin.WEIGHTS)
+    if args.seed_threshold is not None:
+        card["seed_threshold"] = args.seed_threshold
     card.update(name=args.name, steps=state["step"])
     if diameter is not None:
         card["diameter"] = round(diameter, 1)
@@ -136,7 +162,8 @@ def main(argv=None) -> int:
         card["heldout_scores"] = score(folder, args.heldout_images, args.heldout_masks,
                                        objects=card.get("objects") is True)
     if args.scores:
-        card["heldout_scores"] = {**dict(item.split("=", 1) for item in args.scores),
+        card["heldout_scores"] = {**{key: _number(value) for key, value in
+                                     (item.split("=", 1) for item in args.scores)},
                                   "measured_by": args.measured_by}
     (folder / builtin.CARD_JSON).write_text(json.dumps(card, indent=2) + "\n")
     (folder / builtin.CARD).write_text(card_markdown(card))

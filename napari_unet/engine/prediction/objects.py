@@ -94,7 +94,8 @@ def _objects_of(probabilities, labels, head, how, spacing, out=None):
     if how == "membranes":
         return cells_from_membranes(probabilities, spacing=spacing, out=out, **blocks)
     if head.objects:
-        return objects_from_probabilities(probabilities, spacing=spacing, out=out, **blocks)
+        return objects_from_probabilities(probabilities, spacing=spacing, out=out,
+                                          seed_threshold=head.seed_threshold, **blocks)
     return label_blocks(lambda core: np.asarray(labels[core]) > 0, np.shape(labels),
                         blocks.get("block_shape"), out)[0]
 
