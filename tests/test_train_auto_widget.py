@@ -80,6 +80,34 @@ def test_auto_is_the_default_and_passes_only_what_the_user_set(make_napari_viewe
     assert args[args.index("--patch-size"):][:4] == ["--patch-size", "48", "48", "48"]
 
 
+@gui
+def test_the_compile_box_follows_the_plan_unless_the_user_sets_it(make_napari_viewer):
+    """torch.compile: planned (partly checked, nothing passed: the plan decides, on a GPU by
+    timing a compiled step), on (--compile) or off (compile=false, whatever the plan)."""
+    from qtpy.QtCore import Qt
+
+    from napari_unet.cli_commands import train_config
+    from napari_unet.engine.plan import Plan
+
+    viewer = make_napari_viewer()
+    train = train_widget(viewer)
+    box = train.compile
+    assert box.checkState() == Qt.CheckState.PartiallyChecked and box.text().endswith("planned")
+    plan = Plan(values={"compile": True}, fingerprint=None)  # a plan that compiles (a GPU)
+
+    def compiled(args):
+        return train_config(build_parser().parse_args(["train", *args]), plan).compile
+
+    args = train.cli_args("auto", Path("run"), 4)
+    assert "--compile" not in args and "compile=false" not in args and compiled(args)
+    box.setCheckState(Qt.CheckState.Unchecked)
+    args = train.cli_args("auto", Path("run"), 4)
+    assert box.text().endswith("off") and "compile=false" in args and not compiled(args)
+    box.setCheckState(Qt.CheckState.Checked)
+    args = train.cli_args("auto", Path("run"), 4)
+    assert box.text().endswith("on") and "--compile" in args and compiled(args)
+
+
 def test_the_time_left_comes_from_the_steps_done():
     event = Progress(step=30, total=130, loss=0.5, lr=1e-3, img_s=4.0)
     assert remaining_seconds(event, start_step=10, elapsed_s=40.0) == 200.0

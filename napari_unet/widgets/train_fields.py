@@ -39,6 +39,9 @@ from napari_unet.options import OPTIONS
 PLANNED = "planned"  # a number field left to the plan
 PRESET_DEFAULT = "preset default"  # ... or to a named preset
 LENGTH_OPTIONS = ("minutes", "steps")  # the run's length: the "Train for" row, never planned
+# switches the plan (or preset) decides unless the user does: a three-state check box whose
+# partly checked state is "planned" (the plan compiles on a GPU where the budget repays it)
+PLANNED_SWITCHES = ("compile",)
 FIRST_MODEL_MINUTES = 1  # from strokes to a first whole-image prediction
 
 
@@ -65,6 +68,8 @@ def leave_to_plan(field) -> None:
 
 def is_planned(field) -> bool:
     """Whether a field is left to the plan (or the preset): the widget does not pass it."""
+    if isinstance(field, QCheckBox):
+        return field.isTristate() and field.checkState() == Qt.CheckState.PartiallyChecked
     return isinstance(field, QAbstractSpinBox) and bool(field.specialValueText()) \
         and field.value() == field.minimum()
 
@@ -107,7 +112,22 @@ def option_field(option) -> QWidget:
         return combo_box(option.choices)
     if option.value_type is bool:
         box = QCheckBox(form.label)
-        box.setChecked(bool(option.default))
+        if option.name in PLANNED_SWITCHES:
+            box.setTristate(True)
+            words = {Qt.CheckState.PartiallyChecked: PLANNED, Qt.CheckState.Checked: "on",
+                     Qt.CheckState.Unchecked: "off"}
+
+            def say(*_):
+                box.setText(f"{form.label}: {words[box.checkState()]}")
+
+            box.stateChanged.connect(say)
+            box.setCheckState(Qt.CheckState.PartiallyChecked)
+            say()
+            box.setToolTip("planned (partly checked): the plan decides and says why (on a GPU "
+                           "it compiles where the time budget repays the compile time); a "
+                           "named preset keeps its own; on: always; off: never")
+        else:
+            box.setChecked(bool(option.default))
         return box
     box = spin_box(form.low, form.high, form.value, form.step, double=option.value_type is float)
     if form.decimals is not None:

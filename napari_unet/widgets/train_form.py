@@ -48,6 +48,7 @@ from napari_unet.widgets.start_from import StartFrom
 from napari_unet.widgets.train_data import TrainData, channel_count
 from napari_unet.widgets.train_fields import (
     LENGTH_OPTIONS,
+    PLANNED_SWITCHES,
     ObjectsChoice,
     TrainFor,
     Unpainted,
@@ -324,7 +325,11 @@ class TrainForm(TrainData, LayerPickers, QWidget):
         for option in SHOWN:
             field = self.option_fields[option.name]
             if self.train_for.counts(option.name) and not is_planned(field):
-                args += option_args(option, field_value(option, field), spatial_dims)
+                value = field_value(option, field)
+                if option.name in PLANNED_SWITCHES and not value:  # off, whatever the plan
+                    args += ["--set", f"{option.name}=false"]
+                else:
+                    args += option_args(option, value, spatial_dims)
         if self.train_for.by_steps.isChecked():
             # validation and checkpoints ten times a run, whatever its length (timed to the
             # minutes, the CLI sets them itself)
