@@ -130,7 +130,9 @@ def test_fine_tuning_from_nuclei_on_strokes(tmp_path, capsys):
     # the strokes tuned the model of objects itself: its head, trained, makes objects
     tuned, start = load_checkpoint(run), load_checkpoint("nuclei")
     assert tuned.head.objects and tuned.model.num_classes == 3
-    assert tuned.head.seed_threshold == start.head.seed_threshold == 0.95  # its seeds kept
+    # the start's seed threshold was chosen for its sure interior, not for a tuned one: with
+    # it, strokes-tuned nuclei scored AP@0.5 0.716 against 0.815 at the default (RESULTS)
+    assert start.head.seed_threshold == 0.95 and tuned.head.seed_threshold == 0.5
     assert not torch.equal(tuned.model.state_dict()["head.weight"],
                            start.model.state_dict()["head.weight"])
     assert main(["predict", "--run", str(run), "--input", str(tmp_path / "image.png"),

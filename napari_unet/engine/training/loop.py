@@ -41,7 +41,6 @@ from .setup import (
     as_luminance,
     check_data_fits_model,
     check_objects_start,
-    inherited_head,
     init_weights,
     lr_factor,
     make_augmenter,
@@ -197,8 +196,6 @@ class _Run:
                 self.scaler, self.ema)
         elif init_from is not None:
             self.head_note = init_weights(init_from, model)
-        self.head = inherited_head(self.head, init_from)
-        self.data_info["labels"] = self.head.to_dict()
         self.net = self.dist.wrap(model, device)
         if config.compile:
             self.net = torch.compile(self.net)

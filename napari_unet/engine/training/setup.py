@@ -220,15 +220,6 @@ def check_objects_start(config, init_from, resume: bool) -> None:
                           f"use --instances merge")
 
 
-def inherited_head(head, init_from):
-    """A model of objects tuned from one keeps the watershed seed threshold its start carries
-    (chosen on data held out of the start's training); any other head is `head` itself."""
-    if not head.objects or init_from is None or str(init_from) == "none":
-        return head
-    start = load_checkpoint(init_from).head
-    return replace(head, seed_threshold=start.seed_threshold) if start.objects else head
-
-
 def init_weights(init_from, model) -> str | None:
     """Fine-tune: start from another run's or a built-in model's weights. A different number
     of outputs (classes, regions, the boundary head) gets a new head, initialised afresh;
