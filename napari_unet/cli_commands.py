@@ -260,7 +260,8 @@ def planned_config(args, started: float):
         dims = dict(_parse_set(item) for item in args.set).get("spatial_dims", "auto")
         dataset = _load_data(args, dims, rule_of(args))
         config = train_config(args, engine.plan_for_data(dataset, args.device or "auto",
-                                                         init_from=_start_of(args)))
+                                                         init_from=_start_of(args),
+                                                         live=getattr(args, "live", False)))
         if config.minutes is None and args.steps is None:
             config = config.replace(minutes=engine.DEFAULT_MINUTES)
     else:

@@ -3,6 +3,7 @@ erased paint is gone, the optimiser keeps its state, the view is predicted, and 
 is a normal run folder."""
 import os
 import signal
+import time
 
 import numpy as np
 import pytest
@@ -171,6 +172,34 @@ def test_a_live_run_waits_for_paint_and_warns_of_a_class_it_cannot_learn(tmp_pat
     assert isinstance(event, Finished)
 
 
+def test_a_live_run_from_a_trained_start_shows_its_view_at_once_with_nothing_painted(
+        tmp_path):
+    """Issue 34: from a built-in model or a run, the view comes at once (no period's wait,
+    no step, no paint); paint then trains on."""
+    image, paint = image_and_paint()
+    first = tmp_path / "first"
+    for _ in train_live(live_config(), [image], [paint], run_dir=first, control=LiveControl(),
+                        deadline=0.0):
+        pass  # a run of 0 steps: its weights as the start
+    control = LiveControl()
+    control.set_view(image)
+    events = train_live(live_config(), [image], [np.zeros((SIZE, SIZE), np.uint8)],
+                        run_dir=tmp_path / "run", control=control, every=60,
+                        init_from=first, deadline=time.monotonic() + deadline(30))
+    views = []
+    for event in events:
+        if isinstance(event, ViewPredicted):
+            views.append(event)
+            assert event.step == 0 and event.labelled == 0 and event.time < 60
+            _, done, _ = control.latest()
+            assert done.labels.shape == (SIZE, SIZE)
+            control.update_mask(0, paint)  # then the user paints: it trains
+        if isinstance(event, Progress):
+            assert views  # the view came first
+            control.stop()
+    assert len(views) == 1 and isinstance(event, Finished)
+
+
 def test_bad_live_settings_are_one_line_errors(tmp_path):
     image, paint = image_and_paint()
     with pytest.raises(ConfigError, match="leave out --fold"):
@@ -299,3 +328,19 @@ def test_train_live_follows_a_mask_file_changed_while_it_runs(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     kept = tifffile.imread(run / "data" / "masks" / "image.tif")  # named as the image
     assert (kept == 1).all()  # the strokes as they were at the stop, as classes
+
+
+def test_train_live_with_preset_auto_trains_the_live_plan(tmp_path, capsys):
+    """`train --live --preset auto` plans the live recipe (printed with its reasons and kept
+    in config.yaml), not the batch plan's cosine over minutes."""
+    image, paint = image_and_paint()
+    tifffile.imwrite(tmp_path / "image.tif", image)
+    tifffile.imwrite(tmp_path / "paint.tif", paint)
+    code = main(["train", "--live", "--preset", "auto", "--init-from", "none", "--amp", "off",
+                 "--device", "cpu", "--minutes", "0.002", "--images",
+                 str(tmp_path / "image.tif"), "--masks", str(tmp_path / "paint.tif"),
+                 "--out", str(tmp_path / "run")])
+    assert code == 0, capsys.readouterr().err
+    config = load_checkpoint(tmp_path / "run").config
+    assert config.lr_schedule == "constant" and config.model_options["base_channels"] == 8
+    assert "live run" in config.plan["model_options"]

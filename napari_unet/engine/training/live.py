@@ -15,7 +15,9 @@ Masks are read by the run's mask rule (``--unlabeled ignore``: 0 is unknown, the
 background is ``background_value``); an update is in the sampler before the next step starts
 (``MasksUpdated``: how long it took), erased paint is unknown again, the optimiser and its
 state go on. No paint yet (or all erased): the run waits. The classes are fixed when the run
-starts (at least 2); paint of a class beyond them is left out, with a warning.
+starts (at least 2); paint of a class beyond them is left out, with a warning. A run that
+starts from weights (``init_from``: a built-in model or a run; ``resume``) predicts its view at
+once, painted or not, and shows it while it waits for paint.
 
 Every `every` seconds (or 3 x what a prediction takes, if more: the view costs at most a third
 of the time) the view is predicted with the current weights (``ViewPredicted``; the arrays:
@@ -152,9 +154,10 @@ def train_live(config, images=None, masks=None, *, run_dir, control: LiveControl
                live=True)
     if run.dist.enabled:
         raise ConfigError("a live run trains in one process: leave out --nproc")
-    run.build_training(resume, init_from if init_from is not None else config.init_from)
+    start = init_from if init_from is not None else config.init_from
+    run.build_training(resume, start)
     run.batches = None
-    state = _LiveState(run, control, every, deadline)
+    state = _LiveState(run, control, every, deadline, trained=bool(resume or start))
     yield run.started()
     for note in filter(None, [run.amp_note, run.head_note, *run.notes]):
         yield Message("warning" if note != run.head_note else "info", note)
@@ -174,11 +177,16 @@ def train_live(config, images=None, masks=None, *, run_dir, control: LiveControl
 class _LiveState:
     """Where a live run stands: its masks' paint, its view's refreshes, its clock."""
 
-    def __init__(self, run: _Run, control: LiveControl, every: float, deadline):
+    def __init__(self, run: _Run, control: LiveControl, every: float, deadline,
+                 trained: bool = False):
         self.run, self.control, self.every, self.deadline = run, control, every, deadline
         self.started = time.monotonic()
-        self.next_view = self.started + every
+        # weights that know something (a built-in model, a run): their view at once, paint
+        # or not; from nothing: after the first period's steps
+        self.trained = trained
+        self.next_view = self.started + (0.0 if trained else every)
         self.period, self.last_began, self.last_took, self.seen_view = every, 0.0, 0.0, 0
+        self.seen_step = -1  # the step of the last view: no new view of the same weights
         self.classes = max(2, run.dataset.num_classes)
         self.warned: set = set()  # samples warned about paint beyond the classes
         self.notes: list = []  # warnings of the updates being applied
@@ -197,6 +205,9 @@ class _LiveState:
                 if not waiting:
                     yield Message("info", "nothing is painted: the live run waits for paint")
                 waiting = True
+                view = self.refresh() if self.trained else None  # the start's view
+                if view is not None:
+                    yield view
                 control._wait(IDLE_S)
                 continue
             waiting = False
@@ -291,8 +302,8 @@ class _LiveState:
         """ViewPredicted when a view is due (its period is up, or a new view came and the
         last prediction's share allows it), else None."""
         view, version = self.control._current_view()
-        if view is None:
-            return None
+        if view is None or (version == self.seen_view and self.run.done == self.seen_step):
+            return None  # no view, or this view of these weights is shown
         due = self.next_view
         if version != self.seen_view and self.last_took:  # a new view: next, once the
             # last prediction's share of the time is over
@@ -300,7 +311,7 @@ class _LiveState:
         began = time.monotonic()
         if began < due:
             return None
-        self.seen_view = version
+        self.seen_view, self.seen_step = version, self.run.done
         done = self.predict(view)
         took = time.monotonic() - began
         self.period = max(self.every, SHARE * took)
