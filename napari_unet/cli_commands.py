@@ -347,8 +347,11 @@ def _load_data(args, spatial_dims, rule):
         return engine.sample_dataset(args.sample)
     if args.images and not args.masks:
         raise DataError("--images needs --masks (the labels for those images)")
+    # a live run from a model (a built-in one, a run) may start before anything is painted
+    unpainted_ok = getattr(args, "live", False) and (
+        args.resume or args.init_from not in (None, "none"))
     dataset = engine.load_dataset(args.data, images=args.images, masks=args.masks,
-                                  spatial_dims=spatial_dims, **rule)
+                                  spatial_dims=spatial_dims, unpainted_ok=unpainted_ok, **rule)
     classes = dataset.num_classes
     if getattr(args, "instances", None) == "merge" and classes > 2:
         # instance masks of few ids, which the rule reads as classes: merged as asked

@@ -219,3 +219,44 @@ def test_live_sends_only_the_changed_box_of_the_slice_in_view_and_the_new_view(
     finally:
         session.close()
     assert not session.scratch.exists()
+
+
+@gui
+def test_live_from_a_built_in_model_starts_with_nothing_painted_and_shows_its_view(
+        make_napari_viewer, qtbot, tmp_path):
+    """Issue 34: Start from a built-in model: Live with no paint yet shows the model's view at
+    once; from nothing, empty labels are refused (one line, no child, no folder)."""
+    viewer = make_napari_viewer()
+    image, _ = disc_image()
+    image_layer = viewer.add_image(image, name="cells")
+    labels = viewer.add_labels(np.zeros(image.shape, np.uint8), name="cells labels")
+    train = TrainWidget(viewer)
+    viewer.window.add_dock_widget(train, name="Train")
+    train.image_combo.value, train.labels_combo.value = image_layer, labels
+    train.amp.setCurrentText("off")
+    train.device.setCurrentText("cpu")
+    train.run_folder.setText(str(tmp_path / "scratch_run"))
+    count = len(notification_manager.records)
+    train.start_from.set("nothing")
+    train.live_button.click()
+    errors = [str(n.message) for n in notification_manager.records[count:]
+              if str(n.severity) == "error"]
+    assert any("are empty" in e and "Start from" in e for e in errors), errors
+    assert train.live is None and not train.runner.is_running()
+    assert not (tmp_path / "scratch_run").exists()
+
+    train.start_from.set("nuclei")
+    train.run_folder.setText(str(tmp_path / "run"))
+    try:
+        train.live_button.click()
+        assert train.runner.is_running(), train.runner.stderr_text[-2000:]
+        qtbot.waitUntil(lambda: train.live is not None and train.live.refreshes >= 1
+                        or not train.runner.is_running(), timeout=TIMEOUT_MS)
+        assert train.live.refreshes >= 1, train.runner.stderr_text[-2000:]
+        assert viewer.layers["cells live prediction"].data.shape == image.shape
+        assert not labels.data.any()  # nothing painted, the user's layer untouched
+        train.live_button.click()  # Stop
+        qtbot.waitUntil(lambda: train.runner.exit_code is not None, timeout=TIMEOUT_MS)
+    finally:
+        train.runner.stop(grace_s=10)
+    assert train.runner.exit_code == 0, train.runner.stderr_text[-2000:]

@@ -28,9 +28,10 @@ import numpy as np
 from qtpy.QtCore import QObject, QTimer
 from qtpy.QtWidgets import QDoubleSpinBox, QPushButton
 
-from napari_unet import live_inbox, runs
+from napari_unet import lazy, live_inbox, runs
 from napari_unet.io import read_image, write_tif
 from napari_unet.widgets import ChannelGroup, UserError, one_line, show_error, show_warning
+from napari_unet.widgets.start_from import NO_START
 
 DEBOUNCE_MS = 1000  # paint is sent this long after the first stroke event not sent yet
 STOP_WAIT_MS = 10_000  # Stop waits this long at most for the child to take the last paint
@@ -283,10 +284,14 @@ class LiveButtons:
             if len(pairs) != 1 or isinstance(pairs[0][0], ChannelGroup):
                 raise UserError("Live trains on one image layer and its labels: choose one "
                                 "pair (the list of pairs is for Start)")
-            spatial_dims = self._check_pairs(pairs, preset)
+            spatial_dims = self._check_pairs(pairs, preset, empty_ok=True)
             if spatial_dims != 2:
                 raise UserError("Live trains a 2D model (slice by slice): choose a 2D preset")
             init_from = self.start_from.init_from(preset, spatial_dims)
+            if init_from in (None, NO_START) and not lazy.any_nonzero(pairs[0][1].data):
+                raise UserError(f"labels '{pairs[0][1].name}' are empty: paint some objects "
+                                f"with the brush, or choose a model in Start from (its view "
+                                f"shows at once)")
             run_dir = self._prepare_run_folder()
             image, labels = pairs[0]
             session = LiveSession(self, image, labels, run_dir)
