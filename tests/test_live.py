@@ -104,7 +104,7 @@ def _adam_steps(run):
 def test_a_live_run_takes_new_paint_keeps_its_optimiser_and_stops_as_a_run(tmp_path, states):
     image, paint = image_and_paint()
     control = LiveControl()
-    control.set_view(image, region=(slice(8, 56), slice(16, 48)))
+    control.set_view(image, region=(slice(8, 56), slice(16, 48)), key=7)
     events = train_live(live_config(), [image], [paint], run_dir=tmp_path / "run",
                         control=control, every=0.01)
     seen, phase, steps_before = [], "start", None
@@ -138,6 +138,7 @@ def test_a_live_run_takes_new_paint_keeps_its_optimiser_and_stops_as_a_run(tmp_p
             latest, done, region = control.latest()
             assert latest == event and done.probabilities.shape[-2:] == (48, 32)
             assert done.labels.shape == (48, 32) and event.period >= 0.01
+            assert event.view == 7 and event.region == (8, 56, 16, 48)  # which view it was
             control.stop()
             phase = "stopping"
     assert phase == "stopping" and isinstance(seen[-1], Finished)
@@ -235,8 +236,8 @@ class _Control:
     def update_mask(self, index, values, offset=None):
         self.updates.append((index, np.asarray(values)) + ((offset,) if offset else ()))
 
-    def set_view(self, image, region=None):
-        self.views.append((np.asarray(image), region))
+    def set_view(self, image, region=None, key=-1):
+        self.views.append((np.asarray(image), region, key))
 
 
 def test_another_process_sends_regions_and_views_through_the_inbox_in_order(tmp_path):
@@ -247,14 +248,15 @@ def test_another_process_sends_regions_and_views_through_the_inbox_in_order(tmp_
     run = tmp_path / "run"
     watcher, control = MaskWatcher(path, ["image"], run), _Control()
     live_inbox.send_mask(run, 0, np.full((2, 3), 2, np.uint8), offset=(10, 20))
-    live_inbox.send_view(run, np.ones((SIZE, SIZE), np.float32), (slice(0, 32), slice(8, None)))
+    live_inbox.send_view(run, np.ones((SIZE, SIZE), np.float32), (slice(0, 32), slice(8, None)),
+                         key=3)
     live_inbox.send_mask(run, 0, np.full((1, 1), 1, np.uint8), offset=(5, 5))
     whole = live_inbox.send_mask(tmp_path / "other", 0, np.zeros((40, 40), np.uint8)).read_bytes()
     (live_inbox.inbox(run) / "99999999999999999999-half-mask.npz").write_bytes(whole[:200])
     watcher.poll(control)
     assert [(index, values.shape, offset) for index, values, offset in control.updates] == \
         [(0, (2, 3), (10, 20)), (0, (1, 1), (5, 5))]
-    assert control.views[0][1] == (slice(0, 32), slice(8, None))
+    assert control.views[0][1:] == ((slice(0, 32), slice(8, None)), 3)  # the region, its key
     assert control.views[0][0].shape == (SIZE, SIZE)
     watcher.poll(control)
     assert len(control.updates) == 2 and len(control.views) == 1  # each read once

@@ -64,6 +64,7 @@ class LiveView:
 
     image: object
     region: tuple | None = None
+    key: int = -1  # the face's name for it, carried by ViewPredicted.view
 
 
 class LiveControl:
@@ -85,10 +86,11 @@ class LiveControl:
             self._updates.append((int(index), np.array(values), offset, time.monotonic()))
         self._news.set()
 
-    def set_view(self, image, region=None) -> None:
-        """Predict `image` (its `region`, a tuple of slices) from the next refresh on."""
+    def set_view(self, image, region=None, key: int = -1) -> None:
+        """Predict `image` (its `region`, a tuple of slices) from the next refresh on; `key`:
+        the face's name for this view (e.g. a slice index), in each ViewPredicted of it."""
         with self._lock:
-            self._view = LiveView(image, region)
+            self._view = LiveView(image, region, int(key))
             self._view_version += 1
         self._news.set()
 
@@ -312,18 +314,20 @@ class _LiveState:
         if began < due:
             return None
         self.seen_view, self.seen_step = version, self.run.done
-        done = self.predict(view)
+        done, bounds = self.predict(view)
         took = time.monotonic() - began
         self.period = max(self.every, SHARE * took)
         self.next_view, self.last_began, self.last_took = began + self.period, began, took
         event = ViewPredicted(step=self.run.done, time=time.monotonic() - self.started,
-                              seconds=took, period=self.period, labelled=self.labelled)
+                              seconds=took, period=self.period, labelled=self.labelled,
+                              view=view.key, region=bounds)
         self.control._keep((event, done, view.region))
         return event
 
-    def predict(self, view: LiveView) -> PredictionDone:
-        """The view's region predicted with the weights as they are (EMA's, if any), with
-        some context around it."""
+    def predict(self, view: LiveView):
+        """(the view's region predicted with the weights as they are (EMA's, if any), with
+        some context around it; the region's bounds, flat: start, stop of each axis, or ()
+        for the whole image)."""
         run, config = self.run, self.run.config
         image = view_image(view.image, config.spatial_dims, run.dataset.in_channels)
         crop, inner = _with_context(image.shape[1:], view.region, run.input_size)
@@ -338,8 +342,10 @@ class _LiveState:
                 channels_last=config.channels_last and model.spatial_dims == 2))
         finally:
             model.train()
+        bounds = () if view.region is None else tuple(
+            int(v) for c, i in zip(crop, inner) for v in (c.start + i.start, c.start + i.stop))
         return PredictionDone(np.asarray(done.probabilities)[(Ellipsis,) + inner],
-                              np.asarray(done.labels)[inner])
+                              np.asarray(done.labels)[inner]), bounds
 
     # -- the end
     def keep_run(self, save: bool = True) -> None:
