@@ -199,6 +199,16 @@ def test_a_live_run_from_a_trained_start_shows_its_view_at_once_with_nothing_pai
             assert views  # the view came first
             control.stop()
     assert len(views) == 1 and isinstance(event, Finished)
+    # painted from the start: the start's view still comes before the first step
+    control = LiveControl()
+    control.set_view(image)
+    for event in train_live(live_config(), [image], [paint], run_dir=tmp_path / "painted",
+                            control=control, every=60, init_from=first,
+                            deadline=time.monotonic() + deadline(30)):
+        assert not isinstance(event, Progress), "a step before the start's view"
+        if isinstance(event, ViewPredicted):
+            assert event.step == 0
+            control.stop()
 
 
 def test_bad_live_settings_are_one_line_errors(tmp_path):

@@ -53,6 +53,7 @@ from .steps import ThroughputWindow
 LIVE_STEPS = 10_000_000  # a live run's steps while it runs: it ends on stop or its budget
 IDLE_S = 0.05  # how long a run with nothing painted waits for news at a time
 SHARE = 3.0  # a view's period is at least SHARE x its prediction's time
+VIEW_TILE = 512  # a padded network predicts the view in tiles of up to this side
 IMAGES, MASKS = "images", "masks"  # RUN/data/ (the training set's folders)
 
 
@@ -213,6 +214,11 @@ class _LiveState:
                 control._wait(IDLE_S)
                 continue
             waiting = False
+            if self.trained and self.seen_step < 0:  # the start's view before any step
+                view = self.refresh()
+                if view is not None:
+                    yield view
+                    continue  # stopped meanwhile, or paint came: as at every turn
             if run.batches is None:
                 run.batches = DeviceBatches(run.sampler, range(step, LIVE_STEPS), run.device)
             yield from self.one_step(step, window)
@@ -332,10 +338,17 @@ class _LiveState:
         image = view_image(view.image, config.spatial_dims, run.dataset.in_channels)
         crop, inner = _with_context(image.shape[1:], view.region, run.input_size)
         model = run.model if run.ema is None else run.ema.module
+        tile = config.val_tile_size or list(run.input_size)
+        if not config.val_tile_size and tuple(run.input_size) == tuple(run.output_size):
+            # a padded network takes any multiple of its size: the crop in one tile (up to
+            # VIEW_TILE a side), not many training windows that overlap
+            multiple = getattr(model, "size_multiple", 16)
+            tile = [max(t, min(VIEW_TILE, -(-(c.stop - c.start) // multiple) * multiple))
+                    for t, c in zip(tile, crop)]
         try:
             done = run_to_end(predict_with_model(
                 model, image[(slice(None),) + crop], run.norm, head=run.head,
-                tile_size=config.val_tile_size or list(run.input_size),
+                tile_size=tile,
                 overlap=config.val_overlap, batch_size=max(1, config.batch_size),
                 amp=config.amp, device=run.device, threshold=config.threshold,
                 resample=config.resample,
