@@ -102,8 +102,8 @@ class LiveSession(QObject):
         self._connections = [(labels.events.paint, self._changed),
                              (labels.events.data, self._changed),
                              (self.viewer.dims.events.current_step, self._changed),
-                             (self.viewer.camera.events.center, self._changed),
-                             (self.viewer.camera.events.zoom, self._changed),
+                             (self._camera().events.center, self._changed),
+                             (self._camera().events.zoom, self._changed),
                              (self.viewer.layers.events.removed, self._removed)]
         for emitter, slot in self._connections:
             emitter.connect(slot)
@@ -126,6 +126,11 @@ class LiveSession(QObject):
             return 0
         step = self.viewer.dims.current_step
         return int(np.clip(step[len(step) - 3] if len(step) >= 3 else 0, 0, self.shape[0] - 1))
+
+    def _camera(self):
+        """The viewer's camera (napari >= 0.9: viewer.scene.camera; before: viewer.camera)."""
+        scene = getattr(self.viewer, "scene", None)
+        return getattr(scene, "camera", None) or self.viewer.camera
 
     def current_region(self):
         """The visible field of view of the image plane, ((y0, y1), (x0, x1)) rounded out to
