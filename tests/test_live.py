@@ -356,3 +356,15 @@ def test_train_live_with_preset_auto_trains_the_live_plan(tmp_path, capsys):
     config = load_checkpoint(tmp_path / "run").config
     assert config.lr_schedule == "constant" and config.model_options["base_channels"] == 8
     assert "live run" in config.plan["model_options"]
+
+
+def test_train_live_from_nothing_refuses_masks_with_nothing_painted(tmp_path, capsys):
+    """Only a live run that starts from a model (--init-from) may wait for the first paint."""
+    image, _ = image_and_paint()
+    tifffile.imwrite(tmp_path / "image.tif", image)
+    tifffile.imwrite(tmp_path / "empty.tif", np.zeros((SIZE, SIZE), np.uint8))
+    code = main(["train", "--live", *LIVE, "--images", str(tmp_path / "image.tif"), "--masks",
+                 str(tmp_path / "empty.tif"), "--out", str(tmp_path / "run")])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "no mask holds a labelled pixel" in lines[0]
+    assert not (tmp_path / "run").exists()
