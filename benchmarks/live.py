@@ -6,7 +6,8 @@ benchmarks/sparse.py (``--strokes both``: skeletons and lines along the edges, a
 ``--fraction`` of the pixels) are cut into the field's BLOCK x BLOCK blocks, and one block's
 strokes (one "stroke", as a user paints one area at a time, in a random order of the blocks
 that hold any) are revealed every ``--every`` seconds of wall time to a running live run
-(engine.train_live, from scratch, the plan made for the field), which predicts the whole field
+(engine.train_live, from scratch or ``--init-from``, the live plan made for the field, or
+``--plan batch``: train --preset auto's), which predicts the whole field
 every ``--view-every`` seconds (longer where a prediction takes more than a third of the time).
 Each refreshed view is scored against the dense truth (foreground Dice) with its time since
 the start. Beside it the batch way at equal wall time: all the strokes given at the start, the
@@ -122,14 +123,20 @@ def bench(name: str, args) -> list[str]:
     block = TINY_SIDE // 2 if args.tiny else BLOCK
     sequence = stroke_sequence(truth, args.fraction, args.seed, block)
     dense = Dataset([image], [truth], [name], 2)
-    config = plan_for_data(dense, "cpu").config(device="cpu", unlabeled="background",
-                                                ignore_value=IGNORE_CLASS)
+    config = plan_for_data(dense, "cpu", init_from=args.init_from,
+                           live=args.plan == "live").config(device="cpu", unlabeled="background",
+                                                            ignore_value=IGNORE_CLASS)
+    if args.base_channels:  # trying another width of the plan's network
+        config = config.replace(model_options={**config.model_options,
+                                               "base_channels": args.base_channels})
     if args.tiny:
         config = config.replace(**{**tiny_options(dense), "steps": 1})
     print(f"\n== {name}: field {truth.shape}, {len(sequence)} strokes "
           f"({(sequence[-1] != IGNORE_CLASS).mean():.4f} of the pixels), one every "
-          f"{args.every:g} s; {config.model}, patch {config.patch_size}, batch "
-          f"{config.batch_size}", flush=True)
+          f"{args.every:g} s; the {args.plan} plan: {config.model} "
+          f"{config.model_options.get('base_channels')} wide, patch {config.patch_size}, "
+          f"batch {config.batch_size}, lr {config.lr:g}, from {config.init_from or 'nothing'}",
+          flush=True)
     lines = []
     for mode, reveal in (("live", args.every), ("batch", 0.0)):
         for seconds, step, shown, dice in play(config, image, truth, sequence, args, reveal):
@@ -208,6 +215,13 @@ def main(argv=None) -> int:
                         help="seconds between refreshed views")
     parser.add_argument("--fraction", type=float, default=0.03,
                         help="share of the field's pixels in all the strokes")
+    parser.add_argument("--plan", choices=["live", "batch"], default="live",
+                        help="the recipe: the live plan (train --live's) or the batch plan "
+                             "(train --preset auto's)")
+    parser.add_argument("--init-from", default="none",
+                        help="start from this built-in model or run (default: from nothing)")
+    parser.add_argument("--base-channels", type=int, default=None,
+                        help="the network's width instead of the plan's")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-root", type=Path, default=DATA_ROOT)
     parser.add_argument("--png", type=Path, default=None, help="draw the curves here")

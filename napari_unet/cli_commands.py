@@ -260,7 +260,8 @@ def planned_config(args, started: float):
         dims = dict(_parse_set(item) for item in args.set).get("spatial_dims", "auto")
         dataset = _load_data(args, dims, rule_of(args))
         config = train_config(args, engine.plan_for_data(dataset, args.device or "auto",
-                                                         init_from=_start_of(args)))
+                                                         init_from=_start_of(args),
+                                                         live=getattr(args, "live", False)))
         if config.minutes is None and args.steps is None:
             config = config.replace(minutes=engine.DEFAULT_MINUTES)
     else:
@@ -346,8 +347,11 @@ def _load_data(args, spatial_dims, rule):
         return engine.sample_dataset(args.sample)
     if args.images and not args.masks:
         raise DataError("--images needs --masks (the labels for those images)")
+    # a live run from a model (a built-in one, a run) may start before anything is painted
+    unpainted_ok = getattr(args, "live", False) and (
+        args.resume or args.init_from not in (None, "none"))
     dataset = engine.load_dataset(args.data, images=args.images, masks=args.masks,
-                                  spatial_dims=spatial_dims, **rule)
+                                  spatial_dims=spatial_dims, unpainted_ok=unpainted_ok, **rule)
     classes = dataset.num_classes
     if getattr(args, "instances", None) == "merge" and classes > 2:
         # instance masks of few ids, which the rule reads as classes: merged as asked

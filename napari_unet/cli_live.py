@@ -188,7 +188,8 @@ class MaskWatcher:
         if self.run_dir is not None:
             for kind, message in live_inbox.read_messages(self.run_dir):
                 if kind == live_inbox.VIEW:
-                    control.set_view(message["image"], live_inbox.region_of(message["region"]))
+                    control.set_view(message["image"], live_inbox.region_of(message["region"]),
+                                     int(message.get("key", -1)))
                 else:
                     control.update_mask(int(message["index"]), message["values"],
                                         tuple(int(o) for o in message["offset"]))

@@ -7,8 +7,9 @@ child (cli_live.MaskWatcher):
 
 - ``send_mask(run_dir, index, values, offset=None)``: sample `index`'s new paint, raw values,
   the whole mask or only the changed region at `offset` (one start per spatial axis).
-- ``send_view(run_dir, image, region=None)``: predict `image` (its `region`: slices of the
-  spatial axes, None: all) from the next refresh on.
+- ``send_view(run_dir, image, region=None, key=-1)``: predict `image` (its `region`: slices of
+  the spatial axes, None: all) from the next refresh on; `key` comes back in each
+  ViewPredicted of it (the widget: the slice index).
 """
 from __future__ import annotations
 
@@ -38,11 +39,11 @@ def send_mask(run_dir, index: int, values, offset=None) -> Path:
     return _send(run_dir, MASK, index=np.int64(index), values=values, offset=offset)
 
 
-def send_view(run_dir, image, region=None) -> Path:
+def send_view(run_dir, image, region=None, key: int = -1) -> Path:
     image = np.asarray(image)
     bounds = np.asarray([[s.start or 0, -1 if s.stop is None else s.stop] for s in region],
                         np.int64) if region is not None else np.zeros((0, 2), np.int64)
-    return _send(run_dir, VIEW, image=image, region=bounds)
+    return _send(run_dir, VIEW, image=image, region=bounds, key=np.int64(key))
 
 
 def _send(run_dir, kind, **arrays) -> Path:

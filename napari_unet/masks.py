@@ -73,13 +73,16 @@ def mask_classes(mask, foreground_value=None, *, invert: bool = False,
 
 def check_mask_values(values, foreground_value=None, *, invert: bool = False,
                       unlabeled: str = "background", background_value: int = 1,
-                      ignore_value=None, instances=None) -> list[str]:
+                      ignore_value=None, instances=None, unpainted_ok: bool = False
+                      ) -> list[str]:
     """The rule's stated values against `values`, every value the masks of a set hold (their
     union: a value one mask lacks may be in another). A value the rule names that no mask
     holds is a mistake (DataError saying what was found), as are masks with no labelled pixel
     and values that contradict (ConfigError); what is valid but probably not meant comes back
     as warnings, one line each. Asked once per set, before training or scoring, by the data
     sets (``dataset_from_pairs``, ``as_dataset``) and the Train widget (:func:`check_labels`).
+    `unpainted_ok`: masks with nothing painted yet pass (--unlabeled ignore), for a live run
+    that starts from a model and waits for paint.
     """
     del invert  # swaps classes after the rule: no value of its own
     values = np.unique(np.asarray(values))
@@ -89,6 +92,8 @@ def check_mask_values(values, foreground_value=None, *, invert: bool = False,
         labelled = values[(values != 0) & (values != ignore_value)]
         if foreground_value is not None:
             labelled = labelled[(labelled == foreground_value) | (labelled == background_value)]
+        if labelled.size == 0 and unpainted_ok:
+            return []
         if labelled.size == 0:
             raise DataError(f"no mask holds a labelled pixel ({found}; --unlabeled ignore reads "
                             "0 as unknown): nothing to learn from; paint the background as "

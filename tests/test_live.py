@@ -3,6 +3,7 @@ erased paint is gone, the optimiser keeps its state, the view is predicted, and 
 is a normal run folder."""
 import os
 import signal
+import time
 
 import numpy as np
 import pytest
@@ -103,7 +104,7 @@ def _adam_steps(run):
 def test_a_live_run_takes_new_paint_keeps_its_optimiser_and_stops_as_a_run(tmp_path, states):
     image, paint = image_and_paint()
     control = LiveControl()
-    control.set_view(image, region=(slice(8, 56), slice(16, 48)))
+    control.set_view(image, region=(slice(8, 56), slice(16, 48)), key=7)
     events = train_live(live_config(), [image], [paint], run_dir=tmp_path / "run",
                         control=control, every=0.01)
     seen, phase, steps_before = [], "start", None
@@ -137,6 +138,7 @@ def test_a_live_run_takes_new_paint_keeps_its_optimiser_and_stops_as_a_run(tmp_p
             latest, done, region = control.latest()
             assert latest == event and done.probabilities.shape[-2:] == (48, 32)
             assert done.labels.shape == (48, 32) and event.period >= 0.01
+            assert event.view == 7 and event.region == (8, 56, 16, 48)  # which view it was
             control.stop()
             phase = "stopping"
     assert phase == "stopping" and isinstance(seen[-1], Finished)
@@ -169,6 +171,44 @@ def test_a_live_run_waits_for_paint_and_warns_of_a_class_it_cannot_learn(tmp_pat
             control.stop()
     assert any("class 2 is left out" in text for text in texts), texts
     assert isinstance(event, Finished)
+
+
+def test_a_live_run_from_a_trained_start_shows_its_view_at_once_with_nothing_painted(
+        tmp_path):
+    """Issue 34: from a built-in model or a run, the view comes at once (no period's wait,
+    no step, no paint); paint then trains on."""
+    image, paint = image_and_paint()
+    first = tmp_path / "first"
+    for _ in train_live(live_config(), [image], [paint], run_dir=first, control=LiveControl(),
+                        deadline=0.0):
+        pass  # a run of 0 steps: its weights as the start
+    control = LiveControl()
+    control.set_view(image)
+    events = train_live(live_config(), [image], [np.zeros((SIZE, SIZE), np.uint8)],
+                        run_dir=tmp_path / "run", control=control, every=60,
+                        init_from=first, deadline=time.monotonic() + deadline(30))
+    views = []
+    for event in events:
+        if isinstance(event, ViewPredicted):
+            views.append(event)
+            assert event.step == 0 and event.labelled == 0 and event.time < 60
+            _, done, _ = control.latest()
+            assert done.labels.shape == (SIZE, SIZE)
+            control.update_mask(0, paint)  # then the user paints: it trains
+        if isinstance(event, Progress):
+            assert views  # the view came first
+            control.stop()
+    assert len(views) == 1 and isinstance(event, Finished)
+    # painted from the start: the start's view still comes before the first step
+    control = LiveControl()
+    control.set_view(image)
+    for event in train_live(live_config(), [image], [paint], run_dir=tmp_path / "painted",
+                            control=control, every=60, init_from=first,
+                            deadline=time.monotonic() + deadline(30)):
+        assert not isinstance(event, Progress), "a step before the start's view"
+        if isinstance(event, ViewPredicted):
+            assert event.step == 0
+            control.stop()
 
 
 def test_bad_live_settings_are_one_line_errors(tmp_path):
@@ -206,8 +246,8 @@ class _Control:
     def update_mask(self, index, values, offset=None):
         self.updates.append((index, np.asarray(values)) + ((offset,) if offset else ()))
 
-    def set_view(self, image, region=None):
-        self.views.append((np.asarray(image), region))
+    def set_view(self, image, region=None, key=-1):
+        self.views.append((np.asarray(image), region, key))
 
 
 def test_another_process_sends_regions_and_views_through_the_inbox_in_order(tmp_path):
@@ -218,14 +258,15 @@ def test_another_process_sends_regions_and_views_through_the_inbox_in_order(tmp_
     run = tmp_path / "run"
     watcher, control = MaskWatcher(path, ["image"], run), _Control()
     live_inbox.send_mask(run, 0, np.full((2, 3), 2, np.uint8), offset=(10, 20))
-    live_inbox.send_view(run, np.ones((SIZE, SIZE), np.float32), (slice(0, 32), slice(8, None)))
+    live_inbox.send_view(run, np.ones((SIZE, SIZE), np.float32), (slice(0, 32), slice(8, None)),
+                         key=3)
     live_inbox.send_mask(run, 0, np.full((1, 1), 1, np.uint8), offset=(5, 5))
     whole = live_inbox.send_mask(tmp_path / "other", 0, np.zeros((40, 40), np.uint8)).read_bytes()
     (live_inbox.inbox(run) / "99999999999999999999-half-mask.npz").write_bytes(whole[:200])
     watcher.poll(control)
     assert [(index, values.shape, offset) for index, values, offset in control.updates] == \
         [(0, (2, 3), (10, 20)), (0, (1, 1), (5, 5))]
-    assert control.views[0][1] == (slice(0, 32), slice(8, None))
+    assert control.views[0][1:] == ((slice(0, 32), slice(8, None)), 3)  # the region, its key
     assert control.views[0][0].shape == (SIZE, SIZE)
     watcher.poll(control)
     assert len(control.updates) == 2 and len(control.views) == 1  # each read once
@@ -299,3 +340,31 @@ def test_train_live_follows_a_mask_file_changed_while_it_runs(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     kept = tifffile.imread(run / "data" / "masks" / "image.tif")  # named as the image
     assert (kept == 1).all()  # the strokes as they were at the stop, as classes
+
+
+def test_train_live_with_preset_auto_trains_the_live_plan(tmp_path, capsys):
+    """`train --live --preset auto` plans the live recipe (printed with its reasons and kept
+    in config.yaml), not the batch plan's cosine over minutes."""
+    image, paint = image_and_paint()
+    tifffile.imwrite(tmp_path / "image.tif", image)
+    tifffile.imwrite(tmp_path / "paint.tif", paint)
+    code = main(["train", "--live", "--preset", "auto", "--init-from", "none", "--amp", "off",
+                 "--device", "cpu", "--minutes", "0.002", "--images",
+                 str(tmp_path / "image.tif"), "--masks", str(tmp_path / "paint.tif"),
+                 "--out", str(tmp_path / "run")])
+    assert code == 0, capsys.readouterr().err
+    config = load_checkpoint(tmp_path / "run").config
+    assert config.lr_schedule == "constant" and config.model_options["base_channels"] == 8
+    assert "live run" in config.plan["model_options"]
+
+
+def test_train_live_from_nothing_refuses_masks_with_nothing_painted(tmp_path, capsys):
+    """Only a live run that starts from a model (--init-from) may wait for the first paint."""
+    image, _ = image_and_paint()
+    tifffile.imwrite(tmp_path / "image.tif", image)
+    tifffile.imwrite(tmp_path / "empty.tif", np.zeros((SIZE, SIZE), np.uint8))
+    code = main(["train", "--live", *LIVE, "--images", str(tmp_path / "image.tif"), "--masks",
+                 str(tmp_path / "empty.tif"), "--out", str(tmp_path / "run")])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "no mask holds a labelled pixel" in lines[0]
+    assert not (tmp_path / "run").exists()

@@ -219,3 +219,99 @@ def test_live_sends_only_the_changed_box_of_the_slice_in_view_and_the_new_view(
     finally:
         session.close()
     assert not session.scratch.exists()
+
+
+@gui
+def test_live_from_a_built_in_model_starts_with_nothing_painted_and_shows_its_view(
+        make_napari_viewer, qtbot, tmp_path):
+    """Issue 34: Start from a built-in model: Live with no paint yet shows the model's view at
+    once; from nothing, empty labels are refused (one line, no child, no folder)."""
+    viewer = make_napari_viewer()
+    image, _ = disc_image()
+    image_layer = viewer.add_image(image, name="cells")
+    labels = viewer.add_labels(np.zeros(image.shape, np.uint8), name="cells labels")
+    train = TrainWidget(viewer)
+    viewer.window.add_dock_widget(train, name="Train")
+    train.image_combo.value, train.labels_combo.value = image_layer, labels
+    train.amp.setCurrentText("off")
+    train.device.setCurrentText("cpu")
+    train.run_folder.setText(str(tmp_path / "scratch_run"))
+    count = len(notification_manager.records)
+    train.start_from.set("nothing")
+    train.live_button.click()
+    errors = [str(n.message) for n in notification_manager.records[count:]
+              if str(n.severity) == "error"]
+    assert any("are empty" in e and "Start from" in e for e in errors), errors
+    assert train.live is None and not train.runner.is_running()
+    assert not (tmp_path / "scratch_run").exists()
+
+    train.start_from.set("nuclei")
+    train.run_folder.setText(str(tmp_path / "run"))
+    try:
+        train.live_button.click()
+        assert train.runner.is_running(), train.runner.stderr_text[-2000:]
+        qtbot.waitUntil(lambda: train.live is not None and train.live.refreshes >= 1
+                        or not train.runner.is_running(), timeout=TIMEOUT_MS)
+        assert train.live.refreshes >= 1, train.runner.stderr_text[-2000:]
+        assert viewer.layers["cells live prediction"].data.shape == image.shape
+        assert not labels.data.any()  # nothing painted, the user's layer untouched
+        train.live_button.click()  # Stop
+        qtbot.waitUntil(lambda: train.runner.exit_code is not None, timeout=TIMEOUT_MS)
+    finally:
+        train.runner.stop(grace_s=10)
+    assert train.runner.exit_code == 0, train.runner.stderr_text[-2000:]
+
+
+@gui
+def test_live_predicts_the_visible_field_and_shows_a_view_where_it_was_predicted(
+        make_napari_viewer, tmp_path):
+    """No child: zoomed in on a large slice, only the visible field (rounded out) is sent as
+    the view, with the slice as its key; a view that comes back after the user moved goes
+    on the slice and in the box it was predicted for, not on the slice in view."""
+    from napari_unet import live_inbox, runs
+    from napari_unet.engine import ViewPredicted
+    from napari_unet.io import write_tif
+    from napari_unet.widgets.train_live import LiveSession
+
+    viewer = make_napari_viewer()
+    stack = np.random.default_rng(1).random((3, 256, 256)).astype(np.float32)
+    image = viewer.add_image(stack, name="big")
+    labels = viewer.add_labels(np.zeros(stack.shape, np.uint8), name="big labels")
+    train = TrainWidget(viewer)
+    viewer.dims.set_current_step(0, 2)
+    session = LiveSession(train, image, labels, tmp_path / "run")
+    try:
+        image.corner_pixels = np.array([[2, 0, 40], [2, 99, 139]])  # what a zoom leaves
+        session.flush()
+        (kind, view), = live_inbox.read_messages(tmp_path / "run")
+        assert kind == "view" and int(view["key"]) == 2
+        assert live_inbox.region_of(view["region"]) == (slice(0, 128), slice(32, 160))
+        np.testing.assert_array_equal(view["image"], stack[2])
+        session.flush()  # the same field: nothing sent
+        assert live_inbox.read_messages(tmp_path / "run") == []
+        image.corner_pixels = np.array([[2, 0, 0], [2, 255, 255]])  # zoomed out: all of it
+        session.flush()
+        (kind, view), = live_inbox.read_messages(tmp_path / "run")
+        assert live_inbox.region_of(view["region"]) is None
+
+        viewer.dims.set_current_step(0, 1)  # the user moves on; slice 2's field comes back
+        session.flush()
+        assert [kind for kind, _ in live_inbox.read_messages(tmp_path / "run")] == ["view"]
+        labels_path, probabilities_path = runs.prediction_paths(tmp_path / "run",
+                                                                session.view_path)
+        labels_path.parent.mkdir(parents=True)
+        write_tif(probabilities_path, np.full((2, 128, 128), 0.25, np.float32))
+        write_tif(labels_path, np.ones((128, 128), np.uint8))
+        session.show_view(ViewPredicted(step=5, time=1.0, seconds=0.1, period=1.0, view=2,
+                                        region=(0, 128, 32, 160)))
+        shown = viewer.layers["big live prediction"].data
+        assert shown[2, :128, 32:160].all() and shown.sum() == 128 * 128  # slice 2, the box
+        assert not shown[1].any()
+        probabilities = viewer.layers["big live probabilities"].data
+        assert np.allclose(probabilities[2, :128, 32:160], 0.75)
+        # files already replaced by another view's (another shape): left for its own event
+        session.show_view(ViewPredicted(step=6, time=2.0, seconds=0.1, period=1.0, view=1,
+                                        region=()))
+        assert session.refreshes == 1 and not viewer.layers["big live prediction"].data[1].any()
+    finally:
+        session.close()

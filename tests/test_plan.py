@@ -434,3 +434,22 @@ def test_a_small_data_set_gets_no_batch_bigger_than_itself():
                         largest_size=(64, 64)))
     assert plan.values["patch_size"] == [64, 64] and plan.values["batch_size"] == 2
     assert "twice the data" in plan.reasons["batch_size"]
+
+
+def test_a_live_run_plans_small_windows_a_narrow_network_and_a_constant_rate():
+    """Issue 34: `train --live` and the widget's Live plan for many steps a second."""
+    batch, live = plan_run(_fp()), plan_run(_fp(), live=True)
+    v = live.values
+    assert v["patch_size"] == [128, 128] and v["batch_size"] <= 4
+    assert v["model_options"]["base_channels"] == 8 and v["model_options"]["depth"] == 5
+    assert v["lr_schedule"] == "constant" and v["lr"] > batch.values["lr"]
+    assert 0 < v["warmup_steps"] <= 20
+    assert all("live run" in live.reasons[name] for name in
+               ("patch_size", "batch_size", "model_options", "lr", "lr_schedule"))
+    # the batch plan is as it was; a smaller image keeps its own smaller window
+    assert batch.values["patch_size"] == [256, 256] and batch.values["lr_schedule"] == "cosine"
+    small = plan_run(_fp(smallest_size=(64, 64), median_size=(64, 64), largest_size=(64, 64)),
+                     live=True)
+    assert small.values["patch_size"] == [64, 64]
+    assert small.values["model_options"]["depth"] == 4  # 3 poolings: 64 -> 8 at the bottom
+    assert plan_run(_3d(), live=True).values["patch_size"] == [48, 48, 48]

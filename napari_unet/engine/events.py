@@ -110,7 +110,10 @@ class ViewPredicted:
     the run started; `seconds`: what the prediction took; `period`: seconds to the next one
     (at least the asked period, and at least 3 x `seconds`: a prediction takes at most a
     third of the time); `path`: where a face wrote it (the probabilities), or empty. The
-    arrays themselves: ``LiveControl.latest()`` in the process that trains."""
+    arrays themselves: ``LiveControl.latest()`` in the process that trains. Which view it
+    predicted: `view`, the key its face gave with ``set_view`` (the Train widget: the slice;
+    -1: the first view, --predict's), and `region`, the box of the image predicted (start,
+    stop of each spatial axis, flat: y0, y1, x0, x1; empty: all of it)."""
 
     step: int
     time: float
@@ -118,6 +121,8 @@ class ViewPredicted:
     period: float
     labelled: int = 0
     path: str = ""
+    view: int = -1
+    region: tuple = ()
 
 
 @dataclass(frozen=True)

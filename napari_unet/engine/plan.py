@@ -20,6 +20,10 @@ what the fingerprint says:
 
 The step count is the caller's (``--steps``) or comes from the time the user gives
 (``--minutes``, ``engine.training.calibration``).
+
+A live run (``train --live``, the Train widget's Live) plans for many steps a second instead
+(``live=True``, :func:`_plan_live`): small windows, a narrow network, a higher constant learning
+rate after a short warm-up, as the run has no planned end and the view must follow the strokes.
 """
 from __future__ import annotations
 
@@ -93,24 +97,27 @@ def show_value(name: str, value) -> str:
     return str(value)
 
 
-def plan_for_data(dataset, device: str = "auto", init_from=None) -> Plan:
+def plan_for_data(dataset, device: str = "auto", init_from=None, live: bool = False) -> Plan:
     """The plan for `dataset` (its fingerprint, with the voxel spacing its files gave) on
     `device` ("auto": the one training would use), capped by that device's free memory;
     fine-tuned from `init_from` (a run or a built-in model), or from a built-in model that
-    the data look like unless `init_from` is 'none' (engine.start)."""
+    the data look like unless `init_from` is 'none' (engine.start); `live`: a live run's
+    recipe (:func:`_plan_live`)."""
     chosen = resolve_device(device)
     if chosen.type == "cuda":
         memory = float(torch.cuda.mem_get_info(chosen)[0])
     else:
         memory = float(psutil.virtual_memory().available)
-    plan = plan_run(fingerprint(dataset, dataset.spacing), chosen.type, memory)
+    plan = plan_run(fingerprint(dataset, dataset.spacing), chosen.type, memory, live=live)
     plan_start(plan, init_from)
     return plan
 
 
-def plan_run(fp: Fingerprint, device: str = "cpu", memory_bytes: float | None = None) -> Plan:
+def plan_run(fp: Fingerprint, device: str = "cpu", memory_bytes: float | None = None,
+             live: bool = False) -> Plan:
     """The plan for data of fingerprint `fp` on a `device` ("cpu", "cuda", "mps"; "gpu": a
-    CUDA GPU) whose free memory is `memory_bytes` (None: not known, no cap)."""
+    CUDA GPU) whose free memory is `memory_bytes` (None: not known, no cap); `live`: for a
+    live run (:func:`_plan_live`)."""
     kind = "gpu" if device in ("cuda", "gpu", "mps") else "cpu"
     plan = Plan(values={}, fingerprint=fp)
     dims = fp.spatial_dims
@@ -124,6 +131,8 @@ def plan_run(fp: Fingerprint, device: str = "cpu", memory_bytes: float | None = 
     _plan_augmentation(plan, fp)
     _plan_optimisation(plan, fp, kind)
     _plan_compile(plan, device)
+    if live:
+        _plan_live(plan, fp, kind)
     return plan
 
 
@@ -308,3 +317,45 @@ def _plan_optimisation(plan: Plan, fp: Fingerprint, kind: str) -> None:
         cpu = torch.device("cpu")
         amp, _ = resolve_amp(cpu, "auto")
         plan.choose("amp", amp, amp_reason(cpu, amp))
+
+
+# -- a live run -----------------------------------------------------------------------------------
+LIVE_PATCH = {("cpu", 2): 128, ("cpu", 3): 48, ("gpu", 2): 256, ("gpu", 3): 96}
+LIVE_BATCH = 4
+LIVE_BASE = {"cpu": 8, "gpu": 16}
+LIVE_LR = 3e-3  # batch norm (2D); instance norm (3D): 2e-3
+LIVE_WARMUP = 20
+
+
+def _plan_live(plan: Plan, fp: Fingerprint, kind: str) -> None:
+    """A live run's recipe: steps of a fraction of a second on a CPU, so that a stroke counts
+    within seconds. The run has no planned end and its data change under it, so the rate is
+    constant after a short warm-up (the batch plan's cosine needs a last step). A built-in start
+    (engine.start) then keeps its own network and takes a quarter of this rate."""
+    dims = fp.spatial_dims
+    side = LIVE_PATCH[(kind, dims)]
+    patch = [min(p, _round_up(side, 16)) for p in plan.values["patch_size"]]
+    if patch != plan.values["patch_size"]:
+        plan.choose("patch_size", patch,
+                    f"a live run: small windows ({'x'.join(map(str, patch))}) for many steps "
+                    f"a second, each centred on the strokes")
+    batch = min(plan.values["batch_size"], LIVE_BATCH) if kind == "cpu" else \
+        plan.values["batch_size"]
+    plan.choose("batch_size", batch, f"a live run: {batch} windows a step, a step a fraction "
+                                     f"of a second on a {kind.upper()}")
+    options = dict(plan.values["model_options"])
+    base = LIVE_BASE[kind]
+    shortest = min(patch)
+    poolings = max(2, min(4, int(math.log2(shortest / (8 if dims == 2 else 4)))))
+    options.update(base_channels=base, depth=poolings + 1)
+    if dims == 3:
+        options["max_channels"] = min(options.get("max_channels", 128), 16 * base)
+    plan.choose("model_options", options,
+                f"a live run: width {base}, {poolings} poolings: a narrow network learns the "
+                f"strokes in seconds and predicts the view quickly")
+    lr = LIVE_LR if dims == 2 else 2e-3
+    plan.choose("lr", lr, f"a live run: a high rate ({lr:g}) for the first minutes' steps")
+    plan.choose("lr_schedule", "constant",
+                "a live run has no planned end and its strokes change: constant after warm-up")
+    plan.choose("warmup_steps", LIVE_WARMUP,
+                f"the rate ramps up over the first {LIVE_WARMUP} steps (a few seconds)")

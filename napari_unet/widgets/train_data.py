@@ -155,9 +155,10 @@ class TrainData:
                             f"(its \"(N channels)\" entry)")
         return pairs
 
-    def _check_pairs(self, pairs, preset):
+    def _check_pairs(self, pairs, preset, empty_ok=False):
         """The model's spatial dims (the preset's; under auto, the input-layout rule's, as
-        the CLI decides) after checking every pair."""
+        the CLI decides) after checking every pair (`empty_ok`: labels with no paint yet
+        pass, for a Live run that starts from a model)."""
         found = set()
         for image, labels in pairs:
             shape, labels_shape = spatial_shape(image), tuple(labels.data.shape)
@@ -167,7 +168,7 @@ class TrainData:
             if shape != labels_shape:
                 raise UserError(f"image '{image.name}' is {shape} but labels '{labels.name}' "
                                 f"are {labels_shape}: paint labels on a layer of the image's size")
-            if not lazy.any_nonzero(labels.data):
+            if not empty_ok and not lazy.any_nonzero(labels.data):
                 raise UserError(f"labels '{labels.name}' are empty: paint some objects with the "
                                 f"brush before training")
             if spatial_dims == 3 and len(shape) != 3:

@@ -8,9 +8,13 @@ slice in view. Then:
 - paint (the labels layer's paint / data events) is debounced (``DEBOUNCE_MS``); the slice in
   view is compared with what was last sent and only the changed box travels, by
   :func:`napari_unet.live_inbox.send_mask` (erased paint too);
-- moving to another slice sends that slice as the view (:func:`~napari_unet.live_inbox.send_view`);
+- moving to another slice sends that slice as the view (:func:`~napari_unet.live_inbox.send_view`,
+  the slice index as its key); zoomed in on a large image, only the visible field of view
+  (the image layer's ``corner_pixels``, rounded out to ``FIELD_STEP``) is predicted: panning or
+  zooming sends the new field (debounced as paint);
 - each ViewPredicted event reads RUN/predictions/VIEW_{probabilities,labels}.tif into ONE
-  probability layer and ONE labels layer, updated in place (the user's layer is never written);
+  probability layer and ONE labels layer, updated in place (the user's layer is never written),
+  on the slice and in the box the event says it predicted (not where the user is now);
 - Stop is the runner's cancel (SIGINT): the child ends normally and leaves a normal run folder;
 - the image or labels layer deleted (or reshaped) during the run: a warning, and the run stops.
 
@@ -28,13 +32,16 @@ import numpy as np
 from qtpy.QtCore import QObject, QTimer
 from qtpy.QtWidgets import QDoubleSpinBox, QPushButton
 
-from napari_unet import live_inbox, runs
+from napari_unet import lazy, live_inbox, runs
 from napari_unet.io import read_image, write_tif
 from napari_unet.widgets import ChannelGroup, UserError, one_line, show_error, show_warning
+from napari_unet.widgets.start_from import NO_START
 
 DEBOUNCE_MS = 1000  # paint is sent this long after the first stroke event not sent yet
 STOP_WAIT_MS = 10_000  # Stop waits this long at most for the child to take the last paint
 VIEW_NAME = "live_view.tif"
+FIELD_SHARE = 0.75  # a visible field of view under this share of the plane: only it is predicted
+FIELD_STEP = 32  # the field's box is rounded out to multiples of this (small pans send nothing)
 # options of Start's command line a live run does not take (option -> it has a value)
 LEFT_OUT = {"--data": True, "--steps": True, "--val-every": True, "--checkpoint-every": True,
             "--fold": True, "--folds": True, "--ignore-value": True, "--instances": True,
@@ -75,7 +82,8 @@ class LiveSession(QObject):
             self.image_path = write_tif(self.scratch / "images" / "live.tif", data)
             self.mask_path = write_tif(self.scratch / "masks" / "live.tif", self.sent)
             self.view_path = self.scratch / VIEW_NAME
-            self.slice = self.current_slice()
+            self.slice = self.first_slice = self.current_slice()
+            self.region = None  # the field sent: all of the slice (--predict's view)
             write_tif(self.view_path, self._view_image(self.slice))
         except BaseException:
             shutil.rmtree(self.scratch, ignore_errors=True)
@@ -94,9 +102,13 @@ class LiveSession(QObject):
         self._connections = [(labels.events.paint, self._changed),
                              (labels.events.data, self._changed),
                              (self.viewer.dims.events.current_step, self._changed),
+                             (self._camera().events.center, self._changed),
+                             (self._camera().events.zoom, self._changed),
                              (self.viewer.layers.events.removed, self._removed)]
         for emitter, slot in self._connections:
             emitter.connect(slot)
+        if self.current_region() is not None:  # zoomed in already: that field, soon
+            self.timer.start()
 
     def args(self, every: float) -> list[str]:
         rule = self.widget.mask_rule()
@@ -114,6 +126,27 @@ class LiveSession(QObject):
             return 0
         step = self.viewer.dims.current_step
         return int(np.clip(step[len(step) - 3] if len(step) >= 3 else 0, 0, self.shape[0] - 1))
+
+    def _camera(self):
+        """The viewer's camera (napari >= 0.9: viewer.scene.camera; before: viewer.camera)."""
+        scene = getattr(self.viewer, "scene", None)
+        return getattr(scene, "camera", None) or self.viewer.camera
+
+    def current_region(self):
+        """The visible field of view of the image plane, ((y0, y1), (x0, x1)) rounded out to
+        FIELD_STEP, or None when it shows most of the plane (FIELD_SHARE) or is not known."""
+        plane = self.shape[-2:]
+        corners = np.asarray(getattr(self.image, "corner_pixels", np.zeros((2, 0))))
+        if corners.shape[-1] < 2:
+            return None
+        low, high = corners[0, -2:], corners[1, -2:] + 1  # corner_pixels: inclusive
+        box = tuple((max(0, int(lo) // FIELD_STEP * FIELD_STEP),
+                     min(size, -(-int(hi) // FIELD_STEP) * FIELD_STEP))
+                    for lo, hi, size in zip(low, high, plane))
+        area = np.prod([hi - lo for lo, hi in box])
+        if any(hi <= lo for lo, hi in box) or area >= FIELD_SHARE * np.prod(plane):
+            return None
+        return box
 
     def _view_image(self, index):
         data = self.image.data
@@ -142,9 +175,13 @@ class LiveSession(QObject):
                 sent = self._send_paint(self.slice, np.asarray(data[self.slice]))
             sent = self._send_paint(index, np.asarray(data[index] if self.stack else data)) \
                 or sent
-            if index != self.slice:
-                self.slice = index
-                live_inbox.send_view(self.run_dir, self._view_image(index))
+            region = self.current_region()
+            if index != self.slice or region != self.region:
+                self.slice, self.region = index, region
+                live_inbox.send_view(
+                    self.run_dir, self._view_image(index),
+                    None if region is None else tuple(slice(lo, hi) for lo, hi in region),
+                    key=index)
         except OSError as exc:  # disk full, the run folder gone: say so, the viewer lives
             self.stop(f"cannot send the paint to the live run: {one_line(exc)}")
         return sent
@@ -175,26 +212,30 @@ class LiveSession(QObject):
             return
         if probabilities.ndim == labels.ndim + 1:  # (classes, ...): all but background
             probabilities = 1.0 - probabilities[0]
-        index = self.slice
-        self.probabilities_layer = self._put(self.probabilities_layer, probabilities, index,
+        # the slice and box this view is of (the user may have moved since)
+        index = event.view if event.view >= 0 else self.first_slice
+        bounds = tuple(event.region)
+        box = tuple(slice(bounds[k], bounds[k + 1]) for k in range(0, len(bounds), 2)) \
+            if bounds else tuple(slice(0, size) for size in self.shape[-2:])
+        if labels.shape != tuple(b.stop - b.start for b in box) or not \
+                0 <= index < (self.shape[0] if self.stack else 1):
+            return  # the files are of a later view already: its own event shows them
+        self.probabilities_layer = self._put(self.probabilities_layer, probabilities, index, box,
                                              f"{self.image.name} live probabilities", "image")
-        self.labels_layer = self._put(self.labels_layer, labels.astype(np.uint8), index,
+        self.labels_layer = self._put(self.labels_layer, labels.astype(np.uint8), index, box,
                                       f"{self.image.name} live prediction", "labels")
         self.refreshes += 1
         self.widget.status.setText(f"live: view {self.refreshes} at step {event.step} "
                                    f"({event.time:.0f} s), next in {event.period:.0f} s")
 
-    def _put(self, layer, plane, index, name, kind):
-        shape = self.shape[:1] + plane.shape if self.stack else plane.shape
+    def _put(self, layer, plane, index, box, name, kind):
+        shape = self.shape
         if layer is not None and layer in self.viewer.layers and layer.data.shape == shape:
             data = np.array(layer.data, copy=True)
         else:
             data = np.zeros(shape, plane.dtype)
             layer = None
-        if self.stack:
-            data[index] = plane
-        else:
-            data = plane
+        data[((index,) if self.stack else ()) + box] = plane
         if layer is None:  # once (again only if the user deleted it)
             meta = {"name": name, "scale": self.image.scale, "translate": self.image.translate}
             if kind == "image":
@@ -283,10 +324,14 @@ class LiveButtons:
             if len(pairs) != 1 or isinstance(pairs[0][0], ChannelGroup):
                 raise UserError("Live trains on one image layer and its labels: choose one "
                                 "pair (the list of pairs is for Start)")
-            spatial_dims = self._check_pairs(pairs, preset)
+            spatial_dims = self._check_pairs(pairs, preset, empty_ok=True)
             if spatial_dims != 2:
                 raise UserError("Live trains a 2D model (slice by slice): choose a 2D preset")
             init_from = self.start_from.init_from(preset, spatial_dims)
+            if init_from in (None, NO_START) and not lazy.any_nonzero(pairs[0][1].data):
+                raise UserError(f"labels '{pairs[0][1].name}' are empty: paint some objects "
+                                f"with the brush, or choose a model in Start from (its view "
+                                f"shows at once)")
             run_dir = self._prepare_run_folder()
             image, labels = pairs[0]
             session = LiveSession(self, image, labels, run_dir)

@@ -112,7 +112,7 @@ def check_same_shape(image_shape, mask_shape, name) -> None:
 
 def load_dataset(
     data_dir=None, *, images=None, masks=None, foreground_value=None, spatial_dims=None,
-    **rule,
+    unpainted_ok: bool = False, **rule,
 ) -> Dataset:
     """Load a training set from a folder of a known layout, or from image and mask paths.
 
@@ -142,7 +142,8 @@ def load_dataset(
         pairs = _pair_paths(Path(images), Path(masks))
     if spatial_dims == "auto":
         spatial_dims = data_dims(pairs)
-    return dataset_from_pairs(pairs, foreground_value, spatial_dims, **rule)
+    return dataset_from_pairs(pairs, foreground_value, spatial_dims,
+                              unpainted_ok=unpainted_ok, **rule)
 
 
 def data_dims(pairs) -> int:
@@ -162,8 +163,10 @@ def data_dims(pairs) -> int:
     return 2
 
 
-def dataset_from_pairs(pairs, foreground_value=None, spatial_dims=None, **rule) -> Dataset:
-    """A Dataset from [(image path, mask path or None)] (None: DAGM's image without a defect)."""
+def dataset_from_pairs(pairs, foreground_value=None, spatial_dims=None,
+                       unpainted_ok: bool = False, **rule) -> Dataset:
+    """A Dataset from [(image path, mask path or None)] (None: DAGM's image without a defect;
+    `unpainted_ok`: sparse masks with nothing painted yet pass, check_mask_values)."""
     samples, instances, found, failed = [], False, [], None
     for image_path, mask_path in pairs:
         raw = read_image(mask_path) if mask_path is not None else None
@@ -178,7 +181,8 @@ def dataset_from_pairs(pairs, foreground_value=None, spatial_dims=None, **rule) 
         samples += loaded
         instances |= merged
     notes = check_mask_values(np.unique(np.concatenate(found)) if found else [],
-                              foreground_value, **rule) if pairs else []
+                              foreground_value, unpainted_ok=unpainted_ok,
+                              **rule) if pairs else []
     if failed is not None:
         raise failed
     if instances:  # instance maps: every object is foreground, in every mask of the set;

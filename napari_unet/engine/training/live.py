@@ -15,7 +15,9 @@ Masks are read by the run's mask rule (``--unlabeled ignore``: 0 is unknown, the
 background is ``background_value``); an update is in the sampler before the next step starts
 (``MasksUpdated``: how long it took), erased paint is unknown again, the optimiser and its
 state go on. No paint yet (or all erased): the run waits. The classes are fixed when the run
-starts (at least 2); paint of a class beyond them is left out, with a warning.
+starts (at least 2); paint of a class beyond them is left out, with a warning. A run that
+starts from weights (``init_from``: a built-in model or a run; ``resume``) predicts its view at
+once, painted or not, and shows it while it waits for paint.
 
 Every `every` seconds (or 3 x what a prediction takes, if more: the view costs at most a third
 of the time) the view is predicted with the current weights (``ViewPredicted``; the arrays:
@@ -51,6 +53,7 @@ from .steps import ThroughputWindow
 LIVE_STEPS = 10_000_000  # a live run's steps while it runs: it ends on stop or its budget
 IDLE_S = 0.05  # how long a run with nothing painted waits for news at a time
 SHARE = 3.0  # a view's period is at least SHARE x its prediction's time
+VIEW_TILE = 512  # a padded network predicts the view in tiles of up to this side
 IMAGES, MASKS = "images", "masks"  # RUN/data/ (the training set's folders)
 
 
@@ -62,6 +65,7 @@ class LiveView:
 
     image: object
     region: tuple | None = None
+    key: int = -1  # the face's name for it, carried by ViewPredicted.view
 
 
 class LiveControl:
@@ -83,10 +87,11 @@ class LiveControl:
             self._updates.append((int(index), np.array(values), offset, time.monotonic()))
         self._news.set()
 
-    def set_view(self, image, region=None) -> None:
-        """Predict `image` (its `region`, a tuple of slices) from the next refresh on."""
+    def set_view(self, image, region=None, key: int = -1) -> None:
+        """Predict `image` (its `region`, a tuple of slices) from the next refresh on; `key`:
+        the face's name for this view (e.g. a slice index), in each ViewPredicted of it."""
         with self._lock:
-            self._view = LiveView(image, region)
+            self._view = LiveView(image, region, int(key))
             self._view_version += 1
         self._news.set()
 
@@ -156,7 +161,7 @@ def train_live(config, images=None, masks=None, *, run_dir, control: LiveControl
         raise ConfigError("a live run trains in one process: leave out --nproc")
     run.build_training(resume, start)
     run.batches = None
-    state = _LiveState(run, control, every, deadline)
+    state = _LiveState(run, control, every, deadline, trained=bool(resume or start))
     yield run.started()
     for note in filter(None, [run.amp_note, run.head_note, *run.notes]):
         yield Message("warning" if note != run.head_note else "info", note)
@@ -176,11 +181,16 @@ def train_live(config, images=None, masks=None, *, run_dir, control: LiveControl
 class _LiveState:
     """Where a live run stands: its masks' paint, its view's refreshes, its clock."""
 
-    def __init__(self, run: _Run, control: LiveControl, every: float, deadline):
+    def __init__(self, run: _Run, control: LiveControl, every: float, deadline,
+                 trained: bool = False):
         self.run, self.control, self.every, self.deadline = run, control, every, deadline
         self.started = time.monotonic()
-        self.next_view = self.started + every
+        # weights that know something (a built-in model, a run): their view at once, paint
+        # or not; from nothing: after the first period's steps
+        self.trained = trained
+        self.next_view = self.started + (0.0 if trained else every)
         self.period, self.last_began, self.last_took, self.seen_view = every, 0.0, 0.0, 0
+        self.seen_step = -1  # the step of the last view: no new view of the same weights
         self.classes = max(2, run.dataset.num_classes)
         self.warned: set = set()  # samples warned about paint beyond the classes
         self.notes: list = []  # warnings of the updates being applied
@@ -199,9 +209,17 @@ class _LiveState:
                 if not waiting:
                     yield Message("info", "nothing is painted: the live run waits for paint")
                 waiting = True
+                view = self.refresh() if self.trained else None  # the start's view
+                if view is not None:
+                    yield view
                 control._wait(IDLE_S)
                 continue
             waiting = False
+            if self.trained and self.seen_step < 0:  # the start's view before any step
+                view = self.refresh()
+                if view is not None:
+                    yield view
+                    continue  # stopped meanwhile, or paint came: as at every turn
             if run.batches is None:
                 run.batches = DeviceBatches(run.sampler, range(step, LIVE_STEPS), run.device)
             yield from self.one_step(step, window)
@@ -293,8 +311,8 @@ class _LiveState:
         """ViewPredicted when a view is due (its period is up, or a new view came and the
         last prediction's share allows it), else None."""
         view, version = self.control._current_view()
-        if view is None:
-            return None
+        if view is None or (version == self.seen_view and self.run.done == self.seen_step):
+            return None  # no view, or this view of these weights is shown
         due = self.next_view
         if version != self.seen_view and self.last_took:  # a new view: next, once the
             # last prediction's share of the time is over
@@ -302,35 +320,46 @@ class _LiveState:
         began = time.monotonic()
         if began < due:
             return None
-        self.seen_view = version
-        done = self.predict(view)
+        self.seen_view, self.seen_step = version, self.run.done
+        done, bounds = self.predict(view)
         took = time.monotonic() - began
         self.period = max(self.every, SHARE * took)
         self.next_view, self.last_began, self.last_took = began + self.period, began, took
         event = ViewPredicted(step=self.run.done, time=time.monotonic() - self.started,
-                              seconds=took, period=self.period, labelled=self.labelled)
+                              seconds=took, period=self.period, labelled=self.labelled,
+                              view=view.key, region=bounds)
         self.control._keep((event, done, view.region))
         return event
 
-    def predict(self, view: LiveView) -> PredictionDone:
-        """The view's region predicted with the weights as they are (EMA's, if any), with
-        some context around it."""
+    def predict(self, view: LiveView):
+        """(the view's region predicted with the weights as they are (EMA's, if any), with
+        some context around it; the region's bounds, flat: start, stop of each axis, or ()
+        for the whole image)."""
         run, config = self.run, self.run.config
         image = view_image(view.image, config.spatial_dims, run.dataset.in_channels)
         crop, inner = _with_context(image.shape[1:], view.region, run.input_size)
         model = run.model if run.ema is None else run.ema.module
+        tile = config.val_tile_size or list(run.input_size)
+        if not config.val_tile_size and tuple(run.input_size) == tuple(run.output_size):
+            # a padded network takes any multiple of its size: the crop in one tile (up to
+            # VIEW_TILE a side), not many training windows that overlap
+            multiple = getattr(model, "size_multiple", 16)
+            tile = [max(t, min(VIEW_TILE, -(-(c.stop - c.start) // multiple) * multiple))
+                    for t, c in zip(tile, crop)]
         try:
             done = run_to_end(predict_with_model(
                 model, image[(slice(None),) + crop], run.norm, head=run.head,
-                tile_size=config.val_tile_size or list(run.input_size),
+                tile_size=tile,
                 overlap=config.val_overlap, batch_size=max(1, config.batch_size),
                 amp=config.amp, device=run.device, threshold=config.threshold,
                 resample=config.resample,
                 channels_last=config.channels_last and model.spatial_dims == 2))
         finally:
             model.train()
+        bounds = () if view.region is None else tuple(
+            int(v) for c, i in zip(crop, inner) for v in (c.start + i.start, c.start + i.stop))
         return PredictionDone(np.asarray(done.probabilities)[(Ellipsis,) + inner],
-                              np.asarray(done.labels)[inner])
+                              np.asarray(done.labels)[inner]), bounds
 
     # -- the end
     def keep_run(self, save: bool = True) -> None:
