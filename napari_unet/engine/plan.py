@@ -42,6 +42,7 @@ GPU_BATCH_PIXELS = {2: 16 * 512 * 512, 3: 2 * 128 ** 3}
 PATCH_TARGET = {("cpu", 2): 256, ("cpu", 3): 64, ("gpu", 2): 512, ("gpu", 3): 128}
 SMALLEST_PATCH = {2: 32, 3: 16}
 RARE_FOREGROUND = 0.05  # below this share of the pixels, objects are rare
+THIN = 10.0  # pixels: a foreground this wide on average (area / skeleton) is thin lines
 ANISOTROPIC = 1.5  # coarsest / finest spacing above which an axis counts as coarse
 MEMORY_SHARE = 0.5  # of the free memory, what a batch's activations may take
 DEFAULT_MINUTES = 10.0  # what --preset auto trains for when neither --steps nor --minutes
@@ -117,6 +118,7 @@ def plan_run(fp: Fingerprint, device: str = "cpu", memory_bytes: float | None = 
     plan.choose("spatial_dims", dims,
                 "the data are volumes" if dims == 3 else "the data are 2D images (or slices)")
     patch = _plan_patch(plan, fp, kind)
+    _plan_resolution(plan, fp)
     _plan_network(plan, fp, kind, patch)
     _plan_batch(plan, fp, kind, patch, memory_bytes)
     _plan_normalization(plan, fp)
@@ -166,6 +168,17 @@ def _plan_patch(plan: Plan, fp: Fingerprint, kind: str) -> list[int]:
                    f"{' x '.join(f'{s:.3g}' for s in fp.spacing)}), about the same distance on each")
     plan.choose("patch_size", patch, reason)
     return patch
+
+
+def _plan_resolution(plan: Plan, fp: Fingerprint) -> None:
+    """Full resolution; where the objects are thin lines (membranes, cracks), said so: one
+    pixel of a downscaled image would hold a whole line and its surroundings."""
+    width = fp.foreground_width
+    if fp.objects and width <= THIN:
+        plan.choose("resample", 1, f"thin objects ({width:.1f} px wide on average: area / "
+                                   f"skeleton length): full resolution, never downscaled")
+    else:
+        plan.choose("resample", 1, "full resolution: the patch sees the images as they are")
 
 
 def _coarse_axis(fp: Fingerprint):
