@@ -62,3 +62,32 @@ def test_a_bad_spacing_is_refused():
     image, mask = _squares((8, 8, 8), [])
     with pytest.raises(ConfigError, match="3 positive"):
         fingerprint(Dataset([image], [mask], ["v"], 3), spacing=(1.0, 0.0, 1.0))
+
+
+def test_images_without_objects_and_the_median_objects_share_of_its_image():
+    # surface inspection: half the parts are good; defects of 1 % and 4 % of their image
+    good = [_squares((50, 40), []) for _ in range(2)]
+    small = _squares((50, 40), [((0, 5), (0, 4))])  # 20 px of 2000: 1 %
+    large = _squares((50, 40), [((10, 20), (10, 18))])  # 80 px: 4 %
+    third = _squares((100, 100), [((0, 20), (0, 10)), ((50, 60), (50, 60))])  # 2 % and 1 %
+    found = fingerprint(Dataset(*zip(*good, small, large, third), names=list("abcde"),
+                                spatial_dims=2))
+    assert found.empty_share == pytest.approx(2 / 5)
+    assert found.median_object_share == pytest.approx(0.01 + 0.005)  # 1, 1, 2, 4 % -> 1.5 %
+
+
+def test_the_foreground_width_tells_thin_lines_from_blobs():
+    lines = _squares((64, 64), [((10, 13), (4, 60)), ((30, 33), (4, 60))])  # 3 px wide bands
+    found = fingerprint(Dataset([lines[0]], [lines[1]], ["lines"], 2))
+    assert 2.5 <= found.foreground_width <= 3.5
+    yy, xx = np.mgrid[:64, :64]
+    disc = ((yy - 32) ** 2 + (xx - 32) ** 2 <= 20 ** 2).astype(np.uint8)
+    blob = fingerprint(Dataset([lines[0]], [disc], ["disc"], 2))
+    assert blob.foreground_width > 50  # a disc's skeleton is a few pixels
+    # a volume: measured in its planes (a 3 px wall through every plane)
+    wall = np.zeros((6, 32, 32), np.uint8)
+    wall[:, :, 10:13] = 1
+    volume = fingerprint(Dataset([np.zeros((1, 6, 32, 32), np.uint8)], [wall], ["v"], 3))
+    assert 2.5 <= volume.foreground_width <= 3.5
+    assert fingerprint(Dataset([lines[0]], [np.zeros((64, 64), np.uint8)], ["none"],
+                               2)).foreground_width == 0.0

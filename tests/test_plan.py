@@ -77,6 +77,21 @@ def test_rgb_pictures_plan_like_grey_ones_with_three_channels():
     assert plan.values["model"] == "unet" and plan.values["normalization"] == "minus_one_one"
 
 
+def test_rare_objects_centre_half_the_patches_and_the_reason_gives_their_size():
+    dagm = plan_run(_fp(foreground_fraction=0.017, empty_share=0.5, median_object_share=0.03))
+    assert dagm.values["loss"] == "dice_ce_foreground"
+    assert dagm.values["foreground_oversample"] == 0.5
+    assert "the median object is 3% of its image" in dagm.reasons["foreground_oversample"]
+
+
+def test_thin_objects_keep_full_resolution_and_the_plan_says_why():
+    membranes = plan_run(_fp(foreground_width=4.5))  # ISBI's membranes: about 7 px
+    assert membranes.values["resample"] == 1
+    assert membranes.reasons["resample"].startswith("thin objects (4.5 px wide")
+    blobs = plan_run(_fp(foreground_width=40.0))
+    assert blobs.values["resample"] == 1 and "thin" not in blobs.reasons["resample"]
+
+
 def test_isotropic_volumes_flip_on_every_axis():
     plan = plan_run(_3d())
     v = plan.values

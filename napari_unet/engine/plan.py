@@ -14,7 +14,9 @@ what the fingerprint says:
 - normalisation by modality: each case by itself where it looks like MRI (several channels,
   signed or float values around a zero background), a fixed 8-bit range for bright 8-bit
   pictures, otherwise a z-score per channel over the training set;
-- rare objects get a foreground-weighted loss and patches centred on them;
+- rare objects get a foreground-weighted loss and half the patches centred on them (a third
+  where many images hold none was tried on DAGM and not kept: RESULTS, issue 36);
+- thin objects (membranes, cracks: the foreground's width) keep full resolution;
 - augmentation respects the axes: quarter turns and flips in the plane, flips along Z only
   where voxels are isotropic.
 
@@ -46,6 +48,7 @@ GPU_BATCH_PIXELS = {2: 16 * 512 * 512, 3: 2 * 128 ** 3}
 PATCH_TARGET = {("cpu", 2): 256, ("cpu", 3): 64, ("gpu", 2): 512, ("gpu", 3): 128}
 SMALLEST_PATCH = {2: 32, 3: 16}
 RARE_FOREGROUND = 0.05  # below this share of the pixels, objects are rare
+THIN = 10.0  # pixels: a foreground this wide on average (area / skeleton) is thin lines
 ANISOTROPIC = 1.5  # coarsest / finest spacing above which an axis counts as coarse
 MEMORY_SHARE = 0.5  # of the free memory, what a batch's activations may take
 DEFAULT_MINUTES = 10.0  # what --preset auto trains for when neither --steps nor --minutes
@@ -124,6 +127,7 @@ def plan_run(fp: Fingerprint, device: str = "cpu", memory_bytes: float | None = 
     plan.choose("spatial_dims", dims,
                 "the data are volumes" if dims == 3 else "the data are 2D images (or slices)")
     patch = _plan_patch(plan, fp, kind)
+    _plan_resolution(plan, fp)
     _plan_network(plan, fp, kind, patch)
     _plan_batch(plan, fp, kind, patch, memory_bytes)
     _plan_normalization(plan, fp)
@@ -175,6 +179,17 @@ def _plan_patch(plan: Plan, fp: Fingerprint, kind: str) -> list[int]:
                    f"{' x '.join(f'{s:.3g}' for s in fp.spacing)}), about the same distance on each")
     plan.choose("patch_size", patch, reason)
     return patch
+
+
+def _plan_resolution(plan: Plan, fp: Fingerprint) -> None:
+    """Full resolution; where the objects are thin lines (membranes, cracks), said so: one
+    pixel of a downscaled image would hold a whole line and its surroundings."""
+    width = fp.foreground_width
+    if fp.objects and width <= THIN:
+        plan.choose("resample", 1, f"thin objects ({width:.1f} px wide on average: area / "
+                                   f"skeleton length): full resolution, never downscaled")
+    else:
+        plan.choose("resample", 1, "full resolution: the patch sees the images as they are")
 
 
 def _coarse_axis(fp: Fingerprint):
@@ -277,8 +292,9 @@ def _plan_loss(plan: Plan, fp: Fingerprint) -> None:
         plan.choose("loss", "dice_ce_foreground",
                     f"objects are rare ({100 * share:.2g}% of the pixels): Dice of the objects "
                     f"+ cross-entropy, so background cannot win by itself")
+        size = f"the median object is {100 * fp.median_object_share:.2g}% of its image"
         plan.choose("foreground_oversample", 0.5,
-                    "half of the patches centred on an object (they are rare)")
+                    f"half of the patches centred on an object (they are rare; {size})")
         return
     plan.choose("loss", "dice_ce",
                 f"objects cover {100 * share:.2g}% of the pixels: Dice + cross-entropy")

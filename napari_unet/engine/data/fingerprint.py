@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 from scipy import ndimage
+from skimage.morphology import skeletonize
 
 from ...choices import IGNORE_CLASS
 from ...errors import ConfigError
@@ -19,6 +20,7 @@ from ...io import strided_sample
 from .dataset import Dataset
 
 PERCENTILES = (0.5, 50.0, 99.5)
+WIDTH_PLANES = 16  # planes of a volume whose skeleton measures the foreground's width
 SAMPLE_VALUES = 200_000  # per image and channel, for the intensity statistics
 
 
@@ -46,6 +48,13 @@ class Fingerprint:
     # the median object's share of its bounding box: about 0.79 for discs, 0.52 for balls,
     # small for thin networks (membranes, cracks)
     median_object_fill: float = 0.0
+    # share of the samples whose mask holds no object (surface inspection: most parts are good)
+    empty_share: float = 0.0
+    # the median object's voxels as a share of its sample's voxels (0 where there are none)
+    median_object_share: float = 0.0
+    # the foreground's mean width in the image plane, in pixels: its area over the length of its
+    # skeleton (a band w pixels wide: about w; membranes and cracks a few pixels, blobs many)
+    foreground_width: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -57,7 +66,7 @@ def fingerprint(dataset: Dataset, spacing=None) -> Fingerprint:
     spacing = _spacing(spacing, dataset.spatial_dims)
     channels = dataset.in_channels
     stats = [_channel_statistics(dataset.images, c) for c in range(channels)]
-    foreground, total, extents, fills = _objects(dataset.masks)
+    foreground, total, extents, fills, shares, empty = _objects(dataset.masks)
     dtype = np.result_type(*[image.dtype for image in dataset.images])
     return Fingerprint(
         spatial_dims=dataset.spatial_dims, samples=len(dataset.images), channels=channels,
@@ -72,7 +81,10 @@ def fingerprint(dataset: Dataset, spacing=None) -> Fingerprint:
         foreground_fraction=foreground / max(total, 1), objects=len(extents),
         median_object_extent=tuple(int(e) for e in np.median(extents, axis=0))
         if extents else (0,) * dataset.spatial_dims,
-        median_object_fill=float(np.median(fills)) if fills else 0.0)
+        median_object_fill=float(np.median(fills)) if fills else 0.0,
+        empty_share=empty / max(len(dataset.masks), 1),
+        median_object_share=float(np.median(shares)) if shares else 0.0,
+        foreground_width=_foreground_width(dataset.masks))
 
 
 def _spacing(spacing, dims: int) -> tuple:
@@ -96,21 +108,40 @@ def _channel_statistics(images, channel: int) -> tuple:
     return percentiles, float(values.mean()), float(values.std())
 
 
-def _objects(masks) -> tuple[int, int, list, list]:
-    """(foreground voxels, voxels, extent and fill of each connected foreground object) of the masks,
+def _objects(masks) -> tuple[int, int, list, list, list, int]:
+    """(foreground voxels, voxels, extent, fill and share of its sample of each connected
+    foreground object, samples without an object) of the masks,
     each mask read whole once (masks are small next to the images: one byte a voxel). Sparse
     masks count their labelled voxels only (the share of objects among what was labelled)."""
     foreground = total = 0
-    extents, fills = [], []
+    extents, fills, shares, empty = [], [], [], 0
     for mask in masks:
         mask = np.asarray(mask)
         labelled = mask != IGNORE_CLASS
         inside = (mask > 0) & labelled
         foreground += int(inside.sum())
         total += int(labelled.sum())
+        empty += not inside.any()
         labelled, _ = ndimage.label(inside)
         for number, box in enumerate(ndimage.find_objects(labelled), start=1):
             extent = [s.stop - s.start for s in box]
             extents.append(extent)
-            fills.append(np.count_nonzero(labelled[box] == number) / np.prod(extent))
-    return foreground, total, extents, fills
+            voxels = np.count_nonzero(labelled[box] == number)
+            fills.append(voxels / np.prod(extent))
+            shares.append(voxels / mask.size)
+    return foreground, total, extents, fills, shares, empty
+
+
+def _foreground_width(masks) -> float:
+    """The foreground's mean width in the image plane (pixels): its area over its skeleton's
+    length, pooled over the masks (a volume: over up to WIDTH_PLANES evenly spaced planes)."""
+    area = length = 0
+    for mask in masks:
+        mask = np.asarray(mask)
+        planes = mask.reshape(-1, *mask.shape[-2:])
+        for plane in planes[np.unique(np.linspace(0, len(planes) - 1, WIDTH_PLANES).astype(int))]:
+            inside = (plane > 0) & (plane != IGNORE_CLASS)
+            if inside.any():
+                area += int(inside.sum())
+                length += int(skeletonize(inside).sum())
+    return area / length if length else 0.0
