@@ -132,12 +132,15 @@ TINY = dict(steps=2, patch_size=None, batch_size=2, amp="off", device="cpu",
             val_every=1000, checkpoint_every=1000, init_from=None)
 
 
-def tiny_options(dataset) -> dict:
+def tiny_options(dataset, config=None) -> dict:
+    """The suite's tiny network from nothing; a plan that tuned a model of objects by their
+    area (`config.instances` foreground) learns the 2-class foreground instead."""
     small = [32, 32] if dataset.spatial_dims == 2 else [16, 16, 16]
     model = {"base_channels": 4, "depth": 3, "padding": "same", "norm": "batch",
              "dropout": 0.0} if dataset.spatial_dims == 2 else \
         {"base_channels": 4, "max_channels": 8, "depth": 3}
-    return dict(TINY, patch_size=small, model_options=model)
+    merged = {"instances": "merge"} if getattr(config, "instances", None) == "foreground" else {}
+    return dict(TINY, patch_size=small, model_options=model, **merged)
 
 
 def crop(dataset, side: int = 48):
@@ -166,7 +169,7 @@ def bench_set(name: str, args) -> list[str]:
                (preset, preset_config(preset, minutes=args.minutes, device="cpu", **sizes))]
     for recipe, config in recipes:
         if args.tiny:
-            options = tiny_options(dataset)
+            options = tiny_options(dataset, config)
             if recipe != "auto":
                 narrow = {"base_channels": 4} if dataset.spatial_dims == 2 else \
                     {"base_channels": 4, "max_channels": 8, "depth": 3}

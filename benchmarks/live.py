@@ -130,7 +130,7 @@ def bench(name: str, args) -> list[str]:
         config = config.replace(model_options={**config.model_options,
                                                "base_channels": args.base_channels})
     if args.tiny:
-        config = config.replace(**{**tiny_options(dense), "steps": 1})
+        config = config.replace(**{**tiny_options(dense, config), "steps": 1})
     print(f"\n== {name}: field {truth.shape}, {len(sequence)} strokes "
           f"({(sequence[-1] != IGNORE_CLASS).mean():.4f} of the pixels), one every "
           f"{args.every:g} s; the {args.plan} plan: {config.model} "

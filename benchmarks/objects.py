@@ -84,7 +84,7 @@ def train_run(train_set, args, folder: Path, **options):
     config = plan_for_data(train_set, "cpu").config(minutes=args.minutes, device="cpu",
                                                     **options)
     if args.tiny:
-        config = config.replace(minutes=None, **tiny_options(train_set))
+        config = config.replace(minutes=None, **tiny_options(train_set, config))
     return train_fitted(config, train_set, folder, fit=not args.tiny, started=started)
 
 

@@ -130,7 +130,7 @@ def bench(name: str, args) -> list[str]:
         train_set, test_set = crop(train_set), crop(test_set)
     config = plan_for_data(train_set, "cpu").config(minutes=args.minutes, device="cpu")
     if args.tiny:
-        config = config.replace(minutes=None, **tiny_options(dataset))
+        config = config.replace(minutes=None, **tiny_options(dataset, config))
     elif args.steps:
         config = with_steps(config.replace(minutes=None), args.steps)
     print(f"\n== {name}: {len(train_set)} train / {len(test_set)} test samples, "
