@@ -228,8 +228,8 @@ def test_disk_full_while_writing_a_checkpoint_keeps_the_old_one(tiny_run, monkey
 def _loss_nan_at(step_to_break):
     real = trainer_module.build_loss
 
-    def build(name, channels, regions=None, masked=False):
-        loss_fn, calls = real(name, channels, regions, masked), []
+    def build(name, channels, regions=None, masked=False, **options):
+        loss_fn, calls = real(name, channels, regions, masked, **options), []
 
         def loss(logits, target):
             calls.append(1)
