@@ -20,6 +20,7 @@ from ..data.normalization import normalize, stats_for_image
 from ..data.resolution import downsample_image, downsample_labels
 from ..export.loader import load_checkpoint
 from ..labels import LabelHead
+from ..start import start_name
 from .augment import Augmenter
 
 
@@ -208,7 +209,7 @@ def check_objects_start(config, init_from, resume: bool) -> None:
     written)."""
     if config.instances != "foreground" or resume:
         return
-    if init_from is None or str(init_from) == "none":
+    if start_name(init_from) is None:
         raise ConfigError("--instances foreground keeps the interior / boundary split of the "
                           "model it starts from: give --init-from a model of objects (e.g. "
                           "nuclei), or use --instances merge")
