@@ -5,8 +5,8 @@ Source: github.com/cuilimeng/CrackForest-dataset, commit ed57c2d96754e6c7d105805
 IEEE T-ITS 17(12), 2016). License, as its README states it: "The dataset is made available for
 non-commercial research purposes only." So: benchmarking only, never a built-in model's weights.
 
-Taken: every image/NNN.jpg that has a groundTruth/NNN.mat (118 of the 155 photos; the other 37
-have no labels and are left out), RGB as given. The masks come from the .mat files'
+Taken: every image/NNN.jpg that has a groundTruth/NNN.mat (118 of the 155 photos, 001-118; the
+other 37, 201-208 and 301-329, have no labels and are left out), RGB as given. The masks come from the .mat files'
 `Segmentation` map, a region map in the BSDS format: 1 is the background, 2 the cracks, and
 higher values are either pockets of road enclosed by cracks (value 3: compact regions, up to 45 000
 px) or cracks drawn in a later stroke (value 4, in 5 images: lines at most ~5 px wide). Crack
