@@ -21,6 +21,7 @@ images of each set.
 
     .venv/bin/python benchmarks/any_data.py --minutes 10                 # every set
     .venv/bin/python benchmarks/any_data.py --sets dsb2018 ovules3d --minutes 3
+    .venv/bin/python benchmarks/any_data.py --data-root /tmp/extra --sets crackforest uav75
 """
 from __future__ import annotations
 
@@ -198,13 +199,20 @@ def bench_set(name: str, args) -> list[str]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
+    parser.add_argument("--sets", nargs="+", default=list(SETS),
+                        help=f"folders under --data-root (default: {' '.join(SETS)}); fetched "
+                             "sets too, e.g. scripts/data/crackforest.py --out DIR/crackforest, "
+                             "then --data-root DIR --sets crackforest")
     parser.add_argument("--minutes", type=float, default=10.0,
                         help="training time of each recipe (calibration included)")
     parser.add_argument("--data-root", type=Path, default=DATA_ROOT)
     parser.add_argument("--tiny", action="store_true",
                         help="the test suite's mode: 2 steps of tiny networks, few images")
     args = parser.parse_args(argv)
+    missing = [name for name in args.sets if not (args.data_root / name).is_dir()]
+    if missing:
+        parser.error(f"no folder {args.data_root / missing[0]}: give set folders under "
+                     f"--data-root (now {args.data_root})")
     rows = []
     for name in args.sets:
         rows += bench_set(name, args)

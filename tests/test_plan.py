@@ -84,6 +84,20 @@ def test_rare_objects_centre_half_the_patches_and_the_reason_gives_their_size():
     assert "the median object is 3% of its image" in dagm.reasons["foreground_oversample"]
 
 
+def test_inspection_data_with_many_good_parts_centre_a_third_of_the_patches_on_defects():
+    # DAGM 2007 class 1: half the images without a defect, defects of 3 % of their image
+    dagm = plan_run(_fp(foreground_fraction=0.017, empty_share=0.5, median_object_share=0.03))
+    assert dagm.values["loss"] == "dice_ce_foreground"
+    assert dagm.values["foreground_oversample"] == 0.33
+    assert "50% of the images hold none" in dagm.reasons["foreground_oversample"]
+    # small defects (a random patch misses them) or every image with some: half, as before
+    tiny = plan_run(_fp(foreground_fraction=0.004, empty_share=0.5, median_object_share=0.005))
+    assert tiny.values["foreground_oversample"] == 0.5
+    assert "0.5% of its image" in tiny.reasons["foreground_oversample"]
+    full = plan_run(_fp(foreground_fraction=0.017, empty_share=0.0, median_object_share=0.03))
+    assert full.values["foreground_oversample"] == 0.5
+
+
 def test_thin_objects_keep_full_resolution_and_the_plan_says_why():
     membranes = plan_run(_fp(foreground_width=4.5))  # ISBI's membranes: about 7 px
     assert membranes.values["resample"] == 1
