@@ -85,7 +85,7 @@ def score(model, pairs, objects: bool, **options) -> tuple[float, float | None, 
 
 def row(model, data, dice, ap50, seconds, extra="") -> str:
     ap = f" ap50={ap50:.3f}" if ap50 is not None else ""
-    return f"builtin: model={model} data={data}{extra} dice={dice:.3f}{ap} seconds={seconds:.2f}"
+    return f"builtin: model={model} data={data}{extra} dice={dice:.3f}{ap} seconds={seconds:.3g}"
 
 
 def zero_shot(args) -> list[str]:

@@ -138,7 +138,10 @@ def test_fine_tuning_from_nuclei_on_strokes(tmp_path, capsys):
     assert main(["predict", "--run", str(run), "--input", str(tmp_path / "image.png"),
                  "--output", str(tmp_path / "labels.tif"), "--device", "cpu"]) == 0
     objects = tifffile.imread(tmp_path / "labels.tif")
-    assert len(np.unique(objects)) > 10  # one id per nucleus (the watershed), not classes
+    # one id per nucleus (the watershed), not classes (at most 2 ids): about as many as the
+    # image's nuclei (8; 9-10 found after 3 steps, in fp32 and bf16)
+    found, nuclei = len(np.unique(objects)) - 1, len(np.unique(truth)) - 1
+    assert nuclei - 2 <= found <= 2 * nuclei, (found, nuclei)
     # its bioimage.io package names the built-in model it came from, with the data's licenses
     package = export_bioimageio(run, tmp_path / "tuned.zip", image=image[:64, :64])
     with zipfile.ZipFile(package) as zipped:
