@@ -136,8 +136,9 @@ def pick(names: list[str], cap: int) -> list[str]:
 
 
 def run(convert, argv, description: str, repository: str, commit: str, provenance: str) -> int:
-    """Parse, check, read every pair (convert(source, cap) -> [(name, image, mask)]), then write.
-    Bad input: one line on stderr, exit 2, nothing written."""
+    """Parse, check, read every pair (convert(source, cap) -> [(name, image, mask)]), check
+    that each mask has its image's size, then write. Bad input: one line on stderr, exit 2,
+    nothing written."""
     args = parser(description).parse_args(argv)
     try:
         if args.cap < 1:
@@ -152,6 +153,9 @@ def run(convert, argv, description: str, repository: str, commit: str, provenanc
             else:
                 source, how = download(repository, commit, Path(scratch)), "downloaded"
             pairs = convert(source, args.cap)
+        for name, image, mask in pairs:
+            if mask.shape != image.shape[:2]:
+                raise InputError(f"{name}: mask {mask.shape} and image {image.shape[:2]} differ")
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
