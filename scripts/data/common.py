@@ -1,7 +1,7 @@
 """What the download-and-convert scripts of scripts/data share: where the data come from, how
 the pairs are written and the summary printed.
 
-Each set's script (crackforest.py, uav75.py) takes the data from one of
+Each set's script (crackforest.py, uav75.py, bsdata.py) takes the data from one of
 
     (nothing)            the repository's GitHub archive at the pinned commit (needs internet)
     --from-git-dir PATH  a bare or ordinary clone holding that commit (git cat-file, no checkout)
@@ -133,6 +133,21 @@ def pick(names: list[str], cap: int) -> list[str]:
     names = sorted(names)
     step = -(-len(names) // cap) if cap > 0 else 1
     return names[::step]
+
+
+def pick_keeping_share(with_defect: list[str], without: list[str], cap: int) -> list[str]:
+    """All names if they fit in `cap`; else `cap` of them, evenly spread in sorted order within
+    each group, the groups in the share the whole set has (images without a defect matter)."""
+    total = len(with_defect) + len(without)
+    if total <= cap:
+        return sorted(with_defect + without)
+    n_without = round(cap * len(without) / total)
+
+    def spread(names: list[str], n: int) -> list[str]:
+        names = sorted(names)
+        return [names[i * len(names) // n] for i in range(n)]
+
+    return sorted(spread(with_defect, cap - n_without) + spread(without, n_without))
 
 
 def run(convert, argv, description: str, repository: str, commit: str, provenance: str) -> int:
