@@ -59,12 +59,37 @@ DATA_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
 SETS = ("isbi2012", "dagm2007_class1", "dsb2018", "ovules3d", "brats2021")
 
 
-def split(count: int) -> tuple[list, list]:
-    """(train, test) indices: every third sample is a test sample (the last of 2 with 2)."""
+def split(count: int, groups: list | None = None) -> tuple[list, list]:
+    """(train, test) indices: every third sample is a test sample (the last of 2 with 2);
+    with `groups` (one per sample: near-duplicates share one), every third group in sorted
+    order, whole, so that no test image has a near-copy in the train part."""
+    if groups is not None and len(set(groups)) >= 2:
+        order = sorted(set(groups))
+        tested = set(order[2::3] if len(order) > 2 else order[1:])
+        test = [i for i in range(count) if groups[i] in tested]
+        return [i for i in range(count) if groups[i] not in tested], test
     if count == 2:
         return [0], [1]
     test = list(range(2, count, 3))
     return [i for i in range(count) if i not in test], test
+
+
+def groups_of(folder: Path, names) -> list | None:
+    """Each sample's group where the set's folder names them (groups.txt, `NAME GROUP` per
+    line, as scripts/data writes for photos of one spot over time), else None; a name the
+    file does not list is a group of its own."""
+    listing = Path(folder) / "groups.txt"
+    if not listing.is_file():
+        return None
+    named = dict(line.split(maxsplit=1) for line in listing.read_text().splitlines()
+                 if line.strip())
+    return [named.get(str(name), str(name)).strip() for name in names]
+
+
+def parts(dataset, folder: Path) -> tuple[list, list]:
+    """any_data's (train, test) indices of `dataset`, loaded from `folder` (split, with the
+    folder's groups if it names them)."""
+    return split(len(dataset), groups_of(folder, dataset.names))
 
 
 def load(name: str, root: Path):
@@ -154,7 +179,7 @@ def crop(dataset, side: int = 48):
 
 def bench_set(name: str, args) -> list[str]:
     dataset = load(name, args.data_root)
-    train_idx, test_idx = split(len(dataset))
+    train_idx, test_idx = parts(dataset, args.data_root / name)
     if args.tiny:
         train_idx, test_idx = train_idx[:2], test_idx[:1]
     train_set, test_set = dataset.subset(train_idx), dataset.subset(test_idx)

@@ -51,10 +51,12 @@ def main(argv=None) -> int:
     parser.add_argument("--change", action="append", default=[], metavar="KEY=VALUE",
                         help="a plan value changed (YAML value), e.g. foreground_oversample=0.5")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--score", type=int, nargs="+", metavar="STEP",
+                        help="score only these steps' checkpoints (default: every 100 steps)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     dataset = any_data.load(args.set, args.data_root)
-    train_idx, test_idx = any_data.split(len(dataset))
+    train_idx, test_idx = any_data.parts(dataset, args.data_root / args.set)
     train_set, test_set = dataset.subset(train_idx), dataset.subset(test_idx)
     changes = {key: yaml.safe_load(value) for key, value in
                (change.split("=", 1) for change in args.change)}
@@ -71,6 +73,8 @@ def main(argv=None) -> int:
                 saved.append((event.step, copy))
         saved.append((args.steps, Path(folder) / "run"))
         for step, checkpoint in saved:
+            if args.score and step not in args.score:
+                continue
             dice, precision, recall = scores(checkpoint, test_set)
             print(f"plan_seeds: set={args.set} change={','.join(args.change) or '-'} "
                   f"seed={args.seed} step={step} dice={dice:.3f} precision={precision:.3f} "

@@ -241,3 +241,26 @@ def test_live_plays_an_annotator_and_the_batch_way_beside_it(capsys, tmp_path):
                 assert 0.0 <= dice <= 1.0, row
     live_rows = [line for line in out.splitlines() if line.startswith("live: dataset=isbi2012")]
     assert int(re.search(r"strokes=(\d+)", live_rows[-1]).group(1)) >= 1
+
+
+def load_module(relative: str):
+    path = ROOT / relative
+    spec = importlib.util.spec_from_file_location(f"_mod_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_any_data_keeps_a_group_of_near_duplicates_on_one_side_of_its_split(tmp_path):
+    any_data = load_module("benchmarks/any_data.py")
+    names = [f"t{time}_spot{time % 4}" for time in range(12)]  # 4 spots photographed 3 times
+    (tmp_path / "groups.txt").write_text(
+        "".join(f"{name} spot{time % 4}\n" for time, name in enumerate(names[:-1])))
+    groups = any_data.groups_of(tmp_path, names)
+    assert groups[:4] == ["spot0", "spot1", "spot2", "spot3"] and groups[-1] == names[-1]
+    train, test = any_data.split(len(names), groups)
+    assert sorted(train + test) == list(range(12)) and test
+    assert not {groups[i] for i in train} & {groups[i] for i in test}  # no spot on both sides
+    assert {groups[i] for i in test} == {"spot2"}  # every third spot in sorted order
+    assert any_data.groups_of(tmp_path / "nothing", names) is None  # no file: plain split
+    assert any_data.split(12) == ([0, 1, 3, 4, 6, 7, 9, 10], [2, 5, 8, 11])

@@ -23,7 +23,8 @@ Taken: the 394 annotated photos (mask 1 = inside a Pitting polygon, drawn as lab
 and the 682 unannotated photos before their spot's first pitting (mask all 0), 1076 in all, 63 %
 of them without a defect. Under the cap (300 by default) both groups are thinned evenly in name
 order (time order within a spot), keeping that share: 110 with pitting, 190 without. Images are
-written as 8-bit grey (PIL's "L", ITU-R 601 luma), at their own size. A label that is not a
+written as 8-bit grey (PIL's "L", ITU-R 601 luma), at their own size; groups.txt names each
+photo's spot (a spot's photos are near-duplicates: any_data.py tests on whole spots). A label that is not a
 Pitting polygon, or that names another image or size, stops the script.
 
     python scripts/data/bsdata.py --out DIR [--from-git-dir PATH | --from-dir PATH] [--cap N]
@@ -106,7 +107,9 @@ def convert(source, cap: int):
             mask = pitting_mask(read_json(source, label_name), filename, size, label_name)
         else:
             mask = np.zeros(image.shape, np.uint8)
-        pairs.append((filename.removesuffix(".jpg"), image, mask))
+        found = SEQUENCE.match(filename)  # the spot: its photos over time are near-duplicates
+        pairs.append((filename.removesuffix(".jpg"), image, mask,
+                      found.group(2) if found else filename.removesuffix(".jpg")))
     return pairs
 
 

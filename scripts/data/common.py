@@ -12,6 +12,9 @@ and writes, outside any git repository,
     OUT/images/NAME.png  8-bit grey or RGB, as the set gives it
     OUT/masks/NAME.png   uint8, 0 background, 1 defect (same names)
     OUT/SOURCE.txt       repository, commit, license and what was taken
+    OUT/groups.txt       where a set's images come in groups of near-duplicates (photos of one
+                         spot over time): `NAME GROUP` per line; benchmarks/any_data.py keeps
+                         each group whole on one side of its train / test split
 
 Nothing is written before every pair has been read and checked. Bad input: a one-line error,
 exit 2. `python scripts/data/common.py OUT` prints the summary of a converted folder.
@@ -151,8 +154,8 @@ def pick_keeping_share(with_defect: list[str], without: list[str], cap: int) -> 
 
 
 def run(convert, argv, description: str, repository: str, commit: str, provenance: str) -> int:
-    """Parse, check, read every pair (convert(source, cap) -> [(name, image, mask)]), check
-    that each mask has its image's size, then write. Bad input: one line on stderr, exit 2,
+    """Parse, check, read every pair (convert(source, cap) -> [(name, image, mask)] or
+    [(name, image, mask, group)]), check that each mask has its image's size, then write. Bad input: one line on stderr, exit 2,
     nothing written."""
     args = parser(description).parse_args(argv)
     try:
@@ -168,7 +171,7 @@ def run(convert, argv, description: str, repository: str, commit: str, provenanc
             else:
                 source, how = download(repository, commit, Path(scratch)), "downloaded"
             pairs = convert(source, args.cap)
-        for name, image, mask in pairs:
+        for name, image, mask, *_ in pairs:
             if mask.shape != image.shape[:2]:
                 raise InputError(f"{name}: mask {mask.shape} and image {image.shape[:2]} differ")
     except InputError as exc:
@@ -190,9 +193,12 @@ def decode(data: bytes, name: str) -> np.ndarray:
 def write(out: Path, pairs, provenance: str) -> None:
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
-    for name, image, mask in pairs:
+    for name, image, mask, *_ in pairs:
         Image.fromarray(np.ascontiguousarray(image)).save(out / "images" / f"{name}.png")
         Image.fromarray(mask.astype(np.uint8)).save(out / "masks" / f"{name}.png")
+    groups = [(pair[0], pair[3]) for pair in pairs if len(pair) > 3]
+    if groups:  # (name, image, mask, group): near-duplicates stay together in a split
+        (out / "groups.txt").write_text("".join(f"{name} {group}\n" for name, group in groups))
     (out / "SOURCE.txt").write_text(provenance)
 
 
