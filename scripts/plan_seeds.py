@@ -8,6 +8,8 @@ side::
     .venv/bin/python scripts/plan_seeds.py --set dagm2007_class1 --seed 0 --steps 400
     .venv/bin/python scripts/plan_seeds.py --set dagm2007_class1 --seed 0 --steps 400 \\
         --change foreground_oversample=0.5
+    .venv/bin/python scripts/plan_seeds.py --set dagm2007_class1 --seed 0 --steps 400 \\
+        --preset newcomer    # any_data's named preset for the set, with a newcomer's sizes
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 import any_data  # noqa: E402
 
 from napari_unet.engine import evaluate, load_checkpoint, plan_for_data, train  # noqa: E402
+from napari_unet.engine.config import preset_config  # noqa: E402
 from napari_unet.engine.events import CheckpointSaved  # noqa: E402
 
 
@@ -50,6 +53,10 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--change", action="append", default=[], metavar="KEY=VALUE",
                         help="a plan value changed (YAML value), e.g. foreground_oversample=0.5")
+    parser.add_argument("--preset", choices=["auto", "newcomer"], default="auto",
+                        help="the plan (auto) or the named preset any_data.py compares it with")
+    parser.add_argument("--keep", type=Path, metavar="DIR",
+                        help="keep the run folder (its last checkpoint) in DIR (new or empty)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--score", type=int, nargs="+", metavar="STEP",
                         help="score only these steps' checkpoints (default: every 100 steps)")
@@ -60,7 +67,12 @@ def main(argv=None) -> int:
     train_set, test_set = dataset.subset(train_idx), dataset.subset(test_idx)
     changes = {key: yaml.safe_load(value) for key, value in
                (change.split("=", 1) for change in args.change)}
-    config = plan_for_data(train_set, "cpu").config(device="cpu").replace(
+    if args.preset == "auto":
+        config = plan_for_data(train_set, "cpu").config(device="cpu")
+    else:
+        preset, sizes = any_data.newcomer_preset(dataset)
+        config = preset_config(preset, device="cpu", **sizes)
+    config = config.replace(
         steps=args.steps, minutes=None, checkpoint_every=100, val_every=10**9, seed=args.seed,
         amp="off", **changes)
     started = time.monotonic()
@@ -72,14 +84,17 @@ def main(argv=None) -> int:
                 shutil.copy(event.path, copy)
                 saved.append((event.step, copy))
         saved.append((args.steps, Path(folder) / "run"))
+        if args.keep is not None:
+            shutil.copytree(Path(folder) / "run", args.keep, dirs_exist_ok=True)
         for step, checkpoint in saved:
             if args.score and step not in args.score:
                 continue
             dice, precision, recall = scores(checkpoint, test_set)
-            print(f"plan_seeds: set={args.set} change={','.join(args.change) or '-'} "
-                  f"seed={args.seed} step={step} dice={dice:.3f} precision={precision:.3f} "
-                  f"recall={recall:.3f} minutes={(time.monotonic() - started) / 60:.1f}",
-                  flush=True)
+            minutes = (time.monotonic() - started) / 60
+            print(f"plan_seeds: set={args.set} preset={args.preset} "
+                  f"change={','.join(args.change) or '-'} seed={args.seed} step={step} "
+                  f"dice={dice:.3f} precision={precision:.3f} recall={recall:.3f} "
+                  f"minutes={minutes:.1f}", flush=True)
     return 0
 
 
