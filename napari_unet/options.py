@@ -173,6 +173,10 @@ TRAIN_OPTIONS: tuple[Option, ...] = (
     Option("val_tile_size", Optional[list[int]], None, "default: patch_size"),
     Option("val_overlap", float, 0.25),
     Option("threshold", float, 0.5),
+    Option("fit_threshold", bool, False,
+           "after training, the threshold of the foreground probability that gives the best "
+           "Dice on whole images (the validation part, else the training images) becomes "
+           "the run's own (a model with one foreground class)", flag=True),
     Option("keep_largest", bool, False,
            "prediction keeps only the largest connected object (all foreground labels "
            "together; a region model's whole tumour) and clears the rest: for data with one "

@@ -28,6 +28,7 @@ import yaml
 
 from . import builtin
 from .errors import CheckpointError, ConfigError
+from .io import atomic_write
 
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
@@ -67,10 +68,16 @@ class RunFolder:
         try:
             self.checkpoints.mkdir(parents=True, exist_ok=True)
             self.predictions.mkdir(exist_ok=True)
-            (self.path / CONFIG).write_text(config.to_yaml())
+            self.write_config(config)
         except OSError as exc:
             raise ConfigError(f"cannot write the run folder {self.path}: {exc.strerror}; "
                               f"choose a writable --out folder") from None
+
+    def write_config(self, config) -> None:
+        """config.yaml (atomically: a run's record is never half written)."""
+        if self.writer:
+            with atomic_write(self.path / CONFIG, overwrite=True) as tmp:
+                Path(tmp).write_text(config.to_yaml())
 
     def log(self, record: dict) -> None:
         if self.writer:

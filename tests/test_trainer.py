@@ -20,7 +20,8 @@ from napari_unet.engine import (
     sample_dataset,
     train,
 )
-from napari_unet.engine.data.dataset import Dataset
+from napari_unet.engine.data.dataset import Dataset, split_folds
+from napari_unet.engine.events import Message
 from napari_unet.errors import ConfigError, DataError, TrainingDiverged
 
 
@@ -294,3 +295,36 @@ def test_3d_data_with_a_2d_model(tmp_path):
 def test_bf16_training_on_cpu(dagm, tmp_path):
     events = run(tiny_config(steps=4, amp="bf16"), dagm, tmp_path / "r")
     assert all(math.isfinite(e.loss) for e in events if isinstance(e, Progress))
+
+
+@pytest.mark.parametrize("validation", [True, False])
+def test_the_fitted_threshold_is_the_best_on_whole_images_and_the_run_keeps_it(
+        dagm, tmp_path, validation):
+    """fit_threshold: after training, the GRID threshold with the best Dice on the validation
+    part (else the training images) is written into the final checkpoint and config.yaml,
+    prediction and evaluation use it, and a message says so."""
+    from napari_unet.engine.training.threshold import GRID, MIN_GAIN
+    from napari_unet.runs import read_config_value
+
+    config = tiny_config(steps=12, fit_threshold=True,
+                         **({} if validation else dict(fold=None)))
+    events = run(config, dagm, tmp_path / "run")
+    finished = events[-1]
+    checkpoint = load_checkpoint(finished.path)
+    chosen = checkpoint.config.threshold
+    fitted_on = dagm.subset(split_folds(len(dagm), 0, 4, config.split_seed)[1]) \
+        if validation else dagm
+    dice = {t: evaluate(checkpoint, fitted_on, threshold=t, amp="off", device="cpu")
+            ["foreground_dice"] for t in (*GRID, 0.5)}
+    notes = [e.text for e in events if isinstance(e, Message) and "threshold" in e.text]
+    assert len(notes) == 1, notes
+    if chosen == 0.5:
+        assert max(dice.values()) < dice[0.5] + MIN_GAIN + 1e-3, (dice, notes)
+    else:
+        assert dice[chosen] >= max(dice.values()) - 1e-3, (chosen, dice)
+        assert dice[chosen] >= dice[0.5] + MIN_GAIN - 1e-3
+        assert checkpoint.config.plan["threshold"].startswith("fitted after training")
+        assert float(read_config_value(tmp_path / "run", "threshold")) == chosen
+        # prediction uses the run's threshold unless given one
+        assert evaluate(checkpoint, fitted_on, amp="off", device="cpu")["foreground_dice"] \
+            == pytest.approx(dice[chosen], abs=1e-6)

@@ -71,6 +71,13 @@ def save_checkpoint(path, *, model, config, norm_stats, step, best_dice, data_in
     if ema is not None:
         state["ema_state"] = ema.module.state_dict()
         state["ema_averaged"] = int(ema.n_averaged)
+    return write_state(path, state)
+
+
+def write_state(path, state: dict) -> Path:
+    """Write a checkpoint's `state` to `path` atomically (save_checkpoint's, or one read by
+    read_checkpoint and changed)."""
+    path = Path(path)
     try:
         with atomic_write(path, overwrite=True) as tmp:
             torch.save(state, tmp)

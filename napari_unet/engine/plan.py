@@ -16,7 +16,9 @@ what the fingerprint says:
   pictures, otherwise a z-score per channel over the training set;
 - rare objects get a foreground-weighted loss and patches centred on them: half of them, or a
   third where many images hold no object and the objects are not small (surface inspection:
-  the other patches must show good parts too; RESULTS, issue 36: 5 seeds on DAGM);
+  the other patches must show good parts too; RESULTS, issue 36: 5 seeds on DAGM); as those
+  patches show more object than the images hold, the threshold is then fitted on whole images
+  (training.threshold);
 - thin objects (membranes, cracks: the foreground's width) keep full resolution;
 - augmentation respects the axes: quarter turns and flips in the plane, flips along Z only
   where voxels are isotropic.
@@ -77,9 +79,16 @@ class Plan:
         """The TrainConfig of the plan, with the user's own `overrides` (None ignored) on top;
         the reasons travel in ``config.plan`` (written to config.yaml)."""
         given = {k: v for k, v in overrides.items() if v is not None}
+        values = dict(self.values)
+        if "threshold" in given and values.get("fit_threshold") and "fit_threshold" not in given:
+            values["fit_threshold"] = False  # the user's threshold is the threshold
+            given_reason = {"fit_threshold": "off: the threshold is given by the user"}
+        else:
+            given_reason = {}
         reasons = {k: v for k, v in self.reasons.items() if k not in given}
         reasons.update({k: "given by the user" for k in given if k in self.values})
-        return preset_config(AUTO, **{**self.values, **given, "plan": reasons})
+        reasons.update(given_reason)
+        return preset_config(AUTO, **{**values, **given, "plan": reasons})
 
     def lines(self) -> list[str]:
         """One line per choice: `name = value: reason`."""
@@ -296,6 +305,10 @@ def _plan_loss(plan: Plan, fp: Fingerprint) -> None:
                     f"objects are rare ({100 * share:.2g}% of the pixels): Dice of the objects "
                     f"+ cross-entropy, so background cannot win by itself")
         size = f"the median object is {100 * fp.median_object_share:.2g}% of its image"
+        plan.choose("fit_threshold", True,
+                    "patches centred on the rare objects show the model more of them than the "
+                    "images hold: after training, the threshold that gives the best Dice on "
+                    "whole images becomes the run's own (RESULTS: issue 36)")
         if fp.empty_share >= MANY_EMPTY and fp.median_object_share >= SMALL_OBJECT:
             plan.choose("foreground_oversample", 0.33,
                         f"a third of the patches centred on an object: {100 * fp.empty_share:.0f}% "
@@ -379,6 +392,9 @@ def _plan_live(plan: Plan, fp: Fingerprint, kind: str) -> None:
     plan.choose("model_options", options,
                 f"a live run: width {base}, {poolings} poolings: a narrow network learns the "
                 f"strokes in seconds and predicts the view quickly")
+    if plan.values.get("fit_threshold"):
+        plan.choose("fit_threshold", False, "a live run: strokes leave most pixels unknown, "
+                                            "there is no whole image to fit a threshold on")
     lr = LIVE_LR if dims == 2 else 2e-3
     plan.choose("lr", lr, f"a live run: a high rate ({lr:g}) for the first minutes' steps")
     plan.choose("lr_schedule", "constant",

@@ -25,12 +25,13 @@ from ...choices import IGNORE_CLASS, PER_IMAGE_NORMALIZATIONS
 from ...errors import DataError, OutOfMemory
 from ...masks import distinct_values, value_listing
 from ...runs import BEST, LAST, RunFolder
-from ..checkpoint import read_checkpoint, save_checkpoint
+from ..checkpoint import read_checkpoint, save_checkpoint, write_state
 from ..config import TrainConfig
 from ..data.dataset import split_folds
 from ..data.normalization import NormStats, compute_norm_stats
 from ..data.patches import PatchSampler
 from ..events import CheckpointSaved, Finished, Message, Progress, Started, Validation
+from ..export.loader import load_checkpoint
 from ..labels import LabelHead
 from ..runtime import configure_backends, memory_format, resolve_amp, resolve_device
 from . import distributed
@@ -51,6 +52,7 @@ from .setup import (
     window_sizes,
 )
 from .steps import LossReader, ThroughputWindow, loss_read_interval, train_step
+from .threshold import fit_threshold, fittable
 from .validation import validate
 
 
@@ -93,7 +95,7 @@ def train(config: TrainConfig, images=None, masks=None, *, run_dir, resume: bool
     finally:
         run.batches.close()
         run.cancel.restore()
-    yield _finish(run)
+    yield from _finish(run)
 
 
 def _has_objects(mask) -> bool:
@@ -320,15 +322,45 @@ def _validate_and_save(run):
         yield CheckpointSaved(str(run.save(BEST, run.done)), run.done)
 
 
-def _finish(run) -> Finished:
-    """The last checkpoint; the final model is the best one, if there was a validation."""
+def _finish(run):
+    """The last checkpoint; the final model is the best one, if there was a validation; its
+    threshold fitted where the config asks (training.threshold). Ends with Finished."""
     last = run.save(LAST, run.done)
     if not len(run.val_set.images):
         run.best_dice = float("nan")
     best_path = run.folder.checkpoints / BEST
     final = best_path if best_path.exists() else last
+    if run.dist.is_main and fittable(run.config, run.head, run.train_set.sparse or run.live):
+        note = _fit_threshold(run, final)
+        if note:
+            yield Message("info", note)
     run.dist.cleanup(together=True)
-    return Finished(best_dice=run.best_dice, path=str(final), step=run.done)
+    yield Finished(best_dice=run.best_dice, path=str(final), step=run.done)
+
+
+def _fit_threshold(run, final) -> str | None:
+    """Fit the final model's threshold on the validation part (else the training images),
+    write it into its checkpoint (and config.yaml); what was done, in a line, or None."""
+    images = run.val_set if len(run.val_set.images) else run.train_set
+    where = "validation" if images is run.val_set else "training"
+    fitted = fit_threshold(load_checkpoint(final), images, run.config, run.device,
+                           run.config.threshold)
+    if fitted is None:
+        return None
+    threshold, dice, before, count = fitted
+    if threshold == run.config.threshold:
+        return (f"threshold {threshold:g} kept: no other gives a better Dice on {count} "
+                f"{where} image(s) ({before:.3f})")
+    reason = (f"fitted after training on {count} {where} image(s): Dice {dice:.3f} there "
+              f"against {before:.3f} at {run.config.threshold:g}")
+    state = read_checkpoint(final)
+    state["config"] = {**state["config"], "threshold": threshold,
+                       "plan": {**state["config"].get("plan", {}), "threshold": reason}}
+    write_state(final, state)
+    run.config = replace(run.config, threshold=threshold,
+                         plan={**run.config.plan, "threshold": reason})
+    run.folder.write_config(run.config)
+    return f"threshold = {threshold:g}: {reason}"
 
 
 def _restore(path, model, optimizer, scheduler, scaler, ema=None):
