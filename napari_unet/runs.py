@@ -67,10 +67,18 @@ class RunFolder:
         try:
             self.checkpoints.mkdir(parents=True, exist_ok=True)
             self.predictions.mkdir(exist_ok=True)
-            (self.path / CONFIG).write_text(config.to_yaml())
+            self.write_config(config)
         except OSError as exc:
             raise ConfigError(f"cannot write the run folder {self.path}: {exc.strerror}; "
                               f"choose a writable --out folder") from None
+
+    def write_config(self, config) -> None:
+        """config.yaml (again: a run fitted to minutes re-fits its steps while it trains),
+        whole or not at all."""
+        if self.writer:
+            part = self.path / f".{CONFIG}.part"
+            part.write_text(config.to_yaml())
+            os.replace(part, self.path / CONFIG)
 
     def log(self, record: dict) -> None:
         if self.writer:

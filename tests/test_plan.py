@@ -186,7 +186,7 @@ def test_minutes_leave_room_for_the_time_spent_and_the_validations(monkeypatch):
         [getattr(fitted, key) for key in ("steps", "val_every", "checkpoint_every",
                                           "warmup_steps")]
     validated, _ = fit_to_minutes(config.replace(fold=0, folds=2), dataset, ten_seconds_ago)
-    one = calibration._validation_seconds(config.replace(fold=0, folds=2), dataset, 0.5)
+    one = calibration.validation_seconds(config.replace(fold=0, folds=2), dataset, 0.5)
     assert one > 0 and validated.steps == pytest.approx(
         (left - calibration.VALIDATIONS * one) / 0.5, abs=1)
 
