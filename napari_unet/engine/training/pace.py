@@ -136,6 +136,7 @@ class Pace:
         timed, self.mark, self.since = done - self.mark, done, now
         if total == steps:
             return None
+        minutes = f"{self.minutes:g} minute{'' if self.minutes == 1 else 's'}"
         return total, (f"the steps run {'faster' if total > steps else 'slower'} than "
                        f"planned ({per_step:.3g} s a step over the last {timed}): {total} "
-                       f"steps instead of {steps} to end in the {self.minutes:g} minutes")
+                       f"steps instead of {steps} to end in the {minutes}")
