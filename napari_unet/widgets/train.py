@@ -411,7 +411,12 @@ class TrainWidget(LiveButtons, TrainForm):
         self.curve.loss += loss
         self.curve.dice += dice
         if self.curve.loss:
-            self.progress.setValue(self.curve.loss[-1][0])
+            step = self.curve.loss[-1][0]
+            if step > self.progress.maximum():  # a run fitted to minutes re-fitted its steps
+                total = max(step, runs.configured_steps(self.run_dir) or 0)
+                self.progress.setRange(0, total)
+                self.curve.total = total
+            self.progress.setValue(step)
         self.curve.update()
 
     def _on_watched_end(self, checkpoint):
