@@ -8,7 +8,9 @@ each fit at least REFIT_LEAST_STEPS timed steps after the one before, and none a
 last of REFIT_AT. The pace is the seconds per optimizer step since the last fit, with the
 validations and checkpoint writes left out; what the validations still due will take (as
 measured in this run, or before the first one as ``validation_seconds`` estimates) is kept
-aside. A new total differing by REFIT_CHANGE or less is not taken; it never falls below the
+aside. A new total is taken where it is larger by more than REFIT_CHANGE (the schedule moves
+with each fit: not for a few steps), or smaller by more than REFIT_SHRINK (a run that goes on
+past its end is cut by the time limit before its schedule ends); it never falls below the
 steps done plus LEAST_LEFT. The warm-up stays as planned; the schedule, the validation and
 checkpoint periods (``with_total``) follow the new total.
 
@@ -28,7 +30,8 @@ RESERVE_SHARE = 0.05  # of the budget, for start-up, checkpoints and the end
 FORWARD_SHARE = 0.35  # a forward pass (validation) against a training step, per pixel
 REFIT_AT = (0.10, 0.25, 0.50, 0.75)  # shares of the steps where they are re-fitted
 REFIT_LEAST_STEPS = 20  # timed steps behind a fit (fewer: too noisy a pace)
-REFIT_CHANGE = 0.10  # a new total only where it differs from the current one by more
+REFIT_CHANGE = 0.10  # more steps only where the new total is larger by more than this share
+REFIT_SHRINK = 0.02  # fewer where smaller by more: less than the time limit's slack (2.5 %)
 UNTIMED_STEPS = 3  # a run's first steps, slow while kernels are built: not in the pace
 LEAST_LEFT = 5  # steps a re-fit leaves at least after those done
 
@@ -86,13 +89,14 @@ def pauses_left(done: int, steps: int) -> int:
 def refit_steps(done: int, steps: int, per_step: float, left: float, pause: float) -> int:
     """The steps in all that end a run `left` seconds from now, after `done` steps, at
     `per_step` seconds a step and `pause` seconds a validation still due; `steps` (the
-    current total) where that differs from it by REFIT_CHANGE or less. Never below done +
-    LEAST_LEFT."""
+    current total) where that is at most REFIT_CHANGE larger or REFIT_SHRINK smaller. Never
+    below done + LEAST_LEFT."""
     total = steps
     for _ in range(2):  # the validations still due depend on the total
         total = done + int((left - pauses_left(done, total) * pause) / per_step)
     total = max(total, done + LEAST_LEFT)
-    return steps if abs(total - steps) <= REFIT_CHANGE * steps else total
+    keep = -REFIT_SHRINK * steps <= total - steps <= REFIT_CHANGE * steps
+    return steps if keep else total
 
 
 def next_fit(mark: int, steps: int) -> int | None:
