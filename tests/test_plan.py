@@ -368,7 +368,7 @@ def test_the_pace_rule_on_hand_made_numbers():
                               paused=30.0 if done == 10 else 0.0) for done in range(1, 27)}
     assert [done for done, fit in fits.items() if fit] == [26]
     assert fits[26] == (850, ("the steps run faster than planned (1 s a step over the last "
-                              "23): 850 steps instead of 257 to end in the 10 minutes"))
+                              "23 steps): 850 steps instead of 257 to end in the 10 minutes"))
 
 
 def _paced_run(tmp_path, monkeypatch, stop_at_refit=False):
@@ -412,8 +412,9 @@ def test_a_timed_run_follows_its_own_pace_to_the_end_of_its_minutes(tmp_path, mo
     at = events.index(note)
     refit = progress[-1].total
     # 0.5 s a step at step 23, 31.5 s left, 3 validations of 2 s due: 74 steps in all
-    assert refit == 74 and note.text.startswith("the steps run faster than planned (0.5 s a "
-                                                "step over the last 20): 74 steps instead of 40")
+    assert refit == 74 and note.text == ("the steps run faster than planned (0.5 s a step over "
+                                         "the last 20 steps): 74 steps instead of 40 to end in "
+                                         "the 1 minute")
     assert {e.total for e in events[:at] if isinstance(e, Progress)} == {40}
     assert {e.total for e in events[at:] if isinstance(e, Progress)} == {74}
     assert isinstance(events[-1], Finished) and events[-1].step == 74

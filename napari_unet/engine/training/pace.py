@@ -142,5 +142,5 @@ class Pace:
             return None
         minutes = f"{self.minutes:g} minute{'' if self.minutes == 1 else 's'}"
         return total, (f"the steps run {'faster' if total > steps else 'slower'} than "
-                       f"planned ({per_step:.3g} s a step over the last {timed}): {total} "
+                       f"planned ({per_step:.3g} s a step over the last {timed} steps): {total} "
                        f"steps instead of {steps} to end in the {minutes}")
