@@ -253,11 +253,12 @@ class _Run:
     def retotal(self, steps: int):
         """Train `steps` steps in all from now on (a re-fit to the run's pace): the schedule,
         the validation and checkpoint periods, the batches and config.yaml (what a resumed run
-        reads) follow."""
-        self.config = with_total(self.config, steps)
-        self.folder.write_config(self.config)
-        self.batches.close()
-        self.batches = DeviceBatches(self.sampler, range(self.done, steps), self.device)
+        reads) follow; a SIGINT meanwhile waits for its end, as for a step."""
+        with self.cancel.deferred():
+            self.config = with_total(self.config, steps)
+            self.folder.write_config(self.config)
+            self.batches.close()
+            self.batches = DeviceBatches(self.sampler, range(self.done, steps), self.device)
 
     def step(self, step):
         """One optimizer step, EMA and schedule included; a SIGINT meanwhile waits for its end
