@@ -119,6 +119,8 @@ class HumanPrinter:
     def _advance(self, unit, done, total, postfix=""):
         from tqdm import tqdm  # optional: only a human watching a terminal needs it
 
+        if self.bar is not None and unit == "steps" == self.key[0] and done > self.done:
+            self.bar.total, self.key = total, (unit, total)  # a run re-fitted its steps
         if self.bar is None or self.key != (unit, total):
             self._close()
             self.key, self.done = (unit, total), 0

@@ -74,7 +74,8 @@ class RunFolder:
                               f"choose a writable --out folder") from None
 
     def write_config(self, config) -> None:
-        """config.yaml (atomically: a run's record is never half written)."""
+        """config.yaml, whole or not at all (written again where a run fitted to minutes
+        re-fits its steps, or fits its threshold, after it started)."""
         if self.writer:
             with atomic_write(self.path / CONFIG, overwrite=True) as tmp:
                 Path(tmp).write_text(config.to_yaml())

@@ -186,7 +186,7 @@ def test_minutes_leave_room_for_the_time_spent_and_the_validations(monkeypatch):
         [getattr(fitted, key) for key in ("steps", "val_every", "checkpoint_every",
                                           "warmup_steps")]
     validated, _ = fit_to_minutes(config.replace(fold=0, folds=2), dataset, ten_seconds_ago)
-    one = calibration._validation_seconds(config.replace(fold=0, folds=2), dataset, 0.5)
+    one = calibration.validation_seconds(config.replace(fold=0, folds=2), dataset, 0.5)
     assert one > 0 and validated.steps == pytest.approx(
         (left - calibration.VALIDATIONS * one) / 0.5, abs=1)
 
@@ -337,6 +337,117 @@ def test_a_timed_run_past_its_time_ends_there_with_a_checkpoint(tmp_path):
     on_time = list(train(config.replace(steps=3), dataset, run_dir=tmp_path / "r2",
                          deadline=time.monotonic() + 3600))
     assert on_time[-1].step == 3 and not any(isinstance(e, Message) for e in on_time)
+
+
+def test_the_pace_rule_on_hand_made_numbers():
+    """Issue 36: the steps of a run fitted to minutes follow its own pace (training.pace)."""
+    from napari_unet.engine.training import pace
+
+    # 26 of 257 steps done, 400 s left: a step of 1 s fits 426, of 2 s 226; up to 10 % more
+    # (240 s left: 266) or 2 % fewer (228 s: 254) the steps stay, 4 % fewer (220 s: 246) not
+    # (the time limit would cut the schedule); never fewer than those done and a few
+    assert pace.refit_steps(26, 257, per_step=1.0, left=400.0, pause=0.0) == 426
+    assert pace.refit_steps(26, 257, per_step=2.0, left=400.0, pause=0.0) == 226
+    assert pace.refit_steps(26, 257, per_step=1.0, left=240.0, pause=0.0) == 257
+    assert pace.refit_steps(26, 257, per_step=1.0, left=228.0, pause=0.0) == 257
+    assert pace.refit_steps(26, 257, per_step=1.0, left=220.0, pause=0.0) == 246
+    assert pace.refit_steps(200, 257, per_step=1.0, left=-5.0, pause=0.0) == \
+        200 + pace.LEAST_LEFT
+    # the validations still due (three periods and the end) keep their time aside
+    assert pace.pauses_left(26, 257) == 4 and pace.pauses_left(195, 257) == 1
+    assert pace.pauses_left(257, 257) == 0
+    assert pace.refit_steps(26, 257, per_step=1.0, left=400.0, pause=10.0) == 386
+    # fits at about 10, 25, 50, 75 % of the steps, 20 timed steps apart, none past 75 %
+    assert pace.next_fit(3, 257) == 26 and pace.next_fit(26, 257) == 65
+    assert pace.next_fit(3, 40) == 23 and pace.next_fit(23, 40) is None
+    assert pace.next_fit(193, 257) is None
+    # the clock of a run: 1 s a step, a validation of 30 s at step 10 (not in the pace but
+    # reserved for the four still due), 944 s left at step 26
+    clock = pace.Pace(ends=1000.0, minutes=10, start_step=0, validation_factor=2.0)
+    fits = {done: clock.refit(done, 257, now=done + (30.0 if done >= 10 else 0.0),
+                              paused=30.0 if done == 10 else 0.0) for done in range(1, 27)}
+    assert [done for done, fit in fits.items() if fit] == [26]
+    assert fits[26] == (850, ("the steps run faster than planned (1 s a step over the last "
+                              "23 steps): 850 steps instead of 257 to end in the 10 minutes"))
+
+
+def _paced_run(tmp_path, monkeypatch, stop_at_refit=False):
+    """A tiny run whose 40 steps were fitted to 1 minute from a timing of 1 s a step that
+    took 10 s; then, on a fake clock, each step takes 0.5 s and each validation 2 s. Its
+    events, the fake clock at its end and the end its steps were fitted to."""
+    from types import SimpleNamespace
+
+    from napari_unet.engine import Progress, Validation, time_limit
+    from napari_unet.engine.training import loop, pace
+
+    dataset = _tiny_dataset()
+    config = pace.with_steps(plan_run(fingerprint(dataset)).config(
+        minutes=1.0, amp="off", device="cpu", batch_size=2, patch_size=[32, 32], fold=0,
+        folds=2, model_options={"padding": "same", "base_channels": 4, "depth": 2,
+                                "norm": "batch", "dropout": 0.0}), 40)
+    started, clock = 1000.0, [1010.0]
+    monkeypatch.setattr(loop, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    events = []
+    run = train(config, dataset, run_dir=tmp_path / "run", deadline=time_limit(config, started))
+    for event in run:
+        events.append(event)
+        clock[0] += 0.5 if isinstance(event, Progress) else 2.0 if isinstance(
+            event, Validation) else 0.0
+        if stop_at_refit and getattr(event, "level", None) == "info":
+            run.close()  # cancelled: a checkpoint of the steps done
+            break
+    return config, events, clock[0], pace.fitted_end(config, time_limit(config, started))
+
+
+def test_a_timed_run_follows_its_own_pace_to_the_end_of_its_minutes(tmp_path, monkeypatch):
+    """Issue 36: a --minutes 10 run timed while the machine was busier ended after 5.6
+    minutes with 257 steps, where ~450 fitted: its steps now follow its pace."""
+    from napari_unet.cli_progress import HumanPrinter
+    from napari_unet.engine import Message, Progress, TrainConfig, Validation, load_checkpoint
+    from napari_unet.engine.training.setup import lr_factor
+
+    config, events, now, end = _paced_run(tmp_path, monkeypatch)
+    [note] = [e for e in events if isinstance(e, Message) and e.level == "info"]
+    progress = [e for e in events if isinstance(e, Progress)]
+    at = events.index(note)
+    refit = progress[-1].total
+    # 0.5 s a step at step 23, 31.5 s left, 3 validations of 2 s due: 74 steps in all
+    assert refit == 74 and note.text == ("the steps run faster than planned (0.5 s a step over "
+                                         "the last 20 steps): 74 steps instead of 40 to end in "
+                                         "the 1 minute")
+    assert {e.total for e in events[:at] if isinstance(e, Progress)} == {40}
+    assert {e.total for e in events[at:] if isinstance(e, Progress)} == {74}
+    assert isinstance(events[-1], Finished) and events[-1].step == 74
+    assert end - 0.5 <= now <= end + 2.0  # it ends when its steps were fitted to end
+    # the schedule follows: still going at step 40, at its end at the last step; the warm-up
+    # and the periods (four validations) as a fitted run of 74 steps
+    saved = TrainConfig.from_yaml(tmp_path / "run" / "config.yaml")
+    assert (saved.steps, saved.val_every, saved.warmup_steps) == (74, 19, config.warmup_steps)
+    assert load_checkpoint(tmp_path / "run").config.steps == 74
+    assert progress[39].lr > 0.1 * config.lr
+    assert progress[-1].lr == pytest.approx(config.lr * lr_factor(saved, 74)) == 0.0
+    assert [e.step for e in events if isinstance(e, Validation)] == [10, 20, 38, 57, 74]
+    # the CLI says why and keeps its bar, its end moved
+    show, bars = HumanPrinter(), []
+    for event in events:
+        show(event)
+        if isinstance(event, Progress) and event.step < event.total:
+            bars.append(show.bar)
+    assert all(bar is bars[0] for bar in bars)
+
+
+def test_a_resumed_run_keeps_its_refitted_steps(tmp_path, monkeypatch):
+    from napari_unet.engine import Progress, Started, TrainConfig
+
+    _, events, _, _ = _paced_run(tmp_path, monkeypatch, stop_at_refit=True)
+    assert events[-1].level == "info" and events[-2].step == 23
+    saved = TrainConfig.from_yaml(tmp_path / "run" / "config.yaml")  # what --resume reads
+    assert saved.steps == 74
+    resumed = list(train(saved, _tiny_dataset(), run_dir=tmp_path / "run", resume=True))
+    assert isinstance(resumed[0], Started) and \
+        (resumed[0].start_step, resumed[0].total_steps) == (23, 74)
+    assert resumed[-1].step == 74
+    assert [e for e in resumed if isinstance(e, Progress)][-1].lr == 0.0
 
 
 def test_the_cli_plans_by_default_and_prints_why(tmp_path):

@@ -116,6 +116,27 @@ def test_the_time_left_comes_from_the_steps_done():
 
 
 @gui
+def test_the_bar_follows_a_run_that_refits_its_steps(make_napari_viewer, tmp_path):
+    """Issue 36: a run fitted to minutes re-fits its steps while it trains (Progress.total
+    changes, with an info Message): the bar, the curve and the status follow."""
+    from napari_unet.engine.events import Message, Started
+
+    train = train_widget(make_napari_viewer())
+    train._on_started(Started(total_steps=40, start_step=0, run_dir="run", device="cpu"))
+    for step, total in ((1, 40), (23, 40), (24, 74)):
+        train._on_progress(Progress(step=step, total=total, loss=0.5, lr=1e-3, img_s=4.0))
+        train._refresh_progress()
+        assert (train.progress.maximum(), train.curve.total) == (total, total)
+    train._on_message(Message("info", "the steps run faster than planned"))
+    assert train.status.text() == "the steps run faster than planned"
+    # a run followed from its folder (metrics.jsonl): the total from its config.yaml again
+    (tmp_path / runs.CONFIG).write_text("steps: 90\n")
+    train.run_dir, train.curve.total = tmp_path, 74
+    train._on_watched_points([(80, 0.5)], [])
+    assert (train.progress.maximum(), train.progress.value(), train.curve.total) == (90, 80, 90)
+
+
+@gui
 def test_an_auto_run_shows_its_plan(make_napari_viewer, qtbot, tmp_path):
     viewer = make_napari_viewer()
     train = train_widget(viewer)

@@ -25,7 +25,7 @@ _EXPORTS = {
     "DEFAULT_MINUTES": "plan", "Plan": "plan", "plan_for_data": "plan",
     "plan_lines": "plan", "start_name": "start",
     "fit_to_minutes": "training.calibration", "check_budget": "training.calibration",
-    "time_limit": "training.calibration",
+    "time_limit": "training.pace",
     "predict_files": "prediction.files", "Ensemble": "prediction.ensemble",
     "load_models": "prediction.ensemble", "check_diameter": "prediction.scale",
     "PredictionDone": "prediction.predict", "predict_volume": "prediction.workers", "predict": "prediction.predict",

@@ -246,16 +246,21 @@ class TrainWidget(LiveButtons, TrainForm):
     def _on_started(self, event):
         if self.live is not None:  # no end known: the curve's axis follows the steps
             event = dataclasses.replace(event, total_steps=0)
-        if self._progress is not None:
-            with contextlib.suppress(AttributeError, RuntimeError):
-                self._progress.total = event.total_steps
-        self.progress.setRange(0, event.total_steps)
+        self._set_total(event.total_steps)
         self.progress.setValue(event.start_step)
-        self.curve.total = event.total_steps
         validation = (f"{event.val_samples} validation" if event.val_samples
                       else "no validation (no Dice curve)")
         self.status.setText(f"training on {event.device}: {event.train_samples} training and "
                             f"{validation} samples")
+
+    def _set_total(self, total):
+        """The last step on the bar, the curve and napari's activity dock: at the start, and
+        again where a run fitted to minutes re-fits its steps (Progress.total changes)."""
+        if self._progress is not None:
+            with contextlib.suppress(AttributeError, RuntimeError):
+                self._progress.total = total
+        self.progress.setRange(0, total)
+        self.curve.total = total
 
     def _on_progress(self, event):
         # small models send dozens of steps a second: keep the data now, repaint a few times
@@ -277,6 +282,8 @@ class TrainWidget(LiveButtons, TrainForm):
             self.progress.setFormat(f"live: step %v   loss {event.loss:.4f}   "
                                     f"{event.img_s:.1f} img/s")
         else:
+            if event.total != self.progress.maximum():  # the steps were re-fitted
+                self._set_total(event.total)
             self.progress.setFormat(f"step %v / %m   loss {event.loss:.4f}   "
                                     f"{event.img_s:.1f} img/s{self._time_left(event)}")
         self.progress.setValue(event.step)
@@ -404,7 +411,12 @@ class TrainWidget(LiveButtons, TrainForm):
         self.curve.loss += loss
         self.curve.dice += dice
         if self.curve.loss:
-            self.progress.setValue(self.curve.loss[-1][0])
+            step = self.curve.loss[-1][0]
+            if step > self.progress.maximum():  # a run fitted to minutes re-fitted its steps
+                total = max(step, runs.configured_steps(self.run_dir) or 0)
+                self.progress.setRange(0, total)
+                self.curve.total = total
+            self.progress.setValue(step)
         self.curve.update()
 
     def _on_watched_end(self, checkpoint):

@@ -5,6 +5,11 @@ engine's own ``train()`` (data sampling, augmentation, the step, its logging) in
 folder for a few seconds; the steps then fill what is left of the budget, less what the
 validations and the last checkpoint will take. The schedule (warm-up, cosine) is laid over
 those steps, so the learning rate reaches its end when the time does.
+
+The steps are re-fitted while the run trains: the loop times its own steps and, a few times
+(``pace``), sets a new total where the machine turned out faster or slower than in this
+timing, so that the run still ends on time with its schedule complete (issue 36: a 10-minute
+run timed on a busy machine ended after 5.6 minutes).
 """
 from __future__ import annotations
 
@@ -12,20 +17,16 @@ import math
 import tempfile
 import time
 
-import numpy as np
-
 from ...errors import ConfigError
 from ..config import TrainConfig
 from ..events import Progress, Started
 from ..plan import COMPILE_TIMED
 from .loop import train
+from .pace import RESERVE_SHARE, UNTIMED_STEPS, VALIDATIONS, validation_seconds, with_steps
 
 CALIBRATION_SECONDS = 12.0  # timed steps after the warm-up ones
-WARMUP_STEPS = 3  # oneDNN builds its kernels in the first steps
-VALIDATIONS = 4  # in a planned run
-RESERVE_SHARE = 0.05  # of the budget, for start-up, checkpoints and the end
+WARMUP_STEPS = UNTIMED_STEPS  # oneDNN builds its kernels in the first steps
 MIN_STEPS = 10  # fewer steps in a budget: too short to mean anything
-FORWARD_SHARE = 0.35  # a forward pass (validation) against a training step, per pixel
 COMPILE_GAIN = 1.05  # torch.compile where it trains at least this many times the eager steps
 COMPILE_LEAST_SECONDS = 120.0  # left after the eager timing, to time a compiled step at all
 
@@ -93,7 +94,7 @@ def fit_to_minutes(config: TrainConfig, dataset, started: float | None = None,
     check_budget(config.minutes, seconds)
     per_step = seconds_per_step(config, dataset, seconds)
     validating = config.fold is not None
-    one_validation = _validation_seconds(config, dataset, per_step) if validating else 0.0
+    one_validation = validation_seconds(config, dataset, per_step) if validating else 0.0
     config, per_step, compiling = _plan_compile(config, dataset, started, per_step,
                                                 VALIDATIONS * one_validation, seconds)
     spent = time.monotonic() - started
@@ -150,36 +151,3 @@ def compile_pays(left: float, eager: float, compiled: float, compiling: float):
 
 def _with_compile(config, compile_: bool, reason: str):
     return config.replace(compile=compile_, plan={**config.plan, "compile": reason})
-
-
-def with_steps(config: TrainConfig, steps: int) -> TrainConfig:
-    """`config` trained `steps` steps, with the validation and checkpoint periods and the
-    warm-up a fitted run of that many steps gets (fit_to_minutes); a planned warm-up that
-    is cut to a tenth of the steps says so in the plan's reasons (what config.yaml holds is
-    what the plan prints)."""
-    every = max(1, math.ceil(steps / VALIDATIONS))
-    warmup = min(config.warmup_steps, max(0, steps // 10))
-    plan = dict(config.plan)
-    if warmup != config.warmup_steps and "warmup_steps" in plan:
-        plan["warmup_steps"] = (f"a tenth of the {steps} steps (the plan's "
-                                f"{config.warmup_steps}, cut to fit)")
-    return config.replace(steps=steps, val_every=every, checkpoint_every=every,
-                          warmup_steps=warmup, plan=plan)
-
-
-def time_limit(config: TrainConfig, started: float) -> float | None:
-    """When a run fitted to ``config.minutes`` from `started` must stop (time.monotonic()),
-    whatever its steps: the trainer's guard for a machine that slows down after the timing.
-    Half the reserve is left for the last checkpoint. None without minutes."""
-    if config.minutes is None:
-        return None
-    return started + config.minutes * 60.0 * (1 - RESERVE_SHARE / 2)
-
-
-def _validation_seconds(config: TrainConfig, dataset, per_step: float) -> float:
-    """What one validation costs: the validation fold's pixels (tiles overlap by about half)
-    through forward passes, each pixel FORWARD_SHARE of a training step's per-pixel cost."""
-    fraction = 1.0 / max(2, config.folds)
-    pixels = sum(float(np.prod(mask.shape)) for mask in dataset.masks) * fraction
-    step_pixels = config.batch_size * float(np.prod(config.patch_size))
-    return per_step * FORWARD_SHARE * 1.5 * pixels / step_pixels

@@ -36,6 +36,7 @@ from ..labels import LabelHead
 from ..runtime import configure_backends, memory_format, resolve_amp, resolve_device
 from . import distributed
 from .losses import build_loss
+from .pace import Pace, fitted_end, validation_seconds, with_total
 from .pipeline import DeviceBatches
 from .setup import (
     as_dataset,
@@ -61,11 +62,18 @@ def train(config: TrainConfig, images=None, masks=None, *, run_dir, resume: bool
           init_from=None, val_images=None, val_masks=None, deadline: float | None = None):
     """Train a model; a generator of events. See the module docstring. `deadline`
     (time.monotonic(); one process only): a run still going then ends there, as if its
-    steps were done, with a message (``--minutes`` on a machine that slowed down)."""
+    steps were done, with a message (``--minutes`` on a machine that slowed down). With
+    ``config.minutes``, `deadline` is the time_limit of steps fitted to them: the steps are
+    then re-fitted to the run's own pace a few times (``pace``), each change with a
+    message, so that the run ends when its steps were fitted to end."""
     start = init_from if init_from is not None else config.init_from
     check_objects_start(config, start, resume)
     run = _Run(config, images, masks, val_images, val_masks, run_dir, resume)
     run.deadline = None if run.dist.enabled else deadline
+    run.pace = None
+    if run.deadline is not None and config.minutes is not None:
+        timed = validation_seconds(config, run.dataset, 1.0) if len(run.val_set.images) else 0.0
+        run.pace = Pace(fitted_end(config, run.deadline), config.minutes, run.start_step, timed)
     run.build_training(resume, start)
     yield run.started()
     if run.amp_note:
@@ -187,8 +195,9 @@ class _Run:
         self.mem_format = memory_format(config.spatial_dims, config.channels_last)
         model.to(device=device, memory_format=self.mem_format)
         self.optimizer = make_optimizer(config, model.parameters())
+        # the run's config, not this one: a re-fit of the steps moves the schedule's end
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
-                                                           lambda s: lr_factor(config, s))
+                                                           lambda s: lr_factor(self.config, s))
         # disabled unless fp16: one path for every precision, as nanoGPT
         self.scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
         self.ema = make_ema(model, config.ema)
@@ -243,6 +252,16 @@ class _Run:
                                    optimizer=self.optimizer, scheduler=self.scheduler,
                                    scaler=self.scaler, ema=self.ema)
 
+    def retotal(self, steps: int):
+        """Train `steps` steps in all from now on (a re-fit to the run's pace): the schedule,
+        the validation and checkpoint periods, the batches and config.yaml (what a resumed run
+        reads) follow; a SIGINT meanwhile waits for its end, as for a step."""
+        with self.cancel.deferred():
+            self.config = with_total(self.config, steps)
+            self.folder.write_config(self.config)
+            self.batches.close()
+            self.batches = DeviceBatches(self.sampler, range(self.done, steps), self.device)
+
     def step(self, step):
         """One optimizer step, EMA and schedule included; a SIGINT meanwhile waits for its end
         (one process) so that a cancelled run saves whole steps."""
@@ -267,15 +286,16 @@ class _Run:
 
 def _train_steps(run):
     """The steps from the start (or the resumed) step to the last: Progress after each, and
-    Validation and CheckpointSaved when due. Cancel: KeyboardInterrupt, between steps."""
-    config, dist, losses = run.config, run.dist, run.losses
+    Validation and CheckpointSaved when due; a run fitted to minutes re-fits its last step
+    (run.pace). Cancel: KeyboardInterrupt, between steps."""
+    dist, losses = run.dist, run.losses
     window = ThroughputWindow()
     started = time.monotonic()
-    for step in range(run.start_step, config.steps):
+    while run.done < run.config.steps:
         if run.cancel.stop_now:  # noted during the last checkpoint write
             raise KeyboardInterrupt
-        run.step(step)
-        done = run.done
+        run.step(run.done)
+        config, done = run.config, run.done
         validating = len(run.val_set.images) and (done % config.val_every == 0
                                                  or done == config.steps)
         saving = done % config.checkpoint_every == 0 and done != config.steps
@@ -289,6 +309,7 @@ def _train_steps(run):
             run.folder.log_progress(done, losses.last, lr, img_s)
         if stopping or run.cancel.stop_now:  # under DDP every rank stops here, after one step
             raise KeyboardInterrupt
+        paused = time.monotonic()
         if validating:
             yield from _validate_and_save(run)
             window.reset()
@@ -296,6 +317,13 @@ def _train_steps(run):
             path = run.save(LAST, done)
             if path:
                 yield CheckpointSaved(str(path), done)
+        now = time.monotonic()
+        refit = None if run.pace is None else run.pace.refit(
+            done, config.steps, now, now - paused if validating or saving else 0.0)
+        if refit is not None:
+            run.retotal(refit[0])
+            config = run.config
+            yield Message("info", refit[1])
         if run.deadline is not None and done < config.steps \
                 and time.monotonic() > run.deadline:
             if losses.pending and losses.read(dist, run.cancel.requested):
