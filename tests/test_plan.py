@@ -99,6 +99,21 @@ def test_inspection_data_with_many_good_parts_centre_a_third_of_the_patches_on_d
     assert full.values["foreground_oversample"] == 0.5
 
 
+def test_rare_objects_fit_the_threshold_after_training_unless_given_or_live():
+    rare = plan_run(_fp(foreground_fraction=0.017, empty_share=0.5, median_object_share=0.03))
+    assert rare.values["fit_threshold"] is True
+    assert "more of them than the images hold" in rare.reasons["fit_threshold"]
+    assert rare.config().fit_threshold is True
+    given = rare.config(threshold=0.7)  # the user's threshold is the threshold
+    assert given.fit_threshold is False and given.threshold == 0.7
+    assert given.plan["fit_threshold"] == "off: the threshold is given by the user"
+    live = plan_run(_fp(foreground_fraction=0.017, empty_share=0.5, median_object_share=0.03),
+                    live=True)
+    assert live.values["fit_threshold"] is False and "a live run" in live.reasons["fit_threshold"]
+    common = plan_run(_fp(foreground_fraction=0.2))  # objects not rare: 0.5 as trained
+    assert "fit_threshold" not in common.values and common.config().fit_threshold is False
+
+
 def test_thin_objects_keep_full_resolution_and_the_plan_says_why():
     membranes = plan_run(_fp(foreground_width=4.5))  # ISBI's membranes: about 7 px
     assert membranes.values["resample"] == 1
@@ -369,6 +384,32 @@ def test_the_pace_rule_on_hand_made_numbers():
     assert [done for done, fit in fits.items() if fit] == [26]
     assert fits[26] == (850, ("the steps run faster than planned (1 s a step over the last "
                               "23 steps): 850 steps instead of 257 to end in the 10 minutes"))
+    # what follows the last step (the threshold's fit: 40 steps' worth) keeps its time too
+    late = pace.Pace(ends=1000.0, minutes=10, start_step=0, validation_factor=2.0, after=40.0)
+    fits = {done: late.refit(done, 257, now=done + (30.0 if done >= 10 else 0.0),
+                             paused=30.0 if done == 10 else 0.0) for done in range(1, 27)}
+    assert fits[26][0] == 810
+
+
+def test_the_threshold_fit_keeps_its_time_in_a_fitted_run():
+    """The fit after the last step is reserved in the minutes (calibration and pace): its
+    pixels (the validation fold's, else all, capped) through forward passes; none unasked."""
+    from types import SimpleNamespace
+
+    from napari_unet.engine.training import pace, threshold
+
+    dataset = _tiny_dataset()
+    config = plan_run(fingerprint(dataset)).config(batch_size=2, patch_size=[32, 32])
+    pixels = sum(float(np.prod(mask.shape)) for mask in dataset.masks)
+    one = pace.FORWARD_SHARE * 1.5 / (2 * 32 * 32)  # of a step, per pixel
+    fitting = config.replace(fit_threshold=True)
+    assert pace.threshold_fit_seconds(fitting, dataset, 2.0) == pytest.approx(2.0 * one * pixels)
+    assert pace.threshold_fit_seconds(fitting.replace(fold=0, folds=4), dataset, 2.0) == \
+        pytest.approx(2.0 * one * pixels / 4)
+    assert pace.threshold_fit_seconds(config.replace(fit_threshold=False), dataset, 2.0) == 0
+    large = SimpleNamespace(masks=[np.zeros((6000, 6000), np.uint8)])  # 36 M pixels: capped
+    assert pace.threshold_fit_seconds(fitting, large, 1.0) == \
+        pytest.approx(one * threshold.FIT_PIXELS)
 
 
 def _paced_run(tmp_path, monkeypatch, stop_at_refit=False):

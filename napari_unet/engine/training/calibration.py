@@ -22,7 +22,14 @@ from ..config import TrainConfig
 from ..events import Progress, Started
 from ..plan import COMPILE_TIMED
 from .loop import train
-from .pace import RESERVE_SHARE, UNTIMED_STEPS, VALIDATIONS, validation_seconds, with_steps
+from .pace import (
+    RESERVE_SHARE,
+    UNTIMED_STEPS,
+    VALIDATIONS,
+    threshold_fit_seconds,
+    validation_seconds,
+    with_steps,
+)
 
 CALIBRATION_SECONDS = 12.0  # timed steps after the warm-up ones
 WARMUP_STEPS = UNTIMED_STEPS  # oneDNN builds its kernels in the first steps
@@ -98,7 +105,8 @@ def fit_to_minutes(config: TrainConfig, dataset, started: float | None = None,
     config, per_step, compiling = _plan_compile(config, dataset, started, per_step,
                                                 VALIDATIONS * one_validation, seconds)
     spent = time.monotonic() - started
-    left = config.minutes * 60.0 * (1 - RESERVE_SHARE) - spent - compiling
+    left = config.minutes * 60.0 * (1 - RESERVE_SHARE) - spent - compiling \
+        - threshold_fit_seconds(config, dataset, per_step)
     steps = int((left - VALIDATIONS * one_validation) / per_step)
     if steps < MIN_STEPS:
         needed = (spent + VALIDATIONS * one_validation + MIN_STEPS * per_step) \

@@ -36,7 +36,7 @@ from ..labels import LabelHead
 from ..runtime import configure_backends, memory_format, resolve_amp, resolve_device
 from . import distributed
 from .losses import build_loss
-from .pace import Pace, fitted_end, validation_seconds, with_total
+from .pace import Pace, fitted_end, threshold_fit_seconds, validation_seconds, with_total
 from .pipeline import DeviceBatches
 from .setup import (
     as_dataset,
@@ -73,7 +73,8 @@ def train(config: TrainConfig, images=None, masks=None, *, run_dir, resume: bool
     run.pace = None
     if run.deadline is not None and config.minutes is not None:
         timed = validation_seconds(config, run.dataset, 1.0) if len(run.val_set.images) else 0.0
-        run.pace = Pace(fitted_end(config, run.deadline), config.minutes, run.start_step, timed)
+        run.pace = Pace(fitted_end(config, run.deadline), config.minutes, run.start_step, timed,
+                        after=threshold_fit_seconds(config, run.dataset, 1.0))
     run.build_training(resume, start)
     yield run.started()
     if run.amp_note:

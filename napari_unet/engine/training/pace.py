@@ -24,6 +24,7 @@ import math
 import numpy as np
 
 from ..config import TrainConfig
+from .threshold import FIT_PIXELS
 
 VALIDATIONS = 4  # in a planned run
 RESERVE_SHARE = 0.05  # of the budget, for start-up, checkpoints and the end
@@ -79,6 +80,19 @@ def validation_seconds(config: TrainConfig, dataset, per_step: float) -> float:
     return per_step * FORWARD_SHARE * 1.5 * pixels / step_pixels
 
 
+def threshold_fit_seconds(config: TrainConfig, dataset, per_step: float) -> float:
+    """What fitting the threshold after the last step costs (config.fit_threshold): the
+    pixels it predicts (the validation fold's, else all, at most threshold.FIT_PIXELS) as
+    validation_seconds counts them; 0 where nothing is fitted."""
+    if not config.fit_threshold:
+        return 0.0
+    pixels = sum(float(np.prod(mask.shape)) for mask in dataset.masks)
+    if config.fold is not None:
+        pixels /= max(2, config.folds)
+    step_pixels = config.batch_size * float(np.prod(config.patch_size))
+    return per_step * FORWARD_SHARE * 1.5 * min(pixels, FIT_PIXELS) / step_pixels
+
+
 def pauses_left(done: int, steps: int) -> int:
     """The validations (each with its checkpoint writes) after step `done` of a fitted run of
     `steps` steps: one each with_total period, and one at the end."""
@@ -114,9 +128,11 @@ class Pace:
     """The clock of a run fitted to minutes, read after each step by the loop. ``refit``
     says when the steps should change, and why."""
 
-    def __init__(self, ends: float, minutes: float, start_step: int, validation_factor: float):
+    def __init__(self, ends: float, minutes: float, start_step: int, validation_factor: float,
+                 after: float = 0.0):
         self.ends, self.minutes = ends, minutes
         self.validation_factor = validation_factor  # one validation / a step, estimated
+        self.after = after  # what follows the last step (the threshold's fit) / a step
         self.mark = start_step + UNTIMED_STEPS  # the step the pace is timed from
         self.since = None  # the clock at `mark`, moved on by the pauses since
         self.pauses: list[float] = []  # seconds of each validation and checkpoint write
@@ -136,7 +152,8 @@ class Pace:
             return None
         per_step = (now - self.since) / (done - self.mark)
         pause = float(np.mean(self.pauses)) if self.pauses else self.validation_factor * per_step
-        total = refit_steps(done, steps, per_step, self.ends - now, pause)
+        total = refit_steps(done, steps, per_step, self.ends - now - self.after * per_step,
+                            pause)
         timed, self.mark, self.since = done - self.mark, done, now
         if total == steps:
             return None
