@@ -18,7 +18,7 @@ import numpy as np
 from ...choices import IGNORE_CLASS
 from ..prediction.predict import predict_with_model, run_to_end
 
-GRID = tuple(round(0.05 * k, 2) for k in range(1, 20))  # 0.05 .. 0.95
+GRID = (0.02, *(round(0.05 * k, 2) for k in range(1, 20)), 0.98)  # 0.02, 0.05 .. 0.95, 0.98
 FIT_PIXELS = 24_000_000  # pixels (voxels) predicted at most to fit it
 MIN_GAIN = 0.005  # Dice on the fitted images a new threshold must add
 BINS = 1000  # histogram of the foreground probability
