@@ -141,6 +141,8 @@ def train_fitted(config, train_set, folder: Path, fit: bool, started: float):
     done = config.steps
     for event in train(config, train_set, run_dir=folder, deadline=deadline):
         done = getattr(event, "step", done) if type(event).__name__ == "Finished" else done
+        if type(event).__name__ == "Message":  # steps re-fitted, the threshold fitted, ...
+            print(f"  {event.level}: {event.text}", flush=True)
     return load_checkpoint(folder), (time.monotonic() - started) / 60, done
 
 
