@@ -228,6 +228,30 @@ def test_a_budget_too_short_for_its_fixed_costs_is_said_up_front(monkeypatch):
         fit_to_minutes(config.replace(minutes=0.5), dataset)
 
 
+def test_a_fitted_threshold_takes_at_most_a_tenth_of_the_minutes(monkeypatch):
+    """A fit of 24 M pixels estimated at 100 minutes made `--minutes 1` refuse to run and
+    ask for `--minutes 0.5`: the fit is capped at FIT_SHARE of the budget (it stops at the
+    time limit with the images it has) and the budget asked for counts it."""
+    from types import SimpleNamespace
+
+    from napari_unet.engine.training import calibration, pace
+    from napari_unet.errors import ConfigError
+
+    monkeypatch.setattr(calibration, "seconds_per_step", lambda *a, **k: 1.0)
+    dataset = _tiny_dataset()
+    config = plan_run(fingerprint(dataset)).config(minutes=1.0, batch_size=2,
+                                                   patch_size=[32, 32], fit_threshold=True)
+    large = SimpleNamespace(masks=[np.zeros((5000, 5000), np.uint8)])
+    assert pace.threshold_fit_seconds(config, large, 1.0, capped=False) > 6000
+    assert pace.threshold_fit_seconds(config, large, 1.0) == pytest.approx(6.0)  # 10 % of 60 s
+    fitted, _ = fit_to_minutes(config, large)
+    assert fitted.steps == pytest.approx(60 * (1 - calibration.RESERVE_SHARE) - 6, abs=1)
+    monkeypatch.setattr(calibration, "seconds_per_step", lambda *a, **k: 5.0)
+    with pytest.raises(ConfigError, match=r"--minutes 0.4 leaves room for 4 steps: .* a step "
+                                          r"takes 5.00 s; give --minutes 1 or more for 10"):
+        fit_to_minutes(config.replace(minutes=0.4), large)
+
+
 def test_the_printed_plan_is_what_config_yaml_holds(monkeypatch):
     """Issue 32: the plan printed `warmup_steps = 1: 30 warm-up steps` (the reason of the
     planned 30, the value cut to fit the steps)."""

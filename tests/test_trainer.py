@@ -303,7 +303,7 @@ def test_the_fitted_threshold_is_the_best_on_whole_images_and_the_run_keeps_it(
     """fit_threshold: after training, the GRID threshold with the best Dice on the validation
     part (else the training images) is written into the final checkpoint and config.yaml,
     prediction and evaluation use it, and a message says so."""
-    from napari_unet.engine.training.threshold import GRID, MIN_GAIN
+    from napari_unet.engine.training.threshold import GRID, MIN_GAIN, fit_threshold
     from napari_unet.runs import read_config_value
 
     config = tiny_config(steps=12, fit_threshold=True,
@@ -328,3 +328,7 @@ def test_the_fitted_threshold_is_the_best_on_whole_images_and_the_run_keeps_it(
         # prediction uses the run's threshold unless given one
         assert evaluate(checkpoint, fitted_on, amp="off", device="cpu")["foreground_dice"] \
             == pytest.approx(dice[chosen], abs=1e-6)
+    # past its time limit the fit starts no other image than the first
+    late = fit_threshold(checkpoint, fitted_on, checkpoint.config, "cpu", until=0.0)
+    assert late is None or late[3] == 1
+    assert fit_threshold(checkpoint, fitted_on, checkpoint.config, "cpu")[3] == len(fitted_on)

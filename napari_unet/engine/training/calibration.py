@@ -23,6 +23,7 @@ from ..events import Progress, Started
 from ..plan import COMPILE_TIMED
 from .loop import train
 from .pace import (
+    FIT_SHARE,
     RESERVE_SHARE,
     UNTIMED_STEPS,
     VALIDATIONS,
@@ -109,8 +110,11 @@ def fit_to_minutes(config: TrainConfig, dataset, started: float | None = None,
         - threshold_fit_seconds(config, dataset, per_step)
     steps = int((left - VALIDATIONS * one_validation) / per_step)
     if steps < MIN_STEPS:
-        needed = (spent + VALIDATIONS * one_validation + MIN_STEPS * per_step) \
-            / (1 - RESERVE_SHARE) / 60.0
+        fixed = spent + compiling + VALIDATIONS * one_validation + MIN_STEPS * per_step
+        fitting = threshold_fit_seconds(config, dataset, per_step, capped=False)
+        # the fit takes its whole estimate, or FIT_SHARE of a budget: whichever asks less
+        needed = min((fixed + fitting) / (1 - RESERVE_SHARE),
+                     fixed / (1 - RESERVE_SHARE - (FIT_SHARE if fitting else 0.0))) / 60.0
         validations = (f", {VALIDATIONS} validations of {one_validation:.1f} s"
                        if validating else "")
         raise ConfigError(

@@ -74,7 +74,7 @@ def train(config: TrainConfig, images=None, masks=None, *, run_dir, resume: bool
     if run.deadline is not None and config.minutes is not None:
         timed = validation_seconds(config, run.dataset, 1.0) if len(run.val_set.images) else 0.0
         run.pace = Pace(fitted_end(config, run.deadline), config.minutes, run.start_step, timed,
-                        after=threshold_fit_seconds(config, run.dataset, 1.0))
+                        after=threshold_fit_seconds(config, run.dataset, 1.0, capped=False))
     run.build_training(resume, start)
     yield run.started()
     if run.amp_note:
@@ -373,7 +373,7 @@ def _fit_threshold(run, final) -> str | None:
     images = run.val_set if len(run.val_set.images) else run.train_set
     where = "validation" if images is run.val_set else "training"
     fitted = fit_threshold(load_checkpoint(final), images, run.config, run.device,
-                           run.config.threshold)
+                           run.config.threshold, until=run.deadline)
     if fitted is None:
         return None
     threshold, dice, before, count = fitted

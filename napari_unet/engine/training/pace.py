@@ -28,6 +28,7 @@ from .threshold import FIT_PIXELS
 
 VALIDATIONS = 4  # in a planned run
 RESERVE_SHARE = 0.05  # of the budget, for start-up, checkpoints and the end
+FIT_SHARE = 0.1  # of a --minutes budget, the most kept for fitting the threshold
 FORWARD_SHARE = 0.35  # a forward pass (validation) against a training step, per pixel
 REFIT_AT = (0.10, 0.25, 0.50, 0.75)  # shares of the steps where they are re-fitted
 REFIT_LEAST_STEPS = 20  # timed steps behind a fit (fewer: too noisy a pace)
@@ -80,17 +81,22 @@ def validation_seconds(config: TrainConfig, dataset, per_step: float) -> float:
     return per_step * FORWARD_SHARE * 1.5 * pixels / step_pixels
 
 
-def threshold_fit_seconds(config: TrainConfig, dataset, per_step: float) -> float:
+def threshold_fit_seconds(config: TrainConfig, dataset, per_step: float,
+                          capped: bool = True) -> float:
     """What fitting the threshold after the last step costs (config.fit_threshold): the
     pixels it predicts (the validation fold's, else all, at most threshold.FIT_PIXELS) as
-    validation_seconds counts them; 0 where nothing is fitted."""
+    validation_seconds counts them, at most FIT_SHARE of a --minutes budget where `capped`
+    (the fit then stops at the run's time limit, with the images it has); 0 unasked."""
     if not config.fit_threshold:
         return 0.0
     pixels = sum(float(np.prod(mask.shape)) for mask in dataset.masks)
     if config.fold is not None:
         pixels /= max(2, config.folds)
     step_pixels = config.batch_size * float(np.prod(config.patch_size))
-    return per_step * FORWARD_SHARE * 1.5 * min(pixels, FIT_PIXELS) / step_pixels
+    seconds = per_step * FORWARD_SHARE * 1.5 * min(pixels, FIT_PIXELS) / step_pixels
+    if capped and config.minutes is not None:
+        seconds = min(seconds, FIT_SHARE * config.minutes * 60.0)
+    return seconds
 
 
 def pauses_left(done: int, steps: int) -> int:
@@ -132,7 +138,8 @@ class Pace:
                  after: float = 0.0):
         self.ends, self.minutes = ends, minutes
         self.validation_factor = validation_factor  # one validation / a step, estimated
-        self.after = after  # what follows the last step (the threshold's fit) / a step
+        self.after = after  # what follows the last step (the threshold's fit) / a step,
+        # at most FIT_SHARE of the minutes
         self.mark = start_step + UNTIMED_STEPS  # the step the pace is timed from
         self.since = None  # the clock at `mark`, moved on by the pauses since
         self.pauses: list[float] = []  # seconds of each validation and checkpoint write
@@ -152,8 +159,8 @@ class Pace:
             return None
         per_step = (now - self.since) / (done - self.mark)
         pause = float(np.mean(self.pauses)) if self.pauses else self.validation_factor * per_step
-        total = refit_steps(done, steps, per_step, self.ends - now - self.after * per_step,
-                            pause)
+        after = min(self.after * per_step, FIT_SHARE * self.minutes * 60.0)
+        total = refit_steps(done, steps, per_step, self.ends - now - after, pause)
         timed, self.mark, self.since = done - self.mark, done, now
         if total == steps:
             return None

@@ -13,6 +13,9 @@ least MIN_GAIN there: a model that is right at 0.5 keeps 0.5.
 """
 from __future__ import annotations
 
+import math
+import time
+
 import numpy as np
 
 from ...choices import IGNORE_CLASS
@@ -44,11 +47,20 @@ def spread(sizes: list[int], budget: int = FIT_PIXELS) -> list[int]:
     return picked
 
 
-def fit_threshold(checkpoint, dataset, config, device, current: float = 0.5):
+def spread_order(items: list) -> list:
+    """`items` in an order whose every beginning is spread over them (golden-ratio steps),
+    so that a fit cut short by the time still sees the whole set's variety."""
+    golden = (math.sqrt(5) - 1) / 2
+    return [items[i] for i in sorted(range(len(items)), key=lambda i: (i * golden) % 1.0)]
+
+
+def fit_threshold(checkpoint, dataset, config, device, current: float = 0.5,
+                  until: float | None = None):
     """(threshold, Dice at it, Dice at `current`, images used) of `checkpoint` (loaded: its
     model, norm and head) on `dataset`'s images (spread to FIT_PIXELS); the threshold stays
-    `current` unless another on GRID gains MIN_GAIN. None where no image holds an object and
-    none was predicted (nothing to fit)."""
+    `current` unless another on GRID gains MIN_GAIN. `until` (time.monotonic()): no image is
+    started after it (one at least is predicted; the images come in an order whose every
+    beginning is spread over the set). None where no image predicted holds an object."""
     from ..data.normalization import NormStats
 
     norm = checkpoint.norm_stats
@@ -56,7 +68,11 @@ def fit_threshold(checkpoint, dataset, config, device, current: float = 0.5):
     chosen = spread([int(np.prod(np.shape(mask))) for mask in dataset.masks])
     on_object = np.zeros(BINS, np.int64)  # object pixels per probability bin
     on_background = np.zeros(BINS, np.int64)
-    for index in chosen:
+    used = 0
+    for index in spread_order(chosen):
+        if used and until is not None and time.monotonic() > until:
+            break
+        used += 1
         done = run_to_end(predict_with_model(
             checkpoint.model, np.asarray(dataset.images[index]), norm, head=checkpoint.head,
             tile_size=config.val_tile_size or list(config.patch_size),
@@ -85,4 +101,4 @@ def fit_threshold(checkpoint, dataset, config, device, current: float = 0.5):
     best = max(GRID, key=lambda t: (round(dice(t), 6), -abs(t - current)))
     if dice(best) < at_current + MIN_GAIN:
         best = current
-    return best, dice(best), at_current, len(chosen)
+    return best, dice(best), at_current, used
