@@ -175,7 +175,7 @@ def train_live(config, images=None, masks=None, *, run_dir, control: LiveControl
         if run.batches is not None:
             run.batches.close()
     state.keep_run(save=False)
-    yield _finish(run)
+    yield from _finish(run)
 
 
 class _LiveState:
