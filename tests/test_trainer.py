@@ -303,7 +303,13 @@ def test_the_fitted_threshold_is_the_best_on_whole_images_and_the_run_keeps_it(
     """fit_threshold: after training, the GRID threshold with the best Dice on the validation
     part (else the training images) is written into the final checkpoint and config.yaml,
     prediction and evaluation use it, and a message says so."""
-    from napari_unet.engine.training.threshold import GRID, MIN_GAIN, fit_threshold
+    from napari_unet.engine.training.threshold import (
+        GRID,
+        MIN_GAIN,
+        fit_threshold,
+        spread,
+        spread_order,
+    )
     from napari_unet.runs import read_config_value
 
     config = tiny_config(steps=12, fit_threshold=True,
@@ -328,7 +334,9 @@ def test_the_fitted_threshold_is_the_best_on_whole_images_and_the_run_keeps_it(
         # prediction uses the run's threshold unless given one
         assert evaluate(checkpoint, fitted_on, amp="off", device="cpu")["foreground_dice"] \
             == pytest.approx(dice[chosen], abs=1e-6)
-    # past its time limit the fit starts no other image than the first
+    # past its time limit the fit stops at the first image that holds an object
     late = fit_threshold(checkpoint, fitted_on, checkpoint.config, "cpu", until=0.0)
-    assert late is None or late[3] == 1
+    order = spread_order(spread([m.size for m in fitted_on.masks]))
+    first = next(k for k, i in enumerate(order) if np.asarray(fitted_on.masks[i]).any())
+    assert late[3] == first + 1
     assert fit_threshold(checkpoint, fitted_on, checkpoint.config, "cpu")[3] == len(fitted_on)

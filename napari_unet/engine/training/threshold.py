@@ -59,8 +59,8 @@ def fit_threshold(checkpoint, dataset, config, device, current: float = 0.5,
     """(threshold, Dice at it, Dice at `current`, images used) of `checkpoint` (loaded: its
     model, norm and head) on `dataset`'s images (spread to FIT_PIXELS); the threshold stays
     `current` unless another on GRID gains MIN_GAIN. `until` (time.monotonic()): no image is
-    started after it (one at least is predicted; the images come in an order whose every
-    beginning is spread over the set). None where no image predicted holds an object."""
+    started after it once one with an object was predicted (the images come in an order
+    whose every beginning is spread over the set). None where no image predicted holds an object."""
     from ..data.normalization import NormStats
 
     norm = checkpoint.norm_stats
@@ -70,8 +70,8 @@ def fit_threshold(checkpoint, dataset, config, device, current: float = 0.5,
     on_background = np.zeros(BINS, np.int64)
     used = 0
     for index in spread_order(chosen):
-        if used and until is not None and time.monotonic() > until:
-            break
+        if until is not None and time.monotonic() > until and on_object.any():
+            break  # out of time, with an object seen
         used += 1
         done = run_to_end(predict_with_model(
             checkpoint.model, np.asarray(dataset.images[index]), norm, head=checkpoint.head,
