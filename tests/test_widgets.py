@@ -379,6 +379,9 @@ def test_train_then_predict_round_trip(make_napari_viewer, qtbot, tmp_path):
     assert probabilities.data.shape == prediction.data.shape == image.data.shape
     np.testing.assert_array_equal(prediction.scale, image.scale)
     assert probabilities.data.min() >= 0.0 and probabilities.data.max() <= 1.0
+    from napari_unet.engine import load_checkpoint
+
+    assert probabilities.metadata["threshold"] == load_checkpoint(finished.path).config.threshold
 
     # the Predict widget offers the run, predicts again, and its slider re-cuts the labels
     predict = dock(viewer, "Predict")
@@ -662,6 +665,13 @@ def test_pickers_offer_only_layers_of_their_kind(make_napari_viewer):
     viewer.add_image(probabilities, name="tile probabilities")
     assert [layer.name for layer in correct.probability_combo.choices] == ["tile probabilities"]
     assert correct.probability_combo.value is viewer.layers["tile probabilities"]
+    assert correct.threshold.value() == 0.5  # no model's threshold with it
+    # a prediction's map carries its model's threshold (a fitted one): Correct cuts there
+    viewer.add_image(probabilities, name="fitted probabilities", metadata={"threshold": 0.35})
+    assert correct.probability_combo.value is viewer.layers["fitted probabilities"]
+    assert correct.threshold.value() == pytest.approx(0.35)
+    viewer.layers.remove("fitted probabilities")
+    correct.threshold.setValue(0.5)
     viewer.add_image(probabilities * 300, name="float scan")  # floats, but not 0..1
     correct.probability_combo.value = viewer.layers["float scan"]
     seen = len(notification_manager.records)

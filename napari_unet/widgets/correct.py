@@ -202,6 +202,8 @@ class CorrectWidget(LayerPickers, QWidget):
         try:
             if is_probability_map(layer) and "probabilit" in layer.name:
                 choose(self.probability_combo, layer)
+                if "threshold" in layer.metadata:  # the model's own (a fitted one: not 0.5)
+                    self.threshold.setValue(float(layer.metadata["threshold"]))
             elif isinstance(layer, Labels) and re.search(r"(prediction|objects)( \[\d+\])?$",
                                                          layer.name):
                 choose(self.labels_combo, layer)

@@ -175,7 +175,8 @@ class PredictionJob:
         for data, layer_name in planes:
             self.probability_layers.append(self.viewer.add_image(
                 data, name=layer_name, colormap="magma", contrast_limits=(0.0, 1.0),
-                blending="additive", opacity=0.6, visible=False, **placement))
+                blending="additive", opacity=0.6, visible=False,
+                metadata={"threshold": self.threshold}, **placement))
         if done.objects is not None:  # one colour per object, ids the user can edit
             objects = done.objects if self.lazy else np.array(done.objects, dtype=np.uint32)
             self.labels_layer = self.viewer.add_labels(objects, name=f"{name} objects",
