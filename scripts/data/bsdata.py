@@ -115,12 +115,11 @@ def convert(source, cap: int):
 
 def main(argv: list[str] | None = None) -> int:
     return run(convert, argv, __doc__, REPOSITORY, COMMIT,
-               f"BSData ball screw drive pitting\nRepository: github.com/{REPOSITORY}\n"
-               f"Commit: {COMMIT}\nLicense: {LICENSE}\n"
-               "Taken: the photos of image_data.json with a label (mask 1 = inside a Pitting "
-               "polygon) and the unannotated ones taken before their spot's first pitting "
-               "(mask 0); the later unannotated ones left out; grey (PIL L); evenly thinned to "
-               "the cap keeping the defect-free share.")
+               title="BSData ball screw drive pitting", terms=LICENSE,
+               taken=("the photos of image_data.json with a label (mask 1 = inside a Pitting "
+                      "polygon) and the unannotated ones taken before their spot's first pitting "
+                      "(mask 0); the later unannotated ones left out; grey (PIL L); evenly "
+                      "thinned to the cap keeping the defect-free share."))
 
 
 if __name__ == "__main__":

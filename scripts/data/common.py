@@ -153,9 +153,12 @@ def pick_keeping_share(with_defect: list[str], without: list[str], cap: int) -> 
     return sorted(spread(with_defect, cap - n_without) + spread(without, n_without))
 
 
-def run(convert, argv, description: str, repository: str, commit: str, provenance: str) -> int:
+def run(convert, argv, description: str, repository: str, commit: str, *, title: str,
+        terms: str, taken: str) -> int:
     """Parse, check, read every pair (convert(source, cap) -> [(name, image, mask)] or
-    [(name, image, mask, group)]), check that each mask has its image's size, then write. Bad input: one line on stderr, exit 2,
+    [(name, image, mask, group)]), check that each mask has its image's size, then write,
+    with SOURCE.txt saying the set's `title`, repository, commit, license (`terms`) and what was
+    `taken`. Bad input: one line on stderr, exit 2,
     nothing written."""
     args = parser(description).parse_args(argv)
     try:
@@ -177,7 +180,9 @@ def run(convert, argv, description: str, repository: str, commit: str, provenanc
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    write(args.out, pairs, f"{provenance}\nObtained: {how}.\n")
+    provenance = (f"{title}\nRepository: github.com/{repository}\nCommit: {commit}\n"
+                  f"License: {terms}\nTaken: {taken}\nObtained: {how}.\n")
+    write(args.out, pairs, provenance)
     print(summary(args.out))
     return 0
 

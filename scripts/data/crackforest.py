@@ -59,9 +59,8 @@ def convert(source, cap: int):
 
 def main(argv: list[str] | None = None) -> int:
     return run(convert, argv, __doc__, REPOSITORY, COMMIT,
-               f"CrackForest (CFD) road cracks\nRepository: github.com/{REPOSITORY}\n"
-               f"Commit: {COMMIT}\nLicense: {LICENSE}\n"
-               "Taken: image/NNN.jpg with groundTruth/NNN.mat; mask 1 = Segmentation 2 or 4.")
+               title="CrackForest (CFD) road cracks", terms=LICENSE,
+               taken="image/NNN.jpg with groundTruth/NNN.mat; mask 1 = Segmentation 2 or 4.")
 
 
 if __name__ == "__main__":

@@ -59,10 +59,9 @@ def convert(source, cap: int):
 
 def main(argv: list[str] | None = None) -> int:
     return run(convert, argv, __doc__, REPOSITORY, COMMIT,
-               f"UAV75 concrete cracks (drone)\nRepository: github.com/{REPOSITORY}\n"
-               f"Commit: {COMMIT}\nLicense: {LICENSE}\n"
-               "Taken: all {train,val,test} pairs as SPLIT_NAME; mask 1 = white (crack); "
-               "planking (grey) and black = 0.")
+               title="UAV75 concrete cracks (drone)", terms=LICENSE,
+               taken=("all {train,val,test} pairs as SPLIT_NAME; mask 1 = white (crack); planking "
+                      "(grey) and black = 0."))
 
 
 if __name__ == "__main__":

@@ -372,8 +372,9 @@ def _fit_threshold(run, final) -> str | None:
     write it into its checkpoint (and config.yaml); what was done, in a line, or None."""
     images = run.val_set if len(run.val_set.images) else run.train_set
     where = "validation" if images is run.val_set else "training"
-    fitted = fit_threshold(load_checkpoint(final), images, run.config, run.device,
-                           run.config.threshold, until=run.deadline)
+    checkpoint = load_checkpoint(final)
+    fitted = fit_threshold(checkpoint, images, run.config, run.device, run.config.threshold,
+                           until=run.deadline)
     if fitted is None:
         return None
     threshold, dice, before, count = fitted
@@ -382,7 +383,7 @@ def _fit_threshold(run, final) -> str | None:
                 f"{where} image(s) ({before:.3f})")
     reason = (f"fitted after training on {count} {where} image(s): Dice {dice:.3f} there "
               f"against {before:.3f} at {run.config.threshold:g}")
-    state = read_checkpoint(final)
+    state = checkpoint.state  # the file as read: written back with the threshold
     state["config"] = {**state["config"], "threshold": threshold,
                        "plan": {**state["config"].get("plan", {}), "threshold": reason}}
     write_state(final, state)

@@ -72,13 +72,20 @@ def fitted_end(config: TrainConfig, limit: float) -> float:
     return limit - config.minutes * 60.0 * RESERVE_SHARE / 2
 
 
-def validation_seconds(config: TrainConfig, dataset, per_step: float) -> float:
-    """What one validation costs: the validation fold's pixels (tiles overlap by about half)
-    through forward passes, each pixel FORWARD_SHARE of a training step's per-pixel cost."""
-    fraction = 1.0 / max(2, config.folds)
-    pixels = sum(float(np.prod(mask.shape)) for mask in dataset.masks) * fraction
+def _forward_seconds(config: TrainConfig, pixels: float, per_step: float) -> float:
+    """`pixels` of whole images through forward passes (tiles overlap by about half), each
+    pixel FORWARD_SHARE of a training step's per-pixel cost."""
     step_pixels = config.batch_size * float(np.prod(config.patch_size))
     return per_step * FORWARD_SHARE * 1.5 * pixels / step_pixels
+
+
+def _pixels(dataset) -> float:
+    return sum(float(np.prod(mask.shape)) for mask in dataset.masks)
+
+
+def validation_seconds(config: TrainConfig, dataset, per_step: float) -> float:
+    """What one validation costs: the validation fold's pixels through forward passes."""
+    return _forward_seconds(config, _pixels(dataset) / max(2, config.folds), per_step)
 
 
 def threshold_fit_seconds(config: TrainConfig, dataset, per_step: float,
@@ -89,11 +96,10 @@ def threshold_fit_seconds(config: TrainConfig, dataset, per_step: float,
     (the fit then stops at the run's time limit, with the images it has); 0 unasked."""
     if not config.fit_threshold:
         return 0.0
-    pixels = sum(float(np.prod(mask.shape)) for mask in dataset.masks)
+    pixels = _pixels(dataset)
     if config.fold is not None:
         pixels /= max(2, config.folds)
-    step_pixels = config.batch_size * float(np.prod(config.patch_size))
-    seconds = per_step * FORWARD_SHARE * 1.5 * min(pixels, FIT_PIXELS) / step_pixels
+    seconds = _forward_seconds(config, min(pixels, FIT_PIXELS), per_step)
     if capped and config.minutes is not None:
         seconds = min(seconds, FIT_SHARE * config.minutes * 60.0)
     return seconds

@@ -19,6 +19,7 @@ import time
 import numpy as np
 
 from ...choices import IGNORE_CLASS
+from ..data.normalization import NormStats
 from ..prediction.predict import predict_with_model, run_to_end
 
 GRID = (0.02, *(round(0.05 * k, 2) for k in range(1, 20)), 0.98)  # 0.02, 0.05 .. 0.95, 0.98
@@ -41,10 +42,8 @@ def spread(sizes: list[int], budget: int = FIT_PIXELS) -> list[int]:
     total = sum(sizes)
     if total <= budget:
         return list(range(len(sizes)))
-    share = budget / total
-    count = max(1, int(len(sizes) * share))
-    picked = sorted({int(i) for i in np.linspace(0, len(sizes) - 1, count)})
-    return picked
+    count = max(1, int(len(sizes) * budget / total))
+    return sorted({int(i) for i in np.linspace(0, len(sizes) - 1, count)})
 
 
 def spread_order(items: list) -> list:
@@ -61,10 +60,7 @@ def fit_threshold(checkpoint, dataset, config, device, current: float = 0.5,
     `current` unless another on GRID gains MIN_GAIN. `until` (time.monotonic()): no image is
     started after it once one with an object was predicted (the images come in an order
     whose every beginning is spread over the set). None where no image predicted holds an object."""
-    from ..data.normalization import NormStats
-
-    norm = checkpoint.norm_stats
-    norm = norm if isinstance(norm, NormStats) else NormStats.from_dict(norm)
+    norm = NormStats.from_dict(checkpoint.norm_stats)  # as predict reads a checkpoint's
     chosen = spread([int(np.prod(np.shape(mask))) for mask in dataset.masks])
     on_object = np.zeros(BINS, np.int64)  # object pixels per probability bin
     on_background = np.zeros(BINS, np.int64)
