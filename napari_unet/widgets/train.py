@@ -413,9 +413,7 @@ class TrainWidget(LiveButtons, TrainForm):
         if self.curve.loss:
             step = self.curve.loss[-1][0]
             if step > self.progress.maximum():  # a run fitted to minutes re-fitted its steps
-                total = max(step, runs.configured_steps(self.run_dir) or 0)
-                self.progress.setRange(0, total)
-                self.curve.total = total
+                self._set_total(max(step, runs.configured_steps(self.run_dir) or 0))
             self.progress.setValue(step)
         self.curve.update()
 
